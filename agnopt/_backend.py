@@ -1,0 +1,167 @@
+"""The backend layer: every other module goes through here to find ``xp``.
+
+* :func:`resolve` finds the Array API namespace and device of a whole tree once,
+  and rejects trees that mix backends or devices, or hold non-float leaves.
+* :func:`full_like_dtype`, :func:`scalar` create new arrays on the input's
+  device in a declared dtype; nothing here moves data between devices or
+  upcasts float32 to float64.
+* :func:`is_writeable` tells whether an array may be updated in place (NumPy,
+  CuPy, torch) or must be treated functionally (JAX, array-api-strict, Dask).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import array_api_compat
+from array_api_compat import array_namespace, device as _device
+
+from ._tree import tree_leaves, tree_paths
+
+__all__ = [
+    "Backend",
+    "resolve",
+    "namespace_name",
+    "is_writeable",
+    "check_float_dtype",
+    "resolve_dtype",
+    "scalar",
+]
+
+
+class Backend(NamedTuple):
+    """The namespace and device shared by every leaf of a tree."""
+
+    xp: Any
+    device: Any
+
+
+def namespace_name(xp: Any) -> str:
+    """A short human name for a namespace: ``numpy``, ``torch``, ``jax.numpy``..."""
+    name = getattr(xp, "__name__", repr(xp))
+    return name.removeprefix("array_api_compat.")
+
+
+def is_writeable(x: Any) -> bool:
+    """True where ``x`` may be updated in place (NumPy, CuPy, torch)."""
+    return bool(array_api_compat.is_writeable_array(x))
+
+
+def _is_real_float(xp: Any, dt: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dt, "real floating"))
+    except Exception:  # pragma: no cover - exotic dtypes
+        return False
+
+
+def check_float_dtype(xp: Any, x: Any, what: str) -> None:
+    """Raise ``TypeError`` unless ``x`` has a real floating dtype."""
+    dt = x.dtype
+    if _is_real_float(xp, dt):
+        return
+    try:
+        is_complex = xp.isdtype(dt, "complex floating")
+    except Exception:  # pragma: no cover
+        is_complex = False
+    if is_complex:
+        raise TypeError(
+            f"{what}: complex dtype {dt} is not supported (agnopt optimizes real "
+            "floating parameters; complex support may come later: optimize the "
+            "real and imaginary parts as two real arrays)"
+        )
+    raise TypeError(
+        f"{what}: dtype {dt} is not a real floating dtype; expected float16, "
+        "float32, float64 (or bfloat16 where the backend has it)"
+    )
+
+
+def resolve(tree: Any, name: str = "params", check_dtype: bool = True) -> Backend:
+    """Resolve the namespace and device of every leaf of ``tree`` at once.
+
+    Raises
+    ------
+    ValueError
+        If ``tree`` has no leaves.
+    TypeError
+        If a leaf is not an array, leaves come from different backends or
+        devices (the message names both), or (with ``check_dtype``) a leaf is
+        not of a real floating dtype.
+    """
+    leaves = tree_leaves(tree)
+    if not leaves:
+        raise ValueError(f"{name}: the tree is empty; expected at least one array")
+    paths = None
+    xp0 = dev0 = None
+    type0 = None
+    for i, leaf in enumerate(leaves):
+        if not array_api_compat.is_array_api_obj(leaf) or isinstance(leaf, (int, float, complex)):
+            paths = paths or tree_paths(tree)
+            raise TypeError(
+                f"{name}{paths[i]}: expected an array, got {type(leaf).__name__}"
+            )
+        if i == 0:
+            xp0 = array_namespace(leaf)
+            dev0 = _device(leaf)
+            type0 = type(leaf)
+        else:
+            # Same array type and device: same backend (cheap test first).
+            if type(leaf) is not type0:
+                xpi = array_namespace(leaf)
+                if xpi is not xp0:
+                    paths = paths or tree_paths(tree)
+                    raise TypeError(
+                        f"{name} mixes array backends: {name}{paths[0]} is "
+                        f"{namespace_name(xp0)} but {name}{paths[i]} is "
+                        f"{namespace_name(xpi)}; convert every leaf to one backend"
+                    )
+            devi = _device(leaf)
+            if devi != dev0:
+                paths = paths or tree_paths(tree)
+                raise TypeError(
+                    f"{name} mixes devices: {name}{paths[0]} is on {dev0!r} but "
+                    f"{name}{paths[i]} is on {devi!r}; move every leaf to one device"
+                )
+        if check_dtype and not _is_real_float(xp0, leaf.dtype):
+            paths = paths or tree_paths(tree)
+            check_float_dtype(xp0, leaf, f"{name}{paths[i]}")
+    return Backend(xp0, dev0)
+
+
+def resolve_dtype(xp: Any, dtype: Any, default: Any, what: str) -> Any:
+    """``dtype`` as a dtype of ``xp`` (``None`` means ``default``).
+
+    Accepts a dtype object of ``xp`` or a name such as ``"float32"``,
+    ``"bfloat16"``. Raises ``TypeError`` for a non-floating or unknown dtype.
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, str):
+        dt = getattr(xp, dtype, None)
+        if dt is None:
+            raise TypeError(f"{what}: the backend {namespace_name(xp)} has no dtype {dtype!r}")
+        dtype = dt
+    try:
+        ok = xp.isdtype(dtype, "real floating")
+    except Exception:
+        # A dtype of another library (e.g. numpy.float32 given for torch).
+        name = getattr(dtype, "__name__", None) or str(dtype)
+        dt = getattr(xp, str(name).split(".")[-1], None)
+        if dt is None:
+            raise TypeError(f"{what}: {dtype!r} is not a dtype of {namespace_name(xp)}")
+        return resolve_dtype(xp, dt, default, what)
+    if not ok:
+        raise TypeError(f"{what}: expected a real floating dtype, got {dtype}")
+    return dtype
+
+
+def scalar(xp: Any, value: Any, dtype: Any, device: Any) -> Any:
+    """A 0-d array holding ``value`` (a Python number or a 0-d array)."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        try:
+            same_ns = array_namespace(value) is xp
+        except TypeError:
+            same_ns = False
+        if same_ns:
+            return value if value.dtype == dtype else xp.astype(value, dtype)
+        value = float(value)
+    return xp.asarray(value, dtype=dtype, device=device)
