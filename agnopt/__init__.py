@@ -7,6 +7,36 @@ arrays (through ``array-api-compat``).
 from ._backend import Backend, is_writeable, resolve
 from ._base import EmptyState, Transform, apply_updates, chain, identity
 from ._result import OptimizeResult
+from . import _schedules as schedules
+from ._schedules import (
+    constant,
+    constant as constant_schedule,
+    cosine_decay,
+    exponential_decay,
+    linear_schedule,
+    linear_warmup,
+    warmup_cosine_decay,
+)
+from ._transforms import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByScheduleState,
+    ScaleByStddevState,
+    TraceState,
+    add_decayed_weights,
+    clip_by_global_norm,
+    scale,
+    scale_by_adam,
+    scale_by_learning_rate,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_schedule,
+    scale_by_sign,
+    scale_by_stddev,
+    trace,
+)
+from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
 from ._tree import (
     TreeDef,
     check_same_structure,

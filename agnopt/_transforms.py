@@ -1,0 +1,533 @@
+r"""The small transforms that the first-order optimizers are chained from.
+
+Each function returns a :class:`~agnopt.Transform` ``(init, update)``. States
+are NamedTuples of arrays created on the parameters' device; ``update`` is
+pure (nothing passed in is modified) and works on every Array API backend.
+
+Read as second-order methods, the adaptive transforms precondition the
+gradient with a diagonal approximation of the Hessian: ``scale_by_rss``
+(Adagrad) accumulates the squared gradients, a crude estimate of
+:math:`\operatorname{diag}(J^\top J)`; ``scale_by_rms`` (RMSProp) discounts
+them; ``scale_by_adam`` also averages the gradient and corrects both averages
+for their zero initialisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+from ._backend import resolve, resolve_dtype, scalar
+from ._base import EmptyState, Transform, check_updates
+from ._tree import tree_flatten, tree_map, tree_unflatten
+
+__all__ = [
+    "ScaleByScheduleState",
+    "TraceState",
+    "ScaleByRssState",
+    "ScaleByRmsState",
+    "ScaleByStddevState",
+    "ScaleByAdamState",
+    "scale",
+    "scale_by_schedule",
+    "scale_by_learning_rate",
+    "scale_by_sign",
+    "trace",
+    "scale_by_rss",
+    "scale_by_rms",
+    "scale_by_stddev",
+    "scale_by_adam",
+    "add_decayed_weights",
+    "clip_by_global_norm",
+]
+
+
+# --------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"{name} must not be NaN")
+    return v
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    v = _number(name, value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_beta(name: str, value: Any) -> float:
+    v = _number(name, value)
+    if not 0.0 <= v < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def check_learning_rate(learning_rate: Any) -> Any:
+    """A non-negative finite float, or a callable schedule (kept as is)."""
+    if callable(learning_rate):
+        return learning_rate
+    return check_nonnegative("learning_rate", learning_rate)
+
+
+def _float_leaf_dtype(xp: Any, leaf: Any, dtype: Any, what: str) -> Any:
+    return resolve_dtype(xp, dtype, leaf.dtype, what)
+
+
+def _zeros_like_tree(params: Any, dtype: Any, what: str, fill: float = 0.0):
+    bk = resolve(params, "params")
+    xp = bk.xp
+
+    def make(p):
+        dt = _float_leaf_dtype(xp, p, dtype, what)
+        return xp.full(p.shape, fill, dtype=dt, device=bk.device)
+
+    return tree_map(make, params)
+
+
+def _count0(params: Any):
+    bk = resolve(params, "params")
+    return bk.xp.zeros((), dtype=bk.xp.int32, device=bk.device)
+
+
+def _cast(xp: Any, x: Any, dtype: Any) -> Any:
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+def _safe_int_increment(xp: Any, count: Any) -> Any:
+    """``count + 1``, saturating at the int32 maximum (as optax does)."""
+    big = 2**31 - 1
+    return xp.where(count < big, count + 1, count)
+
+
+# --------------------------------------------------------------------------
+# scaling
+# --------------------------------------------------------------------------
+
+
+def scale(step_size: float) -> Transform:
+    """Multiply updates by a constant ``step_size``."""
+    step_size = _number("step_size", step_size)
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        return tree_map(lambda g: step_size * g, updates), state
+
+    return Transform(init, update)
+
+
+class ScaleByScheduleState(NamedTuple):
+    count: Any
+
+
+def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
+    """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
+
+    ``step_size_fn`` returns a Python float or a 0-d array; a non-finite value
+    raises ``ValueError`` when the backend is eager (NumPy, torch, ...).
+    """
+    if not callable(step_size_fn):
+        raise TypeError("step_size_fn must be callable (step -> value)")
+
+    def init(params):
+        return ScaleByScheduleState(count=_count0(params))
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        bk = resolve(updates, "grads")
+        xp = bk.xp
+        value = step_size_fn(state.count)
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
+
+        def one(g):
+            return scalar(xp, value, g.dtype, bk.device) * g
+
+        new = tree_map(one, updates)
+        return new, ScaleByScheduleState(count=_safe_int_increment(xp, state.count))
+
+    return Transform(init, update)
+
+
+def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Transform:
+    """Multiply updates by ``-learning_rate`` (a float or a schedule)."""
+    learning_rate = check_learning_rate(learning_rate)
+    sign = -1.0 if flip_sign else 1.0
+    if callable(learning_rate):
+        return scale_by_schedule(lambda count: sign * learning_rate(count))
+    return scale(sign * learning_rate)
+
+
+def scale_by_sign() -> Transform:
+    r"""Replace each update by its sign: :math:`u = \operatorname{sign}(g)`.
+
+    The limit of Adagrad/RMSProp when the accumulator is the current squared
+    gradient alone and :math:`\epsilon \to 0`: :math:`g / \sqrt{g^2} = \operatorname{sign}(g)`.
+    """
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        return tree_map(xp.sign, updates), state
+
+    return Transform(init, update)
+
+
+# --------------------------------------------------------------------------
+# momentum
+# --------------------------------------------------------------------------
+
+
+class TraceState(NamedTuple):
+    count: Any
+    trace: Any
+
+
+def trace(
+    decay: float, nesterov: bool = False, dampening: float = 0.0, accumulator_dtype: Any = None
+) -> Transform:
+    r"""Heavy-ball momentum, as ``torch.optim.SGD``.
+
+    .. math::
+        b_1 = g_1, \qquad b_t = \mu\, b_{t-1} + (1 - \tau)\, g_t, \qquad
+        u_t = g_t + \mu b_t \ \text{(nesterov)} \ \text{or}\ b_t.
+
+    With ``dampening`` :math:`\tau = 0` (the default) this equals
+    ``optax.trace(decay, nesterov)``, whose buffer starts at zero.
+    """
+    decay = check_nonnegative("momentum", decay)
+    dampening = check_nonnegative("dampening", dampening)
+    if nesterov and (decay <= 0 or dampening != 0):
+        raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0 (as torch.optim.SGD)")
+
+    def init(params):
+        return TraceState(count=_count0(params), trace=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype"))
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        first = state.count == 0
+
+        def one(g, t):
+            g = _cast(xp, g, t.dtype)
+            if dampening == 0.0:
+                new_t = g + decay * t
+            else:
+                new_t = xp.where(first, g, decay * t + (1.0 - dampening) * g)
+            u = g + decay * new_t if nesterov else new_t
+            return u, new_t
+
+        g_leaves, td = tree_flatten(updates)
+        t_leaves = tree_flatten(state.trace)[0]
+        pairs = [one(g, t) for g, t in zip(g_leaves, t_leaves)]
+        new_u = tree_unflatten(td, [p[0] for p in pairs])
+        new_t = tree_unflatten(td, [p[1] for p in pairs])
+        return new_u, TraceState(count=_safe_int_increment(xp, state.count), trace=new_t)
+
+    return Transform(init, update)
+
+
+# --------------------------------------------------------------------------
+# diagonal preconditioners
+# --------------------------------------------------------------------------
+
+
+def _precondition(xp: Any, g: Any, acc: Any, eps: float, eps_in_sqrt: bool) -> Any:
+    if eps_in_sqrt:
+        return g / xp.sqrt(acc + eps)
+    return g / (xp.sqrt(acc) + eps)
+
+
+class ScaleByRssState(NamedTuple):
+    sum_of_squares: Any
+
+
+def scale_by_rss(
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    eps_in_sqrt: bool = False,
+    accumulator_dtype: Any = None,
+) -> Transform:
+    r"""Adagrad's scaling (Duchi, Hazan & Singer, 2011).
+
+    .. math::
+        s_t = s_{t-1} + g_t^2, \qquad
+        u_t = g_t / (\sqrt{s_t} + \epsilon) \quad\text{or, with eps_in_sqrt,}\quad
+        g_t / \sqrt{s_t + \epsilon}.
+    """
+    initial_accumulator_value = check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+    eps = check_nonnegative("eps", eps)
+
+    def init(params):
+        return ScaleByRssState(
+            sum_of_squares=_zeros_like_tree(
+                params, accumulator_dtype, "accumulator_dtype", fill=initial_accumulator_value
+            )
+        )
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+
+        def acc(g, s):
+            g = _cast(xp, g, s.dtype)
+            return s + g * g
+
+        new_s = tree_map(acc, updates, state.sum_of_squares)
+        new_u = tree_map(
+            lambda g, s: _precondition(xp, _cast(xp, g, s.dtype), s, eps, eps_in_sqrt), updates, new_s
+        )
+        return new_u, ScaleByRssState(sum_of_squares=new_s)
+
+    return Transform(init, update)
+
+
+class ScaleByRmsState(NamedTuple):
+    nu: Any
+
+
+def scale_by_rms(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    eps_in_sqrt: bool = False,
+    initial_scale: float = 0.0,
+    accumulator_dtype: Any = None,
+) -> Transform:
+    r"""RMSProp's scaling (Tieleman & Hinton, 2012).
+
+    .. math::
+        \nu_t = \beta \nu_{t-1} + (1-\beta) g_t^2, \qquad
+        u_t = g_t / (\sqrt{\nu_t} + \epsilon) \quad\text{or}\quad g_t / \sqrt{\nu_t + \epsilon}.
+    """
+    decay = check_beta("decay", decay)
+    eps = check_nonnegative("eps", eps)
+    initial_scale = check_nonnegative("initial_scale", initial_scale)
+
+    def init(params):
+        return ScaleByRmsState(nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale))
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+
+        def ema(g, nu):
+            g = _cast(xp, g, nu.dtype)
+            return decay * nu + (1.0 - decay) * (g * g)
+
+        new_nu = tree_map(ema, updates, state.nu)
+        new_u = tree_map(
+            lambda g, nu: _precondition(xp, _cast(xp, g, nu.dtype), nu, eps, eps_in_sqrt), updates, new_nu
+        )
+        return new_u, ScaleByRmsState(nu=new_nu)
+
+    return Transform(init, update)
+
+
+class ScaleByStddevState(NamedTuple):
+    mu: Any
+    nu: Any
+
+
+def scale_by_stddev(
+    decay: float = 0.9,
+    eps: float = 1e-8,
+    eps_in_sqrt: bool = False,
+    initial_scale: float = 0.0,
+    accumulator_dtype: Any = None,
+) -> Transform:
+    r"""Centered RMSProp's scaling (Graves, 2013): divide by a running standard deviation.
+
+    .. math::
+        \mu_t = \beta\mu_{t-1} + (1-\beta) g_t,\quad
+        \nu_t = \beta\nu_{t-1} + (1-\beta) g_t^2,\quad
+        u_t = g_t / (\sqrt{\nu_t - \mu_t^2} + \epsilon).
+    """
+    decay = check_beta("decay", decay)
+    eps = check_nonnegative("eps", eps)
+    initial_scale = check_nonnegative("initial_scale", initial_scale)
+
+    def init(params):
+        return ScaleByStddevState(
+            mu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype"),
+            nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale),
+        )
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        g_leaves, td = tree_flatten(updates)
+        mus = tree_flatten(state.mu)[0]
+        nus = tree_flatten(state.nu)[0]
+        out_u, out_mu, out_nu = [], [], []
+        for g, mu, nu in zip(g_leaves, mus, nus):
+            g = _cast(xp, g, nu.dtype)
+            mu = decay * mu + (1.0 - decay) * g
+            nu = decay * nu + (1.0 - decay) * (g * g)
+            out_u.append(_precondition(xp, g, nu - mu * mu, eps, eps_in_sqrt))
+            out_mu.append(mu)
+            out_nu.append(nu)
+        return tree_unflatten(td, out_u), ScaleByStddevState(
+            mu=tree_unflatten(td, out_mu), nu=tree_unflatten(td, out_nu)
+        )
+
+    return Transform(init, update)
+
+
+class ScaleByAdamState(NamedTuple):
+    count: Any
+    mu: Any
+    nu: Any
+    nu_max: Any  # None unless amsgrad
+
+
+def scale_by_adam(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    amsgrad: bool = False,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+) -> Transform:
+    r"""Adam's scaling (Kingma & Ba, 2015, Algorithm 1), with bias correction.
+
+    .. math::
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+        \hat m_t &= m_t / (1-\beta_1^t), \qquad \hat v_t = v_t / (1-\beta_2^t), \qquad
+        u_t = \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon).
+
+    The running moments :math:`m_t, v_t` are kept; only copies are corrected
+    (the seed's pseudocode overwrote them). With ``amsgrad`` the denominator
+    uses :math:`\max_{s \le t} v_s` (the raw second moment, then corrected), as
+    ``torch.optim.Adam(amsgrad=True)``; ``optax.amsgrad`` takes the maximum of
+    the corrected moments instead, which differs in the first steps.
+    """
+    b1 = check_beta("b1", b1)
+    b2 = check_beta("b2", b2)
+    eps = check_nonnegative("eps", eps)
+    eps_root = check_nonnegative("eps_root", eps_root)
+
+    def init(params):
+        nu = _zeros_like_tree(params, nu_dtype, "nu_dtype")
+        return ScaleByAdamState(
+            count=_count0(params),
+            mu=_zeros_like_tree(params, mu_dtype, "mu_dtype"),
+            nu=nu,
+            nu_max=nu if amsgrad else None,
+        )
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        count = _safe_int_increment(xp, state.count)
+        g_leaves, td = tree_flatten(updates)
+        mus = tree_flatten(state.mu)[0]
+        nus = tree_flatten(state.nu)[0]
+        nu_maxs = tree_flatten(state.nu_max)[0] if amsgrad else [None] * len(g_leaves)
+        out_u, out_mu, out_nu, out_max = [], [], [], []
+        bias = {}
+        for g, mu, nu, nu_max in zip(g_leaves, mus, nus, nu_maxs):
+            gm = _cast(xp, g, mu.dtype)
+            gn = _cast(xp, g, nu.dtype)
+            mu = b1 * mu + (1.0 - b1) * gm
+            nu = b2 * nu + (1.0 - b2) * (gn * gn)
+            if nu.dtype not in bias:
+                t = xp.astype(count, nu.dtype)
+                bias[nu.dtype] = (1.0 - b1**t, 1.0 - b2**t)
+            bc1, bc2 = bias[nu.dtype]
+            if amsgrad:
+                nu_max = xp.maximum(nu_max, nu)
+                v = nu_max
+                out_max.append(nu_max)
+            else:
+                v = nu
+            denom = xp.sqrt(v / bc2 + eps_root) + eps
+            u = _cast(xp, mu, nu.dtype) / bc1 / denom
+            out_u.append(u)
+            out_mu.append(mu)
+            out_nu.append(nu)
+        new_state = ScaleByAdamState(
+            count=count,
+            mu=tree_unflatten(td, out_mu),
+            nu=tree_unflatten(td, out_nu),
+            nu_max=tree_unflatten(td, out_max) if amsgrad else None,
+        )
+        return tree_unflatten(td, out_u), new_state
+
+    return Transform(init, update)
+
+
+# --------------------------------------------------------------------------
+# weight decay and clipping
+# --------------------------------------------------------------------------
+
+
+def add_decayed_weights(weight_decay: float = 0.0) -> Transform:
+    r"""Add ``weight_decay * params`` to the updates: :math:`u = g + \lambda\theta`.
+
+    Before a preconditioner this is an L2 penalty (``torch.optim.Adam``'s
+    ``weight_decay``); after it, scaled by the learning rate, it is decoupled
+    weight decay (``torch.optim.AdamW``, Loshchilov & Hutter, 2019).
+    """
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        if weight_decay == 0.0:
+            return updates, state
+        if params is None:
+            raise ValueError("add_decayed_weights: update() needs params (weight_decay != 0)")
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        return tree_map(lambda g, p: g + weight_decay * _cast(xp, p, g.dtype), updates, params), state
+
+    return Transform(init, update)
+
+
+def clip_by_global_norm(max_norm: float) -> Transform:
+    r"""Rescale all updates together so that their global L2 norm is at most ``max_norm``.
+
+    .. math:: u \leftarrow u \cdot \min(1, c / \|u\|_2), \quad \|u\|_2^2 = \textstyle\sum_{\text{leaves}} \sum u_i^2
+
+    As ``optax.clip_by_global_norm``; ``torch.nn.utils.clip_grad_norm_`` adds
+    1e-6 to the norm in the ratio.
+    """
+    max_norm = check_nonnegative("max_norm", max_norm)
+    if max_norm == 0:
+        raise ValueError("max_norm must be > 0")
+
+    def init(params):
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        check_updates(updates, params)
+        xp = resolve(updates, "grads").xp
+        leaves, td = tree_flatten(updates)
+        acc_dtype = xp.result_type(*[g.dtype for g in leaves]) if len(leaves) > 1 else leaves[0].dtype
+        total = None
+        for g in leaves:
+            s = xp.sum(_cast(xp, g * g, acc_dtype))
+            total = s if total is None else total + s
+        norm = xp.sqrt(total)
+        tiny = xp.finfo(acc_dtype).tiny
+        factor = xp.where(norm <= max_norm, xp.ones_like(norm), max_norm / xp.maximum(norm, tiny))
+        return tree_unflatten(td, [g * _cast(xp, factor, g.dtype) for g in leaves]), state
+
+    return Transform(init, update)
