@@ -49,6 +49,7 @@ from ._tree import (
 )
 
 # --- second-order solvers (each line owned by its module) ---
+from ._numdiff import approx_derivative
 # --- end second-order solvers ---
 
 __version__ = "0.1.0"

@@ -1,0 +1,363 @@
+"""Finite-difference and complex-step derivatives, written once against the Array API.
+
+:func:`approx_derivative` reproduces the step rules of
+``scipy.optimize._numdiff.approx_derivative`` (dense case) on any Array API
+backend: the same relative steps, the same exactly-representable step
+recomputation, and the same one-sided / shrunken steps near bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from ._backend import namespace_name, resolve
+
+__all__ = ["approx_derivative"]
+
+_METHODS = ("2-point", "3-point", "cs")
+
+
+def _as_bound(xp: Any, b: Any, x0: Any, what: str) -> Any:
+    """``b`` (scalar or array-like) as an array of ``x0``'s dtype/device broadcast to x0."""
+    if hasattr(b, "shape") and hasattr(b, "dtype"):
+        try:
+            arr = xp.asarray(b, dtype=x0.dtype, device=_dev(x0))
+        except Exception:
+            # An array of another library (e.g. a NumPy bound for torch x0).
+            arr = xp.asarray(_tolist(b), dtype=x0.dtype, device=_dev(x0))
+    elif isinstance(b, (list, tuple)):
+        arr = xp.asarray(b, dtype=x0.dtype, device=_dev(x0))
+    else:
+        arr = xp.asarray(float(b), dtype=x0.dtype, device=_dev(x0))
+    try:
+        arr = xp.broadcast_to(arr, x0.shape)
+    except Exception as e:
+        raise ValueError(
+            f"bounds: {what} bound of shape {tuple(arr.shape)} does not broadcast to "
+            f"x0's shape {tuple(x0.shape)}"
+        ) from e
+    return arr
+
+
+def _tolist(b: Any) -> Any:
+    t = getattr(b, "tolist", None)
+    if t is not None:
+        return t()
+    return [float(v) for v in b]
+
+
+def _dev(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def prepare_bounds(xp: Any, bounds: Any, x0: Any) -> tuple[Any, Any]:
+    """``(lb, ub)`` as arrays broadcast to ``x0``'s shape, dtype and device."""
+    try:
+        lb, ub = bounds
+    except (TypeError, ValueError) as e:
+        raise ValueError("bounds: expected a pair (lb, ub)") from e
+    return _as_bound(xp, lb, x0, "lower"), _as_bound(xp, ub, x0, "upper")
+
+
+def _eps_for_method(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
+    """scipy's ``_eps_for_method``: eps of x's dtype, or of f's if f is narrower."""
+    eps = float(xp.finfo(x_dtype).eps)
+    try:
+        if xp.isdtype(f_dtype, "real floating"):
+            eps = max(eps, float(xp.finfo(f_dtype).eps))
+        elif xp.isdtype(f_dtype, "complex floating"):
+            eps = max(eps, float(xp.finfo(f_dtype).eps))
+    except Exception:  # pragma: no cover - exotic f dtype
+        pass
+    if method == "3-point":
+        return eps ** (1.0 / 3.0)
+    return eps**0.5
+
+
+def _sign(xp: Any, x0: Any) -> Any:
+    one = xp.ones_like(x0)
+    return xp.where(x0 >= 0, one, -one)
+
+
+def _absolute_step(xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float) -> Any:
+    """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
+    sign_x0 = _sign(xp, x0)
+    default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
+    if abs_step is not None:
+        h = _as_step(xp, abs_step, x0, "abs_step")
+        dx = (x0 + h) - x0
+        return xp.where(dx == 0, default, h)
+    if rel_step is None:
+        return default
+    r = _as_step(xp, rel_step, x0, "rel_step")
+    h = r * sign_x0 * xp.abs(x0)
+    dx = (x0 + h) - x0
+    return xp.where(dx == 0, default, h)
+
+
+def _as_step(xp: Any, s: Any, x0: Any, what: str) -> Any:
+    if hasattr(s, "shape") and hasattr(s, "dtype"):
+        try:
+            arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+        except Exception:
+            arr = xp.asarray(_tolist(s), dtype=x0.dtype, device=_dev(x0))
+    elif isinstance(s, (list, tuple)):
+        arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+    else:
+        arr = xp.asarray(float(s), dtype=x0.dtype, device=_dev(x0))
+    try:
+        return xp.broadcast_to(arr, x0.shape)
+    except Exception as e:
+        raise ValueError(f"{what}: shape {tuple(arr.shape)} does not broadcast to x0's shape {tuple(x0.shape)}") from e
+
+
+def _adjust_scheme_to_bounds(xp, x0, h, num_steps, scheme, lb, ub):
+    """scipy's ``_adjust_scheme_to_bounds`` with ``where`` instead of masked assignment.
+
+    Returns ``(h_adjusted, use_one_sided)`` (a boolean array).
+    """
+    lower_dist = x0 - lb
+    upper_dist = ub - x0
+    if scheme == "1-sided":
+        use_one_sided = xp.ones(x0.shape, dtype=xp.bool, device=_dev(x0))
+        h_total = h * num_steps
+        x = x0 + h_total
+        violated = (x < lb) | (x > ub)
+        fitting = xp.abs(h_total) <= xp.maximum(lower_dist, upper_dist)
+        h_adj = xp.where(violated & fitting, -h, h)
+        forward = (upper_dist >= lower_dist) & ~fitting
+        h_adj = xp.where(forward, upper_dist / num_steps, h_adj)
+        backward = (upper_dist < lower_dist) & ~fitting
+        h_adj = xp.where(backward, -lower_dist / num_steps, h_adj)
+        return h_adj, use_one_sided
+    # 2-sided
+    h = xp.abs(h)
+    h_total = h * num_steps
+    central = (lower_dist >= h_total) & (upper_dist >= h_total)
+    forward = (upper_dist >= lower_dist) & ~central
+    h_adj = xp.where(forward, xp.minimum(h, 0.5 * upper_dist / num_steps), h)
+    backward = (upper_dist < lower_dist) & ~central
+    h_adj = xp.where(backward, -xp.minimum(h, 0.5 * lower_dist / num_steps), h_adj)
+    use_one_sided = forward | backward
+    min_dist = xp.minimum(upper_dist, lower_dist) / num_steps
+    adjusted_central = ~central & (xp.abs(h_adj) <= min_dist)
+    h_adj = xp.where(adjusted_central, min_dist, h_adj)
+    use_one_sided = use_one_sided & ~adjusted_central
+    return h_adj, use_one_sided
+
+
+def _complex_dtype(xp: Any, dtype: Any) -> Any:
+    name = None
+    if dtype == getattr(xp, "float64", None):
+        name = "complex128"
+    elif dtype == getattr(xp, "float32", None):
+        name = "complex64"
+    cdt = getattr(xp, name, None) if name else None
+    if cdt is None:
+        raise TypeError(
+            f"method='cs' (complex step) needs a complex dtype matching {dtype}, which "
+            f"the backend {namespace_name(xp)} does not provide; use '2-point' or "
+            "'3-point' instead"
+        )
+    return cdt
+
+
+def _call(fun, x, args, kwargs, xp, dtype, dev):
+    try:
+        f = fun(x, *args, **kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"fun raised {type(e).__name__} while evaluating a finite-difference point: {e}"
+        ) from e
+    if not (hasattr(f, "shape") and hasattr(f, "dtype")):
+        f = xp.asarray(f, dtype=dtype, device=dev)
+    return f
+
+
+def approx_derivative(
+    fun: Callable[..., Any],
+    x0: Any,
+    method: str = "2-point",
+    rel_step: Any = None,
+    abs_step: Any = None,
+    f0: Any = None,
+    bounds: Any = (-math.inf, math.inf),
+    args: tuple = (),
+    kwargs: dict | None = None,
+    batched: bool = False,
+) -> Any:
+    r"""Finite-difference (or complex-step) Jacobian of ``fun`` at ``x0``, on any backend.
+
+    Reproduces ``scipy.optimize._numdiff.approx_derivative`` (dense Jacobians),
+    written once against the Array API so the arrays stay on their backend
+    and device.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, *args, **kwargs)``. Unbatched: ``x`` of shape ``(n,)`` (a 0-d
+        ``x0`` is treated as ``(1,)``), returning ``(m,)`` or a 0-d array
+        (a scalar function). Batched: ``x`` of shape ``(B, n)`` returning
+        ``(B, m)`` or ``(B,)``; row ``b`` of the output must depend on row
+        ``b`` of the input only.
+    x0 : array
+        The point, of a real floating dtype.
+    method : {"2-point", "3-point", "cs"}
+        * ``"2-point"``: forward differences :math:`(f(x+h e_j) - f(x))/h`,
+          error :math:`O(h)`.
+        * ``"3-point"``: central differences :math:`(f(x+h e_j)-f(x-h e_j))/(2h)`,
+          or the one-sided second-order formula
+          :math:`(-3f(x) + 4f(x+h e_j) - f(x+2h e_j))/(2h)` next to a bound,
+          error :math:`O(h^2)`.
+        * ``"cs"``: complex step :math:`\operatorname{Im} f(x + i h e_j)/h`.
+          Exact to rounding for functions that are analytic in complex
+          arithmetic (no subtractive cancellation); ``fun`` must accept complex
+          input (no ``abs``, comparisons or ``real``-only functions in the path).
+          Raises ``TypeError`` if the backend has no matching complex dtype.
+          Bounds are not needed: only the imaginary part is perturbed.
+    rel_step : float or array, optional
+        Relative step. The absolute step is
+        ``h = rel_step * sign(x0) * |x0|`` (with ``sign(0) = 1``). Default
+        (scipy's): ``h = r * sign(x0) * max(1, |x0|)`` with ``r = eps**(1/2)``
+        for "2-point" and "cs" and ``r = eps**(1/3)`` for "3-point", where
+        ``eps`` is the machine epsilon of ``x0``'s dtype (of ``f0``'s dtype if
+        that is wider-eps, as scipy does). Where ``(x0 + h) - x0 == 0`` the
+        default step is used instead.
+    abs_step : float or array, optional
+        Absolute step (sign as given); falls back to the default rule where it
+        vanishes against ``x0``.
+    f0 : array, optional
+        ``fun(x0)`` if already known (saves one evaluation).
+    bounds : (lb, ub)
+        Scalars or arrays broadcastable to ``x0``. ``x0`` must satisfy them.
+        Finite-difference points stay inside: as in scipy, a forward step
+        that leaves the box is flipped when it fits on the other side or
+        else shrunk to the distance to the farther bound ("2-point"); a
+        central step that does not fit becomes a one-sided second-order
+        step, shrunk if needed ("3-point").
+    args, kwargs :
+        Extra arguments for ``fun``.
+    batched : bool
+        ``x0`` has shape ``(B, n)``; ``fun`` maps ``(B, n) -> (B, m)``
+        (or ``(B,)``). Every problem gets its own steps; ``fun`` is called
+        once per column (``n`` or ``2n`` times), not ``B`` times.
+
+    Returns
+    -------
+    J : array
+        Unbatched: ``(m, n)``, or the gradient ``(n,)`` when ``fun`` returns a
+        0-d array. Batched: ``(B, m, n)``, or ``(B, n)`` when ``fun`` returns
+        ``(B,)``. Same backend, device and (real) dtype as ``fun``'s output.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    kwargs = {} if kwargs is None else kwargs
+    xp, dev = resolve(x0, "x0")
+    scalar_x = False
+    if batched:
+        if x0.ndim != 2:
+            raise ValueError(
+                f"x0: with batched=True expected shape (B, n), got {tuple(x0.shape)}"
+            )
+    else:
+        if x0.ndim == 0:
+            scalar_x = True
+            x0 = xp.reshape(x0, (1,))
+        elif x0.ndim != 1:
+            raise ValueError(
+                f"x0: expected a 1-D array of shape (n,), got shape {tuple(x0.shape)} "
+                "(use batched=True for a batch of problems)"
+            )
+    dtype = x0.dtype
+    n = x0.shape[-1]
+
+    def call(x):
+        xx = xp.reshape(x, ()) if scalar_x else x
+        return _call(fun, xx, args, kwargs, xp, dtype, dev)
+
+    if f0 is None:
+        f0 = call(x0)
+    elif not (hasattr(f0, "shape") and hasattr(f0, "dtype")):
+        f0 = xp.asarray(f0, dtype=dtype, device=dev)
+    if batched:
+        if f0.ndim not in (1, 2) or f0.shape[0] != x0.shape[0]:
+            raise ValueError(
+                f"fun: with batched=True expected output of shape (B,) or (B, m) with "
+                f"B = {x0.shape[0]}, got {tuple(f0.shape)}"
+            )
+    elif f0.ndim > 1:
+        raise ValueError(
+            f"fun: expected a 0-d or 1-D output, got shape {tuple(f0.shape)}"
+        )
+    scalar_f = f0.ndim == (1 if batched else 0)
+
+    lb, ub = prepare_bounds(xp, bounds, x0)
+    if bool(xp.any((x0 < lb) | (x0 > ub))):
+        raise ValueError("x0 violates bound constraints (bounds)")
+
+    rstep = _eps_for_method(xp, dtype, f0.dtype, method)
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep)
+    if method == "2-point":
+        h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
+    elif method == "3-point":
+        h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
+    eye = xp.eye(n, dtype=dtype, device=dev)
+
+    if method == "cs":
+        cdt = _complex_dtype(xp, dtype)
+        xc = xp.astype(x0, cdt)
+        i1 = xp.asarray(1j, dtype=cdt, device=dev)
+
+    cols = []
+    for j in range(n):
+        ej = eye[j, :]
+        if batched:
+            hj = h[:, j : j + 1] * ej  # (B, n), zero off column j
+        else:
+            hj = h[j] * ej
+        if method == "2-point":
+            x1 = x0 + hj
+            dx = x1[..., j] - x0[..., j]
+            df = call(x1) - f0
+        elif method == "3-point":
+            xm = x0 - hj
+            x1 = x0 + hj
+            x2 = x0 + 2.0 * hj
+            oj = one_sided[..., j]
+            # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
+            if bool(xp.all(~oj)):
+                dx = x1[..., j] - xm[..., j]
+                df = call(x1) - call(xm)
+            elif bool(xp.all(oj)):
+                f1 = call(x1)
+                f2 = call(x2)
+                dx = x2[..., j] - x0[..., j]
+                df = -3.0 * f0 + 4.0 * f1 - f2
+            else:  # batched, mixed: evaluate both schemes and pick per problem
+                fm = call(xm)
+                f1 = call(x1)
+                f2 = call(x2)
+                dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
+                sel = oj if scalar_f else oj[:, None]
+                df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
+        else:  # cs
+            fc = call(xc + xp.astype(hj, cdt) * i1)
+            if not xp.isdtype(fc.dtype, "complex floating"):
+                raise ValueError(
+                    "fun returned a real array for complex input, so the complex step "
+                    "cannot see the derivative; method='cs' needs fun to be written in "
+                    "complex-safe arithmetic (or use '2-point' / '3-point')"
+                )
+            df = xp.imag(fc)
+            dx = hj[..., j]
+        if batched and not scalar_f:
+            dx = dx[:, None]
+        cols.append(df / dx)
+    if scalar_f:
+        J = xp.stack(cols, axis=-1)  # (n,) or (B, n)
+    else:
+        J = xp.stack(cols, axis=-1)  # (m, n) or (B, m, n)
+    return J
