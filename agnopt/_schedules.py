@@ -156,8 +156,9 @@ def linear_schedule(
 
     def schedule(step):
         ops = _Ops(step)
-        frac = ops.clip(ops.t - transition_begin, 0.0, float(transition_steps)) / transition_steps
-        return init_value + (end_value - init_value) * frac
+        frac = 1.0 - ops.clip(ops.t - transition_begin, 0.0, float(transition_steps)) / transition_steps
+        # optax's arithmetic order, so that both give the same rounding
+        return (init_value - end_value) * frac + end_value
 
     return schedule
 

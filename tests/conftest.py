@@ -172,3 +172,35 @@ def have(module: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+class _ParityRecorder:
+    """Worst relative error per (reference, configuration, backend), printed at the end."""
+
+    def __init__(self):
+        self.results: dict = {}
+
+    def record(self, reference: str, name: str, backend: str, err: float) -> None:
+        key = (reference, name, backend)
+        self.results[key] = max(err, self.results.get(key, 0.0))
+
+
+PARITY = _ParityRecorder()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not PARITY.results:
+        return
+    tr = terminalreporter
+    tr.section("trajectory parity (max relative error over 60 steps, 2 problems)")
+    backends = sorted({b for (_, _, b) in PARITY.results})
+    for ref in sorted({r for (r, _, _) in PARITY.results}):
+        tr.write_line(f"vs {ref}:")
+        tr.write_line(f"  {'configuration':40s}" + "".join(f"{b:>18s}" for b in backends))
+        names = sorted({n for (r, n, _) in PARITY.results if r == ref})
+        for n in names:
+            cells = []
+            for b in backends:
+                v = PARITY.results.get((ref, n, b))
+                cells.append(f"{v:18.1e}" if v is not None else f"{'-':>18s}")
+            tr.write_line(f"  {n:40s}" + "".join(cells))
