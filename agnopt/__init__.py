@@ -50,6 +50,7 @@ from ._tree import (
 
 # --- second-order solvers (each line owned by its module) ---
 from ._numdiff import approx_derivative
+from ._minimize import minimize
 # --- end second-order solvers ---
 
 __version__ = "0.1.0"
