@@ -82,18 +82,22 @@ def _sign(xp: Any, x0: Any) -> Any:
     return xp.where(x0 >= 0, one, -one)
 
 
-def _absolute_step(xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float) -> Any:
+def _absolute_step(
+    xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False
+) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
     sign_x0 = _sign(xp, x0)
     default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
     if abs_step is not None:
         h = _as_step(xp, abs_step, x0, "abs_step")
-        dx = (x0 + h) - x0
-        return xp.where(dx == 0, default, h)
-    if rel_step is None:
+    elif rel_step is None:
         return default
-    r = _as_step(xp, rel_step, x0, "rel_step")
-    h = r * sign_x0 * xp.abs(x0)
+    else:
+        r = _as_step(xp, rel_step, x0, "rel_step")
+        h = r * sign_x0 * xp.abs(x0)
+    if cs:
+        # the complex step is not added to the real part: only h == 0 is unusable
+        return xp.where(h == 0, default, h)
     dx = (x0 + h) - x0
     return xp.where(dx == 0, default, h)
 
@@ -225,7 +229,10 @@ def approx_derivative(
         for "2-point" and "cs" and ``r = eps**(1/3)`` for "3-point", where
         ``eps`` is the machine epsilon of ``x0``'s dtype (of ``f0``'s dtype if
         that is wider-eps, as scipy does). Where ``(x0 + h) - x0 == 0`` the
-        default step is used instead.
+        default step is used instead (for "cs" only where ``h == 0``: the
+        imaginary step never cancels against ``x0``, so any nonzero step is
+        usable; tiny steps such as ``rel_step=eps`` make it exact to rounding
+        even for parameters far smaller than 1).
     abs_step : float or array, optional
         Absolute step (sign as given); falls back to the default rule where it
         vanishes against ``x0``.
@@ -299,7 +306,7 @@ def approx_derivative(
         raise ValueError("x0 violates bound constraints (bounds)")
 
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    h = _absolute_step(xp, rel_step, abs_step, x0, rstep)
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs")
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     elif method == "3-point":
