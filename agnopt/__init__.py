@@ -51,6 +51,7 @@ from ._tree import (
 # --- second-order solvers (each line owned by its module) ---
 from ._numdiff import approx_derivative
 from ._lsq import least_squares
+from ._curve_fit import curve_fit
 from ._minimize import minimize
 # --- end second-order solvers ---
 

@@ -283,6 +283,8 @@ def _lmpar(xp, delta, par0, w, c, good, full_rank, active):
     par = xp.where(par == 0, gnorm / dx_safe, par)
     done = gn_ok | ~active
     q = qn
+    if bool(xp.all(done)):
+        return xp.where(gn_ok, xp.zeros_like(par), par), q
     for it in range(10):
         par_t = xp.where(par == 0, xp.maximum(xp.full_like(paru, dwarf), 0.001 * paru), par)
         par = xp.where(done, par, par_t)
@@ -306,6 +308,8 @@ def _lmpar(xp, delta, par0, w, c, good, full_rank, active):
         paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
         par = xp.where(done, par, xp.maximum(parl, par + parc))
         del newly
+        if bool(xp.all(done)):  # frozen problems do not change: exiting is exact
+            break
     par = xp.where(gn_ok, xp.zeros_like(par), par)
     return par, q
 
