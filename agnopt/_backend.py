@@ -94,7 +94,7 @@ def resolve(tree: Any, name: str = "params", check_dtype: bool = True) -> Backen
     xp0 = dev0 = None
     type0 = None
     for i, leaf in enumerate(leaves):
-        if not array_api_compat.is_array_api_obj(leaf) or isinstance(leaf, (int, float, complex)):
+        if type(leaf) in (int, float, complex, bool) or not array_api_compat.is_array_api_obj(leaf):
             paths = paths or tree_paths(tree)
             raise TypeError(
                 f"{name}{paths[i]}: expected an array, got {type(leaf).__name__}"

@@ -15,6 +15,7 @@ from ._backend import resolve
 from ._tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
+    "check_state",
     "Transform",
     "EmptyState",
     "identity",
@@ -45,6 +46,15 @@ def identity() -> Transform:
         return updates, state
 
     return Transform(init, update)
+
+
+def check_state(state: Any, cls: type, who: str) -> None:
+    """Raise ``ValueError`` unless ``state`` is the ``cls`` that ``who``'s init returns."""
+    if not isinstance(state, cls):
+        raise ValueError(
+            f"state: {who} expected the {cls.__name__} that its init() returns, "
+            f"got {type(state).__name__}; pass the state from the same optimizer's init"
+        )
 
 
 def check_updates(updates: Any, params: Any | None, name: str = "grads") -> None:
@@ -84,6 +94,7 @@ def chain(*transforms: Transform) -> Transform:
             )
 
     def init(params):
+        resolve(params, "params")  # one clear error for bad trees, even if no state is kept
         return tuple(t.init(params) for t in transforms)
 
     def update(updates, state, params=None):

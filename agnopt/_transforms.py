@@ -18,7 +18,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 from ._backend import resolve, resolve_dtype, scalar
-from ._base import EmptyState, Transform, check_updates
+from ._base import EmptyState, Transform, check_state, check_updates
 from ._tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
@@ -143,6 +143,7 @@ def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
         return ScaleByScheduleState(count=_count0(params))
 
     def update(updates, state, params=None):
+        check_state(state, ScaleByScheduleState, "scale_by_schedule")
         check_updates(updates, params)
         bk = resolve(updates, "grads")
         xp = bk.xp
@@ -218,6 +219,7 @@ def trace(
         return TraceState(count=_count0(params), trace=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype"))
 
     def update(updates, state, params=None):
+        check_state(state, TraceState, "trace")
         check_updates(updates, params)
         xp = resolve(updates, "grads").xp
         first = state.count == 0
@@ -280,6 +282,7 @@ def scale_by_rss(
         )
 
     def update(updates, state, params=None):
+        check_state(state, ScaleByRssState, "scale_by_rss")
         check_updates(updates, params)
         xp = resolve(updates, "grads").xp
 
@@ -321,6 +324,7 @@ def scale_by_rms(
         return ScaleByRmsState(nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale))
 
     def update(updates, state, params=None):
+        check_state(state, ScaleByRmsState, "scale_by_rms")
         check_updates(updates, params)
         xp = resolve(updates, "grads").xp
 
@@ -367,6 +371,7 @@ def scale_by_stddev(
         )
 
     def update(updates, state, params=None):
+        check_state(state, ScaleByStddevState, "scale_by_stddev")
         check_updates(updates, params)
         xp = resolve(updates, "grads").xp
         g_leaves, td = tree_flatten(updates)
@@ -432,6 +437,7 @@ def scale_by_adam(
         )
 
     def update(updates, state, params=None):
+        check_state(state, ScaleByAdamState, "scale_by_adam")
         check_updates(updates, params)
         xp = resolve(updates, "grads").xp
         count = _safe_int_increment(xp, state.count)
@@ -526,7 +532,7 @@ def clip_by_global_norm(max_norm: float) -> Transform:
             s = xp.sum(_cast(xp, g * g, acc_dtype))
             total = s if total is None else total + s
         norm = xp.sqrt(total)
-        tiny = xp.finfo(acc_dtype).tiny
+        tiny = xp.finfo(acc_dtype).smallest_normal
         factor = xp.where(norm <= max_norm, xp.ones_like(norm), max_norm / xp.maximum(norm, tiny))
         return tree_unflatten(td, [g * _cast(xp, factor, g.dtype) for g in leaves]), state
 

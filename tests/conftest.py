@@ -154,15 +154,13 @@ def to_numpy(x):
 
 def materialize(tree):
     """Compute Dask leaves of a tree (keeps long loops' graphs small)."""
-    from agnopt import tree_leaves
+    from agnopt import tree_flatten, tree_unflatten
 
-    leaves = tree_leaves(tree)
+    leaves, treedef = tree_flatten(tree)
     if leaves and type(leaves[0]).__module__.startswith("dask"):
         import dask
 
-        from agnopt import tree_map
-
-        return tree_map(lambda x: x.persist(), tree)
+        return tree_unflatten(treedef, list(dask.persist(*leaves)))
     return tree
 
 

@@ -1,0 +1,166 @@
+"""``python -m agnopt tour``: every optimizer on every installed backend.
+
+For each installed backend (and device), each first-order optimizer runs on
+the 2-D Rosenbrock function and on an ill-conditioned quadratic; one table
+row each: backend, device, optimizer, problem, steps, final loss and the
+time per step. The same code runs on all backends: that is the point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
+from ._base import apply_updates
+from ._schedules import exponential_decay
+
+__all__ = ["available_backends", "run_tour", "OPTIMIZERS"]
+
+OPTIMIZERS: dict[str, Callable[[], Any]] = {
+    "sgd(momentum=0.9)": lambda: sgd(exponential_decay(2e-3, 1000, 0.5), momentum=0.9),
+    "sign_sgd": lambda: sign_sgd(exponential_decay(1e-2, 600, 0.5)),
+    "adagrad": lambda: adagrad(0.6),
+    "rmsprop": lambda: rmsprop(exponential_decay(1e-2, 300, 0.5)),
+    "adam": lambda: adam(2e-2),
+    "adamw": lambda: adamw(2e-2, weight_decay=1e-4),
+}
+
+
+def available_backends() -> list[tuple[str, Any, Any, Callable[[Any], None]]]:
+    """``(name, xp, device, sync)`` for every backend importable here."""
+    out = []
+    import array_api_compat.numpy as np_xp
+
+    out.append(("numpy", np_xp, "cpu", lambda x: None))
+    try:
+        import array_api_strict
+
+        out.append(("array_api_strict", array_api_strict, array_api_strict.Device("CPU_DEVICE"), lambda x: None))
+    except ImportError:
+        pass
+    try:
+        import torch
+        import array_api_compat.torch as t_xp
+
+        out.append(("torch", t_xp, torch.device("cpu"), lambda x: None))
+        if torch.cuda.is_available():
+            out.append(("torch", t_xp, torch.device("cuda"), lambda x: torch.cuda.synchronize()))
+    except ImportError:
+        pass
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        for d in jax.devices():
+            out.append(("jax", jnp, d, lambda x: jax.block_until_ready(x)))
+    except ImportError:
+        pass
+    try:
+        import array_api_compat.dask.array as d_xp
+
+        out.append(("dask", d_xp, None, lambda x: None))
+    except ImportError:
+        pass
+    try:
+        import cupy
+        import array_api_compat.cupy as c_xp
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            out.append(("cupy", c_xp, cupy.cuda.Device(0), lambda x: cupy.cuda.Device().synchronize()))
+    except Exception:
+        pass
+    return out
+
+
+def _problems(xp: Any, device: Any, dtype: Any):
+    """(name, x0, loss, grad) for Rosenbrock 2-D and a 10-D quadratic of condition 1e3."""
+
+    def rosen_loss(x):
+        return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
+    def rosen_grad(x):
+        r = x[1] - x[0] ** 2
+        return xp.stack([-2.0 * (1.0 - x[0]) - 400.0 * x[0] * r, 200.0 * r])
+
+    n = 10
+    # diagonal quadratic with eigenvalues from 1 to 1e3, minimum at c
+    h = xp.asarray([10.0 ** (3.0 * i / (n - 1)) for i in range(n)], dtype=dtype, device=device)
+    c = xp.asarray([(-1.0) ** i for i in range(n)], dtype=dtype, device=device)
+
+    def quad_loss(x):
+        d = x - c
+        return 0.5 * xp.sum(h * d * d)
+
+    def quad_grad(x):
+        return h * (x - c)
+
+    return [
+        ("rosenbrock", xp.asarray([-1.2, 1.0], dtype=dtype, device=device), rosen_loss, rosen_grad),
+        ("quadratic", xp.zeros((n,), dtype=dtype, device=device), quad_loss, quad_grad),
+    ]
+
+
+def _device_name(name: str, device: Any) -> str:
+    if device is None:
+        return "cpu (chunked)" if name == "dask" else "-"
+    s = str(device)
+    if name == "array_api_strict":
+        return "CPU_DEVICE"
+    return s.replace("TFRT_CPU_0", "cpu")
+
+
+def run_tour(steps: int = 1000, dtype: str = "float64", backends: list[str] | None = None,
+             out=print) -> list[dict]:
+    """Run the tour and print the table; returns its rows as dicts."""
+    rows = []
+    header = f"{'backend':17s} {'device':14s} {'optimizer':18s} {'problem':11s} {'steps':>6s} {'final loss':>11s} {'us/step':>9s}"
+    out(header)
+    out("-" * len(header))
+    for name, xp, device, sync in available_backends():
+        if backends and name not in backends:
+            continue
+        dt = getattr(xp, dtype, None)
+        if dt is None:
+            continue
+        jit = None
+        if name == "jax":
+            import jax
+
+            jit = jax.jit
+        for opt_name, make in OPTIMIZERS.items():
+            for prob, x0, loss, grad in _problems(xp, device, dt):
+                opt = make()
+
+                def step(x, s, opt=opt, grad=grad):
+                    u, s = opt.update(grad(x), s, x)
+                    return apply_updates(x, u), s
+
+                if jit is not None:
+                    step = jit(step)
+                x, s = x0, opt.init(x0)
+                x, s = step(x, s)  # warm-up (compiles under jit)
+                sync(x)
+                t0 = time.perf_counter()
+                for i in range(steps - 1):
+                    x, s = step(x, s)
+                    if name == "dask" and i % 25 == 24:
+                        x, s = _persist((x, s))
+                final = float(loss(x))
+                sync(x)
+                dt_step = (time.perf_counter() - t0) / max(steps - 1, 1)
+                row = dict(backend=name, device=_device_name(name, device), optimizer=opt_name,
+                           problem=prob, steps=steps, final_loss=final, us_per_step=dt_step * 1e6)
+                rows.append(row)
+                out(f"{name:17s} {row['device']:14s} {opt_name:18s} {prob:11s} {steps:6d} "
+                    f"{final:11.3e} {row['us_per_step']:9.1f}")
+                if not math.isfinite(final):
+                    raise RuntimeError(f"{opt_name} on {name} diverged on {prob}")
+    return rows
+
+
+def _persist(tree):
+    from ._tree import tree_map
+
+    return tree_map(lambda a: a.persist(), tree)
