@@ -8,7 +8,7 @@ import warnings
 from typing import Any, Callable
 
 from ._backend import resolve
-from ._lsq import DEFAULT_JAC, _as_array, _device, _host_linalg, least_squares
+from ._lsq import _as_array, _device, _host_linalg, least_squares
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -89,7 +89,7 @@ def curve_fit(
         ``jac(xdata, *params)`` returning ``(m, n)`` (``(B, m, n)``), or a
         string accepted by :func:`agnopt.least_squares` ("cs",
         "2-point", "3-point", "autodiff"). ``None``: least_squares' default
-        (complex step).
+        (complex step, falling back to "3-point" if ``f`` rejects complex input).
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
         ``success``, ``nit``), ``mesg`` and ``ier`` (MINPACK's code 1-4 on
@@ -241,7 +241,7 @@ def curve_fit(
 
         ls_jac = jac_w
     elif jac is None:
-        ls_jac = DEFAULT_JAC
+        ls_jac = None  # least_squares' default: complex step, 3-point fallback
     else:
         ls_jac = jac
 
@@ -260,7 +260,7 @@ def curve_fit(
     if not absolute_sigma:
         if m > n:
             s_sq = 2.0 * cost / (m - n)
-            pcov = pcov * s_sq[:, None, None]
+            pcov = xp.where(singular[:, None, None], pcov, pcov * s_sq[:, None, None])
         else:
             pcov = xp.full_like(pcov, math.inf)
             warn = True

@@ -65,6 +65,8 @@ _FACTOR = 1.0
 # the smaller alpha here only accepts mild corrections).
 _ACC_H = 0.1
 _ACC_ALPHA = 0.25
+# eigh of Js^T Js instead of the SVD of Js when w_min > _GRAM_RCOND * w_max
+_GRAM_RCOND = 1e-8
 
 
 # --------------------------------------------------------------------------- helpers
@@ -130,6 +132,9 @@ class _Problem:
         self.dtype = x0.dtype
         self.lb, self.ub = lb, ub  # (B, n)
         self.m = None
+        self.auto_cs = jac is None
+        if jac is None:
+            self.jac_arg = "cs"
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
@@ -208,6 +213,27 @@ class _Problem:
             # negligible for parameters far from 1 (scipy's eps**0.5 * max(1, |x|)
             # would be larger than a parameter of size 1e-9, e.g. Hahn1's b7).
             rel = float(xp.finfo(self.dtype).eps) if jac == "cs" else None
+            if jac == "cs" and self.auto_cs:
+                # default Jacobian: the complex step, unless fun cannot take
+                # complex input (raises, or returns real output); then central
+                # differences for the rest of the solve.
+                try:
+                    return self._fd(X, F, "cs", rel)
+                except (RuntimeError, ValueError, TypeError):
+                    self.jac_arg = "3-point"
+                    self.auto_cs = False
+                    return self._fd(X, F, "3-point", None)
+            return self._fd(X, F, jac, rel)
+        if J.dtype != self.dtype:
+            J = xp.astype(J, self.dtype)
+        return J
+
+    def _fd(self, X, F, jac, rel):
+        xp = self.xp
+        B, n = X.shape
+        m = F.shape[1]
+        lbx, ubx = self.lb, self.ub
+        if True:
             if self.batched:
                 J = approx_derivative(
                     self.fun, X, method=jac, f0=F, bounds=(lbx, ubx), rel_step=rel,
@@ -229,28 +255,61 @@ class _Problem:
 
 # --------------------------------------------------------------------------- linear algebra
 def _spectral(xp, J, D, F, free):
-    """SVD of the scaled Jacobian ``J D^{-1}`` (frozen columns zeroed).
+    """Spectral decomposition of the scaled Jacobian ``Js = J D^{-1}`` (frozen columns zeroed).
 
-    Returns ``w = s**2`` (B, k), ``c = s * U^T f`` (B, k), ``V`` (B, n, k),
-    ``good`` (B, k) (singular values above the rank threshold
-    ``eps * max(m, n) * s_max``, as scipy's ``solve_lsq_trust_region``) and
-    ``full_rank`` (B,).
+    Returns ``w`` (B, k): the squared singular values of ``Js``; ``c = V^T Js^T f``
+    (B, k); ``V`` (B, n, k): the right singular vectors; ``good`` (B, k):
+    singular values above the rank threshold ``eps * max(m, n) * s_max`` (as
+    scipy's ``solve_lsq_trust_region``); ``full_rank`` (B,); and ``Js``.
+
+    Two routes give the same ``w, V`` (per problem, so batched = solo):
+
+    * well-conditioned problems (``m >= n`` and ``w_min > 1e-8 w_max``, i.e.
+      ``cond(Js) < 1e4``): the eigendecomposition of the small ``n x n``
+      matrix ``Js^T Js`` (batched ``eigh``, cheap). Squaring the condition
+      number costs at most ``eps * 1e8`` (~2e-8) relative accuracy in the
+      smallest eigenvalue, which only perturbs the step of an iteration, not
+      the fixed point (the gradient ``Js^T f`` is always formed from ``Js``);
+    * all others (ill-conditioned, rank deficient, frozen bound columns,
+      ``m < n``): the SVD of ``Js`` itself (batched ``svd``), which never
+      squares the condition number.
     """
     B, m, n = J.shape
     Js = J / D[:, None, :]
     Js = xp.where(free[:, None, :], Js, xp.zeros_like(Js))
-    U, s, Vt = _host_linalg(xp, "svd", Js, full_matrices=False)
-    k = s.shape[-1]
-    uf = xp.matmul(F[:, None, :], U)[:, 0, :]
     eps = float(xp.finfo(J.dtype).eps)
-    thr = eps * max(m, n) * s[:, 0:1]
-    good = s > thr
+    JsT = xp.matrix_transpose(Js)
+    well = None
+    if m >= n:
+        G = xp.matmul(JsT, Js)
+        ev, Ve = _host_linalg(xp, "eigh", G)  # ascending
+        wmax = ev[:, n - 1]
+        well = (wmax > 0) & (ev[:, 0] > _GRAM_RCOND * wmax)
+        need_svd = not bool(xp.all(well))
+    else:
+        need_svd = True
+    if need_svd:
+        _, s, Vt = _host_linalg(xp, "svd", Js, full_matrices=False)
+        k = s.shape[-1]
+        thr = eps * max(m, n) * s[:, 0:1]
+        w_s, V_s, good_s = s * s, xp.matrix_transpose(Vt), s > thr
+        if well is not None:
+            w = xp.where(well[:, None], ev, w_s)
+            V = xp.where(well[:, None, None], Ve, V_s)
+            good = xp.where(well[:, None], xp.ones_like(good_s), good_s)
+        else:
+            w, V, good = w_s, V_s, good_s
+    else:
+        k = n
+        w, V = ev, Ve
+        good = xp.ones(ev.shape, dtype=xp.bool, device=_device(ev))
     if k == n:
         full_rank = xp.all(good, axis=-1) & xp.all(free, axis=-1)
     else:
-        full_rank = xp.zeros((B,), dtype=xp.bool, device=_device(s))
-    V = xp.matrix_transpose(Vt)
-    return s * s, s * uf, V, good, full_rank, U, s
+        full_rank = xp.zeros((B,), dtype=xp.bool, device=_device(J))
+    gs = xp.matmul(F[:, None, :], Js)  # (B, 1, n): (Js^T f)^T
+    c = xp.matmul(gs, V)[:, 0, :]
+    return w, c, V, good, full_rank, Js
 
 
 def _lmpar(xp, delta, par0, w, c, good, full_rank, active):
@@ -319,7 +378,7 @@ def least_squares(
     fun: Callable[..., Any],
     x0: Any,
     *,
-    jac: Any = DEFAULT_JAC,
+    jac: Any = None,
     method: str = "lm",
     bounds: Any = (-math.inf, math.inf),
     ftol: float = 1e-8,
@@ -351,10 +410,16 @@ def least_squares(
         Starting point, ``(n,)`` or ``(B, n)`` (``batched=True``), real
         floating dtype; the computation runs in this dtype on this device.
         Lists are converted to NumPy float64 arrays.
-    jac : {"cs", "2-point", "3-point", "autodiff"} or callable
+    jac : None, {"cs", "2-point", "3-point", "autodiff"} or callable
         How to get the Jacobian ``J = df/dx``, ``(m, n)`` (``(B, m, n)``):
 
-        * ``"cs"`` (default): complex step, ``Im f(x + i h e_j) / h`` with
+        * ``None`` (default): ``"cs"``; if ``fun`` cannot take complex input
+          (it raises, e.g. a torch ``matmul`` of a float64 matrix with a
+          complex vector, or returns real output) the solve switches to
+          ``"3-point"`` for good. A ``fun`` that silently loses the imaginary
+          part (``abs``, ``maximum``...) is not detected: pass
+          ``jac="3-point"`` for such functions.
+        * ``"cs"``: complex step, ``Im f(x + i h e_j) / h`` with
           ``h = sqrt(eps) max(1, |x_j|)``. For residuals that are analytic
           in complex arithmetic (all usual model functions: polynomials,
           rationals, exp, log, powers, trigonometric functions) it is exact
@@ -489,7 +554,7 @@ def least_squares(
     """
     if method not in ("lm", "gauss-newton"):
         raise ValueError(f"method: expected 'lm' or 'gauss-newton', got {method!r}")
-    if not (callable(jac) or jac in _JAC_STRINGS):
+    if not (jac is None or callable(jac) or jac in _JAC_STRINGS):
         raise ValueError(f"jac: expected a callable or one of {_JAC_STRINGS}, got {jac!r}")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
@@ -685,9 +750,9 @@ def _run_lm(xp, prob, X, F, D, jac_scale, lb, ub, bounded, ftol, xtol, gtol,
                 D = xp.where((nj & ~first)[:, None], xp.maximum(D, cn), D)
             if not bool(xp.any(active)):
                 break
-            w, c, V, good, full_rank, U, sv = _spectral(xp, J, D, F, free)
-            J, D, w, c, V, good, full_rank, free, gnorm, delta, xnorm = _persist(
-                xp, J, D, w, c, V, good, full_rank, free, gnorm, delta, xnorm)
+            w, c, V, good, full_rank, Js = _spectral(xp, J, D, F, free)
+            J, D, w, c, V, good, full_rank, free, gnorm, delta, xnorm, Js = _persist(
+                xp, J, D, w, c, V, good, full_rank, free, gnorm, delta, xnorm, Js)
         # --- the Levenberg-Marquardt parameter and step
         par, q = _lmpar(xp, delta, par, w, c, good, full_rank, active)
         z = -xp.matmul(V, q[:, :, None])[:, :, 0]
@@ -710,7 +775,7 @@ def _run_lm(xp, prob, X, F, D, jac_scale, lb, ub, bounded, ftol, xtol, gtol,
             Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
             rvv = (2.0 / _ACC_H) * ((Fh - F) / _ACC_H - Jv)
             rvv = xp.where(xp.isfinite(rvv), rvv, xp.zeros_like(rvv))
-            cvv = sv * xp.matmul(rvv[:, None, :], U)[:, 0, :]
+            cvv = xp.matmul(xp.matmul(rvv[:, None, :], Js), V)[:, 0, :]  # V^T Js^T r_vv
             aq = cvv / (w + par[:, None])
             az = -xp.matmul(V, aq[:, :, None])[:, :, 0]
             a = xp.where(free, az / D, xp.zeros_like(az))
@@ -769,7 +834,7 @@ def _run_lm(xp, prob, X, F, D, jac_scale, lb, ub, bounded, ftol, xtol, gtol,
         fnorm = xp.where(acc, fnorm1, fnorm)
         xnorm = xp.where(acc, xp.linalg.vector_norm(D * X, axis=-1), xnorm)
         nit = nit + xp.astype(acc, xp.int64)
-        need_jac = acc
+        need_jac = xp.where(active, acc, need_jac)  # finished problems keep theirs
         first = first & ~acc
         # convergence tests (MINPACK order)
         ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0)
@@ -841,7 +906,7 @@ def _run_gn(xp, prob, X, F, D, lb, ub, bounded, ftol, xtol, gtol,
             active = active & ~conv_g
             if not bool(xp.any(active)):
                 break
-            w, c, V, good, _, _, _ = _spectral(xp, J, D, F, free)
+            w, c, V, good, _, _ = _spectral(xp, J, D, F, free)
             scale = xp.where(nj, xp.max(w, axis=-1), scale)
             J, w, c, V, good, free, scale = _persist(xp, J, w, c, V, good, free, scale)
         # step: lam == 0 -> truncated pseudo-inverse (Moore-Penrose) Gauss-Newton step
@@ -877,7 +942,7 @@ def _run_gn(xp, prob, X, F, D, lb, ub, bounded, ftol, xtol, gtol,
         F = xp.where(acc[:, None], Ft, F)
         cost = xp.where(acc, cost_t, cost)
         nit = nit + xp.astype(acc, xp.int64)
-        need_jac = acc
+        need_jac = xp.where(active, acc, need_jac)  # finished problems keep theirs
         new = xp.where(ft, xp.full_like(status, 2), xp.full_like(status, -99))
         new = xp.where(xt, xp.full_like(status, 3), new)
         new = xp.where(ft & xt, xp.full_like(status, 4), new)

@@ -1,0 +1,166 @@
+"""Tests of agnopt.curve_fit on every backend; scipy.optimize.curve_fit is the reference."""
+
+from __future__ import annotations
+
+import warnings
+
+import array_api_compat
+import numpy as np
+import pytest
+import scipy.optimize as so
+
+import agnopt as ao
+from agnopt._curve_fit import OptimizeWarning
+
+from conftest import to_numpy
+
+X = np.linspace(-5.0, 5.0, 50)
+P_TRUE = np.array([2.0, 0.3, 1.1, 0.5])
+_rng = np.random.default_rng(0)
+Y = P_TRUE[0] * np.exp(-((X - P_TRUE[1]) ** 2) / (2 * P_TRUE[2] ** 2)) + P_TRUE[3] \
+    + 0.05 * _rng.standard_normal(X.size)
+P0 = np.array([1.5, 0.0, 1.0, 0.3])
+TIGHT = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
+
+
+def gauss(x, a, mu, s, c):
+    xp = array_api_compat.array_namespace(x, a)
+    return a * xp.exp(-((x - mu) ** 2) / (2 * s**2)) + c
+
+
+def gauss_np(x, a, mu, s, c):
+    return a * np.exp(-((x - mu) ** 2) / (2 * s**2)) + c
+
+
+def gauss_jac_np(x, a, mu, s, c):
+    e = np.exp(-((x - mu) ** 2) / (2 * s**2))
+    return np.stack([e, a * e * (x - mu) / s**2, a * e * (x - mu) ** 2 / s**3, np.ones_like(x)], axis=1)
+
+
+def arr(xp, device, v, dtype=None):
+    return xp.asarray(np.asarray(v, dtype=float).tolist(), dtype=dtype or xp.float64, device=device)
+
+
+def test_gaussian_matches_scipy(xp, device):
+    popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0),
+                              **TIGHT)
+    rp, rc = so.curve_fit(gauss_np, X, Y, p0=P0, **TIGHT, jac=gauss_jac_np)
+    assert popt.shape == (4,) and pcov.shape == (4, 4)
+    np.testing.assert_allclose(to_numpy(popt), rp, rtol=1e-7)
+    # reference with the exact Jacobian (ours is the complex step, exact to
+    # rounding) and tight tolerances: scipy's lm computes pcov from the
+    # Jacobian of its last iteration, not at popt, so loose tolerances would
+    # compare two slightly different points. Even so both stop by the ftol
+    # test where the cost is flat, a few 1e-9 apart in the parameters.
+    np.testing.assert_allclose(to_numpy(pcov), rc, rtol=1e-6, atol=1e-8 * np.abs(rc).max())
+
+
+def test_sigma_and_absolute_sigma(xp, device):
+    sig = 0.05 + 0.01 * np.abs(X)
+    for absolute in (False, True):
+        popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0),
+                                  sigma=arr(xp, device, sig), absolute_sigma=absolute, **TIGHT)
+        rp, rc = so.curve_fit(gauss_np, X, Y, p0=P0, sigma=sig, absolute_sigma=absolute, **TIGHT,
+                              jac=gauss_jac_np)
+        np.testing.assert_allclose(to_numpy(popt), rp, rtol=1e-7)
+        np.testing.assert_allclose(to_numpy(pcov), rc, rtol=1e-6, atol=1e-8 * np.abs(rc).max())
+
+
+def test_covariance_sigma(xp, device):
+    C = np.diag(0.04 + 0.001 * np.abs(X)) + 0.001 * np.exp(-np.abs(X[:, None] - X[None, :]))
+    popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0),
+                              sigma=arr(xp, device, C), **TIGHT)
+    rp, rc = so.curve_fit(gauss_np, X, Y, p0=P0, sigma=C, **TIGHT, jac=gauss_jac_np)
+    np.testing.assert_allclose(to_numpy(popt), rp, rtol=1e-7)
+    np.testing.assert_allclose(to_numpy(pcov), rc, rtol=1e-6, atol=1e-8 * np.abs(rc).max())
+
+
+def test_p0_from_signature_and_bounds(xp, device):
+    def line(x, a, b):
+        return a * x + b
+
+    y = 3.0 * X - 1.0
+    popt, _ = ao.curve_fit(line, arr(xp, device, X), arr(xp, device, y))
+    np.testing.assert_allclose(to_numpy(popt), [3.0, -1.0], rtol=1e-10)
+    popt, _ = ao.curve_fit(line, arr(xp, device, X), arr(xp, device, y),
+                           bounds=(arr(xp, device, [0.0, 0.0]), arr(xp, device, [2.0, 5.0])))
+    rp, _ = so.curve_fit(lambda x, a, b: a * x + b, X, y, bounds=([0, 0], [2, 5]))
+    np.testing.assert_allclose(to_numpy(popt), rp, atol=1e-6)
+    assert to_numpy(popt)[0] == 2.0  # on the bound, exactly (projection)
+
+
+def test_singular_covariance_is_inf(xp, device):
+    # a and b enter only as the product a*b: J^T J is singular
+    def f(x, a, b):
+        return a * b * x
+
+    with pytest.warns(OptimizeWarning):
+        popt, pcov = ao.curve_fit(f, arr(xp, device, X), arr(xp, device, 2.0 * X),
+                                  p0=arr(xp, device, [1.0, 1.0]))
+    assert np.all(np.isinf(to_numpy(pcov)))
+    assert float(to_numpy(popt).prod()) == pytest.approx(2.0)
+
+
+def test_not_converged_raises(xp, device):
+    with pytest.raises(RuntimeError, match="Optimal parameters not found"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0), maxfev=2)
+
+
+def test_full_output(xp, device):
+    popt, pcov, info, mesg, ier = ao.curve_fit(
+        gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0), full_output=True)
+    assert ier in (1, 2, 3, 4) and isinstance(mesg, str)
+    assert info["fvec"].shape == (X.size,) and info["nfev"] > 0
+
+
+def test_bad_input(xp, device):
+    with pytest.raises(ValueError, match="ydata"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y)[:, None], p0=arr(xp, device, P0))
+    with pytest.raises(ValueError, match="method"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, P0), method="trf")
+    bad = np.array(Y)
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, bad), p0=arr(xp, device, P0))
+
+
+# ---------------------------------------------------------------------------
+# batched fits
+
+
+def _peaks(B, seed=1):
+    rng = np.random.default_rng(seed)
+    P = np.stack([rng.uniform(1, 3, B), rng.uniform(-1, 1, B), rng.uniform(0.6, 1.5, B),
+                  rng.uniform(0, 1, B)], 1)
+    Yb = gauss_np(X, *[P[:, j:j + 1] for j in range(4)]) + 0.05 * rng.standard_normal((B, X.size))
+    return P, Yb
+
+
+def test_batched_equals_solo_and_scipy(xp, device):
+    B = 6
+    P, Yb = _peaks(B)
+    p0 = np.array([2.0, 0.0, 1.0, 0.5])
+    popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Yb), p0=arr(xp, device, p0),
+                              batched=True, xtol=1e-12)
+    assert popt.shape == (B, 4) and pcov.shape == (B, 4, 4)
+    for b in range(B):
+        sp, sc = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Yb[b]),
+                              p0=arr(xp, device, p0), xtol=1e-12)
+        np.testing.assert_allclose(to_numpy(popt)[b], to_numpy(sp), rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(to_numpy(pcov)[b], to_numpy(sc), rtol=1e-8, atol=1e-15)
+        rp, rc = so.curve_fit(gauss_np, X, Yb[b], p0=p0, xtol=1e-12)
+        np.testing.assert_allclose(to_numpy(popt)[b], rp, rtol=1e-7, atol=1e-9)
+    # per-problem p0 (B, n) gives the same answer
+    popt2, _ = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Yb),
+                            p0=arr(xp, device, np.tile(p0, (B, 1))), batched=True, xtol=1e-12)
+    np.testing.assert_allclose(to_numpy(popt2), to_numpy(popt), rtol=1e-14, atol=1e-15)
+
+
+def test_batched_failures_do_not_raise(xp, device):
+    P, Yb = _peaks(3)
+    popt, pcov, info, mesg, ier = ao.curve_fit(
+        gauss, arr(xp, device, X), arr(xp, device, Yb), p0=arr(xp, device, [2.0, 0.0, 1.0, 0.5]),
+        batched=True, maxfev=2, full_output=True)
+    assert not bool(np.any(to_numpy(info["success"])))
+    assert np.all(np.isnan(to_numpy(pcov)))
+    assert len(ier) == 3 and all(i == 5 for i in ier)

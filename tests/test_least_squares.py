@@ -1,0 +1,395 @@
+"""Tests of agnopt.least_squares (and approx_derivative) on every backend of the matrix.
+
+Residuals are written once against the Array API (``array_namespace``);
+scipy.optimize.least_squares (NumPy, float64) is the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+import pytest
+import scipy.optimize as so
+from scipy.optimize._numdiff import approx_derivative as sp_approx_derivative
+
+import agnopt as ao
+
+from conftest import to_numpy
+
+
+def _ns(x):
+    return array_api_compat.array_namespace(x)
+
+
+def rosen_res(x):
+    xp = _ns(x)
+    return xp.stack([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0]])
+
+
+def rosen_res_np(x):
+    return np.array([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0]])
+
+
+T = np.linspace(0.0, 4.0, 20)
+Y_EXP = 2.5 * np.exp(-1.3 * T) + 0.4 + 0.01 * np.sin(7 * T)
+
+
+def exp_res_factory(xp, device, dtype=None):
+    dtype = xp.float64 if dtype is None else dtype
+    t = xp.asarray(T, dtype=dtype, device=device)
+    y = xp.asarray(Y_EXP, dtype=dtype, device=device)
+
+    def f(b):
+        return b[0] * xp.exp(-b[1] * t) + b[2] - y
+
+    return f
+
+
+def exp_res_np(b):
+    return b[0] * np.exp(-b[1] * T) + b[2] - Y_EXP
+
+
+def arr(xp, device, v, dtype=None):
+    return xp.asarray(np.asarray(v, dtype=float).tolist(), dtype=dtype or xp.float64, device=device)
+
+
+# ---------------------------------------------------------------------------
+# approx_derivative
+
+
+@pytest.mark.parametrize("method", ["2-point", "3-point", "cs"])
+@pytest.mark.parametrize("bounded", [False, True])
+def test_approx_derivative_matches_scipy(xp, device, method, bounded):
+    x0 = np.array([0.7, -1.3])
+    bounds = ([0.7, -2.0], [1.0, -1.3]) if bounded else (-np.inf, np.inf)
+    if method == "cs":
+        bounds = (-np.inf, np.inf)
+
+    def f(x):
+        ns = _ns(x)
+        return ns.stack([ns.exp(x[0]) * x[1], ns.sin(x[1]) + x[0] ** 2, x[0] * x[1] ** 3])
+
+    def f_np(x):
+        return np.array([np.exp(x[0]) * x[1], np.sin(x[1]) + x[0] ** 2, x[0] * x[1] ** 3])
+
+    ref = sp_approx_derivative(f_np, x0, method=method, bounds=bounds)
+    b = (arr(xp, device, bounds[0]), arr(xp, device, bounds[1])) if bounded else bounds
+    J = ao.approx_derivative(f, arr(xp, device, x0), method=method, bounds=b)
+    assert J.shape == (3, 2)
+    # Same steps as scipy; the elementary functions of torch / jax may round
+    # differently from NumPy's by an ulp, which a step h ~ 1e-8 amplifies to 1e-8.
+    np.testing.assert_allclose(to_numpy(J), ref, rtol=0, atol=5e-8)
+
+
+def test_approx_derivative_scalar_gradient_and_batched(xp, device):
+    x = arr(xp, device, [1.0, -2.0, 0.5])
+    g = ao.approx_derivative(lambda z: _ns(z).sum(z**2), x, method="3-point")
+    assert g.shape == (3,)
+    np.testing.assert_allclose(to_numpy(g), [2.0, -4.0, 1.0], atol=1e-8)
+    gc = ao.approx_derivative(lambda z: _ns(z).sum(z**3), x, method="cs")
+    np.testing.assert_allclose(to_numpy(gc), 3 * np.array([1.0, 4.0, 0.25]), rtol=1e-14)
+    X = arr(xp, device, [[1.0, 2.0], [0.5, -1.0], [3.0, 0.25]])
+
+    def fb(Z):
+        ns = _ns(Z)
+        return ns.stack([Z[:, 0] * Z[:, 1], ns.exp(Z[:, 0]), Z[:, 1] ** 2], axis=1)
+
+    Jb = ao.approx_derivative(fb, X, method="2-point", batched=True)
+    assert Jb.shape == (3, 3, 2)
+    Xn = to_numpy(X)
+    for b in range(3):
+        ref = sp_approx_derivative(
+            lambda z: np.array([z[0] * z[1], np.exp(z[0]), z[1] ** 2]), Xn[b], method="2-point"
+        )
+        np.testing.assert_allclose(to_numpy(Jb)[b], ref, atol=5e-8)
+
+
+def test_approx_derivative_errors(xp, device):
+    x = arr(xp, device, [1.0, 2.0])
+    with pytest.raises(ValueError, match="method"):
+        ao.approx_derivative(rosen_res, x, method="4-point")
+    with pytest.raises(ValueError, match="bound"):
+        ao.approx_derivative(rosen_res, x, bounds=(2.0, 3.0))
+    with pytest.raises(ValueError, match="batched"):
+        ao.approx_derivative(rosen_res, arr(xp, device, [[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="complex"):
+        # fun that drops the imaginary part: the complex step cannot see it
+        ao.approx_derivative(lambda z: _ns(z).real(z) if _ns(z).isdtype(z.dtype, "complex floating") else z,
+                             x, method="cs")
+
+
+# ---------------------------------------------------------------------------
+# least_squares: agreement with scipy
+
+
+@pytest.mark.parametrize("jac", ["cs", "2-point", "3-point", "callable"])
+def test_rosenbrock_matches_scipy(xp, device, jac):
+    def jac_fn(x):
+        ns = _ns(x)
+        return ns.stack([ns.stack([-20.0 * x[0], 10.0 + 0.0 * x[0]]),
+                         ns.stack([-1.0 + 0.0 * x[0], 0.0 * x[0]])])
+
+    j = jac_fn if jac == "callable" else jac
+    res = ao.least_squares(rosen_res, arr(xp, device, [-1.2, 1.0]), jac=j)
+    ref = so.least_squares(rosen_res_np, np.array([-1.2, 1.0]), method="lm")
+    assert res.success and res.status in (1, 2, 3, 4)
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, atol=1e-7)
+    assert float(res.cost) < 1e-14
+    for k in ("x", "cost", "fun", "jac", "grad", "optimality", "nfev", "njev", "nit",
+              "status", "message", "success"):
+        assert k in res
+    assert res.jac.shape == (2, 2) and res.fun.shape == (2,)
+
+
+def test_exponential_fit_matches_scipy(xp, device):
+    f = exp_res_factory(xp, device)
+    res = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm",
+                           xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-9)
+    np.testing.assert_allclose(float(res.cost), ref.cost, rtol=1e-9)
+    np.testing.assert_allclose(to_numpy(res.grad), to_numpy(res.jac).T @ to_numpy(res.fun), atol=1e-12)
+    assert float(res.optimality) == pytest.approx(np.abs(to_numpy(res.grad)).max())
+
+
+def test_float32(xp, device):
+    # float32: eps ~ 1.2e-7, so the solution is good to ~sqrt(eps)-ish
+    # relative accuracy in the parameters of a well-conditioned fit (1e-4),
+    # and the default tolerances (1e-8 < eps) end through MINPACK's
+    # machine-precision tests, reported as success.
+    f = exp_res_factory(xp, device, xp.float32)
+    x0 = arr(xp, device, [1.0, 1.0, 0.0], xp.float32)
+    res = ao.least_squares(f, x0)
+    assert res.x.dtype == xp.float32
+    assert res.success, res.message
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm")
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-4)
+
+
+def test_default_jac_falls_back_when_fun_rejects_complex(xp, device):
+    f0 = exp_res_factory(xp, device)
+
+    def f(b):
+        if _ns(b).isdtype(b.dtype, "complex floating"):
+            raise TypeError("real input only")
+        return f0(b)
+
+    res = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), xtol=1e-12)
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm", xtol=1e-12)
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-7)
+    with pytest.raises(RuntimeError, match="real input only"):
+        ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), jac="cs")
+
+
+def test_linear_problem_exact(xp, device):
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((30, 4))
+    b = rng.standard_normal(30)
+    Ax, bx = arr(xp, device, A), arr(xp, device, b)
+    res = ao.least_squares(lambda x: Ax @ x - bx, arr(xp, device, np.zeros(4)),
+                           xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    np.testing.assert_allclose(to_numpy(res.x), np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-10)
+
+
+def test_gauss_newton(xp, device):
+    f = exp_res_factory(xp, device)
+    res = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), method="gauss-newton",
+                           xtol=1e-12, ftol=1e-12, gtol=1e-10)
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm",
+                           xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    assert res.success
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-8)
+
+
+def test_gauss_newton_singular_jtj(xp, device):
+    # J^T J has rank 1 everywhere; the pseudo-inverse step must not crash.
+    def f(x):
+        ns = _ns(x)
+        s = x[0] + x[1]
+        return ns.stack([s - 2.0, 2.0 * s - 4.0, s * s - 4.0])
+
+    for method in ("gauss-newton", "lm"):
+        res = ao.least_squares(f, arr(xp, device, [0.3, 0.1]), method=method)
+        xn = to_numpy(res.x)
+        assert np.all(np.isfinite(xn))
+        assert xn.sum() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_x_scale(xp, device):
+    f = exp_res_factory(xp, device)
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm", xtol=1e-12)
+    for xs in ("jac", 1.0, arr(xp, device, [1.0, 0.5, 2.0])):
+        res = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), x_scale=xs, xtol=1e-12)
+        assert res.success
+        np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-7)
+    with pytest.raises(ValueError, match="x_scale"):
+        ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), x_scale=-1.0)
+
+
+# ---------------------------------------------------------------------------
+# bounds
+
+
+def test_bounds_match_scipy_and_stay_feasible(xp, device):
+    # Rosenbrock with x0 <= 0.5: the solution sits on the bound.
+    lb, ub = np.array([-2.0, -2.0]), np.array([0.5, 2.0])
+    seen = []
+
+    def cb(r):
+        seen.append(to_numpy(r.x).copy())
+
+    res = ao.least_squares(rosen_res, arr(xp, device, [-1.2, 1.0]),
+                           bounds=(arr(xp, device, lb), arr(xp, device, ub)), callback=cb)
+    ref = so.least_squares(rosen_res_np, np.array([-1.2, 1.0]), bounds=(lb, ub), method="trf",
+                           xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, atol=1e-6)
+    assert to_numpy(res.active_mask).tolist() == [1, 0]
+    seen = np.array(seen)
+    assert np.all(seen >= lb) and np.all(seen <= ub)
+
+
+def test_bounds_inactive_equal_unbounded(xp, device):
+    f = exp_res_factory(xp, device)
+    r1 = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]), bounds=(-10.0, 10.0))
+    r2 = ao.least_squares(f, arr(xp, device, [1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(to_numpy(r1.x), to_numpy(r2.x), rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# derivatives from autodiff
+
+
+def test_autodiff_jacobian(xp, device, backend):
+    case = backend[0].value
+    f = exp_res_factory(xp, device)
+    x0 = arr(xp, device, [1.0, 1.0, 0.0])
+    if case not in ("torch", "jax", "torch-cuda"):
+        with pytest.raises(Exception, match="(?i)autodiff|torch|jax"):
+            ao.least_squares(f, x0, jac="autodiff")
+        return
+    res = ao.least_squares(f, x0, jac="autodiff", xtol=1e-12)
+    ref = so.least_squares(exp_res_np, np.array([1.0, 1.0, 0.0]), method="lm", xtol=1e-12)
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------
+# batched
+
+
+def _batched_problem(xp, device, B=5):
+    rng = np.random.default_rng(7)
+    P = np.stack([rng.uniform(1, 3, B), rng.uniform(0.5, 2, B), rng.uniform(-1, 1, B)], 1)
+    Y = P[:, :1] * np.exp(-P[:, 1:2] * T) + P[:, 2:3] + 0.01 * rng.standard_normal((B, T.size))
+    t = arr(xp, device, T)
+    Yx = arr(xp, device, Y)
+
+    def fb(b):
+        ns = _ns(b)
+        return b[:, 0:1] * ns.exp(-b[:, 1:2] * t) + b[:, 2:3] - Yx
+
+    def f1(i):
+        yi = Yx[i, :]
+
+        def f(b):
+            ns = _ns(b)
+            return b[0] * ns.exp(-b[1] * t) + b[2] - yi
+
+        return f
+
+    X0 = np.tile([1.0, 1.0, 0.0], (B, 1))
+    X0[0] = [2.0, 1.0, 0.5]  # one problem starts closer: different iteration counts
+    return fb, f1, X0
+
+
+@pytest.mark.parametrize("method", ["lm", "gauss-newton"])
+def test_batched_equals_solo(xp, device, method):
+    fb, f1, X0 = _batched_problem(xp, device)
+    B = X0.shape[0]
+    res = ao.least_squares(fb, arr(xp, device, X0), batched=True, method=method,
+                           xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    assert res.x.shape == (B, 3) and res.jac.shape == (B, T.size, 3)
+    assert res.status.shape == (B,) and res.cost.shape == (B,) and len(res.message) == B
+    nits = set()
+    for i in range(B):
+        r = ao.least_squares(f1(i), arr(xp, device, X0[i]), method=method,
+                             xtol=1e-12, ftol=1e-12, gtol=1e-12)
+        # same iterates up to rounding: same counts, x equal to ~1e-12
+        np.testing.assert_allclose(to_numpy(res.x)[i], to_numpy(r.x), rtol=1e-10, atol=1e-12)
+        assert int(to_numpy(res.nfev)[i]) == r.nfev
+        assert int(to_numpy(res.nit)[i]) == r.nit
+        assert int(to_numpy(res.status)[i]) == r.status
+        nits.add(r.nit)
+    assert len(nits) > 1  # the problems really stopped at different iterations
+
+
+def test_batched_errors(xp, device):
+    fb, _, X0 = _batched_problem(xp, device)
+    with pytest.raises(ValueError, match="x0"):
+        ao.least_squares(fb, arr(xp, device, X0[0]), batched=True)
+    with pytest.raises(ValueError, match="fun"):
+        ao.least_squares(lambda b: b[0, :], arr(xp, device, X0), batched=True)
+
+
+# ---------------------------------------------------------------------------
+# stops, non-finite values, bad input
+
+
+def test_max_nfev_is_a_status(xp, device):
+    res = ao.least_squares(rosen_res, arr(xp, device, [-1.2, 1.0]), max_nfev=3)
+    assert res.status == 0 and not res.success
+    assert "maximum number of function evaluations" in res.message
+    assert res.nfev <= 4
+
+
+def test_nonfinite_trial_point_is_rejected(xp, device):
+    # log(x) is NaN for x < 0: a Gauss-Newton step from 0.1 lands there.
+    def f(x):
+        ns = _ns(x)
+        return ns.stack([ns.log(x[0]) - 5.0, 0.1 * (x[0] - 100.0)])
+
+    res = ao.least_squares(f, arr(xp, device, [0.1]), method="gauss-newton")
+    assert np.isfinite(to_numpy(res.x)).all() and res.success
+    res = ao.least_squares(f, arr(xp, device, [0.1]))
+    assert np.isfinite(to_numpy(res.x)).all() and res.success
+
+
+def test_callback_and_history(xp, device):
+    calls = []
+
+    def cb(r):
+        calls.append(float(r.cost))
+        return len(calls) >= 3
+
+    res = ao.least_squares(rosen_res, arr(xp, device, [-1.2, 1.0]), callback=cb, history=True)
+    assert res.status == -2 and not res.success and len(calls) == 3
+    assert len(res.history) == 3 and set(res.history[0]) >= {"nit", "nfev", "cost"}
+
+
+def test_bad_input(xp, device):
+    x = arr(xp, device, [1.0, 2.0])
+    with pytest.raises(ValueError, match="x0"):
+        ao.least_squares(rosen_res, arr(xp, device, [[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="jac"):
+        ao.least_squares(rosen_res, x, jac=lambda z: _ns(z).ones((3, 2), dtype=z.dtype))
+    with pytest.raises(ValueError, match="less than the number of variables"):
+        ao.least_squares(lambda z: z[0:1] ** 2, x)
+    with pytest.raises(ValueError, match="infeasible"):
+        ao.least_squares(rosen_res, x, bounds=(0.0, 1.5))
+    with pytest.raises(ValueError, match="strictly less"):
+        ao.least_squares(rosen_res, x, bounds=(3.0, 3.0))
+    with pytest.raises(ValueError, match="not finite at the initial point"):
+        ao.least_squares(lambda z: z / 0.0 * 0.0, x)
+    with pytest.raises(ValueError, match="method"):
+        ao.least_squares(rosen_res, x, method="trf")
+    with pytest.raises(ValueError, match="ftol"):
+        ao.least_squares(rosen_res, x, ftol=1e-20)
+    with pytest.raises(ValueError, match="fun"):
+        ao.least_squares(lambda z: _ns(z).ones((2, 2), dtype=z.dtype), x)
+
+    def boom(z):
+        raise KeyError("no such thing")
+
+    with pytest.raises(RuntimeError, match="fun raised KeyError"):
+        ao.least_squares(boom, x)

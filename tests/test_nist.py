@@ -1,0 +1,97 @@
+"""NIST StRD nonlinear regression: certified values from both starts.
+
+``least_squares(method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)`` with its
+default Jacobian (complex step) must reach LRE >= 6 (NIST's log relative
+error, minimum over parameters) on all 27 problems from both starting points.
+``pytest -s`` prints the table; ``python -m agnopt._nist`` reproduces it.
+
+Backends: the full 54 runs on numpy, array_api_strict and torch. JAX compiles
+every eager operation once per shape (~15 s per NIST problem on CPU) and Dask
+builds a task graph per operation (~20-40 s per run), so they run a documented
+subset: four problems (both starts) on JAX, two runs on Dask.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import agnopt as ao
+from agnopt import _nist
+
+from conftest import to_numpy
+
+try:
+    PROBLEMS = _nist.load_nist()
+except FileNotFoundError:  # pragma: no cover
+    PROBLEMS = []
+
+pytestmark = pytest.mark.skipif(not PROBLEMS, reason="nist_strd.json not found")
+
+SUBSETS = {
+    "jax": (["Misra1a", "Hahn1", "MGH09", "Bennett5"], ("start1", "start2")),
+    "dask": (["DanWood", "BoxBOD"], ("start1",)),
+}
+
+
+def _run(case, method):
+    names, starts = SUBSETS.get(case, (None, ("start1", "start2")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow in exp at rejected trial points
+        rows = _nist.nist_report(method=method, backend=case, names=names, starts=starts,
+                                 verbose=False)
+    return rows
+
+
+@pytest.mark.slow
+def test_nist_lm_default_jacobian(backend):
+    case = backend[0].value
+    if case in ("cupy", "torch-cuda"):
+        pytest.skip("NIST certification runs on the CPU backends")
+    rows = _run(case, "lm")
+    print()
+    print(_nist.format_table(rows, f"NIST StRD, least_squares(method='lm'), backend {case}"))
+    print(f"{case}: {sum(r['seconds'] for r in rows):.1f} s")
+    bad = [(r["name"], r["start"], r["lre"], r["error"]) for r in rows if not r["lre"] >= 6]
+    assert not bad, bad
+    assert all(r["success"] for r in rows)
+    if case in ("numpy", "array_api_strict", "torch"):
+        assert len(rows) == 54
+
+
+@pytest.mark.slow
+def test_nist_gauss_newton_never_crashes():
+    rows = _nist.nist_report(method="gauss-newton", backend="numpy", verbose=False)
+    print()
+    print(_nist.format_table(rows, "NIST StRD, least_squares(method='gauss-newton'), numpy"))
+    assert len(rows) == 54
+    assert not [r for r in rows if r["error"]]
+    solved = sum(r["lre"] >= 6 for r in rows)
+    print(f"gauss-newton solves {solved} of 54 (LRE >= 6)")
+    assert solved >= 30  # 36 at the time of writing; guards against regressions
+
+
+@pytest.mark.parametrize("name", [p["name"] for p in PROBLEMS if p["name"] != "Lanczos1"])
+def test_nist_certified_std_dev(xp, device, backend, name):
+    """curve_fit's pcov gives the certified standard deviations to 4 significant digits.
+
+    Lanczos1 is excluded: its certified RSS (1.4e-25) is at the level of
+    float64 rounding of the residuals, so sqrt(diag(pcov)) (proportional to
+    the RSS) cannot be reproduced in float64; its parameters are checked above.
+    """
+    case = backend[0].value
+    if case in ("jax", "dask") and name not in ("Misra1a", "DanWood"):
+        pytest.skip("subset on jax/dask (per-operation compile / graph overhead)")
+    p = next(q for q in PROBLEMS if q["name"] == name)
+    _, model, x, resp = _nist.nist_problem(p, xp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        popt, pcov = ao.curve_fit(model, x, resp, p0=xp.asarray(p["start2"], dtype=xp.float64),
+                                  xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    sd = np.sqrt(np.diag(to_numpy(pcov)))
+    cert = np.array(p["certified_std_dev"])
+    rel = np.abs(sd - cert) / np.abs(cert)
+    assert np.all(rel < 5e-5), (name, sd, cert)  # 4 significant digits
