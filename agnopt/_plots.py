@@ -27,7 +27,7 @@ Examples
 >>> from agnopt._plots import quadratic_curves
 >>> fig = quadratic_curves(steps=20)
 >>> len(fig.axes)
-2
+3
 >>> import matplotlib.pyplot as plt; plt.close(fig)
 """
 
