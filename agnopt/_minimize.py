@@ -60,6 +60,12 @@ Line search (newton, newton-cg line-search)
     :math:`[0.1\alpha, 0.5\alpha]` (Nocedal & Wright §3.5). A trial point
     where ``fun`` is not finite (``nan``/``inf``) is rejected and
     :math:`\alpha \leftarrow \alpha/4`: it does not stop the solver.
+    Rounding level: when the predicted decrease :math:`-g_k^Tp_k \le
+    4\epsilon|f(x_k)|`, the Armijo test cannot be decided from ``f`` values,
+    and the full step is accepted if :math:`f(x_k + p_k) \le f(x_k) +
+    4\epsilon|f(x_k)|` (likewise, in the trust region, :math:`\rho_k` is
+    taken as 1 when the predicted decrease is at that level and ``f`` did not
+    increase beyond it).
 
 References
 ----------
@@ -81,7 +87,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from . import _autodiff
-from ._backend import namespace_name, resolve, scalar
+from ._backend import resolve, scalar
 from ._result import OptimizeResult
 
 __all__ = ["minimize"]
@@ -117,6 +123,15 @@ def _is_dask(a: Any) -> bool:
     return bool(array_api_compat.is_dask_array(a))
 
 
+def _floats(*arrays: Any) -> list[float]:
+    """Python floats of 0-d arrays; for Dask, all in one ``dask.compute``."""
+    if any(_is_dask(a) for a in arrays):
+        import dask
+
+        return [float(v) for v in dask.compute(*arrays)]
+    return [float(a) for a in arrays]
+
+
 def _persist(a: Any) -> Any:
     """Dask: compute and keep ``a`` so graphs do not grow with iterations."""
     return a.persist() if _is_dask(a) else a
@@ -144,7 +159,7 @@ def _back(xp: Any, a: Any, dtype: Any, device: Any) -> Any:
 
 
 def _cholesky(xl: Any, A: Any) -> Any | None:
-    """Lower Cholesky factor of ``A``, or ``None`` where ``A`` is not
+    r"""Lower Cholesky factor of ``A``, or ``None`` where ``A`` is not
     (numerically) positive definite.
 
     Portable failure detection: NumPy / array-api-strict / torch raise, JAX
@@ -603,7 +618,18 @@ def minimize(
     as long as the Hessians met are positive definite (the modification and
     ``gtol`` are not invariant). All control flow on data goes through
     ``float(...)`` of 0-d arrays, so every iteration synchronizes with the
-    device; Dask graphs are persisted after each accepted step.
+    device. Dask: iterates are persisted after each step so graphs do not
+    grow, scalars read together are computed in one ``dask.compute``, and
+    the small ``(n, n)`` Newton system is computed into memory and solved
+    with that array's namespace (``dask.array.linalg`` has no ``pinv`` and
+    its ``cholesky`` returns the upper factor); the step returns as a Dask
+    array. Dask works but is slow for small problems (one graph compute per
+    scalar read).
+
+    Accuracy with finite differences: the default ``jac=None`` (2-point)
+    gradient has error :math:`O(\sqrt{\epsilon})` relative, which limits
+    the solution to about 1e-5 relative in float64 (as scipy's); use
+    ``"3-point"``, ``"cs"``, a callable or ``"autodiff"`` for more.
     """
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(
@@ -697,21 +723,32 @@ def _gnorm(xp: Any, g: Any) -> float:
     return float(xp.max(xp.abs(g)))
 
 
+def _cached_gnorm(xp: Any, state: dict) -> float:
+    gn = state.get("gnorm")
+    if gn is None:
+        gn = state["gnorm"] = _gnorm(xp, state["g"])
+    return gn
+
+
 def _line_search(P: _Problem, x: Any, f: Any, p: Any, gp: float, c1: float, max_bt: int):
     """Backtracking Armijo search (Nocedal & Wright Alg. 3.1, §3.5 interpolation).
 
     Returns ``(alpha, x_new, f_new)`` or ``None`` when no trial is accepted.
     """
     xp = P.xp
-    f0 = float(f)
+    f0, pn, xn = _floats(f, xp.max(xp.abs(p)), xp.max(xp.abs(x)))
     alpha = 1.0
-    pn = float(xp.max(xp.abs(p)))
-    xn = float(xp.max(xp.abs(x)))
+    # At the rounding level of f (predicted decrease -g^T p <= 4 eps |f|),
+    # Armijo cannot be decided from f values; the full step is then accepted
+    # when f does not increase beyond rounding.
+    noise = 4.0 * P.eps * abs(f0)
     for _ in range(max_bt):
         xt = _persist(x + alpha * p)
         ft = P.value(xt)
         ftf = float(ft)
-        if math.isfinite(ftf) and ftf <= f0 + c1 * alpha * gp:
+        if math.isfinite(ftf) and (
+            ftf <= f0 + c1 * alpha * gp or (alpha == 1.0 and -gp <= noise and ftf <= f0 + noise)
+        ):
             return alpha, xt, ft
         if not math.isfinite(ftf):
             alpha *= 0.25  # rejected: fun not finite here
@@ -732,14 +769,19 @@ def _after_step(P, state, x_new, f_new, xtol, history, extra, callback, alpha) -
     f_new, g_new = _persist(f_new), _persist(g_new)
     state.update(x=x_new, f=f_new, g=g_new)
     state["nit"] += 1
+    ff, gn, step, xmax = _floats(
+        f_new, xp.max(xp.abs(g_new)), xp.max(xp.abs(x_new - x_old)), xp.max(xp.abs(x_new))
+    )
+    finite = math.isfinite(gn)
+    state["gnorm"] = gn
     if history is not None:
         history["x"].append(x_new)
-        history["fun"].append(float(f_new))
-        history["grad_norm"].append(_gnorm(xp, g_new) if bool(xp.all(xp.isfinite(g_new))) else math.nan)
+        history["fun"].append(ff)
+        history["grad_norm"].append(gn if finite else math.nan)
         history["alpha"].append(alpha)
         for k, v in extra.items():
             history[k].append(v)
-    if not bool(xp.all(xp.isfinite(g_new))):
+    if not finite:
         state["status"] = 4
         return True
     if callback is not None:
@@ -751,9 +793,8 @@ def _after_step(P, state, x_new, f_new, xtol, history, extra, callback, alpha) -
         except StopIteration:
             state["status"] = 99
             return True
-    step = float(xp.max(xp.abs(x_new - x_old)))
-    if step <= xtol * max(1.0, float(xp.max(xp.abs(x_new)))):
-        state["status"] = 0 if _gnorm(xp, g_new) <= state["gtol"] else 2
+    if step <= xtol * max(1.0, xmax):
+        state["status"] = 0 if gn <= state["gtol"] else 2
         return True
     return False
 
@@ -771,7 +812,7 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _gnorm(xp, g) <= gtol:
+        if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
             return
         if state["nit"] >= maxiter:
@@ -801,20 +842,19 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
 def _cg_truncated(P, x, g, cg_maxiter):
     """Truncated CG on ``H p = -g`` (see module docstring). Returns ``(p, iters)``."""
     xp = P.xp
-    gn2 = float(xp.linalg.vector_norm(g))
+    rr = float(xp.sum(g * g))
+    gn2 = rr ** 0.5
     tol = min(0.5, gn2 ** 0.5) * gn2
     z = xp.zeros_like(g)
     r = g
     d = -g
-    rr = float(xp.sum(r * r))
     it = 0
     for it in range(1, cg_maxiter + 1):
         if rr ** 0.5 <= tol:
             it -= 1
             break
-        Hd = P.hvp(x, g, d)
-        curv = float(xp.sum(d * Hd))
-        dd = float(xp.sum(d * d))
+        Hd = _persist(P.hvp(x, g, d))
+        curv, dd = _floats(xp.sum(d * Hd), xp.sum(d * d))
         if not math.isfinite(curv):
             break
         if 0 <= curv <= 3 * P.eps * dd:
@@ -839,7 +879,7 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _gnorm(xp, g) <= gtol:
+        if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
             return
         if state["nit"] >= maxiter:
@@ -864,9 +904,8 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
 
 def _to_boundary(xp, z, d, delta):
     """The ``tau >= 0`` with ``||z + tau d|| = delta``."""
-    a = float(xp.sum(d * d))
-    b = 2.0 * float(xp.sum(z * d))
-    c = float(xp.sum(z * z)) - delta * delta
+    a, b, c = _floats(xp.sum(d * d), xp.sum(z * d), xp.sum(z * z))
+    b, c = 2.0 * b, c - delta * delta
     disc = max(b * b - 4 * a * c, 0.0)
     # Numerically stable positive root.
     if b >= 0:
@@ -877,25 +916,25 @@ def _to_boundary(xp, z, d, delta):
 def _steihaug(P, x, g, delta, cg_maxiter):
     """CG-Steihaug. Returns ``(p, iters, on_boundary)``."""
     xp = P.xp
-    gn = float(xp.linalg.vector_norm(g))
+    rr = float(xp.sum(g * g))
+    gn = rr ** 0.5
     tol = min(0.5, gn ** 0.5) * gn
     z = xp.zeros_like(g)
     r = g
     d = -g
-    rr = float(xp.sum(r * r))
     for j in range(1, cg_maxiter + 1):
-        Bd = P.hvp(x, g, d)
+        Bd = _persist(P.hvp(x, g, d))
         dBd = float(xp.sum(d * Bd))
         if not math.isfinite(dBd) or dBd <= 0:
             tau = _to_boundary(xp, z, d, delta)
             return z + tau * d, j, True
         a = rr / dBd
         z_next = z + a * d
-        if float(xp.linalg.vector_norm(z_next)) >= delta:
+        r = r + a * Bd
+        zz, rr_new = _floats(xp.sum(z_next * z_next), xp.sum(r * r))
+        if zz ** 0.5 >= delta:
             tau = _to_boundary(xp, z, d, delta)
             return z + tau * d, j, True
-        r = r + a * Bd
-        rr_new = float(xp.sum(r * r))
         z = _persist(z_next)
         if rr_new ** 0.5 <= tol:
             return z, j, False
@@ -916,7 +955,7 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _gnorm(xp, g) <= gtol:
+        if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
             return
         if state["nit"] >= maxiter:
@@ -924,12 +963,20 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
             return
         p, it, boundary = _steihaug(P, x, g, delta, cg_maxiter)
         Hp = P.hvp(x, g, p)
-        pred = -(float(xp.sum(g * p)) + 0.5 * float(xp.sum(p * Hp)))
         x_new = _persist(x + p)
         f_new = P.value(x_new)
-        fn = float(f_new)
-        actual = float(f) - fn
-        rho = actual / pred if (math.isfinite(fn) and pred > 0) else -math.inf
+        gp_, pHp, fn, f0 = _floats(xp.sum(g * p), xp.sum(p * Hp), f_new, f)
+        pred = -(gp_ + 0.5 * pHp)
+        actual = f0 - fn
+        noise = 4.0 * P.eps * abs(f0)
+        if not math.isfinite(fn):
+            rho = -math.inf
+        elif pred <= noise:
+            # The model decrease is at the rounding level of f: rho cannot be
+            # measured; accept if f did not increase beyond rounding.
+            rho = 1.0 if -actual <= noise else -math.inf
+        else:
+            rho = actual / pred
         if rho < 0.25:
             delta = 0.25 * delta
         elif rho > 0.75 and boundary:
