@@ -37,6 +37,7 @@ from ._transforms import (
     trace,
 )
 from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
+from ._step import Optimizer, step
 from ._tree import (
     TreeDef,
     check_same_structure,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import Transform, chain, identity
+from ._step import register_fast
 from ._transforms import (
     add_decayed_weights,
     check_learning_rate,
@@ -71,11 +72,13 @@ def sgd(
     """
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
-    return chain(
+    t = chain(
         add_decayed_weights(weight_decay),
         _maybe(momentum > 0 or nesterov, trace(momentum, nesterov, dampening, accumulator_dtype)),
         scale_by_learning_rate(learning_rate),
     )
+    return register_fast(t, "sgd", learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                         dampening=float(dampening), weight_decay=float(weight_decay))
 
 
 def sign_sgd(learning_rate: Any) -> Transform:
@@ -89,7 +92,8 @@ def sign_sgd(learning_rate: Any) -> Transform:
     ``optax.chain(optax.scale_by_sign(), optax.scale(-lr))``.
     """
     learning_rate = check_learning_rate(learning_rate)
-    return chain(scale_by_sign(), scale_by_learning_rate(learning_rate))
+    return register_fast(chain(scale_by_sign(), scale_by_learning_rate(learning_rate)),
+                         "sign_sgd", learning_rate=learning_rate)
 
 
 def adagrad(
@@ -117,11 +121,13 @@ def adagrad(
     ``adagrad(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True)``.
     """
     learning_rate = check_learning_rate(learning_rate)
-    return chain(
+    t = chain(
         add_decayed_weights(weight_decay),
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
     )
+    return register_fast(t, "adagrad", learning_rate=learning_rate, eps=float(eps),
+                         eps_in_sqrt=eps_in_sqrt, weight_decay=float(weight_decay))
 
 
 def rmsprop(
@@ -156,12 +162,15 @@ def rmsprop(
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
     scaler = scale_by_stddev if centered else scale_by_rms
-    return chain(
+    t = chain(
         add_decayed_weights(weight_decay),
         scaler(decay, eps, eps_in_sqrt, initial_scale, accumulator_dtype),
         _maybe(momentum > 0 or nesterov, trace(momentum, nesterov, 0.0, accumulator_dtype)),
         scale_by_learning_rate(learning_rate),
     )
+    return register_fast(t, "rmsprop", learning_rate=learning_rate, decay=float(decay), eps=float(eps),
+                         eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum,
+                         nesterov=nesterov, weight_decay=float(weight_decay))
 
 
 def adam(
@@ -190,11 +199,14 @@ def adam(
     set the moments' dtypes (e.g. float32 moments for float16 parameters).
     """
     learning_rate = check_learning_rate(learning_rate)
-    return chain(
+    t = chain(
         add_decayed_weights(weight_decay),
         scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
         scale_by_learning_rate(learning_rate),
     )
+    return register_fast(t, "adam", learning_rate=learning_rate, b1=float(b1), b2=float(b2),
+                         eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
+                         weight_decay=float(weight_decay))
 
 
 def adamw(
@@ -218,8 +230,11 @@ def adamw(
     b2, eps, eps_root, weight_decay)`` (optax's default weight_decay is 1e-4).
     """
     learning_rate = check_learning_rate(learning_rate)
-    return chain(
+    t = chain(
         scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
         add_decayed_weights(weight_decay),
         scale_by_learning_rate(learning_rate),
     )
+    return register_fast(t, "adamw", learning_rate=learning_rate, b1=float(b1), b2=float(b2),
+                         eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
+                         weight_decay=float(weight_decay))

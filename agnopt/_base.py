@@ -9,6 +9,7 @@ passed in is modified.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, NamedTuple
 
 from ._backend import resolve
@@ -22,7 +23,29 @@ __all__ = [
     "chain",
     "apply_updates",
     "check_updates",
+    "validated_backend",
+    "trusted",
 ]
+
+# Validation once per chain update
+# ------------------------------------------------------------------
+# Every built-in transform validates its input (``check_updates``). Inside a
+# chain, the updates a built-in transform returns from valid input are valid
+# by construction (same structure and shapes, float leaves, same backend), so
+# re-validating them in the next transform only costs time. ``chain`` keeps,
+# for the duration of one ``update`` call, the identity of the pair
+# ``(updates, params)`` it knows to be valid; ``validated_backend`` skips the
+# checks for exactly that pair (object identity, never a cache across calls)
+# and runs them in full otherwise. User transforms (not marked ``trusted``)
+# break the chain of trust: the next built-in transform validates again.
+_TLS = threading.local()
+
+
+def trusted(update: Callable) -> Callable:
+    """Mark a built-in ``update`` function: valid input gives valid output."""
+    update._agnopt_trusted = True  # type: ignore[attr-defined]
+    return update
+
 
 
 class Transform(NamedTuple):
@@ -42,6 +65,7 @@ def identity() -> Transform:
     def init(params):
         return EmptyState()
 
+    @trusted
     def update(updates, state, params=None):
         return updates, state
 
@@ -57,13 +81,13 @@ def check_state(state: Any, cls: type, who: str) -> None:
         )
 
 
-def check_updates(updates: Any, params: Any | None, name: str = "grads") -> None:
+def check_updates(updates: Any, params: Any | None, name: str = "grads") -> Any:
     """Check ``updates`` against ``params``: same structure and leaf shapes, float leaves.
 
     Raises ``ValueError`` naming the first differing path
     (``grads['w']: shape (3, 4) != params shape (4, 3)``) and ``TypeError`` for
     non-array leaves, non-float dtypes, or a backend/device other than the
-    parameters'.
+    parameters'. Returns the :class:`~agnopt.Backend` of ``updates``.
     """
     bk = resolve(updates, name)
     if params is not None:
@@ -79,6 +103,23 @@ def check_updates(updates: Any, params: Any | None, name: str = "grads") -> None
                     f"{name} are {namespace_name(bk.xp)} arrays but params are "
                     f"{namespace_name(pk.xp)} arrays; use one backend for both"
                 )
+    return bk
+
+
+def validated_backend(updates: Any, params: Any | None, name: str = "grads") -> Any:
+    """``check_updates(updates, params)`` and the updates' Backend.
+
+    Within one ``chain`` update, the exact pair ``(updates, params)`` that the
+    chain knows to be valid is not checked again (identity test); every other
+    call runs the full checks and reports the validated pair to the chain.
+    """
+    ctx = getattr(_TLS, "ctx", None)
+    if ctx is not None and ctx[0] is updates and ctx[1] is params:
+        return ctx[2]
+    bk = check_updates(updates, params, name)
+    if getattr(_TLS, "depth", 0):  # inside a chain: tell it (no reference kept otherwise)
+        _TLS.last = (updates, params, bk)
+    return bk
 
 
 def chain(*transforms: Transform) -> Transform:
@@ -93,6 +134,8 @@ def chain(*transforms: Transform) -> Transform:
                 f"chain: argument {i} must be a Transform(init, update), got {type(t).__name__}"
             )
 
+    all_trusted = all(getattr(t.update, "_agnopt_trusted", False) for t in transforms)
+
     def init(params):
         resolve(params, "params")  # one clear error for bad trees, even if no state is kept
         return tuple(t.init(params) for t in transforms)
@@ -105,11 +148,39 @@ def chain(*transforms: Transform) -> Transform:
                 + (f" of length {len(state)}" if isinstance(state, tuple) else "")
             )
         new_states = []
-        for t, s in zip(transforms, state):
-            updates, s = t.update(updates, s, params)
-            new_states.append(s)
+        original = updates
+        outer = getattr(_TLS, "ctx", None)
+        # valid: the Backend once the current ``updates`` are known valid
+        valid = outer[2] if outer is not None and outer[0] is updates and outer[1] is params else None
+        input_valid = None  # the Backend if ``original`` itself was validated here
+        depth = getattr(_TLS, "depth", 0)
+        _TLS.depth = depth + 1
+        try:
+            for t, s in zip(transforms, state):
+                given = updates
+                _TLS.ctx = None if valid is None else (given, params, valid)
+                _TLS.last = None
+                updates, s = t.update(given, s, params)
+                new_states.append(s)
+                if getattr(t.update, "_agnopt_trusted", False):
+                    last = getattr(_TLS, "last", None)
+                    if valid is None and last is not None and last[0] is given and last[1] is params:
+                        valid = last[2]
+                        if given is original:
+                            input_valid = valid
+                else:
+                    valid = None
+        finally:
+            _TLS.ctx = outer
+            _TLS.last = None
+            _TLS.depth = depth
+        if input_valid is not None and depth:
+            # tell an enclosing chain that this chain's input was checked in full
+            _TLS.last = (original, params, input_valid)
         return updates, tuple(new_states)
 
+    if all_trusted:
+        trusted(update)
     return Transform(init, update)
 
 

@@ -18,7 +18,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 from ._backend import resolve, resolve_dtype, scalar
-from ._base import EmptyState, Transform, check_state, check_updates
+from ._base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
 from ._tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
@@ -119,8 +119,9 @@ def scale(step_size: float) -> Transform:
     def init(params):
         return EmptyState()
 
+    @trusted
     def update(updates, state, params=None):
-        check_updates(updates, params)
+        validated_backend(updates, params)
         return tree_map(lambda g: step_size * g, updates), state
 
     return Transform(init, update)
@@ -142,10 +143,10 @@ def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
     def init(params):
         return ScaleByScheduleState(count=_count0(params))
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, ScaleByScheduleState, "scale_by_schedule")
-        check_updates(updates, params)
-        bk = resolve(updates, "grads")
+        bk = validated_backend(updates, params)
         xp = bk.xp
         value = step_size_fn(state.count)
         if isinstance(value, (int, float)):
@@ -180,9 +181,9 @@ def scale_by_sign() -> Transform:
     def init(params):
         return EmptyState()
 
+    @trusted
     def update(updates, state, params=None):
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         return tree_map(xp.sign, updates), state
 
     return Transform(init, update)
@@ -218,10 +219,10 @@ def trace(
     def init(params):
         return TraceState(count=_count0(params), trace=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype"))
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, TraceState, "trace")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         first = state.count == 0
 
         def one(g, t):
@@ -281,10 +282,10 @@ def scale_by_rss(
             )
         )
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, ScaleByRssState, "scale_by_rss")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
 
         def acc(g, s):
             g = _cast(xp, g, s.dtype)
@@ -323,10 +324,10 @@ def scale_by_rms(
     def init(params):
         return ScaleByRmsState(nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale))
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, ScaleByRmsState, "scale_by_rms")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
 
         def ema(g, nu):
             g = _cast(xp, g, nu.dtype)
@@ -370,10 +371,10 @@ def scale_by_stddev(
             nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale),
         )
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, ScaleByStddevState, "scale_by_stddev")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         g_leaves, td = tree_flatten(updates)
         mus = tree_flatten(state.mu)[0]
         nus = tree_flatten(state.nu)[0]
@@ -436,10 +437,10 @@ def scale_by_adam(
             nu_max=nu if amsgrad else None,
         )
 
+    @trusted
     def update(updates, state, params=None):
         check_state(state, ScaleByAdamState, "scale_by_adam")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         count = _safe_int_increment(xp, state.count)
         g_leaves, td = tree_flatten(updates)
         mus = tree_flatten(state.mu)[0]
@@ -495,13 +496,13 @@ def add_decayed_weights(weight_decay: float = 0.0) -> Transform:
     def init(params):
         return EmptyState()
 
+    @trusted
     def update(updates, state, params=None):
         if weight_decay == 0.0:
             return updates, state
         if params is None:
             raise ValueError("add_decayed_weights: update() needs params (weight_decay != 0)")
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         return tree_map(lambda g, p: g + weight_decay * _cast(xp, p, g.dtype), updates, params), state
 
     return Transform(init, update)
@@ -522,9 +523,9 @@ def clip_by_global_norm(max_norm: float) -> Transform:
     def init(params):
         return EmptyState()
 
+    @trusted
     def update(updates, state, params=None):
-        check_updates(updates, params)
-        xp = resolve(updates, "grads").xp
+        xp = validated_backend(updates, params).xp
         leaves, td = tree_flatten(updates)
         acc_dtype = xp.result_type(*[g.dtype for g in leaves]) if len(leaves) > 1 else leaves[0].dtype
         total = None

@@ -84,6 +84,8 @@ def _children(tree: Any) -> tuple[str, Any, tuple, list]:
 
 def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
     """Return ``(leaves, treedef)``; leaves in a deterministic order."""
+    if tree is not None and not isinstance(tree, (dict, tuple, list)):
+        return [tree], _LEAF  # one array: the common case, kept cheap
     leaves: list = []
 
     def rec(node: Any) -> TreeDef:

@@ -1,0 +1,509 @@
+"""NumPy fast paths of :func:`agnopt.step`: a fused numba kernel, or blocked NumPy.
+
+Both update ``params`` and the optimizer state in place (buffer donation,
+documented on :func:`agnopt.step`) and perform, element by element, exactly
+the floating-point operations of the generic transforms in the same order,
+so the results are the generic path's bit for bit (no FMA contraction:
+numba runs with ``fastmath=False``; ``error_model="numpy"`` lets LLVM
+vectorise divisions and square roots).
+
+* numba (``pip install agnopt[numba]``): one loop per leaf and step that
+  reads ``params``, ``grads`` and the state once and writes ``params`` and
+  the state once: the memory traffic of a perfectly fused step (7 arrays for
+  Adam, 5 for RMSProp/Adagrad). One kernel is compiled per optimizer variant
+  (options that change the formula are compile-time constants) and dtype.
+* blocked NumPy: the same operations as ufuncs with ``out=`` over blocks of
+  ``BLOCK`` elements (two block-sized scratch buffers per dtype), so the
+  intermediate values stay in cache and no temporary has the size of the
+  parameters. The same block programs run on torch tensors
+  (:mod:`agnopt._fast_torch`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import _fast_common as fc
+from ._tree import tree_flatten, tree_unflatten
+
+BLOCK = 1 << 14  # elements per block: 2 scratch + 7 streams x 64 KiB (float32) stay in L2
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_tls = threading.local()
+
+
+# --------------------------------------------------------------------------
+# block programs: the generic transforms' operations, in their order, with out=
+# (``O`` supplies mul/add/sub/div/sqrt/maximum/sign/copy with an ``out`` argument)
+# --------------------------------------------------------------------------
+
+
+def prog_sgd(O, c, f, p, g, bufs, t1, t2):
+    if f["wd"]:
+        O.mul(p, c["wd"], t1)
+        O.add(g, t1, t1)  # g + wd * p
+        g = t1
+    if f["mom"]:
+        b = bufs[0]
+        if f["damp"]:
+            if c["first"]:
+                O.copy(g, b)  # b_1 = g_1
+            else:
+                O.mul(b, c["mu"], b)
+                O.mul(g, c["omd"], t2)
+                O.add(b, t2, b)  # mu * b + (1 - tau) * g
+        else:
+            O.mul(b, c["mu"], b)
+            O.add(g, b, b)  # g + mu * b
+        if f["nesterov"]:
+            O.mul(b, c["mu"], t2)
+            O.add(g, t2, t2)  # g + mu * b
+            u = t2
+        else:
+            u = b
+    else:
+        u = g
+    O.mul(u, c["neg_lr"], t2)
+    O.add(p, t2, p)
+
+
+def prog_sign_sgd(O, c, f, p, g, bufs, t1, t2):
+    O.sign(g, t1)
+    O.mul(t1, c["neg_lr"], t1)
+    O.add(p, t1, p)
+
+
+def _precondition(O, c, f, g, a, t2):
+    """t2 <- g / (sqrt(a) + eps)  or  g / sqrt(a + eps)."""
+    if f["eps_in_sqrt"]:
+        O.add(a, c["eps"], t2)
+        O.sqrt(t2, t2)
+    else:
+        O.sqrt(a, t2)
+        O.add(t2, c["eps"], t2)
+    O.div(g, t2, t2)
+
+
+def prog_adagrad(O, c, f, p, g, bufs, t1, t2):
+    s = bufs[0]
+    if f["wd"]:
+        O.mul(p, c["wd"], t1)
+        O.add(g, t1, t1)
+        g = t1
+    O.mul(g, g, t2)
+    O.add(s, t2, s)  # s + g * g
+    _precondition(O, c, f, g, s, t2)
+    O.mul(t2, c["neg_lr"], t2)
+    O.add(p, t2, p)
+
+
+def prog_rmsprop(O, c, f, p, g, bufs, t1, t2):
+    mu, nu, tr = bufs
+    if f["wd"]:
+        O.mul(p, c["wd"], t1)
+        O.add(g, t1, t1)
+        g = t1
+    if f["centered"]:
+        O.mul(mu, c["decay"], mu)
+        O.mul(g, c["omd"], t2)
+        O.add(mu, t2, mu)  # decay * mu + (1 - decay) * g
+    O.mul(g, g, t2)
+    O.mul(t2, c["omd"], t2)
+    O.mul(nu, c["decay"], nu)
+    O.add(nu, t2, nu)  # decay * nu + (1 - decay) * g^2
+    if f["centered"]:
+        O.mul(mu, mu, t2)
+        O.sub(nu, t2, t2)  # nu - mu^2
+        a = t2
+    else:
+        a = nu
+    _precondition(O, c, f, g, a, t2)  # t2 = u
+    u = t2
+    if f["mom"]:
+        O.mul(tr, c["mom"], tr)
+        O.add(t2, tr, tr)  # u + mom * b
+        if f["nesterov"]:
+            O.mul(tr, c["mom"], t1)
+            O.add(t2, t1, t2)
+            u = t2
+        else:
+            u = tr
+    O.mul(u, c["neg_lr"], t2)
+    O.add(p, t2, p)
+
+
+def prog_adam(O, c, f, p, g, bufs, t1, t2):
+    mu, nu, vmax = bufs
+    if f["wd_mode"] == 1:  # L2 penalty (adam's weight_decay)
+        O.mul(p, c["wd"], t1)
+        O.add(g, t1, t1)
+        g = t1
+    O.mul(mu, c["b1"], mu)
+    O.mul(g, c["omb1"], t2)
+    O.add(mu, t2, mu)  # b1 * mu + (1 - b1) * g
+    O.mul(g, g, t2)
+    O.mul(t2, c["omb2"], t2)
+    O.mul(nu, c["b2"], nu)
+    O.add(nu, t2, nu)  # b2 * nu + (1 - b2) * g^2
+    if f["amsgrad"]:
+        O.maximum(vmax, nu, vmax)
+        v = vmax
+    else:
+        v = nu
+    O.div(v, c["bc2"], t2)
+    O.add(t2, c["eps_root"], t2)
+    O.sqrt(t2, t2)
+    O.add(t2, c["eps"], t2)  # sqrt(v / bc2 + eps_root) + eps
+    O.div(mu, c["bc1"], t1)
+    O.div(t1, t2, t1)  # mu / bc1 / denom
+    if f["wd_mode"] == 2:  # decoupled (adamw)
+        O.mul(p, c["wd"], t2)
+        O.add(t1, t2, t1)
+    O.mul(t1, c["neg_lr"], t1)
+    O.add(p, t1, p)
+
+
+PROGRAMS = {
+    "sgd": prog_sgd, "sign_sgd": prog_sign_sgd, "adagrad": prog_adagrad,
+    "rmsprop": prog_rmsprop, "adam": prog_adam, "adamw": prog_adam,
+}
+
+
+class NumpyOps:
+    @staticmethod
+    def mul(a, b, out):
+        np.multiply(a, b, out=out)
+
+    @staticmethod
+    def add(a, b, out):
+        np.add(a, b, out=out)
+
+    @staticmethod
+    def sub(a, b, out):
+        np.subtract(a, b, out=out)
+
+    @staticmethod
+    def div(a, b, out):
+        np.divide(a, b, out=out)
+
+    @staticmethod
+    def sqrt(a, out):
+        np.sqrt(a, out=out)
+
+    @staticmethod
+    def maximum(a, b, out):
+        np.maximum(a, b, out=out)
+
+    @staticmethod
+    def sign(a, out):
+        np.sign(a, out=out)
+
+    @staticmethod
+    def copy(src, dst):
+        np.copyto(dst, src)
+
+
+def _scratch(dtype, n):
+    cache = getattr(_tls, "scratch", None)
+    if cache is None:
+        cache = _tls.scratch = {}
+    key = dtype
+    bufs = cache.get(key)
+    if bufs is None or bufs[0].shape[0] < n:
+        bufs = cache[key] = (np.empty(max(n, 1), dtype), np.empty(max(n, 1), dtype))
+    return bufs
+
+
+def run_blocked(kind, flags, c, p, g, bufs, block=BLOCK):
+    """Run the block program over 1-D arrays ``p``, ``g``, ``bufs`` (None where unused)."""
+    prog = PROGRAMS[kind]
+    n = p.shape[0]
+    s1, s2 = _scratch(p.dtype, min(n, block))
+    if n <= block:
+        prog(NumpyOps, c, flags, p, g, bufs, s1[:n], s2[:n])
+        return
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        bb = [None if b is None else b[i:j] for b in bufs]
+        m = j - i
+        prog(NumpyOps, c, flags, p[i:j], g[i:j], bb, s1[:m], s2[:m])
+
+
+# --------------------------------------------------------------------------
+# numba kernels: one fused loop per optimizer variant
+# --------------------------------------------------------------------------
+
+try:  # numba is optional (agnopt[numba])
+    import numba as _numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except Exception:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
+CONST_ORDER = {
+    "sgd": ("wd", "mu", "omd", "neg_lr"),
+    "sign_sgd": ("neg_lr",),
+    "adagrad": ("wd", "eps", "neg_lr"),
+    "rmsprop": ("wd", "decay", "omd", "eps", "mom", "neg_lr"),
+    "adam": ("wd", "b1", "omb1", "b2", "omb2", "bc1", "bc2", "eps", "eps_root", "neg_lr"),
+    "adamw": ("wd", "b1", "omb1", "b2", "omb2", "bc1", "bc2", "eps", "eps_root", "neg_lr"),
+}
+
+
+def _jit(fn):
+    import numba
+
+    return numba.njit(error_model="numpy", fastmath=False, nogil=True, boundscheck=False)(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def numba_kernel(kind: str, flag_items: tuple):
+    """The compiled fused kernel for ``kind`` with static options ``flag_items``."""
+    f = dict(flag_items)
+    if kind == "sgd":
+        wd, mom, damp, nesterov, first = f["wd"], f["mom"], f["damp"], f["nesterov"], f["first"]
+
+        def k(p, g, b, _b2, _b3, c_wd, c_mu, c_omd, c_lr):
+            for i in range(p.shape[0]):
+                gi = g[i]
+                if wd:
+                    gi = gi + c_wd * p[i]
+                if mom:
+                    if damp:
+                        if first:
+                            bi = gi
+                        else:
+                            bi = c_mu * b[i] + c_omd * gi
+                    else:
+                        bi = gi + c_mu * b[i]
+                    b[i] = bi
+                    if nesterov:
+                        u = gi + c_mu * bi
+                    else:
+                        u = bi
+                else:
+                    u = gi
+                p[i] = p[i] + c_lr * u
+
+    elif kind == "sign_sgd":
+
+        def k(p, g, _b1, _b2, _b3, c_lr):
+            for i in range(p.shape[0]):
+                p[i] = p[i] + c_lr * np.sign(g[i])
+
+    elif kind == "adagrad":
+        wd, eps_in_sqrt = f["wd"], f["eps_in_sqrt"]
+
+        def k(p, g, acc, _b2, _b3, c_wd, c_eps, c_lr):
+            for i in range(p.shape[0]):
+                gi = g[i]
+                if wd:
+                    gi = gi + c_wd * p[i]
+                s = acc[i] + gi * gi
+                acc[i] = s
+                if eps_in_sqrt:
+                    d = np.sqrt(s + c_eps)
+                else:
+                    d = np.sqrt(s) + c_eps
+                p[i] = p[i] + c_lr * (gi / d)
+
+    elif kind == "rmsprop":
+        wd, centered, mom, nesterov, eps_in_sqrt = (
+            f["wd"], f["centered"], f["mom"], f["nesterov"], f["eps_in_sqrt"])
+
+        def k(p, g, mu, nu, tr, c_wd, c_decay, c_omd, c_eps, c_mom, c_lr):
+            for i in range(p.shape[0]):
+                gi = g[i]
+                if wd:
+                    gi = gi + c_wd * p[i]
+                v = c_decay * nu[i] + c_omd * (gi * gi)
+                nu[i] = v
+                if centered:
+                    m = c_decay * mu[i] + c_omd * gi
+                    mu[i] = m
+                    a = v - m * m
+                else:
+                    a = v
+                if eps_in_sqrt:
+                    d = np.sqrt(a + c_eps)
+                else:
+                    d = np.sqrt(a) + c_eps
+                u = gi / d
+                if mom:
+                    bi = u + c_mom * tr[i]
+                    tr[i] = bi
+                    if nesterov:
+                        u = u + c_mom * bi
+                    else:
+                        u = bi
+                p[i] = p[i] + c_lr * u
+
+    else:  # adam / adamw
+        amsgrad, wd_mode = f["amsgrad"], f["wd_mode"]
+
+        def k(p, g, mu, nu, vmax, c_wd, c_b1, c_omb1, c_b2, c_omb2, c_bc1, c_bc2, c_eps,
+              c_eps_root, c_lr):
+            for i in range(p.shape[0]):
+                pi = p[i]
+                gi = g[i]
+                if wd_mode == 1:
+                    gi = gi + c_wd * pi
+                m = c_b1 * mu[i] + c_omb1 * gi
+                v = c_b2 * nu[i] + c_omb2 * (gi * gi)
+                mu[i] = m
+                nu[i] = v
+                if amsgrad:
+                    a = vmax[i]
+                    if a > v or a != a:  # np.maximum: NaN propagates
+                        v = a
+                    vmax[i] = v
+                u = m / c_bc1 / (np.sqrt(v / c_bc2 + c_eps_root) + c_eps)
+                if wd_mode == 2:
+                    u = u + c_wd * pi
+                p[i] = pi + c_lr * u
+
+    return _jit(k)
+
+
+def numba_available() -> bool:
+    return HAVE_NUMBA
+
+
+# --------------------------------------------------------------------------
+# the NumPy fast path
+# --------------------------------------------------------------------------
+
+
+def _np_scalar(dt, v):
+    if isinstance(v, np.ndarray):
+        return v[()] if v.dtype == dt else dt.type(v[()])
+    return dt.type(v)
+
+
+_F32, _F64 = _FLOATS
+_STATIC: dict = {}  # (spec id, dtype) -> {name: numpy scalar} for the step-independent constants
+
+
+def _static_consts(spec, plan, dt):
+    key = (id(spec), dt)
+    hit = _STATIC.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    hp = spec.hp
+    out = {}
+    for name, v in (("wd", hp.get("weight_decay", 0.0)), ("mu", hp.get("momentum", 0.0)),
+                    ("omd", 1.0 - hp.get("dampening", 0.0)), ("eps", hp.get("eps", 0.0)),
+                    ("decay", hp.get("decay", 0.0)), ("mom", hp.get("momentum", 0.0)),
+                    ("b1", hp.get("b1", 0.0)), ("omb1", 1.0 - hp.get("b1", 0.0)),
+                    ("b2", hp.get("b2", 0.0)), ("omb2", 1.0 - hp.get("b2", 0.0)),
+                    ("eps_root", hp.get("eps_root", 0.0))):
+        out[name] = dt.type(v)
+    if spec.kind == "rmsprop":
+        out["omd"] = dt.type(1.0 - hp["decay"])
+    if not callable(hp["learning_rate"]):
+        out["neg_lr"] = dt.type(-1.0 * hp["learning_rate"])
+    if len(_STATIC) > 256:
+        _STATIC.clear()
+    _STATIC[key] = (spec, out)
+    return out
+
+
+def _next_count(c):
+    c0 = int(c)
+    return np.asarray(c0 + 1 if c0 < fc._BIG else c0, dtype=c.dtype)
+
+
+STATS = {"numba": 0, "numpy": 0}  # leaves updated by each path (for tests)
+
+
+def try_step(spec, params, p_leaves, td, grads, state, mode):
+    """The fast step on NumPy arrays, or None when the generic path must run."""
+    g_leaves, gtd = tree_flatten(grads)
+    if gtd != td:
+        return None
+    nd = np.ndarray
+    for p, g in zip(p_leaves, g_leaves):
+        dt = p.dtype
+        if (type(p) is not nd or type(g) is not nd or (dt is not _F32 and dt is not _F64)
+                or g.dtype is not dt or p.shape != g.shape):
+            return None
+        fl = p.flags
+        if not (fl.c_contiguous and fl.writeable):
+            return None
+    n = len(p_leaves)
+    plan = fc.read_state(spec, state, td, n)
+    if plan is None:
+        return None
+    for cnt in (plan.count, plan.sched_count):
+        if cnt is not None and not (type(cnt) is nd and cnt.shape == () and cnt.dtype.kind == "i"):
+            return None
+    kind = spec.kind
+    order = fc.BUF_ORDER[kind]
+    bufs = {}
+    for name in order:
+        lv = plan.bufs.get(name)
+        if lv is None:
+            continue
+        for b, p, g in zip(lv, p_leaves, g_leaves):
+            if type(b) is not nd or b.dtype is not p.dtype or b.shape != p.shape or b is p or b is g:
+                return None
+            fl = b.flags
+            if not (fl.c_contiguous and fl.writeable):
+                return None
+        bufs[name] = lv
+    if "vmax" in bufs:  # init() returns nu_max is nu: the first step needs its own buffer
+        bufs["vmax"] = [v.copy() if v is m or np.may_share_memory(v, m) else v
+                        for v, m in zip(bufs["vmax"], bufs["nu"])]
+    names = list(bufs)
+    for i, a in enumerate(names):  # no two state buffers may be the same array
+        for b in names[:i]:
+            if any(x is y for x, y in zip(bufs[a], bufs[b])):
+                return None
+
+    if mode == "numba" and not HAVE_NUMBA:
+        raise ImportError("AGNOPT_FAST=numba but numba is not installed (pip install agnopt[numba])")
+    use_numba = HAVE_NUMBA and mode != "numpy"
+
+    new_count = None if plan.count is None else _next_count(plan.count)
+    new_sched = None if plan.sched_count is None else _next_count(plan.sched_count)
+    flags = plan.flags
+    if kind == "sgd":
+        flags = dict(flags, first=bool(flags["mom"] and flags["damp"] and int(plan.count) == 0))
+    fkey = tuple(sorted(flags.items()))
+    per_dtype: dict = {}
+    cnames = CONST_ORDER[kind]
+    for li in range(n):
+        p = p_leaves[li]
+        g = g_leaves[li]
+        dt = p.dtype
+        cc = per_dtype.get(dt)
+        if cc is None:
+            cc = dict(_static_consts(spec, plan, dt))
+            if kind in ("adam", "adamw"):
+                t = new_count.astype(dt)
+                cc["bc1"] = (1.0 - spec.hp["b1"] ** t)[()]
+                cc["bc2"] = (1.0 - spec.hp["b2"] ** t)[()]
+            if "neg_lr" not in cc:
+                import array_api_compat.numpy as xp
+
+                cc["neg_lr"] = _np_scalar(dt, fc.lr_value(spec.hp, xp, plan.sched_count, dt, "cpu"))
+            cc["first"] = flags.get("first", False)
+            per_dtype[dt] = cc
+        pf = p.reshape(-1)
+        gf = g.reshape(-1)
+        bf = [bufs[name][li].reshape(-1) if name in bufs else None for name in order]
+        if use_numba:
+            args = [gf if b is None else b for b in bf]
+            while len(args) < 3:
+                args.append(gf)
+            numba_kernel(kind, fkey)(pf, gf, *args, *[cc[k] for k in cnames])
+        else:
+            while len(bf) < 3:
+                bf.append(None)
+            run_blocked(kind, flags, cc, pf, gf, bf)
+    STATS["numba" if use_numba else "numpy"] += n
+    st = fc.new_state(plan, new_count, new_sched, bufs)
+    return tree_unflatten(td, p_leaves), st

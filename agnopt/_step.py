@@ -1,0 +1,262 @@
+r"""``step``: one optimizer step, ``update`` then ``apply_updates``, with fast paths.
+
+``step(transform, params, grads, state) -> (params, state)`` always equals
+
+.. code-block:: python
+
+    updates, state = transform.update(grads, state, params)
+    params = apply_updates(params, updates)
+
+(to rounding; on the CPU the fast paths round exactly as the generic path
+does). For the optimizers built by :mod:`agnopt`'s aliases (``sgd``,
+``sign_sgd``, ``adagrad``, ``rmsprop``, ``adam``, ``adamw``) on *writeable*
+backends (NumPy, torch, CuPy; see :func:`agnopt.is_writeable`) it runs one
+fused, in-place update per parameter leaf instead of a chain of out-of-place
+array operations:
+
+* NumPy: a fused numba kernel when numba is installed (``pip install
+  agnopt[numba]``), else a pure NumPy loop over cache-sized blocks with
+  ``out=`` (no temporaries the size of the parameters);
+* torch: in-place ``out=`` operations over blocks, under ``torch.no_grad()``;
+* CuPy: one ``cupy.ElementwiseKernel`` per leaf and step.
+
+**Buffer donation.** On these backends ``step`` *reuses the buffers* of
+``params`` and of the arrays in ``state``: they are overwritten with the new
+values, and the returned ``params``/``state`` hold the same arrays. Treat the
+``params`` and ``state`` you passed as consumed (as JAX's buffer donation
+does); ``grads`` are never written. ``update`` and ``apply_updates`` stay
+pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
+runs the generic path there, as it does for user-built chains, read-only or
+non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
+parameters' dtype), and any input the checks would reject (the generic path
+then raises its usual error).
+
+The environment variable ``AGNOPT_FAST`` selects the path: ``0`` the generic
+path everywhere; ``numpy`` the blocked NumPy path even when numba is
+installed; ``numba`` requires numba; unset or ``1`` picks the fastest
+available.
+
+The fast path recognises an optimizer through a small registry: each alias
+registers its ``Transform.update`` function with its hyperparameters
+(:func:`register_fast`); a Transform that is not registered (any user-built
+chain) takes the generic path.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, NamedTuple
+
+from ._base import Transform, apply_updates
+from ._tree import tree_flatten, tree_unflatten
+
+__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode"]
+
+
+class FastSpec(NamedTuple):
+    """Which optimizer a registered Transform is: ``kind`` and its hyperparameters."""
+
+    kind: str  # "sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"
+    hp: dict
+
+
+_REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
+KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
+
+
+def register_fast(transform: Transform, kind: str, **hp: Any) -> Transform:
+    """Record that ``transform`` is the alias ``kind`` with hyperparameters ``hp``.
+
+    Keyed by ``transform.update`` (weakly), so only the very Transform an alias
+    returned is recognised. Returns ``transform`` unchanged.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"register_fast: unknown kind {kind!r}")
+    _REGISTRY[transform.update] = FastSpec(kind, dict(hp))
+    return transform
+
+
+def fast_spec(transform: Any) -> FastSpec | None:
+    """The registered :class:`FastSpec` of ``transform``, or None."""
+    try:
+        return _REGISTRY.get(transform.update)
+    except (AttributeError, TypeError):
+        return None
+
+
+def fast_mode() -> str:
+    """``"0"`` (generic), ``"numpy"``, ``"numba"`` or ``"auto"``, from ``AGNOPT_FAST``."""
+    v = os.environ.get("AGNOPT_FAST", "")
+    if v in ("", "1", "auto"):
+        return "auto"
+    if v in ("0", "numpy", "numba"):
+        return v
+    raise ValueError(f"AGNOPT_FAST must be 0, 1, numpy or numba, got {v!r}")
+
+
+def _generic(transform, params, grads, state):
+    updates, new_state = transform.update(grads, state, params)
+    return apply_updates(params, updates), new_state
+
+
+def _backend_module(leaf: Any) -> str | None:
+    mod = type(leaf).__module__
+    if mod == "numpy":
+        return "numpy"
+    if mod.startswith("torch"):
+        return "torch"
+    if mod.startswith("cupy"):
+        return "cupy"
+    return None
+
+
+def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+    """One optimizer step: ``update`` followed by ``apply_updates``.
+
+    Returns ``(new_params, new_state)``, equal (to rounding) to::
+
+        updates, new_state = transform.update(grads, state, params)
+        new_params = apply_updates(params, updates)
+
+    **Donates ``params`` and ``state`` on writeable backends.** For the
+    optimizers of :mod:`agnopt` (``sgd``, ``sign_sgd``, ``adagrad``,
+    ``rmsprop``, ``adam``, ``adamw``) on NumPy, torch and CuPy arrays, the
+    step is computed in place: the arrays of ``params`` and ``state`` are
+    overwritten and returned; do not use the old ``params``/``state``
+    afterwards (keep a copy if you need them). ``grads`` are only read. JAX,
+    Dask and array-api-strict arrays are never modified (generic path).
+    ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._step`.
+    """
+    spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
+    if spec is not None:
+        mode = fast_mode()
+        if mode != "0":
+            p_leaves, td = tree_flatten(params)
+            if p_leaves:
+                which = _backend_module(p_leaves[0])
+                res = None
+                if which == "numpy":
+                    from ._fast_cpu import try_step
+
+                    res = try_step(spec, params, p_leaves, td, grads, state, mode)
+                elif which == "torch":
+                    from ._fast_torch import try_step
+
+                    res = try_step(spec, params, p_leaves, td, grads, state)
+                elif which == "cupy":
+                    from ._fast_cupy import try_step
+
+                    res = try_step(spec, params, p_leaves, td, grads, state)
+                if res is not None:
+                    return res
+    return _generic(transform, params, grads, state)
+
+
+class Optimizer:
+    """A stateful convenience around :func:`step` for training loops.
+
+    ``opt = Optimizer(adam(1e-3), params)``; then ``opt.step(grads)`` updates
+    ``opt.params`` (in place on NumPy/torch/CuPy, see :func:`step`) and
+    ``opt.state``, and returns ``opt.params``. The functional API
+    (``init``/``update``/``apply_updates``/``step``) stays the reference.
+
+    With ``flat=True`` (NumPy or torch trees whose leaves share one dtype and
+    device), the parameters are copied into one contiguous buffer and
+    ``opt.params`` becomes a tree of *views* into it; the optimizer state is
+    kept flat too, so one fused kernel updates every leaf (no per-leaf
+    Python overhead). Write gradients into ``opt.grads`` (views into a flat
+    gradient buffer) and call ``opt.step()`` to avoid copying them; any other
+    gradient tree passed to ``step(grads)`` is copied into the buffer first.
+    In flat mode ``opt.state`` is the state of the flat parameter vector.
+    """
+
+    def __init__(self, transform: Transform, params: Any, *, flat: bool = False):
+        self.transform = transform
+        self.flat = bool(flat)
+        if self.flat:
+            leaves, self._td = tree_flatten(params)
+            if not leaves:
+                raise ValueError("params: the tree is empty; expected at least one array")
+            self._flat_p, views = _flat_buffer(leaves, copy=True)
+            self._flat_g, gviews = _flat_buffer(leaves, copy=False)
+            self._gviews = gviews
+            self.params = tree_unflatten(self._td, views)
+            self.grads = tree_unflatten(self._td, gviews)
+            self.state = transform.init(self._flat_p)
+        else:
+            self.params = params
+            self.grads = None
+            self.state = transform.init(params)
+
+    def step(self, grads: Any = None) -> Any:
+        """Apply one step with ``grads`` (flat mode: default ``opt.grads``); returns ``opt.params``."""
+        if not self.flat:
+            if grads is None:
+                raise ValueError("Optimizer.step: grads are required (flat=False)")
+            self.params, self.state = step(self.transform, self.params, grads, self.state)
+            return self.params
+        if grads is not None and grads is not self.grads:
+            g_leaves, td = tree_flatten(grads)
+            if td != self._td:
+                from ._tree import check_same_structure
+
+                check_same_structure(grads, self.params, "grads", "params")
+            for dst, src in zip(self._gviews, g_leaves):
+                if src is not dst:
+                    _copy_into(dst, src)
+        new_p, self.state = step(self.transform, self._flat_p, self._flat_g, self.state)
+        if new_p is not self._flat_p:  # generic path (e.g. AGNOPT_FAST=0): copy back into the buffer
+            _copy_into(self._flat_p, new_p)
+        return self.params
+
+
+def _flat_buffer(leaves: list, copy: bool):
+    """One contiguous 1-D buffer for ``leaves`` (one dtype/device) and a view per leaf."""
+    first = leaves[0]
+    which = _backend_module(first)
+    if which not in ("numpy", "torch"):
+        raise TypeError("Optimizer(flat=True) needs NumPy or torch parameters")
+    sizes = [int(_numel(x)) for x in leaves]
+    total = sum(sizes)
+    for x in leaves:
+        if x.dtype != first.dtype or type(x) is not type(first):
+            raise TypeError("Optimizer(flat=True): every leaf must have the same array type and dtype")
+    if which == "numpy":
+        import numpy as np
+
+        buf = np.zeros(total, dtype=first.dtype)
+    else:
+        import torch
+
+        for x in leaves:
+            if x.device != first.device:
+                raise TypeError("Optimizer(flat=True): every leaf must be on the same device")
+        buf = torch.zeros(total, dtype=first.dtype, device=first.device)
+    views, off = [], 0
+    for x, n in zip(leaves, sizes):
+        v = buf[off:off + n].reshape(tuple(x.shape))
+        if copy:
+            _copy_into(v, x)
+        views.append(v)
+        off += n
+    return buf, views
+
+
+def _numel(x: Any) -> int:
+    n = 1
+    for s in x.shape:
+        n *= int(s)
+    return n
+
+
+def _copy_into(dst: Any, src: Any) -> None:
+    if _backend_module(dst) == "torch":
+        import torch
+
+        with torch.no_grad():
+            dst.copy_(src)
+    else:
+        import numpy as np
+
+        np.copyto(dst, src, casting="same_kind")

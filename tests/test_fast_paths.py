@@ -1,0 +1,416 @@
+"""The fast paths of ``ao.step`` give what the generic path gives, for every option.
+
+For every optimizer option (momentum, nesterov, dampening, centered,
+eps_in_sqrt, amsgrad, weight decay, schedules, accumulator dtypes), over
+several steps, in float32 and float64, for one array and for a tree, each fast
+path (blocked NumPy, numba, torch in place, CuPy [needs CUDA]) is compared
+with the generic path (``update`` + ``apply_updates``, selected with
+``AGNOPT_FAST=0``). Also: the fast paths really ran (and updated in place),
+``AGNOPT_FAST=0`` really selects the generic path, JAX / array-api-strict /
+Dask and user-built chains stay functional, and the stateful ``Optimizer``
+follows the same trajectory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import agnopt as ao
+from agnopt import _fast_cpu
+from conftest import have, to_numpy
+
+STEPS = 6
+
+
+def _sched(lr):
+    return ao.exponential_decay(lr, 2, 0.8)
+
+
+CONFIGS = {
+    "sgd": lambda: ao.sgd(1e-2),
+    "sgd-momentum": lambda: ao.sgd(1e-2, momentum=0.9),
+    "sgd-nesterov": lambda: ao.sgd(1e-2, momentum=0.9, nesterov=True),
+    "sgd-dampening-wd": lambda: ao.sgd(1e-2, momentum=0.8, dampening=0.3, weight_decay=0.1),
+    "sgd-wd": lambda: ao.sgd(1e-2, weight_decay=0.05),
+    "sgd-schedule": lambda: ao.sgd(_sched(1e-2), momentum=0.9),
+    "sign_sgd": lambda: ao.sign_sgd(1e-2),
+    "sign_sgd-schedule": lambda: ao.sign_sgd(ao.cosine_decay(1e-2, 5)),
+    "adagrad": lambda: ao.adagrad(0.1),
+    "adagrad-init-wd": lambda: ao.adagrad(0.1, initial_accumulator_value=0.1, weight_decay=0.05),
+    "adagrad-eps_in_sqrt": lambda: ao.adagrad(0.1, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True),
+    "adagrad-schedule": lambda: ao.adagrad(_sched(0.1)),
+    "rmsprop": lambda: ao.rmsprop(1e-2),
+    "rmsprop-centered": lambda: ao.rmsprop(1e-2, centered=True),
+    "rmsprop-momentum": lambda: ao.rmsprop(1e-2, momentum=0.7),
+    "rmsprop-nesterov": lambda: ao.rmsprop(1e-2, momentum=0.7, nesterov=True),
+    "rmsprop-eps_in_sqrt-initial_scale": lambda: ao.rmsprop(1e-2, eps_in_sqrt=True, initial_scale=0.1),
+    "rmsprop-centered-momentum-wd": lambda: ao.rmsprop(1e-2, decay=0.99, centered=True, momentum=0.5,
+                                                       weight_decay=0.01),
+    "rmsprop-schedule": lambda: ao.rmsprop(_sched(1e-2), centered=True, eps_in_sqrt=True),
+    "adam": lambda: ao.adam(1e-2),
+    "adam-betas-eps": lambda: ao.adam(1e-2, b1=0.8, b2=0.99, eps=1e-6),
+    "adam-amsgrad": lambda: ao.adam(1e-2, amsgrad=True),
+    "adam-wd": lambda: ao.adam(1e-2, weight_decay=0.1),
+    "adam-eps_root": lambda: ao.adam(1e-2, eps_root=1e-8),
+    "adam-schedule": lambda: ao.adam(ao.warmup_cosine_decay(0.0, 1e-2, 2, 10)),
+    "adam-amsgrad-wd-schedule": lambda: ao.adam(_sched(1e-2), amsgrad=True, weight_decay=0.1),
+    "adamw": lambda: ao.adamw(1e-2),
+    "adamw-amsgrad": lambda: ao.adamw(1e-2, amsgrad=True, weight_decay=0.1),
+    "adamw-schedule": lambda: ao.adamw(_sched(1e-2)),
+}
+# options that the fast paths hand to the generic path (other state dtypes)
+FALLBACK_CONFIGS = {
+    "adam-mu_dtype": lambda dt: ao.adam(1e-2, mu_dtype="float64" if dt == "float32" else "float32"),
+    "adam-nu_dtype": lambda dt: ao.adam(1e-2, nu_dtype="float64" if dt == "float32" else "float32"),
+    "sgd-accumulator_dtype": lambda dt: ao.sgd(1e-2, momentum=0.9,
+                                               accumulator_dtype="float64" if dt == "float32" else "float32"),
+    "rmsprop-accumulator_dtype": lambda dt: ao.rmsprop(1e-2, centered=True,
+                                                       accumulator_dtype="float64" if dt == "float32" else "float32"),
+}
+SAME_DTYPE_CONFIGS = {  # mu_dtype / nu_dtype equal to the parameters' dtype: the fast path runs
+    "adam-mu_nu_dtype-same": lambda dt: ao.adam(1e-2, mu_dtype=dt, nu_dtype=dt),
+    "adagrad-accumulator_dtype-same": lambda dt: ao.adagrad(0.1, accumulator_dtype=dt),
+}
+
+TOL = {"float32": 1e-6, "float64": 1e-14}
+
+
+# ---------------------------------------------------------------- backends
+
+
+class _Numpy:
+    name = "numpy"
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def array(self, a, dt):
+        return np.array(a, dtype=dt)
+
+    def stats(self):
+        return _fast_cpu.STATS["numba" if self.mode == "numba" else "numpy"]
+
+
+class _Torch:
+    name = "torch"
+    mode = "1"
+
+    def __init__(self, device="cpu"):
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def array(self, a, dt):
+        return self.torch.tensor(np.asarray(a), dtype=getattr(self.torch, dt), device=self.device)
+
+    def stats(self):
+        from agnopt import _fast_torch
+
+        return _fast_torch.STATS["torch"]
+
+
+class _Cupy:
+    name = "cupy"
+    mode = "1"
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+
+    def array(self, a, dt):
+        return self.cp.asarray(np.asarray(a, dtype=dt))
+
+    def stats(self):
+        from agnopt import _fast_cupy
+
+        return _fast_cupy.STATS["cupy"]
+
+
+def _cuda_torch():
+    if not have("torch"):
+        pytest.skip("torch is not installed")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA device here")
+    return _Torch("cuda")
+
+
+def _cupy():
+    if not have("cupy"):
+        pytest.skip("cupy is not installed")
+    import cupy
+
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("cupy has no CUDA device here")
+    except Exception as e:  # no driver
+        pytest.skip(f"cupy has no CUDA device here ({type(e).__name__})")
+    return _Cupy()
+
+
+def _make_path(name):
+    if name == "numpy-blocked":
+        return _Numpy("numpy")
+    if name == "numba":
+        if not _fast_cpu.HAVE_NUMBA:
+            pytest.skip("numba is not installed")
+        return _Numpy("numba")
+    if name == "torch":
+        if not have("torch"):
+            pytest.skip("torch is not installed")
+        return _Torch()
+    if name == "torch-cuda":
+        return _cuda_torch()
+    if name == "cupy":
+        return _cupy()
+    raise AssertionError(name)
+
+
+PATHS = ["numpy-blocked", "numba", "torch", "torch-cuda", "cupy"]
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch):
+    """Small blocks so that the blocked paths really loop over several blocks."""
+    monkeypatch.setattr(_fast_cpu, "BLOCK", 64)
+    monkeypatch.setattr(_fast_cpu.run_blocked, "__defaults__", (64,))
+    if have("torch"):
+        from agnopt import _fast_torch
+
+        monkeypatch.setattr(_fast_torch, "BLOCK_CPU", 100)
+        monkeypatch.setattr(_fast_torch, "BLOCK_CUDA", 100)
+
+
+def _problem(be, dt, tree, seed=0):
+    rng = np.random.default_rng(seed)
+    if tree:
+        return {
+            "w": be.array(rng.standard_normal((13, 11)), dt),
+            "b": be.array(rng.standard_normal(7), dt),
+            "layers": [be.array(rng.standard_normal(300), dt), be.array(rng.standard_normal((2, 3, 4)), dt)],
+            "s": be.array(rng.standard_normal(()), dt),
+        }
+    return be.array(rng.standard_normal(257), dt)
+
+
+def _grads(be, params, dt, k):
+    rng = np.random.default_rng(100 + k)
+
+    def one(p):
+        g = rng.standard_normal(tuple(p.shape))
+        if k == 2:  # exact zeros (sign, first-step branches)
+            g.reshape(-1)[::5] = 0.0
+        return be.array(g, dt)
+
+    return ao.tree_map(one, params)
+
+
+def _trajectory(be, make, dt, tree, monkeypatch, mode):
+    monkeypatch.setenv("AGNOPT_FAST", mode)
+    opt = make()
+    params = _problem(be, dt, tree)
+    state = opt.init(params)
+    traj = []
+    for k in range(STEPS):
+        params, state = ao.step(opt, params, _grads(be, params, dt, k), state)
+        traj.append([to_numpy(x).copy() for x in ao.tree_leaves(params)])
+    return traj, state
+
+
+def _compare(ref, got, dt):
+    for a_step, b_step in zip(ref, got):
+        for a, b in zip(a_step, b_step):
+            np.testing.assert_allclose(b, a, rtol=TOL[dt], atol=TOL[dt] * 1e-3)
+
+
+@pytest.mark.parametrize("tree", [False, True], ids=["array", "tree"])
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("path", PATHS)
+def test_fast_path_equals_generic(path, name, dt, tree, monkeypatch):
+    be = _make_path(path)
+    ref, ref_state = _trajectory(be, CONFIGS[name], dt, tree, monkeypatch, "0")
+    before = be.stats()
+    got, got_state = _trajectory(be, CONFIGS[name], dt, tree, monkeypatch, be.mode)
+    n_leaves = len(ao.tree_leaves(_problem(be, dt, tree)))
+    assert be.stats() - before == STEPS * n_leaves, "the fast path did not run"
+    _compare(ref, got, dt)
+    # the state too: same structure, same values
+    assert ao.tree_structure(ref_state) == ao.tree_structure(got_state)
+    for a, b in zip(ao.tree_leaves(ref_state), ao.tree_leaves(got_state)):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=TOL[dt], atol=TOL[dt] * 1e-3)
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(FALLBACK_CONFIGS) + list(SAME_DTYPE_CONFIGS))
+@pytest.mark.parametrize("path", ["numpy-blocked", "numba", "torch"])
+def test_state_dtype_options(path, name, dt, monkeypatch):
+    """mu_dtype / nu_dtype / accumulator_dtype: the same steps as the generic path.
+
+    A state dtype other than the parameters' goes the generic path; the same
+    dtype takes the fast path.
+    """
+    be = _make_path(path)
+    make = {**FALLBACK_CONFIGS, **SAME_DTYPE_CONFIGS}[name]
+    ref, _ = _trajectory(be, lambda: make(dt), dt, True, monkeypatch, "0")
+    before = be.stats()
+    got, _ = _trajectory(be, lambda: make(dt), dt, True, monkeypatch, be.mode)
+    ran = be.stats() - before
+    assert (ran > 0) == (name in SAME_DTYPE_CONFIGS)
+    _compare(ref, got, dt)
+
+
+@pytest.mark.parametrize("path", ["numpy-blocked", "numba", "torch"])
+def test_step_donates_on_fast_path_and_not_on_generic(path, monkeypatch):
+    be = _make_path(path)
+    opt = ao.adam(1e-2)
+    p = be.array(np.linspace(-1, 1, 50), "float64")
+    g = be.array(np.full(50, 0.5), "float64")
+    g0 = to_numpy(g).copy()
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    s = opt.init(p)
+    before_stats = be.stats()
+    p_copy = to_numpy(p).copy()
+    p2, s2 = ao.step(opt, p, g, s)
+    assert be.stats() == before_stats  # AGNOPT_FAST=0: the generic path
+    assert p2 is not p
+    np.testing.assert_array_equal(to_numpy(p), p_copy)  # nothing mutated
+    monkeypatch.setenv("AGNOPT_FAST", be.mode)
+    p3, s3 = ao.step(opt, p, g, s)
+    assert p3 is p  # updated in place
+    np.testing.assert_array_equal(to_numpy(p3), to_numpy(p2))
+    np.testing.assert_array_equal(to_numpy(g), g0)  # grads never written
+    assert int(s3[1].count) == 1
+
+
+def test_numba_used_when_importable(monkeypatch):
+    if not _fast_cpu.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    before = dict(_fast_cpu.STATS)
+    opt = ao.rmsprop(1e-2)
+    p = np.ones(10)
+    ao.step(opt, p, np.ones(10), opt.init(p))
+    assert _fast_cpu.STATS["numba"] == before["numba"] + 1
+    assert _fast_cpu.STATS["numpy"] == before["numpy"]
+
+
+def test_bad_agnopt_fast_value(monkeypatch):
+    monkeypatch.setenv("AGNOPT_FAST", "fastest")
+    opt = ao.sgd(0.1)
+    p = np.ones(3)
+    with pytest.raises(ValueError, match="AGNOPT_FAST"):
+        ao.step(opt, p, p, opt.init(p))
+
+
+def test_user_chain_goes_generic(monkeypatch):
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    opt = ao.chain(ao.scale_by_adam(), ao.scale(-1e-2))
+    p = np.ones(5)
+    before = dict(_fast_cpu.STATS)
+    p2, _ = ao.step(opt, p, np.full(5, 0.3), opt.init(p))
+    assert p2 is not p and np.all(p == 1.0)
+    assert _fast_cpu.STATS == before
+
+
+@pytest.mark.parametrize("name", ["adam-amsgrad-wd-schedule", "rmsprop-centered-momentum-wd",
+                                  "sgd-dampening-wd", "adagrad-init-wd", "adamw"])
+def test_step_on_every_backend(backend, name, monkeypatch):
+    """``step`` equals the generic path on every backend; JAX, array-api-strict
+    and Dask arrays are never mutated (and returned arrays are new)."""
+    case, xp, device = backend
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    opt = CONFIGS[name]()
+    rng = np.random.default_rng(0)
+    p0 = {"a": rng.standard_normal(20), "b": rng.standard_normal(3)}
+
+    def mk(d):
+        return {k: xp.asarray(v.copy(), dtype=xp.float64, device=device) for k, v in d.items()}
+
+    p_ref, p = mk(p0), mk(p0)
+    s_ref, s = opt.init(p_ref), opt.init(p)
+    functional = str(case) in ("array_api_strict", "dask", "jax")
+    for _ in range(3):
+        g0 = {"a": rng.standard_normal(20), "b": rng.standard_normal(3)}
+        u, s_ref = opt.update(mk(g0), s_ref, p_ref)
+        p_ref = ao.apply_updates(p_ref, u)
+        before = {k: to_numpy(v).copy() for k, v in p.items()}
+        p_new, s = ao.step(opt, p, mk(g0), s)
+        if functional:
+            for k in p:
+                np.testing.assert_array_equal(to_numpy(p[k]), before[k])
+                assert p_new[k] is not p[k]
+        p = p_new
+    for k in p:
+        np.testing.assert_allclose(to_numpy(p[k]), to_numpy(p_ref[k]), rtol=1e-14)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("path", ["numpy-blocked", "numba", "torch"])
+def test_optimizer_object(path, flat, monkeypatch):
+    be = _make_path(path)
+    ref, _ = _trajectory(be, CONFIGS["adam-amsgrad"], "float64", True, monkeypatch, "0")
+    monkeypatch.setenv("AGNOPT_FAST", be.mode)
+    opt = ao.Optimizer(CONFIGS["adam-amsgrad"](), _problem(be, "float64", True), flat=flat)
+    for k in range(STEPS):
+        g = _grads(be, opt.params, "float64", k)
+        if flat and k % 2:  # write into the flat gradient buffer: no copy
+            for dst, src in zip(ao.tree_leaves(opt.grads), ao.tree_leaves(g)):
+                dst[...] = src
+            out = opt.step()
+        else:
+            out = opt.step(g)
+        assert out is opt.params
+        got = [to_numpy(x) for x in ao.tree_leaves(opt.params)]
+        for a, b in zip(ref[k], got):
+            np.testing.assert_allclose(b, a, rtol=1e-14, atol=1e-17)
+
+
+def test_optimizer_flat_generic_path(monkeypatch):
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    be = _Numpy("numpy")
+    ref, _ = _trajectory(be, CONFIGS["sgd-momentum"], "float64", True, monkeypatch, "0")
+    opt = ao.Optimizer(CONFIGS["sgd-momentum"](), _problem(be, "float64", True), flat=True)
+    views = ao.tree_leaves(opt.params)
+    for k in range(STEPS):
+        opt.step(_grads(be, opt.params, "float64", k))
+    assert all(a is b for a, b in zip(views, ao.tree_leaves(opt.params)))
+    for a, b in zip(ref[-1], ao.tree_leaves(opt.params)):
+        np.testing.assert_allclose(b, a, rtol=1e-14)
+
+
+@pytest.mark.parametrize("path", ["numpy-blocked", "numba", "torch"])
+def test_fast_path_rejects_what_generic_rejects(path, monkeypatch):
+    be = _make_path(path)
+    monkeypatch.setenv("AGNOPT_FAST", be.mode)
+    opt = ao.adam(1e-2)
+    p = {"w": be.array(np.ones((3, 4)), "float64")}
+    s = opt.init(p)
+    with pytest.raises(ValueError, match=r"grads\['w'\]: shape \(4, 3\) != params shape \(3, 4\)"):
+        ao.step(opt, p, {"w": be.array(np.ones((4, 3)), "float64")}, s)
+    with pytest.raises(ValueError, match="tree structure"):
+        ao.step(opt, p, {"v": be.array(np.ones((3, 4)), "float64")}, s)
+    with pytest.raises(ValueError, match="state"):
+        ao.step(opt, p, p, (s[0],))
+
+
+def test_chain_validates_after_untrusted_transform():
+    """Validation once per chain must not skip the check after a user transform."""
+
+    def bad_update(updates, state, params=None):
+        return {"w": np.ones((5,))}, state
+
+    user = ao.Transform(lambda p: ao.EmptyState(), bad_update)
+    opt = ao.chain(ao.scale(1.0), user, ao.scale(2.0))
+    p = {"w": np.ones((3,))}
+    with pytest.raises(ValueError, match=r"shape \(5,\) != params shape \(3,\)"):
+        opt.update({"w": np.ones(3)}, opt.init(p), p)
+    nested = ao.chain(ao.chain(ao.scale(1.0)), user, ao.adam(1e-3))
+    with pytest.raises(ValueError, match=r"shape \(5,\) != params shape \(3,\)"):
+        nested.update({"w": np.ones(3)}, nested.init(p), p)
+    with pytest.raises(TypeError, match="dtype"):
+        ao.adam(1e-3).update({"w": np.ones(3, dtype=np.int64)}, ao.adam(1e-3).init(p), p)
