@@ -38,6 +38,8 @@ from ._transforms import (
 )
 from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
 from ._step import Optimizer, step
+from ._finite import ApplyIfFiniteState, apply_if_finite
+from ._checkpoint import load_state, load_state_dict, save_state, state_dict
 from ._tree import (
     TreeDef,
     check_same_structure,
