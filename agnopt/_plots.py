@@ -18,8 +18,8 @@ function                       what it draws
 :func:`nist_fits`              NIST StRD fits: data, model and residuals
 :func:`batched_throughput`     fits per second vs batch size B: batched curve_fit against
                                a loop of scipy.optimize.curve_fit
-:func:`bench_ratios`           the bench command's speed ratios as bars (needs
-                               ``agnopt._bench``)
+:func:`bench_ratios`           the bench command's step times over the memory roofline
+                               (needs ``agnopt._bench``)
 =============================  ==========================================================
 
 Examples
@@ -401,7 +401,7 @@ def _cuda_backends() -> list[str]:
 
 def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 50,
                        backends: tuple[str, ...] | None = None,
-                       progress: Callable[[str], Any] | None = None) -> Any:
+                       progress: Callable[[str], Any] | None = None, repeats: int = 2) -> Any:
     """Fits per second against the batch size B: one batched call vs a scipy loop.
 
     Each point fits B noisy Gaussian peaks (4 parameters, ``m`` points each,
@@ -409,7 +409,7 @@ def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 
     :func:`agnopt.curve_fit` ``(batched=True)`` per backend (default: NumPy,
     plus CuPy where a CUDA device is present) and with a Python loop of
     :func:`scipy.optimize.curve_fit`. Needs scipy. Times are wall-clock on
-    the machine that draws the figure.
+    the machine that draws the figure, the best of ``repeats`` runs.
     """
     from agnopt._fitbench import run_fit_benchmark
 
@@ -419,8 +419,12 @@ def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 
     scipy_rate: list[float] = []
     for B in Bs:
         for k, be in enumerate(backends):
-            r = run_fit_benchmark(B=B, m=m, backend=be, verbose=False,
-                                  scipy_subset=None if k == 0 else 1)
+            # best of `repeats` runs: the minimum time is the least disturbed
+            # by whatever else the machine is doing
+            runs = [run_fit_benchmark(B=B, m=m, backend=be, verbose=False,
+                                      scipy_subset=None if k == 0 else 1) for _ in range(repeats)]
+            r = dict(t_batched=min(x["t_batched"] for x in runs),
+                     t_scipy=min(x["t_scipy"] for x in runs))
             rates[be].append(B / r["t_batched"])
             if k == 0:
                 scipy_rate.append(B / r["t_scipy"])
@@ -441,48 +445,48 @@ def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 
     return fig
 
 
-def bench_ratios(results: Any = None) -> Any:
-    """The bench command's ratios (agnopt time / reference time) as a bar chart.
+def bench_ratios(results: Any = None, N: int = 100_000) -> Any:
+    """The bench command's ratios (step time / fused memory roofline) as a bar chart.
 
-    ``results`` is a list of dicts with ``name`` and ``ratio`` keys; ``None``
-    runs ``agnopt._bench`` with small sizes. Raises ``ImportError`` where
-    that module does not exist (the bench command is not part of this
-    version).
+    ``results`` is what ``agnopt._bench.run_bench`` returns (its ``"steps"``
+    rows: ``optimizer``, ``impl``, ``x_roofline``); ``None`` runs it here
+    with one small size ``N`` (one array, a few repeats, no second-order
+    rows), as ``python -m agnopt bench --sizes 1e5 --tree-leaves 0
+    --no-second-order`` does. A ratio of 1 is a perfectly fused, memory-bound
+    step on this machine; lower is better. Raises ``ImportError`` where
+    ``agnopt._bench`` does not exist.
     """
     if results is None:
         import importlib
 
         bench = importlib.import_module("agnopt._bench")
-        results = _bench_rows(bench)
+        results = bench.run_bench(sizes=(N,), tree_leaves=0, repeats=5, budget=0.5,
+                                  second_order=False, out=lambda s: None)
+    rows = [r for r in results["steps"] if r.get("x_roofline") is not None]
     plt = _plt()
-    names = [str(r["name"]) for r in results]
-    ratios = [float(r["ratio"]) for r in results]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5), layout="constrained")
-    colors = ["#2ca02c" if v <= 1 else "#d62728" for v in ratios]
-    ax.barh(names, ratios, color=colors)
+    opts = list(dict.fromkeys(r["optimizer"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 0.19 * len(opts) * max(len(impls), 1) + 1.6),
+                           layout="constrained")
+    height = 0.8 / max(len(impls), 1)
+    cmap = plt.get_cmap("tab10")
+    for k, impl in enumerate(impls):
+        ys, xs = [], []
+        for i, o in enumerate(opts):
+            for r in rows:
+                if r["optimizer"] == o and r["impl"] == impl:
+                    ys.append(i + k * height)
+                    xs.append(r["x_roofline"])
+        ax.barh(ys, xs, height=height, color=cmap(k % 10), label=impl)
+    ax.set_yticks([i + (len(impls) - 1) * height / 2 for i in range(len(opts))], opts)
     ax.axvline(1.0, color="k", lw=1)
     ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel("time ratio (agnopt / reference); < 1 is faster")
-    ax.set_title("bench: agnopt against the reference implementations")
+    n = rows[0]["N"] if rows else N
+    ax.set_xlabel("step time / fused memory roofline (1 = ideal, lower is better)")
+    ax.set_title(f"python -m agnopt bench: one step on N = {n:.0e} parameters, {results.get('dtype', '')}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
-
-
-def _bench_rows(bench: Any) -> list[dict]:
-    """Rows ``{"name", "ratio"}`` from ``agnopt._bench`` run with small sizes."""
-    for fname in ("run_bench", "run_benchmark", "run"):
-        fn = getattr(bench, fname, None)
-        if fn is not None:
-            break
-    else:
-        raise ImportError("agnopt._bench has no run_bench()")
-    try:
-        rows = fn(quick=True, verbose=False)
-    except TypeError:
-        rows = fn()
-    if isinstance(rows, dict):
-        rows = rows.get("rows", rows)
-    return [dict(name=r.get("name", r.get("case")), ratio=r["ratio"]) for r in rows]
 
 
 PLOTS: dict[str, Callable[..., Any]] = {

@@ -1,0 +1,204 @@
+"""Sphinx helpers of the agnopt docs: the support-matrix table and the API catch-all.
+
+* ``.. agnopt-support-matrix::`` renders ``docs/support_matrix.json`` (made
+  from the test suite's results by ``docs/support_matrix.py``) as a table.
+* :func:`write_uncategorized` writes ``docs/api_other.rst``: an autosummary
+  of every public name of ``agnopt`` that ``docs/api.rst`` does not list.
+* :func:`public_names` and :func:`listed_names` are used by
+  ``tests/test_docs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+DOCS = Path(__file__).resolve().parent.parent
+
+
+def public_names() -> list[str]:
+    """Every public name of the ``agnopt`` package (what ``agnopt/__init__.py`` exports)."""
+    import agnopt
+
+    return sorted(n for n in vars(agnopt) if not n.startswith("_"))
+
+
+_DIRECTIVE_NAME = re.compile(
+    r"^\s*\.\.\s+(?:py:)?(?:auto)?(?:function|class|data|module|attribute)::\s+(?:agnopt\.)?([\w.]+)",
+    re.M)
+
+
+def listed_names(text: str) -> set[str]:
+    """Names an rst text documents: autosummary entries and ``.. autofunction::``-like directives."""
+    names = set(_DIRECTIVE_NAME.findall(text))
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if re.match(r"^\s*\.\.\s+autosummary::", lines[i]):
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or
+                                      len(lines[i]) - len(lines[i].lstrip()) > indent):
+                s = lines[i].strip()
+                if s and not s.startswith(":"):
+                    names.add(s.removeprefix("agnopt.").removeprefix("~agnopt."))
+                i += 1
+            continue
+        i += 1
+    return names
+
+
+def write_uncategorized(docs: Path = DOCS) -> list[str]:
+    """Write ``api_other.rst`` listing the public names ``api.rst`` misses; return them."""
+    missing = [n for n in public_names() if n not in listed_names((docs / "api.rst").read_text())]
+    out = [".. This file is written by docs/_ext/agnopt_docs.py at every build; do not edit.", "",
+           "Other public names", "==================", "", ".. currentmodule:: agnopt", ""]
+    if missing:
+        out += ["Public names of :mod:`agnopt` that the topic lists of :doc:`api` do not",
+                "include yet (newly exported):", "", ".. autosummary::",
+                "   :toctree: generated/", ""]
+        out += [f"   {n}" for n in missing]
+    else:
+        out += ["Every public name of ``agnopt`` is listed by topic on :doc:`api`."]
+    text = "\n".join(out) + "\n"
+    path = docs / "api_other.rst"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return missing
+
+
+_MARK = {"passed": "✓", "failed": "✗", "partial": "✓ (some skipped)", "skipped": "skipped"}
+
+
+class SupportMatrix(SphinxDirective):
+    """Render support_matrix.json as a list-table."""
+
+    has_content = False
+    optional_arguments = 1
+
+    def run(self):
+        path = DOCS / (self.arguments[0] if self.arguments else "support_matrix.json")
+        self.env.note_dependency(str(path))
+        data = json.loads(path.read_text())
+        backends = data["backends"]
+        if not data["rows"]:
+            lines = [".. note::", "", "   ``docs/support_matrix.json`` holds no results yet: run",
+                     "   ``python docs/support_matrix.py``.", ""]
+            node = nodes.section()
+            node.document = self.state.document
+            self.state.nested_parse(StringList(lines, source=str(path)), self.content_offset, node)
+            return node.children
+        reasons: dict[str, int] = {}
+        lines = [".. list-table::", "   :header-rows: 1", "   :class: agnopt-support", "",
+                 "   * - test (``tests/``)"]
+        lines += [f"     - {b}" for b in backends]
+        for r in data["rows"]:
+            lines.append(f"   * - {r['row']}")
+            for b in backends:
+                c = r["cells"].get(b)
+                if c is None:
+                    lines.append("     - --")
+                    continue
+                n = c["passed"] + c["failed"] + c["skipped"]
+                cell = _MARK[c["status"]]
+                if c["status"] == "failed":
+                    cell += f" {c['failed']}/{n} failed"
+                elif c["status"] in ("passed", "partial"):
+                    cell += f" {c['passed']}/{n}"
+                if c["status"] in ("skipped", "partial") and c["reasons"]:
+                    k = reasons.setdefault(c["reasons"][0], len(reasons) + 1)
+                    cell += f" [{k}]"
+                lines.append(f"     - {cell}")
+        env = data["environment"]
+        v = ", ".join(f"{k} {x}" for k, x in env["versions"].items() if x)
+        lines += ["", f"Generated by ``{data['generated_by']}`` on {env['date']} at commit "
+                      f"``{env['commit']}``: Python {env['python']}, {env['platform']}, "
+                      f"{'with' if env['cuda_device'] else 'without'} a CUDA device; {v}.", ""]
+        if reasons:
+            lines += ["Skip reasons (pytest's):", ""]
+            lines += [f"#. {r}" for r, k in
+                      sorted(reasons.items(), key=lambda kv: kv[1])]
+            lines.append("")
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=str(path)), self.content_offset, node)
+        return node.children
+
+
+class BenchFigure(SphinxDirective):
+    """The bench-ratios figure where ``agnopt._bench`` exists, else a note saying why not."""
+
+    has_content = False
+
+    def run(self):
+        import importlib.util
+
+        if importlib.util.find_spec("agnopt._bench") is not None:
+            lines = ["The bench command's ratios (agnopt's time over the reference's; below 1 is",
+                     "faster), run with small sizes during the build.", "",
+                     ".. plot::", "", "   from agnopt._plots import bench_ratios",
+                     "   bench_ratios()", ""]
+        else:
+            lines = [".. note::", "",
+                     "   This figure (the bench command's time ratios as bars, drawn by",
+                     "   ``agnopt._plots.bench_ratios``) is skipped: the bench command",
+                     "   (``agnopt._bench``) is not part of this version.", ""]
+        node = nodes.section()
+        node.document = self.state.document
+        self.state.nested_parse(StringList(lines, source="agnopt-bench-figure"),
+                                self.content_offset, node)
+        return node.children
+
+
+# numpydoc's section names; a docstring with another "Title\n-----" section
+# (e.g. minimize's "Stopping conditions") would make numpydoc warn and docutils
+# see a section title inside a docstring. Such a section is moved, with its
+# title in bold, to the start of the Notes section (created if absent).
+_NUMPYDOC_SECTIONS = {
+    "Parameters", "Returns", "Yields", "Receives", "Other Parameters", "Raises",
+    "Warns", "Warnings", "See Also", "Notes", "References", "Examples", "Attributes",
+    "Methods", "Summary", "Extended Summary",
+}
+
+
+def fold_unknown_sections(lines: list[str]) -> list[str]:
+    """Move non-numpydoc sections of a docstring (as a list of lines) into its Notes."""
+    heads = [i for i in range(len(lines) - 1)
+             if lines[i].strip() and not lines[i].startswith(" ")
+             and re.fullmatch(r"-{3,}", lines[i + 1].strip() or "x")
+             and len(lines[i + 1].strip()) >= len(lines[i].strip()) - 1]
+    if not heads:
+        return lines
+    sections = []  # (title, start, end) with end exclusive
+    for k, i in enumerate(heads):
+        end = heads[k + 1] if k + 1 < len(heads) else len(lines)
+        sections.append((lines[i].strip(), i, end))
+    unknown = [sec for sec in sections if sec[0] not in _NUMPYDOC_SECTIONS]
+    if not unknown:
+        return lines
+    moved: list[str] = []
+    drop = set()
+    for title, i, end in unknown:
+        moved += [f"**{title}**", ""] + [ln for ln in lines[i + 2:end]]
+        drop.update(range(i, end))
+    kept = [ln for j, ln in enumerate(lines) if j not in drop]
+    for j in range(len(kept) - 1):
+        if kept[j].strip() == "Notes" and re.fullmatch(r"-{3,}", kept[j + 1].strip()):
+            return kept[:j + 2] + moved + [""] + kept[j + 2:]
+    return kept + ["", "Notes", "-----"] + moved
+
+
+def _process_docstring(app, what, name, obj, options, lines):
+    lines[:] = fold_unknown_sections(list(lines))
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _process_docstring, priority=400)
+    app.add_directive("agnopt-support-matrix", SupportMatrix)
+    app.add_directive("agnopt-bench-figure", BenchFigure)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
