@@ -84,7 +84,7 @@ class SupportMatrix(SphinxDirective):
     def run(self):
         path = DOCS / (self.arguments[0] if self.arguments else "support_matrix.json")
         self.env.note_dependency(str(path))
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text()) if path.exists() else {"rows": [], "backends": []}
         backends = data["backends"]
         if not data["rows"]:
             lines = [".. note::", "", "   ``docs/support_matrix.json`` holds no results yet: run",
