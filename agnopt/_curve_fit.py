@@ -191,6 +191,10 @@ def curve_fit(
             if tuple(sig.shape) != (m, m):
                 raise ValueError("`sigma` has incorrect shape.")
             L = xp.linalg.cholesky(sig)
+            if not bool(xp.all(xp.triu(L, k=1) == 0)):
+                # array-api-compat's Dask cholesky returns the upper factor U
+                # (sigma = U^T U); the lower one is its transpose
+                L = xp.matrix_transpose(L)
             if not bool(xp.all(xp.isfinite(L))):
                 raise ValueError("`sigma` must be positive definite.")
 
