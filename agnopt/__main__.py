@@ -2,6 +2,8 @@
 
 * ``tour`` (the default): every optimizer on every installed backend, one
   table row each.
+* ``bench``: one step of each first-order optimizer against the fused
+  memory roofline, torch.optim (foreach, fused) and optax (jit, donated).
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
   Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
 """
@@ -28,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
     fb.add_argument("--backend", default="numpy")
+    bench = sub.add_parser("bench", help="one optimizer step vs the memory roofline, torch.optim and optax")
+    bench.add_argument("--sizes", default="1e5,1e7", help="comma-separated N (default 1e5,1e7)")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    bench.add_argument("--optimizers", default="adam,rmsprop,adagrad,sgd-momentum,adamw")
+    bench.add_argument("--backends", default="agnopt,torch,optax",
+                       help="contenders: agnopt,torch,optax (default all installed)")
+    bench.add_argument("--tree-leaves", type=int, default=100, help="also a tree of this many leaves (0: no)")
+    bench.add_argument("--repeats", type=int, default=25, help="timed repeats (median; fewer when slow)")
+    bench.add_argument("--budget", type=float, default=3.0, help="seconds per measurement at most")
+    bench.add_argument("--threads", type=int, default=1, help="torch/numba/XLA threads (default 1)")
+    bench.add_argument("--no-second-order", action="store_true", help="skip the Newton and batched-LM rows")
+    bench.add_argument("--json", default=None, metavar="PATH", help="write the figures to PATH")
     args = parser.parse_args(argv)
     command = args.command or "tour"
 
@@ -48,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         from ._fitbench import run_fit_benchmark
 
         run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
+        return 0
+    if command == "bench":
+        from ._bench import run_bench
+
+        run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,
+                  optimizers=tuple(args.optimizers.split(",")), backends=tuple(args.backends.split(",")),
+                  tree_leaves=args.tree_leaves, repeats=args.repeats, budget=args.budget,
+                  threads=args.threads, second_order=not args.no_second_order, json_path=args.json)
         return 0
     parser.error(f"unknown command {command!r}")
     return 2

@@ -1,0 +1,366 @@
+"""``python -m agnopt bench``: one optimizer step against the memory roofline, torch.optim and optax.
+
+An adaptive step is memory-bound: Adam must read params, grads, m, v and
+write params, m, v (7 arrays of N elements); RMSProp, Adagrad and SGD with
+momentum move 5. The *fused roofline* is the time a perfectly fused loop
+needs to move those bytes on this machine, measured in the same run:
+
+* with numba installed, a fused numba loop that reads and writes exactly the
+  same streams (one add per element, so it is bandwidth-bound);
+* without numba, an estimate from NumPy copies: the bandwidth of
+  ``np.copyto`` (one read and one write stream) times the step's bytes.
+
+Each row is the median of timed repeats after a warm-up: agnopt's ``step``
+(fast path: numba if installed; blocked NumPy; the generic path
+``update`` + ``apply_updates``), and where installed ``torch.optim``
+(``foreach=True``, ``fused=True``) and optax under ``jax.jit`` with donated
+buffers. Ratios are to the roofline and to torch's fused step. The N = 1e7
+figures are meant single-threaded: ``--threads 1`` (default) sets
+``torch.set_num_threads``, numba's threads, and XLA's CPU threads (only
+effective if JAX is not yet imported); BLAS threads (``OPENBLAS_NUM_THREADS``)
+are read at NumPy's import, so set them in the environment for the
+second-order rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+ARRAYS = {"adam": 7, "adamw": 7, "rmsprop": 5, "adagrad": 5, "sgd-momentum": 5}
+
+
+def _agnopt_opt(name: str):
+    import agnopt as ao
+
+    return {
+        "adam": lambda: ao.adam(1e-3),
+        "adamw": lambda: ao.adamw(1e-3),
+        "rmsprop": lambda: ao.rmsprop(1e-3),
+        "adagrad": lambda: ao.adagrad(1e-2),
+        "sgd-momentum": lambda: ao.sgd(1e-3, momentum=0.9),
+    }[name]()
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, budget_s: float, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    t_start = time.perf_counter()
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() - t_start > budget_s:
+            break
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------ roofline
+
+def _roofline_kernels():
+    import numba
+
+    @numba.njit(error_model="numpy", nogil=True)
+    def seven(p, g, m, v):  # reads p, g, m, v; writes p, m, v
+        for i in range(p.shape[0]):
+            gi = g[i]
+            m[i] = m[i] + gi
+            v[i] = v[i] + gi
+            p[i] = p[i] + gi
+
+    @numba.njit(error_model="numpy", nogil=True)
+    def five(p, g, v):  # reads p, g, v; writes p, v
+        for i in range(p.shape[0]):
+            gi = g[i]
+            v[i] = v[i] + gi
+            p[i] = p[i] + gi
+
+    return seven, five
+
+
+def roofline(N: int, dtype: str, n_arrays: int, repeats: int, budget: float) -> dict:
+    """Seconds a perfectly fused step moving ``n_arrays`` streams of N elements needs."""
+    dt = np.dtype(dtype)
+    nbytes = n_arrays * N * dt.itemsize
+    try:
+        seven, five = _roofline_kernels()
+        arrs = [np.full(N, 1e-3, dt) for _ in range(4 if n_arrays == 7 else 3)]
+        k = seven if n_arrays == 7 else five
+        t = _median_time(lambda: k(*arrs), repeats, budget)
+        method = "fused numba loop"
+    except ImportError:
+        a = np.full(N, 1.0, dt)
+        b = np.empty_like(a)
+        tc = _median_time(lambda: np.copyto(b, a), repeats, budget)
+        bw = 2 * N * dt.itemsize / tc
+        t = nbytes / bw
+        method = "NumPy copy bandwidth x step bytes"
+    return {"t": t, "GBps": nbytes / t / 1e9, "method": method, "bytes": nbytes}
+
+
+# ------------------------------------------------------------------ contenders
+
+def _agnopt_rows(name, N, dtype, repeats, budget, leaves=1):
+    import agnopt as ao
+
+    rows = {}
+    rng = np.random.default_rng(0)
+    n_leaf = N // leaves
+
+    def make():
+        if leaves == 1:
+            return rng.standard_normal(N).astype(dtype), rng.standard_normal(N).astype(dtype) * 1e-3
+        p = {f"l{i:03d}": rng.standard_normal(n_leaf).astype(dtype) for i in range(leaves)}
+        g = {k: (v * 1e-3).astype(dtype) for k, v in p.items()}
+        return p, g
+
+    modes = [("agnopt fast", "1"), ("agnopt numpy-blocked", "numpy"), ("agnopt generic", "0")]
+    old = os.environ.get("AGNOPT_FAST")
+    try:
+        for label, mode in modes:
+            if mode == "1":
+                from ._fast_cpu import HAVE_NUMBA
+
+                label = "agnopt fast (numba)" if HAVE_NUMBA else "agnopt fast (numpy-blocked)"
+                if not HAVE_NUMBA:
+                    continue  # same as the blocked row
+            os.environ["AGNOPT_FAST"] = mode
+            opt = _agnopt_opt(name)
+            p, g = make()
+            box = [p, opt.init(p)]
+
+            def run():
+                box[0], box[1] = ao.step(opt, box[0], g, box[1])
+
+            rows[label] = _median_time(run, repeats, budget if mode != "0" else budget / 2)
+            del box, p, g
+        if leaves > 1:  # the stateful optimizer with flat buffers
+            os.environ["AGNOPT_FAST"] = "1"
+            p, g = make()
+            o = ao.Optimizer(_agnopt_opt(name), p, flat=True)
+            for dst, src in zip(ao.tree_leaves(o.grads), ao.tree_leaves(g)):
+                dst[...] = src
+            rows["agnopt Optimizer(flat=True)"] = _median_time(o.step, repeats, budget)
+    finally:
+        if old is None:
+            os.environ.pop("AGNOPT_FAST", None)
+        else:
+            os.environ["AGNOPT_FAST"] = old
+    return rows
+
+
+def _torch_rows(name, N, dtype, repeats, budget, leaves=1):
+    try:
+        import torch
+    except ImportError:
+        return {}
+    T = torch.optim
+    tdt = getattr(torch, dtype)
+    make = {
+        "adam": lambda ps, **kw: T.Adam(ps, lr=1e-3, **kw),
+        "adamw": lambda ps, **kw: T.AdamW(ps, lr=1e-3, **kw),
+        "rmsprop": lambda ps, **kw: T.RMSprop(ps, lr=1e-3, alpha=0.9, **kw),
+        "adagrad": lambda ps, **kw: T.Adagrad(ps, lr=1e-2, **kw),
+        "sgd-momentum": lambda ps, **kw: T.SGD(ps, lr=1e-3, momentum=0.9, **kw),
+    }[name]
+    rows = {}
+    for label, kw in (("torch foreach", {"foreach": True}), ("torch fused", {"fused": True})):
+        n_leaf = N // leaves
+        ps = [torch.randn(n_leaf, dtype=tdt, requires_grad=True) for _ in range(leaves)]
+        for q in ps:
+            q.grad = torch.randn(n_leaf, dtype=tdt) * 1e-3
+        try:
+            opt = make(ps, **kw)
+            opt.step()
+        except (RuntimeError, TypeError, ValueError):
+            continue  # e.g. no fused kernel for this optimizer / device
+        rows[label] = _median_time(opt.step, repeats, budget)
+    return rows
+
+
+def _optax_rows(name, N, dtype, repeats, budget, leaves=1):
+    try:
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return {}
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    opt = {
+        "adam": lambda: optax.adam(1e-3),
+        "adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
+        "rmsprop": lambda: optax.rmsprop(1e-3),
+        "adagrad": lambda: optax.adagrad(1e-2, initial_accumulator_value=0.0, eps=1e-10),
+        "sgd-momentum": lambda: optax.sgd(1e-3, momentum=0.9),
+    }[name]()
+    n_leaf = N // leaves
+    key = jax.random.PRNGKey(0)
+    if leaves == 1:
+        p = jax.random.normal(key, (N,), dtype=dtype)
+    else:
+        p = {f"l{i:03d}": jax.random.normal(jax.random.fold_in(key, i), (n_leaf,), dtype=dtype)
+             for i in range(leaves)}
+    g = jax.tree_util.tree_map(lambda x: x * 1e-3, p)
+
+    @jax.jit
+    def _step(p, s, g):
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    stepd = jax.jit(_step, donate_argnums=(0, 1))
+    box = [p, opt.init(p)]
+
+    def run():
+        box[0], box[1] = stepd(box[0], box[1], g)
+        jax.block_until_ready(box[0])
+
+    return {"optax jit (donated)": _median_time(run, repeats, budget, warmup=3)}
+
+
+# ------------------------------------------------------------------ second order
+
+def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
+    import agnopt as ao
+    import array_api_compat.numpy as xp
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((n, n))
+    A = M @ M.T / n + np.eye(n)
+    b = rng.standard_normal(n)
+    x0 = np.zeros(n)
+
+    def fun(x):
+        return 0.5 * x @ (A @ x) - b @ x
+
+    def jac(x):
+        return A @ x - b
+
+    def hess(x):
+        return A
+
+    def newton():
+        return ao.minimize(fun, x0, method="newton", jac=jac, hess=hess, maxiter=1)
+
+    def chol():
+        L = np.linalg.cholesky(A)
+        y = np.linalg.solve(L, -jac(x0))
+        return np.linalg.solve(L.T, y)
+
+    try:
+        import scipy.linalg as sl
+
+        def chol():  # noqa: F811 - the fair LAPACK reference: potrf + potrs
+            c = sl.cho_factor(A, check_finite=False)
+            return sl.cho_solve(c, -jac(x0), check_finite=False)
+    except ImportError:
+        pass
+    t_newton = _median_time(newton, repeats, 5.0)
+    t_chol = _median_time(chol, repeats, 5.0)
+    del xp
+    return {"n": n, "t_newton_step": t_newton, "t_cholesky_solve": t_chol, "ratio": t_newton / t_chol}
+
+
+def batched_lm(B: int, scipy_subset: int = 500) -> dict:
+    from ._fitbench import run_fit_benchmark
+
+    out = run_fit_benchmark(B=B, scipy_subset=min(B, scipy_subset), verbose=False)
+    return {k: out[k] for k in ("B", "t_batched", "t_scipy", "scipy_fits", "extrapolated", "speedup",
+                                "n_success")}
+
+
+# ------------------------------------------------------------------ driver
+
+def _set_threads(threads: int | None) -> dict:
+    info = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    if threads is None:
+        return info
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                          f"intra_op_parallelism_threads={threads}")
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    # agnopt's numba kernels are serial (no parallel=True): nothing to set, and
+    # starting numba's threading layer here would compete with torch's OpenMP pool.
+    info["numba"] = "serial kernels"
+    return info
+
+
+def run_bench(sizes=(100_000, 10_000_000), dtype="float32",
+              optimizers=("adam", "rmsprop", "adagrad", "sgd-momentum", "adamw"),
+              backends=("agnopt", "torch", "optax"), tree_leaves=100, repeats=25,
+              budget=3.0, threads=1, second_order=True, json_path=None, out=print) -> dict:
+    thread_info = _set_threads(threads)
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = None
+    res: dict = {"dtype": dtype, "threads": thread_info, "loadavg_start": load, "steps": [],
+                 "second_order": {}}
+    out(f"agnopt bench: dtype={dtype}, threads={threads}, load average {load}")
+    hdr = f"{'optimizer':13s} {'N':>9s} {'layout':8s} {'implementation':30s} {'ms':>9s} {'x roofline':>11s} {'x torch fused':>14s}"
+    out(hdr)
+    out("-" * len(hdr))
+    for N in sizes:
+        for name in optimizers:
+            rf = roofline(N, dtype, ARRAYS[name], repeats, budget)
+            layouts = [1] + ([tree_leaves] if tree_leaves and tree_leaves > 1 else [])
+            for leaves in layouts:
+                rows: dict = {}
+                if "agnopt" in backends:
+                    rows.update(_agnopt_rows(name, N, dtype, repeats, budget, leaves))
+                if "torch" in backends:
+                    rows.update(_torch_rows(name, N, dtype, repeats, budget, leaves))
+                if "optax" in backends:
+                    rows.update(_optax_rows(name, N, dtype, repeats, budget, leaves))
+                tf = rows.get("torch fused")
+                layout = "array" if leaves == 1 else f"{leaves} leaves"
+                out(f"{name:13s} {N:9.0e} {layout:8s} {'roofline: ' + rf['method']:30s} "
+                    f"{rf['t'] * 1e3:9.3f} {1.0:11.2f} {'':>14s}  ({rf['GBps']:.1f} GB/s)")
+                for label, t in rows.items():
+                    r_tf = f"{t / tf:14.2f}" if tf else f"{'-':>14s}"
+                    out(f"{'':13s} {'':9s} {'':8s} {label:30s} {t * 1e3:9.3f} {t / rf['t']:11.2f} {r_tf}")
+                    res["steps"].append(dict(optimizer=name, N=N, leaves=leaves, impl=label, t=t,
+                                             x_roofline=t / rf["t"], x_torch_fused=(t / tf if tf else None),
+                                             roofline_t=rf["t"], roofline_method=rf["method"],
+                                             roofline_GBps=rf["GBps"]))
+    if second_order:
+        out("")
+        for n in (100, 500):
+            try:
+                r = newton_vs_cholesky(n)
+            except Exception as e:  # pragma: no cover - report, not crash
+                out(f"Newton step n={n}: not measured ({type(e).__name__}: {e})")
+                continue
+            res["second_order"][f"newton_n{n}"] = r
+            out(f"Newton step n={n}: {r['t_newton_step'] * 1e3:.3f} ms; one Cholesky factor+solve "
+                f"{r['t_cholesky_solve'] * 1e3:.3f} ms; ratio {r['ratio']:.2f}")
+        try:
+            r = batched_lm(10_000)
+            res["second_order"]["batched_lm_B10000"] = r
+            ext = f" (scipy timed on {r['scipy_fits']}, extrapolated)" if r["extrapolated"] else ""
+            out(f"Batched LM B=10000 Gaussian fits: agnopt {r['t_batched']:.3f} s, scipy curve_fit loop "
+                f"{r['t_scipy']:.2f} s{ext}; speed-up {r['speedup']:.1f}x")
+        except Exception as e:  # pragma: no cover
+            out(f"Batched LM: not measured ({type(e).__name__}: {e})")
+    try:
+        res["loadavg_end"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    out(f"load average at the end: {res.get('loadavg_end')}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        out(f"figures written to {json_path}")
+    return res

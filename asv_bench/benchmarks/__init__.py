@@ -1,0 +1,1 @@
+"""asv benchmarks for agnopt (see asv_bench/asv.conf.json)."""

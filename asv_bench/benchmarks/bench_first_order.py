@@ -1,0 +1,63 @@
+"""One step of the first-order optimizers (``agnopt.step``: fast paths where they exist)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import agnopt as ao
+
+from .common import BACKENDS, grid, leaves_of, load
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda: ao.sgd(1e-3, momentum=0.9),
+    "adagrad": lambda: ao.adagrad(1e-2),
+    "rmsprop": lambda: ao.rmsprop(1e-3),
+    "adam": lambda: ao.adam(1e-3),
+    "adamw": lambda: ao.adamw(1e-3),
+}
+
+
+class FirstOrderStep:
+    """``ao.step`` on one array or a tree of 100 leaves of the same total size."""
+
+    params = (
+        BACKENDS,
+        grid(list(OPTIMIZERS), ["adam"]),
+        grid([100_000, 1_000_000, 10_000_000], [1_000]),
+        grid(["float32", "float64"], ["float32"]),
+        grid(["array", "tree100"], ["array", "tree100"]),
+    )
+    param_names = ["backend", "optimizer", "N", "dtype", "layout"]
+    timeout = 600
+    number = 1
+    repeat = (3, 20, 30.0)
+
+    def setup(self, backend, optimizer, N, dtype, layout):
+        xp, device, sync = load(backend)
+        if backend in ("dask", "array_api_strict") and N > 1_000_000:
+            raise NotImplementedError("too slow to be useful at this size")
+        rng = np.random.default_rng(0)
+        leaves = 1 if layout == "array" else 100
+        n = N // leaves
+        dt = getattr(xp, dtype)
+
+        def arr(a):
+            return xp.asarray(a.astype(dtype), dtype=dt, device=device)
+
+        if leaves == 1:
+            self.p, self.g = arr(rng.standard_normal(n)), arr(1e-3 * rng.standard_normal(n))
+        else:
+            self.p = {f"l{i:03d}": arr(rng.standard_normal(n)) for i in range(leaves)}
+            self.g = {k: arr(1e-3 * rng.standard_normal(n)) for k in self.p}
+        self.opt = OPTIMIZERS[optimizer]()
+        self.s = self.opt.init(self.p)
+        self.sync = sync
+        self.time_step()  # warm-up: numba compilation, JAX tracing, caches
+
+    def time_step(self, *args):
+        self.p, self.s = ao.step(self.opt, self.p, self.g, self.s)
+        self.sync(leaves_of(self.p))
+
+    def peakmem_step(self, *args):
+        for _ in range(2):
+            self.time_step()

@@ -1,0 +1,76 @@
+"""A Newton step (``agnopt.minimize``) and batched Levenberg-Marquardt (``agnopt.curve_fit``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import agnopt as ao
+
+from .common import BACKENDS, grid, load
+
+
+class NewtonStep:
+    """One iteration of ``minimize(method="newton")`` on a convex quadratic."""
+
+    params = (BACKENDS, grid([100, 500], [20]))
+    param_names = ["backend", "n"]
+    timeout = 300
+
+    def setup(self, backend, n):
+        if not hasattr(ao, "minimize"):
+            raise NotImplementedError("agnopt.minimize is not available")
+        xp, device, sync = load(backend)
+        rng = np.random.default_rng(0)
+        M = rng.standard_normal((n, n))
+        A = xp.asarray(M @ M.T / n + np.eye(n), dtype=xp.float64, device=device)
+        b = xp.asarray(rng.standard_normal(n), dtype=xp.float64, device=device)
+        self.x0 = xp.zeros(n, dtype=xp.float64, device=device)
+        self.fun = lambda x: 0.5 * xp.sum(x * (A @ x)) - xp.sum(b * x)
+        self.jac = lambda x: A @ x - b
+        self.hess = lambda x: A
+        self.sync = sync
+        self.time_newton_step()
+
+    def time_newton_step(self, *args):
+        r = ao.minimize(self.fun, self.x0, method="newton", jac=self.jac, hess=self.hess, maxiter=1)
+        self.sync(r.x)
+
+
+class BatchedLM:
+    """``curve_fit(batched=True)``: B independent 4-parameter Gaussian fits of 50 points."""
+
+    params = (BACKENDS, grid([1_000, 10_000], [50]))
+    param_names = ["backend", "B"]
+    timeout = 600
+    number = 1
+    repeat = (2, 5, 60.0)
+
+    def setup(self, backend, B):
+        if not hasattr(ao, "curve_fit"):
+            raise NotImplementedError("agnopt.curve_fit is not available")
+        xp, device, sync = load(backend)
+        if backend in ("dask", "array_api_strict") and B > 1_000:
+            raise NotImplementedError("too slow to be useful at this size")
+        rng = np.random.default_rng(0)
+        m = 50
+        P = np.stack([rng.uniform(1, 3, B), rng.uniform(-1, 1, B), rng.uniform(0.6, 1.5, B),
+                      rng.uniform(0, 1, B)], 1)
+        x = np.linspace(-5.0, 5.0, m)
+        Y = (P[:, 0:1] * np.exp(-((x - P[:, 1:2]) ** 2) / (2 * P[:, 2:3] ** 2)) + P[:, 3:4]
+             + 0.05 * rng.standard_normal((B, m)))
+        self.x = xp.asarray(x, dtype=xp.float64, device=device)
+        self.Y = xp.asarray(Y, dtype=xp.float64, device=device)
+        self.p0 = xp.asarray([2.0, 0.0, 1.0, 0.5], dtype=xp.float64, device=device)
+        self.sync = sync
+        self.time_batched_fit()
+
+    @staticmethod
+    def model(x, a, mu, s, c):
+        from array_api_compat import array_namespace
+
+        xp = array_namespace(x, a)
+        return a * xp.exp(-((x - mu) ** 2) / (2 * s * s)) + c
+
+    def time_batched_fit(self, *args):
+        popt, _ = ao.curve_fit(self.model, self.x, self.Y, p0=self.p0, batched=True)
+        self.sync(popt)
