@@ -139,8 +139,11 @@ class BenchFigure(SphinxDirective):
         import importlib.util
 
         if importlib.util.find_spec("agnopt._bench") is not None:
-            lines = ["The bench command's ratios (agnopt's time over the reference's; below 1 is",
-                     "faster), run with small sizes during the build.", "",
+            lines = ["``python -m agnopt bench`` with a small size, run during the build: each",
+                     "optimizer's step time divided by the fused memory roofline measured in the",
+                     "same run (1 is a perfectly fused step; lower is better), for agnopt's fast,",
+                     "blocked-NumPy and generic paths, torch.optim (foreach, fused) and optax",
+                     "(jit, donated), where installed. See :doc:`guides/performance`.", "",
                      ".. plot::", "", "   from agnopt._plots import bench_ratios",
                      "   bench_ratios()", ""]
         else:
