@@ -393,3 +393,35 @@ def test_bad_input(xp, device):
 
     with pytest.raises(RuntimeError, match="fun raised KeyError"):
         ao.least_squares(boom, x)
+
+
+def test_batched_mixed_routes_equal_solo(xp, device):
+    """Well-conditioned problems take the normal-equations (Cholesky) route,
+    nearly rank-deficient ones the SVD route; a batch mixing both equals each
+    problem solved alone."""
+    t = arr(xp, device, T)
+
+    def make(c):  # c -> 0: the two exponentials coincide (ill-conditioned)
+        y = 2.0 * np.exp(-0.7 * T) + 1.0 * np.exp(-(0.7 + c) * T)
+        return y
+
+    cs = [0.5, 1e-7, 0.8, 3e-6]
+    Yb = arr(xp, device, np.stack([make(c) for c in cs]))
+    X0 = np.array([[1.5, 0.5, 1.2, 1.5]] * len(cs))
+
+    def fb(b):
+        ns = _ns(b)
+        return b[:, 0:1] * ns.exp(-b[:, 1:2] * t) + b[:, 2:3] * ns.exp(-b[:, 3:4] * t) - Yb
+
+    res = ao.least_squares(fb, arr(xp, device, X0), batched=True, max_nfev=60)
+    for i in range(len(cs)):
+        yi = Yb[i, :]
+
+        def f(b, yi=yi):
+            ns = _ns(b)
+            return b[0] * ns.exp(-b[1] * t) + b[2] * ns.exp(-b[3] * t) - yi
+
+        r = ao.least_squares(f, arr(xp, device, X0[i]), max_nfev=60)
+        np.testing.assert_allclose(to_numpy(res.x)[i], to_numpy(r.x), rtol=1e-8, atol=1e-10)
+        assert int(to_numpy(res.nfev)[i]) == r.nfev
+        assert int(to_numpy(res.status)[i]) == r.status
