@@ -230,6 +230,34 @@ def curve_fit(
         r = r - ydata
         return r if wfun is None else wfun(r)
 
+    # rows hook: least_squares may evaluate a subset of the problems (those
+    # still running) when xdata is shared by all of them (not an array with
+    # a problem axis); it checks the subset model against the full one once
+    # and falls back to evaluating all rows if they disagree.
+    shared_x = hasattr(xdata, "shape") and getattr(xdata, "ndim", 2) <= 1
+    if batched and shared_x:
+        def rows_hook(idx):
+            y_r = xp.take(ydata, idx, axis=0)
+            inv_r = None if wfun is None else xp.take(inv, idx, axis=0)
+
+            def res_r(p):
+                r = f(xdata, *split(p))
+                if not (hasattr(r, "shape") and hasattr(r, "dtype")):
+                    r = xp.asarray(r, dtype=dtype, device=dev)
+                r = r - y_r
+                return r if inv_r is None else r * inv_r
+
+            jac_r = None
+            if callable(jac):
+                def jac_r(p):
+                    J = jac(xdata, *split(p))
+                    if not (hasattr(J, "shape") and hasattr(J, "dtype")):
+                        J = xp.asarray(J, dtype=dtype, device=dev)
+                    return J if inv_r is None else J * inv_r[..., None]
+            return res_r, jac_r
+
+        residual._agnopt_rows = rows_hook
+
     if callable(jac):
         user_jac = jac
 
@@ -306,8 +334,45 @@ def _host_list(a) -> list:
 def _covariance(xp, J):
     """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
 
-    Through the SVD of ``J`` (``V diag(1/s^2) V^T``), not by forming ``J^T J``.
+    scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
+    of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
+    problem: for ``n <= 16`` the Cholesky factor of the column-scaled
+    ``J^T J`` gives the inverse when its certified condition bound
+    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4``, far from
+    the singular threshold, and the inverse is accurate to about 1e-8
+    relative); all other problems get ``V diag(1/s^2) V^T`` from the SVD of
+    ``J`` itself (gathered into a sub-batch where the backend allows it).
     """
+    from ._lsq import _CHOL_MAX_N, _chol_inv, _compactable, _positions, _rows_where, _scatter
+
+    B, m, n = J.shape
+    dev = _device(J)
+    if n <= _CHOL_MAX_N and m >= n:
+        eye = xp.eye(n, dtype=J.dtype, device=dev)
+        A = xp.matmul(xp.matrix_transpose(J), J)
+        d = xp.sqrt(xp.sum(A * eye, axis=-1))
+        d = xp.where(d > 0, d, xp.ones_like(d))
+        As = A / (d[:, :, None] * d[:, None, :])
+        Li, ok = _chol_inv(xp, As)
+        cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
+        well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
+        Li = xp.where(well[:, None, None], Li, eye)
+        pcov = xp.matmul(xp.matrix_transpose(Li), Li) / (d[:, :, None] * d[:, None, :])
+        singular = xp.zeros((B,), dtype=xp.bool, device=dev)
+        if bool(xp.all(well)):
+            return pcov, singular
+        if _compactable(xp):
+            idx = _rows_where(xp, ~well)
+            mask, pos = _positions(xp, idx, B, dev)
+            pc_s, sg_s = _covariance_svd(xp, xp.take(J, idx, axis=0))
+            return _scatter(xp, pcov, pc_s, mask, pos), _scatter(xp, singular, sg_s, mask, pos)
+        pc_s, sg_s = _covariance_svd(xp, J)
+        return (xp.where(well[:, None, None], pcov, pc_s),
+                xp.where(well, singular, sg_s))
+    return _covariance_svd(xp, J)
+
+
+def _covariance_svd(xp, J):
     B, m, n = J.shape
     U, s, Vt = _host_linalg(xp, "svd", J, full_matrices=False)
     eps = float(xp.finfo(J.dtype).eps)
