@@ -1,7 +1,8 @@
-"""Command line: ``python -m agnopt [tour|fitbench] [options]``.
+"""Command line: ``python -m agnopt [tour|bench|fitbench] [options]``.
 
 * ``tour`` (the default): every optimizer on every installed backend, one
-  table row each.
+  table row each, then Newton and Levenberg-Marquardt on each backend;
+  ``--plot DIR`` also writes the main plots as PNG files.
 * ``bench``: one step of each first-order optimizer against the fused
   memory roofline, torch.optim (foreach, fused) and optax (jit, donated).
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     tour.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     tour.add_argument("--backends", default=None,
                       help="comma-separated subset, e.g. numpy,torch (default: all installed)")
+    tour.add_argument("--plot", default=None, metavar="DIR",
+                      help="also write the main plots as PNG files in DIR (needs matplotlib)")
+    tour.add_argument("--no-second-order", action="store_true",
+                      help="skip the Newton / Levenberg-Marquardt part of the tour")
     fb = sub.add_parser("fitbench", help="batched curve_fit vs a scipy.optimize.curve_fit loop")
     fb.add_argument("--B", type=int, default=10_000, help="number of independent fits")
     fb.add_argument("--m", type=int, default=50, help="points per fit")
@@ -54,8 +59,26 @@ def main(argv: list[str] | None = None) -> int:
         backends = getattr(args, "backends", None)
         t0 = time.perf_counter()
         print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
-        run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"),
-                 backends=backends.split(",") if backends else None)
+        chosen = backends.split(",") if backends else None
+        run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"), backends=chosen)
+        if not getattr(args, "no_second_order", False):
+            from ._tour import run_second_order_tour
+
+            print()
+            run_second_order_tour(backends=chosen)
+        plot_dir = getattr(args, "plot", None)
+        if plot_dir:
+            try:
+                from ._plots import write_plots
+
+                print()
+                print(f"writing plots to {plot_dir}")
+                paths = write_plots(plot_dir)
+            except ImportError as e:
+                print(f"cannot draw plots: {e} (pip install matplotlib)", file=sys.stderr)
+                return 1
+            for p in paths:
+                print(f"  {p}")
         print(f"tour finished in {time.perf_counter() - t0:.1f} s")
         return 0
     if command == "fitbench":

@@ -16,7 +16,7 @@ from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
 from ._base import apply_updates
 from ._schedules import exponential_decay
 
-__all__ = ["available_backends", "run_tour", "OPTIMIZERS"]
+__all__ = ["available_backends", "run_tour", "run_second_order_tour", "OPTIMIZERS"]
 
 DASK_STEPS = 50
 
@@ -171,3 +171,76 @@ def _persist(tree):
     from ._tree import tree_map
 
     return tree_map(lambda a: a.persist(), tree)
+
+
+def run_second_order_tour(backends: list[str] | None = None, out=print) -> list[dict]:
+    """Newton's method on Rosenbrock and a Levenberg-Marquardt fit, on every backend.
+
+    One row each: the iterations, function evaluations, the final value and
+    the time. The exponential fit's data are the same on every backend (a
+    fixed, noise-free model plus a deterministic perturbation), so the
+    fitted parameters can be compared across rows.
+    """
+    from ._lsq import least_squares
+    from ._minimize import minimize
+
+    rows = []
+    header = f"{'backend':17s} {'device':14s} {'solver':30s} {'nit':>4s} {'nfev':>5s} {'final value':>12s} {'ms':>8s}"
+    out(header)
+    out("-" * len(header))
+    for name, xp, device, sync in available_backends():
+        if backends and name not in backends:
+            continue
+        if name == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        dt = xp.float64
+
+        def rosen(x):
+            return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
+        def rosen_grad(x):
+            r = x[1] - x[0] ** 2
+            return xp.stack([-2.0 * (1.0 - x[0]) - 400.0 * x[0] * r, 200.0 * r])
+
+        def rosen_hess(x):
+            return xp.stack([xp.stack([2.0 - 400.0 * (x[1] - 3.0 * x[0] ** 2), -400.0 * x[0]]),
+                             xp.stack([-400.0 * x[0], xp.asarray(200.0, dtype=dt, device=device)])])
+
+        t = [0.25 * i for i in range(40)]
+        y = [2.5 * math.exp(-1.3 * ti) + 0.5 + 0.01 * math.sin(7.0 * i) for i, ti in enumerate(t)]
+        tx = xp.asarray(t, dtype=dt, device=device)
+        yx = xp.asarray(y, dtype=dt, device=device)
+
+        def resid(p):
+            return p[0] * xp.exp(-p[1] * tx) + p[2] - yx
+
+        runs = [
+            ("minimize newton rosenbrock",
+             lambda: minimize(rosen, xp.asarray([-1.2, 1.0], dtype=dt, device=device), method="newton",
+                              jac=rosen_grad, hess=rosen_hess),
+             lambda r: float(r.fun)),
+            ("minimize newton-cg rosenbrock",
+             lambda: minimize(rosen, xp.asarray([-1.2, 1.0], dtype=dt, device=device), method="newton-cg",
+                              jac=rosen_grad, hess=rosen_hess),
+             lambda r: float(r.fun)),
+            ("least_squares lm exp-decay fit",
+             lambda: least_squares(resid, xp.asarray([1.0, 1.0, 0.0], dtype=dt, device=device)),
+             lambda r: float(r.cost)),
+        ]
+        for label, run, value in runs:
+            t0 = time.perf_counter()
+            res = run()
+            sync(res.x)
+            ms = (time.perf_counter() - t0) * 1e3
+            v = value(res)
+            nit = res.get("nit", -1)
+            row = dict(backend=name, device=_device_name(name, device), solver=label,
+                       nit=int(nit) if nit is not None else -1, nfev=int(res.nfev), value=v, ms=ms,
+                       success=bool(res.success))
+            rows.append(row)
+            out(f"{name:17s} {row['device']:14s} {label:30s} {row['nit']:4d} {row['nfev']:5d} {v:12.4e} {ms:8.1f}")
+            if not res.success:
+                raise RuntimeError(f"{label} on {name} failed: {res.message}")
+    return rows
