@@ -30,7 +30,7 @@ import numpy as np
 from . import _fast_common as fc
 from ._tree import tree_flatten, tree_unflatten
 
-BLOCK = 1 << 14  # elements per block: 2 scratch + 7 streams x 64 KiB (float32) stay in L2
+BLOCK = 1 << 16  # elements per block (256 KiB per float32 stream): fewer ufunc calls, blocks stay in L2/L3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _tls = threading.local()
 
