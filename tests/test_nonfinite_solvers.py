@@ -61,10 +61,6 @@ def test_minimize_rejects_non_finite_trial_points(backend, method, options):
     def g(x):
         return 1.0 - 1.0 / x
 
-    def h(x):
-        xq = array_namespace(x)
-        return xq.linalg.diagonal(xq.eye(x.shape[0], dtype=x.dtype, device=dev)) * 0 + 1.0 / (x * x)
-
     def hess(x):
         xq = array_namespace(x)
         return xq.eye(x.shape[0], dtype=x.dtype, device=dev) * (1.0 / (x * x))[None, :]

@@ -22,10 +22,7 @@ large lambda is -gradient
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import pytest
 from array_api_compat import array_namespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
