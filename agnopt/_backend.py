@@ -23,6 +23,7 @@ __all__ = [
     "resolve",
     "namespace_name",
     "is_writeable",
+    "is_concrete",
     "check_float_dtype",
     "resolve_dtype",
     "scalar",
@@ -40,6 +41,21 @@ def namespace_name(xp: Any) -> str:
     """A short human name for a namespace: ``numpy``, ``torch``, ``jax.numpy``..."""
     name = getattr(xp, "__name__", repr(xp))
     return name.removeprefix("array_api_compat.")
+
+
+def is_concrete(x: Any) -> bool:
+    """True where the values of ``x`` can be read now without building or
+    computing a graph: not a Dask array, not a JAX tracer (inside ``jit``)."""
+    if array_api_compat.is_dask_array(x):
+        return False
+    if array_api_compat.is_jax_array(x):
+        try:
+            import jax
+
+            return not isinstance(x, jax.core.Tracer)
+        except (ImportError, AttributeError):  # pragma: no cover
+            return False
+    return True
 
 
 def is_writeable(x: Any) -> bool:

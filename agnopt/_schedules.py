@@ -68,7 +68,14 @@ def _check_finite(name: str, value: float) -> float:
 
 
 def _check_steps(name: str, value: int, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or int(value) != value or value < (0 if allow_zero else 1):
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and int(value) == value
+        and value >= (0 if allow_zero else 1)
+    )
+    if not ok:
         raise ValueError(
             f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}"
         )

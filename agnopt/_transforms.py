@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
-from ._backend import resolve, resolve_dtype, scalar
+from ._backend import is_concrete, resolve, resolve_dtype, scalar
 from ._base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
 from ._tree import tree_flatten, tree_map, tree_unflatten
 
@@ -101,6 +101,13 @@ def _cast(xp: Any, x: Any, dtype: Any) -> Any:
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
+def _all_finite(value: Any) -> bool:
+    from array_api_compat import array_namespace
+
+    vxp = array_namespace(value)
+    return bool(vxp.all(vxp.isfinite(value)))
+
+
 def _safe_int_increment(xp: Any, count: Any) -> Any:
     """``count + 1``, saturating at the int32 maximum (as optax does)."""
     big = 2**31 - 1
@@ -134,8 +141,12 @@ class ScaleByScheduleState(NamedTuple):
 def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
     """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
 
-    ``step_size_fn`` returns a Python float or a 0-d array; a non-finite value
-    raises ``ValueError`` when the backend is eager (NumPy, torch, ...).
+    ``step_size_fn`` returns a Python float or a 0-d array. A non-finite
+    value raises ``ValueError`` where it can be read without a computation:
+    Python numbers and eager arrays (NumPy, torch, CuPy, array-api-strict,
+    JAX outside ``jit``). Under ``jax.jit`` and on Dask the value is not
+    checked (that would need a device-to-host read or a ``compute()`` every
+    step); a NaN there propagates into the parameters, as in optax.
     """
     if not callable(step_size_fn):
         raise TypeError("step_size_fn must be callable (step -> value)")
@@ -152,6 +163,8 @@ def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
         if isinstance(value, (int, float)):
             if not math.isfinite(value):
                 raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
+        elif is_concrete(value) and not _all_finite(value):
+            raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
 
         def one(g):
             return scalar(xp, value, g.dtype, bk.device) * g
