@@ -87,7 +87,8 @@ from typing import Any, Callable
 import array_api_compat
 
 from . import _autodiff
-from ._backend import resolve, scalar
+from ._backend import namespace_name, resolve, scalar
+from array_api_compat import array_namespace
 from ._result import OptimizeResult
 
 __all__ = ["minimize"]
@@ -284,6 +285,18 @@ class _Problem:
                     f"fun must return a real scalar (0-d array or float); got "
                     f"{type(f).__name__} at {where}"
                 ) from None
+        if array_api_compat.is_array_api_obj(f) and not isinstance(f, float):
+            try:
+                fxp = array_namespace(f)
+            except TypeError:
+                fxp = None
+            if fxp is not xp and not (hasattr(f, "__float__") and type(f).__module__ == "numpy"
+                                      and namespace_name(xp) == "numpy"):
+                raise TypeError(
+                    f"fun returned a {namespace_name(fxp) if fxp is not None else type(f).__name__} "
+                    f"array at {where} but x0 is a {namespace_name(xp)} array; fun must return "
+                    "an array of x0's backend (or a Python float)"
+                )
         if tuple(f.shape) != ():
             if math.prod(f.shape) == 1:
                 f = xp.reshape(f, ())
@@ -497,6 +510,16 @@ def _wants_intermediate(callback: Callable) -> bool:
     return "intermediate_result" in params
 
 
+def _nonnegative(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a non-negative number, got {value!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return v
+
+
 def minimize(
     fun: Callable,
     x0: Any,
@@ -605,9 +628,14 @@ def minimize(
     ValueError
         Unknown ``method`` (the message names ``method``) or option; ``x0`` not
         1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
-        ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape.
+        ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
+        ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
+    RuntimeError
+        ``fun`` raised at ``x0`` (the original exception is the cause). At
+        later points an exception of ``fun`` propagates unchanged, as in scipy.
     TypeError
-        ``x0`` not a real floating array; ``"autodiff"`` with arrays other than
+        ``x0`` not one real floating array (a tree, a list); ``fun``
+        returning an array of another backend; ``"autodiff"`` with arrays other than
         torch / JAX (:class:`agnopt._autodiff.AutodiffUnavailableError`, also
         a ``ValueError``).
 
@@ -646,6 +674,11 @@ def minimize(
     if not isinstance(args, tuple):
         args = (args,)
 
+    if not array_api_compat.is_array_api_obj(x0) or type(x0) in (int, float, complex, bool):
+        raise TypeError(
+            f"x0 must be one 1-D array of shape (n,); got {type(x0).__name__} "
+            "(minimize does not take trees: concatenate the parameters into one vector)"
+        )
     xp, device = resolve(x0, "x0")
     if x0.ndim != 1:
         raise ValueError(f"x0 must be a 1-D array of shape (n,); got shape {tuple(x0.shape)}")
@@ -657,10 +690,13 @@ def minimize(
         _autodiff.autodiff_backend(x0, "minimize(..., 'autodiff')")
 
     eps = float(xp.finfo(dtype).eps)
-    gtol = float(options.get("gtol", eps ** 0.5)) if tol is None else float(tol)
-    xtol = float(options.get("xtol", eps ** (2 / 3)))
+    gtol = _nonnegative("tol" if tol is not None else "options['gtol']",
+                        options.get("gtol", eps ** 0.5) if tol is None else tol)
+    xtol = _nonnegative("options['xtol']", options.get("xtol", eps ** (2 / 3)))
     if maxiter is None:
         maxiter = options.get("maxiter", 200 * n)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
+        raise ValueError(f"maxiter: expected an integer >= 0, got {maxiter!r}")
     maxiter = int(maxiter)
     c1 = float(options.get("c1", 1e-4))
     max_bt = int(options.get("max_backtracks", 60))
@@ -669,7 +705,14 @@ def minimize(
     P = _Problem(fun, jac, hess, hessp, args, xp, dtype, device, n)
 
     x = _persist(xp.asarray(x0, copy=True) if not _is_dask(x0) else x0 + 0.0)
-    f, g = P.value_and_grad(x, "x0")
+    try:
+        f, g = P.value_and_grad(x, "x0")
+    except (ValueError, TypeError):
+        raise  # our own checks of what fun / jac returned
+    except Exception as e:
+        # At x0 a failing fun is a bad input: say so, and keep the original
+        # exception as the cause. Later calls propagate unchanged (as scipy).
+        raise RuntimeError(f"fun raised {type(e).__name__} at x0: {e}") from e
     if not bool(xp.isfinite(f)):
         raise ValueError(
             f"fun(x0) is not finite ({float(f)}); minimize needs a finite objective at the "
