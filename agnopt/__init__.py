@@ -56,6 +56,7 @@ from ._numdiff import approx_derivative
 from ._lsq import least_squares
 from ._curve_fit import curve_fit
 from ._minimize import minimize
+from ._tall import tall_least_squares
 # --- end second-order solvers ---
 
 __version__ = "0.1.0"
