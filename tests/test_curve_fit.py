@@ -23,6 +23,38 @@ P0 = np.array([1.5, 0.0, 1.0, 0.3])
 TIGHT = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
 
 
+
+# ---------------------------------------------------------------------------
+# JAX and Dask run a documented subset of this file (CI budget, 2 cores):
+# JAX's eager mode compiles every operation for every new array shape (a
+# first least_squares solve of a new shape costs ~10-25 s of compilation on
+# the CI machine), and Dask builds and computes a task graph per operation
+# (a solve costs tens of seconds). The solver is one Array API code path, so
+# the skipped tests exercise on numpy / array_api_strict / torch exactly the
+# code that the kept tests run on JAX and Dask; the kept tests cover what is
+# backend-specific there (functional updates of immutable arrays, complex
+# step, pcov, batched fits, bad input, the Dask cholesky orientation).
+_SUBSET = {
+    "jax": {
+        "test_gaussian_matches_scipy", "test_bad_input", "test_batched_failures_do_not_raise",
+    },
+    "dask": {
+        "test_covariance_sigma", "test_bad_input", "test_batched_failures_do_not_raise",
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _backend_subset(request):
+    if "backend" not in request.fixturenames:
+        return
+    case = request.getfixturevalue("backend")[0].value
+    keep = _SUBSET.get(case)
+    if keep is not None and request.node.originalname not in keep:
+        pytest.skip(f"{case}: not in this file's {case} subset (per-operation "
+                    f"{'compilation' if case == 'jax' else 'task graphs'} make each solve "
+                    "10-40 s; same code runs on numpy/array_api_strict/torch; see _SUBSET)")
+
 def gauss(x, a, mu, s, c):
     xp = array_api_compat.array_namespace(x, a)
     return a * xp.exp(-((x - mu) ** 2) / (2 * s**2)) + c

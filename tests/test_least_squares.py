@@ -19,6 +19,41 @@ import agnopt as ao
 from conftest import to_numpy
 
 
+
+# ---------------------------------------------------------------------------
+# JAX and Dask run a documented subset of this file (CI budget, 2 cores):
+# JAX's eager mode compiles every operation for every new array shape (a
+# first least_squares solve of a new shape costs ~10-25 s of compilation on
+# the CI machine), and Dask builds and computes a task graph per operation
+# (a solve costs tens of seconds). The solver is one Array API code path, so
+# the skipped tests exercise on numpy / array_api_strict / torch exactly the
+# code that the kept tests run on JAX and Dask; the kept tests cover what is
+# backend-specific there (functional updates of immutable arrays, complex
+# step, autodiff, batched = solo, bad input, the Dask cholesky orientation).
+_SUBSET = {
+    "jax": {
+        "test_approx_derivative_matches_scipy", "test_approx_derivative_errors",
+        "test_autodiff_jacobian", "test_batched_equals_solo", "test_batched_errors",
+        "test_bad_input", "test_default_jac_falls_back_when_fun_rejects_complex",
+    },
+    "dask": {
+        "test_approx_derivative_errors", "test_batched_equals_solo", "test_batched_errors",
+        "test_bad_input", "test_autodiff_jacobian",
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _backend_subset(request):
+    if "backend" not in request.fixturenames:
+        return
+    case = request.getfixturevalue("backend")[0].value
+    keep = _SUBSET.get(case)
+    if keep is not None and request.node.originalname not in keep:
+        pytest.skip(f"{case}: not in this file's {case} subset (per-operation "
+                    f"{'compilation' if case == 'jax' else 'task graphs'} make each solve "
+                    "10-40 s; same code runs on numpy/array_api_strict/torch; see _SUBSET)")
+
 def _ns(x):
     return array_api_compat.array_namespace(x)
 
@@ -304,8 +339,13 @@ def _batched_problem(xp, device, B=5):
 
 
 @pytest.mark.parametrize("method", ["lm", "gauss-newton"])
-def test_batched_equals_solo(xp, device, method):
-    fb, f1, X0 = _batched_problem(xp, device)
+def test_batched_equals_solo(xp, device, backend, method):
+    case = backend[0].value
+    if case in ("jax", "dask") and method != "lm":
+        pytest.skip(f"{case}: batched = solo is checked for 'lm' only (per-operation "
+                    "compile / task-graph cost); gauss-newton runs on the other backends")
+    # two problems on JAX / Dask (each solo solve costs ~10 s there), five elsewhere
+    fb, f1, X0 = _batched_problem(xp, device, B=2 if case in ("jax", "dask") else 5)
     B = X0.shape[0]
     res = ao.least_squares(fb, arr(xp, device, X0), batched=True, method=method,
                            xtol=1e-12, ftol=1e-12, gtol=1e-12)
