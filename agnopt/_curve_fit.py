@@ -97,7 +97,13 @@ def curve_fit(
     batched : bool
         ``B`` independent fits at once (see above). Failed fits do not raise
         in batched mode: check ``infodict["success"]`` (``full_output=True``);
-        their ``pcov`` is NaN.
+        their ``pcov`` is NaN. When ``xdata`` is an array of at most one
+        dimension (shared by all fits), ``f`` (and a callable ``jac``) may be
+        called with the parameters of the fits still running only (``(k, 1)``
+        each, ``k < B``), so finished fits cost nothing; this is checked once
+        against the full evaluation, and a model that closes over
+        per-problem data (and so cannot be evaluated on a subset) is simply
+        evaluated on all ``B`` rows.
     **kwargs
         Passed to :func:`agnopt.least_squares` (``ftol``, ``xtol``,
         ``gtol``, ``max_nfev``, ``x_scale``, ...). scipy's ``maxfev`` is

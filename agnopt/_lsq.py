@@ -805,7 +805,9 @@ def least_squares(
         ``(B, n) -> (B, m)``, ``jac`` gives ``(B, m, n)``. Each problem has its
         own scaling, damping, trust region, stopping test and status;
         finished problems keep their ``x``. Results equal solving each
-        problem alone (same iterates up to rounding).
+        problem alone (same iterates up to rounding). ``fun`` always
+        receives all ``B`` rows (finished rows frozen), but the solver's
+        own work shrinks to the running problems (see the module notes).
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
     callback : callable, optional
