@@ -34,7 +34,7 @@ def run_fit_benchmark(
     scipy_subset: int | None = None,
     verbose: bool = True,
     jac: Any = None,
-    repeat: int = 3,
+    repeat: int = 2,
 ) -> dict[str, Any]:
     """Fit ``B`` Gaussian peaks batched, and with a loop of scipy's curve_fit.
 
