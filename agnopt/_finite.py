@@ -12,12 +12,13 @@ transform (usually a whole optimizer):
   the updates are zeros (negative zeros, so that ``apply_updates`` returns
   every parameter bit for bit, ``-0.0`` included) and ``inner``'s state is
   returned unchanged. The event is counted in :class:`ApplyIfFiniteState`.
-* On an eager backend (NumPy, CuPy, torch, array-api-strict, Dask, JAX
-  outside ``jit``), the ``max_consecutive_errors + 1``-th non-finite
-  gradient in a row raises :class:`FloatingPointError` (nothing is changed:
-  the caller still holds the last good state and parameters).
+* On an eager backend (NumPy, CuPy, torch, array-api-strict, JAX outside
+  ``jit``), the ``max_consecutive_errors + 1``-th non-finite gradient in a
+  row raises :class:`FloatingPointError` (nothing is changed: the caller
+  still holds the last good state and parameters).
 * Inside ``jax.jit`` (traced arrays) no Python exception can depend on the
-  data, so the behaviour is optax's ``apply_if_finite``: after more than
+  data, and on Dask reading the flag would compute the whole step's graph
+  every step; there the behaviour is optax's ``apply_if_finite``: after more than
   ``max_consecutive_errors`` non-finite steps in a row, the updates and the
   inner state are applied anyway, so that the NaN reaches the parameters and
   the failure is visible. All selection is done with ``xp.where`` on the
@@ -33,7 +34,7 @@ from __future__ import annotations
 import operator
 from typing import Any, NamedTuple
 
-from ._backend import resolve
+from ._backend import is_concrete, resolve
 from ._base import Transform, check_state, check_updates
 from ._tree import tree_flatten, tree_map, tree_unflatten
 
@@ -62,12 +63,10 @@ class ApplyIfFiniteState(NamedTuple):
 
 
 def _host_bool(x: Any) -> bool | None:
-    """``bool(x)`` for a concrete 0-d array, ``None`` for a traced one (jit)."""
-    if type(x).__module__.startswith("jax"):
-        import jax
-
-        if isinstance(x, jax.core.Tracer):
-            return None
+    """``bool(x)`` for a concrete 0-d array; ``None`` for a traced one (jit)
+    or a lazy one (Dask: reading it would compute the gradients every step)."""
+    if not is_concrete(x):
+        return None
     try:
         return bool(x)
     except Exception:  # other tracing frameworks (torch.func, ...)
@@ -97,8 +96,8 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int | None = 5) ->
     max_consecutive_errors : int >= 0 or None
         How many non-finite gradients in a row are skipped. The next one
         raises :class:`FloatingPointError` on eager backends; under
-        ``jax.jit`` it is applied (optax's behaviour, so the NaN becomes
-        visible in the parameters). ``None``: skip forever, never raise.
+        ``jax.jit`` and on Dask it is applied (optax's behaviour, so the NaN
+        becomes visible in the parameters). ``None``: skip forever, never raise.
 
     Returns
     -------

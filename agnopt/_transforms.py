@@ -87,7 +87,8 @@ def _zeros_like_tree(params: Any, dtype: Any, what: str, fill: float = 0.0):
 
     def make(p):
         dt = _float_leaf_dtype(xp, p, dtype, what)
-        return xp.full(p.shape, fill, dtype=dt, device=bk.device)
+        # full_like keeps the parameter's device and, on Dask, its chunks
+        return xp.full_like(p, fill, dtype=dt)
 
     return tree_map(make, params)
 

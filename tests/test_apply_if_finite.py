@@ -94,6 +94,13 @@ def test_raises_after_too_many_in_a_row(backend):
         u, s = opt.update(bad, s, p)
         assert int(s.notfinite_count) == i + 1
     snapshot = _bits(s)
+    if case is BackendCase.DASK:
+        # lazy: no host read, so optax's semantics (documented): the third bad
+        # step is applied and the NaN becomes visible
+        u, s2 = opt.update(bad, s, p)
+        assert np.isnan(to_numpy(ao.apply_updates(p, u)["b"])).any()
+        assert _bits(s) == snapshot
+        return
     with pytest.raises(FloatingPointError, match=r"not finite.*3 times in a row.*max_consecutive_errors=2"):
         opt.update(bad, s, p)
     assert _bits(s) == snapshot

@@ -261,18 +261,12 @@ def test_first_order_lazy_on_chunked_params(name):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agnopt/_transforms.py _zeros_like_tree: xp.full(p.shape, ...) gives Dask's automatic "
-    "chunks, not the parameter's; xp.full_like(p, fill, dtype=dt) would keep them"))
 def test_first_order_init_state_chunked_like_params():
     p0, _ = _fo_problem("dask")
     st = ao.adam(0.1).init(p0)
     assert st[1].mu["w"].chunks == p0["w"].chunks
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agnopt/_finite.py _host_bool: bool(finite) computes the whole gradient graph of a Dask "
-    "step (one hidden compute per step); Dask should take the lazy xp.where branch"))
 def test_apply_if_finite_no_hidden_compute():
     p0, grad = _fo_problem("dask")
     with CountComputes() as cc:
