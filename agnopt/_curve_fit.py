@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import warnings
 from typing import Any, Callable
 
 from ._backend import resolve
-from ._lsq import _as_array, _device, _host_linalg, least_squares
+from ._lsq import _as_array, _check_backend, _device, _host_linalg, least_squares
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -164,6 +165,7 @@ def curve_fit(
         p0a = xp.ones((B, n) if batched else (n,), dtype=dtype, device=dev)
     else:
         if hasattr(p0, "shape") and hasattr(p0, "dtype"):
+            _check_backend(p0, xp, "p0", "ydata")
             try:
                 p0a = xp.asarray(p0, dtype=dtype, device=dev)
             except Exception:
@@ -297,9 +299,19 @@ def curve_fit(
     else:
         ls_jac = jac
 
-    res = least_squares(
-        residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
-    )
+    try:
+        res = least_squares(
+            residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
+        )
+    except (ValueError, RuntimeError, TypeError) as e:
+        # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
+        if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
+            raise
+        msg = str(e)
+        new = re.sub(r"\bx0\b", "p0", re.sub(r"\bfun\b", "f", msg))
+        if new == msg:
+            raise
+        raise type(e)(new) from (e.__cause__ or e)
     popt = res.x
     Jf = res.jac
     if not batched:
@@ -307,7 +319,13 @@ def curve_fit(
         cost = xp.reshape(res.cost, (1,))
     else:
         cost = res.cost
+    # a batched fit stopped on a non-finite Jacobian (status -3): covariance of
+    # the others only (that fit's pcov is NaN below, as for any failed fit)
+    jfin = xp.all(xp.isfinite(xp.reshape(Jf, (Jf.shape[0], -1))), axis=-1)
+    if batched and not bool(xp.all(jfin)):
+        Jf = xp.where(jfin[:, None, None], Jf, xp.zeros_like(Jf))
     pcov, singular = _covariance(xp, Jf)
+    singular = singular & jfin
     warn = bool(xp.any(singular))
     if not absolute_sigma:
         if m > n:

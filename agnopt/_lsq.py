@@ -51,6 +51,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import array_api_compat
+
 from ._backend import namespace_name, resolve
 from ._numdiff import approx_derivative, prepare_bounds
 from ._result import OptimizeResult
@@ -66,6 +68,10 @@ TERMINATION_MESSAGES = {
     2: "`ftol` termination condition is satisfied.",
     3: "`xtol` termination condition is satisfied.",
     4: "Both `ftol` and `xtol` termination conditions are satisfied.",
+    -3: "`jac` returned a Jacobian with non-finite entries at the current point "
+    "(this problem stopped there; batched solves only).",
+    -4: "The residuals were not finite at the trial points: the step shrank to nothing "
+    "without a finite trial point near x.",
 }
 # MINPACK's info 6/7/8 ("tolerance too small, no further improvement possible")
 # are reported with the matching common status and this message.
@@ -78,7 +84,7 @@ _MACHINE_MESSAGES = {
     "(the residuals are orthogonal to the Jacobian's columns to machine precision).",
 }
 # MINPACK info -> common status (as scipy's FROM_MINPACK_TO_COMMON, plus 6/7/8)
-_FROM_MINPACK = {1: 2, 2: 3, 3: 4, 4: 1, 5: 0, 6: 2, 7: 3, 8: 1}
+_FROM_MINPACK = {1: 2, 2: 3, 3: 4, 4: 1, 5: 0, 6: 2, 7: 3, 8: 1, -3: -3, -4: -4}
 
 _JAC_STRINGS = ("2-point", "3-point", "cs", "autodiff")
 DEFAULT_JAC = "cs"
@@ -146,6 +152,21 @@ def _as_array(x: Any, what: str) -> Any:
         return np_xp.asarray(x, dtype=np_xp.float64)
     except Exception as e:
         raise TypeError(f"{what}: expected an array, got {type(x).__name__}") from e
+
+
+def _check_backend(a: Any, xp: Any, what: str, ref: str = "x0") -> None:
+    """TypeError when ``a`` is an array of another backend than ``xp``."""
+    if type(a) in (int, float, bool) or not array_api_compat.is_array_api_obj(a):
+        return
+    try:
+        xa = array_api_compat.array_namespace(a)
+    except TypeError:
+        return
+    if xa is not xp and namespace_name(xa) != namespace_name(xp):
+        raise TypeError(
+            f"{what}: got a {namespace_name(xa)} array but {ref} is a {namespace_name(xp)} "
+            "array; convert it to x0's backend"
+        )
 
 
 def _call_checked(fun, X, what, where):
@@ -298,13 +319,17 @@ class _Problem:
             )
         return f
 
-    def residual(self, X, where="at a trial point"):
-        """``X`` (B, n) -> ``F`` (B, m)."""
-        if self.batched:
+    def residual(self, X, where="at a trial point", f=None):
+        """``X`` (B, n) -> ``F`` (B, m) (``f``: ``fun``'s output at ``X``, when known)."""
+        if f is not None:
+            pass
+        elif self.batched:
             fun = self._fun_rows()
             f = _call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
             f = _call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
+        if where == "at x0":
+            _check_backend(f, self.xp, "fun (its residuals at x0)")
         return self._fix_f(f, X.shape[0])
 
     def jacobian(self, X, F):
@@ -824,7 +849,11 @@ def least_squares(
         ``x``, ``cost`` (``0.5 ||f||^2``), ``fun`` (residuals), ``jac`` (at
         ``x``), ``grad`` (``J^T f``), ``optimality`` (``||grad||_inf``),
         ``nfev``, ``njev``, ``nit``, ``status`` (scipy's codes: 0 max_nfev,
-        1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback),
+        1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback; and -3: ``jac``
+        returned non-finite entries at the current point, a batched problem
+        then stops there while the others go on (unbatched: ``ValueError``);
+        -4: the step shrank to nothing on non-finite residuals at the trial
+        points, i.e. no finite trial point near ``x``),
         ``message``, ``success`` (``status > 0``), ``active_mask`` (-1/0/1
         per variable: at the lower bound / free / at the upper bound), and
         ``history`` when asked. Batched: every field has a leading ``B``
@@ -842,7 +871,14 @@ def least_squares(
     Notes
     -----
     Non-finite residuals at a trial point reject the step (the trust region
-    shrinks tenfold), as if the cost had increased.
+    shrinks tenfold), as if the cost had increased; when the step tolerance
+    is then met on a non-finite trial point the status is -4 (not 3).
+
+    Unbatched, when ``x0`` is in memory (not Dask) and ``fun(x0)`` is a Dask
+    array with more than one row chunk (a tall problem), the solve is handed to
+    :func:`agnopt.tall_least_squares` (``jac`` ``None``/``"cs"`` become
+    ``"2-point"``; finite ``bounds`` and ``history`` are not supported there
+    and raise ``ValueError``).
 
     References
     ----------
@@ -891,6 +927,38 @@ def least_squares(
     if not bool(xp.all(xp.isfinite(X))):
         raise ValueError("x0: contains non-finite values")
 
+    f0 = None
+    if not batched:
+        # tall problems: an in-memory x0 whose residuals are a Dask array chunked
+        # by rows go to agnopt.tall_least_squares (blockwise J^T J, never
+        # materialising J); a Dask x0 stays on the Array API path below
+        f0 = _call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
+        chunks = (getattr(f0, "chunks", None)
+                  if array_api_compat.is_dask_array(f0) and not _is_dask(xp) else None)
+        if chunks and f0.ndim >= 1 and len(chunks[0]) > 1:
+            from ._tall import tall_least_squares
+
+            lb0, ub0 = prepare_bounds(xp, bounds, x0)
+            if bool(xp.any(xp.isfinite(lb0) | xp.isfinite(ub0))):
+                raise ValueError(
+                    "bounds: residuals chunked by rows (a tall Dask problem, solved by "
+                    "tall_least_squares) do not support finite bounds"
+                )
+            if history:
+                raise ValueError(
+                    "history: not available for residuals chunked by rows (a tall Dask "
+                    "problem, solved by tall_least_squares)"
+                )
+            return tall_least_squares(
+                fun, x0, jac="2-point" if jac in (None, "cs", "2-point") else jac,
+                method=method, ftol=ftol, xtol=xtol, gtol=gtol, x_scale=x_scale,
+                max_nfev=max_nfev, args=tuple(args), kwargs=kwargs, verbose=verbose,
+                callback=callback,
+            )
+
+    if isinstance(bounds, (tuple, list)):
+        for b in bounds:
+            _check_backend(b, xp, "bounds")
     lb, ub = prepare_bounds(xp, bounds, X if batched else x0)
     lb = xp.reshape(xp.broadcast_to(lb, X.shape), X.shape) if not batched else lb
     ub = xp.reshape(xp.broadcast_to(ub, X.shape), X.shape) if not batched else ub
@@ -931,7 +999,7 @@ def least_squares(
         D = 1.0 / xs
 
     prob = _Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
-    F = prob.residual(X, where="at x0")
+    F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     prob.m = m
     if method == "lm" and m < n:
@@ -1240,15 +1308,21 @@ def _run_lm(xp, prob, X, F, D, jac_scale, lb, ub, bounded, ftol, xtol, gtol,
                 check = not bool(xp.all(xp.isfinite(Jn)))
             if check:
                 bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (k, -1))), axis=-1)
-                if bool(xp.any(bad)):
-                    where_bad = _indices(xp, bad)
-                    if W is not None:
-                        Wh = W.compute() if hasattr(W, "compute") else W
-                        where_bad = [int(Wh[i]) for i in where_bad]
+                if bool(xp.any(bad)) and not prob.batched:
                     raise ValueError(
                         "jac: the Jacobian has non-finite entries at the current point"
-                        + (f" (problems {where_bad})" if prob.batched else "")
                     )
+                if bool(xp.any(bad)):
+                    # batched: these problems stop here (status -3), the others go on
+                    njev = njev + xp.astype(bad, xp.int64)
+                    info = xp.where(bad, xp.full_like(info, -3), info)
+                    active = active & ~bad
+                    nj = nj & ~bad
+                    Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
+                    J = xp.where(nj[:, None, None], Jn, J)
+                    if use_chol:
+                        A0 = xp.matmul(xp.matrix_transpose(J), J)
+                        dA = xp.sum(A0 * eye, axis=-1)
             njev = njev + xp.astype(nj, xp.int64)
             g = xp.matmul(F[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
             free_n = _free_mask(xp, X, prob.lb, prob.ub, g, bounded)
@@ -1379,6 +1453,9 @@ def _run_lm(xp, prob, X, F, D, jac_scale, lb, ub, bounded, ftol, xtol, gtol,
         mach = xp.where(delta <= eps * xnorm, xp.full_like(info, 7), mach)
         mach = xp.where(gnorm <= eps, xp.full_like(info, 8), mach)
         new = xp.where(new == 0, mach, new)
+        # the step bound collapsed on a non-finite trial point: say so (status -4)
+        collapsed = ~finite & ((new == 2) | (new == 3) | (new == 7))
+        new = xp.where(collapsed, xp.full_like(info, -4), new)
         new = xp.where(active, new, xp.zeros_like(new))
         info = xp.where(new != 0, new, info)
         active = active & (new == 0)
@@ -1443,7 +1520,17 @@ def _run_gn(xp, prob, X, F, D, lb, ub, bounded, ftol, xtol, gtol,
             nj = need_jac & active
             Jn = prob.jacobian(X, F)
             if not bool(xp.all(xp.isfinite(xp.where(nj[:, None, None], Jn, xp.zeros_like(Jn))))):
-                raise ValueError("jac: the Jacobian has non-finite entries at the current point")
+                if not prob.batched:
+                    raise ValueError("jac: the Jacobian has non-finite entries at the current point")
+                # batched: these problems stop here (status -3), the others go on
+                bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (B, -1))), axis=-1)
+                njev = njev + xp.astype(bad, xp.int64)
+                status = xp.where(bad, xp.full_like(status, -3), status)
+                active = active & ~bad
+                nj = nj & ~bad
+                Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
+                if J is None:
+                    J = Jn
             njev = njev + xp.astype(nj, xp.int64)
             J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
             g = xp.matmul(F[:, None, :], J)[:, 0, :]
@@ -1495,6 +1582,8 @@ def _run_gn(xp, prob, X, F, D, lb, ub, bounded, ftol, xtol, gtol,
         new = xp.where(ft, xp.full_like(status, 2), xp.full_like(status, -99))
         new = xp.where(xt, xp.full_like(status, 3), new)
         new = xp.where(ft & xt, xp.full_like(status, 4), new)
+        # the step collapsed on a non-finite trial point: say so (status -4)
+        new = xp.where(xt & ~finite, xp.full_like(status, -4), new)
         new = xp.where((new == -99) & (nfev >= max_nfev), xp.full_like(status, 0), new)
         new = xp.where(active, new, xp.full_like(status, -99))
         status = xp.where(new != -99, new, status)

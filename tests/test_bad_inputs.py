@@ -443,11 +443,6 @@ def c_ad_method(xp, dev):
 
 
 # --------------------------------------------------------------------------- the table
-_CURVE_FIT_NAMES = (
-    "curve_fit reports least_squares' argument names (fun, x0) instead of its own (f, p0); "
-    "reported to the least-squares owner"
-)
-
 CASES = [
     # trees, shapes, dtypes (first-order)
     Case("grads-shape", c_grads_shape, ValueError, r"grads\['w'\]: shape \(3, 4\) != params shape \(4, 3\)"),
@@ -536,9 +531,9 @@ CASES = [
     Case("curve_fit-ydata-int", c_cf_ydata_int, TypeError, r"ydata: dtype .*int64"),
     Case("curve_fit-sigma-shape", c_cf_sigma_shape, ValueError, r"sigma.* has incorrect shape"),
     Case("curve_fit-p0-2d", c_cf_p0_shape, ValueError, r"p0: expected shape \(n,\), got \(2, 2\)"),
-    Case("curve_fit-f-nan-p0", c_cf_f_nan, ValueError, r"\bf\b.*not finite.*p0", xfail=_CURVE_FIT_NAMES),
-    Case("curve_fit-f-raises", c_cf_f_raises, RuntimeError, r"^f raised ArithmeticError", xfail=_CURVE_FIT_NAMES),
-    Case("curve_fit-p0-outside-bounds", c_cf_p0_outside, ValueError, r"p0 .*infeasible|p0.*bounds", xfail=_CURVE_FIT_NAMES),
+    Case("curve_fit-f-nan-p0", c_cf_f_nan, ValueError, r"\bf\b.*not finite.*p0"),
+    Case("curve_fit-f-raises", c_cf_f_raises, RuntimeError, r"^f raised ArithmeticError"),
+    Case("curve_fit-p0-outside-bounds", c_cf_p0_outside, ValueError, r"p0 .*infeasible|p0.*bounds"),
     Case("approx_derivative-method", c_ad_method, ValueError, r"method: expected one of"),
 ]
 
@@ -622,22 +617,16 @@ def n_save_state_config(tmp=None):
     return (lambda: ao.save_state("/nonexistent-never-written.npz", ao.sgd(0.1).init(p), config={"lr": object()})), p
 
 
-_MIXED = "silently converts an array of another backend instead of rejecting the mix"
-
 NUMPY_CASES = [
     Case("mixed-backends-tree", n_mixed_backends, TypeError,
          r"params mixes array backends: params\['a'\] is numpy but params\['b'\] is torch"),
     Case("grads-other-backend", n_grads_other_backend, TypeError, r"grads are torch arrays but params are numpy"),
     Case("mixed-devices-tree", n_mixed_devices, TypeError, r"params mixes devices: params\[0\] is on .*cpu.* params\[1\] is on .*meta"),
     Case("save_state-config", n_save_state_config, TypeError, r"config: expected a JSON-serializable value"),
-    Case("least_squares-bounds-other-backend", n_ls_bounds_other_backend, TypeError, r"bounds",
-         xfail="least_squares: torch bounds with a NumPy x0 are " + _MIXED),
-    Case("least_squares-fun-other-backend", n_ls_fun_other_backend, TypeError, r"\bfun\b",
-         xfail="least_squares: fun returning torch for a NumPy x0 fails deep inside with "
-               "'dtype argument must be a NumPy dtype' (does not name fun)"),
+    Case("least_squares-bounds-other-backend", n_ls_bounds_other_backend, TypeError, r"bounds"),
+    Case("least_squares-fun-other-backend", n_ls_fun_other_backend, TypeError, r"\bfun\b"),
     Case("minimize-fun-other-backend", n_min_fun_other_backend, TypeError, r"fun returned a torch array"),
-    Case("curve_fit-p0-other-backend", n_cf_p0_other_backend, TypeError, r"p0",
-         xfail="curve_fit: a torch p0 with NumPy ydata is " + _MIXED),
+    Case("curve_fit-p0-other-backend", n_cf_p0_other_backend, TypeError, r"p0"),
 ]
 
 

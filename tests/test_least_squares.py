@@ -465,3 +465,28 @@ def test_batched_mixed_routes_equal_solo(xp, device):
         np.testing.assert_allclose(to_numpy(res.x)[i], to_numpy(r.x), rtol=1e-8, atol=1e-10)
         assert int(to_numpy(res.nfev)[i]) == r.nfev
         assert int(to_numpy(res.status)[i]) == r.status
+
+
+def test_multi_chunk_dask_residuals_dispatch_to_tall():
+    """Unbatched residuals that are a Dask array with several row chunks go to
+    tall_least_squares; finite bounds and history are refused there."""
+    da = pytest.importorskip("dask.array")
+    from agnopt import tall_least_squares
+
+    t = da.from_array(np.linspace(0.0, 1.0, 40), chunks=10)
+    y = 2.0 * da.exp(-1.5 * t)
+
+    def fun(x):
+        return x[0] * da.exp(-x[1] * t) - y
+
+    x0 = np.array([1.0, 1.0])
+    res = ao.least_squares(fun, x0)
+    ref = tall_least_squares(fun, x0, jac="2-point", method="lm")
+    assert res.success and isinstance(res.fun, da.Array)
+    np.testing.assert_array_equal(np.asarray(res.x), np.asarray(ref.x))
+    assert res.nfev == ref.nfev
+    np.testing.assert_allclose(np.asarray(res.x), [2.0, 1.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="bounds"):
+        ao.least_squares(fun, x0, bounds=(0.0, 10.0))
+    with pytest.raises(ValueError, match="history"):
+        ao.least_squares(fun, x0, history=True)

@@ -141,10 +141,6 @@ def _batched_problem(xp, dev, bad_jac=False, bad_everywhere=False):
 
 
 @pytest.mark.parametrize("method", ["lm", "gauss-newton"])
-@pytest.mark.xfail(strict=True, reason=(
-    "least_squares(batched=True) raises ValueError('jac: the Jacobian has non-finite entries at the "
-    "current point (problems [1])') for the whole batch instead of stopping problem 1 alone "
-    "with a status that says why (_lsq.py _run_lm/_run_gn); reported to the lead"))
 def test_batched_non_finite_jacobian_stops_only_that_problem(xp, device, method):
     r, jac, x0 = _batched_problem(xp, device, bad_jac=True)
     res = ao.least_squares(r, x0, jac=jac, method=method, batched=True)
@@ -172,11 +168,6 @@ def test_batched_non_finite_residuals_do_not_disturb_the_others(xp, device, meth
 
 
 @pytest.mark.parametrize("method", ["lm", "gauss-newton"])
-@pytest.mark.xfail(strict=True, reason=(
-    "a problem whose residuals are non-finite at every trial point ends with status 3 "
-    "('`xtol` termination condition is satisfied.', success=True), with lm and with gauss-newton, "
-    "after its step shrank to nothing: the status does not say the residuals were non-finite, "
-    "and success is claimed without any progress (_lsq.py); reported to the lead"))
 def test_batched_non_finite_problem_status_says_why(xp, device, method):
     r, jac, x0 = _batched_problem(xp, device, bad_everywhere=True)
     res = ao.least_squares(r, x0, jac=jac, method=method, batched=True)
@@ -216,10 +207,6 @@ def test_curve_fit_rejects_non_finite_trial_points(backend, method):
     assert np.all(np.isfinite(to_numpy(pcov)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "batched curve_fit: the 2-point Jacobian of the NaN fit is non-finite and least_squares raises "
-    "ValueError('jac: the Jacobian has non-finite entries ... (problems [1])') for all fits "
-    "(same cause as test_batched_non_finite_jacobian_stops_only_that_problem)"))
 def test_batched_curve_fit_one_fit_non_finite(xp, device):
     """Fit 1's model is NaN for all parameters but the start: the other fits are unaffected."""
     tt = np.linspace(1.0, 3.0, 8)
