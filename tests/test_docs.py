@@ -32,6 +32,9 @@ import agnopt
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
+# the docs extension needs Sphinx (the `docs` extra, part of the README's test command)
+pytest.importorskip("docutils", reason="the docs extra is not installed (pip install -e '.[docs]')")
+pytest.importorskip("sphinx", reason="the docs extra is not installed (pip install -e '.[docs]')")
 from agnopt_docs import listed_names, public_names  # noqa: E402
 
 OPTIONAL = {"torch", "jax", "jaxlib", "optax", "scipy", "dask", "cupy", "matplotlib"}

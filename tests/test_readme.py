@@ -21,7 +21,7 @@ def test_readme_python_blocks_run():
 
 def test_readme_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
-    test_cmd = 'python -m pip install -e ".[test,torch,jax,numba]" && python -m pytest'
+    test_cmd = 'python -m pip install -e ".[test,torch,jax,numba,docs]" && python -m pytest'
     assert test_cmd in README
     assert test_cmd.replace("install -e", "install -q -e") in ci
     assert "python -m agnopt tour" in README
