@@ -89,7 +89,8 @@ def sign_sgd(learning_rate: Any) -> Transform:
     :math:`\epsilon \to 0`: :math:`g/\sqrt{g^2} = \operatorname{sign}(g)`.
     ``rmsprop(lr, decay=0.0, eps=0.0)`` gives the same steps wherever no
     gradient is exactly zero. Equals
-    ``optax.chain(optax.scale_by_sign(), optax.scale(-lr))``.
+    ``optax.chain(optax.scale_by_sign(), optax.scale(-lr))``; ``torch.optim``
+    has no sign descent.
     """
     learning_rate = check_learning_rate(learning_rate)
     return register_fast(chain(scale_by_sign(), scale_by_learning_rate(learning_rate)),
