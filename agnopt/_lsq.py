@@ -142,6 +142,24 @@ def _host_linalg(xp: Any, fname: str, A: Any, **kw: Any) -> tuple:
     return tuple(getattr(xp.linalg, fname)(A, **kw))
 
 
+def _check_max_nfev(max_nfev: Any, n: int) -> int:
+    """``max_nfev`` as an int (default ``100 * n``, as scipy's lm)."""
+    if max_nfev is None:
+        return 100 * n
+    if int(max_nfev) <= 0:
+        raise ValueError(f"max_nfev: expected a positive integer or None, got {max_nfev!r}")
+    return int(max_nfev)
+
+
+def _resolve_x_scale(x_scale: Any, method: str) -> Any:
+    """``None`` -> ``"jac"`` for lm and ``1.0`` otherwise; any other string must be ``"jac"``."""
+    if x_scale is None:
+        return "jac" if method == "lm" else 1.0
+    if isinstance(x_scale, str) and x_scale != "jac":
+        raise ValueError(f"x_scale: expected 'jac', None or positive array, got {x_scale!r}")
+    return x_scale
+
+
 def _as_array(x: Any, what: str) -> Any:
     """Arrays pass through; lists / tuples / numbers become NumPy float64 arrays."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -968,19 +986,12 @@ def least_squares(
         raise ValueError("x0 is infeasible: it violates the bounds")
     bounded = bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
 
-    if max_nfev is None:
-        max_nfev = 100 * n
-    elif int(max_nfev) <= 0:
-        raise ValueError(f"max_nfev: expected a positive integer or None, got {max_nfev!r}")
-    max_nfev = int(max_nfev)
+    max_nfev = _check_max_nfev(max_nfev, n)
 
     # scaling
-    if x_scale is None:
-        x_scale = "jac" if method == "lm" else 1.0
+    x_scale = _resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
     if jac_scale:
-        if x_scale != "jac":
-            raise ValueError(f"x_scale: expected 'jac', None or positive array, got {x_scale!r}")
         D = xp.ones_like(X)
     else:
         xs = x_scale if hasattr(x_scale, "shape") else _as_array(x_scale, "x_scale")

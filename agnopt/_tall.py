@@ -36,7 +36,14 @@ from typing import Any, Callable
 
 from array_api_compat import array_namespace
 
-from ._lsq import _FROM_MINPACK, _MACHINE_MESSAGES, EPS64, TERMINATION_MESSAGES
+from ._lsq import (
+    _FROM_MINPACK,
+    _MACHINE_MESSAGES,
+    EPS64,
+    TERMINATION_MESSAGES,
+    _check_max_nfev,
+    _resolve_x_scale,
+)
 from ._result import OptimizeResult
 
 __all__ = ["tall_least_squares"]
@@ -465,17 +472,10 @@ def tall_least_squares(
     dtype = x.dtype
     if not bool(hxp.all(hxp.isfinite(x))):
         raise ValueError("x0: contains non-finite values")
-    if max_nfev is None:
-        max_nfev = 100 * n
-    elif int(max_nfev) <= 0:
-        raise ValueError(f"max_nfev: expected a positive integer or None, got {max_nfev!r}")
-    max_nfev = int(max_nfev)
-    if x_scale is None:
-        x_scale = "jac" if method == "lm" else 1.0
+    max_nfev = _check_max_nfev(max_nfev, n)
+    x_scale = _resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
     if jac_scale:
-        if x_scale != "jac":
-            raise ValueError(f"x_scale: expected 'jac', None or positive array, got {x_scale!r}")
         D = hxp.ones_like(x)
     else:
         try:
