@@ -86,10 +86,10 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from . import _autodiff
-from ._backend import namespace_name, resolve, scalar
+from ._derivatives import autodiff as _autodiff
+from ._core.backend import namespace_name, resolve, scalar
 from array_api_compat import array_namespace
-from ._result import OptimizeResult
+from ._core.result import OptimizeResult
 
 __all__ = ["minimize"]
 
@@ -493,7 +493,7 @@ class _Problem:
 
 def _get_approx_derivative():
     try:
-        from ._numdiff import approx_derivative
+        from ._derivatives.numdiff import approx_derivative
     except ImportError as e:  # pragma: no cover - during development only
         raise NotImplementedError(
             "finite-difference derivatives need agnopt._numdiff.approx_derivative, "
