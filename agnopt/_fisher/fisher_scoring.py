@@ -55,7 +55,7 @@ MESSAGES = {
        "or an inaccurate Jacobian); the result may not be a maximum of the likelihood.",
     4: "The Jacobian or the Fisher matrix became non-finite.",
     5: "Optimization terminated successfully: the predicted decrease g^T (F + damping I)^+ g "
-       "<= ftol * max(1, |f|).",
+       "<= ftol * max(1, |f|); the last full step was taken without a line search.",
     99: "`callback` raised `StopIteration`.",
 }
 
@@ -238,8 +238,10 @@ def fisher_scoring(
         \|\theta\|_\infty)` (status 2; default :math:`\epsilon^{2/3}`), or
         when the predicted decrease :math:`-g^Tp \le` ``ftol``
         :math:`\max(1,|f|)` (status 5; default :math:`10\epsilon`, the
-        rounding level of :math:`f`), with :math:`\epsilon` of ``x0``'s
-        dtype. The first two are :func:`agnopt.minimize`'s.
+        rounding level of :math:`f`, below which no line search can
+        compare values: that last step is taken in full, unchecked, and the
+        iteration stops), with :math:`\epsilon` of ``x0``'s dtype. The
+        first two are :func:`agnopt.minimize`'s.
     maxiter : int
         Maximum number of iterations (status 1).
     max_backtracks, c1 : int, float
@@ -390,9 +392,10 @@ def fisher_scoring(
         if not bool(xp.any(active)):
             break
         p, dec = _direction(xp, F, g, damping)
-        stop(dec <= ftol * xp.maximum(xp.ones_like(f), xp.abs(f)), 5)
-        if not bool(xp.any(active)):
-            break
+        # predicted decrease at the rounding level of f: the line search cannot
+        # tell better from worse any more; take the full step (quadratic
+        # convergence makes it the most accurate point) and stop there
+        small = active & (dec <= ftol * xp.maximum(xp.ones_like(f), xp.abs(f)))
         # backtracking line search, every active problem at once
         alpha = xp.ones_like(f)
         pending = active
@@ -406,7 +409,7 @@ def fisher_scoring(
             # outside the domain: evaluate the NLL at a safe output, then reject
             Osafe = xp.where(xp.reshape(okd, (B,) + (1,) * (Ot.ndim - 1)), Ot, O)
             ft = _nll_and_pieces(xp, fam, Y, Osafe, Wt)[0]
-            good = pending & okd & xp.isfinite(ft) & (ft <= f - c1 * alpha * dec)
+            good = pending & okd & xp.isfinite(ft) & ((ft <= f - c1 * alpha * dec) | small)
             X_new = xp.where(good[:, None], Xt, X_new)
             f_new = xp.where(good, ft, f_new)
             O_new = xp.where(xp.reshape(good, (B,) + (1,) * (Ot.ndim - 1)), Ot, O_new)
@@ -433,6 +436,7 @@ def fisher_scoring(
         stop(accepted & ~fin, 4)
         stop(xp.max(xp.abs(g), axis=1) <= gtol, 0)
         stop(accepted & (step <= xtol * xscale), 2)
+        stop(accepted & small, 5)
         X, f, g, F = persist(X, f, g, F)
         if callback is not None:
             inter = OptimizeResult(x=X if batched else X[0, :], fun=f if batched else f[0],
