@@ -189,6 +189,23 @@ def test_weights_equal_repeated_observations(xp, device):
     np.testing.assert_allclose(to_numpy(res.x), ref, rtol=1e-9, atol=1e-11)
 
 
+def test_float32(xp, device):
+    """The solve runs in x0's dtype; float32 reaches the MLE to float32 accuracy."""
+    X = xp.asarray(DESIGN.astype(np.float32), device=device)
+
+    def mean(b):
+        x = array_namespace(b)
+        return 1.0 / (1.0 + x.exp(-x.matmul(X, b)))
+
+    x0 = xp.zeros((3,), dtype=xp.float32, device=device)
+    res = ao.fisher_scoring(mean, x0, xp.asarray(Y_LOGIT.astype(np.float32), device=device),
+                            family="bernoulli")
+    assert res.success, res.message
+    assert res.x.dtype == xp.float32 and res.fisher.dtype == xp.float32
+    np.testing.assert_allclose(to_numpy(res.x), B_LOGIT, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_far_start_needs_the_line_search(xp, device):
     """From a far start plain IRLS (full steps) diverges on this logistic regression
     (the weights mu(1 - mu) underflow and X^T W X becomes singular); with the

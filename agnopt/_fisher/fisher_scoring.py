@@ -437,7 +437,9 @@ def fisher_scoring(
         stop(xp.max(xp.abs(g), axis=1) <= gtol, 0)
         stop(accepted & (step <= xtol * xscale), 2)
         stop(accepted & small, 5)
-        X, f, g, F = persist(X, f, g, F)
+        # Dask: every piece of state, so that no graph grows with the iterations
+        X, f, g, F, O, nit, nfev, njev, status, active = persist(
+            X, f, g, F, O, nit, nfev, njev, status, active)
         if callback is not None:
             inter = OptimizeResult(x=X if batched else X[0, :], fun=f if batched else f[0],
                                    nit=nit if batched else int(nit[0]))
