@@ -17,6 +17,8 @@ from array_api_compat import array_namespace
 
 import agnopt as ao
 from conftest import have, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 RNG = np.random.default_rng(1)
 N = 80
@@ -187,6 +189,28 @@ def test_weights_equal_repeated_observations(xp, device):
                             weights=_arr(xp, device, wts))
     assert res.success
     np.testing.assert_allclose(to_numpy(res.x), ref, rtol=1e-9, atol=1e-11)
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**31 - 1), family=st.sampled_from(["bernoulli", "poisson"]))
+def test_linear_reparameterization_equivariance(xp, device, seed, family):
+    """Fitting the design X A (theta = A phi) gives phi = A^{-1} theta_hat: Fisher
+    scoring, like Newton, is invariant to linear reparameterizations."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((3, 3)) + 3.0 * np.eye(3)
+    XA = _arr(xp, device, DESIGN @ A)
+    link_logit = family == "bernoulli"
+
+    def mean(b):
+        x = array_namespace(b)
+        eta = x.matmul(XA, b)
+        return 1.0 / (1.0 + x.exp(-eta)) if link_logit else x.exp(eta)
+
+    y, ref = (Y_LOGIT, B_LOGIT) if link_logit else (Y_POIS, B_POIS)
+    res = ao.fisher_scoring(mean, _arr(xp, device, np.zeros(3)), _arr(xp, device, y),
+                            family=family)
+    assert res.success, res.message
+    np.testing.assert_allclose(A @ to_numpy(res.x), ref, rtol=1e-8, atol=1e-10)
 
 
 def test_float32(xp, device):
