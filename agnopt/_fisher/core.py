@@ -145,8 +145,11 @@ def _not_pd_message(damping: float, who: str) -> str:
 
 def _cholesky(xl: Any, A: Any) -> Any | None:
     """Lower Cholesky factor, or ``None`` for a matrix that is not numerically
-    positive definite (NumPy/torch raise, JAX returns NaNs; a pivot at rounding
-    level, ``min L_ii^2 <= 10 n eps max L_ii^2``, is also rejected)."""
+    positive definite (NumPy/torch raise, JAX returns NaNs, CuPy may return a
+    partial factor; a pivot at rounding level, ``min L_ii^2 <= 10 n eps max
+    L_ii^2``, and a factor that does not reproduce ``A`` on one vector are also
+    rejected). The same tests as ``agnopt._core.linalg.cholesky`` of the
+    minimize work, which this should call once both are merged."""
     try:
         L = xl.linalg.cholesky(A)
     except Exception:  # LinAlgError of numpy / torch
@@ -160,6 +163,14 @@ def _cholesky(xl: Any, A: Any) -> Any | None:
     n = A.shape[-1]
     eps = float(xl.finfo(A.dtype).eps)
     if not float(xl.min(d2)) > 10.0 * n * eps * float(xl.max(d2)):
+        return None
+    # the factor must reproduce A on one vector (CuPy returns a partial factor
+    # without raising; a correct one has backward error <= (n+1) eps |L||L^T|,
+    # Higham, Accuracy and Stability of Numerical Algorithms, Thm. 10.3)
+    v = 1.0 + xl.arange(n, dtype=A.dtype, device=_dev(A)) / n
+    resid = xl.matmul(L, xl.matmul(xl.matrix_transpose(L), v)) - xl.matmul(A, v)
+    bound = 8.0 * (n + 1) * n * eps * float(xl.max(xl.linalg.diagonal(A))) * 2.0
+    if not float(xl.max(xl.abs(resid))) <= bound:
         return None
     return L
 
