@@ -222,6 +222,15 @@ def approx_derivative(
           input (no ``abs``, comparisons or ``real``-only functions in the path).
           Raises ``TypeError`` if the backend has no matching complex dtype.
           Bounds are not needed: only the imaginary part is perturbed.
+          The result is only as exact as the backend's complex functions:
+          CuPy and torch on CUDA compute ``z ** p`` as ``exp(p * log(z))``,
+          which gives a negative real ``z`` a spurious imaginary part of
+          order ``eps * |z ** p|`` (``(-2 + 0j) ** 3`` has imaginary part
+          ``8 sin(3 fl(pi)) = 2.9e-15``); divided by the step ``h ~ 1.5e-8``
+          that is a relative error ~1e-7 in every column. Write integer
+          powers as products (``z * z * z``) for complex-step-exact results
+          there (NumPy and torch on the CPU multiply for small integer
+          exponents).
     rel_step : float or array, optional
         Relative step. The absolute step is
         ``h = rel_step * sign(x0) * |x0|`` (with ``sign(0) = 1``). Default
