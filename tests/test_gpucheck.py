@@ -97,6 +97,11 @@ def test_parse_pytest_output_serial_and_cut():
     assert r["counts"] == {"passed": 1, "failed": 1} and r["summary"] is None
 
 
+def test_parse_pytest_output_summary_only():
+    r = gc.parse_pytest_output("garbled\n===== 2 failed, 5 passed, 3 errors in 1.00s =====\n")
+    assert r["counts"] == {"failed": 2, "passed": 5, "error": 3} and r["n"] == 10
+
+
 def test_run_tests_on_a_real_pytest_run(tmp_path):
     """The runner, on this machine's real (skipping or, with CUDA, running) cases of one file."""
     args = gc.parse_args(["--no-bench", "--test-files", "test_tree_backend.py,no_such_file.py", "--workers", "0"])
@@ -104,9 +109,9 @@ def test_run_tests_on_a_real_pytest_run(tmp_path):
     r = gc.run_tests(["cupy", "torch-cuda"], args, 120, tmp_path / "log.txt", said.append)
     assert r["files"] == ["tests/test_tree_backend.py"] and r["missing_files"] == ["no_such_file.py"]
     assert not r["cut_by_budget"]
-    assert r["n"] == 2  # test_resolve_reports_namespace_and_device[cupy] and [torch-cuda]
+    assert r["n"] == 4  # the [cupy] and [torch-cuda] cases of the file's two backend tests
     if not _cuda_here():
-        assert r["counts"] == {"skipped": 2} and r["returncode"] == 0
+        assert r["counts"] == {"skipped": 4} and r["returncode"] == 0
     assert "deselected" in r["summary"]
     assert (tmp_path / "log.txt").read_text()
 
