@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from agnopt._cli import gpubench as gb
 from agnopt._cli import gpucheck as gc
 
 
@@ -118,12 +119,12 @@ def test_run_tests_on_a_real_pytest_run(tmp_path):
 
 def test_benchmark_functions_on_numpy():
     """The GPU benchmark code, run on NumPy (same functions, host device)."""
-    r = gc.batched_lm("numpy", 300)
+    r = gb.batched_lm("numpy", 300)
     assert r["B"] == 300 and r["n_success"] >= 290 and r["t"] > 0 and r["per_fit_us"] == pytest.approx(
         r["t"] / 300 * 1e6)
-    r = gc.newton_step("numpy", 60, 3)
+    r = gb.newton_step("numpy", 60, 3)
     assert r["nit"] == 1 and r["t_newton_step"] > 0 and r["t_cholesky_solve"] > 0
-    r = gc.small_fit("numpy", 3)
+    r = gb.small_fit("numpy", 3)
     assert r["popt"] == pytest.approx([2.5, 1.3, 0.5], abs=0.05)
 
 
