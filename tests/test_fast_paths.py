@@ -498,9 +498,9 @@ def test_cuda_second_device(path, mode, monkeypatch):
     results stay on device 1 and equal the device-0 trajectory (array-api-compat's
     CuPy creation functions ignore ``device=``: arrays must be made in the
     parameters' device context)."""
+    be = _second_device(path)
     ref, _ = _trajectory(_make_path(path), CONFIGS["adam-amsgrad-wd-schedule"], "float64", True,
                          monkeypatch, "0")
-    be = _second_device(path)
     got, state = _trajectory(be, CONFIGS["adam-amsgrad-wd-schedule"], "float64", True, monkeypatch, mode)
     dev = _device_of(ao.tree_leaves(_problem(be, "float64", True))[0])
     for leaf in ao.tree_leaves(state):
