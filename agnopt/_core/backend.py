@@ -2,7 +2,7 @@
 
 * :func:`resolve` finds the Array API namespace and device of a whole tree once,
   and rejects trees that mix backends or devices, or hold non-float leaves.
-* :func:`full_like_dtype`, :func:`scalar` create new arrays on the input's
+* :func:`scalar` creates new arrays on the input's
   device in a declared dtype; nothing here moves data between devices or
   upcasts float32 to float64.
 * :func:`is_writeable` tells whether an array may be updated in place (NumPy,
