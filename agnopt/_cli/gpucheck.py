@@ -430,7 +430,11 @@ def problems_of(res: dict, backends_ok: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: a run killed from outside keeps what it printed
+
+
+def main(argv: list[str] | None = None, out: Callable[[str], None] = _say) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     res: dict = {"command": "python -m agnopt gpucheck " + " ".join(argv or []), "quick": args.quick,
@@ -447,6 +451,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         print(f"gpucheck: FAILED: {e}", file=sys.stderr)
         return 2
     write_json(args.json, res)
+    out("agnopt gpucheck: " + "; ".join(f"{k}: {v.get('device', '-')} ({v['detail']})"
+                                        for k, v in res["cuda"].items() if v.get("ok")))
     t_tests, t_bench = split_budget(args.budget, args.tests, args.bench, args.quick)
     if args.tests:
         log = Path(args.log) if args.log else (Path(args.json).with_suffix(".pytest.log") if args.json
