@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .._core.backend import namespace_name, resolve
+from .._core.backend import device_scope, namespace_name, resolve
 
 __all__ = ["approx_derivative"]
 
@@ -272,6 +272,14 @@ def approx_derivative(
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     kwargs = {} if kwargs is None else kwargs
     xp, dev = resolve(x0, "x0")
+    # CuPy: array-api-compat ignores device= in eye/ones_like/...: work in x0's device context
+    with device_scope(dev):
+        return _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kwargs,
+                                  batched, xp, dev)
+
+
+def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kwargs, batched, xp, dev):
+    """The body of :func:`approx_derivative` (arguments checked, ``xp`` and ``dev`` resolved)."""
     scalar_x = False
     if batched:
         if x0.ndim != 2:
