@@ -200,12 +200,15 @@ def parse_pytest_output(text: str) -> dict:
         m = _SUMMARY.search(line)
         if m:
             summary = m.group(1)
+    m = (re.search(r"\[(\d+) items?\]", text) or re.search(r"(\d+) selected", text)
+         or re.search(r"collected (\d+) items?", text))
+    collected = int(m.group(1)) if m else None
     if summary and not outcome:  # per-test lines in an unexpected format: counts from the summary
         for num, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary):
             key = {"errors": "error", "xfailed": "xfail", "xpassed": "xpass"}.get(word, word)
             counts[key] = int(num)
     return {"counts": counts, "failures": sorted(k for k, v in outcome.items() if v in ("FAILED", "ERROR")),
-            "summary": summary, "n": len(outcome) or sum(counts.values())}
+            "summary": summary, "n": len(outcome) or sum(counts.values()), "collected": collected}
 
 
 def _have(mod: str) -> bool:
@@ -333,7 +336,8 @@ def format_table(res: dict) -> str:
             L.append(f"tests: NOT RUN: {t['error']}")
         else:
             c = t.get("counts", {})
-            cut = " (CUT BY THE BUDGET: the rest did not run)" if t.get("cut_by_budget") else ""
+            cut = (f" (CUT BY THE BUDGET: {t.get('n')} of {t.get('collected') or '?'} selected cases ran)"
+                   if t.get("cut_by_budget") else "")
             L.append(f"tests: {c.get('passed', 0)} passed, {c.get('failed', 0)} failed, {c.get('error', 0)} errors, "
                      f"{c.get('skipped', 0)} skipped, {c.get('xfail', 0)} xfailed in {t.get('seconds')} s{cut}")
             if t.get("summary"):
