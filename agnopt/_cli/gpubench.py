@@ -336,17 +336,20 @@ def run_benchmarks(backends: list[str], quick: bool, budget_s: float, res: dict,
             out(f"  {what}: skipped, budget")
             save()
             return None
+        bench["running"] = what  # saved with the results so far: a killed run says where it stopped
+        save()
         t0 = time.perf_counter()
         try:
             r = fn()
         except Exception as e:  # report, then carry on with the next part
             bench["errors"].append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
             out(f"  {what}: ERROR {type(e).__name__}: {str(e)[:200]}")
+            bench["running"] = None
             save()
             return None
         out(f"  {what}: {time.perf_counter() - t0:.1f} s")
-        save()
-        return r
+        bench["running"] = None
+        return r  # the caller stores it; the next part's save (or the final one) writes it
 
     out(f"benchmarks: budget {budget_s:.0f} s")
     for be in backends:
