@@ -181,7 +181,7 @@ def run_second_order_tour(backends: list[str] | None = None, out=print) -> list[
     fixed, noise-free model plus a deterministic perturbation), so the
     fitted parameters can be compared across rows.
     """
-    from .._lsq import least_squares
+    from .._least_squares import least_squares
     from .._minimize import minimize
 
     rows = []
