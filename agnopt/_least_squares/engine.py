@@ -136,7 +136,7 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
         njev = njev + xp.astype(lin.bad, xp.int64)
-        info = xp.where(lin.bad, xp.full_like(info, MinpackInfo.NONFINITE_JAC), info)
+        info = xp.where(lin.bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
         active = active & ~lin.bad
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
@@ -179,7 +179,7 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     gn_new = xp.where(st.fnorm == 0, zeros_k, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
-    info = xp.where(conv_g, xp.full_like(st.info, MinpackInfo.GTOL), st.info)
+    info = xp.where(conv_g, xp.full_like(st.info, int(MinpackInfo.GTOL)), st.info)
     D = st.D
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
@@ -320,20 +320,20 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, ftol, xtol,
     eps = float(xp.finfo(delta.dtype).eps)
     ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0)
     xt = delta <= xtol * xnorm
-    new = xp.where(ft, xp.full_like(info, MinpackInfo.FTOL), xp.zeros_like(info))
-    new = xp.where(xt, xp.full_like(info, MinpackInfo.XTOL), new)
-    new = xp.where(ft & xt, xp.full_like(info, MinpackInfo.FTOL_XTOL), new)
+    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), xp.zeros_like(info))
+    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
+    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
     mach = xp.zeros_like(info)
-    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, MinpackInfo.MAX_NFEV), mach)
+    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, int(MinpackInfo.MAX_NFEV)), mach)
     mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0),
-                    xp.full_like(info, MinpackInfo.FTOL_MACHINE), mach)
-    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, MinpackInfo.XTOL_MACHINE), mach)
-    mach = xp.where(st.gnorm <= eps, xp.full_like(info, MinpackInfo.GTOL_MACHINE), mach)
-    new = xp.where(new == MinpackInfo.RUNNING, mach, new)
+                    xp.full_like(info, int(MinpackInfo.FTOL_MACHINE)), mach)
+    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, int(MinpackInfo.XTOL_MACHINE)), mach)
+    mach = xp.where(st.gnorm <= eps, xp.full_like(info, int(MinpackInfo.GTOL_MACHINE)), mach)
+    new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
-    collapsed = ~finite & ((new == MinpackInfo.XTOL) | (new == MinpackInfo.FTOL_XTOL)
-                           | (new == MinpackInfo.XTOL_MACHINE))
-    new = xp.where(collapsed, xp.full_like(info, MinpackInfo.NONFINITE_TRIAL), new)
+    collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
+                           | (new == int(MinpackInfo.XTOL_MACHINE)))
+    new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
     new = xp.where(st.active, new, xp.zeros_like(new))
-    return st._replace(info=xp.where(new != MinpackInfo.RUNNING, new, info),
-                       active=st.active & (new == MinpackInfo.RUNNING))
+    return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
+                       active=st.active & (new == int(MinpackInfo.RUNNING)))

@@ -66,17 +66,17 @@ def gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm, finite
     Returns ``(info, active)``."""
     ft = acc & (actual < ftol * cost) & (ratio > 0.25)
     xt = active & (dx_norm < xtol * (xtol + x_norm))
-    run = xp.full_like(info, MinpackInfo.RUNNING)
-    new = xp.where(ft, xp.full_like(info, MinpackInfo.FTOL), run)
-    new = xp.where(xt, xp.full_like(info, MinpackInfo.XTOL), new)
-    new = xp.where(ft & xt, xp.full_like(info, MinpackInfo.FTOL_XTOL), new)
+    run = xp.full_like(info, int(MinpackInfo.RUNNING))
+    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), run)
+    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
+    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
     # the step collapsed on a non-finite trial point: say so (status -4)
-    new = xp.where(xt & ~finite, xp.full_like(info, MinpackInfo.NONFINITE_TRIAL), new)
-    new = xp.where((new == MinpackInfo.RUNNING) & (nfev >= max_nfev),
-                   xp.full_like(info, MinpackInfo.MAX_NFEV), new)
+    new = xp.where(xt & ~finite, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
+    new = xp.where((new == int(MinpackInfo.RUNNING)) & (nfev >= max_nfev),
+                   xp.full_like(info, int(MinpackInfo.MAX_NFEV)), new)
     new = xp.where(active, new, run)
-    return (xp.where(new != MinpackInfo.RUNNING, new, info),
-            active & (new == MinpackInfo.RUNNING))
+    return (xp.where(new != int(MinpackInfo.RUNNING), new, info),
+            active & (new == int(MinpackInfo.RUNNING)))
 
 
 def _jacobian(xp, prob, X, F, J, nj, info, active, njev):
@@ -90,7 +90,7 @@ def _jacobian(xp, prob, X, F, J, nj, info, active, njev):
         # batched: these problems stop here (status -3), the others go on
         bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (B, -1))), axis=-1)
         njev = njev + xp.astype(bad, xp.int64)
-        info = xp.where(bad, xp.full_like(info, MinpackInfo.NONFINITE_JAC), info)
+        info = xp.where(bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
         active = active & ~bad
         nj = nj & ~bad
         Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
@@ -128,7 +128,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
             free = free_n if free is None else xp.where(nj[:, None], free_n, free)
             gfree = xp.where(free, g, xp.zeros_like(g))
             conv_g = nj & (xp.max(xp.abs(gfree), axis=-1) < gtol)
-            info = xp.where(conv_g, xp.full_like(info, MinpackInfo.GTOL), info)
+            info = xp.where(conv_g, xp.full_like(info, int(MinpackInfo.GTOL)), info)
             active = active & ~conv_g
             if not bool(xp.any(active)):
                 break

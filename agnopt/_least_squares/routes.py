@@ -28,6 +28,8 @@ D^{-1}`) and :math:`\tilde J^T f` are formed and solved:
 
 from __future__ import annotations
 
+import array_api_compat
+
 from .._core import lazy
 from .batched import positions, rows_where, scatter
 from .cholesky import chol_inv, chol_solve, mv
@@ -126,7 +128,7 @@ class InMemoryRoute:
         self.host = lazy.is_dask_namespace(xp)
         if self.host:
             J, A0, g, D, F, free, active = lazy.compute(J, A0, g, D, F, free, active)
-            xp = lazy.to_local(xp, J)[0]
+            xp = array_api_compat.array_namespace(J)  # the computed chunks' (NumPy / CuPy)
             compact = True
         self.xp = xp
         self.J, self.A0 = J, A0

@@ -62,6 +62,14 @@ __all__ = ["tall_least_squares"]
 _JAC_STRINGS = ("2-point", "3-point")
 
 
+def _dtype_in(xp: Any, dtype: Any) -> Any:
+    """``dtype`` (of ``x0``'s namespace) as the same dtype of the namespace ``xp``
+    (the residuals may live in another library, e.g. CUDA torch for a NumPy ``x0``)."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    alt = getattr(xp, name, None) if name in ("float16", "float32", "float64") else None
+    return dtype if alt is None else alt
+
+
 def _host_x0(x0: Any) -> Any:
     """``x0`` as a small in-memory array (computed when it is a Dask array)."""
     if lazy.is_dask(x0):
@@ -117,10 +125,11 @@ class TallProblem:
         if self.m is not None and m != self.m:
             raise ValueError(f"fun: the number of residuals changed from {self.m} to {m}")
         xp = array_namespace(f)
-        if f.dtype != self.dtype:
+        want = _dtype_in(xp, self.dtype)
+        if f.dtype != want:
             if not xp.isdtype(f.dtype, ("real floating", "integral")):
                 raise TypeError(f"fun: expected real residuals, got dtype {f.dtype}")
-            f = xp.astype(f, self.dtype)
+            f = xp.astype(f, want)
         return f
 
     def jacobian(self, x, f):
@@ -137,8 +146,9 @@ class TallProblem:
                     f"jac: expected an array of shape {(m, n)} (residuals x parameters), "
                     f"got {tuple(J.shape)}"
                 )
-            if J.dtype != self.dtype:
-                J = array_namespace(J).astype(J, self.dtype)
+            jxp = array_namespace(J)
+            if J.dtype != _dtype_in(jxp, self.dtype):
+                J = jxp.astype(J, _dtype_in(jxp, self.dtype))
         else:
             J = self._fd(x, f, xp)
         if lazy.is_dask(J):
@@ -533,7 +543,7 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
                 cn = hxp.where(cn == 0, hxp.ones_like(cn), cn)
                 D = cn if it == 1 else hxp.maximum(D, cn)
             if float(hxp.max(hxp.abs(g))) < gtol:
-                info = hxp.full_like(info, MinpackInfo.GTOL)
+                info = hxp.full_like(info, int(MinpackInfo.GTOL))
                 break
             w, V, c, good, _ = gram_spectral(hxp, A[None, ...], g[None, :], D)
             scale = hxp.max(w, axis=-1)
