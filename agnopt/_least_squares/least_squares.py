@@ -62,6 +62,7 @@ from .problem import (
     resolve_x_scale,
     to_backend,
 )
+from .tall import tall_least_squares
 
 __all__ = ["least_squares"]
 
@@ -348,8 +349,6 @@ def _is_tall(xp, f0) -> bool:
 
 def _solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
     """Hand a tall problem to :func:`agnopt.tall_least_squares` (no bounds, no history)."""
-    from .tall import tall_least_squares
-
     lb0, ub0 = prepare_bounds(xp, bounds, x0)
     if bool(xp.any(xp.isfinite(lb0) | xp.isfinite(ub0))):
         raise ValueError(

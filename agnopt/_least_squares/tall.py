@@ -47,12 +47,14 @@ from .engine import run_lm
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
 from .problem import (
+    as_array,
     check_m_ge_n,
     check_max_nfev,
     check_method,
     check_tolerances,
     check_verbose,
     resolve_x_scale,
+    to_backend,
 )
 from .routes import GramRoute, gram_spectral
 from .state import Linearization, MinpackInfo, Outcome
@@ -74,19 +76,7 @@ def _host_x0(x0: Any) -> Any:
     """``x0`` as a small in-memory array (computed when it is a Dask array)."""
     if lazy.is_dask(x0):
         (x0,) = lazy.compute(x0)
-    if hasattr(x0, "shape") and hasattr(x0, "dtype"):
-        return x0
-    import array_api_compat.numpy as np_xp  # plain Python input: NumPy float64 (as least_squares)
-
-    try:
-        return np_xp.asarray(x0, dtype=np_xp.float64)
-    except Exception as e:
-        raise TypeError(f"x0: expected an array, got {type(x0).__name__}") from e
-
-
-        return f(x)
-    except Exception as e:
-        raise RuntimeError(f"{what} raised {type(e).__name__} {where}: {e}") from e
+    return as_array(x0, "x0")
 
 
 class TallProblem:
@@ -503,8 +493,7 @@ def tall_least_squares(
 def _scale_from(hxp, x_scale, x, dev):
     """``D = 1 / x_scale`` (n,) on ``x``'s device."""
     try:
-        xs = hxp.asarray(x_scale, dtype=x.dtype, device=dev)
-        xs = hxp.broadcast_to(xs, x.shape)
+        xs = hxp.broadcast_to(to_backend(hxp, x_scale, x.dtype, dev), x.shape)
     except Exception as e:
         raise ValueError(f"x_scale: does not broadcast to x0's shape {tuple(x.shape)}") from e
     if not bool(hxp.all(hxp.isfinite(xs) & (xs > 0))):
