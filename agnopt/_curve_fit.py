@@ -140,6 +140,13 @@ def curve_fit(
     if "maxfev" in kwargs:
         mf = kwargs.pop("maxfev")
         kwargs.setdefault("max_nfev", mf)
+    if batched:
+        from ._least_squares.chunked import chunked_curve_fit, is_chunked_batch
+
+        if is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
+            return chunked_curve_fit(
+                f, xdata, ydata, *_chunked_p0(f, p0, ydata), sigma, full_output,
+                dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
     ydata = _as_array(ydata, "ydata")
     xp, dev = resolve(ydata, "ydata")
     dtype = ydata.dtype
@@ -355,6 +362,21 @@ def curve_fit(
         }
         return popt, pcov, infodict, mesg, ier
     return popt, pcov
+
+
+def _chunked_p0(f, p0, ydata) -> tuple:
+    """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
+    import numpy as np
+
+    B = ydata.shape[0]
+    if p0 is None:
+        n = _n_params(f)
+        return np.ones(n, dtype=str(ydata.dtype)), n
+    if not (hasattr(p0, "shape") and hasattr(p0, "dtype")):
+        p0 = np.asarray(p0, dtype=str(ydata.dtype))
+    if p0.ndim == 1 or (p0.ndim == 2 and p0.shape[0] == B):
+        return p0, p0.shape[-1]
+    raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
 
 
 def _is_lazy(xp) -> bool:

@@ -924,6 +924,13 @@ def least_squares(
     x0 = _as_array(x0, "x0")
     xp, dev = resolve(x0, "x0")
     if batched:
+        from ._least_squares.chunked import chunked_least_squares, is_chunked_batch
+
+        if is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
+            return chunked_least_squares(
+                fun, x0, jac, tuple(args), dict(kwargs),
+                dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
+                     x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
         if x0.ndim != 2:
             raise ValueError(
                 f"x0: with batched=True expected shape (B, n), got shape {tuple(x0.shape)}"
