@@ -166,3 +166,32 @@ def test_callable_loss_and_bad_arguments(xp, device):
     for bad in (0.0, -1.0, float("nan"), "x"):
         with pytest.raises(ValueError, match="f_scale"):
             ls.check_loss("huber", bad)
+
+
+def test_dogleg_box_step_equals_scipy(xp, device):
+    dogbox = pytest.importorskip("scipy.optimize._lsq.dogbox")
+    rng = np.random.default_rng(5)
+    lb, ub = _box(rng)
+    X = rng.uniform(-0.4, 0.4, (B, N))
+    free = rng.random((B, N)) > 0.25
+    J = rng.standard_normal((B, M, N)) * free[:, None, :]
+    f = rng.standard_normal((B, M))
+    g = np.einsum("bmn,bm->bn", J, f)
+    newton = np.stack([np.linalg.lstsq(J[i], -f[i], rcond=-1)[0] for i in range(B)]) * free
+    tr = rng.uniform(0.05, 1.0, (B, 1)) * np.ones((B, N))
+    a = np.empty(B)
+    b = np.empty(B)
+    for i in range(B):
+        a[i], b[i] = common.build_quadratic_1d(J[i][:, free[i]], g[i][free[i]], -g[i][free[i]])
+    step, hits, tr_hit = bd.dogleg_box_step(xp, *(_arr(xp, device, v) for v in (X, newton, g, a, b, tr, lb, ub)),
+                                            xp.asarray(free, device=device))
+    n_dog = 0
+    for i in range(B):
+        fr = free[i]
+        rs, rh, rt = dogbox.dogleg_step(X[i][fr], newton[i][fr], g[i][fr], a[i], b[i], tr[i][fr], lb[i][fr], ub[i][fr])
+        n_dog += bool(np.any(rs != newton[i][fr]))
+        np.testing.assert_allclose(to_numpy(step)[i][fr], rs, rtol=1e-12, atol=1e-15)
+        assert np.all(to_numpy(step)[i][~fr] == 0)
+        np.testing.assert_array_equal(to_numpy(hits)[i][fr], rh)
+        assert bool(to_numpy(tr_hit)[i]) == bool(rt)
+    assert n_dog >= B // 3

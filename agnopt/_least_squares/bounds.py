@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "active_constraints",
     "coleman_li",
+    "dogleg_box_step",
     "evaluate_quadratic",
     "in_bounds",
     "line_quadratic",
@@ -265,3 +266,44 @@ def select_reflective_step(xp: Any, X: Any, J_h: Any, diag_h: Any, g_h: Any, P: 
     step_h = xp.where(col(inside), P_h, step_h)
     value = xp.where(inside, value_p_full, value)
     return step, step_h, -value
+
+
+def dogleg_box_step(xp: Any, X: Any, newton: Any, G: Any, a: Any, b: Any, tr_bounds: Any,
+                    lb: Any, ub: Any, free: Any) -> tuple[Any, Any, Any]:
+    """The dogleg step in the intersection of a box trust region and the bounds (dogbox).
+
+    Voglis and Lagaris, "A rectangular trust region dogleg approach for
+    unconstrained and bound constrained nonlinear optimization" (2004), as
+    scipy's ``method="dogbox"``. Per row: the Gauss-Newton step ``newton`` if
+    it lies in the region ``[max(lb - x, -tr), min(ub - x, tr)]``, else the
+    Cauchy point (the minimum of the model ``a t^2 + b t`` along ``-g`` inside
+    the region) continued towards ``newton`` up to the region's boundary.
+    Variables outside ``free`` (``(B, n)`` bool; the active set) do not move:
+    their ``newton`` and ``G`` entries must be 0.
+
+    Returns ``(step, bound_hits, tr_hit)``: ``bound_hits`` ``(B, n)`` -1/1
+    where the step ends on an original lower/upper bound, 0 elsewhere (and
+    for fixed variables); ``tr_hit`` ``(B,)`` whether it ends on the trust
+    region's boundary.
+    """
+    lb_c, ub_c = lb - X, ub - X
+    lo = xp.maximum(lb_c, -tr_bounds)
+    hi = xp.minimum(ub_c, tr_bounds)
+    orig_l, orig_u = lo == lb_c, hi == ub_c
+    tr_l, tr_u = lo == -tr_bounds, hi == tr_bounds
+    zeros = xp.zeros_like(X)
+    izeros = xp.zeros(X.shape, dtype=xp.int64, device=getattr(X, "device", None))
+    inside = in_bounds(xp, newton, lo, hi)
+    to_b, _ = step_to_bound(xp, zeros, -G, lo, hi)
+    to_b = xp.where(xp.isfinite(to_b), to_b, xp.zeros_like(to_b))
+    t, _ = minimize_line_quadratic(xp, a, b, xp.zeros_like(to_b), to_b)
+    cauchy = -t[..., None] * G
+    diff = newton - cauchy
+    size, hits = step_to_bound(xp, cauchy, diff, lo, hi)
+    size = xp.where(xp.isfinite(size), size, xp.zeros_like(size))
+    dog = cauchy + size[..., None] * diff
+    hits_f = xp.where(free, hits, xp.zeros_like(hits))
+    bh = xp.where((hits_f < 0) & orig_l, izeros - 1, xp.where((hits_f > 0) & orig_u, izeros + 1, izeros))
+    tr_hit = xp.any(((hits_f < 0) & tr_l) | ((hits_f > 0) & tr_u), axis=-1)
+    col = inside[..., None]
+    return (xp.where(col, newton, dog), xp.where(col, izeros, bh), xp.where(inside, False, tr_hit))
