@@ -1,0 +1,126 @@
+r"""Line-search Newton with a Hessian modification (``method="newton"``).
+
+Nocedal & Wright, *Numerical Optimization*, 2nd ed., Alg. 3.2 with Alg. 3.3
+(Cholesky with added multiple of the identity); the optional Moore-Penrose
+step :math:`-H^{\dagger} g` (``options={"solver": "pinv"}``). The rules are
+in the docstring of :mod:`agnopt._minimize.driver`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+
+from .common import _after_step, _back, _cached_gnorm, _local
+from .line_search import _line_search
+
+
+def _cholesky(xl: Any, A: Any) -> Any | None:
+    r"""Lower Cholesky factor of ``A``, or ``None`` where ``A`` is not
+    (numerically) positive definite.
+
+    Portable failure detection: NumPy / array-api-strict / torch raise, JAX
+    returns NaNs; both are caught. A factorization that "succeeds" with a
+    pivot at rounding level, :math:`\min_i L_{ii}^2 \le 10\,n\,\epsilon
+    \max_i L_{ii}^2` (a numerically singular ``A``), is also rejected.
+    """
+    try:
+        L = xl.linalg.cholesky(A)
+    except Exception:  # LinAlgError (numpy, torch) and friends
+        return None
+    if not bool(xl.all(xl.isfinite(L))):
+        return None
+    d = xl.linalg.diagonal(L) ** 2
+    n = A.shape[0]
+    if not float(xl.min(d)) > 10.0 * n * float(xl.finfo(A.dtype).eps) * float(xl.max(d)):
+        return None
+    return L
+
+
+def _cho_solve(xl: Any, L: Any, b: Any) -> Any:
+    """Solve ``L L^T x = b`` with two triangular solves."""
+    y = xl.linalg.solve(L, b[:, None])
+    return xl.linalg.solve(xl.linalg.matrix_transpose(L), y)[:, 0]
+
+
+def _newton_step(
+    xp: Any, H: Any, g: Any, solver: str, pinv_rtol: float | None, dtype: Any, device: Any
+) -> tuple[Any, float, str]:
+    """The Newton direction and the shift ``tau`` used (see module docstring).
+
+    Returns ``(p, tau, how)`` where ``how`` is ``"cholesky"``, ``"damped"``,
+    ``"pinv"`` or ``"steepest"`` (the last only if every factorization
+    failed, e.g. a Hessian with NaNs).
+    """
+    xl, Hl = _local(xp, H)
+    gl = _local(xp, g)[1]
+    n = Hl.shape[0]
+    if not bool(xl.all(xl.isfinite(Hl))):
+        return -g, math.inf, "steepest"
+    eye = xl.eye(n, dtype=Hl.dtype, device=array_api_compat.device(Hl))
+    hmax = float(xl.max(xl.abs(Hl)))
+    if solver == "pinv":
+        # The seed's step, used where H is positive semidefinite to within
+        # sqrt(eps) max|H_ij| (tested by a Cholesky factorization of the
+        # shifted matrix); on an indefinite H, -H^+ g heads for saddle
+        # points, and the modified Cholesky below is used instead.
+        delta = float(xl.finfo(Hl.dtype).eps) ** 0.5 * max(hmax, 1e-300)
+        if _cholesky(xl, Hl + delta * eye) is not None:
+            if pinv_rtol is None:
+                Hp = xl.linalg.pinv(Hl)
+            else:
+                Hp = xl.linalg.pinv(Hl, rtol=pinv_rtol)
+            p = -(Hp @ gl)
+            if bool(xl.all(xl.isfinite(p))) and float(xl.sum(p * gl)) < 0:
+                return _back(xp, p, dtype, device), 0.0, "pinv"
+    dmin = float(xl.min(xl.linalg.diagonal(Hl)))
+    tiny = float(xl.finfo(Hl.dtype).smallest_normal) ** 0.5
+    beta = 1e-3 * max(hmax, tiny)
+    tau = 0.0 if dmin > 0 else beta - dmin
+    for _ in range(200):
+        L = _cholesky(xl, Hl + tau * eye if tau > 0 else Hl)
+        if L is not None:
+            try:
+                p = -_cho_solve(xl, L, gl)
+            except Exception:  # a zero pivot: singular triangular factor
+                p = None
+            if p is not None and bool(xl.all(xl.isfinite(p))):
+                return _back(xp, p, dtype, device), tau, ("cholesky" if tau == 0 else "damped")
+        tau = max(2.0 * tau, beta)
+        if not math.isfinite(tau):
+            break
+    return -g, math.inf, "steepest"
+
+
+def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback):
+    xp = P.xp
+    solver = options.get("solver", "cholesky")
+    if solver not in ("cholesky", "pinv"):
+        raise ValueError(f"options['solver'] must be 'cholesky' or 'pinv'; got {solver!r}")
+    pinv_rtol = options.get("pinv_rtol")
+    state["gtol"] = gtol
+    while True:
+        x, f, g = state["x"], state["f"], state["g"]
+        if _cached_gnorm(xp, state) <= gtol:
+            state["status"] = 0
+            return
+        if state["nit"] >= maxiter:
+            state["status"] = 1
+            return
+        H = P.hessian(x, g)
+        if not bool(xp.all(xp.isfinite(H))):
+            state["status"] = 4
+            return
+        p, tau, _how = _newton_step(xp, H, g, solver, pinv_rtol, P.dtype, P.device)
+        gp = float(xp.sum(g * p))
+        if not (gp < 0):
+            p, gp, tau = -g, -float(xp.sum(g * g)), math.inf
+        ls = _line_search(P, x, f, p, gp, c1, max_bt)
+        if ls is None:
+            state["status"] = 3
+            return
+        alpha, x_new, f_new = ls
+        if _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha):
+            return
