@@ -4,11 +4,12 @@ The same code runs on NumPy, CuPy, PyTorch, JAX, Dask and array-api-strict
 arrays (through ``array-api-compat``).
 """
 
-from ._backend import Backend, is_writeable, resolve
-from ._base import EmptyState, Transform, apply_updates, chain, identity
-from ._result import OptimizeResult
-from . import _schedules as schedules
-from ._schedules import (
+from ._core.backend import Backend, is_writeable, resolve
+from ._first_order.base import EmptyState, Transform, apply_updates, chain, identity
+from ._core.errors import AutodiffUnavailableError, OptimizeWarning
+from ._core.result import OptimizeResult
+from ._first_order import schedules as schedules
+from ._first_order.schedules import (
     constant,
     constant as constant_schedule,
     cosine_decay,
@@ -17,7 +18,7 @@ from ._schedules import (
     linear_warmup,
     warmup_cosine_decay,
 )
-from ._transforms import (
+from ._first_order.transforms import (
     ScaleByAdamState,
     ScaleByRmsState,
     ScaleByRssState,
@@ -36,11 +37,11 @@ from ._transforms import (
     scale_by_stddev,
     trace,
 )
-from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
-from ._step import Optimizer, step
-from ._finite import ApplyIfFiniteState, apply_if_finite
-from ._checkpoint import load_state, load_state_dict, save_state, state_dict
-from ._tree import (
+from ._first_order.alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
+from ._first_order.step import Optimizer, step
+from ._first_order.finite import ApplyIfFiniteState, apply_if_finite
+from ._core.checkpoint import load_state, load_state_dict, save_state, state_dict
+from ._core.tree import (
     TreeDef,
     check_same_structure,
     tree_flatten,
@@ -52,7 +53,7 @@ from ._tree import (
 )
 
 # --- second-order solvers (each line owned by its module) ---
-from ._numdiff import approx_derivative
+from ._derivatives.numdiff import approx_derivative
 from ._lsq import least_squares
 from ._curve_fit import curve_fit
 from ._minimize import minimize

@@ -1,4 +1,4 @@
-"""Command line: ``python -m agnopt [tour|bench|fitbench] [options]``.
+"""Command line: ``python -m agnopt [tour|bench|fitbench|nist|tall-bench] [options]``.
 
 * ``tour`` (the default): every optimizer on every installed backend, one
   table row each, then Newton and Levenberg-Marquardt on each backend;
@@ -7,6 +7,11 @@
   memory roofline, torch.optim (foreach, fused) and optax (jit, donated).
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
   Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
+* ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
+  starting point) for ``least_squares``.
+* ``tall-bench``: tall Gauss-Newton on a ``dask.distributed`` LocalCluster.
+
+The commands live in :mod:`agnopt._cli`; ``import agnopt`` never loads them.
 """
 
 from __future__ import annotations
@@ -47,11 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=1, help="torch/numba/XLA threads (default 1)")
     bench.add_argument("--no-second-order", action="store_true", help="skip the Newton and batched-LM rows")
     bench.add_argument("--json", default=None, metavar="PATH", help="write the figures to PATH")
+    nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
+    nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
+    nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
+    sub.add_parser("tall-bench", add_help=False,
+                   help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tall-bench"]:
+        from ._cli.tall_bench import main as tall_bench
+
+        tall_bench(argv[1:])
+        return 0
     args = parser.parse_args(argv)
     command = args.command or "tour"
 
     if command == "tour":
-        from ._tour import run_tour
+        from ._cli.tour import run_tour
 
         steps = getattr(args, "steps", 1000)
         if steps < 2:
@@ -62,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         chosen = backends.split(",") if backends else None
         run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"), backends=chosen)
         if not getattr(args, "no_second_order", False):
-            from ._tour import run_second_order_tour
+            from ._cli.tour import run_second_order_tour
 
             print()
             run_second_order_tour(backends=chosen)
         plot_dir = getattr(args, "plot", None)
         if plot_dir:
             try:
-                from ._plots import write_plots
+                from ._cli.plots import write_plots
 
                 print()
                 print(f"writing plots to {plot_dir}")
@@ -82,17 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tour finished in {time.perf_counter() - t0:.1f} s")
         return 0
     if command == "fitbench":
-        from ._fitbench import run_fit_benchmark
+        from ._cli.fitbench import run_fit_benchmark
 
         run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
         return 0
     if command == "bench":
-        from ._bench import run_bench
+        from ._cli.bench import run_bench
 
         run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,
                   optimizers=tuple(args.optimizers.split(",")), backends=tuple(args.backends.split(",")),
                   tree_leaves=args.tree_leaves, repeats=args.repeats, budget=args.budget,
                   threads=args.threads, second_order=not args.no_second_order, json_path=args.json)
+        return 0
+    if command == "nist":
+        from ._cli.nist import main as nist_main
+
+        nist_main(args.method, args.backend)
         return 0
     parser.error(f"unknown command {command!r}")
     return 2

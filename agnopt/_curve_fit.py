@@ -8,14 +8,11 @@ import re
 import warnings
 from typing import Any, Callable
 
-from ._backend import resolve
+from ._core.backend import resolve
+from ._core.errors import OptimizeWarning
 from ._lsq import _as_array, _check_backend, _device, _host_linalg, least_squares
 
 __all__ = ["curve_fit", "OptimizeWarning"]
-
-
-class OptimizeWarning(UserWarning):
-    """Raised as a warning when the covariance of the parameters cannot be estimated."""
 
 
 # common least_squares status -> MINPACK ``ier`` (what scipy's curve_fit returns for lm)

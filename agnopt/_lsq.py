@@ -53,9 +53,9 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from ._backend import namespace_name, resolve
-from ._numdiff import approx_derivative, prepare_bounds
-from ._result import OptimizeResult
+from ._core.backend import namespace_name, resolve
+from ._derivatives.numdiff import approx_derivative, prepare_bounds
+from ._core.result import OptimizeResult
 
 __all__ = ["least_squares"]
 
@@ -376,7 +376,7 @@ class _Problem:
             if not self.batched:
                 J = xp.reshape(J, (1, m, n))
         elif jac == "autodiff":
-            from ._autodiff import jacobian as ad_jacobian
+            from ._derivatives.autodiff import jacobian as ad_jacobian
 
             fr = self._fun_rows() if self.batched else self.fun
             f = lambda z: fr(z, *self.args, **self.kwargs)  # noqa: E731

@@ -44,7 +44,7 @@ from ._lsq import (
     _check_max_nfev,
     _resolve_x_scale,
 )
-from ._result import OptimizeResult
+from ._core.result import OptimizeResult
 
 __all__ = ["tall_least_squares"]
 

@@ -7,7 +7,7 @@ Build (from the repository root)::
 
 Everything the pages show is computed during the build: the API pages from
 the docstrings (autosummary + numpydoc), the gallery's PNGs by
-matplotlib's ``plot`` directive calling :mod:`agnopt._plots` (written into
+matplotlib's ``plot`` directive calling :mod:`agnopt._cli.plots` (written into
 the build directory, never committed), the support matrix from
 ``docs/support_matrix.json`` (made from the test suite's results by
 ``docs/support_matrix.py``).

@@ -10,7 +10,7 @@ import pytest
 import scipy.optimize as so
 
 import agnopt as ao
-from agnopt._curve_fit import OptimizeWarning
+from agnopt import OptimizeWarning
 
 from conftest import to_numpy
 

@@ -7,7 +7,7 @@
   that needs a library that is not installed (torch, jax, optax, scipy,
   dask, cupy) is skipped, not failed.
 * Every docstring example (``>>>``) of every ``agnopt`` module passes.
-* ``agnopt._plots.write_plots`` writes PNG files and reports progress.
+* ``agnopt._cli.plots.write_plots`` writes PNG files and reports progress.
 * ``docs/support_matrix.json`` refers to tests that exist.
 
 The Sphinx build itself (``python -m sphinx -W ...``) is run by ``.ci/run``.
@@ -144,7 +144,7 @@ def test_page_code_blocks(page, tmp_path, monkeypatch):
 
 
 def _modules() -> list[str]:
-    return sorted(f"agnopt.{m.name}" for m in pkgutil.iter_modules(agnopt.__path__))
+    return sorted(m.name for m in pkgutil.walk_packages(agnopt.__path__, "agnopt."))
 
 
 @pytest.mark.parametrize("modname", _modules())
@@ -170,7 +170,7 @@ def test_write_plots(tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    from agnopt import _plots
+    from agnopt._cli import plots as _plots
 
     monkeypatch.setattr(_plots, "PLOTS", {
         "quadratic_curves": lambda: _plots.quadratic_curves(steps=10),
@@ -187,7 +187,7 @@ def test_write_plots(tmp_path, monkeypatch):
 
 
 def test_plots_do_not_import_matplotlib_eagerly():
-    code = ("import sys, agnopt, agnopt._plots; "
+    code = ("import sys, agnopt, agnopt._cli.plots; "
             "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
     assert os.system(f'"{sys.executable}" -c "{code}"') == 0
 

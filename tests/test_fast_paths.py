@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import agnopt as ao
-from agnopt import _fast_cpu
+from agnopt._kernels import cpu as _fast_cpu
 from conftest import have, to_numpy
 
 STEPS = 6
@@ -106,7 +106,7 @@ class _Torch:
         return self.torch.tensor(np.asarray(a), dtype=getattr(self.torch, dt), device=self.device)
 
     def stats(self):
-        from agnopt import _fast_torch
+        from agnopt._kernels import torch_kernel as _fast_torch
 
         return _fast_torch.STATS["torch"]
 
@@ -124,7 +124,7 @@ class _Cupy:
         return self.cp.asarray(np.asarray(a, dtype=dt))
 
     def stats(self):
-        from agnopt import _fast_cupy
+        from agnopt._kernels import cupy_kernel as _fast_cupy
 
         return _fast_cupy.STATS["cupy"]
 
@@ -179,7 +179,7 @@ def _small_blocks(monkeypatch):
     monkeypatch.setattr(_fast_cpu, "BLOCK", 64)
     monkeypatch.setattr(_fast_cpu.run_blocked, "__defaults__", (64,))
     if have("torch"):
-        from agnopt import _fast_torch
+        from agnopt._kernels import torch_kernel as _fast_torch
 
         monkeypatch.setattr(_fast_torch, "BLOCK_CPU", 100)
         monkeypatch.setattr(_fast_torch, "BLOCK_CUDA", 100)

@@ -17,7 +17,7 @@ import pytest
 import scipy.optimize as so
 
 import agnopt as ao
-from agnopt._autodiff import AutodiffUnavailableError
+from agnopt import AutodiffUnavailableError
 
 from conftest import to_numpy
 

@@ -3,7 +3,7 @@
 ``least_squares(method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)`` with its
 default Jacobian (complex step) must reach LRE >= 6 (NIST's log relative
 error, minimum over parameters) on all 27 problems from both starting points.
-``pytest -s`` prints the table; ``python -m agnopt._nist`` reproduces it.
+``pytest -s`` prints the table; ``python -m agnopt nist`` reproduces it.
 
 Backends: the full 54 runs on numpy, array_api_strict and torch. JAX compiles
 every eager operation once per shape (~10-25 s per NIST problem on the 2-core
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import agnopt as ao
-from agnopt import _nist
+from agnopt._cli import nist as _nist
 
 from conftest import to_numpy
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import agnopt as ao
-from agnopt._backend import resolve, resolve_dtype
+from agnopt._core.backend import resolve, resolve_dtype
 
 
 class P(NamedTuple):

@@ -9,40 +9,14 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from .._result import OptimizeResult
-
-
-def _is_dask(a: Any) -> bool:
-    return bool(array_api_compat.is_dask_array(a))
-
-
-def _floats(*arrays: Any) -> list[float]:
-    """Python floats of 0-d arrays; for Dask, all in one ``dask.compute``."""
-    if any(_is_dask(a) for a in arrays):
-        import dask
-
-        return [float(v) for v in dask.compute(*arrays)]
-    return [float(a) for a in arrays]
+from .._core.lazy import host_floats as _floats, persist
+from .._core.lazy import is_dask as _is_dask, to_local as _local  # noqa: F401 (used by the methods)
+from .._core.result import OptimizeResult
 
 
 def _persist(a: Any) -> Any:
     """Dask: compute and keep ``a`` so graphs do not grow with iterations."""
-    return a.persist() if _is_dask(a) else a
-
-
-def _local(xp: Any, a: Any) -> tuple[Any, Any]:
-    """``(namespace, array)`` for the small dense linear algebra.
-
-    Dask's ``linalg`` lacks ``pinv`` and its ``cholesky`` returns the *upper*
-    factor, so for a Dask array the small ``(n, n)`` system is computed into
-    an in-memory array and solved with that array's own namespace; the
-    solution is converted back with ``xp.asarray``. Other backends solve in
-    place on their device.
-    """
-    if _is_dask(a):
-        loc = a.compute()
-        return array_api_compat.array_namespace(loc), loc
-    return xp, a
+    return persist(a)[0]
 
 
 def _back(xp: Any, a: Any, dtype: Any, device: Any) -> Any:

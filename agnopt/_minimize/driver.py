@@ -1,7 +1,7 @@
 r"""Second-order unconstrained minimization: Newton and Newton-CG.
 
 One implementation written against the Python Array API standard; it runs on
-every backend that :func:`agnopt._backend.resolve` accepts (NumPy, CuPy,
+every backend that :func:`agnopt._core.backend.resolve` accepts (NumPy, CuPy,
 PyTorch, JAX, Dask, array-api-strict).
 
 Notation: :math:`f:\mathbb{R}^n\to\mathbb{R}`, :math:`g_k = \nabla f(x_k)`,
@@ -84,9 +84,9 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from .. import _autodiff
-from .._backend import resolve
-from .._result import OptimizeResult
+from .._derivatives import autodiff as _autodiff
+from .._core.backend import resolve
+from .._core.result import OptimizeResult
 from .common import _gnorm, _is_dask, _nonnegative, _persist
 from .newton import _run_newton
 from .newton_cg import _run_newton_cg_ls
@@ -238,7 +238,7 @@ def minimize(
     TypeError
         ``x0`` not one real floating array (a tree, a list); ``fun``
         returning an array of another backend; ``"autodiff"`` with arrays other than
-        torch / JAX (:class:`agnopt._autodiff.AutodiffUnavailableError`, also
+        torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
         a ``ValueError``).
 
     Notes

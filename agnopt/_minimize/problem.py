@@ -9,9 +9,9 @@ from typing import Any
 import array_api_compat
 from array_api_compat import array_namespace
 
-from .. import _autodiff
-from .._backend import namespace_name, scalar
-from .._numdiff import approx_derivative
+from .._derivatives import autodiff as _autodiff
+from .._core.backend import namespace_name, scalar
+from .._derivatives.numdiff import approx_derivative
 
 _FD = ("2-point", "3-point", "cs")
 

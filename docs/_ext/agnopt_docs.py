@@ -131,26 +131,26 @@ class SupportMatrix(SphinxDirective):
 
 
 class BenchFigure(SphinxDirective):
-    """The bench-ratios figure where ``agnopt._bench`` exists, else a note saying why not."""
+    """The bench-ratios figure where ``agnopt._cli.bench`` exists, else a note saying why not."""
 
     has_content = False
 
     def run(self):
         import importlib.util
 
-        if importlib.util.find_spec("agnopt._bench") is not None:
+        if importlib.util.find_spec("agnopt._cli.bench") is not None:
             lines = ["``python -m agnopt bench`` with a small size, run during the build: each",
                      "optimizer's step time divided by the fused memory roofline measured in the",
                      "same run (1 is a perfectly fused step; lower is better), for agnopt's fast,",
                      "blocked-NumPy and generic paths, torch.optim (foreach, fused) and optax",
                      "(jit, donated), where installed. See :doc:`guides/performance`.", "",
-                     ".. plot::", "", "   from agnopt._plots import bench_ratios",
+                     ".. plot::", "", "   from agnopt._cli.plots import bench_ratios",
                      "   bench_ratios()", ""]
         else:
             lines = [".. note::", "",
                      "   This figure (the bench command's time ratios as bars, drawn by",
-                     "   ``agnopt._plots.bench_ratios``) is skipped: the bench command",
-                     "   (``agnopt._bench``) is not part of this version.", ""]
+                     "   ``agnopt._cli.plots.bench_ratios``) is skipped: the bench command",
+                     "   (``agnopt._cli.bench``) is not part of this version.", ""]
         node = nodes.section()
         node.document = self.state.document
         self.state.nested_parse(StringList(lines, source="agnopt-bench-figure"),

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 
-from . import _fast_common as fc
-from ._tree import tree_flatten, tree_unflatten
+from . import common as fc
+from .._core.tree import tree_flatten, tree_unflatten
 
 STATS = {"cupy": 0}
 

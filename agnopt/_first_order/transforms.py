@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
-from ._backend import is_concrete, resolve, resolve_dtype, scalar
-from ._base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
-from ._tree import tree_flatten, tree_map, tree_unflatten
+from .._core.backend import is_concrete, resolve, resolve_dtype, scalar
+from .base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
+from .._core.tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
     "ScaleByScheduleState",

@@ -1,6 +1,6 @@
 """torch fast path of :func:`agnopt.step`: in-place ``out=`` operations over blocks.
 
-The block programs of :mod:`agnopt._fast_cpu` (the generic transforms'
+The block programs of :mod:`agnopt._kernels.cpu` (the generic transforms'
 operations, in their order) run on torch tensors with ``torch.mul(..., out=)``
 and friends, under ``torch.no_grad()``: ``params`` and the state are
 overwritten (buffer donation, see :func:`agnopt.step`), and the only scratch
@@ -16,9 +16,9 @@ import threading
 
 import torch
 
-from . import _fast_common as fc
-from ._fast_cpu import PROGRAMS
-from ._tree import tree_flatten, tree_unflatten
+from . import common as fc
+from .cpu import PROGRAMS
+from .._core.tree import tree_flatten, tree_unflatten
 
 BLOCK_CPU = 1 << 18
 BLOCK_CUDA = 1 << 24

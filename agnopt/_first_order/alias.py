@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Transform, chain, identity
-from ._step import register_fast
-from ._transforms import (
+from .base import Transform, chain, identity
+from .step import register_fast
+from .transforms import (
     add_decayed_weights,
     check_learning_rate,
     check_nonnegative,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from ._backend import scalar
-from ._base import EmptyState
-from ._transforms import (
+from .._core.backend import scalar
+from .._first_order.base import EmptyState
+from .._first_order.transforms import (
     ScaleByAdamState,
     ScaleByRmsState,
     ScaleByRssState,
@@ -21,7 +21,7 @@ from ._transforms import (
     ScaleByStddevState,
     TraceState,
 )
-from ._tree import tree_flatten
+from .._core.tree import tree_flatten
 
 _BIG = 2**31 - 1
 
@@ -149,7 +149,7 @@ def bias_corrections(xp, new_count, dtype, b1, b2):
 
 def new_state(plan: Plan, new_count, new_sched_count, bufs: dict):
     """The state tuple after the step, holding the (updated) buffers ``bufs`` (lists of leaves)."""
-    from ._tree import tree_unflatten
+    from .._core.tree import tree_unflatten
 
     kind = plan.kind
     subs = list(plan.subs)

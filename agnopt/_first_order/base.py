@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple
 
-from ._backend import resolve
-from ._tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
+from .._core.backend import resolve
+from .._core.tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
     "check_state",
@@ -97,7 +97,7 @@ def check_updates(updates: Any, params: Any | None, name: str = "grads") -> Any:
         if type(leaves_u[0]) is not type(leaves_p[0]):
             pk = resolve(params, "params", check_dtype=False)
             if pk.xp is not bk.xp:
-                from ._backend import namespace_name
+                from .._core.backend import namespace_name
 
                 raise TypeError(
                     f"{name} are {namespace_name(bk.xp)} arrays but params are "

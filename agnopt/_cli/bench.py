@@ -125,7 +125,7 @@ def _agnopt_rows(name, N, dtype, repeats, budget, leaves=1):
     try:
         for label, mode in modes:
             if mode == "1":
-                from ._fast_cpu import HAVE_NUMBA
+                from .._kernels.cpu import HAVE_NUMBA
 
                 label = "agnopt fast (numba)" if HAVE_NUMBA else "agnopt fast (numpy-blocked)"
                 if not HAVE_NUMBA:
@@ -268,7 +268,7 @@ def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
 
 
 def batched_lm(B: int, scipy_subset: int = 500) -> dict:
-    from ._fitbench import run_fit_benchmark
+    from .fitbench import run_fit_benchmark
 
     out = run_fit_benchmark(B=B, scipy_subset=min(B, scipy_subset), verbose=False)
     return {k: out[k] for k in ("B", "t_batched", "t_scipy", "scipy_fits", "extrapolated", "speedup",

@@ -16,7 +16,7 @@ vectorise divisions and square roots).
   ``BLOCK`` elements (two block-sized scratch buffers per dtype), so the
   intermediate values stay in cache and no temporary has the size of the
   parameters. The same block programs run on torch tensors
-  (:mod:`agnopt._fast_torch`).
+  (:mod:`agnopt._kernels.torch_kernel`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _fast_common as fc
-from ._tree import tree_flatten, tree_unflatten
+from . import common as fc
+from .._core.tree import tree_flatten, tree_unflatten
 
 BLOCK = 1 << 16  # elements per block (256 KiB per float32 stream): fewer ufunc calls, blocks stay in L2/L3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

@@ -1,4 +1,4 @@
-"""Benchmark: tall Gauss-Newton on a ``dask.distributed`` cluster (``python -m agnopt._tall_bench``).
+"""Benchmark: tall Gauss-Newton on a ``dask.distributed`` cluster (``python -m agnopt tall-bench``).
 
 Times one Gauss-Newton iteration (one pass over the data: ``J^T J``,
 ``J^T f`` and ``||f||^2`` reduced blockwise, :func:`agnopt.tall_least_squares`)
@@ -95,7 +95,7 @@ def _peak_rss():
 def run_one(m: int, n: int, workers: int, rows: int, iters: int, memory_limit: str) -> dict:
     from distributed import Client, LocalCluster, wait
 
-    from ._tall import tall_least_squares
+    from .._tall import tall_least_squares
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       memory_limit=memory_limit, dashboard_address=None,
@@ -114,7 +114,7 @@ def run_one(m: int, n: int, workers: int, rows: int, iters: int, memory_limit: s
 
 
 def main(argv=None) -> list:
-    ap = argparse.ArgumentParser(prog="python -m agnopt._tall_bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m agnopt tall-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1e6,1e7", help="comma-separated m values")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument("--n", type=int, default=10, help="number of parameters")
@@ -127,7 +127,7 @@ def main(argv=None) -> list:
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise SystemExit("python -m agnopt._tall_bench needs dask.distributed: pip install distributed")
+        raise SystemExit("python -m agnopt tall-bench needs dask.distributed: pip install distributed")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"tall Gauss-Newton, n = {a.n}, {a.rows} rows per chunk, {a.iters} passes per run, "
           f"LocalCluster (processes, 1 thread per worker, limit {a.memory_limit}); "

@@ -78,8 +78,8 @@ def run_fit_benchmark(
     import numpy as np
     import scipy.optimize as so
 
-    from ._curve_fit import curve_fit
-    from ._nist import _namespace
+    from .._curve_fit import curve_fit
+    from .nist import _namespace
 
     xp = _namespace(backend)
     rng = np.random.default_rng(seed)

@@ -38,7 +38,8 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from ._backend import namespace_name
+from .._core.backend import namespace_name
+from .._core.errors import AutodiffUnavailableError
 
 __all__ = [
     "AutodiffUnavailableError",
@@ -49,15 +50,6 @@ __all__ = [
     "hessian",
     "hvp",
 ]
-
-
-class AutodiffUnavailableError(TypeError, ValueError):
-    """The arrays' backend cannot differentiate programs (not torch or JAX).
-
-    Subclasses both ``TypeError`` (the arrays are of the wrong kind) and
-    ``ValueError`` (the option ``"autodiff"`` is not valid for them), so that
-    either ``except`` clause catches it.
-    """
 
 
 def _backend_label(x: Any) -> str:

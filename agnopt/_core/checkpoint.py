@@ -42,8 +42,8 @@ from typing import Any
 
 import array_api_compat
 
-from ._backend import namespace_name
-from ._tree import _is_namedtuple
+from .backend import namespace_name
+from .tree import _is_namedtuple
 
 __all__ = ["state_dict", "load_state_dict", "save_state", "load_state"]
 

@@ -5,9 +5,11 @@ Datasets (nonlinear regression) from both official starting points and prints
 the LRE table (log relative error, NIST's measure: ``-log10(|est - cert| /
 |cert|)``, minimum over parameters, capped at 15).
 
-The data file (``nist_strd.json``, public domain, see
-``tests/data/NIST_STRD_README.md``) is looked up in ``$AGNOPT_NIST_STRD``,
-then ``tests/data/`` of a source checkout, then ``../shared/nist_strd/``.
+The data file (``nist_strd.json``, public-domain data of NIST, see
+``data/NIST_STRD_README.md`` beside this module) ships with agnopt as package
+data; ``$AGNOPT_NIST_STRD`` may name another copy.
+
+Run it as ``python -m agnopt nist [--method lm] [--backend numpy]``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,7 @@ __all__ = ["load_nist", "nist_report", "nist_problem"]
 
 def _data_path() -> Path:
     env = os.environ.get("AGNOPT_NIST_STRD")
-    here = Path(__file__).resolve().parent
-    cands = ([Path(env)] if env else []) + [
-        here.parent / "tests" / "data" / "nist_strd.json",
-        here.parent.parent / "shared" / "nist_strd" / "nist_strd.json",
-    ]
+    cands = ([Path(env)] if env else []) + [Path(__file__).resolve().parent / "data" / "nist_strd.json"]
     for c in cands:
         if c.is_file():
             return c
@@ -129,7 +127,7 @@ def nist_report(
     Lanczos1 is judged on its parameters (its certified RSS, 1.4e-25, is
     below what 11-digit values reproduce; see the data README).
     """
-    from ._lsq import least_squares
+    from .._lsq import least_squares
 
     xp = _namespace(backend)
     rows = []
@@ -183,12 +181,12 @@ def format_table(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m agnopt._nist [method] [backend]
-    import sys
+def main(method: str = "lm", backend: str = "numpy") -> list[dict]:
+    """The command ``python -m agnopt nist``: the LRE table, overflow warnings of rejected trial points silenced."""
     import warnings
 
     # Trial points far from the solution overflow exp() in several models:
     # those steps are rejected by the solver; the warnings are noise here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        nist_report(*(sys.argv[1:3]))
+        return nist_report(method, backend)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import array_api_compat
 from array_api_compat import array_namespace, device as _device
 
-from ._tree import tree_leaves, tree_paths
+from .tree import tree_leaves, tree_paths
 
 __all__ = [
     "Backend",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from ._backend import namespace_name, resolve
+from .._core.backend import namespace_name, resolve
 
 __all__ = ["approx_derivative"]
 

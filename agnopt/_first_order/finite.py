@@ -34,9 +34,9 @@ from __future__ import annotations
 import operator
 from typing import Any, NamedTuple
 
-from ._backend import is_concrete, resolve
-from ._base import Transform, check_state, check_updates
-from ._tree import tree_flatten, tree_map, tree_unflatten
+from .._core.backend import is_concrete, resolve
+from .base import Transform, check_state, check_updates
+from .._core.tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = ["ApplyIfFiniteState", "apply_if_finite"]
 

@@ -12,9 +12,9 @@ import math
 import time
 from typing import Any, Callable
 
-from ._alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
-from ._base import apply_updates
-from ._schedules import exponential_decay
+from .._first_order.alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
+from .._first_order.base import apply_updates
+from .._first_order.schedules import exponential_decay
 
 __all__ = ["available_backends", "run_tour", "run_second_order_tour", "OPTIMIZERS"]
 
@@ -168,7 +168,7 @@ def run_tour(steps: int = 1000, dtype: str = "float64", backends: list[str] | No
 
 
 def _persist(tree):
-    from ._tree import tree_map
+    from .._core.tree import tree_map
 
     return tree_map(lambda a: a.persist(), tree)
 
@@ -181,8 +181,8 @@ def run_second_order_tour(backends: list[str] | None = None, out=print) -> list[
     fixed, noise-free model plus a deterministic perturbation), so the
     fitted parameters can be compared across rows.
     """
-    from ._lsq import least_squares
-    from ._minimize import minimize
+    from .._lsq import least_squares
+    from .._minimize import minimize
 
     rows = []
     header = f"{'backend':17s} {'device':14s} {'solver':30s} {'nit':>4s} {'nfev':>5s} {'final value':>12s} {'ms':>8s}"

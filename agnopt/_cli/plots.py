@@ -19,12 +19,12 @@ function                       what it draws
 :func:`batched_throughput`     fits per second vs batch size B: batched curve_fit against
                                a loop of scipy.optimize.curve_fit
 :func:`bench_ratios`           the bench command's step times over the memory roofline
-                               (needs ``agnopt._bench``)
+                               (needs ``agnopt._cli.bench``)
 =============================  ==========================================================
 
 Examples
 --------
->>> from agnopt._plots import quadratic_curves
+>>> from agnopt._cli.plots import quadratic_curves
 >>> fig = quadratic_curves(steps=20)
 >>> len(fig.axes)
 3
@@ -346,7 +346,7 @@ def nist_fits(names: tuple[str, ...] = NIST_DEFAULT, start: str = "start1") -> A
     Top row: the data and the fitted model (with the LRE, NIST's log relative
     error of the parameters against the certified values: the number of
     correct digits, capped at 15), tolerances 1e-15 as in the NIST report
-    (``agnopt._nist.nist_report``). Bottom row: the residuals. Starts from NIST's ``start``.
+    (``agnopt._cli.nist.nist_report``). Bottom row: the residuals. Starts from NIST's ``start``.
     Needs the StRD data file (found in a source checkout, or set
     ``AGNOPT_NIST_STRD``).
     """
@@ -354,7 +354,7 @@ def nist_fits(names: tuple[str, ...] = NIST_DEFAULT, start: str = "start1") -> A
     import array_api_compat.numpy as xp
 
     import agnopt as ao
-    from agnopt._nist import load_nist, lre, nist_problem
+    from agnopt._cli.nist import load_nist, lre, nist_problem
 
     plt = _plt()
     probs = {p["name"]: p for p in load_nist()}
@@ -411,7 +411,7 @@ def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 
     :func:`scipy.optimize.curve_fit`. Needs scipy. Times are wall-clock on
     the machine that draws the figure, the best of ``repeats`` runs.
     """
-    from agnopt._fitbench import run_fit_benchmark
+    from agnopt._cli.fitbench import run_fit_benchmark
 
     plt = _plt()
     backends = tuple(backends) if backends is not None else ("numpy", *_cuda_backends())
@@ -448,18 +448,18 @@ def batched_throughput(Bs: tuple[int, ...] = (10, 30, 100, 300, 1000), m: int = 
 def bench_ratios(results: Any = None, N: int = 100_000) -> Any:
     """The bench command's ratios (step time / fused memory roofline) as a bar chart.
 
-    ``results`` is what ``agnopt._bench.run_bench`` returns (its ``"steps"``
+    ``results`` is what ``agnopt._cli.bench.run_bench`` returns (its ``"steps"``
     rows: ``optimizer``, ``impl``, ``x_roofline``); ``None`` runs it here
     with one small size ``N`` (one array, a few repeats, no second-order
     rows), as ``python -m agnopt bench --sizes 1e5 --tree-leaves 0
     --no-second-order`` does. A ratio of 1 is a perfectly fused, memory-bound
     step on this machine; lower is better. Raises ``ImportError`` where
-    ``agnopt._bench`` does not exist.
+    ``agnopt._cli.bench`` does not exist.
     """
     if results is None:
         import importlib
 
-        bench = importlib.import_module("agnopt._bench")
+        bench = importlib.import_module("agnopt._cli.bench")
         results = bench.run_bench(sizes=(N,), tree_leaves=0, repeats=5, budget=0.5,
                                   second_order=False, out=lambda s: None)
     rows = [r for r in results["steps"] if r.get("x_roofline") is not None]
@@ -505,7 +505,7 @@ def write_plots(directory: str | os.PathLike, progress: Callable[[str], Any] | N
 
     One file per entry of :data:`PLOTS` (``rosenbrock_paths.png``, ...). A
     figure whose requirements are missing (scipy for the throughput plot, the
-    NIST data file, ``agnopt._bench``) is skipped with a message. ``progress``
+    NIST data file, ``agnopt._cli.bench``) is skipped with a message. ``progress``
     (default ``print``; ``None`` for silence) gets one line per figure with its
     time, and per batch size while the throughput figure is measured.
 

@@ -48,8 +48,8 @@ import os
 import weakref
 from typing import Any, NamedTuple
 
-from ._base import Transform, apply_updates
-from ._tree import tree_flatten, tree_unflatten
+from .base import Transform, apply_updates
+from .._core.tree import tree_flatten, tree_unflatten
 
 __all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode"]
 
@@ -126,7 +126,7 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
     overwritten and returned; do not use the old ``params``/``state``
     afterwards (keep a copy if you need them). ``grads`` are only read. JAX,
     Dask and array-api-strict arrays are never modified (generic path).
-    ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._step`.
+    ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._first_order.step`.
     """
     spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
     if spec is not None:
@@ -137,15 +137,15 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
                 which = _backend_module(p_leaves[0])
                 res = None
                 if which == "numpy":
-                    from ._fast_cpu import try_step
+                    from .._kernels.cpu import try_step
 
                     res = try_step(spec, params, p_leaves, td, grads, state, mode)
                 elif which == "torch":
-                    from ._fast_torch import try_step
+                    from .._kernels.torch_kernel import try_step
 
                     res = try_step(spec, params, p_leaves, td, grads, state)
                 elif which == "cupy":
-                    from ._fast_cupy import try_step
+                    from .._kernels.cupy_kernel import try_step
 
                     res = try_step(spec, params, p_leaves, td, grads, state)
                 if res is not None:
@@ -199,7 +199,7 @@ class Optimizer:
         if grads is not None and grads is not self.grads:
             g_leaves, td = tree_flatten(grads)
             if td != self._td:
-                from ._tree import check_same_structure
+                from .._core.tree import check_same_structure
 
                 check_same_structure(grads, self.params, "grads", "params")
             for dst, src in zip(self._gviews, g_leaves):

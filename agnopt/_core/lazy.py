@@ -1,0 +1,105 @@
+"""Laziness, Dask and host transfers: the one place that decides them.
+
+Every solver asks this module, and only this module, whether arrays are lazy
+(Dask graphs; JAX tracers under ``jit``), how to materialize them, and how to
+bring a small array to the host for dense linear algebra that the lazy
+backend lacks. The predicates build on array-api-compat's own
+(``is_dask_namespace``, ``is_dask_array``, ``is_lazy_array``,
+``is_writeable_array``) so that a new backend is recognised in one place.
+
+Functions
+---------
+is_dask_namespace(xp), is_dask(a)
+    Whether a namespace / an array is Dask's.
+is_lazy(a)
+    Whether reading the values of ``a`` needs a graph to be computed (Dask) or
+    is impossible now (a JAX tracer).
+persist(*arrays)
+    Dask: compute and keep the arrays so graphs do not grow with iterations;
+    identity for eager arrays.
+compute(*arrays)
+    One ``dask.compute`` for all Dask arrays among ``arrays`` (eager ones pass
+    through); returns a tuple.
+to_local(xp, a)
+    ``(namespace, array)`` of a computed (in-memory) copy of a Dask array, for
+    dense linear algebra Dask lacks; ``(xp, a)`` for eager backends.
+host_floats(*arrays)
+    Python floats of 0-d arrays, computed together for Dask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "compute",
+    "host_floats",
+    "is_dask",
+    "is_dask_namespace",
+    "is_lazy",
+    "persist",
+    "to_local",
+]
+
+
+def is_dask_namespace(xp: Any) -> bool:
+    """True for Dask's array namespace (``array_api_compat.dask.array``)."""
+    return bool(array_api_compat.is_dask_namespace(xp))
+
+
+def is_dask(a: Any) -> bool:
+    """True for a Dask array."""
+    return bool(array_api_compat.is_dask_array(a))
+
+
+def is_lazy(a: Any) -> bool:
+    """True where the values of ``a`` cannot be read without computing a graph
+    (Dask) or at all for now (a JAX tracer inside ``jit``)."""
+    if is_dask(a):
+        return True
+    if array_api_compat.is_jax_array(a):
+        try:
+            import jax
+
+            return isinstance(a, jax.core.Tracer)
+        except (ImportError, AttributeError):  # pragma: no cover
+            return True
+    return False
+
+
+def persist(*arrays: Any) -> tuple:
+    """Dask: compute and keep ``arrays`` (one ``dask.persist``); identity otherwise."""
+    if not any(is_dask(a) for a in arrays):
+        return arrays
+    import dask
+
+    return tuple(dask.persist(*arrays))
+
+
+def compute(*arrays: Any) -> tuple:
+    """One ``dask.compute`` for all of ``arrays`` (identity for eager arrays)."""
+    if not any(is_dask(a) for a in arrays):
+        return arrays
+    import dask
+
+    return tuple(dask.compute(*arrays))
+
+
+def to_local(xp: Any, a: Any) -> tuple[Any, Any]:
+    """``(namespace, array)`` for small dense linear algebra.
+
+    A Dask array is computed into an in-memory array (NumPy or CuPy chunks)
+    and returned with that array's own namespace; other arrays are returned
+    with ``xp`` unchanged.
+    """
+    if is_dask(a):
+        (loc,) = compute(a)
+        return array_api_compat.array_namespace(loc), loc
+    return xp, a
+
+
+def host_floats(*arrays: Any) -> list[float]:
+    """Python floats of 0-d arrays; for Dask, all in one ``dask.compute``."""
+    return [float(v) for v in compute(*arrays)]
