@@ -690,3 +690,188 @@ def test_nonfinite_trial_point_is_rejected(xp, device, method):
     if method != "newton-cg-tr":
         assert res.history["alpha"][0] == 0.25
         np.testing.assert_allclose(to_numpy(res.history["x"][1]), [1.5])
+
+
+# ---------------------------------------------------------------------------
+# The checked Cholesky (agnopt._core.linalg) and the faults seen on GPUs.
+# These inject each backend behaviour on the CPU, through the namespace that
+# minimize uses (array_api_compat.numpy / .torch), so no GPU is needed.
+
+
+def _partial_cholesky(A, variant):
+    """What cuSOLVER's potrf leaves when CuPy ignores its ``info``: the leading
+    block factorized up to the first failing pivot k, then (variant)
+    "negative": the non-positive pivot stored at L[k, k] (LAPACK's rule);
+    "nan": sqrt of it (NaN); "untouched": the trailing block left as A's lower
+    triangle (positive diagonal; only the residual check can see it)."""
+    A = np.array(A, dtype=np.float64)
+    n = A.shape[0]
+    L = np.tril(A).copy()
+    for k in range(n):
+        piv = A[k, k] - np.sum(L[k, :k] ** 2)
+        if piv <= 0:
+            if variant == "negative":
+                L[k, k] = piv
+            elif variant == "nan":
+                L[k, k] = np.nan  # sqrt of a non-positive pivot
+            return L
+        L[k, k] = np.sqrt(piv)
+        for i in range(k + 1, n):
+            L[i, k] = (A[i, k] - np.sum(L[i, :k] * L[k, :k])) / L[k, k]
+    return L
+
+
+def _cpu_namespace(name):
+    if name == "torch":
+        torch = pytest.importorskip("torch")
+        import array_api_compat.torch as xt
+
+        return xt, (lambda a: torch.asarray(a)), (lambda t: t.numpy())
+    import array_api_compat.numpy as xn
+
+    return xn, np.asarray, np.asarray
+
+
+@pytest.mark.parametrize("variant", ["negative", "nan", "untouched"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_checked_cholesky_rejects_a_partial_factor(monkeypatch, ns, variant):
+    """CuPy's cholesky returns a partial factor for an indefinite matrix; the
+    old check (finite, diag(L)**2 not tiny) accepted the negative-pivot one,
+    so Newton skipped its Hessian modification."""
+    from agnopt._core.linalg import cholesky
+
+    xl, to, back = _cpu_namespace(ns)
+    A = np.array([[4.0, 2.0, 0.0], [2.0, -3.0, 1.0], [0.0, 1.0, 5.0]])  # indefinite
+    monkeypatch.setattr(xl.linalg, "cholesky", lambda M: to(_partial_cholesky(back(M), variant)))
+    assert cholesky(xl, to(A)) is None
+    # a positive definite matrix still factorizes through the same fake
+    B = A + 5.0 * np.eye(3)
+    L = cholesky(xl, to(B))
+    assert L is not None
+    np.testing.assert_allclose(back(L) @ back(L).T, B, rtol=1e-14, atol=1e-14)
+
+
+def coupled(x):
+    """0.5 |x|^2 + 2 x0 x1 + (x0^4 + x1^4) / 4: the Hessian at 0, [[1, 2], [2, 1]],
+    is indefinite with a positive diagonal (so only a factorization can tell);
+    minima at +-(1, -1) with f = -0.5, a saddle at 0."""
+    xp = _ns(x)
+    return 0.5 * xp.sum(x * x) + 2.0 * x[0] * x[1] + 0.25 * xp.sum(x**4)
+
+
+def coupled_der(x):
+    xp = _ns(x)
+    return x + 2.0 * xp.flip(x) + x**3
+
+
+def coupled_hess(x):
+    xp = _ns(x)
+    dev = array_api_compat.device(x)
+    anti = xp.asarray([[0.0, 2.0], [2.0, 0.0]], dtype=x.dtype, device=dev)
+    eye = xp.eye(2, dtype=x.dtype, device=dev)
+    return eye * (1.0 + 3.0 * x**2)[:, None] + anti
+
+
+@pytest.mark.parametrize("variant", ["negative", "nan", "untouched"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_newton_modifies_the_hessian_under_cupy_cholesky(monkeypatch, ns, variant):
+    """Newton with a non-raising (CuPy-like) cholesky still sees that the
+    Hessian is indefinite, adds the shift and ends at a minimum."""
+    xl, to, back = _cpu_namespace(ns)
+    monkeypatch.setattr(xl.linalg, "cholesky", lambda M: to(_partial_cholesky(back(M), variant)))
+    x0 = to(np.array([0.1, 0.05]))
+    assert np.min(np.linalg.eigvalsh(back(coupled_hess(x0)))) < 0
+    res = ao.minimize(coupled, x0, jac=coupled_der, hess=coupled_hess, options={"history": True})
+    assert res.success, res.message
+    assert res.history["tau"][0] > 0  # the first Hessian was modified
+    np.testing.assert_allclose(np.abs(back(res.x)), [1.0, 1.0], atol=1e-7)
+    np.testing.assert_allclose(float(res.fun), -0.5, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["cholesky", "solve"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_device_errors_in_linear_algebra_propagate(monkeypatch, ns, where):
+    """On the GPU run, cuSOLVER/cuBLAS handle creation failed for lack of memory;
+    the Newton step caught every exception as 'not positive definite' and
+    fell back to steepest descent (Rosenbrock stuck at maxiter near
+    (1.037, 1.075), the singular-Hessian case in 18 steps instead of 1, the
+    n = 100 case past its timeout). Only the backend's LinAlgError means
+    'not positive definite'; anything else propagates."""
+    xl, to, back = _cpu_namespace(ns)
+
+    class DeviceError(RuntimeError):
+        pass
+
+    def boom(*a, **k):
+        raise DeviceError("CUDA error: out of memory")
+
+    monkeypatch.setattr(xl.linalg, where, boom)
+    x0 = to(np.array([-1.2, 1.0]))
+    with pytest.raises(DeviceError, match="out of memory"):
+        ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+
+
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_linalg_error_still_means_not_positive_definite(monkeypatch, ns):
+    """The backend's own LinAlgError (numpy's, torch's) is what the checked
+    Cholesky catches: the modified-Cholesky path then shifts the Hessian."""
+    from agnopt._core.linalg import cholesky, linalg_errors
+
+    xl, to, back = _cpu_namespace(ns)
+    real = xl.linalg.cholesky
+    err = [e for e in linalg_errors() if ns in e.__module__] or list(linalg_errors())
+    calls = []
+
+    def flaky(M):  # the first call fails as the backend does for an indefinite matrix
+        calls.append(1)
+        if len(calls) == 1:
+            raise err[0]("not positive definite")
+        return real(M)
+
+    monkeypatch.setattr(xl.linalg, "cholesky", flaky)
+    assert cholesky(xl, to(np.eye(2))) is None
+    assert cholesky(xl, to(np.eye(2))) is not None
+
+
+def test_checked_cholesky_raises_on_cupy(monkeypatch):
+    """On CuPy the factorization runs under cupyx.errstate(linalg="raise")."""
+    import sys
+    import types
+
+    import array_api_compat.numpy as xn
+
+    from agnopt._core import linalg as la
+
+    entered = []
+
+    class _State:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def __enter__(self):
+            entered.append(self.kw)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(errstate=_State))
+    monkeypatch.setattr(la.array_api_compat, "is_cupy_namespace", lambda xp: xp is xn)
+    assert la.cholesky(xn, np.eye(3)) is not None
+    assert entered == [{"linalg": "raise"}]
+
+
+def test_negative_gradient_norm_from_the_device_raises():
+    """A broken CUDA context returned max(|g|) = -88 (the buffer of g, abs never
+    ran): gtol was 'met' at x0 and minimize reported success. Impossible values
+    raise instead."""
+    from agnopt._minimize.common import _gnorm
+
+    class Garbage:  # abs() that leaves its output unwritten: returns g itself
+        abs = staticmethod(lambda g: g)
+        max = staticmethod(np.max)
+
+    with pytest.raises(RuntimeError, match="negative"):
+        _gnorm(Garbage, np.array([-215.6, -88.0]))
+    import array_api_compat.numpy as xn
+
+    assert _gnorm(xn, np.array([-215.6, -88.0])) == 215.6

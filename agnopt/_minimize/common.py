@@ -44,7 +44,21 @@ def _nonnegative(name: str, value: Any) -> float:
 
 
 def _gnorm(xp: Any, g: Any) -> float:
-    return float(xp.max(xp.abs(g)))
+    r""":math:`\|g\|_\infty` as a float (NaN passes: the callers report status 4).
+
+    A negative value is impossible arithmetic: the device returned garbage (a
+    CUDA context broken by an earlier error, e.g. out of memory, can leave a
+    kernel's output buffer unwritten). Reporting success on it would be a
+    silent wrong answer, so it raises ``RuntimeError``.
+    """
+    gn = float(xp.max(xp.abs(g)))
+    if gn < 0:
+        raise RuntimeError(
+            f"max(|g|) came back negative ({gn}) from the {getattr(xp, '__name__', xp)} "
+            "backend: the device returned an impossible value (check the device for "
+            "earlier errors, e.g. out of memory)"
+        )
+    return gn
 
 
 def _cached_gnorm(xp: Any, state: dict) -> float:

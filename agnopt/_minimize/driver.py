@@ -25,10 +25,15 @@ Newton (``method="newton"``)
     \sqrt{\epsilon}\max_{ij}|H_{ij}|` (Cholesky of :math:`H_k + \delta I`
     succeeds) and :math:`p_k` is a descent direction; on an indefinite
     :math:`H_k`, where :math:`-H_k^{\dagger} g_k` heads for saddle points, the
-    modified-Cholesky step is used for that iteration instead. A Cholesky
-    factorization counts as failed when it raises (NumPy, torch), returns
-    NaNs (JAX), or has a pivot :math:`L_{ii}^2 \le 10\,n\,\epsilon
-    \max_j L_{jj}^2` (numerically singular).
+    modified-Cholesky step is used for that iteration instead. Every
+    factorization goes through the checked Cholesky of
+    :mod:`agnopt._core.linalg`: it counts as failed when the backend raises
+    its linear-algebra error (NumPy, torch; CuPy under
+    ``cupyx.errstate(linalg="raise")``), returns NaNs (JAX), or returns a
+    factor with a non-positive or non-finite pivot (CuPy's partial factor), a
+    pivot :math:`L_{ii}^2 \le 10\,n\,\epsilon \max_j L_{jj}^2`
+    (numerically singular), or one that does not reproduce the matrix on a
+    test vector. Other errors of the device (out of memory) propagate.
 
 Newton-CG (``method="newton-cg"``)
     Matrix-free: only Hessian-vector products :math:`H_k v` are used.

@@ -13,36 +13,9 @@ from typing import Any
 
 import array_api_compat
 
+from .._core.linalg import cho_solve, cholesky
 from .common import _after_step, _back, _cached_gnorm, _local
 from .line_search import _line_search
-
-
-def _cholesky(xl: Any, A: Any) -> Any | None:
-    r"""Lower Cholesky factor of ``A``, or ``None`` where ``A`` is not
-    (numerically) positive definite.
-
-    Portable failure detection: NumPy / array-api-strict / torch raise, JAX
-    returns NaNs; both are caught. A factorization that "succeeds" with a
-    pivot at rounding level, :math:`\min_i L_{ii}^2 \le 10\,n\,\epsilon
-    \max_i L_{ii}^2` (a numerically singular ``A``), is also rejected.
-    """
-    try:
-        L = xl.linalg.cholesky(A)
-    except Exception:  # LinAlgError (numpy, torch) and friends
-        return None
-    if not bool(xl.all(xl.isfinite(L))):
-        return None
-    d = xl.linalg.diagonal(L) ** 2
-    n = A.shape[0]
-    if not float(xl.min(d)) > 10.0 * n * float(xl.finfo(A.dtype).eps) * float(xl.max(d)):
-        return None
-    return L
-
-
-def _cho_solve(xl: Any, L: Any, b: Any) -> Any:
-    """Solve ``L L^T x = b`` with two triangular solves."""
-    y = xl.linalg.solve(L, b[:, None])
-    return xl.linalg.solve(xl.linalg.matrix_transpose(L), y)[:, 0]
 
 
 def _newton_step(
@@ -67,7 +40,7 @@ def _newton_step(
         # shifted matrix); on an indefinite H, -H^+ g heads for saddle
         # points, and the modified Cholesky below is used instead.
         delta = float(xl.finfo(Hl.dtype).eps) ** 0.5 * max(hmax, 1e-300)
-        if _cholesky(xl, Hl + delta * eye) is not None:
+        if cholesky(xl, Hl + delta * eye) is not None:
             if pinv_rtol is None:
                 Hp = xl.linalg.pinv(Hl)
             else:
@@ -80,12 +53,11 @@ def _newton_step(
     beta = 1e-3 * max(hmax, tiny)
     tau = 0.0 if dmin > 0 else beta - dmin
     for _ in range(200):
-        L = _cholesky(xl, Hl + tau * eye if tau > 0 else Hl)
+        L = cholesky(xl, Hl + tau * eye if tau > 0 else Hl)
         if L is not None:
-            try:
-                p = -_cho_solve(xl, L, gl)
-            except Exception:  # a zero pivot: singular triangular factor
-                p = None
+            p = cho_solve(xl, L, gl)  # None: a singular triangular factor
+            if p is not None:
+                p = -p
             if p is not None and bool(xl.all(xl.isfinite(p))):
                 return _back(xp, p, dtype, device), tau, ("cholesky" if tau == 0 else "damped")
         tau = max(2.0 * tau, beta)
