@@ -315,7 +315,7 @@ def test_ill_conditioned_quadratic_one_newton_step(xp, device):
     # One exact Newton step: the gradient left is rounding, ~eps cond |x| ~ 1e-10,
     # far below the default gtol 1.5e-8, whatever the platform's BLAS.
     assert res.nit == 1
-    assert res.nhev == 1
+    assert res.nhev == 2  # the step's Hessian, and the curvature test at the answer
     assert np.max(np.abs(to_numpy(res.x) - xs)) / np.max(np.abs(xs)) < 1e-9
     # Newton-CG reaches it too (CG needs more products on cond 1e6). gtol=1e-10
     # is at the rounding level of this problem's gradient (eps * cond * |x| ~
@@ -875,3 +875,106 @@ def test_negative_gradient_norm_from_the_device_raises():
     import array_api_compat.numpy as xn
 
     assert _gnorm(xn, np.array([-215.6, -88.0])) == 215.6
+
+
+# ---------------------------------------------------------------------------
+# Saddle points and maxima (issue 12, item 5)
+
+
+def saddle(x):
+    """x0^2 - x1^2 + x1^4 / 4: a saddle at 0 (f = 0), minima at (0, +-sqrt(2)), f = -1."""
+    xp = _ns(x)
+    return x[0] ** 2 - x[1] ** 2 + 0.25 * x[1] ** 4 + 0.0 * xp.sum(x)
+
+
+def saddle_der(x):
+    xp = _ns(x)
+    return xp.stack([2.0 * x[0], -2.0 * x[1] + x[1] ** 3])
+
+
+def saddle_hess(x):
+    xp = _ns(x)
+    z = 0.0 * x[0]
+    return xp.stack([xp.stack([z + 2.0, z]), xp.stack([z, -2.0 + 3.0 * x[1] ** 2])])
+
+
+def saddle_hessp(x, p):
+    return saddle_der_lin(x) * p
+
+
+def saddle_der_lin(x):
+    xp = _ns(x)
+    return xp.stack([2.0 + 0.0 * x[0], -2.0 + 3.0 * x[1] ** 2])
+
+
+SADDLE_RUNS = {
+    "newton": dict(hess=saddle_hess),
+    "newton-pinv": dict(hess=saddle_hess, options={"solver": "pinv"}),
+    "newton-fd-hess": dict(),
+    "newton-cg": dict(method="newton-cg", hessp=saddle_hessp),
+    "newton-cg-dense-hess": dict(method="newton-cg", hess=saddle_hess),
+    "newton-cg-fd-hvp": dict(method="newton-cg"),
+    "newton-cg-tr": dict(method="newton-cg", hessp=saddle_hessp, options={"globalization": "trust-region"}),
+}
+
+
+@pytest.mark.parametrize("case", list(SADDLE_RUNS))
+def test_saddle_is_not_a_minimum(xp, device, case):
+    """From the saddle x0 = 0 (gradient exactly 0), every method must leave it
+    along the negative curvature and end at a minimum, (0, +-sqrt(2)), f = -1
+    (scipy's methods report success at the saddle after 0 iterations)."""
+    kw = dict(SADDLE_RUNS[case])
+    x0 = asarr(xp, device, [0.0, 0.0])
+    res = ao.minimize(saddle, x0, jac=saddle_der, **kw)
+    assert res.success, res.message
+    assert res.nit >= 1
+    x = to_numpy(res.x)
+    np.testing.assert_allclose(np.abs(x), [0.0, math.sqrt(2.0)], atol=1e-6)
+    np.testing.assert_allclose(float(res.fun), -1.0, atol=1e-10)
+    # and from a point near the saddle on its stable manifold (x1 = 0 exactly)
+    res2 = ao.minimize(saddle, asarr(xp, device, [0.3, 0.0]), jac=saddle_der, **kw)
+    assert res2.success, res2.message
+    np.testing.assert_allclose(np.abs(to_numpy(res2.x)), [0.0, math.sqrt(2.0)], atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["newton", "newton-cg", "newton-cg-tr"])
+def test_maximum_is_not_a_minimum(xp, device, case):
+    """f = -|x|^2 + |x|^4 / 4 from its local maximum 0: leave it; minima on |x| = sqrt(2)."""
+
+    def f(x):
+        s = _ns(x).sum(x * x)
+        return -s + 0.25 * s * s
+
+    def jac(x):
+        return (-2.0 + _ns(x).sum(x * x)) * x
+
+    def hessp(x, p):
+        xp_ = _ns(x)
+        return (-2.0 + xp_.sum(x * x)) * p + 2.0 * x * xp_.sum(x * p)
+
+    def hess(x):
+        xp_ = _ns(x)
+        n = x.shape[0]
+        eye = xp_.eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+        return (-2.0 + xp_.sum(x * x)) * eye + 2.0 * x[:, None] * x[None, :]
+
+    x0 = asarr(xp, device, [0.0, 0.0, 0.0])
+    if case == "newton":
+        kw = dict(hess=hess)
+    else:
+        kw = dict(method="newton-cg", hessp=hessp)
+        if case == "newton-cg-tr":
+            kw["options"] = {"globalization": "trust-region"}
+    res = ao.minimize(f, x0, jac=jac, **kw)
+    assert res.success, res.message
+    np.testing.assert_allclose(np.linalg.norm(to_numpy(res.x)), math.sqrt(2.0), atol=1e-6)
+    np.testing.assert_allclose(float(res.fun), -1.0, atol=1e-10)
+
+
+def test_weak_minimum_is_a_minimum(xp, device):
+    """f = x^4 at 0: Hessian 0 (semidefinite), a true minimum: success at 0 iterations."""
+    x0 = asarr(xp, device, [0.0])
+    for kw in (dict(hess=lambda x: _ns(x).reshape(12.0 * x**2, (1, 1))),
+               dict(method="newton-cg", hessp=lambda x, p: 12.0 * x**2 * p)):
+        res = ao.minimize(lambda x: _ns(x).sum(x**4), x0, jac=lambda x: 4.0 * x**3, **kw)
+        assert res.success and res.nit == 0, res.message

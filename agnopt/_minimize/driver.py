@@ -215,20 +215,35 @@ def minimize(
         and ``tau`` (newton: the Hessian shift) or ``cg_iter`` (newton-cg).
 
     Stopping conditions (checked in this order, each iteration)
-    ----------------------------------------------------------
+    -----------------------------------------------------------
     * status 0, success: :math:`\|g_k\|_\infty \le` ``gtol`` (checked also at
-      ``x0``: a stationary start returns after 0 iterations).
+      ``x0``: a stationary start at a minimum returns after 0 iterations)
+      and the curvature there is non-negative (see below).
     * status 1, not success: ``maxiter`` iterations done.
     * status 2, success: the accepted step satisfies
       :math:`\|x_{k+1} - x_k\|_\infty \le` ``xtol`` :math:`\cdot \max(1,
       \|x_{k+1}\|_\infty)`.
     * status 3, not success: the line search found no decrease in
-      ``max_backtracks`` trials (or the step shrank below rounding).
+      ``max_backtracks`` trials (or the step shrank below rounding), or
+      no decrease was found along a direction of negative curvature.
     * status 4, not success: the gradient or Hessian became non-finite at an
       accepted point.
     * status 5, not success (trust region): the radius fell below
       ``xtol * max(1, ||x||)`` with no acceptable step.
     * status 99, not success: ``callback`` raised ``StopIteration``.
+
+    Saddle points and maxima are not minima. Statuses 0 and 2 are reported
+    only where the curvature is non-negative: newton factorizes
+    :math:`H + \sqrt{\epsilon}\max|H_{ij}|\,I` (checked Cholesky) at the final
+    point; newton-cg runs CG with Hessian-vector products on a fixed vector
+    (at most ``n`` products) and watches for :math:`d^THd < 0`. Where negative
+    curvature is found the solver steps along it (a backtracking search with
+    sufficient decrease) and goes on; so ``x0`` at a saddle is left rather
+    than returned (scipy's methods return it). The test costs one Hessian or up
+    to ``n`` products at the end, counted in ``nhev`` (or ``njev``/``nfev`` where
+    they are finite differences). The rule, its reference
+    and its limits (a negative-curvature direction orthogonal to CG's Krylov
+    space is not seen) are in :mod:`agnopt._minimize.curvature`.
 
     Raises
     ------
@@ -284,6 +299,11 @@ def minimize(
         history["tau" if method == "newton" else "cg_iter"] = []
 
     state = dict(x=x, f=f, g=g, nit=0, status=None)
+    state["ctx"] = dict(
+        mode="hessian" if method == "newton" else "hvp", maxiter=maxiter, c1=c1, max_bt=max_bt,
+        xtol=xtol, history=history, callback=callback,
+        cg_maxiter=int(options.get("cg_maxiter", 20 * n)),
+    )
     if method == "newton":
         _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback)
     elif options.get("globalization", "line-search") == "line-search":

@@ -14,6 +14,7 @@ from typing import Any
 import array_api_compat
 
 from .._core.linalg import cho_solve, cholesky
+from .curvature import settle, settled as _settled
 from .common import _after_step, _back, _cached_gnorm, _local
 from .line_search import _line_search
 
@@ -77,7 +78,9 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
         x, f, g = state["x"], state["f"], state["g"]
         if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
-            return
+            if settle(P, state):
+                return
+            continue
         if state["nit"] >= maxiter:
             state["status"] = 1
             return
@@ -94,5 +97,6 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
             state["status"] = 3
             return
         alpha, x_new, f_new = ls
-        if _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha):
+        stop = _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha)
+        if stop and _settled(P, state):
             return

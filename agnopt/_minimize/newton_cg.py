@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from .curvature import settle, settled as _settled
 from .common import _after_step, _cached_gnorm, _floats, _persist
 from .line_search import _line_search
 
@@ -53,7 +54,9 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
         x, f, g = state["x"], state["f"], state["g"]
         if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
-            return
+            if settle(P, state):
+                return
+            continue
         if state["nit"] >= maxiter:
             state["status"] = 1
             return
@@ -66,5 +69,6 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
             state["status"] = 3
             return
         alpha, x_new, f_new = ls
-        if _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, alpha):
+        stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, alpha)
+        if stop and _settled(P, state):
             return

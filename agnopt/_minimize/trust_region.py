@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from .curvature import settle, settled as _settled
 from .common import _after_step, _cached_gnorm, _floats, _persist
 
 
@@ -65,7 +66,9 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
         x, f, g = state["x"], state["f"], state["g"]
         if _cached_gnorm(xp, state) <= gtol:
             state["status"] = 0
-            return
+            if settle(P, state):
+                return
+            continue
         if state["nit"] >= maxiter:
             state["status"] = 1
             return
@@ -90,7 +93,8 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
         elif rho > 0.75 and boundary:
             delta = min(2.0 * delta, dmax)
         if rho > eta:
-            if _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, delta):
+            stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, delta)
+            if stop and _settled(P, state):
                 return
         else:
             state["nit"] += 1
