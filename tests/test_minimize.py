@@ -621,12 +621,10 @@ def test_bad_input(xp, device):
         ao.minimize(lambda x: x * 2.0, x0, jac=rosen_der)
     with pytest.raises(ValueError, match="jac must be"):
         ao.minimize(rosen, x0, jac="4-point")
-    with pytest.raises(ValueError, match="unknown key"):
-        ao.minimize(rosen, x0, jac=rosen_der, options={"gtool": 1e-3})
     with pytest.raises(ValueError, match="solver"):
         ao.minimize(rosen, x0, jac=rosen_der, options={"solver": "lu"})
-    with pytest.raises(TypeError):
-        ao.minimize(rosen, asarr(xp, device, [1, 2], dtype=xp.int64), jac=rosen_der)
+    with pytest.raises(TypeError, match="complex"):
+        ao.minimize(rosen, asarr(xp, device, [1, 2], dtype=xp.complex128), jac=rosen_der)
     # non-finite objective at x0
     with pytest.raises(ValueError, match=r"fun\(x0\) is not finite"):
         ao.minimize(lambda x: _ns(x).sum(x) * math.nan, x0, jac=rosen_der)
@@ -978,3 +976,89 @@ def test_weak_minimum_is_a_minimum(xp, device):
                dict(method="newton-cg", hessp=lambda x, p: 12.0 * x**2 * p)):
         res = ao.minimize(lambda x: _ns(x).sum(x**4), x0, jac=lambda x: 4.0 * x**3, **kw)
         assert res.success and res.nit == 0, res.message
+
+
+# ---------------------------------------------------------------------------
+# Inputs scipy accepts, disp, unknown options (issue 15, item 4)
+
+
+@pytest.mark.parametrize("x0", [[-1.2, 1.0], (-1.2, 1.0), [-1, 1]], ids=["list", "tuple", "int-list"])
+def test_list_x0_as_scipy(x0):
+    """Lists and tuples become float64 NumPy arrays, as in scipy."""
+    res = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+    ref = so.minimize(so.rosen, x0, jac=so.rosen_der, hess=so.rosen_hess, method="trust-exact")
+    assert isinstance(res.x, np.ndarray) and res.x.dtype == np.float64
+    assert res.success, res.message
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-7)
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-9)
+    assert x0 == type(x0)(x0)  # not modified
+
+
+def test_scalar_x0_as_scipy():
+    res = ao.minimize(lambda x: np.sum((x - 3.0) ** 2), 1, jac=lambda x: 2.0 * (x - 3.0),
+                      hess=lambda x: np.full((1, 1), 2.0))
+    assert res.x.shape == (1,) and res.x.dtype == np.float64
+    np.testing.assert_allclose(res.x, [3.0])
+
+
+def test_integer_x0_becomes_float64(xp, device):
+    """An integer array becomes float64 of its own backend and device."""
+    x0 = xp.asarray([-1, 1], dtype=xp.int64, device=device)
+    before = to_numpy(x0).copy()
+    res = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+    assert res.success, res.message
+    assert res.x.dtype == xp.float64
+    assert array_api_compat.array_namespace(res.x) is array_api_compat.array_namespace(x0)
+    assert array_api_compat.device(res.x) == array_api_compat.device(x0)
+    np.testing.assert_allclose(to_numpy(res.x), [1.0, 1.0], atol=1e-9)
+    np.testing.assert_array_equal(to_numpy(x0), before)
+    assert x0.dtype == xp.int64
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0]], ["a", "b"]], ids=["ragged", "strings"])
+def test_bad_list_x0(bad):
+    with pytest.raises((TypeError, ValueError), match="x0"):
+        ao.minimize(rosen, bad)
+
+
+def test_unknown_options_warn_as_scipy():
+    """scipy warns OptimizeWarning "Unknown solver options: ..." and ignores them."""
+    with pytest.warns(so.OptimizeWarning, match="Unknown solver options: gtool"):
+        so.minimize(so.rosen, [-1.2, 1.0], method="Newton-CG", jac=so.rosen_der, options={"gtool": 1})
+    with pytest.warns(ao.OptimizeWarning, match="Unknown solver options: gtool") as rec:
+        res = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess, options={"gtool": 1e-3})
+    assert res.success
+    assert rec[0].filename == __file__  # the warning points at the caller
+    base = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess)
+    np.testing.assert_array_equal(res.x, base.x)  # the unknown key changed nothing
+
+
+@pytest.mark.parametrize("method", ["newton", "newton-cg"])
+def test_disp_prints_the_final_report(capsys, method):
+    kw = dict(hess=rosen_hess) if method == "newton" else dict(hessp=rosen_hessp)
+    res = ao.minimize(rosen, [-1.2, 1.0], method=method, jac=rosen_der, options={"disp": True}, **kw)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == res.message
+    assert out[1:] == [
+        f"         Current function value: {float(res.fun):f}",
+        f"         Iterations: {res.nit:d}",
+        f"         Function evaluations: {res.nfev:d}",
+        f"         Gradient evaluations: {res.njev:d}",
+        f"         Hessian evaluations: {res.nhev:d}",
+    ]
+    # scipy's report has the same lines
+    so.minimize(so.rosen, [-1.2, 1.0], method="Newton-CG", jac=so.rosen_der,
+                hessp=so.rosen_hess_prod, options={"disp": True})
+    ref = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in ref[1:]] == [line.split(":")[0] for line in out[1:]]
+    # quiet by default
+    ao.minimize(rosen, [-1.2, 1.0], method=method, jac=rosen_der, **kw)
+    assert capsys.readouterr().out == ""
+
+
+def test_disp_warns_on_failure(capsys):
+    with pytest.warns(ao.OptimizeWarning, match="Maximum number of iterations"):
+        res = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess, maxiter=2,
+                          options={"disp": True})
+    assert res.status == 1
+    assert capsys.readouterr().out.splitlines()[0].strip().startswith("Current function value")

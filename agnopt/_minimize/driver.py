@@ -85,12 +85,14 @@ CG termination and negative-curvature rules the line-search variant follows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import array_api_compat
 
 from .._derivatives import autodiff as _autodiff
 from .._core.backend import resolve
+from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
 from .common import _gnorm, _is_dask, _nonnegative, _persist
 from .newton import _run_newton
@@ -153,7 +155,10 @@ def minimize(
         unchanged (nothing is caught or retried).
     x0 : array, shape (n,)
         Starting point, of a real floating dtype; every array the solver makes
-        has its backend, device and dtype. Not modified.
+        has its backend, device and dtype. Not modified. As in scipy, a list
+        or tuple of numbers (or a Python number) is converted to a float64
+        NumPy array, and an integer or boolean array to float64 of its own
+        backend and device.
     method : {"newton", "newton-cg"}
         See the module docstring for the mathematics.
     jac : None, True, callable, {"2-point", "3-point", "cs", "autodiff"}
@@ -196,13 +201,25 @@ def minimize(
         3.5e-4 in float32), ``xtol`` (default ``eps^(2/3)``: 3.7e-11 in
         float64, 4.8e-5 in float32), ``maxiter``, ``history`` (bool),
         ``c1`` (Armijo constant, 1e-4), ``max_backtracks`` (60), ``disp``
-        (ignored). Newton: ``solver`` (``"cholesky"`` default, or ``"pinv"``),
+        (``True``: print scipy's final report: the message, final value and
+        counts; a failure's message is issued as an ``OptimizeWarning``
+        instead of printed, as scipy does). Newton: ``solver`` (``"cholesky"`` default, or ``"pinv"``),
         ``pinv_rtol`` (the ``rtol`` of ``xp.linalg.pinv``; default the
         backend's, ``n * eps``). Newton-CG: ``globalization``
         (``"line-search"`` default, or ``"trust-region"``), ``cg_maxiter``
         (default ``20 * n``), and for the trust region
         ``initial_trust_radius`` (1.0), ``max_trust_radius`` (1000.0),
-        ``eta`` (0.15). Unknown keys raise ``ValueError``.
+        ``eta`` (0.15). Unknown keys are ignored with an
+        :class:`agnopt.OptimizeWarning` "Unknown solver options: ..." (what
+        scipy.optimize.minimize does; a misspelt key therefore does not stop
+        the run: turn the warning into an error with
+        ``warnings.simplefilter("error", agnopt.OptimizeWarning)``).
+
+    Warns
+    -----
+    OptimizeWarning
+        Unknown keys in ``options``; with ``disp=True``, a run that did not
+        succeed.
 
     Returns
     -------
@@ -248,7 +265,7 @@ def minimize(
     Raises
     ------
     ValueError
-        Unknown ``method`` (the message names ``method``) or option; ``x0`` not
+        Unknown ``method`` (the message names ``method``); ``x0`` not
         1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
         ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
         ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
@@ -256,7 +273,8 @@ def minimize(
         ``fun`` raised at ``x0`` (the original exception is the cause). At
         later points an exception of ``fun`` propagates unchanged, as in scipy.
     TypeError
-        ``x0`` not one real floating array (a tree, a list); ``fun``
+        ``x0`` not one real floating array (a tree, a complex array, a ragged
+        or non-numeric list); ``fun``
         returning an array of another backend; ``"autodiff"`` with arrays other than
         torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
         a ``ValueError``).
@@ -284,6 +302,7 @@ def minimize(
     method, options = _check_method_and_options(method, options)
     if not isinstance(args, tuple):
         args = (args,)
+    x0 = _as_x0(x0)
     xp, device, n, dtype = _check_x0(x0)
     if "autodiff" in (jac, hess, hessp):
         _autodiff.autodiff_backend(x0, "minimize(..., 'autodiff')")
@@ -315,7 +334,24 @@ def minimize(
             f"options['globalization'] must be 'line-search' or 'trust-region'; "
             f"got {options.get('globalization')!r}"
         )
-    return _result(P, state, history)
+    res = _result(P, state, history)
+    if options.get("disp", False):
+        _report(res)
+    return res
+
+
+def _report(res: OptimizeResult) -> None:
+    """``disp=True``: scipy's final report (the message is printed on success
+    and issued as an :class:`OptimizeWarning` otherwise, as scipy does)."""
+    if res.success:
+        print(res.message)
+    else:
+        warnings.warn(res.message, OptimizeWarning, stacklevel=3)
+    print(f"         Current function value: {float(res.fun):f}")
+    print(f"         Iterations: {res.nit:d}")
+    print(f"         Function evaluations: {res.nfev:d}")
+    print(f"         Gradient evaluations: {res.njev:d}")
+    print(f"         Hessian evaluations: {res.nhev:d}")
 
 
 def _check_method_and_options(method: Any, options: dict | None) -> tuple[str, dict]:
@@ -325,13 +361,59 @@ def _check_method_and_options(method: Any, options: dict | None) -> tuple[str, d
         )
     method = method.lower()
     options = dict(options or {})
-    unknown = set(options) - _OPTION_KEYS[method]
+    unknown = [k for k in options if k not in _OPTION_KEYS[method]]
     if unknown:
-        raise ValueError(
-            f"options: unknown key(s) {sorted(unknown)} for method={method!r}; "
-            f"known: {sorted(_OPTION_KEYS[method])}"
+        # As scipy.optimize.minimize: a warning naming them, and they are ignored.
+        warnings.warn(
+            f"Unknown solver options: {', '.join(map(str, unknown))} (method={method!r} "
+            f"knows {', '.join(sorted(_OPTION_KEYS[method]))})",
+            OptimizeWarning,
+            stacklevel=3,
         )
+        for k in unknown:
+            del options[k]
     return method, options
+
+
+def _as_x0(x0: Any) -> Any:
+    """``x0`` as one real floating array, converted as scipy does.
+
+    A list or tuple of numbers (not of arrays: that is a tree, refused by
+    ``_check_x0``), or a Python number, becomes a float64 NumPy
+    array (at least 1-D, as ``numpy.atleast_1d``); an integer or boolean
+    array becomes float64 of its own backend and device. Anything else is
+    returned unchanged for ``_check_x0``.
+    """
+    if (isinstance(x0, (list, tuple)) and not _holds_arrays(x0)) or type(x0) in (int, float):
+        import array_api_compat.numpy as npx
+
+        try:
+            a = npx.asarray(x0, dtype=npx.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"x0: a {type(x0).__name__} that is not a (rectangular) sequence of real "
+                f"numbers ({e})"
+            ) from None
+        return npx.reshape(a, (1,)) if a.ndim == 0 else a
+    if array_api_compat.is_array_api_obj(x0) and hasattr(x0, "dtype"):
+        xp = array_api_compat.array_namespace(x0)
+        try:
+            convert = xp.isdtype(x0.dtype, ("integral", "bool"))
+        except (TypeError, ValueError):  # pragma: no cover - exotic dtypes
+            convert = False
+        if convert:
+            return xp.astype(x0, xp.float64)
+    return x0
+
+
+def _holds_arrays(seq: Any) -> bool:
+    """True for a list/tuple with an array among its (nested) items: a tree of
+    parameters, which minimize does not take (the message says so)."""
+    return any(
+        _holds_arrays(v) if isinstance(v, (list, tuple))
+        else array_api_compat.is_array_api_obj(v) and getattr(v, "ndim", 0) >= 1
+        for v in seq
+    )
 
 
 def _check_x0(x0: Any) -> tuple[Any, Any, int, Any]:
