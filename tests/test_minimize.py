@@ -719,6 +719,14 @@ def _partial_cholesky(A, variant):
     return L
 
 
+def _generic_path(monkeypatch):
+    """The fault-injection tests model a backend without a fast path: the
+    checked Cholesky goes through ``xl.linalg`` (patched by the test)."""
+    from agnopt._core import linalg as la
+
+    monkeypatch.setattr(la, "_fast_kind", lambda xl: None)
+
+
 def _cpu_namespace(name):
     if name == "torch":
         torch = pytest.importorskip("torch")
@@ -736,6 +744,7 @@ def test_checked_cholesky_rejects_a_partial_factor(monkeypatch, ns, variant):
     """CuPy's cholesky returns a partial factor for an indefinite matrix; the
     old check (finite, diag(L)**2 not tiny) accepted the negative-pivot one,
     so Newton skipped its Hessian modification."""
+    _generic_path(monkeypatch)
     from agnopt._core.linalg import cholesky
 
     xl, to, back = _cpu_namespace(ns)
@@ -775,6 +784,7 @@ def coupled_hess(x):
 def test_newton_modifies_the_hessian_under_cupy_cholesky(monkeypatch, ns, variant):
     """Newton with a non-raising (CuPy-like) cholesky still sees that the
     Hessian is indefinite, adds the shift and ends at a minimum."""
+    _generic_path(monkeypatch)
     xl, to, back = _cpu_namespace(ns)
     monkeypatch.setattr(xl.linalg, "cholesky", lambda M: to(_partial_cholesky(back(M), variant)))
     x0 = to(np.array([0.1, 0.05]))
@@ -795,6 +805,7 @@ def test_device_errors_in_linear_algebra_propagate(monkeypatch, ns, where):
     (1.037, 1.075), the singular-Hessian case in 18 steps instead of 1, the
     n = 100 case past its timeout). Only the backend's LinAlgError means
     'not positive definite'; anything else propagates."""
+    _generic_path(monkeypatch)
     xl, to, back = _cpu_namespace(ns)
 
     class DeviceError(RuntimeError):
@@ -810,9 +821,35 @@ def test_device_errors_in_linear_algebra_propagate(monkeypatch, ns, where):
 
 
 @pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_device_errors_in_fast_paths_propagate(monkeypatch, ns):
+    """The same on the fast paths (scipy.linalg for NumPy, torch.cholesky_solve)."""
+    xl, to, back = _cpu_namespace(ns)
+
+    class DeviceError(RuntimeError):
+        pass
+
+    def boom(*a, **k):
+        raise DeviceError("CUDA error: out of memory")
+
+    if ns == "numpy":
+        sl = pytest.importorskip("scipy.linalg")
+        targets = [(sl, "cholesky"), (sl, "cho_solve")]
+    else:
+        import torch
+
+        targets = [(xl.linalg, "cholesky"), (torch, "cholesky_solve")]
+    for mod, name in targets:
+        with monkeypatch.context() as m:
+            m.setattr(mod, name, boom)
+            with pytest.raises(DeviceError, match="out of memory"):
+                ao.minimize(rosen, to(np.array([-1.2, 1.0])), jac=rosen_der, hess=rosen_hess)
+
+
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
 def test_linalg_error_still_means_not_positive_definite(monkeypatch, ns):
     """The backend's own LinAlgError (numpy's, torch's) is what the checked
     Cholesky catches: the modified-Cholesky path then shifts the Hessian."""
+    _generic_path(monkeypatch)
     from agnopt._core.linalg import cholesky, linalg_errors
 
     xl, to, back = _cpu_namespace(ns)
@@ -1062,3 +1099,28 @@ def test_disp_warns_on_failure(capsys):
                           options={"disp": True})
     assert res.status == 1
     assert capsys.readouterr().out.splitlines()[0].strip().startswith("Current function value")
+
+
+@pytest.mark.parametrize("n", [1, 5, 60])
+def test_cholesky_fast_path_equals_generic(xp, device, n):
+    """The backend fast paths of the checked Cholesky and its solve (SciPy for
+    NumPy, torch.cholesky_solve, jax.scipy, cupyx) equal the Array API path to
+    rounding, and agree on rejection."""
+    from agnopt._core.linalg import cho_solve, cholesky
+
+    if is_backend(xp, "dask"):
+        pytest.skip("dask: minimize factorizes in-memory chunks (the numpy path)")
+    rng = np.random.default_rng(n)
+    M = rng.standard_normal((n, n))
+    A = M @ M.T / n + 0.1 * np.eye(n)
+    b = rng.standard_normal(n)
+    Ax, bx = asarr(xp, device, A), asarr(xp, device, b)
+    L1, L0 = cholesky(xp, Ax), cholesky(xp, Ax, fast=False)
+    assert L1 is not None and L0 is not None
+    np.testing.assert_allclose(to_numpy(L1), to_numpy(L0), rtol=1e-12, atol=1e-14)
+    x1, x0 = cho_solve(xp, L1, bx), cho_solve(xp, L0, bx, fast=False)
+    np.testing.assert_allclose(to_numpy(x1), np.linalg.solve(A, b), rtol=1e-9)
+    np.testing.assert_allclose(to_numpy(x1), to_numpy(x0), rtol=1e-10, atol=1e-12)
+    if n > 1:
+        S = asarr(xp, device, A - 2.0 * np.max(np.linalg.eigvalsh(A)) * np.eye(n) * (np.arange(n) == 0))
+        assert cholesky(xp, S) is None and cholesky(xp, S, fast=False) is None

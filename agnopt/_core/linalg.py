@@ -69,7 +69,7 @@ def _raising(xl: Any) -> Any:
     return contextlib.nullcontext()
 
 
-def cholesky(xl: Any, A: Any) -> Any | None:
+def cholesky(xl: Any, A: Any, *, fast: bool = True) -> Any | None:
     r"""Lower Cholesky factor of a symmetric ``A``, or ``None`` where ``A`` is not
     (numerically) positive definite.
 
@@ -80,6 +80,11 @@ def cholesky(xl: Any, A: Any) -> Any | None:
         first).
     A : array, shape (n, n), real floating
         Symmetric; only its lower triangle is read by the factorization.
+    fast : bool
+        Use the backend's fast path where there is one (NumPy with SciPy
+        installed: ``scipy.linalg.cholesky``, LAPACK ``potrf`` without NumPy's
+        gufunc copies, about 2.5x faster at n = 500); ``False`` forces the
+        Array API path (tests compare the two).
 
     Returns
     -------
@@ -94,9 +99,15 @@ def cholesky(xl: Any, A: Any) -> Any | None:
     out of memory, driver errors) propagates unchanged.
     """
     errors = linalg_errors()
+    kind = _fast_kind(xl) if fast else None
     try:
         with _raising(xl):
-            L = xl.linalg.cholesky(A)
+            if kind == "scipy":
+                import scipy.linalg
+
+                L = scipy.linalg.cholesky(A, lower=True, check_finite=False)
+            else:
+                L = xl.linalg.cholesky(A)
     except errors:
         return None
     d = xl.linalg.diagonal(L)
@@ -116,11 +127,64 @@ def cholesky(xl: Any, A: Any) -> Any | None:
     return L
 
 
-def cho_solve(xl: Any, L: Any, b: Any) -> Any | None:
-    """Solve ``L L^T x = b`` (``b`` of shape ``(n,)``) with two solves; ``None``
-    where the backend reports a singular triangular factor."""
+def cho_solve(xl: Any, L: Any, b: Any, *, fast: bool = True) -> Any | None:
+    """Solve ``L L^T x = b`` for ``b`` of shape ``(n,)``; ``None`` where the
+    backend reports a singular triangular factor.
+
+    The Array API has no triangular solve, so the generic path makes two
+    general ``solve`` calls (LU, :math:`\\tfrac43 n^3` flops). Fast paths
+    (``fast=True``), all :math:`2n^2`: NumPy with SciPy ``scipy.linalg.cho_solve``
+    (LAPACK ``potrs``), torch ``torch.cholesky_solve``, JAX
+    ``jax.scipy.linalg.cho_solve``, CuPy ``cupyx.scipy.linalg.solve_triangular``.
+    A zero pivot gives non-finite entries there instead of an error; callers
+    check finiteness.
+    """
+    kind = _fast_kind(xl) if fast else None
     try:
+        if kind == "scipy":
+            import scipy.linalg
+
+            return scipy.linalg.cho_solve((L, True), b, check_finite=False)
+        if kind == "torch":
+            import torch
+
+            return torch.cholesky_solve(b[:, None], L)[:, 0]
+        if kind == "jax":
+            import jax.scipy.linalg
+
+            return jax.scipy.linalg.cho_solve((L, True), b)
+        if kind == "cupy":
+            import cupyx.scipy.linalg as cl
+
+            y = cl.solve_triangular(L, b, lower=True)
+            return cl.solve_triangular(L.T, y, lower=False)
         y = xl.linalg.solve(L, b[:, None])
         return xl.linalg.solve(xl.linalg.matrix_transpose(L), y)[:, 0]
     except linalg_errors():
         return None
+
+
+def _fast_kind(xl: Any) -> str | None:
+    """Which backend fast path applies to namespace ``xl`` (None: generic)."""
+    if array_api_compat.is_numpy_namespace(xl):
+        return "scipy" if _has("scipy.linalg") else None
+    if array_api_compat.is_torch_namespace(xl):
+        return "torch"
+    if array_api_compat.is_jax_namespace(xl):
+        return "jax" if _has("jax.scipy.linalg") else None
+    if array_api_compat.is_cupy_namespace(xl):
+        return "cupy" if _has("cupyx.scipy.linalg") else None
+    return None
+
+
+_HAS: dict[str, bool] = {}
+
+
+def _has(module: str) -> bool:
+    if module not in _HAS:
+        try:
+            __import__(module)
+            _HAS[module] = True
+        except ImportError:
+            _HAS[module] = False
+    return _HAS[module]

@@ -28,18 +28,16 @@ def _newton_step(
     ``"pinv"`` or ``"steepest"`` (the last only if every factorization
     failed, e.g. a Hessian with NaNs).
     """
-    xl, Hl = _local(xp, H)
+    xl, Hl = _local(xp, H)  # H is finite: the caller checked
     gl = _local(xp, g)[1]
     n = Hl.shape[0]
-    if not bool(xl.all(xl.isfinite(Hl))):
-        return -g, math.inf, "steepest"
-    eye = xl.eye(n, dtype=Hl.dtype, device=array_api_compat.device(Hl))
-    hmax = float(xl.max(xl.abs(Hl)))
     if solver == "pinv":
         # The seed's step, used where H is positive semidefinite to within
         # sqrt(eps) max|H_ij| (tested by a Cholesky factorization of the
         # shifted matrix); on an indefinite H, -H^+ g heads for saddle
         # points, and the modified Cholesky below is used instead.
+        hmax = float(xl.max(xl.abs(Hl)))
+        eye = xl.eye(n, dtype=Hl.dtype, device=array_api_compat.device(Hl))
         delta = float(xl.finfo(Hl.dtype).eps) ** 0.5 * max(hmax, 1e-300)
         if cholesky(xl, Hl + delta * eye) is not None:
             if pinv_rtol is None:
@@ -50,21 +48,36 @@ def _newton_step(
             if bool(xl.all(xl.isfinite(p))) and float(xl.sum(p * gl)) < 0:
                 return _back(xp, p, dtype, device), 0.0, "pinv"
     dmin = float(xl.min(xl.linalg.diagonal(Hl)))
+    tau = 0.0
+    if dmin > 0:  # the common case: no shift, no identity matrix, no max|H|
+        p = _cholesky_step(xl, Hl, gl)
+        if p is not None:
+            return _back(xp, p, dtype, device), 0.0, "cholesky"
+    hmax = float(xl.max(xl.abs(Hl)))
+    eye = xl.eye(n, dtype=Hl.dtype, device=array_api_compat.device(Hl))
     tiny = float(xl.finfo(Hl.dtype).smallest_normal) ** 0.5
     beta = 1e-3 * max(hmax, tiny)
-    tau = 0.0 if dmin > 0 else beta - dmin
+    tau = beta if dmin > 0 else beta - dmin
     for _ in range(200):
-        L = cholesky(xl, Hl + tau * eye if tau > 0 else Hl)
-        if L is not None:
-            p = cho_solve(xl, L, gl)  # None: a singular triangular factor
-            if p is not None:
-                p = -p
-            if p is not None and bool(xl.all(xl.isfinite(p))):
-                return _back(xp, p, dtype, device), tau, ("cholesky" if tau == 0 else "damped")
+        p = _cholesky_step(xl, Hl + tau * eye, gl)
+        if p is not None:
+            return _back(xp, p, dtype, device), tau, "damped"
         tau = max(2.0 * tau, beta)
         if not math.isfinite(tau):
             break
     return -g, math.inf, "steepest"
+
+
+def _cholesky_step(xl: Any, A: Any, g: Any) -> Any | None:
+    """``-A^{-1} g`` by the checked Cholesky factorization, or None where ``A``
+    is not positive definite or the step is not finite."""
+    L = cholesky(xl, A)
+    if L is None:
+        return None
+    p = cho_solve(xl, L, g)  # None: a singular triangular factor
+    if p is None or not bool(xl.all(xl.isfinite(p))):
+        return None
+    return -p
 
 
 def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback):

@@ -220,7 +220,13 @@ class _Problem:
         else:
             method = mode if mode in _FD else None
             H = self._fd_hessian(x, g, method)
-        return 0.5 * (H + xp.linalg.matrix_transpose(H))
+        Ht = xp.linalg.matrix_transpose(H)
+        if bool(xp.all(H == Ht)):
+            # Already symmetric (the usual analytic or autodiff Hessian): no
+            # copy; 0.5 * (H + H^T) would return the same values (it differs
+            # only where h + h overflows).
+            return H
+        return 0.5 * (H + Ht)
 
     def _fd_hessian(self, x: Any, g: Any, method: str | None) -> Any:
         """Finite differences of the gradient.
