@@ -414,3 +414,95 @@ def test_chain_validates_after_untrusted_transform():
         nested.update({"w": np.ones(3)}, nested.init(p), p)
     with pytest.raises(TypeError, match="dtype"):
         ao.adam(1e-3).update({"w": np.ones(3, dtype=np.int64)}, ao.adam(1e-3).init(p), p)
+
+
+# ---------------------------------------------------------------- CUDA fast paths (issue 14, item 5)
+# The CuPy kernel and the torch CUDA path under the checks above that were
+# written for the CPU paths only: donation, state dtypes, the Optimizer object,
+# the device of every returned array. Skipped (never failed) without CUDA.
+
+CUDA_PATHS = ["torch-cuda", "cupy"]
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(FALLBACK_CONFIGS) + list(SAME_DTYPE_CONFIGS))
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_state_dtype_options_cuda(path, name, dt, monkeypatch):
+    test_state_dtype_options(path, name, dt, monkeypatch)
+
+
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_step_donates_on_fast_path_and_not_on_generic_cuda(path, monkeypatch):
+    test_step_donates_on_fast_path_and_not_on_generic(path, monkeypatch)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_optimizer_object_cuda(path, flat, monkeypatch):
+    test_optimizer_object(path, flat, monkeypatch)
+
+
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_fast_path_rejects_what_generic_rejects_cuda(path, monkeypatch):
+    test_fast_path_rejects_what_generic_rejects(path, monkeypatch)
+
+
+def _device_of(x):
+    from array_api_compat import device
+
+    return device(x)
+
+
+@pytest.mark.parametrize("name", ["adam-amsgrad-wd-schedule", "rmsprop-centered-momentum-wd",
+                                  "sgd-dampening-wd", "adagrad-init-wd", "sign_sgd-schedule"])
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_cuda_fast_path_keeps_device_and_dtypes(path, dt, name, monkeypatch):
+    """Every returned parameter and state array stays on the parameters' device,
+    with the generic path's dtype; the fast path really ran."""
+    be = _make_path(path)
+    ref, ref_state = _trajectory(be, CONFIGS[name], dt, True, monkeypatch, "0")
+    before = be.stats()
+    got, got_state = _trajectory(be, CONFIGS[name], dt, True, monkeypatch, be.mode)
+    assert be.stats() > before, "the fast path did not run"
+    dev = _device_of(ao.tree_leaves(_problem(be, dt, True))[0])
+    for a, b in zip(ao.tree_leaves(ref_state), ao.tree_leaves(got_state)):
+        assert _device_of(b) == dev and _device_of(a) == dev
+        assert str(b.dtype) == str(a.dtype)
+    _compare(ref, got, dt)
+
+
+def _second_device(path):
+    """Arrays on CUDA device 1 (skip with fewer than two GPUs)."""
+    be = _make_path(path)
+    if path == "cupy":
+        if be.cp.cuda.runtime.getDeviceCount() < 2:
+            pytest.skip("one CUDA device: the several-GPU case needs two")
+        cp = be.cp
+
+        class _Dev1(_Cupy):
+            def array(self, a, dt):
+                with cp.cuda.Device(1):
+                    return cp.asarray(np.asarray(a, dtype=dt))
+
+        return _Dev1()
+    if be.torch.cuda.device_count() < 2:
+        pytest.skip("one CUDA device: the several-GPU case needs two")
+    return _Torch("cuda:1")
+
+
+@pytest.mark.parametrize("mode", ["0", "1"], ids=["generic", "fast"])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_cuda_second_device(path, mode, monkeypatch):
+    """Parameters on device 1 while device 0 is current: state, updates and
+    results stay on device 1 and equal the device-0 trajectory (array-api-compat's
+    CuPy creation functions ignore ``device=``: arrays must be made in the
+    parameters' device context)."""
+    be = _second_device(path)
+    ref, _ = _trajectory(_make_path(path), CONFIGS["adam-amsgrad-wd-schedule"], "float64", True,
+                         monkeypatch, "0")
+    got, state = _trajectory(be, CONFIGS["adam-amsgrad-wd-schedule"], "float64", True, monkeypatch, mode)
+    dev = _device_of(ao.tree_leaves(_problem(be, "float64", True))[0])
+    for leaf in ao.tree_leaves(state):
+        assert _device_of(leaf) == dev
+    _compare(ref, got, "float64")
