@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._core.backend import scalar
+from .._core.backend import is_concrete, scalar
 from .._first_order.base import EmptyState
+from .._first_order.transforms import _all_finite
 from .._first_order.transforms import (
     ScaleByAdamState,
     ScaleByRmsState,
@@ -138,6 +139,9 @@ def lr_value(hp, xp, sched_count, dtype, device):
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
+    elif is_concrete(value) and not _all_finite(value):
+        # as scale_by_schedule: raise before any parameter is overwritten in place
+        raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
     return scalar(xp, value, dtype, device)
 
 
@@ -196,7 +200,8 @@ BUF_ORDER = {
 def constants(spec, plan: Plan, xp, dtype, device, new_count):
     """Per-dtype constants of the step, as the generic path computes them.
 
-    Returns a dict of Python floats (hyperparameters, cast to ``dtype`` by the
+    ``dtype`` is the opmath dtype the kernel computes in (float32 for
+    float16/bfloat16 storage, as the generic transforms). Returns a dict of Python floats (hyperparameters, cast to ``dtype`` by the
     kernel exactly as NumPy/torch cast a weak Python scalar) and 0-d arrays of
     ``dtype`` (bias corrections, scheduled learning rate).
     """
