@@ -370,3 +370,37 @@ def test_state_leaves_keep_type_shape_dtype(backend, name):
     p1, s3 = ao.step(opt, params, grads, opt.init(params))
     assert _sig(s3) == want
     assert _sig(p1) == _sig(params)
+
+
+# ----------------------------------------------------------------------------
+# issue 14, fix now 2: step() rejects a non-finite schedule value before writing in place
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd-momentum", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"])
+def test_step_rejects_nonfinite_schedule_array_before_writing(backend, name):
+    """A schedule returning a NaN 0-d array: step() raises ValueError as update() does, and the
+    parameters and state are untouched (torch/NumPy fast paths overwrote them with NaN)."""
+    case, xp, device = backend
+    if case is BackendCase.DASK:
+        pytest.skip("dask: schedule values are not checked (documented: that would compute every step)")
+    dt = xp.float64
+
+    def sched(count):
+        return xp.asarray(float("nan"), dtype=dt, device=device)
+
+    opt = {"sgd": lambda: ao.sgd(sched), "sgd-momentum": lambda: ao.sgd(sched, momentum=0.9),
+           "sign_sgd": lambda: ao.sign_sgd(sched), "adagrad": lambda: ao.adagrad(sched),
+           "rmsprop": lambda: ao.rmsprop(sched), "adam": lambda: ao.adam(sched),
+           "adamw": lambda: ao.adamw(sched)}[name]()
+    p = xp.asarray([1.0, -2.0, 0.5], dtype=dt, device=device)
+    g = xp.asarray([0.1, 0.2, 0.3], dtype=dt, device=device)
+    s = opt.init(p)
+    before = [to_numpy(x).copy() for x in ao.tree_leaves((p, s))]
+    with pytest.raises(ValueError, match="non-finite"):
+        opt.update(g, s, p)
+    with pytest.raises(ValueError, match="non-finite"):
+        ao.step(opt, p, g, s)
+    after = [to_numpy(x) for x in ao.tree_leaves((p, s))]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
