@@ -37,9 +37,12 @@ installed; ``numba`` requires numba; unset or ``1`` picks the fastest
 available.
 
 The fast path recognises an optimizer through a small registry: each alias
-registers its ``Transform.update`` function with its hyperparameters
-(:func:`register_fast`); a Transform that is not registered (any user-built
-chain) takes the generic path.
+registers its ``Transform.update`` function with its hyperparameters and the
+layout of its state (:func:`register_fast`): one :class:`Slot` per element of
+its chain, declared in :mod:`agnopt._first_order.alias` next to the chain
+itself, naming the sub-state class and the fields the fused kernel reads
+(so reordering a chain reorders its layout with it). A Transform that is not
+registered (any user-built chain) takes the generic path.
 """
 
 from __future__ import annotations
@@ -51,29 +54,47 @@ from typing import Any, NamedTuple
 from .base import Transform, apply_updates
 from .._core.tree import tree_flatten, tree_unflatten
 
-__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode"]
+__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
+
+
+class Slot(NamedTuple):
+    """Where a fused kernel finds its buffers in one sub-state of a chain.
+
+    ``cls`` is the sub-state's class (``EmptyState`` for a stateless
+    transform); ``fields`` pairs a kernel buffer name (``"mu"``, ``"nu"``,
+    ``"vmax"``, ``"acc"``, ``"trace"``, or ``"count"`` / ``"sched_count"``
+    for the step counters) with the state field holding it.
+    """
+
+    cls: type
+    fields: tuple = ()
 
 
 class FastSpec(NamedTuple):
-    """Which optimizer a registered Transform is: ``kind`` and its hyperparameters."""
+    """Which optimizer a registered Transform is: ``kind``, its hyperparameters, its state layout."""
 
     kind: str  # "sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"
     hp: dict
+    layout: tuple  # one Slot per chain element, in the chain's order
 
 
 _REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
 KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
 
 
-def register_fast(transform: Transform, kind: str, **hp: Any) -> Transform:
+def register_fast(transform: Transform, kind: str, layout: tuple, **hp: Any) -> Transform:
     """Record that ``transform`` is the alias ``kind`` with hyperparameters ``hp``.
 
+    ``layout`` is a tuple of :class:`Slot`, one per element of the chain that
+    ``transform`` is, in order: what its fused kernel reads from the state.
     Keyed by ``transform.update`` (weakly), so only the very Transform an alias
     returned is recognised. Returns ``transform`` unchanged.
     """
     if kind not in KINDS:
         raise ValueError(f"register_fast: unknown kind {kind!r}")
-    _REGISTRY[transform.update] = FastSpec(kind, dict(hp))
+    if not isinstance(layout, tuple) or not all(isinstance(s, Slot) for s in layout):
+        raise TypeError("register_fast: layout must be a tuple of Slot")
+    _REGISTRY[transform.update] = FastSpec(kind, dict(hp), layout)
     return transform
 
 

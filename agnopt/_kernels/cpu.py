@@ -512,5 +512,5 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
                 bf.append(None)
             run_blocked(kind, flags, cc, pf, gf, bf)
     STATS["numba" if use_numba else "numpy"] += n
-    st = fc.new_state(plan, new_count, new_sched, bufs)
+    st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

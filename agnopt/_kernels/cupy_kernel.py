@@ -198,5 +198,5 @@ def try_step(spec, params, p_leaves, td, grads, state):
         outs = [bufs[name][li] for name in _OUTS[kind] if name in bufs]
         kern(g, *args, p, *outs)
     STATS["cupy"] += n
-    st = fc.new_state(plan, new_count, new_sched, bufs)
+    st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

@@ -167,5 +167,5 @@ def try_step(spec, params, p_leaves, td, grads, state):
                     if b is not None:
                         b[i:j].copy_(w)
         STATS["torch"] += n
-        st = fc.new_state(plan, new_count, new_sched, bufs)
+        st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st
