@@ -51,6 +51,7 @@ import os
 import weakref
 from typing import Any, NamedTuple
 
+from .._core.lazy import is_dask, persist
 from .base import Transform, apply_updates
 from .._core.tree import tree_flatten, tree_unflatten
 
@@ -118,7 +119,14 @@ def fast_mode() -> str:
 
 def _generic(transform, params, grads, state):
     updates, new_state = transform.update(grads, state, params)
-    return apply_updates(params, updates), new_state
+    new_params = apply_updates(params, updates)
+    leaves, td = tree_flatten((new_params, new_state))
+    if any(is_dask(x) for x in leaves):
+        # Dask: one dask.persist per step, so the graphs of params and state stay one
+        # task per chunk instead of growing with every step (a loop of n steps costs
+        # O(n), and computing after many steps cannot hit Python's recursion limit)
+        new_params, new_state = tree_unflatten(td, list(persist(*leaves)))
+    return new_params, new_state
 
 
 def _backend_module(leaf: Any) -> str | None:
@@ -148,6 +156,15 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
     afterwards (keep a copy if you need them). ``grads`` are only read. JAX,
     Dask and array-api-strict arrays are never modified (generic path).
     ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._first_order.step`.
+
+    **Dask: params and state are persisted.** On Dask arrays ``step`` ends
+    with one ``dask.persist`` of the new parameters and state (computed
+    chunk by chunk, in memory on the local scheduler or on the workers of a
+    ``dask.distributed`` cluster), so their graphs do not grow with the
+    number of steps: a loop of ``n`` steps costs time linear in ``n``, and
+    the result can be computed after any number of steps. ``grads`` may be
+    lazy (their graph is computed within the step). ``update`` and
+    ``apply_updates`` stay lazy (persist their results yourself in a loop).
     """
     spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
     if spec is not None:
@@ -190,6 +207,10 @@ class Optimizer:
     gradient buffer) and call ``opt.step()`` to avoid copying them; any other
     gradient tree passed to ``step(grads)`` is copied into the buffer first.
     In flat mode ``opt.state`` is the state of the flat parameter vector.
+
+    On Dask arrays each ``opt.step`` persists ``opt.params`` and
+    ``opt.state`` (see :func:`step`): the loop runs in time linear in the
+    number of steps.
     """
 
     def __init__(self, transform: Transform, params: Any, *, flat: bool = False):
