@@ -596,10 +596,16 @@ def clip_by_global_norm(max_norm: float) -> Transform:
         op = opmath_dtype(xp, acc_dtype)
         norm = scaled_norm(xp, leaves, op)  # max|g| * sqrt(sum((g / max|g|)^2)): no overflow/underflow
         inside = norm <= max_norm
+        # double where: no division by norm = 0 (finite derivatives at g = 0); inside the
+        # region the updates are returned as they are (the identity, also for derivatives)
         one = xp.ones_like(norm)
-        # double where: the division never sees norm = 0 (finite derivatives at g = 0)
-        factor = xp.where(inside, one, max_norm / xp.where(inside, one, norm))
-        return tree_unflatten(td, [_cast(xp, g, _op(xp, g)) * _cast(xp, factor, _op(xp, g))
-                                   for g in leaves]), state
+        safe_norm = xp.where(inside, one, norm)
+        factor = xp.where(inside, one, max_norm / safe_norm)  # 1 inside: u = g exactly
+        # a factor below the normal range (norm > max_norm / tiny) would lose digits:
+        # there divide by the norm first, then multiply by max_norm
+        normal = factor >= xp.finfo(op).smallest_normal
+        pre = xp.where(normal, one, safe_norm)
+        post = xp.where(normal, factor, max_norm * one)
+        return tree_unflatten(td, [(_cast(xp, g, op) / pre) * post for g in leaves]), state
 
     return Transform(init, update)
