@@ -491,3 +491,33 @@ def test_torch_half_precision_fast_path_equals_generic(name, low, monkeypatch):
     for a, b in zip(ao.tree_leaves(out["0"][1]), ao.tree_leaves(out["1"][1])):
         assert a.dtype == b.dtype
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cupy_kernel_source_computes_in_opmath(name):
+    """Read without a GPU (issue 14, fix now 4): the CuPy kernel declares every local in the opmath
+    type ``O`` (float for float16/float32 storage, double for float64), takes its scalars in that
+    type (a float16 eps = 1e-8 would be 0), rounds once per stored value, and clamps centered
+    RMSProp's variance, as the generic path does."""
+    import re
+
+    from agnopt._first_order.step import fast_spec
+    from agnopt._kernels import common, cupy_kernel
+
+    spec = fast_spec(CONFIGS[name]())
+    flags, _ = common._flags(spec.kind, spec.hp)
+    if spec.kind == "sgd":
+        flags = dict(flags, first=False)
+    for op, ctype in (("float32", "float"), ("float64", "double")):
+        ins, outs, body = cupy_kernel.kernel_source(spec.kind, flags, op)
+        lines = body.split("\n")
+        assert lines[0] == f"typedef {ctype} O;"
+        assert not any(re.match(r"\s*T\s+\w+\s*=", ln) for ln in lines), body  # no storage-type locals
+        scalars = [a.strip() for a in ins.split(",")][1:]
+        assert scalars and all(a.startswith(op + " ") for a in scalars), ins
+        for out in [o.strip().split()[1] for o in outs.split(",")]:
+            stores = [ln for ln in lines if re.match(rf"\s*{out}\s*=", ln)]
+            assert len(stores) == 1 and "(T)" in stores[0], (out, stores)  # one rounding per output
+        if spec.kind == "rmsprop" and spec.hp["centered"]:
+            assert "if (a < (O)0) a = (O)0;" in body
+    assert cupy_kernel.opmath_name("float16") == "float32"

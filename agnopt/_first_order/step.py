@@ -31,6 +31,13 @@ non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
 parameters' dtype), and any input the checks would reject (the generic path
 then raises its usual error).
 
+**Numerics.** Every path follows the transforms' rules (see
+:mod:`agnopt._first_order.transforms`): float16/bfloat16 parameters and
+state are computed in float32 and rounded once when stored (NumPy: the
+generic path; torch: the in-place path widens each block to float32; CuPy:
+the fused kernel computes in a float local type), and centered RMSProp
+clamps :math:`\nu - \mu^2` at 0 before its root.
+
 The environment variable ``AGNOPT_FAST`` selects the path: ``0`` the generic
 path everywhere; ``numpy`` the blocked NumPy path even when numba is
 installed; ``numba`` requires numba; unset or ``1`` picks the fastest
