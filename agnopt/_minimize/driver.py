@@ -231,8 +231,27 @@ def minimize(
         ``alpha`` (step lengths; the trust radius for the trust region),
         and ``tau`` (newton: the Hessian shift) or ``cg_iter`` (newton-cg).
 
-    Stopping conditions (checked in this order, each iteration)
-    -----------------------------------------------------------
+    Raises
+    ------
+    ValueError
+        Unknown ``method`` (the message names ``method``); ``x0`` not
+        1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
+        ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
+        ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
+    RuntimeError
+        ``fun`` raised at ``x0`` (the original exception is the cause). At
+        later points an exception of ``fun`` propagates unchanged, as in scipy.
+    TypeError
+        ``x0`` not one real floating array (a tree, a complex array, a ragged
+        or non-numeric list); ``fun``
+        returning an array of another backend; ``"autodiff"`` with arrays other than
+        torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
+        a ``ValueError``).
+
+    Notes
+    -----
+    **Stopping conditions** (checked in this order, each iteration):
+
     * status 0, success: :math:`\|g_k\|_\infty \le` ``gtol`` (checked also at
       ``x0``: a stationary start at a minimum returns after 0 iterations)
       and the curvature there is non-negative (see below).
@@ -262,25 +281,6 @@ def minimize(
     and its limits (a negative-curvature direction orthogonal to CG's Krylov
     space is not seen) are in :mod:`agnopt._minimize.curvature`.
 
-    Raises
-    ------
-    ValueError
-        Unknown ``method`` (the message names ``method``); ``x0`` not
-        1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
-        ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
-        ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
-    RuntimeError
-        ``fun`` raised at ``x0`` (the original exception is the cause). At
-        later points an exception of ``fun`` propagates unchanged, as in scipy.
-    TypeError
-        ``x0`` not one real floating array (a tree, a complex array, a ragged
-        or non-numeric list); ``fun``
-        returning an array of another backend; ``"autodiff"`` with arrays other than
-        torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
-        a ``ValueError``).
-
-    Notes
-    -----
     Newton's method with the line search is affine invariant: for
     :math:`g(y) = f(Ay + b)`, the iterates satisfy :math:`x_k = A y_k + b`
     as long as the Hessians met are positive definite (the modification and
