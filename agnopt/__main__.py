@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         if steps < 2:
             parser.error("--steps must be at least 2")
         backends = getattr(args, "backends", None)
+        if getattr(args, "plot", None):  # fail before the tour, not after it
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                print("tour --plot needs matplotlib: python -m pip install matplotlib", file=sys.stderr)
+                return 1
         t0 = time.perf_counter()
         print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
         chosen = backends.split(",") if backends else None

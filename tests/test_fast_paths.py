@@ -506,3 +506,109 @@ def test_cuda_second_device(path, mode, monkeypatch):
     for leaf in ao.tree_leaves(state):
         assert _device_of(leaf) == dev
     _compare(ref, got, "float64")
+
+# ---------------------------------------------------------------- state layouts (issue 10)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_alias_declares_the_layout_its_kernel_reads(name):
+    """Each alias registers, next to its chain, the state layout its fused kernel reads;
+    that layout matches what its init() returns (else the fast path would silently switch off)."""
+    from agnopt._first_order.step import fast_spec
+    from agnopt._kernels import common
+
+    opt = CONFIGS[name]()
+    spec = fast_spec(opt)
+    assert spec is not None
+    params = {"w": np.ones((3, 2)), "b": np.zeros(4)}
+    state = opt.init(params)
+    leaves, td = ao.tree_flatten(params)
+    assert len(spec.layout) == len(state)
+    plan = common.read_state(spec, state, td, len(leaves))
+    assert plan is not None, f"{name}: the declared layout does not match init()"
+    assert set(plan.bufs) == set(common._flags(spec.kind, spec.hp)[1])
+
+
+def test_layout_follows_a_reordered_chain(monkeypatch):
+    """The layout is built from the same list as the chain: put the learning-rate scaling first
+    and the state is still read (positions move together)."""
+    from agnopt._first_order import alias
+    from agnopt._kernels import common
+
+    parts = [alias._lr_part(_sched(1e-2)),
+             (ao.add_decayed_weights(0.0), alias._NONE),
+             (ao.scale_by_adam(), alias._ADAM_SLOT)]
+    opt = alias._fused("adam", parts, learning_rate=_sched(1e-2), b1=0.9, b2=0.999, eps=1e-8,
+                       eps_root=0.0, amsgrad=False, weight_decay=0.0)
+    from agnopt._first_order.step import fast_spec
+
+    p = np.ones(5)
+    state = opt.init(p)
+    leaves, td = ao.tree_flatten(p)
+    plan = common.read_state(fast_spec(opt), state, td, 1)
+    assert plan is not None and set(plan.bufs) == {"mu", "nu"}
+    assert plan.sched_count is state[0].count and plan.count is state[2].count
+    # and a state of another layout is refused (generic path), never misread
+    assert common.read_state(fast_spec(ao.adam(1e-2)), state, td, 1) is None
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["sgd-momentum", "sign_sgd", "adagrad", "rmsprop-centered-momentum-wd",
+                                  "adam-amsgrad-wd-schedule", "adamw"])
+def test_torch_half_precision_fast_path_equals_generic(name, low, monkeypatch):
+    """torch float16/bfloat16: the in-place path computes in float32 and rounds once, as generic."""
+    torch = pytest.importorskip("torch")
+    from agnopt._kernels import torch_kernel as _fast_torch
+
+    dt = getattr(torch, low)
+    rng = np.random.default_rng(3)
+    p0 = torch.tensor(rng.standard_normal(300), dtype=dt)
+    grads = [torch.tensor(rng.standard_normal(300), dtype=dt) for _ in range(STEPS)]
+    cfg = CONFIGS.get(name) or (lambda: ao.sgd(1e-2, momentum=0.9))
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = cfg()
+        p = p0.clone()
+        s = opt.init(p)
+        before = _fast_torch.STATS["torch"]
+        for g in grads:
+            p, s = ao.step(opt, p, g, s)
+        ran = _fast_torch.STATS["torch"] - before
+        assert ran == (STEPS if mode == "1" else 0)
+        out[mode] = (p, s)
+    assert out["1"][0].dtype == dt
+    torch.testing.assert_close(out["1"][0], out["0"][0], rtol=0, atol=0)
+    for a, b in zip(ao.tree_leaves(out["0"][1]), ao.tree_leaves(out["1"][1])):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cupy_kernel_source_computes_in_opmath(name):
+    """Read without a GPU (issue 14, fix now 4): the CuPy kernel declares every local in the opmath
+    type ``O`` (float for float16/float32 storage, double for float64), takes its scalars in that
+    type (a float16 eps = 1e-8 would be 0), rounds once per stored value, and clamps centered
+    RMSProp's variance, as the generic path does."""
+    import re
+
+    from agnopt._first_order.step import fast_spec
+    from agnopt._kernels import common, cupy_kernel
+
+    spec = fast_spec(CONFIGS[name]())
+    flags, _ = common._flags(spec.kind, spec.hp)
+    if spec.kind == "sgd":
+        flags = dict(flags, first=False)
+    for op, ctype in (("float32", "float"), ("float64", "double")):
+        ins, outs, body = cupy_kernel.kernel_source(spec.kind, flags, op)
+        lines = body.split("\n")
+        assert lines[0] == f"typedef {ctype} O;"
+        assert not any(re.match(r"\s*T\s+\w+\s*=", ln) for ln in lines), body  # no storage-type locals
+        scalars = [a.strip() for a in ins.split(",")][1:]
+        assert scalars and all(a.startswith(op + " ") for a in scalars), ins
+        for out in [o.strip().split()[1] for o in outs.split(",")]:
+            stores = [ln for ln in lines if re.match(rf"\s*{out}\s*=", ln)]
+            assert len(stores) == 1 and "(T)" in stores[0], (out, stores)  # one rounding per output
+        if spec.kind == "rmsprop" and spec.hp["centered"]:
+            assert "if (a < (O)0) a = (O)0;" in body
+    assert cupy_kernel.opmath_name("float16") == "float32"
