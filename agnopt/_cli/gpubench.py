@@ -218,7 +218,7 @@ def _peaks(B: int, m: int = 50, seed: int = 0):
 
 def batched_lm(backend: str, B: int, repeat: int = 1) -> dict:
     """``curve_fit(batched=True)`` of B Gaussian peaks (default Jacobian, float64) on one backend."""
-    from .._curve_fit import curve_fit
+    from .. import curve_fit
     from .fitbench import _gauss
 
     xp, dev = _xp_dev(backend)
@@ -296,7 +296,7 @@ def small_fit(backend: str, repeats: int) -> dict:
     import numpy as np
     from array_api_compat import array_namespace
 
-    from .._curve_fit import curve_fit
+    from .. import curve_fit
 
     xp, dev = _xp_dev(backend)
     t = np.linspace(0.0, 4.0, 50)

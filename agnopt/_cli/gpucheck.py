@@ -61,10 +61,13 @@ GPU_BACKENDS = ("cupy", "torch-cuda")
 FULL_BUDGET_S = 470.0
 QUICK_BUDGET_S = 170.0
 # Files with cupy / torch-cuda cases; those with failures on the first GPU run first.
+# Then the files with CUDA cases that no GPU has run yet; minimize (the slowest on the GPU) last.
 QUICK_TEST_FILES = (
     "test_bad_inputs.py", "test_least_squares.py", "test_nist.py", "test_tree_backend.py",
     "test_properties.py", "test_fast_paths.py", "test_first_order.py", "test_curve_fit.py",
-    "test_nonfinite_solvers.py", "test_parity.py", "test_minimize.py",
+    "test_nonfinite_solvers.py", "test_lsq_bounds_losses.py", "test_lsq_engine.py",
+    "test_numerics_edges.py", "test_natural_gradient.py", "test_fisher_scoring.py",
+    "test_parity.py", "test_minimize.py",
 )
 GOAL_COPY_FRACTION = 0.85
 GOAL_LM_SPEEDUP = 42.0
