@@ -54,10 +54,9 @@ from ._core.tree import (
 
 # --- second-order solvers (each line owned by its module) ---
 from ._derivatives.numdiff import approx_derivative
-from ._lsq import least_squares
-from ._curve_fit import curve_fit
+from ._least_squares import curve_fit, least_squares
 from ._minimize import minimize
-from ._tall import tall_least_squares
+from ._least_squares import tall_least_squares
 # --- end second-order solvers ---
 
 # --- Fisher-matrix methods (natural gradient, Fisher scoring) ---
