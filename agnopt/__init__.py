@@ -59,4 +59,10 @@ from ._minimize import minimize
 from ._least_squares import tall_least_squares
 # --- end second-order solvers ---
 
+# --- Fisher-matrix methods (natural gradient, Fisher scoring) ---
+from ._fisher import families as families
+from ._fisher.fisher_scoring import fisher_scoring
+from ._first_order.natural_gradient import natural_gradient, scale_by_natural_gradient
+# --- end Fisher-matrix methods ---
+
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ from .._core.backend import resolve
 from .._core.errors import OptimizeWarning
 from .._core.status import Status
 from .arrays import host_ints
+from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance
 from .least_squares import least_squares
 from .problem import as_array, check_backend, to_backend
@@ -135,6 +136,10 @@ def curve_fit(
         Bad shapes, non-finite ``ydata``, unknown ``method``.
     """
     method = _check_method(method, kwargs)
+    if batched and is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
+        return chunked_curve_fit(
+            f, xdata, ydata, *_chunked_p0(f, p0, ydata), sigma, full_output,
+            dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
     ydata = as_array(ydata, "ydata")
     xp, dev = resolve(ydata, "ydata")
     B, m = _check_ydata(xp, ydata, batched)
@@ -172,6 +177,21 @@ def curve_fit(
         }
         return res.x, pcov, infodict, res.message, ier
     return res.x, pcov
+
+
+def _chunked_p0(f, p0, ydata) -> tuple:
+    """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
+    import array_api_compat.numpy as np_xp  # the chunks are NumPy (or CuPy) blocks
+
+    B = ydata.shape[0]
+    if p0 is None:
+        n = _n_params(f)
+        return np_xp.ones(n, dtype=getattr(np_xp, str(ydata.dtype))), n
+    if not (hasattr(p0, "shape") and hasattr(p0, "dtype")):
+        p0 = as_array(p0, "p0")
+    if p0.ndim == 1 or (p0.ndim == 2 and p0.shape[0] == B):
+        return p0, p0.shape[-1]
+    raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
 
 
 def _check_method(method, kwargs):

@@ -46,6 +46,7 @@ from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
+from .chunked import chunked_least_squares, is_chunked_batch
 from .engine import run_lm
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
@@ -269,6 +270,11 @@ def least_squares(
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
     check_tolerances(method, ftol, xtol, gtol)
+    if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
+        return chunked_least_squares(
+            fun, x0, jac, tuple(args), kwargs,
+            dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
     xp, dev, x0, X = _start_point(x0, batched)
     B, n = X.shape
 
