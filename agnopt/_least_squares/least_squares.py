@@ -47,6 +47,7 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
+from .._core.progress import make_progress
 from .engine import run_lm
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
@@ -86,6 +87,7 @@ def least_squares(
     verbose: int = 0,
     callback: Callable | None = None,
     history: bool = False,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
 
@@ -212,6 +214,13 @@ def least_squares(
         own work shrinks to the running problems (see the module notes).
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar (``pip install tqdm``; an
+        ``ImportError`` says so when it is missing) showing the iteration,
+        the evaluations, the largest cost among the running problems and,
+        batched, how many of the ``B`` problems still run. A callable
+        receives those figures as a ``dict`` after every iteration. Costs one
+        host read per iteration; the default ``False`` shows nothing.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
@@ -311,6 +320,7 @@ def least_squares(
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
     prob.configure(n, m, bounded, compact)
+    prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
     if method == "lm":
         ws = WorkingSet(xp, B, dev) if compact else None
         out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
@@ -404,6 +414,8 @@ def _scale_from(xp, x_scale, X, dev):
 
 def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
     """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
+    if getattr(prob, "progress", None) is not None:
+        prob.progress.close()
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale
