@@ -195,7 +195,7 @@ def test_muon_matches_optax(backend, name):
     kw = OPTAX_CASES[name]
     mp = MatrixProblem(5, 3, seed=1)
     lp0, lgrad = _layer_problem()
-    steps = 12 if case is BackendCase.DASK else STEPS
+    steps = 6 if case is BackendCase.DASK else STEPS
     for label, p0, gfun, lr in (("matrix", {"w": mp.W0}, None, 0.05), ("layer", lp0, lgrad, 0.02)):
         if gfun is None:
             go = mp.grad(xp, dev)
@@ -291,7 +291,7 @@ def test_muon_matches_torch_with_float64_iteration(backend, name, monkeypatch):
 
     monkeypatch.setattr(tm, "_zeropower_via_newtonschulz", ns64)
     kw = TORCH_CASES[name]
-    steps = 12 if case is BackendCase.DASK else STEPS
+    steps = 6 if case is BackendCase.DASK else STEPS
     for label, (p0, grad_fn, lr) in _torch_problems().items():
         ref = _torch_path(p0, grad_fn, lr, kw, steps)
         ours, _ = _run(case, _ours_like_torch(lr, kw), {k: _arr(xp, dev, v) for k, v in p0.items()},
@@ -649,7 +649,7 @@ def test_descends_on_a_tree(backend, name, dtype):
     def loss(p):
         return sum(float(np.sum((to_numpy(p[k]) - targets[k]) ** 2)) for k in targets)
 
-    steps = 6 if case is BackendCase.DASK else 40
+    steps = 10 if case is BackendCase.DASK else 40
     path, s = _run(case, ALL[name](), p0, grad, steps, jit=case is BackendCase.JAX)
     assert loss(path[-1]) < 0.7 * loss(ao.tree_map(to_numpy, p0)), loss(path[-1])
     for k in targets:

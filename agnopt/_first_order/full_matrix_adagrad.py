@@ -199,12 +199,6 @@ def scale_by_full_matrix_adagrad(
         dtype of :math:`H`; default: the result type of the leaves' dtypes.
         Must be float32 or float64.
 
-    Shapes and dtypes
-    -----------------
-    Any tree of real floating arrays, ``n`` entries in all; the state is one
-    ``(n, n)`` array on the parameters' device. Updates have the leaves'
-    shapes and dtypes.
-
     Raises
     ------
     ValueError
@@ -213,6 +207,12 @@ def scale_by_full_matrix_adagrad(
     TypeError
         A 16-bit ``accumulator_dtype``; gradients of another backend or
         device than the parameters (from :func:`check_updates`).
+
+    Notes
+    -----
+    Shapes and dtypes: Any tree of real floating arrays, ``n`` entries in all; the state is one
+    ``(n, n)`` array on the parameters' device. Updates have the leaves'
+    shapes and dtypes.
     """
     power = _number("power", power)
     if not power < 0:

@@ -179,11 +179,6 @@ def scale_by_muon(
     mu_dtype : dtype, optional
         dtype of the momentum buffer (default: the parameter's).
 
-    Shapes and dtypes
-    -----------------
-    Leaves of shape ``(m, n)``; the updates have the leaves' shapes and the
-    momentum dtype. State: one ``(m, n)`` buffer per leaf.
-
     Raises
     ------
     ValueError
@@ -192,6 +187,11 @@ def scale_by_muon(
     TypeError
         A non-floating ``ns_dtype``/``mu_dtype``; gradients of another
         backend than the parameters.
+
+    Notes
+    -----
+    Shapes and dtypes: Leaves of shape ``(m, n)``; the updates have the leaves' shapes and the
+    momentum dtype. State: one ``(m, n)`` buffer per leaf.
     """
     momentum = check_beta("momentum", momentum)
     if nesterov and momentum == 0:

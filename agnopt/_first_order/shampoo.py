@@ -134,14 +134,6 @@ def scale_by_shampoo(
         dtype of the statistics and roots (default: each leaf's dtype); must
         be float32 or float64.
 
-    Shapes and dtypes
-    -----------------
-    Any tree of real floating arrays. The state holds ``m*m + n*n`` numbers
-    twice per matrix leaf. Under ``jax.jit`` the refresh step cannot be read
-    from the traced count: the roots are then computed every step and selected
-    with ``where`` (correct, but each step pays the ``eigh``). On Dask, the
-    ``eigh`` runs on the host (see :func:`agnopt._core.lazy.to_local`).
-
     Raises
     ------
     ValueError
@@ -149,6 +141,14 @@ def scale_by_shampoo(
     TypeError
         A 16-bit statistics dtype (pass ``accumulator_dtype="float32"``);
         gradients of another backend than the parameters.
+
+    Notes
+    -----
+    Shapes and dtypes: Any tree of real floating arrays. The state holds ``m*m + n*n`` numbers
+    twice per matrix leaf. Under ``jax.jit`` the refresh step cannot be read
+    from the traced count: the roots are then computed every step and selected
+    with ``where`` (correct, but each step pays the ``eigh``). On Dask, the
+    ``eigh`` runs on the host (see :func:`agnopt._core.lazy.to_local`).
     """
     eps = check_nonnegative("eps", eps)
     if eps <= 0:

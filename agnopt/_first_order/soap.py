@@ -119,13 +119,6 @@ def scale_by_soap(
     accumulator_dtype : dtype, optional
         dtype of all the state (default: each leaf's); float32 or float64.
 
-    Shapes and dtypes
-    -----------------
-    Any tree of real floating arrays; per matrix leaf the state holds two
-    ``(m, n)`` moments and two ``(m, m)`` and two ``(n, n)`` matrices. Under
-    ``jax.jit`` the eigenbasis is computed every step and selected with
-    ``where``; on Dask ``eigh`` runs on the host.
-
     Raises
     ------
     ValueError
@@ -133,6 +126,13 @@ def scale_by_soap(
     TypeError
         A 16-bit statistics dtype; gradients of another backend than the
         parameters.
+
+    Notes
+    -----
+    Shapes and dtypes: Any tree of real floating arrays; per matrix leaf the state holds two
+    ``(m, n)`` moments and two ``(m, m)`` and two ``(n, n)`` matrices. Under
+    ``jax.jit`` the eigenbasis is computed every step and selected with
+    ``where``; on Dask ``eigh`` runs on the host.
     """
     b1 = check_beta("b1", b1)
     b2 = check_beta("b2", b2)
