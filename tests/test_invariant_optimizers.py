@@ -749,3 +749,29 @@ def test_backend_mix_is_rejected():
         s = opt.init(p)
         with pytest.raises(TypeError, match="grads.*torch.*params.*numpy|backend"):
             opt.update(torch.ones((3, 2), dtype=torch.float64), s, p)
+
+
+def test_integer_grads_are_rejected_naming_grads():
+    import array_api_compat.numpy as npx
+
+    p = npx.ones((3, 2))
+    for make in ALL.values():
+        opt = make()
+        with pytest.raises(TypeError, match=r"grads.*dtype int64"):
+            opt.update(npx.ones((3, 2), dtype=npx.int64), opt.init(p), p)
+
+
+def test_checkpoint_round_trip_continues_identically(backend):
+    """state_dict / load_state_dict of each state (tuples with None entries included)."""
+    case, xp, dev = backend
+    p = {"w": _arr(xp, dev, np.linspace(0.1, 1.0, 6).reshape(3, 2)), "b": _arr(xp, dev, np.ones(2))}
+    for make in ALL.values():
+        opt = make()
+        s = opt.init(p)
+        for _ in range(2):
+            u, s = opt.update(p, s, p)
+        s2 = ao.load_state_dict(opt.init(p), ao.state_dict(s))
+        u1, _ = opt.update(p, s, p)
+        u2, _ = opt.update(p, s2, p)
+        for a, b in zip(ao.tree_leaves(u1), ao.tree_leaves(u2)):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
