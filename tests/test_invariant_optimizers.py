@@ -18,11 +18,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import PARITY, BackendCase, materialize, to_numpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agnopt as ao
-from conftest import PARITY, BackendCase, materialize, to_numpy
 
 _HC = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 STEPS = 60
@@ -104,7 +104,7 @@ def _optax():
 
             jax.config.update("jax_enable_x64", True)
             import optax as _o
-            import optax.contrib  # noqa: F401
+            import optax.contrib
         except ImportError:
             pytest.skip("optax/jax not installed")
         optax = _o
@@ -199,7 +199,7 @@ def test_muon_matches_optax(backend, name):
     for label, p0, gfun, lr in (("matrix", {"w": mp.W0}, None, 0.05), ("layer", lp0, lgrad, 0.02)):
         if gfun is None:
             go = mp.grad(xp, dev)
-            g_ours = lambda p, go=go: {"w": go(p["w"])}  # noqa: E731
+            g_ours = lambda p, go=go: {"w": go(p["w"])}
         else:
             g_ours = gfun(xp, dev)
         ref_path = _optax_path(name, label)[:steps]
@@ -484,7 +484,7 @@ def test_full_matrix_adagrad_matches_formula_and_scalar_adagrad():
     rng = np.random.default_rng(0)
     S = rng.standard_normal((5, 5))
     S = S @ S.T / 5 + np.eye(5)
-    grad = lambda x: S @ x + 0.1 * x**3  # noqa: E731
+    grad = lambda x: S @ x + 0.1 * x**3
     for power in (-0.5, -1.0):
         x = rng.standard_normal(5)
         H = np.zeros((5, 5))
@@ -582,7 +582,7 @@ def test_full_matrix_adagrad_rotation_invariance(backend, seed, n):
         return xp.matmul(xp.matrix_transpose(Qx), g(xp.matmul(Qx, p)))
 
     steps = 5 if case is BackendCase.DASK else 15
-    make = lambda: ao.full_matrix_adagrad(0.1, power=-0.5, eps=1e-4)  # noqa: E731
+    make = lambda: ao.full_matrix_adagrad(0.1, power=-0.5, eps=1e-4)
     path, _ = _run(case, make(), _arr(xp, dev, x0), g, steps)
     path_p, _ = _run(case, make(), _arr(xp, dev, Q.T @ x0), g_phi, steps)
     gap = max(_rel(Q @ p, t) for t, p in zip(path, path_p))
@@ -775,3 +775,14 @@ def test_checkpoint_round_trip_continues_identically(backend):
         u2, _ = opt.update(p, s2, p)
         for a, b in zip(ao.tree_leaves(u1), ao.tree_leaves(u2)):
             np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_invariant_bench_rows():
+    """``python -m agnopt bench --invariant`` machinery on a tiny matrix: one row per optimizer."""
+    from agnopt._cli.bench import INVARIANT_OPTIMIZERS, run_invariant_bench
+
+    lines = []
+    rows = run_invariant_bench(sizes=(8,), backends=("numpy",), repeats=2, budget=1.0, out=lines.append)
+    assert [r["optimizer"] for r in rows] == list(INVARIANT_OPTIMIZERS)
+    assert all(r["t_plain"] > 0 and r["t_refresh"] > 0 for r in rows)
+    assert len(lines) == 3 + len(INVARIANT_OPTIMIZERS)

@@ -457,13 +457,13 @@ def run_invariant_bench(sizes=(256, 1024), dtype="float32", backends=None, frequ
                 s0 = opt.init(p)
                 _, s1 = opt.update(g, s0, p)
 
-                def step(s):
+                def step(s, opt=opt, g=g, p=p, sync=sync):
                     u, _ = opt.update(g, s, p)
                     sync(u)
 
                 try:
-                    t_plain = _median_time(lambda: step(s1), repeats, budget, warmup=1)
-                    t_ref = (_median_time(lambda: step(s0), repeats, budget, warmup=1)
+                    t_plain = _median_time(lambda s=s1: step(s), repeats, budget, warmup=1)
+                    t_ref = (_median_time(lambda s=s0: step(s), repeats, budget, warmup=1)
                              if name in ("shampoo", "soap") else t_plain)
                 except Exception as e:  # pragma: no cover - report, not crash
                     out(f"{bname:17s} {n:5d} {name:9s} not measured ({type(e).__name__}: {e})")

@@ -44,10 +44,10 @@ from .transforms import (
 
 __all__ = [
     "ScaleByFullMatrixAdagradState",
-    "scale_by_full_matrix_adagrad",
     "full_matrix_adagrad",
-    "sym_eigh",
     "psd_power",
+    "scale_by_full_matrix_adagrad",
+    "sym_eigh",
 ]
 
 

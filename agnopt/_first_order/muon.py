@@ -40,11 +40,11 @@ from .transforms import (
 )
 
 __all__ = [
-    "ScaleByMuonState",
     "MuonState",
+    "ScaleByMuonState",
+    "muon",
     "newton_schulz",
     "scale_by_muon",
-    "muon",
 ]
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -415,7 +415,7 @@ def muon(
         validated_backend(updates, params)
         if not adam_fallback:
             _reject(updates, "grads")
-        leaves, td = tree_flatten(updates)
+        td = tree_flatten(updates)[1]
         gm, go, is_mat = _split(updates)
         pm, po = (None, None) if params is None else _split(params)[:2]
         if (state.muon is None) != (not gm) or (state.adam is None) != (not go):

@@ -30,7 +30,13 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
 from .base import Transform, chain, check_state, trusted, validated_backend
-from .full_matrix_adagrad import check_float_accumulator, check_int, psd_power, refresh_flag, select
+from .full_matrix_adagrad import (
+    check_float_accumulator,
+    check_int,
+    psd_power,
+    refresh_flag,
+    select,
+)
 from .transforms import (
     _count0,
     _safe_int_increment,
@@ -42,7 +48,7 @@ from .transforms import (
     scale_by_learning_rate,
 )
 
-__all__ = ["ScaleByShampooState", "scale_by_shampoo", "shampoo", "matrix_shape"]
+__all__ = ["ScaleByShampooState", "matrix_shape", "scale_by_shampoo", "shampoo"]
 
 
 def matrix_shape(shape: tuple, max_dim: int) -> tuple[int, int] | None:

@@ -22,7 +22,13 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
 from .base import Transform, chain, check_state, trusted, validated_backend
-from .full_matrix_adagrad import check_float_accumulator, check_int, refresh_flag, select, sym_eigh
+from .full_matrix_adagrad import (
+    check_float_accumulator,
+    check_int,
+    refresh_flag,
+    select,
+    sym_eigh,
+)
 from .transforms import (
     _count0,
     _safe_int_increment,
