@@ -64,10 +64,15 @@ from ._core.tree import (
 
 # --- second-order solvers (each line owned by its module) ---
 from ._derivatives.numdiff import approx_derivative
-from ._lsq import least_squares
-from ._curve_fit import curve_fit
+from ._least_squares import curve_fit, least_squares
 from ._minimize import minimize
-from ._tall import tall_least_squares
+from ._least_squares import tall_least_squares
 # --- end second-order solvers ---
+
+# --- Fisher-matrix methods (natural gradient, Fisher scoring) ---
+from ._fisher import families as families
+from ._fisher.fisher_scoring import fisher_scoring
+from ._first_order.natural_gradient import natural_gradient, scale_by_natural_gradient
+# --- end Fisher-matrix methods ---
 
 __version__ = "0.1.0"

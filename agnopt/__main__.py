@@ -1,4 +1,4 @@
-"""Command line: ``python -m agnopt [tour|bench|fitbench|nist|tall-bench] [options]``.
+"""Command line: ``python -m agnopt [tour|bench|fitbench|nist|tall-bench|gpucheck] [options]``.
 
 * ``tour`` (the default): every optimizer on every installed backend, one
   table row each, then Newton and Levenberg-Marquardt on each backend;
@@ -12,6 +12,8 @@
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
   starting point) for ``least_squares``.
 * ``tall-bench``: tall Gauss-Newton on a ``dask.distributed`` LocalCluster.
+* ``gpucheck``: everything that needs CUDA (the cupy / torch-cuda tests and
+  the GPU benchmarks) in one run, one JSON; fails without a CUDA device.
 
 The commands live in :mod:`agnopt._cli`; ``import agnopt`` never loads them.
 """
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
     sub.add_parser("tall-bench", add_help=False,
                    help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
+    sub.add_parser("gpucheck", add_help=False,
+                   help="the CUDA tests and GPU benchmarks in one run (--help for its options)")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gpucheck"]:
+        from ._cli.gpucheck import main as gpucheck
+
+        return gpucheck(argv[1:])
     if argv[:1] == ["tall-bench"]:
         from ._cli.tall_bench import main as tall_bench
 
@@ -80,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         if steps < 2:
             parser.error("--steps must be at least 2")
         backends = getattr(args, "backends", None)
+        if getattr(args, "plot", None):  # fail before the tour, not after it
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                print("tour --plot needs matplotlib: python -m pip install matplotlib", file=sys.stderr)
+                return 1
         t0 = time.perf_counter()
         print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
         chosen = backends.split(",") if backends else None

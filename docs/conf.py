@@ -7,8 +7,8 @@ Build (from the repository root)::
 
 Everything the pages show is computed during the build: the API pages from
 the docstrings (autosummary + numpydoc), the gallery's PNGs by
-matplotlib's ``plot`` directive calling :mod:`agnopt._cli.plots` (written into
-the build directory, never committed), the support matrix from
+matplotlib's ``plot`` directive running the scripts of ``agnopt/_cli/gallery``
+(written into the build directory, never committed), the support matrix from
 ``docs/support_matrix.json`` (made from the test suite's results by
 ``docs/support_matrix.py``).
 """
@@ -37,7 +37,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static: math renders without a CDN
     "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",  # "[source]" links from the API pages to highlighted source
     "numpydoc",
     "matplotlib.sphinxext.plot_directive",
     "agnopt_docs",
@@ -71,12 +73,20 @@ numpydoc_validation_checks: set = set()
 numpydoc_xref_param_type = False
 
 # --- plots (the gallery) -----------------------------------------------------
+# The gallery's scripts live in agnopt/_cli/gallery/ (public-API code; the same
+# scripts make `python -m agnopt tour --plot DIR`); the page shows each script
+# whole, offers it for download, and its figure (:width: 100%) links to the
+# full-size PNG (Sphinx's html_scaled_image_link).
+from agnopt._cli.plots import GALLERY, RC  # noqa: E402
+
+plot_basedir = str(GALLERY)
 plot_include_source = True
-plot_html_show_source_link = False
+plot_html_show_source_link = True
 plot_html_show_formats = False
 plot_formats = [("png", 100)]
 plot_pre_code = ""
-plot_rcparams = {"figure.max_open_warning": 0}
+plot_rcparams = dict(RC)
+html_scaled_image_link = True
 
 # --- HTML --------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
@@ -84,9 +94,11 @@ html_title = f"agnopt {release}"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    "secondary_sidebar_items": {"**": ["page-toc"], "gallery": []},
 }
-html_sidebars = {"index": []}
+html_sidebars = {"index": [], "gallery": []}  # the gallery uses the whole width
+html_static_path = ["_static"]
+html_css_files = ["agnopt.css"]
 templates_path: list = []
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 source_suffix = {".rst": "restructuredtext"}

@@ -19,6 +19,17 @@ import enum
 import importlib
 import os
 
+# Before anything imports JAX (the parity tests import it for optax, the JAX case
+# of the matrix, subprocesses of `python -m agnopt` inherit this environment):
+# on a CUDA machine JAX would otherwise grab 75% of the GPU's memory in every
+# pytest-xdist worker at its first array, and the cupy / torch-cuda cases of the
+# other workers then fail with out-of-memory (the first GPU run: 252 of its 307
+# failures). The JAX case of the matrix and the optax references run on the CPU
+# (``jax.devices("cpu")``), so JAX needs no GPU here at all; preallocation is
+# also switched off in case a user points JAX_PLATFORMS at the GPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import numpy as np
 import pytest
 

@@ -172,18 +172,50 @@ def test_write_plots(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     from agnopt._cli import plots as _plots
 
-    monkeypatch.setattr(_plots, "PLOTS", {
-        "quadratic_curves": lambda: _plots.quadratic_curves(steps=10),
-        "adam_bias_correction": lambda: _plots.adam_bias_correction(steps=20),
-        "needs_missing_module": lambda: importlib.import_module("agnopt._no_such_module"),
-    })
+    good = tmp_path / "good.py"
+    good.write_text("import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\n")
+    missing = tmp_path / "missing.py"
+    missing.write_text("import agnopt_no_such_module\n")
+    monkeypatch.setattr(_plots, "PLOTS", {"good": good, "needs_missing_module": missing,
+                                          "adam_bias_correction": _plots.GALLERY / "adam_bias_correction.py"})
     said: list[str] = []
     paths = _plots.write_plots(tmp_path / "plots", progress=said.append)
-    assert [Path(p).name for p in paths] == ["quadratic_curves.png", "adam_bias_correction.png"]
+    assert [Path(p).name for p in paths] == ["good.png", "adam_bias_correction.png"]
     for p in paths:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("needs_missing_module: skipped" in s for s in said)
     assert said[-1].startswith("2 plots written")
+
+
+def test_gallery_scripts_use_the_public_api():
+    """The gallery shows each script whole: it must be code a user can run (no private imports)."""
+    from agnopt._cli import plots as _plots
+
+    for name, path in _plots.PLOTS.items():
+        src = path.read_text()
+        assert "import agnopt as ao" in src or name == "bench_ratios", name
+        private = re.findall(r"(?:from|import)\s+agnopt\.\w+|ao\._\w+", src)
+        assert not private, f"{path.name} uses private agnopt names: {private}"
+
+
+def test_gallery_page_shows_every_script_with_alt_text():
+    from agnopt._cli import plots as _plots
+
+    text = (DOCS / "gallery.rst").read_text()
+    blocks = re.findall(r"^\.\. plot:: (\S+)\n((?:[ \t]+.*\n)+)", text, re.M)
+    assert [b[0] for b in blocks] == [f"{n}.py" for n in _plots.PLOTS]
+    for script, opts in blocks:
+        assert ":width: 100%" in opts, script  # scaled: Sphinx links it to the full-size file
+        alt = re.search(r":alt: (.*?)(?=\n\s*:\w+:|\Z)", opts, re.S)
+        assert alt and len(alt.group(1).split()) >= 15, f"{script}: alt text should describe the figure"
+    assert "agnopt._cli" not in text
+
+
+def test_user_pages_have_no_wording_meant_for_us():
+    for page in PAGES:
+        text = page.read_text().lower()
+        for phrase in ("the draft", "the seed", "seed's", "draft's"):
+            assert phrase not in text, f"{_rel(page)} says {phrase!r}"
 
 
 def test_plots_do_not_import_matplotlib_eagerly():
@@ -208,3 +240,28 @@ def test_support_matrix_json_refers_to_existing_tests():
     for _, node, _ in support_matrix.ROWS:
         path, _, func = node.partition("::")
         assert f"def {func}(" in (ROOT / path).read_text(), f"{node} no longer exists"
+
+
+# --- the site's set-up ------------------------------------------------------------------
+
+
+def test_site_renders_math_offline_and_links_sources():
+    conf = (DOCS / "conf.py").read_text()
+    assert '"sphinx-mathjax-offline"' in conf and '"sphinx.ext.viewcode"' in conf
+    assert "mathjax_path" not in conf  # the offline extension sets the local copy
+    ext = importlib.import_module("sphinx-mathjax-offline")
+    assert (Path(ext.__file__).parent / "static" / "mathjax" / "tex-chtml.js").exists()
+
+
+def test_index_toctree_has_the_newcomer_and_contributor_pages():
+    index = (DOCS / "index.rst").read_text()
+    toc = index[index.index(".. toctree::"):]
+    for page in ("getting_started", "architecture", "changelog", "api", "guides/index"):
+        assert f"\n   {page}\n" in toc, page
+        assert (DOCS / f"{page}.rst").exists()
+
+
+def test_architecture_page_covers_every_subpackage():
+    text = (DOCS / "architecture.rst").read_text()
+    for pkg in sorted((ROOT / "agnopt").glob("*/__init__.py")):
+        assert f"``agnopt/{pkg.parent.name}/``" in text, f"architecture.rst misses agnopt/{pkg.parent.name}/"

@@ -414,3 +414,201 @@ def test_chain_validates_after_untrusted_transform():
         nested.update({"w": np.ones(3)}, nested.init(p), p)
     with pytest.raises(TypeError, match="dtype"):
         ao.adam(1e-3).update({"w": np.ones(3, dtype=np.int64)}, ao.adam(1e-3).init(p), p)
+
+
+# ---------------------------------------------------------------- CUDA fast paths (issue 14, item 5)
+# The CuPy kernel and the torch CUDA path under the checks above that were
+# written for the CPU paths only: donation, state dtypes, the Optimizer object,
+# the device of every returned array. Skipped (never failed) without CUDA.
+
+CUDA_PATHS = ["torch-cuda", "cupy"]
+
+
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(FALLBACK_CONFIGS) + list(SAME_DTYPE_CONFIGS))
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_state_dtype_options_cuda(path, name, dt, monkeypatch):
+    test_state_dtype_options(path, name, dt, monkeypatch)
+
+
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_step_donates_on_fast_path_and_not_on_generic_cuda(path, monkeypatch):
+    test_step_donates_on_fast_path_and_not_on_generic(path, monkeypatch)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_optimizer_object_cuda(path, flat, monkeypatch):
+    test_optimizer_object(path, flat, monkeypatch)
+
+
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_fast_path_rejects_what_generic_rejects_cuda(path, monkeypatch):
+    test_fast_path_rejects_what_generic_rejects(path, monkeypatch)
+
+
+def _device_of(x):
+    from array_api_compat import device
+
+    return device(x)
+
+
+@pytest.mark.parametrize("name", ["adam-amsgrad-wd-schedule", "rmsprop-centered-momentum-wd",
+                                  "sgd-dampening-wd", "adagrad-init-wd", "sign_sgd-schedule"])
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_cuda_fast_path_keeps_device_and_dtypes(path, dt, name, monkeypatch):
+    """Every returned parameter and state array stays on the parameters' device,
+    with the generic path's dtype; the fast path really ran."""
+    be = _make_path(path)
+    ref, ref_state = _trajectory(be, CONFIGS[name], dt, True, monkeypatch, "0")
+    before = be.stats()
+    got, got_state = _trajectory(be, CONFIGS[name], dt, True, monkeypatch, be.mode)
+    assert be.stats() > before, "the fast path did not run"
+    dev = _device_of(ao.tree_leaves(_problem(be, dt, True))[0])
+    for a, b in zip(ao.tree_leaves(ref_state), ao.tree_leaves(got_state)):
+        assert _device_of(b) == dev and _device_of(a) == dev
+        assert str(b.dtype) == str(a.dtype)
+    _compare(ref, got, dt)
+
+
+def _second_device(path):
+    """Arrays on CUDA device 1 (skip with fewer than two GPUs)."""
+    be = _make_path(path)
+    if path == "cupy":
+        if be.cp.cuda.runtime.getDeviceCount() < 2:
+            pytest.skip("one CUDA device: the several-GPU case needs two")
+        cp = be.cp
+
+        class _Dev1(_Cupy):
+            def array(self, a, dt):
+                with cp.cuda.Device(1):
+                    return cp.asarray(np.asarray(a, dtype=dt))
+
+        return _Dev1()
+    if be.torch.cuda.device_count() < 2:
+        pytest.skip("one CUDA device: the several-GPU case needs two")
+    return _Torch("cuda:1")
+
+
+@pytest.mark.parametrize("mode", ["0", "1"], ids=["generic", "fast"])
+@pytest.mark.parametrize("path", CUDA_PATHS)
+def test_cuda_second_device(path, mode, monkeypatch):
+    """Parameters on device 1 while device 0 is current: state, updates and
+    results stay on device 1 and equal the device-0 trajectory (array-api-compat's
+    CuPy creation functions ignore ``device=``: arrays must be made in the
+    parameters' device context)."""
+    be = _second_device(path)
+    ref, _ = _trajectory(_make_path(path), CONFIGS["adam-amsgrad-wd-schedule"], "float64", True,
+                         monkeypatch, "0")
+    got, state = _trajectory(be, CONFIGS["adam-amsgrad-wd-schedule"], "float64", True, monkeypatch, mode)
+    dev = _device_of(ao.tree_leaves(_problem(be, "float64", True))[0])
+    for leaf in ao.tree_leaves(state):
+        assert _device_of(leaf) == dev
+    _compare(ref, got, "float64")
+
+# ---------------------------------------------------------------- state layouts (issue 10)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_alias_declares_the_layout_its_kernel_reads(name):
+    """Each alias registers, next to its chain, the state layout its fused kernel reads;
+    that layout matches what its init() returns (else the fast path would silently switch off)."""
+    from agnopt._first_order.step import fast_spec
+    from agnopt._kernels import common
+
+    opt = CONFIGS[name]()
+    spec = fast_spec(opt)
+    assert spec is not None
+    params = {"w": np.ones((3, 2)), "b": np.zeros(4)}
+    state = opt.init(params)
+    leaves, td = ao.tree_flatten(params)
+    assert len(spec.layout) == len(state)
+    plan = common.read_state(spec, state, td, len(leaves))
+    assert plan is not None, f"{name}: the declared layout does not match init()"
+    assert set(plan.bufs) == set(common._flags(spec.kind, spec.hp)[1])
+
+
+def test_layout_follows_a_reordered_chain(monkeypatch):
+    """The layout is built from the same list as the chain: put the learning-rate scaling first
+    and the state is still read (positions move together)."""
+    from agnopt._first_order import alias
+    from agnopt._kernels import common
+
+    parts = [alias._lr_part(_sched(1e-2)),
+             (ao.add_decayed_weights(0.0), alias._NONE),
+             (ao.scale_by_adam(), alias._ADAM_SLOT)]
+    opt = alias._fused("adam", parts, learning_rate=_sched(1e-2), b1=0.9, b2=0.999, eps=1e-8,
+                       eps_root=0.0, amsgrad=False, weight_decay=0.0)
+    from agnopt._first_order.step import fast_spec
+
+    p = np.ones(5)
+    state = opt.init(p)
+    leaves, td = ao.tree_flatten(p)
+    plan = common.read_state(fast_spec(opt), state, td, 1)
+    assert plan is not None and set(plan.bufs) == {"mu", "nu"}
+    assert plan.sched_count is state[0].count and plan.count is state[2].count
+    # and a state of another layout is refused (generic path), never misread
+    assert common.read_state(fast_spec(ao.adam(1e-2)), state, td, 1) is None
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["sgd-momentum", "sign_sgd", "adagrad", "rmsprop-centered-momentum-wd",
+                                  "adam-amsgrad-wd-schedule", "adamw"])
+def test_torch_half_precision_fast_path_equals_generic(name, low, monkeypatch):
+    """torch float16/bfloat16: the in-place path computes in float32 and rounds once, as generic."""
+    torch = pytest.importorskip("torch")
+    from agnopt._kernels import torch_kernel as _fast_torch
+
+    dt = getattr(torch, low)
+    rng = np.random.default_rng(3)
+    p0 = torch.tensor(rng.standard_normal(300), dtype=dt)
+    grads = [torch.tensor(rng.standard_normal(300), dtype=dt) for _ in range(STEPS)]
+    cfg = CONFIGS.get(name) or (lambda: ao.sgd(1e-2, momentum=0.9))
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = cfg()
+        p = p0.clone()
+        s = opt.init(p)
+        before = _fast_torch.STATS["torch"]
+        for g in grads:
+            p, s = ao.step(opt, p, g, s)
+        ran = _fast_torch.STATS["torch"] - before
+        assert ran == (STEPS if mode == "1" else 0)
+        out[mode] = (p, s)
+    assert out["1"][0].dtype == dt
+    torch.testing.assert_close(out["1"][0], out["0"][0], rtol=0, atol=0)
+    for a, b in zip(ao.tree_leaves(out["0"][1]), ao.tree_leaves(out["1"][1])):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cupy_kernel_source_computes_in_opmath(name):
+    """Read without a GPU (issue 14, fix now 4): the CuPy kernel declares every local in the opmath
+    type ``O`` (float for float16/float32 storage, double for float64), takes its scalars in that
+    type (a float16 eps = 1e-8 would be 0), rounds once per stored value, and clamps centered
+    RMSProp's variance, as the generic path does."""
+    import re
+
+    from agnopt._first_order.step import fast_spec
+    from agnopt._kernels import common, cupy_kernel
+
+    spec = fast_spec(CONFIGS[name]())
+    flags, _ = common._flags(spec.kind, spec.hp)
+    if spec.kind == "sgd":
+        flags = dict(flags, first=False)
+    for op, ctype in (("float32", "float"), ("float64", "double")):
+        ins, outs, body = cupy_kernel.kernel_source(spec.kind, flags, op)
+        lines = body.split("\n")
+        assert lines[0] == f"typedef {ctype} O;"
+        assert not any(re.match(r"\s*T\s+\w+\s*=", ln) for ln in lines), body  # no storage-type locals
+        scalars = [a.strip() for a in ins.split(",")][1:]
+        assert scalars and all(a.startswith(op + " ") for a in scalars), ins
+        for out in [o.strip().split()[1] for o in outs.split(",")]:
+            stores = [ln for ln in lines if re.match(rf"\s*{out}\s*=", ln)]
+            assert len(stores) == 1 and "(T)" in stores[0], (out, stores)  # one rounding per output
+        if spec.kind == "rmsprop" and spec.hp["centered"]:
+            assert "if (a < (O)0) a = (O)0;" in body
+    assert cupy_kernel.opmath_name("float16") == "float32"

@@ -68,3 +68,38 @@ def test_ten_thousand_adam_steps(long_backend, mode):
     assert err < bound, f"{mode} on {case}: relative error {err:.3g}"
     f = float(q.loss(xp, xp.astype(x, xp.float32), A, c))
     assert f < (1e-6 if mode == "float32" else 1e-4) * f0, f"{mode} on {case}: loss {f:.3g} from {f0:.3g}"
+
+
+def test_dask_step_loop_is_linear_and_computes_after_200_steps():
+    """Issue 15, item 7: ao.step / ao.Optimizer on Dask persist params and state, so the graph of
+    the parameters stays one layer of tasks (200 steps cost what 4 x 50 cost), and computing after
+    200 steps does not raise RecursionError; the values are NumPy's."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal(64)
+    target = rng.standard_normal(64)
+    for use_optimizer in (False, True):
+        opt = ao.adam(1e-2)
+        p = da.from_array(x0, chunks=16)
+        ref = x0.copy()
+        if use_optimizer:
+            o = ao.Optimizer(opt, p)
+        else:
+            s = opt.init(p)
+        ref_opt = ao.adam(1e-2)
+        rs = ref_opt.init(ref)
+        sizes = {}
+        for k in range(1, 201):
+            if use_optimizer:
+                p = o.step(o.params - target)
+            else:
+                p, s = ao.step(opt, p, p - target, s)
+            ref, rs = ao.step(ref_opt, ref, ref - target, rs)
+            if k in (50, 200):
+                sizes[k] = len(p.__dask_graph__())
+                state_sizes = [len(x.__dask_graph__()) for x in ao.tree_leaves(o.state if use_optimizer else s)
+                               if hasattr(x, "__dask_graph__")]
+                assert max(state_sizes) <= 4 * p.npartitions, state_sizes
+        # the graph does not grow with the number of steps: a step costs the same at 200 as at 50
+        assert sizes[200] == sizes[50] <= 4 * p.npartitions, sizes
+        np.testing.assert_allclose(np.asarray(p.compute()), ref, rtol=1e-12, atol=1e-14)

@@ -131,7 +131,10 @@ def test_rosenbrock_2d(xp, device, case):
     assert res.success, res.message
     assert res.status == 0
     np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-9)
-    assert float(res.fun) < 1e-18
+    # |g|_inf <= gtol = 1.5e-8 and the Hessian's smallest eigenvalue near
+    # (1, 1) is 0.4 bound f <= gtol^2 / 0.4 < 1e-15 on every platform (the
+    # value actually reached depends on where the last step lands).
+    assert float(res.fun) < 1e-15
     ref = so.minimize(
         so.rosen, [-1.2, 1.0], jac=so.rosen_der, hessp=so.rosen_hess_prod, method="trust-ncg",
         options={"gtol": 1e-10},
@@ -309,15 +312,22 @@ def test_ill_conditioned_quadratic_one_newton_step(xp, device):
     res = ao.minimize(f, x0, jac=lambda x: Ax @ x - bx, hess=lambda x: Ax)
     xs = np.linalg.solve(A, b)
     assert res.success, res.message
+    # One exact Newton step: the gradient left is rounding, ~eps cond |x| ~ 1e-10,
+    # far below the default gtol 1.5e-8, whatever the platform's BLAS.
     assert res.nit == 1
-    assert res.nhev == 1
+    assert res.nhev == 2  # the step's Hessian, and the curvature test at the answer
     assert np.max(np.abs(to_numpy(res.x) - xs)) / np.max(np.abs(xs)) < 1e-9
-    # Newton-CG reaches it too (CG needs more products on cond 1e6)
+    # Newton-CG reaches it too (CG needs more products on cond 1e6). gtol=1e-10
+    # is at the rounding level of this problem's gradient (eps * cond * |x| ~
+    # 1e-10), so whether the gradient test fires or the line search stops on
+    # precision loss (status 3, documented) depends on the last bits of a BLAS
+    # reduction: assert the answer, and one of those two statuses.
     rcg = ao.minimize(
         f, x0, method="newton-cg", jac=lambda x: Ax @ x - bx, hessp=lambda x, p: Ax @ p,
         options={"gtol": 1e-10},
     )
-    assert rcg.success, rcg.message
+    assert rcg.status in (0, 2, 3), rcg.message
+    assert rcg.success == (rcg.status in (0, 2))
     assert np.max(np.abs(to_numpy(rcg.x) - xs)) / np.max(np.abs(xs)) < 1e-8
 
 
@@ -502,7 +512,7 @@ def test_pinv_singular_hessian(xp, device):
     res = ao.minimize(f, x0, jac=jac, hess=lambda x: H, options={"solver": "pinv"})
     assert res.success, res.message
     assert res.nit == 1
-    np.testing.assert_allclose(to_numpy(res.x), [0.9, 0.1, 0.0], atol=1e-14)
+    np.testing.assert_allclose(to_numpy(res.x), [0.9, 0.1, 0.0], atol=1e-12)  # 1e-12: SVD-based pinv differs by backend in the last bits
     res2 = ao.minimize(f, x0, jac=jac, hess=lambda x: H)
     assert res2.success, res2.message
     assert abs(float(res2.fun)) < 1e-14
@@ -533,9 +543,14 @@ def test_autodiff(xp, device):
         assert r.success, r.message
         np.testing.assert_allclose(to_numpy(r.x), [1.0, 1.0], atol=1e-9)
     assert r1.nhev > 0 and r2.nhev > 0
-    # same iterates as the analytic derivatives
-    ra = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
-    assert r1.nit == ra.nit
+    # same iterates as the analytic derivatives (autodiff and the hand-written
+    # formulas differ in the last bits, so the iterate that first passes gtol
+    # may differ by one: compare the common iterates, not the count exactly)
+    ra = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess, options={"history": True})
+    rh = ao.minimize(rosen, x0, jac="autodiff", options={"history": True})
+    assert abs(rh.nit - ra.nit) <= 1
+    for xa, xb in zip(ra.history["x"], rh.history["x"]):
+        np.testing.assert_allclose(to_numpy(xb), to_numpy(xa), rtol=1e-8, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------
@@ -606,12 +621,10 @@ def test_bad_input(xp, device):
         ao.minimize(lambda x: x * 2.0, x0, jac=rosen_der)
     with pytest.raises(ValueError, match="jac must be"):
         ao.minimize(rosen, x0, jac="4-point")
-    with pytest.raises(ValueError, match="unknown key"):
-        ao.minimize(rosen, x0, jac=rosen_der, options={"gtool": 1e-3})
     with pytest.raises(ValueError, match="solver"):
         ao.minimize(rosen, x0, jac=rosen_der, options={"solver": "lu"})
-    with pytest.raises(TypeError):
-        ao.minimize(rosen, asarr(xp, device, [1, 2], dtype=xp.int64), jac=rosen_der)
+    with pytest.raises(TypeError, match="complex"):
+        ao.minimize(rosen, asarr(xp, device, [1, 2], dtype=xp.complex128), jac=rosen_der)
     # non-finite objective at x0
     with pytest.raises(ValueError, match=r"fun\(x0\) is not finite"):
         ao.minimize(lambda x: _ns(x).sum(x) * math.nan, x0, jac=rosen_der)
@@ -675,3 +688,439 @@ def test_nonfinite_trial_point_is_rejected(xp, device, method):
     if method != "newton-cg-tr":
         assert res.history["alpha"][0] == 0.25
         np.testing.assert_allclose(to_numpy(res.history["x"][1]), [1.5])
+
+
+# ---------------------------------------------------------------------------
+# The checked Cholesky (agnopt._core.linalg) and the faults seen on GPUs.
+# These inject each backend behaviour on the CPU, through the namespace that
+# minimize uses (array_api_compat.numpy / .torch), so no GPU is needed.
+
+
+def _partial_cholesky(A, variant):
+    """What cuSOLVER's potrf leaves when CuPy ignores its ``info``: the leading
+    block factorized up to the first failing pivot k, then (variant)
+    "negative": the non-positive pivot stored at L[k, k] (LAPACK's rule);
+    "nan": sqrt of it (NaN); "untouched": the trailing block left as A's lower
+    triangle (positive diagonal; only the residual check can see it)."""
+    A = np.array(A, dtype=np.float64)
+    n = A.shape[0]
+    L = np.tril(A).copy()
+    for k in range(n):
+        piv = A[k, k] - np.sum(L[k, :k] ** 2)
+        if piv <= 0:
+            if variant == "negative":
+                L[k, k] = piv
+            elif variant == "nan":
+                L[k, k] = np.nan  # sqrt of a non-positive pivot
+            return L
+        L[k, k] = np.sqrt(piv)
+        for i in range(k + 1, n):
+            L[i, k] = (A[i, k] - np.sum(L[i, :k] * L[k, :k])) / L[k, k]
+    return L
+
+
+def _generic_path(monkeypatch):
+    """The fault-injection tests model a backend without a fast path: the
+    checked Cholesky goes through ``xl.linalg`` (patched by the test)."""
+    from agnopt._core import linalg as la
+
+    monkeypatch.setattr(la, "_fast_kind", lambda xl: None)
+
+
+def _cpu_namespace(name):
+    if name == "torch":
+        torch = pytest.importorskip("torch")
+        import array_api_compat.torch as xt
+
+        return xt, (lambda a: torch.asarray(a)), (lambda t: t.numpy())
+    import array_api_compat.numpy as xn
+
+    return xn, np.asarray, np.asarray
+
+
+@pytest.mark.parametrize("variant", ["negative", "nan", "untouched"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_checked_cholesky_rejects_a_partial_factor(monkeypatch, ns, variant):
+    """CuPy's cholesky returns a partial factor for an indefinite matrix; the
+    old check (finite, diag(L)**2 not tiny) accepted the negative-pivot one,
+    so Newton skipped its Hessian modification."""
+    _generic_path(monkeypatch)
+    from agnopt._core.linalg import cholesky
+
+    xl, to, back = _cpu_namespace(ns)
+    A = np.array([[4.0, 2.0, 0.0], [2.0, -3.0, 1.0], [0.0, 1.0, 5.0]])  # indefinite
+    monkeypatch.setattr(xl.linalg, "cholesky", lambda M: to(_partial_cholesky(back(M), variant)))
+    assert cholesky(xl, to(A)) is None
+    # a positive definite matrix still factorizes through the same fake
+    B = A + 5.0 * np.eye(3)
+    L = cholesky(xl, to(B))
+    assert L is not None
+    np.testing.assert_allclose(back(L) @ back(L).T, B, rtol=1e-14, atol=1e-14)
+
+
+def coupled(x):
+    """0.5 |x|^2 + 2 x0 x1 + (x0^4 + x1^4) / 4: the Hessian at 0, [[1, 2], [2, 1]],
+    is indefinite with a positive diagonal (so only a factorization can tell);
+    minima at +-(1, -1) with f = -0.5, a saddle at 0."""
+    xp = _ns(x)
+    return 0.5 * xp.sum(x * x) + 2.0 * x[0] * x[1] + 0.25 * xp.sum(x**4)
+
+
+def coupled_der(x):
+    xp = _ns(x)
+    return x + 2.0 * xp.flip(x) + x**3
+
+
+def coupled_hess(x):
+    xp = _ns(x)
+    dev = array_api_compat.device(x)
+    anti = xp.asarray([[0.0, 2.0], [2.0, 0.0]], dtype=x.dtype, device=dev)
+    eye = xp.eye(2, dtype=x.dtype, device=dev)
+    return eye * (1.0 + 3.0 * x**2)[:, None] + anti
+
+
+@pytest.mark.parametrize("variant", ["negative", "nan", "untouched"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_newton_modifies_the_hessian_under_cupy_cholesky(monkeypatch, ns, variant):
+    """Newton with a non-raising (CuPy-like) cholesky still sees that the
+    Hessian is indefinite, adds the shift and ends at a minimum."""
+    _generic_path(monkeypatch)
+    xl, to, back = _cpu_namespace(ns)
+    monkeypatch.setattr(xl.linalg, "cholesky", lambda M: to(_partial_cholesky(back(M), variant)))
+    x0 = to(np.array([0.1, 0.05]))
+    assert np.min(np.linalg.eigvalsh(back(coupled_hess(x0)))) < 0
+    res = ao.minimize(coupled, x0, jac=coupled_der, hess=coupled_hess, options={"history": True})
+    assert res.success, res.message
+    assert res.history["tau"][0] > 0  # the first Hessian was modified
+    np.testing.assert_allclose(np.abs(back(res.x)), [1.0, 1.0], atol=1e-7)
+    np.testing.assert_allclose(float(res.fun), -0.5, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["cholesky", "solve"])
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_device_errors_in_linear_algebra_propagate(monkeypatch, ns, where):
+    """On the GPU run, cuSOLVER/cuBLAS handle creation failed for lack of memory;
+    the Newton step caught every exception as 'not positive definite' and
+    fell back to steepest descent (Rosenbrock stuck at maxiter near
+    (1.037, 1.075), the singular-Hessian case in 18 steps instead of 1, the
+    n = 100 case past its timeout). Only the backend's LinAlgError means
+    'not positive definite'; anything else propagates."""
+    _generic_path(monkeypatch)
+    xl, to, back = _cpu_namespace(ns)
+
+    class DeviceError(RuntimeError):
+        pass
+
+    def boom(*a, **k):
+        raise DeviceError("CUDA error: out of memory")
+
+    monkeypatch.setattr(xl.linalg, where, boom)
+    x0 = to(np.array([-1.2, 1.0]))
+    with pytest.raises(DeviceError, match="out of memory"):
+        ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+
+
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_device_errors_in_fast_paths_propagate(monkeypatch, ns):
+    """The same on the fast paths (scipy.linalg for NumPy, torch.cholesky_solve)."""
+    xl, to, back = _cpu_namespace(ns)
+
+    class DeviceError(RuntimeError):
+        pass
+
+    def boom(*a, **k):
+        raise DeviceError("CUDA error: out of memory")
+
+    if ns == "numpy":
+        sl = pytest.importorskip("scipy.linalg")
+        targets = [(sl, "cholesky"), (sl, "cho_solve")]
+    else:
+        import torch
+
+        targets = [(xl.linalg, "cholesky"), (torch, "cholesky_solve")]
+    for mod, name in targets:
+        with monkeypatch.context() as m:
+            m.setattr(mod, name, boom)
+            with pytest.raises(DeviceError, match="out of memory"):
+                ao.minimize(rosen, to(np.array([-1.2, 1.0])), jac=rosen_der, hess=rosen_hess)
+
+
+@pytest.mark.parametrize("ns", ["numpy", "torch"])
+def test_linalg_error_still_means_not_positive_definite(monkeypatch, ns):
+    """The backend's own LinAlgError (numpy's, torch's) is what the checked
+    Cholesky catches: the modified-Cholesky path then shifts the Hessian."""
+    _generic_path(monkeypatch)
+    from agnopt._core.linalg import cholesky, linalg_errors
+
+    xl, to, back = _cpu_namespace(ns)
+    real = xl.linalg.cholesky
+    err = [e for e in linalg_errors() if ns in e.__module__] or list(linalg_errors())
+    calls = []
+
+    def flaky(M):  # the first call fails as the backend does for an indefinite matrix
+        calls.append(1)
+        if len(calls) == 1:
+            raise err[0]("not positive definite")
+        return real(M)
+
+    monkeypatch.setattr(xl.linalg, "cholesky", flaky)
+    assert cholesky(xl, to(np.eye(2))) is None
+    assert cholesky(xl, to(np.eye(2))) is not None
+
+
+def test_checked_cholesky_raises_on_cupy(monkeypatch):
+    """On CuPy the factorization runs under cupyx.errstate(linalg="raise")."""
+    import sys
+    import types
+
+    import array_api_compat.numpy as xn
+
+    from agnopt._core import linalg as la
+
+    entered = []
+
+    class _State:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def __enter__(self):
+            entered.append(self.kw)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(errstate=_State))
+    monkeypatch.setattr(la.array_api_compat, "is_cupy_namespace", lambda xp: xp is xn)
+    assert la.cholesky(xn, np.eye(3)) is not None
+    assert entered == [{"linalg": "raise"}]
+
+
+def test_negative_gradient_norm_from_the_device_raises():
+    """A broken CUDA context returned max(|g|) = -88 (the buffer of g, abs never
+    ran): gtol was 'met' at x0 and minimize reported success. Impossible values
+    raise instead."""
+    from agnopt._minimize.common import _gnorm
+
+    class Garbage:  # abs() that leaves its output unwritten: returns g itself
+        abs = staticmethod(lambda g: g)
+        max = staticmethod(np.max)
+
+    with pytest.raises(RuntimeError, match="negative"):
+        _gnorm(Garbage, np.array([-215.6, -88.0]))
+    import array_api_compat.numpy as xn
+
+    assert _gnorm(xn, np.array([-215.6, -88.0])) == 215.6
+
+
+# ---------------------------------------------------------------------------
+# Saddle points and maxima (issue 12, item 5)
+
+
+def saddle(x):
+    """x0^2 - x1^2 + x1^4 / 4: a saddle at 0 (f = 0), minima at (0, +-sqrt(2)), f = -1."""
+    xp = _ns(x)
+    return x[0] ** 2 - x[1] ** 2 + 0.25 * x[1] ** 4 + 0.0 * xp.sum(x)
+
+
+def saddle_der(x):
+    xp = _ns(x)
+    return xp.stack([2.0 * x[0], -2.0 * x[1] + x[1] ** 3])
+
+
+def saddle_hess(x):
+    xp = _ns(x)
+    z = 0.0 * x[0]
+    return xp.stack([xp.stack([z + 2.0, z]), xp.stack([z, -2.0 + 3.0 * x[1] ** 2])])
+
+
+def saddle_hessp(x, p):
+    return saddle_der_lin(x) * p
+
+
+def saddle_der_lin(x):
+    xp = _ns(x)
+    return xp.stack([2.0 + 0.0 * x[0], -2.0 + 3.0 * x[1] ** 2])
+
+
+SADDLE_RUNS = {
+    "newton": dict(hess=saddle_hess),
+    "newton-pinv": dict(hess=saddle_hess, options={"solver": "pinv"}),
+    "newton-fd-hess": dict(),
+    "newton-cg": dict(method="newton-cg", hessp=saddle_hessp),
+    "newton-cg-dense-hess": dict(method="newton-cg", hess=saddle_hess),
+    "newton-cg-fd-hvp": dict(method="newton-cg"),
+    "newton-cg-tr": dict(method="newton-cg", hessp=saddle_hessp, options={"globalization": "trust-region"}),
+}
+
+
+@pytest.mark.parametrize("case", list(SADDLE_RUNS))
+def test_saddle_is_not_a_minimum(xp, device, case):
+    """From the saddle x0 = 0 (gradient exactly 0), every method must leave it
+    along the negative curvature and end at a minimum, (0, +-sqrt(2)), f = -1
+    (scipy's methods report success at the saddle after 0 iterations)."""
+    kw = dict(SADDLE_RUNS[case])
+    x0 = asarr(xp, device, [0.0, 0.0])
+    res = ao.minimize(saddle, x0, jac=saddle_der, **kw)
+    assert res.success, res.message
+    assert res.nit >= 1
+    x = to_numpy(res.x)
+    np.testing.assert_allclose(np.abs(x), [0.0, math.sqrt(2.0)], atol=1e-6)
+    np.testing.assert_allclose(float(res.fun), -1.0, atol=1e-10)
+    # and from a point near the saddle on its stable manifold (x1 = 0 exactly)
+    res2 = ao.minimize(saddle, asarr(xp, device, [0.3, 0.0]), jac=saddle_der, **kw)
+    assert res2.success, res2.message
+    np.testing.assert_allclose(np.abs(to_numpy(res2.x)), [0.0, math.sqrt(2.0)], atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["newton", "newton-cg", "newton-cg-tr"])
+def test_maximum_is_not_a_minimum(xp, device, case):
+    """f = -|x|^2 + |x|^4 / 4 from its local maximum 0: leave it; minima on |x| = sqrt(2)."""
+
+    def f(x):
+        s = _ns(x).sum(x * x)
+        return -s + 0.25 * s * s
+
+    def jac(x):
+        return (-2.0 + _ns(x).sum(x * x)) * x
+
+    def hessp(x, p):
+        xp_ = _ns(x)
+        return (-2.0 + xp_.sum(x * x)) * p + 2.0 * x * xp_.sum(x * p)
+
+    def hess(x):
+        xp_ = _ns(x)
+        n = x.shape[0]
+        eye = xp_.eye(n, dtype=x.dtype, device=array_api_compat.device(x))
+        return (-2.0 + xp_.sum(x * x)) * eye + 2.0 * x[:, None] * x[None, :]
+
+    x0 = asarr(xp, device, [0.0, 0.0, 0.0])
+    if case == "newton":
+        kw = dict(hess=hess)
+    else:
+        kw = dict(method="newton-cg", hessp=hessp)
+        if case == "newton-cg-tr":
+            kw["options"] = {"globalization": "trust-region"}
+    res = ao.minimize(f, x0, jac=jac, **kw)
+    assert res.success, res.message
+    np.testing.assert_allclose(np.linalg.norm(to_numpy(res.x)), math.sqrt(2.0), atol=1e-6)
+    np.testing.assert_allclose(float(res.fun), -1.0, atol=1e-10)
+
+
+def test_weak_minimum_is_a_minimum(xp, device):
+    """f = x^4 at 0: Hessian 0 (semidefinite), a true minimum: success at 0 iterations."""
+    x0 = asarr(xp, device, [0.0])
+    for kw in (dict(hess=lambda x: _ns(x).reshape(12.0 * x**2, (1, 1))),
+               dict(method="newton-cg", hessp=lambda x, p: 12.0 * x**2 * p)):
+        res = ao.minimize(lambda x: _ns(x).sum(x**4), x0, jac=lambda x: 4.0 * x**3, **kw)
+        assert res.success and res.nit == 0, res.message
+
+
+# ---------------------------------------------------------------------------
+# Inputs scipy accepts, disp, unknown options (issue 15, item 4)
+
+
+@pytest.mark.parametrize("x0", [[-1.2, 1.0], (-1.2, 1.0), [-1, 1]], ids=["list", "tuple", "int-list"])
+def test_list_x0_as_scipy(x0):
+    """Lists and tuples become float64 NumPy arrays, as in scipy."""
+    res = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+    ref = so.minimize(so.rosen, x0, jac=so.rosen_der, hess=so.rosen_hess, method="trust-exact")
+    assert isinstance(res.x, np.ndarray) and res.x.dtype == np.float64
+    assert res.success, res.message
+    np.testing.assert_allclose(res.x, ref.x, atol=1e-7)
+    np.testing.assert_allclose(res.x, [1.0, 1.0], atol=1e-9)
+    assert x0 == type(x0)(x0)  # not modified
+
+
+def test_scalar_x0_as_scipy():
+    res = ao.minimize(lambda x: np.sum((x - 3.0) ** 2), 1, jac=lambda x: 2.0 * (x - 3.0),
+                      hess=lambda x: np.full((1, 1), 2.0))
+    assert res.x.shape == (1,) and res.x.dtype == np.float64
+    np.testing.assert_allclose(res.x, [3.0])
+
+
+def test_integer_x0_becomes_float64(xp, device):
+    """An integer array becomes float64 of its own backend and device."""
+    x0 = xp.asarray([-1, 1], dtype=xp.int64, device=device)
+    before = to_numpy(x0).copy()
+    res = ao.minimize(rosen, x0, jac=rosen_der, hess=rosen_hess)
+    assert res.success, res.message
+    assert res.x.dtype == xp.float64
+    assert array_api_compat.array_namespace(res.x) is array_api_compat.array_namespace(x0)
+    assert array_api_compat.device(res.x) == array_api_compat.device(x0)
+    np.testing.assert_allclose(to_numpy(res.x), [1.0, 1.0], atol=1e-9)
+    np.testing.assert_array_equal(to_numpy(x0), before)
+    assert x0.dtype == xp.int64
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0], [3.0]], ["a", "b"]], ids=["ragged", "strings"])
+def test_bad_list_x0(bad):
+    with pytest.raises((TypeError, ValueError), match="x0"):
+        ao.minimize(rosen, bad)
+
+
+def test_unknown_options_warn_as_scipy():
+    """scipy warns OptimizeWarning "Unknown solver options: ..." and ignores them."""
+    with pytest.warns(so.OptimizeWarning, match="Unknown solver options: gtool"):
+        so.minimize(so.rosen, [-1.2, 1.0], method="Newton-CG", jac=so.rosen_der, options={"gtool": 1})
+    with pytest.warns(ao.OptimizeWarning, match="Unknown solver options: gtool") as rec:
+        res = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess, options={"gtool": 1e-3})
+    assert res.success
+    assert rec[0].filename == __file__  # the warning points at the caller
+    base = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess)
+    np.testing.assert_array_equal(res.x, base.x)  # the unknown key changed nothing
+
+
+@pytest.mark.parametrize("method", ["newton", "newton-cg"])
+def test_disp_prints_the_final_report(capsys, method):
+    kw = dict(hess=rosen_hess) if method == "newton" else dict(hessp=rosen_hessp)
+    res = ao.minimize(rosen, [-1.2, 1.0], method=method, jac=rosen_der, options={"disp": True}, **kw)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == res.message
+    assert out[1:] == [
+        f"         Current function value: {float(res.fun):f}",
+        f"         Iterations: {res.nit:d}",
+        f"         Function evaluations: {res.nfev:d}",
+        f"         Gradient evaluations: {res.njev:d}",
+        f"         Hessian evaluations: {res.nhev:d}",
+    ]
+    # scipy's report has the same lines
+    so.minimize(so.rosen, [-1.2, 1.0], method="Newton-CG", jac=so.rosen_der,
+                hessp=so.rosen_hess_prod, options={"disp": True})
+    ref = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in ref[1:]] == [line.split(":")[0] for line in out[1:]]
+    # quiet by default
+    ao.minimize(rosen, [-1.2, 1.0], method=method, jac=rosen_der, **kw)
+    assert capsys.readouterr().out == ""
+
+
+def test_disp_warns_on_failure(capsys):
+    with pytest.warns(ao.OptimizeWarning, match="Maximum number of iterations"):
+        res = ao.minimize(rosen, [-1.2, 1.0], jac=rosen_der, hess=rosen_hess, maxiter=2,
+                          options={"disp": True})
+    assert res.status == 1
+    assert capsys.readouterr().out.splitlines()[0].strip().startswith("Current function value")
+
+
+@pytest.mark.parametrize("n", [1, 5, 60])
+def test_cholesky_fast_path_equals_generic(xp, device, n):
+    """The backend fast paths of the checked Cholesky and its solve (SciPy for
+    NumPy, torch.cholesky_solve, jax.scipy, cupyx) equal the Array API path to
+    rounding, and agree on rejection."""
+    from agnopt._core.linalg import cho_solve, cholesky
+
+    if is_backend(xp, "dask"):
+        pytest.skip("dask: minimize factorizes in-memory chunks (the numpy path)")
+    rng = np.random.default_rng(n)
+    M = rng.standard_normal((n, n))
+    A = M @ M.T / n + 0.1 * np.eye(n)
+    b = rng.standard_normal(n)
+    Ax, bx = asarr(xp, device, A), asarr(xp, device, b)
+    L1, L0 = cholesky(xp, Ax), cholesky(xp, Ax, fast=False)
+    assert L1 is not None and L0 is not None
+    np.testing.assert_allclose(to_numpy(L1), to_numpy(L0), rtol=1e-12, atol=1e-14)
+    x1, x0 = cho_solve(xp, L1, bx), cho_solve(xp, L0, bx, fast=False)
+    np.testing.assert_allclose(to_numpy(x1), np.linalg.solve(A, b), rtol=1e-9)
+    np.testing.assert_allclose(to_numpy(x1), to_numpy(x0), rtol=1e-10, atol=1e-12)
+    if n > 1:
+        S = asarr(xp, device, A - 2.0 * np.max(np.linalg.eigvalsh(A)) * np.eye(n) * (np.arange(n) == 0))
+        assert cholesky(xp, S) is None and cholesky(xp, S, fast=False) is None

@@ -21,6 +21,7 @@ import warnings
 
 import numpy as np
 import pytest
+from array_api_compat import device as array_device
 
 import agnopt as ao
 from agnopt._cli import nist as _nist
@@ -93,10 +94,16 @@ def test_nist_certified_std_dev(xp, device, backend, name):
                     "numpy/array_api_strict/torch)")
     p = next(q for q in PROBLEMS if q["name"] == name)
     _, model, x, resp = _nist.nist_problem(p, xp)
+    # nist_problem creates its arrays on the default device; the data, the start
+    # and hence every array of the fit go to the backend's device (torch-cuda
+    # would otherwise run the whole fit on the CPU).
+    x = xp.asarray(x, device=device)
+    resp = xp.asarray(resp, device=device)
+    p0 = xp.asarray(p["start2"], dtype=xp.float64, device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        popt, pcov = ao.curve_fit(model, x, resp, p0=xp.asarray(p["start2"], dtype=xp.float64),
-                                  xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        popt, pcov = ao.curve_fit(model, x, resp, p0=p0, xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert array_device(popt) == array_device(x) and array_device(pcov) == array_device(x)
     sd = np.sqrt(np.diag(to_numpy(pcov)))
     cert = np.array(p["certified_std_dev"])
     rel = np.abs(sd - cert) / np.abs(cert)

@@ -340,10 +340,10 @@ def test_levenberg_marquardt_limits(backend, seed, n, extra, dtype):
 
     lambda -> 0: the Gauss-Newton step :math:`-J^+ f`; lambda -> inf:
     :math:`\lambda p \to -J^T f`, the negative gradient (D = I). Uses the
-    private hook ``agnopt._lsq._spectral`` (the decomposition the solver's
+    private hook ``agnopt._least_squares.routes.spectral`` (the decomposition the solver's
     ``lmpar`` works on); least_squares exposes no lambda of its own.
     """
-    from agnopt._lsq import _spectral
+    from agnopt._least_squares.routes import spectral as _spectral
 
     case, xp, dev = backend
     if _over_budget("lm", case, {BackendCase.DASK: 3, BackendCase.JAX: 4}):

@@ -87,3 +87,23 @@ def test_python_m_agnopt_tour_runs():
     # the second-order rows converge: Newton's Rosenbrock value is ~0
     newton = [l for l in lines if "minimize newton rosenbrock" in l]
     assert float(newton[0].split()[-2]) < 1e-20
+
+
+def test_device_scope_makes_the_arrays_device_current(xp, device):
+    """Arrays created under ``device_scope(device)`` without ``device=`` land on ``device``."""
+    from array_api_compat import device as dev_of
+
+    from agnopt._core.backend import device_scope
+
+    x = xp.ones((3,), device=device)
+    with device_scope(dev_of(x)):
+        made = [xp.asarray([1.0, 2.0], device=dev_of(x)), xp.zeros_like(x)]
+    for y in made:
+        assert dev_of(y) == dev_of(x)
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        cur = cupy.cuda.Device().id
+        with device_scope(dev_of(x)):
+            assert cupy.cuda.Device().id == dev_of(x).id
+        assert cupy.cuda.Device().id == cur  # restored

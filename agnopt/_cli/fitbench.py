@@ -78,7 +78,7 @@ def run_fit_benchmark(
     import numpy as np
     import scipy.optimize as so
 
-    from .._curve_fit import curve_fit
+    from .._least_squares import curve_fit
     from .nist import _namespace
 
     xp = _namespace(backend)

@@ -127,7 +127,7 @@ def nist_report(
     Lanczos1 is judged on its parameters (its certified RSS, 1.4e-25, is
     below what 11-digit values reproduce; see the data README).
     """
-    from .._lsq import least_squares
+    from .._least_squares import least_squares
 
     xp = _namespace(backend)
     rows = []

@@ -95,7 +95,7 @@ def _peak_rss():
 def run_one(m: int, n: int, workers: int, rows: int, iters: int, memory_limit: str) -> dict:
     from distributed import Client, LocalCluster, wait
 
-    from .._tall import tall_least_squares
+    from .._least_squares import tall_least_squares
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       memory_limit=memory_limit, dashboard_address=None,

@@ -2,15 +2,19 @@
 
 * :func:`resolve` finds the Array API namespace and device of a whole tree once,
   and rejects trees that mix backends or devices, or hold non-float leaves.
-* :func:`full_like_dtype`, :func:`scalar` create new arrays on the input's
+* :func:`scalar` creates new arrays on the input's
   device in a declared dtype; nothing here moves data between devices or
   upcasts float32 to float64.
 * :func:`is_writeable` tells whether an array may be updated in place (NumPy,
   CuPy, torch) or must be treated functionally (JAX, array-api-strict, Dask).
+* :func:`device_scope` makes a CuPy device current for code that creates
+  arrays or launches kernels (array-api-compat's CuPy creation functions
+  ignore ``device=``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import array_api_compat
@@ -27,6 +31,7 @@ __all__ = [
     "check_float_dtype",
     "resolve_dtype",
     "scalar",
+    "device_scope",
 ]
 
 
@@ -181,3 +186,24 @@ def scalar(xp: Any, value: Any, dtype: Any, device: Any) -> Any:
             return value if value.dtype == dtype else xp.astype(value, dtype)
         value = float(value)
     return xp.asarray(value, dtype=dtype, device=device)
+
+
+def device_scope(device: Any) -> Any:
+    """A context manager under which new arrays and kernels go to ``device``.
+
+    array-api-compat's CuPy namespace ignores ``device=`` in ``zeros``,
+    ``ones``, ``full``, ``empty``, ``eye``, ``arange``, ``linspace`` (only
+    ``asarray`` honours it), CuPy's ``*_like`` functions allocate on the
+    current device rather than their argument's, and CuPy kernels run on the
+    current device. With arrays on GPU 1 while GPU 0 is current, state
+    created for them would land on GPU 0. For a CuPy device this returns
+    ``cupy.cuda.Device(device.id)`` (entering it makes that device current
+    and restores the previous one on exit); for every other backend and
+    ``None``, a context that does nothing (torch, JAX, NumPy honour
+    ``device=``).
+    """
+    if type(device).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy.cuda.Device(device.id)
+    return contextlib.nullcontext()

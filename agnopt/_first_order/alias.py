@@ -13,9 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Transform, chain, identity
-from .step import register_fast
+from .base import EmptyState, Transform, chain, identity
+from .step import Slot, register_fast
 from .transforms import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    ScaleByRssState,
+    ScaleByScheduleState,
+    ScaleByStddevState,
+    TraceState,
     add_decayed_weights,
     check_learning_rate,
     check_nonnegative,
@@ -31,8 +37,33 @@ from .transforms import (
 __all__ = ["sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"]
 
 
-def _maybe(cond: bool, t: Transform) -> Transform:
-    return t if cond else identity()
+# Each alias is a list of (transform, Slot) pairs: the chain and, next to each
+# element, the part of its state the fused kernels of ``step`` read (see
+# :class:`~agnopt._first_order.step.Slot`). ``_fused`` builds both from the one
+# list, so the layout follows any reordering of the chain.
+_NONE = Slot(EmptyState)
+
+
+def _fused(kind: str, parts: list, **hp: Any) -> Transform:
+    t = chain(*[p[0] for p in parts])
+    return register_fast(t, kind, tuple(p[1] for p in parts), **hp)
+
+
+def _lr_part(learning_rate: Any) -> tuple:
+    t = scale_by_learning_rate(learning_rate)
+    if callable(learning_rate):
+        return t, Slot(ScaleByScheduleState, (("sched_count", "count"),))
+    return t, _NONE
+
+
+def _trace_part(on: bool, momentum, nesterov, dampening, accumulator_dtype) -> tuple:
+    if not on:
+        return identity(), _NONE
+    return (trace(momentum, nesterov, dampening, accumulator_dtype),
+            Slot(TraceState, (("count", "count"), ("trace", "trace"))))
+
+
+_ADAM_SLOT = Slot(ScaleByAdamState, (("count", "count"), ("mu", "mu"), ("nu", "nu"), ("vmax", "nu_max")))
 
 
 def sgd(
@@ -72,13 +103,13 @@ def sgd(
     """
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
-    t = chain(
-        add_decayed_weights(weight_decay),
-        _maybe(momentum > 0 or nesterov, trace(momentum, nesterov, dampening, accumulator_dtype)),
-        scale_by_learning_rate(learning_rate),
-    )
-    return register_fast(t, "sgd", learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-                         dampening=float(dampening), weight_decay=float(weight_decay))
+    parts = [
+        (add_decayed_weights(weight_decay), _NONE),
+        _trace_part(momentum > 0 or nesterov, momentum, nesterov, dampening, accumulator_dtype),
+        _lr_part(learning_rate),
+    ]
+    return _fused("sgd", parts, learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                  dampening=float(dampening), weight_decay=float(weight_decay))
 
 
 def sign_sgd(learning_rate: Any) -> Transform:
@@ -93,8 +124,8 @@ def sign_sgd(learning_rate: Any) -> Transform:
     has no sign descent.
     """
     learning_rate = check_learning_rate(learning_rate)
-    return register_fast(chain(scale_by_sign(), scale_by_learning_rate(learning_rate)),
-                         "sign_sgd", learning_rate=learning_rate)
+    parts = [(scale_by_sign(), _NONE), _lr_part(learning_rate)]
+    return _fused("sign_sgd", parts, learning_rate=learning_rate)
 
 
 def adagrad(
@@ -122,13 +153,14 @@ def adagrad(
     ``adagrad(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True)``.
     """
     learning_rate = check_learning_rate(learning_rate)
-    t = chain(
-        add_decayed_weights(weight_decay),
-        scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt, accumulator_dtype),
-        scale_by_learning_rate(learning_rate),
-    )
-    return register_fast(t, "adagrad", learning_rate=learning_rate, eps=float(eps),
-                         eps_in_sqrt=eps_in_sqrt, weight_decay=float(weight_decay))
+    parts = [
+        (add_decayed_weights(weight_decay), _NONE),
+        (scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt, accumulator_dtype),
+         Slot(ScaleByRssState, (("acc", "sum_of_squares"),))),
+        _lr_part(learning_rate),
+    ]
+    return _fused("adagrad", parts, learning_rate=learning_rate, eps=float(eps),
+                  eps_in_sqrt=eps_in_sqrt, weight_decay=float(weight_decay))
 
 
 def rmsprop(
@@ -162,16 +194,21 @@ def rmsprop(
     """
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
-    scaler = scale_by_stddev if centered else scale_by_rms
-    t = chain(
-        add_decayed_weights(weight_decay),
-        scaler(decay, eps, eps_in_sqrt, initial_scale, accumulator_dtype),
-        _maybe(momentum > 0 or nesterov, trace(momentum, nesterov, 0.0, accumulator_dtype)),
-        scale_by_learning_rate(learning_rate),
-    )
-    return register_fast(t, "rmsprop", learning_rate=learning_rate, decay=float(decay), eps=float(eps),
-                         eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum,
-                         nesterov=nesterov, weight_decay=float(weight_decay))
+    if centered:
+        scaler = (scale_by_stddev(decay, eps, eps_in_sqrt, initial_scale, accumulator_dtype),
+                  Slot(ScaleByStddevState, (("mu", "mu"), ("nu", "nu"))))
+    else:
+        scaler = (scale_by_rms(decay, eps, eps_in_sqrt, initial_scale, accumulator_dtype),
+                  Slot(ScaleByRmsState, (("nu", "nu"),)))
+    parts = [
+        (add_decayed_weights(weight_decay), _NONE),
+        scaler,
+        _trace_part(momentum > 0 or nesterov, momentum, nesterov, 0.0, accumulator_dtype),
+        _lr_part(learning_rate),
+    ]
+    return _fused("rmsprop", parts, learning_rate=learning_rate, decay=float(decay), eps=float(eps),
+                  eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum,
+                  nesterov=nesterov, weight_decay=float(weight_decay))
 
 
 def adam(
@@ -200,14 +237,14 @@ def adam(
     set the moments' dtypes (e.g. float32 moments for float16 parameters).
     """
     learning_rate = check_learning_rate(learning_rate)
-    t = chain(
-        add_decayed_weights(weight_decay),
-        scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
-        scale_by_learning_rate(learning_rate),
-    )
-    return register_fast(t, "adam", learning_rate=learning_rate, b1=float(b1), b2=float(b2),
-                         eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
-                         weight_decay=float(weight_decay))
+    parts = [
+        (add_decayed_weights(weight_decay), _NONE),
+        (scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype), _ADAM_SLOT),
+        _lr_part(learning_rate),
+    ]
+    return _fused("adam", parts, learning_rate=learning_rate, b1=float(b1), b2=float(b2),
+                  eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
+                  weight_decay=float(weight_decay))
 
 
 def adamw(
@@ -231,11 +268,11 @@ def adamw(
     b2, eps, eps_root, weight_decay)`` (optax's default weight_decay is 1e-4).
     """
     learning_rate = check_learning_rate(learning_rate)
-    t = chain(
-        scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype),
-        add_decayed_weights(weight_decay),
-        scale_by_learning_rate(learning_rate),
-    )
-    return register_fast(t, "adamw", learning_rate=learning_rate, b1=float(b1), b2=float(b2),
-                         eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
-                         weight_decay=float(weight_decay))
+    parts = [
+        (scale_by_adam(b1, b2, eps, eps_root, amsgrad, mu_dtype, nu_dtype), _ADAM_SLOT),
+        (add_decayed_weights(weight_decay), _NONE),
+        _lr_part(learning_rate),
+    ]
+    return _fused("adamw", parts, learning_rate=learning_rate, b1=float(b1), b2=float(b2),
+                  eps=float(eps), eps_root=float(eps_root), amsgrad=amsgrad,
+                  weight_decay=float(weight_decay))

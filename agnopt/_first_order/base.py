@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable, NamedTuple
 
 from .._core.backend import resolve
+from .._core.norms import opmath_dtype
 from .._core.tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
@@ -185,9 +186,11 @@ def chain(*transforms: Transform) -> Transform:
 
 
 def apply_updates(params: Any, updates: Any) -> Any:
-    """``params + updates`` leaf by leaf; each result keeps the dtype of its parameter.
+    """``params + updates`` leaf by leaf; each result keeps the dtype (and array type) of its parameter.
 
-    Pure: neither argument is modified.
+    float16/bfloat16 parameters are added in float32 (opmath; the updates'
+    dtype if wider) and rounded once to their dtype. Pure: neither argument
+    is modified.
     """
     check_same_structure(updates, params, "updates", "params")
     p_leaves, td = tree_flatten(params)
@@ -197,7 +200,14 @@ def apply_updates(params: Any, updates: Any) -> Any:
     xp = resolve(params, "params").xp
     out = []
     for p, u in zip(p_leaves, u_leaves):
-        if u.dtype != p.dtype:
-            u = xp.astype(u, p.dtype)
-        out.append(p + u)
+        op = opmath_dtype(xp, p.dtype)
+        if op != p.dtype:
+            # float16/bfloat16: add in float32 (or the updates' wider dtype), round once
+            op = xp.result_type(op, u.dtype) if u.dtype != op else op
+            new = xp.astype(xp.astype(p, op) + (u if u.dtype == op else xp.astype(u, op)), p.dtype)
+        else:
+            new = p + (u if u.dtype == p.dtype else xp.astype(u, p.dtype))
+        if new.ndim == 0 and type(new) is not type(p):
+            new = xp.asarray(new)  # NumPy: 0-d arithmetic returns a scalar
+        out.append(new)
     return tree_unflatten(td, out)

@@ -157,6 +157,8 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int | None = 5) ->
         xp = resolve(updates, "grads").xp
         leaves, _ = tree_flatten(updates)
         finite = _all_finite(xp, leaves)
+        if type(finite) is not type(state.last_finite):
+            finite = xp.asarray(finite)  # NumPy reductions return a bool scalar: keep a 0-d array
         one = xp.ones_like(state.notfinite_count)
         count = xp.where(finite, xp.zeros_like(state.notfinite_count), state.notfinite_count + one)
         total = xp.where(

@@ -31,15 +31,25 @@ non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
 parameters' dtype), and any input the checks would reject (the generic path
 then raises its usual error).
 
+**Numerics.** Every path follows the transforms' rules (see
+:mod:`agnopt._first_order.transforms`): float16/bfloat16 parameters and
+state are computed in float32 and rounded once when stored (NumPy: the
+generic path; torch: the in-place path widens each block to float32; CuPy:
+the fused kernel computes in a float local type), and centered RMSProp
+clamps :math:`\nu - \mu^2` at 0 before its root.
+
 The environment variable ``AGNOPT_FAST`` selects the path: ``0`` the generic
 path everywhere; ``numpy`` the blocked NumPy path even when numba is
 installed; ``numba`` requires numba; unset or ``1`` picks the fastest
 available.
 
 The fast path recognises an optimizer through a small registry: each alias
-registers its ``Transform.update`` function with its hyperparameters
-(:func:`register_fast`); a Transform that is not registered (any user-built
-chain) takes the generic path.
+registers its ``Transform.update`` function with its hyperparameters and the
+layout of its state (:func:`register_fast`): one :class:`Slot` per element of
+its chain, declared in :mod:`agnopt._first_order.alias` next to the chain
+itself, naming the sub-state class and the fields the fused kernel reads
+(so reordering a chain reorders its layout with it). A Transform that is not
+registered (any user-built chain) takes the generic path.
 """
 
 from __future__ import annotations
@@ -48,32 +58,51 @@ import os
 import weakref
 from typing import Any, NamedTuple
 
+from .._core.lazy import is_dask, persist
 from .base import Transform, apply_updates
 from .._core.tree import tree_flatten, tree_unflatten
 
-__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode"]
+__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
+
+
+class Slot(NamedTuple):
+    """Where a fused kernel finds its buffers in one sub-state of a chain.
+
+    ``cls`` is the sub-state's class (``EmptyState`` for a stateless
+    transform); ``fields`` pairs a kernel buffer name (``"mu"``, ``"nu"``,
+    ``"vmax"``, ``"acc"``, ``"trace"``, or ``"count"`` / ``"sched_count"``
+    for the step counters) with the state field holding it.
+    """
+
+    cls: type
+    fields: tuple = ()
 
 
 class FastSpec(NamedTuple):
-    """Which optimizer a registered Transform is: ``kind`` and its hyperparameters."""
+    """Which optimizer a registered Transform is: ``kind``, its hyperparameters, its state layout."""
 
     kind: str  # "sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"
     hp: dict
+    layout: tuple  # one Slot per chain element, in the chain's order
 
 
 _REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
 KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
 
 
-def register_fast(transform: Transform, kind: str, **hp: Any) -> Transform:
+def register_fast(transform: Transform, kind: str, layout: tuple, **hp: Any) -> Transform:
     """Record that ``transform`` is the alias ``kind`` with hyperparameters ``hp``.
 
+    ``layout`` is a tuple of :class:`Slot`, one per element of the chain that
+    ``transform`` is, in order: what its fused kernel reads from the state.
     Keyed by ``transform.update`` (weakly), so only the very Transform an alias
     returned is recognised. Returns ``transform`` unchanged.
     """
     if kind not in KINDS:
         raise ValueError(f"register_fast: unknown kind {kind!r}")
-    _REGISTRY[transform.update] = FastSpec(kind, dict(hp))
+    if not isinstance(layout, tuple) or not all(isinstance(s, Slot) for s in layout):
+        raise TypeError("register_fast: layout must be a tuple of Slot")
+    _REGISTRY[transform.update] = FastSpec(kind, dict(hp), layout)
     return transform
 
 
@@ -97,7 +126,14 @@ def fast_mode() -> str:
 
 def _generic(transform, params, grads, state):
     updates, new_state = transform.update(grads, state, params)
-    return apply_updates(params, updates), new_state
+    new_params = apply_updates(params, updates)
+    leaves, td = tree_flatten((new_params, new_state))
+    if any(is_dask(x) for x in leaves):
+        # Dask: one dask.persist per step, so the graphs of params and state stay one
+        # task per chunk instead of growing with every step (a loop of n steps costs
+        # O(n), and computing after many steps cannot hit Python's recursion limit)
+        new_params, new_state = tree_unflatten(td, list(persist(*leaves)))
+    return new_params, new_state
 
 
 def _backend_module(leaf: Any) -> str | None:
@@ -127,6 +163,15 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
     afterwards (keep a copy if you need them). ``grads`` are only read. JAX,
     Dask and array-api-strict arrays are never modified (generic path).
     ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._first_order.step`.
+
+    **Dask: params and state are persisted.** On Dask arrays ``step`` ends
+    with one ``dask.persist`` of the new parameters and state (computed
+    chunk by chunk, in memory on the local scheduler or on the workers of a
+    ``dask.distributed`` cluster), so their graphs do not grow with the
+    number of steps: a loop of ``n`` steps costs time linear in ``n``, and
+    the result can be computed after any number of steps. ``grads`` may be
+    lazy (their graph is computed within the step). ``update`` and
+    ``apply_updates`` stay lazy (persist their results yourself in a loop).
     """
     spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
     if spec is not None:
@@ -169,6 +214,10 @@ class Optimizer:
     gradient buffer) and call ``opt.step()`` to avoid copying them; any other
     gradient tree passed to ``step(grads)`` is copied into the buffer first.
     In flat mode ``opt.state`` is the state of the flat parameter vector.
+
+    On Dask arrays each ``opt.step`` persists ``opt.params`` and
+    ``opt.state`` (see :func:`step`): the loop runs in time linear in the
+    number of steps.
     """
 
     def __init__(self, transform: Transform, params: Any, *, flat: bool = False):

@@ -10,6 +10,20 @@ gradient with a diagonal approximation of the Hessian: ``scale_by_rss``
 :math:`\operatorname{diag}(J^\top J)`; ``scale_by_rms`` (RMSProp) discounts
 them; ``scale_by_adam`` also averages the gradient and corrects both averages
 for their zero initialisation.
+
+Numerics (the same rule in every fused kernel of :func:`agnopt.step`):
+
+* **opmath**: every transform computes in at least float32, whatever the
+  storage dtype of the updates and of its state (float16 and bfloat16 are
+  computed in float32, as torch's fused kernels do). State leaves are rounded
+  once to their own dtype when stored; the updates a transform returns stay in
+  the opmath dtype, so :func:`~agnopt.apply_updates` rounds the new parameters
+  once. For float32/float64 nothing changes.
+* roots see no negative rounding residue (centered RMSProp's
+  :math:`\nu - \mu^2` is clamped at 0), and on JAX/torch every root that can
+  see an exact 0 is taken in the double-``where`` form, so derivatives through
+  an update are finite at zero gradients.
+* state leaves keep their type, shape and dtype across updates.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 from .._core.backend import is_concrete, resolve, resolve_dtype, scalar
+from .._core.norms import opmath_dtype, safe_sqrt, scaled_norm
 from .base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
 from .._core.tree import tree_flatten, tree_map, tree_unflatten
 
@@ -102,6 +117,23 @@ def _cast(xp: Any, x: Any, dtype: Any) -> Any:
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
+def _op(xp: Any, x: Any) -> Any:
+    """The opmath dtype of array ``x`` (float32 for float16/bfloat16)."""
+    return opmath_dtype(xp, x.dtype)
+
+
+def _store(xp: Any, x: Any, like: Any) -> Any:
+    """``x`` as a state leaf like ``like``: its dtype (one rounding), an array even when 0-d.
+
+    NumPy returns scalars from arithmetic on 0-d arrays; the state keeps arrays.
+    """
+    if x.dtype != like.dtype:
+        x = xp.astype(x, like.dtype)
+    if x.ndim == 0 and type(x) is not type(like):
+        x = xp.asarray(x)
+    return x
+
+
 def _all_finite(value: Any) -> bool:
     from array_api_compat import array_namespace
 
@@ -129,8 +161,8 @@ def scale(step_size: float) -> Transform:
 
     @trusted
     def update(updates, state, params=None):
-        validated_backend(updates, params)
-        return tree_map(lambda g: step_size * g, updates), state
+        xp = validated_backend(updates, params).xp
+        return tree_map(lambda g: step_size * _cast(xp, g, _op(xp, g)), updates), state
 
     return Transform(init, update)
 
@@ -166,12 +198,14 @@ def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
                 raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
         elif is_concrete(value) and not _all_finite(value):
             raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
+        count = _safe_int_increment(xp, state.count)
 
         def one(g):
-            return scalar(xp, value, g.dtype, bk.device) * g
+            op = _op(xp, g)
+            return scalar(xp, value, op, bk.device) * _cast(xp, g, op)
 
         new = tree_map(one, updates)
-        return new, ScaleByScheduleState(count=_safe_int_increment(xp, state.count))
+        return new, ScaleByScheduleState(count=_store(xp, count, state.count))
 
     return Transform(init, update)
 
@@ -240,20 +274,23 @@ def trace(
         first = state.count == 0
 
         def one(g, t):
-            g = _cast(xp, g, t.dtype)
+            op = _op(xp, t)
+            g = _cast(xp, g, op)
+            t_op = _cast(xp, t, op)
             if dampening == 0.0:
-                new_t = g + decay * t
+                new_t = g + decay * t_op
             else:
-                new_t = xp.where(first, g, decay * t + (1.0 - dampening) * g)
+                new_t = xp.where(first, g, decay * t_op + (1.0 - dampening) * g)
             u = g + decay * new_t if nesterov else new_t
-            return u, new_t
+            return u, _store(xp, new_t, t)
 
         g_leaves, td = tree_flatten(updates)
         t_leaves = tree_flatten(state.trace)[0]
         pairs = [one(g, t) for g, t in zip(g_leaves, t_leaves)]
         new_u = tree_unflatten(td, [p[0] for p in pairs])
         new_t = tree_unflatten(td, [p[1] for p in pairs])
-        return new_u, TraceState(count=_safe_int_increment(xp, state.count), trace=new_t)
+        count = _store(xp, _safe_int_increment(xp, state.count), state.count)
+        return new_u, TraceState(count=count, trace=new_t)
 
     return Transform(init, update)
 
@@ -265,8 +302,8 @@ def trace(
 
 def _precondition(xp: Any, g: Any, acc: Any, eps: float, eps_in_sqrt: bool) -> Any:
     if eps_in_sqrt:
-        return g / xp.sqrt(acc + eps)
-    return g / (xp.sqrt(acc) + eps)
+        return g / safe_sqrt(xp, acc + eps)
+    return g / (safe_sqrt(xp, acc) + eps)
 
 
 class ScaleByRssState(NamedTuple):
@@ -301,15 +338,15 @@ def scale_by_rss(
         check_state(state, ScaleByRssState, "scale_by_rss")
         xp = validated_backend(updates, params).xp
 
-        def acc(g, s):
-            g = _cast(xp, g, s.dtype)
-            return s + g * g
-
-        new_s = tree_map(acc, updates, state.sum_of_squares)
-        new_u = tree_map(
-            lambda g, s: _precondition(xp, _cast(xp, g, s.dtype), s, eps, eps_in_sqrt), updates, new_s
-        )
-        return new_u, ScaleByRssState(sum_of_squares=new_s)
+        g_leaves, td = tree_flatten(updates)
+        out_u, out_s = [], []
+        for g, s in zip(g_leaves, tree_flatten(state.sum_of_squares)[0]):
+            op = _op(xp, s)
+            g = _cast(xp, g, op)
+            new_s = _cast(xp, s, op) + g * g
+            out_u.append(_precondition(xp, g, new_s, eps, eps_in_sqrt))
+            out_s.append(_store(xp, new_s, s))
+        return tree_unflatten(td, out_u), ScaleByRssState(sum_of_squares=tree_unflatten(td, out_s))
 
     return Transform(init, update)
 
@@ -343,15 +380,15 @@ def scale_by_rms(
         check_state(state, ScaleByRmsState, "scale_by_rms")
         xp = validated_backend(updates, params).xp
 
-        def ema(g, nu):
-            g = _cast(xp, g, nu.dtype)
-            return decay * nu + (1.0 - decay) * (g * g)
-
-        new_nu = tree_map(ema, updates, state.nu)
-        new_u = tree_map(
-            lambda g, nu: _precondition(xp, _cast(xp, g, nu.dtype), nu, eps, eps_in_sqrt), updates, new_nu
-        )
-        return new_u, ScaleByRmsState(nu=new_nu)
+        g_leaves, td = tree_flatten(updates)
+        out_u, out_nu = [], []
+        for g, nu in zip(g_leaves, tree_flatten(state.nu)[0]):
+            op = _op(xp, nu)
+            g = _cast(xp, g, op)
+            new_nu = decay * _cast(xp, nu, op) + (1.0 - decay) * (g * g)
+            out_u.append(_precondition(xp, g, new_nu, eps, eps_in_sqrt))
+            out_nu.append(_store(xp, new_nu, nu))
+        return tree_unflatten(td, out_u), ScaleByRmsState(nu=tree_unflatten(td, out_nu))
 
     return Transform(init, update)
 
@@ -394,12 +431,15 @@ def scale_by_stddev(
         nus = tree_flatten(state.nu)[0]
         out_u, out_mu, out_nu = [], [], []
         for g, mu, nu in zip(g_leaves, mus, nus):
-            g = _cast(xp, g, nu.dtype)
-            mu = decay * mu + (1.0 - decay) * g
-            nu = decay * nu + (1.0 - decay) * (g * g)
-            out_u.append(_precondition(xp, g, nu - mu * mu, eps, eps_in_sqrt))
-            out_mu.append(mu)
-            out_nu.append(nu)
+            op = _op(xp, nu)
+            g = _cast(xp, g, op)
+            new_mu = decay * _cast(xp, mu, op) + (1.0 - decay) * g
+            new_nu = decay * _cast(xp, nu, op) + (1.0 - decay) * (g * g)
+            # nu - mu^2 >= 0 in exact arithmetic, not after rounding: clamp before the root
+            var = xp.maximum(new_nu - new_mu * new_mu, xp.zeros_like(new_nu))
+            out_u.append(_precondition(xp, g, var, eps, eps_in_sqrt))
+            out_mu.append(_store(xp, new_mu, mu))
+            out_nu.append(_store(xp, new_nu, nu))
         return tree_unflatten(td, out_u), ScaleByStddevState(
             mu=tree_unflatten(td, out_mu), nu=tree_unflatten(td, out_nu)
         )
@@ -463,27 +503,27 @@ def scale_by_adam(
         out_u, out_mu, out_nu, out_max = [], [], [], []
         bias = {}
         for g, mu, nu, nu_max in zip(g_leaves, mus, nus, nu_maxs):
-            gm = _cast(xp, g, mu.dtype)
-            gn = _cast(xp, g, nu.dtype)
-            mu = b1 * mu + (1.0 - b1) * gm
-            nu = b2 * nu + (1.0 - b2) * (gn * gn)
-            if nu.dtype not in bias:
-                t = xp.astype(count, nu.dtype)
-                bias[nu.dtype] = (1.0 - b1**t, 1.0 - b2**t)
-            bc1, bc2 = bias[nu.dtype]
+            opm, opn = _op(xp, mu), _op(xp, nu)
+            gm = _cast(xp, g, opm)
+            gn = _cast(xp, g, opn)
+            new_mu = b1 * _cast(xp, mu, opm) + (1.0 - b1) * gm
+            new_nu = b2 * _cast(xp, nu, opn) + (1.0 - b2) * (gn * gn)
+            if opn not in bias:
+                t = xp.astype(count, opn)
+                bias[opn] = (1.0 - b1**t, 1.0 - b2**t)
+            bc1, bc2 = bias[opn]
             if amsgrad:
-                nu_max = xp.maximum(nu_max, nu)
-                v = nu_max
-                out_max.append(nu_max)
+                v = xp.maximum(_cast(xp, nu_max, opn), new_nu)
+                out_max.append(_store(xp, v, nu_max))
             else:
-                v = nu
-            denom = xp.sqrt(v / bc2 + eps_root) + eps
-            u = _cast(xp, mu, nu.dtype) / bc1 / denom
+                v = new_nu
+            denom = safe_sqrt(xp, v / bc2 + eps_root) + eps
+            u = _cast(xp, new_mu, opn) / bc1 / denom
             out_u.append(u)
-            out_mu.append(mu)
-            out_nu.append(nu)
+            out_mu.append(_store(xp, new_mu, mu))
+            out_nu.append(_store(xp, new_nu, nu))
         new_state = ScaleByAdamState(
-            count=count,
+            count=_store(xp, count, state.count),
             mu=tree_unflatten(td, out_mu),
             nu=tree_unflatten(td, out_nu),
             nu_max=tree_unflatten(td, out_max) if amsgrad else None,
@@ -517,7 +557,11 @@ def add_decayed_weights(weight_decay: float = 0.0) -> Transform:
         if params is None:
             raise ValueError("add_decayed_weights: update() needs params (weight_decay != 0)")
         xp = validated_backend(updates, params).xp
-        return tree_map(lambda g, p: g + weight_decay * _cast(xp, p, g.dtype), updates, params), state
+        def one(g, p):
+            op = _op(xp, g)
+            return _cast(xp, g, op) + weight_decay * _cast(xp, p, op)
+
+        return tree_map(one, updates, params), state
 
     return Transform(init, update)
 
@@ -528,7 +572,14 @@ def clip_by_global_norm(max_norm: float) -> Transform:
     .. math:: u \leftarrow u \cdot \min(1, c / \|u\|_2), \quad \|u\|_2^2 = \textstyle\sum_{\text{leaves}} \sum u_i^2
 
     As ``optax.clip_by_global_norm``; ``torch.nn.utils.clip_grad_norm_`` adds
-    1e-6 to the norm in the ratio.
+    1e-6 to the norm in the ratio. The norm is computed scaled
+    (:func:`agnopt._core.norms.scaled_norm`: ``s * sqrt(sum((u / s)**2))``,
+    ``s`` a power of two near ``max |u|``) in at least float32, so it neither overflows (float32
+    ``[1e20] * 100`` clipped to 1 gives 0.1 each) nor underflows (float16
+    ``[1e-4] * 4`` clipped to ``1e-5`` gives ``5e-6`` each). The updates are
+    returned in that opmath dtype (float32 for float16/bfloat16 leaves).
+    Inside the clipping region the transform is the identity, also for
+    derivatives (``jax.grad`` at ``u = 0`` is 1).
     """
     max_norm = check_nonnegative("max_norm", max_norm)
     if max_norm == 0:
@@ -542,13 +593,19 @@ def clip_by_global_norm(max_norm: float) -> Transform:
         xp = validated_backend(updates, params).xp
         leaves, td = tree_flatten(updates)
         acc_dtype = xp.result_type(*[g.dtype for g in leaves]) if len(leaves) > 1 else leaves[0].dtype
-        total = None
-        for g in leaves:
-            s = xp.sum(_cast(xp, g * g, acc_dtype))
-            total = s if total is None else total + s
-        norm = xp.sqrt(total)
-        tiny = xp.finfo(acc_dtype).smallest_normal
-        factor = xp.where(norm <= max_norm, xp.ones_like(norm), max_norm / xp.maximum(norm, tiny))
-        return tree_unflatten(td, [g * _cast(xp, factor, g.dtype) for g in leaves]), state
+        op = opmath_dtype(xp, acc_dtype)
+        norm = scaled_norm(xp, leaves, op)  # max|g| * sqrt(sum((g / max|g|)^2)): no overflow/underflow
+        inside = norm <= max_norm
+        # double where: no division by norm = 0 (finite derivatives at g = 0); inside the
+        # region the updates are returned as they are (the identity, also for derivatives)
+        one = xp.ones_like(norm)
+        safe_norm = xp.where(inside, one, norm)
+        factor = xp.where(inside, one, max_norm / safe_norm)  # 1 inside: u = g exactly
+        # a factor below the normal range (norm > max_norm / tiny) would lose digits:
+        # there divide by the norm first, then multiply by max_norm
+        normal = factor >= xp.finfo(op).smallest_normal
+        pre = xp.where(normal, one, safe_norm)
+        post = xp.where(normal, factor, max_norm * one)
+        return tree_unflatten(td, [(_cast(xp, g, op) / pre) * post for g in leaves]), state
 
     return Transform(init, update)

@@ -11,16 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._core.backend import scalar
-from .._first_order.base import EmptyState
-from .._first_order.transforms import (
-    ScaleByAdamState,
-    ScaleByRmsState,
-    ScaleByRssState,
-    ScaleByScheduleState,
-    ScaleByStddevState,
-    TraceState,
-)
+from .._core.backend import is_concrete, scalar
+from .._first_order.transforms import _all_finite
 from .._core.tree import tree_flatten
 
 _BIG = 2**31 - 1
@@ -41,83 +33,60 @@ def _has_mom(hp):
     return hp.get("momentum", 0.0) > 0 or hp.get("nesterov", False)
 
 
-def read_state(spec, state, td, n: int) -> Plan | None:
-    """The buffers of ``state`` as lists of leaves, or None if it is not the expected layout."""
-    hp = spec.hp
-    kind = spec.kind
-    sched = callable(hp["learning_rate"])
-    if not isinstance(state, tuple) or type(state) is not tuple:
-        return None
-    lr_cls = ScaleByScheduleState if sched else EmptyState
-    flags: dict = {}
-    bufs: dict = {}
-    count = None
+def _flags(kind: str, hp: dict) -> tuple[dict, tuple]:
+    """The kernel's static options and the buffers it needs, from the hyperparameters."""
     if kind == "sgd":
         mom = _has_mom(hp)
-        layout = (EmptyState, TraceState if mom else EmptyState, lr_cls)
-        flags = dict(wd=hp["weight_decay"] != 0.0, mom=mom, nesterov=bool(hp["nesterov"]),
-                     damp=hp["dampening"] != 0.0)
-    elif kind == "sign_sgd":
-        layout = (EmptyState, lr_cls)
-    elif kind == "adagrad":
-        layout = (EmptyState, ScaleByRssState, lr_cls)
-        flags = dict(wd=hp["weight_decay"] != 0.0, eps_in_sqrt=bool(hp["eps_in_sqrt"]))
-    elif kind == "rmsprop":
+        return (dict(wd=hp["weight_decay"] != 0.0, mom=mom, nesterov=bool(hp["nesterov"]),
+                     damp=hp["dampening"] != 0.0), ("trace",) if mom else ())
+    if kind == "sign_sgd":
+        return {}, ()
+    if kind == "adagrad":
+        return dict(wd=hp["weight_decay"] != 0.0, eps_in_sqrt=bool(hp["eps_in_sqrt"])), ("acc",)
+    if kind == "rmsprop":
         mom = _has_mom(hp)
         centered = bool(hp["centered"])
-        layout = (EmptyState, ScaleByStddevState if centered else ScaleByRmsState,
-                  TraceState if mom else EmptyState, lr_cls)
-        flags = dict(wd=hp["weight_decay"] != 0.0, centered=centered, mom=mom,
-                     nesterov=bool(hp["nesterov"]), eps_in_sqrt=bool(hp["eps_in_sqrt"]))
-    elif kind in ("adam", "adamw"):
-        layout = ((EmptyState, ScaleByAdamState, lr_cls) if kind == "adam"
-                  else (ScaleByAdamState, EmptyState, lr_cls))
-        flags = dict(amsgrad=bool(hp["amsgrad"]),
-                     wd_mode=(0 if hp["weight_decay"] == 0.0 else (1 if kind == "adam" else 2)))
-    else:  # pragma: no cover
-        return None
-    if len(state) != len(layout):
-        return None
-    for s, cls in zip(state, layout):
-        if type(s) is not cls:
-            return None
+        return (dict(wd=hp["weight_decay"] != 0.0, centered=centered, mom=mom,
+                     nesterov=bool(hp["nesterov"]), eps_in_sqrt=bool(hp["eps_in_sqrt"])),
+                (("mu",) if centered else ()) + ("nu",) + (("trace",) if mom else ()))
+    # adam / adamw
+    amsgrad = bool(hp["amsgrad"])
+    return (dict(amsgrad=amsgrad,
+                 wd_mode=(0 if hp["weight_decay"] == 0.0 else (1 if kind == "adam" else 2))),
+            ("mu", "nu") + (("vmax",) if amsgrad else ()))
 
-    def leaves_of(tree):
-        lv, t = tree_flatten(tree)
-        if t != td or len(lv) != n:
-            return None
-        return lv
 
-    if kind == "sgd" and flags["mom"]:
-        tr = state[1]
-        bufs["trace"] = leaves_of(tr.trace)
-        count = tr.count
-    elif kind == "adagrad":
-        bufs["acc"] = leaves_of(state[1].sum_of_squares)
-    elif kind == "rmsprop":
-        sc = state[1]
-        bufs["nu"] = leaves_of(sc.nu)
-        if flags["centered"]:
-            bufs["mu"] = leaves_of(sc.mu)
-        if flags["mom"]:
-            bufs["trace"] = leaves_of(state[2].trace)
-            count = state[2].count
-    elif kind in ("adam", "adamw"):
-        ad = state[1] if kind == "adam" else state[0]
-        bufs["mu"] = leaves_of(ad.mu)
-        bufs["nu"] = leaves_of(ad.nu)
-        if flags["amsgrad"]:
-            if ad.nu_max is None:
-                return None
-            bufs["vmax"] = leaves_of(ad.nu_max)
-        elif ad.nu_max is not None:
+def read_state(spec, state, td, n: int) -> Plan | None:
+    """The buffers of ``state`` as lists of leaves, or None if it is not the expected layout.
+
+    The layout is the alias's own declaration (``spec.layout``: one
+    :class:`~agnopt._first_order.step.Slot` per chain element, written next to
+    its chain in :mod:`agnopt._first_order.alias`); nothing here knows how a
+    chain is ordered.
+    """
+    layout = spec.layout
+    if type(state) is not tuple or len(state) != len(layout):
+        return None
+    flags, needed = _flags(spec.kind, spec.hp)
+    bufs: dict = {}
+    counts: dict = {}
+    for sub, slot in zip(state, layout):
+        if type(sub) is not slot.cls:
             return None
-        count = ad.count
-    for v in bufs.values():
-        if v is None:
-            return None
-    sched_count = state[-1].count if sched else None
-    return Plan(kind, flags, bufs, tuple(state), count, sched_count)
+        for name, field in slot.fields:
+            value = getattr(sub, field)
+            if name in ("count", "sched_count"):
+                counts[name] = value
+            elif value is not None:
+                lv, t = tree_flatten(value)
+                if t != td or len(lv) != n:
+                    return None
+                bufs[name] = lv
+    if set(bufs) != set(needed):  # e.g. nu_max set without amsgrad
+        return None
+    if callable(spec.hp["learning_rate"]) != ("sched_count" in counts):
+        return None
+    return Plan(spec.kind, flags, bufs, tuple(state), counts.get("count"), counts.get("sched_count"))
 
 
 def check_count(c: Any, is_array) -> bool:
@@ -138,6 +107,9 @@ def lr_value(hp, xp, sched_count, dtype, device):
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
+    elif is_concrete(value) and not _all_finite(value):
+        # as scale_by_schedule: raise before any parameter is overwritten in place
+        raise ValueError(f"learning-rate schedule returned a non-finite value {value}")
     return scalar(xp, value, dtype, device)
 
 
@@ -147,39 +119,22 @@ def bias_corrections(xp, new_count, dtype, b1, b2):
     return 1.0 - b1**t, 1.0 - b2**t
 
 
-def new_state(plan: Plan, new_count, new_sched_count, bufs: dict):
+def new_state(plan: Plan, new_count, new_sched_count, bufs: dict, layout: tuple):
     """The state tuple after the step, holding the (updated) buffers ``bufs`` (lists of leaves)."""
     from .._core.tree import tree_unflatten
 
-    kind = plan.kind
     subs = list(plan.subs)
-
-    def tree(name, like):
-        _, td = tree_flatten(like)
-        return tree_unflatten(td, bufs[name])
-
-    if kind == "sgd" and plan.flags["mom"]:
-        tr = subs[1]
-        subs[1] = TraceState(count=new_count, trace=tree("trace", tr.trace))
-    elif kind == "adagrad":
-        subs[1] = ScaleByRssState(sum_of_squares=tree("acc", subs[1].sum_of_squares))
-    elif kind == "rmsprop":
-        sc = subs[1]
-        if plan.flags["centered"]:
-            subs[1] = ScaleByStddevState(mu=tree("mu", sc.mu), nu=tree("nu", sc.nu))
-        else:
-            subs[1] = ScaleByRmsState(nu=tree("nu", sc.nu))
-        if plan.flags["mom"]:
-            subs[2] = TraceState(count=new_count, trace=tree("trace", subs[2].trace))
-    elif kind in ("adam", "adamw"):
-        i = 1 if kind == "adam" else 0
-        ad = subs[i]
-        subs[i] = ScaleByAdamState(
-            count=new_count, mu=tree("mu", ad.mu), nu=tree("nu", ad.nu),
-            nu_max=tree("vmax", ad.nu_max) if plan.flags["amsgrad"] else None,
-        )
-    if new_sched_count is not None:
-        subs[-1] = ScaleByScheduleState(count=new_sched_count)
+    for i, (sub, slot) in enumerate(zip(subs, layout)):
+        repl = {}
+        for name, field in slot.fields:
+            if name == "count":
+                repl[field] = new_count
+            elif name == "sched_count":
+                repl[field] = new_sched_count
+            elif name in bufs:
+                repl[field] = tree_unflatten(tree_flatten(getattr(sub, field))[1], bufs[name])
+        if repl:
+            subs[i] = sub._replace(**repl)
     return tuple(subs)
 
 
@@ -196,7 +151,8 @@ BUF_ORDER = {
 def constants(spec, plan: Plan, xp, dtype, device, new_count):
     """Per-dtype constants of the step, as the generic path computes them.
 
-    Returns a dict of Python floats (hyperparameters, cast to ``dtype`` by the
+    ``dtype`` is the opmath dtype the kernel computes in (float32 for
+    float16/bfloat16 storage, as the generic transforms). Returns a dict of Python floats (hyperparameters, cast to ``dtype`` by the
     kernel exactly as NumPy/torch cast a weak Python scalar) and 0-d arrays of
     ``dtype`` (bias corrections, scheduled learning rate).
     """

@@ -117,6 +117,7 @@ def prog_rmsprop(O, c, f, p, g, bufs, t1, t2):
     if f["centered"]:
         O.mul(mu, mu, t2)
         O.sub(nu, t2, t2)  # nu - mu^2
+        O.clamp0(t2, t2)  # max(nu - mu^2, 0): no rounding residue below 0 under the root
         a = t2
     else:
         a = nu
@@ -200,6 +201,10 @@ class NumpyOps:
     @staticmethod
     def sign(a, out):
         np.sign(a, out=out)
+
+    @staticmethod
+    def clamp0(a, out):
+        np.maximum(a, 0.0, out=out)  # NaN propagates, as xp.maximum
 
     @staticmethod
     def copy(src, dst):
@@ -325,6 +330,8 @@ def numba_kernel(kind: str, flag_items: tuple):
                     m = c_decay * mu[i] + c_omd * gi
                     mu[i] = m
                     a = v - m * m
+                    if a < 0.0:  # xp.maximum(a, 0): NaN stays NaN
+                        a = c_decay - c_decay  # +0 of the leaf's dtype (a literal 0.0 would widen to float64)
                 else:
                     a = v
                 if eps_in_sqrt:
@@ -505,5 +512,5 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
                 bf.append(None)
             run_blocked(kind, flags, cc, pf, gf, bf)
     STATS["numba" if use_numba else "numpy"] += n
-    st = fc.new_state(plan, new_count, new_sched, bufs)
+    st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

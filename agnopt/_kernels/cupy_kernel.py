@@ -3,8 +3,9 @@
 The kernel reads ``params``, ``grads`` and the state once and writes
 ``params`` and the state in place (buffer donation, see :func:`agnopt.step`):
 the traffic of a perfectly fused step. It performs the generic transforms'
-operations in their order; it is compiled with ``--fmad=false`` so that no
-multiply-add is contracted into an FMA, which the generic path (one kernel
+operations in their order, in the generic path's opmath dtype (float16 in
+float32, rounded once on store; see :func:`kernel_source`); it is compiled
+with ``--fmad=false`` so that no multiply-add is contracted into an FMA, which the generic path (one kernel
 per operation) never does. Options that change the formula are compile-time
 constants (one kernel per optimizer variant); bias corrections and
 scheduled learning rates are 0-d device arrays computed as the generic path
@@ -24,79 +25,101 @@ from .._core.tree import tree_flatten, tree_unflatten
 STATS = {"cupy": 0}
 
 _PRECOND = {
-    False: "T d = sqrt(a) + eps;",
-    True: "T d = sqrt(a + eps);",
+    False: "O d = sqrt(a) + eps;",
+    True: "O d = sqrt(a + eps);",
 }
+_CTYPE = {"float32": "float", "float64": "double"}
 
 
-def kernel_source(kind: str, f: dict) -> tuple[str, str, str]:
-    """``(in_params, out_params, body)`` of the fused kernel for ``kind`` with options ``f``."""
+def opmath_name(dtype_name: str) -> str:
+    """The dtype a kernel computes in for storage ``dtype_name`` (the generic transforms' opmath rule)."""
+    return "float64" if dtype_name == "float64" else "float32"
+
+
+def kernel_source(kind: str, f: dict, op: str = "float32") -> tuple[str, str, str]:
+    """``(in_params, out_params, body)`` of the fused kernel for ``kind`` with options ``f``.
+
+    Storage (``T``: the parameters', gradients' and state's dtype) and
+    arithmetic are separate: every value is read into a local of the opmath
+    type ``O`` (``op``: float32 for float16/float32 storage, float64 for
+    float64), every operation is done in ``O``, and each result is rounded
+    once when stored (``(T)``), as the generic transforms do (float16 is
+    computed in float32, never in half precision). Hyperparameters are passed
+    as ``op`` scalars (a float16 ``eps = 1e-8`` would round to 0), the bias
+    corrections and scheduled learning rates as 0-d ``op`` arrays.
+    """
+    sc = lambda names: ", ".join(f"{op} {n}" for n in names)  # noqa: E731
     if kind == "sgd":
-        ins = "T g, T wd, T mu, T omd, T neg_lr"
+        ins = "T g, " + sc(("wd", "mu", "omd", "neg_lr"))
         outs = "T p, T b" if f["mom"] else "T p"
-        body = ["T gi = g;"]
+        body = ["O pi = (O)p;", "O gi = (O)g;"]
         if f["wd"]:
-            body.append("gi = gi + wd * p;")
+            body.append("gi = gi + wd * pi;")
         if f["mom"]:
             if f["damp"]:
-                body.append("T bi = gi;" if f["first"] else "T bi = mu * b + omd * gi;")
+                body.append("O bi = gi;" if f["first"] else "O bi = mu * (O)b + omd * gi;")
             else:
-                body.append("T bi = gi + mu * b;")
-            body.append("b = bi;")
-            body.append("T u = gi + mu * bi;" if f["nesterov"] else "T u = bi;")
+                body.append("O bi = gi + mu * (O)b;")
+            body.append("b = (T)bi;")
+            body.append("O u = gi + mu * bi;" if f["nesterov"] else "O u = bi;")
         else:
-            body.append("T u = gi;")
-        body.append("p = p + neg_lr * u;")
+            body.append("O u = gi;")
+        body.append("p = (T)(pi + neg_lr * u);")
     elif kind == "sign_sgd":
-        ins = "T g, T neg_lr"
+        ins = "T g, " + sc(("neg_lr",))
         outs = "T p"
-        body = ["T s = (g > (T)0) ? (T)1 : ((g < (T)0) ? (T)(-1) : g);",  # np.sign (0 stays 0, NaN stays NaN)
-                "p = p + neg_lr * s;"]
+        body = ["O gi = (O)g;",
+                "O s = (gi > (O)0) ? (O)1 : ((gi < (O)0) ? (O)(-1) : gi);",  # np.sign (0 stays 0, NaN stays NaN)
+                "p = (T)((O)p + neg_lr * s);"]
     elif kind == "adagrad":
-        ins = "T g, T wd, T eps, T neg_lr"
+        ins = "T g, " + sc(("wd", "eps", "neg_lr"))
         outs = "T p, T acc"
-        body = ["T gi = g;"]
+        body = ["O pi = (O)p;", "O gi = (O)g;"]
         if f["wd"]:
-            body.append("gi = gi + wd * p;")
-        body += ["T a = acc + gi * gi;", "acc = a;", _PRECOND[f["eps_in_sqrt"]], "p = p + neg_lr * (gi / d);"]
+            body.append("gi = gi + wd * pi;")
+        body += ["O a = (O)acc + gi * gi;", "acc = (T)a;", _PRECOND[f["eps_in_sqrt"]],
+                 "p = (T)(pi + neg_lr * (gi / d));"]
     elif kind == "rmsprop":
-        ins = "T g, T wd, T decay, T omd, T eps, T mom, T neg_lr"
+        ins = "T g, " + sc(("wd", "decay", "omd", "eps", "mom", "neg_lr"))
         outs = "T p" + (", T mu" if f["centered"] else "") + ", T nu" + (", T tr" if f["mom"] else "")
-        body = ["T gi = g;"]
+        body = ["O pi = (O)p;", "O gi = (O)g;"]
         if f["wd"]:
-            body.append("gi = gi + wd * p;")
-        body += ["T v = decay * nu + omd * (gi * gi);", "nu = v;"]
+            body.append("gi = gi + wd * pi;")
+        body += ["O v = decay * (O)nu + omd * (gi * gi);", "nu = (T)v;"]
         if f["centered"]:
-            body += ["T m = decay * mu + omd * gi;", "mu = m;", "T a = v - m * m;"]
+            body += ["O m = decay * (O)mu + omd * gi;", "mu = (T)m;", "O a = v - m * m;",
+                     "if (a < (O)0) a = (O)0;"]  # clamp the rounding residue (NaN stays NaN)
         else:
-            body.append("T a = v;")
-        body += [_PRECOND[f["eps_in_sqrt"]], "T u = gi / d;"]
+            body.append("O a = v;")
+        body += [_PRECOND[f["eps_in_sqrt"]], "O u = gi / d;"]
         if f["mom"]:
-            body += ["T bi = u + mom * tr;", "tr = bi;",
+            body += ["O bi = u + mom * (O)tr;", "tr = (T)bi;",
                      "u = u + mom * bi;" if f["nesterov"] else "u = bi;"]
-        body.append("p = p + neg_lr * u;")
+        body.append("p = (T)(pi + neg_lr * u);")
     else:  # adam / adamw
-        ins = "T g, T wd, T b1, T omb1, T b2, T omb2, T bc1, T bc2, T eps, T eps_root, T neg_lr"
+        ins = "T g, " + sc(("wd", "b1", "omb1", "b2", "omb2", "bc1", "bc2", "eps", "eps_root", "neg_lr"))
         outs = "T p, T mu, T nu" + (", T vmax" if f["amsgrad"] else "")
-        body = ["T pi = p;", "T gi = g;"]
+        body = ["O pi = (O)p;", "O gi = (O)g;"]
         if f["wd_mode"] == 1:
             body.append("gi = gi + wd * pi;")
-        body += ["T m = b1 * mu + omb1 * gi;", "T v = b2 * nu + omb2 * (gi * gi);", "mu = m;", "nu = v;"]
+        body += ["O m = b1 * (O)mu + omb1 * gi;", "O v = b2 * (O)nu + omb2 * (gi * gi);",
+                 "mu = (T)m;", "nu = (T)v;"]
         if f["amsgrad"]:
-            body += ["T a = vmax;", "if (a > v || a != a) v = a;", "vmax = v;"]
-        body.append("T u = m / bc1 / (sqrt(v / bc2 + eps_root) + eps);")
+            body += ["O a = (O)vmax;", "if (a > v || a != a) v = a;", "vmax = (T)v;"]
+        body.append("O u = m / bc1 / (sqrt(v / bc2 + eps_root) + eps);")
         if f["wd_mode"] == 2:
             body.append("u = u + wd * pi;")
-        body.append("p = pi + neg_lr * u;")
+        body.append("p = (T)(pi + neg_lr * u);")
+    body.insert(0, f"typedef {_CTYPE[op]} O;")
     return ins, outs, "\n".join(body)
 
 
 @functools.lru_cache(maxsize=None)
-def cupy_kernel(kind: str, flag_items: tuple):
+def cupy_kernel(kind: str, flag_items: tuple, op: str = "float32"):
     import cupy
 
-    ins, outs, body = kernel_source(kind, dict(flag_items))
-    return cupy.ElementwiseKernel(ins, outs, body, f"agnopt_{kind}_step",
+    ins, outs, body = kernel_source(kind, dict(flag_items), op)
+    return cupy.ElementwiseKernel(ins, outs, body, f"agnopt_{kind}_step_{op}",
                                   options=("--fmad=false",))
 
 
@@ -160,16 +183,20 @@ def try_step(spec, params, p_leaves, td, grads, state):
     flags = dict(plan.flags)
     if kind == "sgd":
         flags["first"] = bool(flags["mom"] and flags["damp"] and int(plan.count) == 0)
-    kern = cupy_kernel(kind, tuple(sorted(flags.items())))
+    fkey = tuple(sorted(flags.items()))
     per_dtype: dict = {}
     for li in range(n):
         p = p_leaves[li]
         g = g_leaves[li]
-        c = per_dtype.get(p.dtype)
-        if c is None:
-            c = per_dtype[p.dtype] = fc.constants(spec, plan, xp, p.dtype, dev0, new_count)
+        hit = per_dtype.get(p.dtype)
+        if hit is None:
+            op = opmath_name(p.dtype.name)
+            c = fc.constants(spec, plan, xp, getattr(xp, op), dev0, new_count)
+            args = [c[k] for k in _ARGS[kind]]  # Python floats are cast to the declared ``op`` type
+            hit = per_dtype[p.dtype] = (cupy_kernel(kind, fkey, op), args)
+        kern, args = hit
         outs = [bufs[name][li] for name in _OUTS[kind] if name in bufs]
-        kern(g, *[c[k] for k in _ARGS[kind]], p, *outs)
+        kern(g, *args, p, *outs)
     STATS["cupy"] += n
-    st = fc.new_state(plan, new_count, new_sched, bufs)
+    st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

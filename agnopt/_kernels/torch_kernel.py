@@ -8,6 +8,11 @@ memory is two block-sized buffers per dtype and device. Scalars are passed as
 the generic path passes them (Python floats, 0-d tensors for the bias
 corrections and scheduled learning rates), so the result is the generic
 torch path's bit for bit on the CPU.
+
+float16 and bfloat16 leaves are computed in float32 ("opmath", the generic
+transforms' rule): each block of the parameters, gradients and state is
+widened to float32, the same program runs on it, and the results are rounded
+once when written back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ BLOCK_CPU = 1 << 18
 BLOCK_CUDA = 1 << 24
 _tls = threading.local()
 STATS = {"torch": 0}
+_LOW = (torch.float16, torch.bfloat16)
 
 
 class TorchOps:
@@ -54,6 +60,10 @@ class TorchOps:
     @staticmethod
     def sign(a, out):
         torch.sign(a, out=out)
+
+    @staticmethod
+    def clamp0(a, out):
+        torch.clamp_min(a, 0.0, out=out)  # NaN propagates, as xp.maximum
 
     @staticmethod
     def copy(src, dst):
@@ -130,21 +140,32 @@ def try_step(spec, params, p_leaves, td, grads, state):
             p = p_leaves[li]
             g = g_leaves[li]
             dt = p.dtype
+            op = torch.float32 if dt in _LOW else dt  # opmath
             c = per_dtype.get(dt)
             if c is None:
-                c = per_dtype[dt] = fc.constants(spec, plan, xp, dt, dev0, new_count)
+                c = per_dtype[dt] = fc.constants(spec, plan, xp, op, dev0, new_count)
             pf = p.view(-1)
             gf = g.reshape(-1)
             bf = [bufs[name][li].view(-1) if name in bufs else None for name in order]
             while len(bf) < 3:
                 bf.append(None)
             m = pf.shape[0]
-            s1, s2 = _scratch(dt, dev0, min(m, block))
+            s1, s2 = _scratch(op, dev0, min(m, block))
             for i in range(0, max(m, 1), block):
                 j = min(i + block, m)
                 k = j - i
-                prog(TorchOps, c, flags, pf[i:j], gf[i:j],
-                     [None if b is None else b[i:j] for b in bf], s1[:k], s2[:k])
+                if op is dt:
+                    prog(TorchOps, c, flags, pf[i:j], gf[i:j],
+                         [None if b is None else b[i:j] for b in bf], s1[:k], s2[:k])
+                    continue
+                # half precision: widen the block, run the program in float32, round once on store
+                pw = pf[i:j].to(op)
+                bw = [None if b is None else b[i:j].to(op) for b in bf]
+                prog(TorchOps, c, flags, pw, gf[i:j].to(op), bw, s1[:k], s2[:k])
+                pf[i:j].copy_(pw)
+                for b, w in zip(bf, bw):
+                    if b is not None:
+                        b[i:j].copy_(w)
         STATS["torch"] += n
-        st = fc.new_state(plan, new_count, new_sched, bufs)
+        st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

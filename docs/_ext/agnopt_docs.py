@@ -130,34 +130,6 @@ class SupportMatrix(SphinxDirective):
         return node.children
 
 
-class BenchFigure(SphinxDirective):
-    """The bench-ratios figure where ``agnopt._cli.bench`` exists, else a note saying why not."""
-
-    has_content = False
-
-    def run(self):
-        import importlib.util
-
-        if importlib.util.find_spec("agnopt._cli.bench") is not None:
-            lines = ["``python -m agnopt bench`` with a small size, run during the build: each",
-                     "optimizer's step time divided by the fused memory roofline measured in the",
-                     "same run (1 is a perfectly fused step; lower is better), for agnopt's fast,",
-                     "blocked-NumPy and generic paths, torch.optim (foreach, fused) and optax",
-                     "(jit, donated), where installed. See :doc:`guides/performance`.", "",
-                     ".. plot::", "", "   from agnopt._cli.plots import bench_ratios",
-                     "   bench_ratios()", ""]
-        else:
-            lines = [".. note::", "",
-                     "   This figure (the bench command's time ratios as bars, drawn by",
-                     "   ``agnopt._cli.plots.bench_ratios``) is skipped: the bench command",
-                     "   (``agnopt._cli.bench``) is not part of this version.", ""]
-        node = nodes.section()
-        node.document = self.state.document
-        self.state.nested_parse(StringList(lines, source="agnopt-bench-figure"),
-                                self.content_offset, node)
-        return node.children
-
-
 # numpydoc's section names; a docstring with another "Title\n-----" section
 # (e.g. minimize's "Stopping conditions") would make numpydoc warn and docutils
 # see a section title inside a docstring. Such a section is moved, with its
@@ -203,5 +175,4 @@ def _process_docstring(app, what, name, obj, options, lines):
 def setup(app):
     app.connect("autodoc-process-docstring", _process_docstring, priority=400)
     app.add_directive("agnopt-support-matrix", SupportMatrix)
-    app.add_directive("agnopt-bench-figure", BenchFigure)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

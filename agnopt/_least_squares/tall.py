@@ -27,6 +27,10 @@ The same code runs on eager backends (NumPy, torch, ...), where "one pass" is
 plain eager arithmetic; that is how the tests compare it with in-memory fits.
 The algorithm code never imports NumPy: the small solve runs in the namespace
 of ``x0`` (after ``x0`` is computed when it is a Dask array).
+
+Levenberg-Marquardt runs the same engine as the in-memory solver
+(:func:`.engine.run_lm`) with the host-solve route (:class:`.routes.GramRoute`);
+Gauss-Newton shares the blocks of :mod:`.gauss_newton`.
 """
 
 from __future__ import annotations
@@ -36,71 +40,63 @@ from typing import Any, Callable
 
 from array_api_compat import array_namespace
 
-from ._lsq import (
-    _FROM_MINPACK,
-    _MACHINE_MESSAGES,
-    EPS64,
-    TERMINATION_MESSAGES,
-    _check_max_nfev,
-    _resolve_x_scale,
+from .._core import lazy
+from .._core.result import OptimizeResult
+from .arrays import call_checked, device, to_namespace
+from .engine import run_lm
+from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
+from .outcome import message, to_status
+from .problem import (
+    as_array,
+    check_m_ge_n,
+    check_max_nfev,
+    check_method,
+    check_tolerances,
+    check_verbose,
+    resolve_x_scale,
+    to_backend,
 )
-from ._core.result import OptimizeResult
+from .routes import GramRoute, gram_spectral
+from .state import Linearization, MinpackInfo, Outcome
 
 __all__ = ["tall_least_squares"]
 
-# MINPACK's initial trust-region factor as used by agnopt's least_squares
-# (Delta_0 = _FACTOR * ||D x0||).
-_FACTOR = 1.0
 _JAC_STRINGS = ("2-point", "3-point")
 
 
-# --------------------------------------------------------------------------- helpers
-def _is_dask(a: Any) -> bool:
-    return type(a).__module__.startswith("dask")
-
-
-def _compute(*arrs: Any) -> tuple:
-    """One ``dask.compute`` call for all of ``arrs`` (identity for eager arrays)."""
-    if any(_is_dask(a) for a in arrs):
-        import dask
-
-        return tuple(dask.compute(*arrs))
-    return arrs
+def _dtype_in(xp: Any, dtype: Any) -> Any:
+    """``dtype`` (of ``x0``'s namespace) as the same dtype of the namespace ``xp``
+    (the residuals may live in another library, e.g. CUDA torch for a NumPy ``x0``)."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    alt = getattr(xp, name, None) if name in ("float16", "float32", "float64") else None
+    return dtype if alt is None else alt
 
 
 def _host_x0(x0: Any) -> Any:
     """``x0`` as a small in-memory array (computed when it is a Dask array)."""
-    if _is_dask(x0):
-        (x0,) = _compute(x0)
-    if hasattr(x0, "shape") and hasattr(x0, "dtype"):
-        return x0
-    import array_api_compat.numpy as np_xp  # plain Python input: NumPy float64 (as least_squares)
-
-    try:
-        return np_xp.asarray(x0, dtype=np_xp.float64)
-    except Exception as e:
-        raise TypeError(f"x0: expected an array, got {type(x0).__name__}") from e
+    if lazy.is_dask(x0):
+        (x0,) = lazy.compute(x0)
+    return as_array(x0, "x0")
 
 
-def _call(f: Callable, x: Any, what: str, where: str) -> Any:
-    try:
-        return f(x)
-    except Exception as e:
-        raise RuntimeError(f"{what} raised {type(e).__name__} {where}: {e}") from e
+class TallProblem:
+    """Residuals ``f`` (m,), Jacobian ``J`` (m, n) (both lazy, row chunks) and the
+    blockwise reductions of one pass; the engine's evaluator for one tall problem
+    (``k = 1``: the engine's arrays are (1,) and (1, n) in the namespace of ``x``)."""
 
+    accelerate = False  # geodesic acceleration would cost a third pass
+    bounded = False
+    persist_all = False
 
-class _Tall:
-    """Residuals, Jacobian and the blockwise reductions of one pass."""
-
-    def __init__(self, fun, jac, hxp, dtype, args, kwargs):
+    def __init__(self, fun, jac, hxp, dtype, dev, args, kwargs):
         self.fun, self.jac = fun, jac
-        self.hxp, self.dtype = hxp, dtype
+        self.hxp, self.dtype, self.dev = hxp, dtype, dev
         self.args, self.kwargs = args, kwargs
         self.m = None
         self.n_fd = 0  # residual evaluations spent on finite differences
 
     def residual(self, x, where="at a trial point"):
-        f = _call(lambda z: self.fun(z, *self.args, **self.kwargs), x, "fun", where)
+        f = call_checked(lambda z: self.fun(z, *self.args, **self.kwargs), x, "fun", where)
         if not (hasattr(f, "shape") and hasattr(f, "dtype")):
             raise TypeError(
                 f"fun: expected an array of residuals (a Dask array chunked by rows), "
@@ -119,10 +115,11 @@ class _Tall:
         if self.m is not None and m != self.m:
             raise ValueError(f"fun: the number of residuals changed from {self.m} to {m}")
         xp = array_namespace(f)
-        if f.dtype != self.dtype:
+        want = _dtype_in(xp, self.dtype)
+        if f.dtype != want:
             if not xp.isdtype(f.dtype, ("real floating", "integral")):
                 raise TypeError(f"fun: expected real residuals, got dtype {f.dtype}")
-            f = xp.astype(f, self.dtype)
+            f = xp.astype(f, want)
         return f
 
     def jacobian(self, x, f):
@@ -131,7 +128,7 @@ class _Tall:
         m = f.shape[0]
         xp = array_namespace(f)
         if callable(self.jac):
-            J = _call(lambda z: self.jac(z, *self.args, **self.kwargs), x, "jac", "")
+            J = call_checked(lambda z: self.jac(z, *self.args, **self.kwargs), x, "jac", "")
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 raise TypeError(f"jac: expected an array of shape ({m}, {n}), got {type(J).__name__}")
             if tuple(J.shape) != (m, n):
@@ -139,13 +136,14 @@ class _Tall:
                     f"jac: expected an array of shape {(m, n)} (residuals x parameters), "
                     f"got {tuple(J.shape)}"
                 )
-            if J.dtype != self.dtype:
-                J = array_namespace(J).astype(J, self.dtype)
+            jxp = array_namespace(J)
+            if J.dtype != _dtype_in(jxp, self.dtype):
+                J = jxp.astype(J, _dtype_in(jxp, self.dtype))
         else:
             J = self._fd(x, f, xp)
-        if _is_dask(J):
+        if lazy.is_dask(J):
             want = {1: -1}
-            if _is_dask(f) and J.chunks[0] != f.chunks[0]:
+            if lazy.is_dask(f) and J.chunks[0] != f.chunks[0]:
                 want[0] = f.chunks[0]
             if J.numblocks[1] != 1 or 0 in want:
                 J = J.rechunk(want)
@@ -168,7 +166,7 @@ class _Tall:
         sign = hxp.where(x >= 0, ones, -ones)
         h = r * sign * hxp.maximum(ones, hxp.abs(x))
         h = (x + h) - x
-        idx = hxp.arange(n)
+        idx = hxp.arange(n, device=self.dev)
         cols = []
         for j in range(n):
             hj = hxp.where(idx == j, h, hxp.zeros_like(h))
@@ -202,77 +200,82 @@ class _Tall:
             if not grad_only:
                 parts.append(xp.matmul(JT, J))
             parts.append(xp.matmul(JT, f))
-        vals = _compute(*parts)
+        vals = lazy.compute(*parts)
         ff = float(vals[0])
         hxp = self.hxp
         A = g = None
         if gram and not grad_only:
-            A = hxp.asarray(vals[1], dtype=self.dtype)
+            A = to_namespace(hxp, vals[1], self.dtype, self.dev)
             A = 0.5 * (A + A.T)  # exact symmetry for eigh (block sums may differ in rounding)
-            g = hxp.asarray(vals[2], dtype=self.dtype)
+            g = to_namespace(hxp, vals[2], self.dtype, self.dev)
         elif grad_only:
-            g = hxp.asarray(vals[1], dtype=self.dtype)
+            g = to_namespace(hxp, vals[1], self.dtype, self.dev)
         return f, J, ff, A, g
 
+    # ------------------------------------------------------------------ the engine's evaluator
+    def start(self, x):
+        """The pass at ``x0`` (kept for the engine's first Jacobian): ``(f, ff, A)``."""
+        f, J, ff, A, g = self.one_pass(x, gram=True, where="at x0")
+        self._pending = (f, J, A, g)
+        self.last_g = g
+        return f, ff, A
 
-def _spectral(hxp, A, g, D, eps):
-    """Eigendecomposition of the scaled Gram matrix ``D^-1 A D^-1``.
+    def linearize(self, st, nj) -> Linearization:
+        """The accepted point's pass (``J^T J``, ``J^T f``; ``f`` is evaluated there
+        again, counted in ``njev``), or the pass at ``x0`` on the first call."""
+        hxp = self.hxp
+        if self._pending is not None:
+            f, J, A, g = self._pending
+            self._pending = None
+        else:
+            f, J, _, A, g = self.one_pass(st.X[0, :], gram=True, where="at the current point")
+            if not bool(hxp.all(hxp.isfinite(A))):
+                raise ValueError("jac: the Jacobian has non-finite entries at the current point")
+        self.last_g = g
+        d = hxp.linalg.diagonal(A)
+        cn = hxp.sqrt(hxp.maximum(d, hxp.zeros_like(d)))  # ||J_j|| from diag(J^T J)
+        return Linearization(F=f, J=J, A0=A[None, ...], g=g[None, :], cn=cn[None, :], nj=nj,
+                             bad=None)
 
-    Returns ``w`` (ascending eigenvalues, clipped at 0), ``V``, ``c = V^T D^-1 g``,
-    ``good`` (``w > n eps w_max``: the numerical rank of the Gram matrix) and
-    ``full_rank``.
-    """
-    n = A.shape[0]
-    As = A / (D[:, None] * D[None, :])
-    w, V = hxp.linalg.eigh(As)
-    w = hxp.maximum(w, hxp.zeros_like(w))
-    wmax = float(w[n - 1])
-    good = w > n * eps * wmax if wmax > 0 else hxp.zeros(w.shape, dtype=hxp.bool)
-    c = hxp.matmul(V.T, g / D)
-    return w, V, c, good, bool(hxp.all(good))
+    def free_mask(self, X, g):
+        return self.hxp.ones(X.shape, dtype=self.hxp.bool, device=self.dev)
+
+    def project(self, X):
+        return X
+
+    def trial(self, Xt):
+        """``||f||`` (1,) at the trial point: one pass computing ``||f||^2`` only."""
+        ft, _, ff1, _, _ = self.one_pass(Xt[0, :], gram=False)
+        fnorm1 = math.sqrt(ff1) if ff1 >= 0 else math.nan
+        return ft, self.hxp.asarray([fnorm1], dtype=self.dtype, device=self.dev)
+
+    def select(self, acc, Ft, F):
+        return Ft if bool(acc[0]) else F
+
+    def persist(self, *arrs):
+        return arrs
+
+    def route(self, st):
+        return GramRoute(self.hxp, st.A0, st.g, st.D)
+
+    def history_entry(self, fnorm, nit, nfev):  # pragma: no cover - no history for tall problems
+        raise NotImplementedError
+
+    def print_iter(self, it, fnorm, nfev, pnorm):
+        cost = 0.5 * float(fnorm[0]) ** 2
+        print(f"iteration {it:5d}  cost {cost:.6e}  step {float(pnorm[0]):.3e}  "
+              f"nfev {int(nfev[0])}")
+
+    def call_callback(self, callback, X, fnorm, nit) -> bool:
+        return _callback(callback, X[0, :], 0.5 * float(fnorm[0] * fnorm[0]), int(nit[0]))
 
 
-def _lmpar(hxp, delta, par0, w, c, good, full_rank):
-    """Moré's ``lmpar`` in the eigenbasis (one problem, as ``agnopt._lsq._lmpar``)."""
-    dwarf = float(hxp.finfo(w.dtype).smallest_normal)
-    zero = hxp.zeros_like(w)
-    wsafe = hxp.where(good, w, hxp.ones_like(w))
-    qn = hxp.where(good, c / wsafe, zero)
-    dxnorm = float(hxp.linalg.vector_norm(qn))
-    fp = dxnorm - delta
-    if fp <= 0.1 * delta:
-        return 0.0, qn
-    s3 = float(hxp.sum(hxp.where(good, c * c / (wsafe * wsafe * wsafe), zero)))
-    s3 = s3 if s3 > 0 else 1.0
-    parl = (fp / delta) * dxnorm * dxnorm / s3 if full_rank else 0.0
-    parl = max(parl, 0.0)
-    gnorm = float(hxp.linalg.vector_norm(c))
-    paru = gnorm / delta
-    if paru == 0:
-        paru = dwarf / min(delta, 0.1)
-    par = min(max(par0, parl), paru)
-    if par == 0:
-        par = gnorm / dxnorm if dxnorm > 0 else gnorm
-    q = qn
-    for it in range(10):
-        if par == 0:
-            par = max(dwarf, 0.001 * paru)
-        den = w + par
-        q = c / den
-        dxn = float(hxp.linalg.vector_norm(q))
-        temp = fp
-        fp = dxn - delta
-        if abs(fp) <= 0.1 * delta or (parl == 0 and fp <= temp and temp < 0) or it == 9:
-            break
-        s3 = float(hxp.sum(c * c / (den * den * den)))
-        s3 = s3 if s3 > 0 else 1.0
-        parc = (fp / delta) * dxn * dxn / s3
-        if fp > 0:
-            parl = max(parl, par)
-        if fp < 0:
-            paru = min(paru, par)
-        par = max(parl, par + parc)
-    return par, q
+def _callback(callback, x, cost, nit) -> bool:
+    try:
+        out = callback(OptimizeResult(x=x, cost=cost, nit=nit))
+    except StopIteration:
+        return True
+    return out is True
 
 
 # --------------------------------------------------------------------------- main entry
@@ -438,8 +441,7 @@ def tall_least_squares(
     cluster; persist ``t`` and ``y`` (``client.persist``) when they fit in
     the cluster's memory, so that each pass does not read them again.
     """
-    if method not in ("lm", "gauss-newton"):
-        raise ValueError(f"method: expected 'lm' or 'gauss-newton', got {method!r}")
+    check_method(method)
     if jac is None:
         jac = "2-point"
     if not (callable(jac) or jac in _JAC_STRINGS):
@@ -447,19 +449,12 @@ def tall_least_squares(
             f"jac: expected a callable, '2-point' or '3-point', got {jac!r} (complex-step "
             "and autodiff Jacobians are not offered for tall problems)"
         )
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
+    check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
-    for name, tol in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
-        if tol is None or not (float(tol) >= 0):
-            raise ValueError(f"{name}: expected a non-negative float, got {tol!r}")
-        if method == "lm" and float(tol) < EPS64:
-            raise ValueError(
-                f"{name}: all tolerances must be higher than machine epsilon "
-                f"({EPS64:.2e}) for method 'lm' (scipy's rule), got {tol!r}"
-            )
+    check_tolerances(method, ftol, xtol, gtol)
     x = _host_x0(x0)
     hxp = array_namespace(x)
+    dev = device(x)
     if x.ndim == 0:
         x = hxp.reshape(x, (1,))
     if x.ndim != 1:
@@ -472,252 +467,123 @@ def tall_least_squares(
     dtype = x.dtype
     if not bool(hxp.all(hxp.isfinite(x))):
         raise ValueError("x0: contains non-finite values")
-    max_nfev = _check_max_nfev(max_nfev, n)
-    x_scale = _resolve_x_scale(x_scale, method)
+    max_nfev = check_max_nfev(max_nfev, n)
+    x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
-    if jac_scale:
-        D = hxp.ones_like(x)
-    else:
-        try:
-            xs = hxp.asarray(x_scale, dtype=dtype)
-            xs = hxp.broadcast_to(xs, x.shape)
-        except Exception as e:
-            raise ValueError(f"x_scale: does not broadcast to x0's shape {tuple(x.shape)}") from e
-        if not bool(hxp.all(hxp.isfinite(xs) & (xs > 0))):
-            raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
-        D = 1.0 / xs
+    D = hxp.ones_like(x) if jac_scale else _scale_from(hxp, x_scale, x, dev)
 
-    prob = _Tall(fun, jac, hxp, dtype, tuple(args), kwargs)
-    f, J, ff, A, g = prob.one_pass(x, gram=True, where="at x0")
-    if method == "lm" and prob.m < n:
-        raise ValueError(
-            f"Method 'lm' doesn't work when the number of residuals (m = {prob.m}) is less "
-            f"than the number of variables (n = {n}); use method='gauss-newton'"
-        )
+    prob = TallProblem(fun, jac, hxp, dtype, dev, tuple(args), kwargs)
+    f, ff, A = prob.start(x)
+    check_m_ge_n(method, prob.m, n)
     if not math.isfinite(ff):
         raise ValueError("fun: residuals are not finite at the initial point x0")
     if not bool(hxp.all(hxp.isfinite(A))):
         raise ValueError("jac: the Jacobian has non-finite entries at the current point")
-    run = _run_lm if method == "lm" else _run_gn
-    st = run(hxp, prob, x, f, J, ff, A, g, D, jac_scale, ftol, xtol, gtol, max_nfev,
-             verbose, callback)
-    return _finish(hxp, prob, st, verbose)
+    X, D = hxp.reshape(x, (1, n)), hxp.reshape(D, (1, n))
+    if method == "lm":
+        fnorm = hxp.asarray([math.sqrt(ff)], dtype=dtype, device=dev)
+        out = run_lm(hxp, prob, X, f, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
+                     verbose, callback, False)
+    else:
+        out = _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev,
+                      verbose, callback)
+    return _finish(hxp, prob, out, verbose)
 
 
-def _col_norms(hxp, A):
-    """``||J_j||`` from the diagonal of ``J^T J``."""
-    d = hxp.linalg.diagonal(A)
-    return hxp.sqrt(hxp.maximum(d, hxp.zeros_like(d)))
-
-
-def _report(verbose, callback, it, x, ff, nit, nfev, step):
-    cost = 0.5 * ff
-    if verbose >= 2:
-        print(f"iteration {it:5d}  cost {cost:.6e}  step {step:.3e}  nfev {nfev}")
-    if callback is None:
-        return False
+def _scale_from(hxp, x_scale, x, dev):
+    """``D = 1 / x_scale`` (n,) on ``x``'s device."""
     try:
-        out = callback(OptimizeResult(x=x, cost=cost, nit=nit))
-    except StopIteration:
-        return True
-    return out is True
+        xs = hxp.broadcast_to(to_backend(hxp, x_scale, x.dtype, dev), x.shape)
+    except Exception as e:
+        raise ValueError(f"x_scale: does not broadcast to x0's shape {tuple(x.shape)}") from e
+    if not bool(hxp.all(hxp.isfinite(xs) & (xs > 0))):
+        raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
+    return 1.0 / xs
 
 
-def _run_lm(hxp, prob, x, f, J, ff, A, g, D, jac_scale, ftol, xtol, gtol, max_nfev,
-            verbose, callback):
-    n = x.shape[0]
-    eps = float(hxp.finfo(x.dtype).eps)
-    fnorm = math.sqrt(ff)
-    nfev = njev = 1
-    nit = 0
-    info = 0
-    first = True
+def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbose, callback):
+    """Damped Gauss-Newton (``least_squares(method="gauss-newton")``), one pass per iteration.
+
+    The trial point's pass also forms ``J^T J``, ``J^T f`` there (a
+    speculative Jacobian: an accepted step needs nothing more). The step,
+    ratio, damping and tests are :mod:`.gauss_newton`'s blocks on (1,) arrays.
+    """
+    dev = prob.dev
+    f, J, A, g = prob._pending
+    prob._pending = None
+
+    def vec(v, dtype=None):
+        return hxp.asarray([v], dtype=X.dtype if dtype is None else dtype, device=dev)
+
+    cost = vec(0.5 * ff)
+    one_i = hxp.ones((1,), dtype=hxp.int64, device=dev)
+    nfev, njev, nit, info = one_i, one_i, one_i - 1, one_i - 1
+    active = hxp.ones((1,), dtype=hxp.bool, device=dev)
+    lam, scale = vec(0.0), vec(1.0)
     new_jac = True
-    par = delta = xnorm = gnorm = 0.0
-    w = V = c = good = None
-    full_rank = False
-    it = 0
-    need_jac = False
-    while True:
-        it += 1
-        if need_jac:
-            # the accepted point's pass (f is evaluated there again: counted in njev)
-            f, J, _, A, g = prob.one_pass(x, gram=True, where="at the current point")
-            njev += 1
-            if not bool(hxp.all(hxp.isfinite(A))):
-                raise ValueError("jac: the Jacobian has non-finite entries at the current point")
-            need_jac = False
-            new_jac = True
-        if new_jac:
-            cn = _col_norms(hxp, A)
-            if jac_scale and first:
-                D = hxp.where(cn == 0, hxp.ones_like(cn), cn)
-            if first and delta == 0:
-                xnorm = float(hxp.linalg.vector_norm(D * x))
-                delta = _FACTOR * xnorm if xnorm != 0 else _FACTOR
-            if fnorm == 0:
-                gnorm = 0.0
-            else:
-                cn_safe = hxp.where(cn == 0, hxp.ones_like(cn), cn)
-                cosv = hxp.where(cn == 0, hxp.zeros_like(cn), hxp.abs(g) / (fnorm * cn_safe))
-                gnorm = float(hxp.max(cosv))
-            if gnorm <= gtol:
-                info = 4
-                break
-            if jac_scale and not first:
-                D = hxp.maximum(D, cn)
-            w, V, c, good, full_rank = _spectral(hxp, A, g, D, eps)
-            new_jac = False
-        par, q = _lmpar(hxp, delta, par, w, c, good, full_rank)
-        z = -hxp.matmul(V, q)
-        p = z / D
-        xt = x + p
-        p = xt - x
-        pnorm = float(hxp.linalg.vector_norm(D * p))
-        if first:
-            delta = min(delta, pnorm)
-        ft_, _, ff1, _, _ = prob.one_pass(xt, gram=False)
-        nfev += 1
-        fnorm1 = math.sqrt(ff1) if ff1 >= 0 else math.nan
-        finite = math.isfinite(fnorm1)
-        fn1s = fnorm1 if finite else fnorm * 1e10 + 1.0
-        fn_safe = fnorm if fnorm != 0 else 1.0
-        actred = 1.0 - (fn1s / fn_safe) ** 2 if (finite and 0.1 * fn1s < fnorm) else -1.0
-        Jp2 = max(float(hxp.sum(p * hxp.matmul(A, p))), 0.0)  # ||J p||^2 = p^T J^T J p
-        t1 = math.sqrt(Jp2) / fn_safe
-        t2 = math.sqrt(par) * pnorm / fn_safe
-        prered = t1 * t1 + 2.0 * t2 * t2
-        dirder = -(t1 * t1 + t2 * t2)
-        ratio = actred / prered if prered != 0 else 0.0
-        # update the step bound and the LM parameter (MINPACK)
-        if ratio <= 0.25:
-            den = dirder + 0.5 * actred
-            temp = 0.5 if actred >= 0 else 0.5 * dirder / (den if den != 0 else 1.0)
-            if 0.1 * fn1s >= fnorm or temp < 0.1 or not finite:
-                temp = 0.1
-            delta = temp * min(delta, pnorm / 0.1)
-            par = par / temp
-        elif par == 0 or ratio >= 0.75:
-            delta = pnorm / 0.5
-            par = 0.5 * par
-        if ratio >= 1e-4:
-            x, f, fnorm = xt, ft_, fnorm1
-            J = A = g = None  # stale until the accepted point's Jacobian pass
-            xnorm = float(hxp.linalg.vector_norm(D * x))
-            nit += 1
-            first = False
-            need_jac = True
-        # convergence tests (MINPACK order)
-        ft = abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1.0
-        xt_ok = delta <= xtol * xnorm
-        new = 3 if (ft and xt_ok) else 2 if xt_ok else 1 if ft else 0
-        if new == 0:
-            if nfev >= max_nfev:
-                new = 5
-            if abs(actred) <= eps and prered <= eps and 0.5 * ratio <= 1.0:
-                new = 6
-            if delta <= eps * xnorm:
-                new = 7
-            if gnorm <= eps:
-                new = 8
-        info = new
-        if _report(verbose, callback, it, x, fnorm * fnorm, nit, nfev, pnorm):
-            break
-        if info != 0:
-            break
-    return dict(x=x, f=f, J=J, A=A, g=g, ff=fnorm * fnorm, nfev=nfev, njev=njev, nit=nit,
-                info=info, minpack=True)
-
-
-def _run_gn(hxp, prob, x, f, J, ff, A, g, D, jac_scale, ftol, xtol, gtol, max_nfev,
-            verbose, callback):
-    """Damped Gauss-Newton (``least_squares(method="gauss-newton")``), one pass per iteration."""
-    eps = float(hxp.finfo(x.dtype).eps)
-    cost = 0.5 * ff
-    nfev = njev = 1
-    nit = 0
-    status = -99
-    lam = 0.0
-    scale = 1.0
-    new_jac = True
-    w = V = c = good = None
+    cb_stop = False
     it = 0
     while True:
         it += 1
         if new_jac:
             if jac_scale:
-                cn = _col_norms(hxp, A)
+                d = hxp.linalg.diagonal(A)
+                cn = hxp.sqrt(hxp.maximum(d, hxp.zeros_like(d)))[None, :]
                 cn = hxp.where(cn == 0, hxp.ones_like(cn), cn)
                 D = cn if it == 1 else hxp.maximum(D, cn)
             if float(hxp.max(hxp.abs(g))) < gtol:
-                status = 1
+                info = hxp.full_like(info, int(MinpackInfo.GTOL))
                 break
-            w, V, c, good, _ = _spectral(hxp, A, g, D, eps)
-            scale = float(hxp.max(w))
+            w, V, c, good, _ = gram_spectral(hxp, A[None, ...], g[None, :], D)
+            scale = hxp.max(w, axis=-1)
             new_jac = False
-        den = w + lam
-        use = good | (lam > 0)
-        q = hxp.where(use, c / hxp.where(use & (den > 0), den, hxp.ones_like(den)),
-                      hxp.zeros_like(w))
-        p = -hxp.matmul(V, q) / D
-        xt = x + p
-        p = xt - x
+        x = X[0, :]
+        _, p = gn_step(hxp, w, c, V, good, lam, D)
+        xt = x + p[0, :]
+        p = (xt - x)[None, :]
         ft_, Jt, ff_t, At, gt = prob.one_pass(xt, gram=True)
-        nfev += 1
-        njev += 1
-        cost_t = 0.5 * ff_t
-        finite = math.isfinite(cost_t)
-        pred = -(float(hxp.sum(g * p)) + 0.5 * float(hxp.sum(p * hxp.matmul(A, p))))
-        actual = cost - cost_t if finite else -1.0
-        acc = finite and cost_t < cost
-        dx_norm = float(hxp.linalg.vector_norm(p))
-        x_norm = float(hxp.linalg.vector_norm(x))
-        ratio = actual / pred if pred > 0 else 0.0
-        ft = acc and actual < ftol * cost and ratio > 0.25
-        xt_ok = dx_norm < xtol * (xtol + x_norm)
-        if acc:
-            lam = 0.0 if lam / 10.0 < 1e-12 * scale else lam / 10.0
-        else:
-            lam = max(10.0 * lam, 1e-3 * scale)
-        if acc:
+        nfev, njev = nfev + 1, njev + 1
+        cost_t = vec(0.5 * ff_t)
+        pred = -(hxp.sum(g * p[0, :]) + 0.5 * hxp.sum(p[0, :] * hxp.matmul(A, p[0, :])))
+        actual, acc, ratio, finite = gn_ratio(hxp, cost, cost_t, vec(float(pred)), active)
+        dx_norm = hxp.linalg.vector_norm(p, axis=-1)
+        x_norm = hxp.linalg.vector_norm(X, axis=-1)
+        lam = gn_damping(hxp, lam, scale, acc, active)
+        info, active = gn_tests(hxp, info, active, acc, actual, cost, ratio, dx_norm, x_norm,
+                                finite, nfev, ftol, xtol, max_nfev)
+        if bool(acc[0]):
             if not bool(hxp.all(hxp.isfinite(At))):
                 raise ValueError("jac: the Jacobian has non-finite entries at the current point")
-            x, f, J, A, g, cost = xt, ft_, Jt, At, gt, cost_t
-            nit += 1
+            X, f, J, A, g, cost = xt[None, :], ft_, Jt, At, gt, cost_t
+            nit = nit + 1
             new_jac = True
-        new = 4 if (ft and xt_ok) else 3 if xt_ok else 2 if ft else -99
-        if new == -99 and nfev >= max_nfev:
-            new = 0
-        status = new
-        if _report(verbose, callback, it, x, 2.0 * cost, nit, nfev, dx_norm):
+        if verbose >= 2:
+            prob.print_iter(it, hxp.sqrt(2.0 * cost), nfev, dx_norm)
+        if callback is not None and _callback(callback, X[0, :], float(cost[0]), int(nit[0])):
+            cb_stop = True
             break
-        if status != -99:
+        if not bool(active[0]):
             break
-    return dict(x=x, f=f, J=J, A=A, g=g, ff=2.0 * cost, nfev=nfev, njev=njev, nit=nit,
-                info=status, minpack=False)
+    prob.last_g = g
+    need = hxp.zeros((1,), dtype=hxp.bool, device=dev)
+    return Outcome(X, f, J, info, nfev, njev, nit, need, active, cb_stop, [], cost)
 
 
-def _finish(hxp, prob, st, verbose):
-    x, f, J, g = st["x"], st["f"], st["J"], st["g"]
-    njev = st["njev"]
-    if g is None:
+def _finish(hxp, prob, out, verbose):
+    """The result: ``x`` (n,) in memory, ``fun`` / ``jac`` lazy, scalars as Python numbers."""
+    x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
+    njev = int(out.njev[0])
+    if bool(out.need_jac[0]):
         # gradient at the final point (LM after an accepted, final step): one pass
         f, J, _, _, g = prob.one_pass(x, gram=False, grad_only=True, where="at the solution")
         njev += 1
-    info = st["info"]  # still "running" (MINPACK 0, -99) only when the callback stopped
-    if st["minpack"]:
-        status = _FROM_MINPACK.get(info, -2)
-    else:
-        status = info if info != -99 else -2
-    if st["minpack"] and info in _MACHINE_MESSAGES:
-        msg = _MACHINE_MESSAGES[info]
-    else:
-        msg = TERMINATION_MESSAGES.get(status, "unknown status")
-    cost = 0.5 * st["ff"]
+    status = int(to_status(hxp, out.info, out.active, out.cb_stop)[0])
+    cost = float(out.cost[0])
     res = OptimizeResult(
         x=x, cost=cost, fun=f, jac=J, grad=g, optimality=float(hxp.max(hxp.abs(g))),
-        active_mask=hxp.zeros(x.shape, dtype=hxp.int64), nfev=st["nfev"], njev=njev,
-        nit=st["nit"], status=status, message=msg, success=status > 0,
+        active_mask=hxp.zeros(x.shape, dtype=hxp.int64, device=prob.dev),
+        nfev=int(out.nfev[0]), njev=njev, nit=int(out.nit[0]), status=status,
+        message=message(int(out.info[0]), status), success=status > 0,
     )
     if verbose >= 1:
         print(res.message)

@@ -8,15 +8,22 @@ import re
 import warnings
 from typing import Any, Callable
 
-from ._core.backend import resolve
-from ._core.errors import OptimizeWarning
-from ._lsq import _as_array, _check_backend, _device, _host_linalg, least_squares
+from .._core import lazy
+from .._core.backend import resolve
+from .._core.errors import OptimizeWarning
+from .._core.status import Status
+from .arrays import host_ints
+from .chunked import chunked_curve_fit, is_chunked_batch
+from .covariance import covariance
+from .least_squares import least_squares
+from .problem import as_array, check_backend, to_backend
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
 
 # common least_squares status -> MINPACK ``ier`` (what scipy's curve_fit returns for lm)
-_TO_IER = {1: 4, 2: 1, 3: 2, 4: 3, 0: 5, -2: 0}
+_TO_IER = {Status.GTOL: 4, Status.FTOL: 1, Status.XTOL: 2, Status.FTOL_XTOL: 3,
+           Status.MAX_NFEV: 5, Status.CALLBACK: 0}
 
 
 def _n_params(f: Callable) -> int:
@@ -128,6 +135,67 @@ def curve_fit(
     ValueError
         Bad shapes, non-finite ``ydata``, unknown ``method``.
     """
+    method = _check_method(method, kwargs)
+    if batched and is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
+        return chunked_curve_fit(
+            f, xdata, ydata, *_chunked_p0(f, p0, ydata), sigma, full_output,
+            dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
+    ydata = as_array(ydata, "ydata")
+    xp, dev = resolve(ydata, "ydata")
+    B, m = _check_ydata(xp, ydata, batched)
+    p0a, n = _initial_params(xp, dev, f, p0, ydata, batched, B)
+    wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
+    residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L)
+    try:
+        res = least_squares(
+            residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
+        )
+    except (ValueError, RuntimeError, TypeError) as e:
+        # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
+        if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
+            raise
+        msg = str(e)
+        new = re.sub(r"\bx0\b", "p0", re.sub(r"\bfun\b", "f", msg))
+        if new == msg:
+            raise
+        raise type(e)(new) from (e.__cause__ or e)
+    pcov, warn = _pcov(xp, res, batched, absolute_sigma, m, n)
+    if not batched and not res.success:
+        raise RuntimeError("Optimal parameters not found: " + res.message)
+    if warn:
+        warnings.warn(
+            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=2
+        )
+    if full_output:
+        if batched:
+            ier = [_TO_IER.get(s, 0) for s in host_ints(res.status)]
+        else:
+            ier = _TO_IER.get(int(res.status), 0)
+        infodict = {
+            "nfev": res.nfev, "fvec": res.fun, "status": res.status,
+            "success": res.success, "nit": res.nit, "njev": res.njev,
+        }
+        return res.x, pcov, infodict, res.message, ier
+    return res.x, pcov
+
+
+def _chunked_p0(f, p0, ydata) -> tuple:
+    """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
+    import array_api_compat.numpy as np_xp  # the chunks are NumPy (or CuPy) blocks
+
+    B = ydata.shape[0]
+    if p0 is None:
+        n = _n_params(f)
+        return np_xp.ones(n, dtype=getattr(np_xp, str(ydata.dtype))), n
+    if not (hasattr(p0, "shape") and hasattr(p0, "dtype")):
+        p0 = as_array(p0, "p0")
+    if p0.ndim == 1 or (p0.ndim == 2 and p0.shape[0] == B):
+        return p0, p0.shape[-1]
+    raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
+
+
+def _check_method(method, kwargs):
+    """``method`` (``None`` -> ``"lm"``); scipy's ``maxfev`` becomes ``max_nfev``."""
     if method is None:
         method = "lm"
     if method not in ("lm", "gauss-newton"):
@@ -140,9 +208,12 @@ def curve_fit(
     if "maxfev" in kwargs:
         mf = kwargs.pop("maxfev")
         kwargs.setdefault("max_nfev", mf)
-    ydata = _as_array(ydata, "ydata")
-    xp, dev = resolve(ydata, "ydata")
-    dtype = ydata.dtype
+    return method
+
+
+def _check_ydata(xp, ydata, batched):
+    """``(B, m)`` of ``ydata`` ((m,) or batched (B, m); ``B = None`` unbatched)."""
+    B = None
     if batched:
         if ydata.ndim != 2:
             raise ValueError(f"ydata: with batched=True expected shape (B, m), got {tuple(ydata.shape)}")
@@ -155,64 +226,66 @@ def curve_fit(
         raise ValueError("`ydata` must not be empty!")
     if not bool(xp.all(xp.isfinite(ydata))):
         raise ValueError("ydata: contains non-finite values (NaN or inf)")
+    return B, m
 
-    # initial parameters
+
+def _initial_params(xp, dev, f, p0, ydata, batched, B):
+    """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (ones by default)."""
+    dtype = ydata.dtype
     if p0 is None:
         n = _n_params(f)
-        p0a = xp.ones((B, n) if batched else (n,), dtype=dtype, device=dev)
-    else:
-        if hasattr(p0, "shape") and hasattr(p0, "dtype"):
-            _check_backend(p0, xp, "p0", "ydata")
-            try:
-                p0a = xp.asarray(p0, dtype=dtype, device=dev)
-            except Exception:
-                p0a = xp.asarray(p0.tolist(), dtype=dtype, device=dev)
-        else:
-            p0a = xp.asarray(p0, dtype=dtype, device=dev)
-        if p0a.ndim == 0:
-            p0a = xp.reshape(p0a, (1,))
-        n = p0a.shape[-1]
-        if batched:
-            if p0a.ndim == 1:
-                p0a = xp.broadcast_to(p0a[None, :], (B, n))
-                p0a = xp.asarray(p0a, copy=True) if not _is_lazy(xp) else p0a
-            elif p0a.ndim != 2 or p0a.shape[0] != B:
-                raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0a.shape)}")
-        elif p0a.ndim != 1:
-            raise ValueError(f"p0: expected shape (n,), got {tuple(p0a.shape)}")
+        return xp.ones((B, n) if batched else (n,), dtype=dtype, device=dev), n
+    if hasattr(p0, "shape") and hasattr(p0, "dtype"):
+        check_backend(p0, xp, "p0", "ydata")
+    p0a = to_backend(xp, p0, dtype, dev)
+    if p0a.ndim == 0:
+        p0a = xp.reshape(p0a, (1,))
+    n = p0a.shape[-1]
+    if batched:
+        if p0a.ndim == 1:
+            p0a = xp.broadcast_to(p0a[None, :], (B, n))
+            p0a = xp.asarray(p0a, copy=True) if not lazy.is_dask_namespace(xp) else p0a
+        elif p0a.ndim != 2 or p0a.shape[0] != B:
+            raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0a.shape)}")
+    elif p0a.ndim != 1:
+        raise ValueError(f"p0: expected shape (n,), got {tuple(p0a.shape)}")
+    return p0a, n
 
-    # weighting: residual transform
+
+def _weights(xp, dev, sigma, ydata, batched, m):
+    """``(wfun, inv, L)``: the residual weighting ``r -> r / sigma`` (``inv``, shaped
+    as ``ydata``) or ``r -> L^{-1} r`` for a covariance ``sigma = L L^T`` (m, m)."""
     if sigma is None:
-        wfun = None
-    else:
-        if not (hasattr(sigma, "shape") and hasattr(sigma, "dtype")):
-            sig = xp.asarray(sigma, dtype=dtype, device=dev)
-        else:
-            try:
-                sig = xp.asarray(sigma, dtype=dtype, device=dev)
-            except Exception:
-                sig = xp.asarray(sigma.tolist(), dtype=dtype, device=dev)
-        if not batched and sig.ndim == 2:
-            if tuple(sig.shape) != (m, m):
-                raise ValueError("`sigma` has incorrect shape.")
-            L = xp.linalg.cholesky(sig)
-            if not bool(xp.all(xp.triu(L, k=1) == 0)):
-                # array-api-compat's Dask cholesky returns the upper factor U
-                # (sigma = U^T U); the lower one is its transpose
-                L = xp.matrix_transpose(L)
-            if not bool(xp.all(xp.isfinite(L))):
-                raise ValueError("`sigma` must be positive definite.")
+        return None, None, None
+    sig = to_backend(xp, sigma, ydata.dtype, dev)
+    if not batched and sig.ndim == 2:
+        if tuple(sig.shape) != (m, m):
+            raise ValueError("`sigma` has incorrect shape.")
+        L = xp.linalg.cholesky(sig)
+        if not bool(xp.all(xp.triu(L, k=1) == 0)):
+            # array-api-compat's Dask cholesky returns the upper factor U
+            # (sigma = U^T U); the lower one is its transpose
+            L = xp.matrix_transpose(L)
+        if not bool(xp.all(xp.isfinite(L))):
+            raise ValueError("`sigma` must be positive definite.")
 
-            def wfun(r, L=L):
-                return xp.linalg.solve(L, r[..., None])[..., 0]
-        else:
-            try:
-                inv = 1.0 / xp.broadcast_to(sig, ydata.shape)
-            except Exception as e:
-                raise ValueError("`sigma` has incorrect shape.") from e
+        def wfun(r, L=L):
+            return xp.linalg.solve(L, r[..., None])[..., 0]
+        return wfun, None, L
+    try:
+        inv = 1.0 / xp.broadcast_to(sig, ydata.shape)
+    except Exception as e:
+        raise ValueError("`sigma` has incorrect shape.") from e
 
-            def wfun(r, inv=inv):
-                return r * inv
+    def wfun(r, inv=inv):
+        return r * inv
+    return wfun, inv, None
+
+
+def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
+    """``(residual, jac)`` for ``least_squares``: weighted residuals ``(f(xdata, *p) - y)``
+    of ``p`` (n,) or (B, n), with the row hook of a shared ``xdata`` (batched)."""
+    dtype = ydata.dtype
 
     # Complex-step Jacobians perturb one parameter at a time: the others are
     # passed to f as real arrays (their imaginary parts are exactly zero), so
@@ -225,7 +298,7 @@ def curve_fit(
             return cols
         im = xp.imag(p)
         nz = xp.any(im != 0, axis=0) if batched else im != 0
-        nz = nz.compute() if hasattr(nz, "compute") else nz
+        (nz,) = lazy.compute(nz)
         return [c if bool(nz[j]) else xp.real(c) for j, c in enumerate(cols)]
 
     if batched:
@@ -234,6 +307,7 @@ def curve_fit(
     else:
         def split(p):
             return _real_where_possible(p, [p[j] for j in range(n)])
+
 
     def residual(p):
         r = f(xdata, *split(p))
@@ -286,7 +360,7 @@ def curve_fit(
                 J = xp.asarray(J, dtype=dtype, device=dev)
             if wfun is None:
                 return J
-            if not batched and sigma is not None and getattr(sig, "ndim", 1) == 2:
+            if L is not None:
                 return xp.linalg.solve(L, J)
             return J * inv[..., None]
 
@@ -296,20 +370,12 @@ def curve_fit(
     else:
         ls_jac = jac
 
-    try:
-        res = least_squares(
-            residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
-        )
-    except (ValueError, RuntimeError, TypeError) as e:
-        # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
-        if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
-            raise
-        msg = str(e)
-        new = re.sub(r"\bx0\b", "p0", re.sub(r"\bfun\b", "f", msg))
-        if new == msg:
-            raise
-        raise type(e)(new) from (e.__cause__ or e)
-    popt = res.x
+    return residual, ls_jac
+
+
+def _pcov(xp, res, batched, absolute_sigma, m, n):
+    """``(pcov, warn)``: ``(J^T J)^{-1}`` at the solution, scaled by the reduced
+    chi-square unless ``absolute_sigma``; NaN for failed batched fits."""
     Jf = res.jac
     if not batched:
         Jf = xp.reshape(Jf, (1,) + tuple(Jf.shape))
@@ -321,7 +387,7 @@ def curve_fit(
     jfin = xp.all(xp.isfinite(xp.reshape(Jf, (Jf.shape[0], -1))), axis=-1)
     if batched and not bool(xp.all(jfin)):
         Jf = xp.where(jfin[:, None, None], Jf, xp.zeros_like(Jf))
-    pcov, singular = _covariance(xp, Jf)
+    pcov, singular = covariance(xp, Jf)
     singular = singular & jfin
     warn = bool(xp.any(singular))
     if not absolute_sigma:
@@ -333,89 +399,5 @@ def curve_fit(
             warn = True
     if batched:
         failed = ~res.success
-        pcov = xp.where(failed[:, None, None], xp.full_like(pcov, math.nan), pcov)
-    else:
-        pcov = pcov[0, ...]
-        if not res.success:
-            raise RuntimeError("Optimal parameters not found: " + res.message)
-    if warn:
-        warnings.warn(
-            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=2
-        )
-    if full_output:
-        if batched:
-            ier = [_TO_IER.get(int(s), 0) for s in _host_list(res.status)]
-            mesg = res.message
-        else:
-            ier = _TO_IER.get(int(res.status), 0)
-            mesg = res.message
-        infodict = {
-            "nfev": res.nfev, "fvec": res.fun, "status": res.status,
-            "success": res.success, "nit": res.nit, "njev": res.njev,
-        }
-        return popt, pcov, infodict, mesg, ier
-    return popt, pcov
-
-
-def _is_lazy(xp) -> bool:
-    return "dask" in getattr(xp, "__name__", "")
-
-
-def _host_list(a) -> list:
-    a = a.compute() if hasattr(a, "compute") else a
-    return [a[i] for i in range(a.shape[0])]
-
-
-def _covariance(xp, J):
-    """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
-
-    scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
-    of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
-    problem: for ``n <= 16`` the Cholesky factor of the column-scaled
-    ``J^T J`` gives the inverse when its certified condition bound
-    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4``, far from
-    the singular threshold, and the inverse is accurate to about 1e-8
-    relative); all other problems get ``V diag(1/s^2) V^T`` from the SVD of
-    ``J`` itself (gathered into a sub-batch where the backend allows it).
-    """
-    from ._lsq import _CHOL_MAX_N, _chol_inv, _compactable, _positions, _rows_where, _scatter
-
-    B, m, n = J.shape
-    dev = _device(J)
-    if n <= _CHOL_MAX_N and m >= n:
-        eye = xp.eye(n, dtype=J.dtype, device=dev)
-        A = xp.matmul(xp.matrix_transpose(J), J)
-        d = xp.sqrt(xp.sum(A * eye, axis=-1))
-        d = xp.where(d > 0, d, xp.ones_like(d))
-        As = A / (d[:, :, None] * d[:, None, :])
-        Li, ok = _chol_inv(xp, As)
-        cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
-        well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
-        Li = xp.where(well[:, None, None], Li, eye)
-        pcov = xp.matmul(xp.matrix_transpose(Li), Li) / (d[:, :, None] * d[:, None, :])
-        singular = xp.zeros((B,), dtype=xp.bool, device=dev)
-        if bool(xp.all(well)):
-            return pcov, singular
-        if _compactable(xp):
-            idx = _rows_where(xp, ~well)
-            mask, pos = _positions(xp, idx, B, dev)
-            pc_s, sg_s = _covariance_svd(xp, xp.take(J, idx, axis=0))
-            return _scatter(xp, pcov, pc_s, mask, pos), _scatter(xp, singular, sg_s, mask, pos)
-        pc_s, sg_s = _covariance_svd(xp, J)
-        return (xp.where(well[:, None, None], pcov, pc_s),
-                xp.where(well, singular, sg_s))
-    return _covariance_svd(xp, J)
-
-
-def _covariance_svd(xp, J):
-    B, m, n = J.shape
-    U, s, Vt = _host_linalg(xp, "svd", J, full_matrices=False)
-    eps = float(xp.finfo(J.dtype).eps)
-    thr = eps * max(m, n) * s[:, 0:1]
-    k = s.shape[-1]
-    singular = xp.any(s <= thr, axis=-1) if k == n else xp.ones((B,), dtype=xp.bool, device=_device(J))
-    s_safe = xp.where(s > thr, s, xp.ones_like(s))
-    Vs = xp.matrix_transpose(Vt) / (s_safe * s_safe)[:, None, :]
-    pcov = xp.matmul(Vs, Vt)
-    pcov = xp.where(singular[:, None, None], xp.full_like(pcov, math.inf), pcov)
-    return pcov, singular
+        return xp.where(failed[:, None, None], xp.full_like(pcov, math.nan), pcov), warn
+    return pcov[0, ...], warn

@@ -1,0 +1,38 @@
+"""Termination statuses of the second-order solvers, with scipy's values.
+
+``Status`` is what ``OptimizeResult.status`` holds for ``least_squares``,
+``tall_least_squares`` and ``curve_fit``'s ``infodict["status"]``: the codes
+of ``scipy.optimize.least_squares`` (-2 ... 4) and two documented extra codes
+of agnopt (-3, -4), each with a name. ``success`` is ``status > 0``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["Status"]
+
+
+class Status(IntEnum):
+    """Termination status (scipy's ``least_squares`` values, plus agnopt's -3 and -4)."""
+
+    #: agnopt: the residuals were not finite at the trial points and the step
+    #: shrank to nothing without a finite trial point near ``x``.
+    NONFINITE_TRIAL = -4
+    #: agnopt: ``jac`` returned non-finite entries at the current point (a
+    #: batched problem stops there; unbatched solves raise ``ValueError``).
+    NONFINITE_JAC = -3
+    #: scipy: ``callback`` raised ``StopIteration`` or returned ``True``.
+    CALLBACK = -2
+    #: scipy: improper input parameters (MINPACK); agnopt raises instead.
+    IMPROPER_INPUT = -1
+    #: scipy: the maximum number of function evaluations is exceeded.
+    MAX_NFEV = 0
+    #: scipy: ``gtol`` termination condition is satisfied.
+    GTOL = 1
+    #: scipy: ``ftol`` termination condition is satisfied.
+    FTOL = 2
+    #: scipy: ``xtol`` termination condition is satisfied.
+    XTOL = 3
+    #: scipy: both ``ftol`` and ``xtol`` termination conditions are satisfied.
+    FTOL_XTOL = 4

@@ -1,0 +1,1 @@
+"""Fisher-matrix methods: output families, Fisher products, Fisher scoring."""

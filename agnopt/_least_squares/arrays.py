@@ -1,0 +1,82 @@
+"""Small array helpers of the least-squares package: devices, host transfers, Dask persistence.
+
+Laziness and host transfers are decided by :mod:`agnopt._core.lazy`; these
+helpers only apply its answers to the shapes used here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from .._core import lazy
+
+
+def call_checked(fun, X, what, where):
+    """``fun(X)``; any exception becomes a ``RuntimeError`` naming ``what`` (chained)."""
+    try:
+        return fun(X)
+    except Exception as e:
+        raise RuntimeError(f"{what} raised {type(e).__name__} {where}: {e}") from e
+
+
+def device(x):
+    return array_api_compat.device(x)
+
+
+def host_linalg(xp: Any, fname: str, A: Any, **kw: Any) -> tuple:
+    """``xp.linalg.<fname>`` on a stack of small matrices.
+
+    Dask's linalg has no batched (stacked) SVD / eigh, so for Dask the
+    (small: B x m x n) stack is materialized, decomposed with the namespace
+    of the computed chunk (NumPy or CuPy) and wrapped back into Dask arrays
+    (:func:`agnopt._core.lazy.to_local`). Every other backend calls
+    ``xp.linalg`` directly.
+    """
+    if lazy.is_dask_namespace(xp):
+        ns, An = lazy.to_local(xp, A)
+        res = getattr(ns.linalg, fname)(An, **kw)
+        return tuple(xp.asarray(r) for r in res)
+    return tuple(getattr(xp.linalg, fname)(A, **kw))
+
+
+def persist(xp: Any, *arrs: Any) -> tuple:
+    """Dask: compute the state so the graph does not grow with the iterations."""
+    if not lazy.is_dask_namespace(xp):
+        return arrs
+    return lazy.persist(*arrs)
+
+
+def host_ints(a) -> list:
+    """An integer array as a Python list (one transfer, not one per entry)."""
+    (a,) = lazy.compute(a)
+    tolist = getattr(a, "tolist", None)
+    if tolist is not None:
+        return [int(v) for v in tolist()]
+    return [int(v) for v in a]
+
+
+def indices(xp, mask) -> list:
+    """The first ten indices where ``mask`` (B,) is true, as Python ints."""
+    (vals,) = lazy.compute(mask)
+    return [i for i in range(mask.shape[0]) if bool(vals[i])][:10]
+
+
+def to_namespace(xp: Any, a: Any, dtype: Any, dev: Any) -> Any:
+    """A small computed array ``a`` as an array of ``xp`` on ``dev``.
+
+    ``xp.asarray`` when it takes ``a``; an array of another library or device
+    (CuPy or CUDA-torch reductions for a NumPy ``x0``) is copied through
+    DLPack (``xp.from_dlpack(a, device=dev, copy=True)``), never by an
+    implicit ``numpy.asarray`` of a device array.
+    """
+    try:
+        return xp.asarray(a, dtype=dtype, device=dev)
+    except (TypeError, ValueError, RuntimeError, BufferError):
+        pass
+    try:
+        b = xp.from_dlpack(a, device=dev, copy=True)
+    except (TypeError, ValueError, RuntimeError, BufferError, AttributeError):
+        b = xp.asarray(a.tolist(), device=dev)
+    return xp.astype(b, dtype) if b.dtype != dtype else b

@@ -1,0 +1,64 @@
+"""Parameter covariance of ``curve_fit``: ``(J^T J)^{-1}`` for a stack of Jacobians."""
+
+from __future__ import annotations
+
+import math
+
+from .arrays import device, host_linalg
+from .batched import compactable, positions, rows_where, scatter
+from .cholesky import chol_inv
+from .routes import CHOL_MAX_N
+
+
+def covariance(xp, J):
+    """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
+
+    scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
+    of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
+    problem: for ``n <= 16`` the Cholesky factor of the column-scaled
+    ``J^T J`` gives the inverse when its certified condition bound
+    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4``, far from
+    the singular threshold, and the inverse is accurate to about 1e-8
+    relative); all other problems get ``V diag(1/s^2) V^T`` from the SVD of
+    ``J`` itself (gathered into a sub-batch where the backend allows it).
+    """
+    B, m, n = J.shape
+    dev = device(J)
+    if n <= CHOL_MAX_N and m >= n:
+        eye = xp.eye(n, dtype=J.dtype, device=dev)
+        A = xp.matmul(xp.matrix_transpose(J), J)
+        d = xp.sqrt(xp.sum(A * eye, axis=-1))
+        d = xp.where(d > 0, d, xp.ones_like(d))
+        As = A / (d[:, :, None] * d[:, None, :])
+        Li, ok = chol_inv(xp, As)
+        cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
+        well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
+        Li = xp.where(well[:, None, None], Li, eye)
+        pcov = xp.matmul(xp.matrix_transpose(Li), Li) / (d[:, :, None] * d[:, None, :])
+        singular = xp.zeros((B,), dtype=xp.bool, device=dev)
+        if bool(xp.all(well)):
+            return pcov, singular
+        if compactable(xp):
+            idx = rows_where(xp, ~well)
+            mask, pos = positions(xp, idx, B, dev)
+            pc_s, sg_s = _covariance_svd(xp, xp.take(J, idx, axis=0))
+            return scatter(xp, pcov, pc_s, mask, pos), scatter(xp, singular, sg_s, mask, pos)
+        pc_s, sg_s = _covariance_svd(xp, J)
+        return (xp.where(well[:, None, None], pcov, pc_s),
+                xp.where(well, singular, sg_s))
+    return _covariance_svd(xp, J)
+
+
+def _covariance_svd(xp, J):
+    """``(J^T J)^{-1}`` (B, n, n) from the SVD of ``J`` (B, m, n); ``singular`` (B,) where rank deficient (pcov inf)."""
+    B, m, n = J.shape
+    U, s, Vt = host_linalg(xp, "svd", J, full_matrices=False)
+    eps = float(xp.finfo(J.dtype).eps)
+    thr = eps * max(m, n) * s[:, 0:1]
+    k = s.shape[-1]
+    singular = xp.any(s <= thr, axis=-1) if k == n else xp.ones((B,), dtype=xp.bool, device=device(J))
+    s_safe = xp.where(s > thr, s, xp.ones_like(s))
+    Vs = xp.matrix_transpose(Vt) / (s_safe * s_safe)[:, None, :]
+    pcov = xp.matmul(Vs, Vt)
+    pcov = xp.where(singular[:, None, None], xp.full_like(pcov, math.inf), pcov)
+    return pcov, singular

@@ -1,0 +1,339 @@
+r"""The Levenberg-Marquardt engine: MINPACK's ``lmder``, for ``k`` problems at once.
+
+One driver, :func:`run_lm`, read top to bottom as ``lmder``'s outer and inner
+loops (Moré 1978; MINPACK-1 User Guide, ANL-80-74), with one function per
+block:
+
+1. :func:`linearize` -- the Jacobian at the current point (``evaluator``),
+   the free variables, the scaling ``D`` and the initial radius
+   (:func:`scale_and_radius`), and the ``gtol`` test (:func:`gtol_test`);
+2. the step: Moré's ``lmpar`` through the evaluator's step *route*
+   (:mod:`.routes`), :func:`geodesic_acceleration` (in-memory problems) and
+   the projected trial point (:func:`trial_point`);
+3. :func:`reductions` -- actual and predicted relative reductions and their
+   ratio (MINPACK's scaled forms);
+4. :func:`update_radius` -- the radius and LM parameter rules;
+5. :func:`accept` -- the step is taken when ``ratio >= 1e-4``;
+6. :func:`stopping_tests` -- MINPACK's ``info`` 1-8 (and agnopt's -4);
+7. compaction of the working set (:class:`.batched.WorkingSet`).
+
+Every problem has its own state (:class:`LMState`, arrays with a leading
+axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
+The *evaluator* (:class:`.problem.Problem` in memory, :class:`.tall.TallProblem`
+for Dask row chunks) provides the residuals, the Jacobian, the route and the
+reports; the engine never looks at how they are formed.
+"""
+
+from __future__ import annotations
+
+from .arrays import device
+from .state import LMState, MinpackInfo, Outcome, Trial
+
+# Initial trust-region radius factor: Delta_0 = FACTOR * ||D x0|| (MINPACK's
+# ``factor``; MINPACK recommends a value in [0.1, 100] and defaults to 100;
+# 1 is scipy trf's choice and keeps the first steps from jumping to the
+# spurious stationary regions of BoxBOD and MGH09 from NIST's start 1).
+FACTOR = 1.0
+# Geodesic acceleration constants (finite-difference step along v, and the
+# acceptance bound 2||a|| <= alpha ||v||; Transtrum & Sethna use 0.1 and 0.75,
+# the smaller alpha here only accepts mild corrections).
+ACC_H = 0.1
+ACC_ALPHA = 0.25
+# MINPACK: a step is accepted when actual / predicted reduction >= 1e-4
+ACCEPT_RATIO = 1e-4
+
+# state fields handed back (and set aside by a compaction) for the result
+OUTCOME_FIELDS = ("X", "F", "J", "info", "nfev", "njev", "nit", "need_jac", "active")
+
+
+def initial_state(xp, X, F, fnorm, D) -> LMState:
+    """The state at ``x0``: ``X`` (k, n), residuals ``F`` with norms ``fnorm`` (k,), scaling ``D``."""
+    B = X.shape[0]
+    dev = device(X)
+    zeros_b = xp.zeros((B,), dtype=X.dtype, device=dev)
+    izeros = xp.zeros((B,), dtype=xp.int64, device=dev)
+    true_b = xp.ones((B,), dtype=xp.bool, device=dev)
+    return LMState(X=X, F=F, J=None, A0=None, g=None, D=D, free=None, fnorm=fnorm,
+                   xnorm=zeros_b, delta=zeros_b, par=zeros_b, gnorm=zeros_b,
+                   info=izeros, nfev=izeros + 1, njev=izeros, nit=izeros,
+                   active=true_b, need_jac=true_b, first=true_b)
+
+
+def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
+           verbose, callback, want_history, ws=None) -> Outcome:
+    """Levenberg-Marquardt (``lmder``) for the ``k`` problems of ``ev``.
+
+    ``X`` (k, n) start, ``F`` its residuals, ``fnorm`` (k,) their norms,
+    ``D`` (k, n) the scaling (``jac_scale``: MINPACK's ``mode=1``, column
+    norms of ``J``); tolerances and ``max_nfev`` as :func:`agnopt.least_squares`;
+    ``ws`` a :class:`.batched.WorkingSet` when finished problems may leave
+    the working set. Returns an :class:`.outcome.Outcome` (full batch).
+    """
+    st = initial_state(xp, X, F, fnorm, D)
+    route = None
+    refactor = False
+    hist = []
+    cb_stop = False
+    it = 0
+    while True:
+        it += 1
+        # -- compaction: finished problems leave the working set
+        if ws is not None and it > 1:
+            st, changed = ws.compact(st, ev, OUTCOME_FIELDS)
+            refactor = refactor or changed
+        # -- outer loop of lmder: Jacobian, scaling, gtol test
+        if bool(xp.any(st.need_jac & st.active)):
+            st = linearize(xp, ev, st, jac_scale, gtol)
+            if not bool(xp.any(st.active)):
+                break
+            refactor = True
+        if refactor:
+            route = ev.route(st)
+            refactor = False
+            st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
+                st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
+        # -- inner loop of lmder: LM parameter and step, trial point
+        par, z = route.step(st.delta, st.par, st.active)
+        p = xp.where(st.free, z / st.D, xp.zeros_like(z))
+        st = st._replace(par=par)
+        accel = None
+        if ev.accelerate:
+            p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z)
+        tr, st = trial_point(xp, ev, st, p, accel)
+        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
+        st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
+        st = accept(xp, ev, st, tr, ratio)
+        st = stopping_tests(xp, st, actred, prered, ratio, finite, ftol, xtol, max_nfev)
+        st = st._make(ev.persist(*st)) if ev.persist_all else st
+        # -- reports
+        if want_history:
+            hist.append(ev.history_entry(st.fnorm, st.nit, st.nfev))
+        if verbose >= 2:
+            ev.print_iter(it, st.fnorm, st.nfev, tr.pnorm)
+        if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
+            cb_stop = True
+            break
+        if not bool(xp.any(st.active)):
+            break
+    rows = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
+    if ws is not None and ws.W is not None:
+        return Outcome(*ev.assemble(ws, rows), cb_stop=cb_stop, history=hist)
+    return Outcome(*rows, cb_stop=cb_stop, history=hist, cost=0.5 * (st.fnorm * st.fnorm))
+
+
+def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
+    """``lmder``'s outer loop for the problems whose last step was accepted.
+
+    The evaluator forms ``J``, ``J^T J`` (route permitting) and ``g = J^T f``
+    where ``need_jac`` (and flags the non-finite Jacobians: status -3,
+    batched only), then the free variables, scaling, initial radius and the
+    ``gtol`` test follow.
+    """
+    nj = st.need_jac & st.active
+    lin = ev.linearize(st, nj)
+    info, active, njev = st.info, st.active, st.njev
+    nj = lin.nj
+    if lin.bad is not None:
+        # batched: these problems stop here (status -3), the others go on
+        njev = njev + xp.astype(lin.bad, xp.int64)
+        info = xp.where(lin.bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
+        active = active & ~lin.bad
+    njev = njev + xp.astype(nj, xp.int64)
+    free_n = ev.free_mask(st.X, lin.g)
+    free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
+    cn = xp.where(free, lin.cn, xp.zeros_like(st.X))
+    st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
+                     active=active, njev=njev)
+    st = scale_and_radius(xp, st, nj, cn, jac_scale)
+    return gtol_test(xp, st, nj, cn, jac_scale, gtol)
+
+
+def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
+    """First Jacobian of a problem: ``D = ||J_j||`` (``jac_scale``; 1 for a zero
+    column) and the initial radius ``Delta = FACTOR * ||D x0||`` (``FACTOR``
+    where ``x0 = 0``). ``cn`` (k, n): column norms (zero for frozen ones)."""
+    D = st.D
+    if jac_scale:
+        D0 = xp.where(cn == 0, xp.ones_like(cn), cn)
+        D = xp.where((st.first & nj)[:, None], D0, D)
+    xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
+    d0 = xp.where(xn0 == 0, xp.full_like(xn0, FACTOR), FACTOR * xn0)
+    init = st.first & nj & (st.delta == 0)
+    return st._replace(D=D, xnorm=xp.where(init, xn0, st.xnorm),
+                       delta=xp.where(init, d0, st.delta))
+
+
+def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
+    """MINPACK's gradient test and the scaling update ``D = max(D, ||J_j||)``.
+
+    ``gnorm`` is the largest ``|cos|`` between a column of ``J`` and ``f``
+    (0 when ``f = 0``); ``gnorm <= gtol`` stops the problem (info 4).
+    """
+    k = st.fnorm.shape[0]
+    dev = device(st.fnorm)
+    ones_k = xp.ones((k,), dtype=st.fnorm.dtype, device=dev)
+    zeros_k = xp.zeros((k,), dtype=st.fnorm.dtype, device=dev)
+    cn_safe = xp.where(cn == 0, xp.ones_like(cn), cn)
+    fn_safe = xp.where(st.fnorm == 0, ones_k, st.fnorm)
+    cosv = xp.where(cn == 0, xp.zeros_like(cn), xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
+    gn_new = xp.where(st.fnorm == 0, zeros_k, xp.max(cosv, axis=-1))
+    gnorm = xp.where(nj, gn_new, st.gnorm)
+    conv_g = nj & (gnorm <= gtol)
+    info = xp.where(conv_g, xp.full_like(st.info, int(MinpackInfo.GTOL)), st.info)
+    D = st.D
+    if jac_scale:
+        D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
+    return st._replace(gnorm=gnorm, info=info, active=st.active & ~conv_g, D=D)
+
+
+def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
+    """Geodesic acceleration (Transtrum & Sethna 2012) of the LM step ``p`` (k, n).
+
+    For steps limited by the trust region (``par > 0``) after the first
+    accepted step: the second directional derivative ``r_vv`` of ``f`` along
+    ``v = p`` is estimated by a finite difference with step ``ACC_H``, the
+    acceleration ``a`` solves the same damped system with ``r_vv`` in place
+    of ``f``, and the step becomes ``v + a/2`` when
+    ``||D a|| <= ACC_ALPHA * ||D v|| / 2`` (else ``v`` alone). The
+    evaluation ``f(x + h v)`` counts in ``nfev``. Returns ``(p, accel, st)``
+    with ``accel`` (k,) the accelerated problems (``None`` when none was
+    eligible).
+    """
+    X, F, J, D, free, par = st.X, st.F, st.J, st.D, st.free, st.par
+    eligible = st.active & (par > 0) & ~st.first
+    if not bool(xp.any(eligible)):
+        return p, None, st
+    Xh = ev.project(X + ACC_H * p)
+    Fh = ev.residual(xp.where(eligible[:, None], Xh, X))
+    st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
+    Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
+    rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
+    rvv = xp.where(xp.isfinite(rvv), rvv, xp.zeros_like(rvv))
+    hv = xp.matmul(rvv[:, None, :], J)[:, 0, :] / D  # Js^T r_vv
+    hv = xp.where(free, hv, xp.zeros_like(hv))
+    az = -route.solve(hv, par)
+    a = xp.where(free, az / D, xp.zeros_like(az))
+    vn = xp.linalg.vector_norm(z, axis=-1)
+    an = xp.linalg.vector_norm(xp.where(free, az, xp.zeros_like(az)), axis=-1)
+    accel = eligible & (2.0 * an <= ACC_ALPHA * vn) & xp.all(xp.isfinite(a), axis=-1)
+    return xp.where(accel[:, None], p - 0.5 * a, p), accel, st
+
+
+def trial_point(xp, ev, st: LMState, p, accel):
+    """The trial point ``clip(x + p)`` (running problems only) and its residuals.
+
+    On the first iteration the radius is cut to the step length
+    (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)``.
+    """
+    X = st.X
+    p_unc = p
+    Xt = ev.project(X + p)
+    Xt = xp.where(st.active[:, None], Xt, X)
+    p = Xt - X
+    clipped = xp.any(p != p_unc, axis=-1) if ev.bounded else xp.zeros_like(st.active)
+    if accel is not None:
+        clipped = clipped | accel
+    pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
+    delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
+    Ft, fnorm1 = ev.trial(Xt)
+    st = st._replace(delta=delta, nfev=st.nfev + xp.astype(st.active, xp.int64))
+    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped if (ev.bounded or accel is not None)
+                 else None), st
+
+
+def reductions(xp, st: LMState, tr: Trial, route):
+    """MINPACK's relative reductions, with respect to ``||f||^2``.
+
+    ``actred = 1 - (||f(x+p)|| / ||f||)^2`` (-1 when the trial residuals are
+    not finite or grew tenfold), ``prered = (||J p||^2 + 2 par ||D p||^2) /
+    ||f||^2``, ``dirder`` the directional derivative, ``ratio = actred /
+    prered``. For projected or accelerated steps (not an LM step of the
+    current ``par``) the model reduction is that of ``p`` itself:
+    ``prered = -(2 f.Jp + ||Jp||^2) / ||f||^2``, ``dirder = f.Jp / ||f||^2``.
+    Returns ``(actred, prered, dirder, ratio, fn1s, finite)`` (k,) each.
+    """
+    fnorm, par = st.fnorm, st.par
+    ones_k = xp.ones_like(fnorm)
+    finite = xp.isfinite(tr.fnorm1)
+    fn1s = xp.where(finite, tr.fnorm1, fnorm * 1e10 + 1.0)
+    fn_safe = xp.where(fnorm == 0, ones_k, fnorm)
+    actred = xp.where(finite & (0.1 * fn1s < fnorm), 1.0 - (fn1s / fn_safe) ** 2, -ones_k)
+    t1 = xp.sqrt(route.jp_norm2(tr.p)) / fn_safe
+    t2 = xp.sqrt(par) * tr.pnorm / fn_safe
+    prered = t1 * t1 + 2.0 * t2 * t2
+    dirder = -(t1 * t1 + t2 * t2)
+    if tr.clipped is not None:
+        fJp = xp.sum(st.g * tr.p, axis=-1) / (fn_safe * fn_safe)  # f . Jp = (J^T f) . p
+        prered = xp.where(tr.clipped, -(2.0 * fJp + t1 * t1), prered)
+        dirder = xp.where(tr.clipped, fJp, dirder)
+    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, ones_k),
+                     xp.zeros_like(fnorm))
+    return actred, prered, dirder, ratio, fn1s, finite
+
+
+def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite) -> LMState:
+    """MINPACK's radius and LM-parameter update.
+
+    ``ratio <= 0.25``: ``Delta = temp * min(Delta, ||D p|| / 0.1)``, ``par /= temp``
+    with ``temp`` from a quadratic interpolation clipped to [0.1, 0.5]
+    (0.1 for non-finite or tenfold-grown residuals); ``ratio >= 0.75`` or
+    ``par = 0``: ``Delta = 2 ||D p||``, ``par /= 2``; else unchanged.
+    """
+    fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
+    ones_k = xp.ones_like(fnorm)
+    small = ratio <= 0.25
+    den = dirder + 0.5 * actred
+    temp = xp.where(actred >= 0, 0.5 * ones_k,
+                    0.5 * dirder / xp.where(den == 0, ones_k, den))
+    temp = xp.where((0.1 * fn1s >= fnorm) | (temp < 0.1) | ~finite, 0.1 * ones_k, temp)
+    big = ~small & ((par == 0) | (ratio >= 0.75))
+    delta_n = xp.where(small, temp * xp.minimum(delta, pnorm / 0.1),
+                       xp.where(big, pnorm / 0.5, delta))
+    par_n = xp.where(small, par / temp, xp.where(big, 0.5 * par, par))
+    return st._replace(delta=xp.where(st.active, delta_n, delta),
+                       par=xp.where(st.active, par_n, par))
+
+
+def accept(xp, ev, st: LMState, tr: Trial, ratio) -> LMState:
+    """Take the step where ``ratio >= ACCEPT_RATIO`` (MINPACK's 1e-4); the
+    Jacobian of those problems is then stale (``need_jac``)."""
+    acc = st.active & (ratio >= ACCEPT_RATIO)
+    X = xp.where(acc[:, None], tr.Xt, st.X)
+    return st._replace(
+        X=X, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
+        xnorm=xp.where(acc, xp.linalg.vector_norm(st.D * X, axis=-1), st.xnorm),
+        nit=st.nit + xp.astype(acc, xp.int64),
+        need_jac=xp.where(st.active, acc, st.need_jac),  # finished problems keep theirs
+        first=st.first & ~acc)
+
+
+def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, ftol, xtol,
+                   max_nfev) -> LMState:
+    """MINPACK's convergence tests, in its order.
+
+    info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``),
+    2 (``xtol``: ``Delta <= xtol ||D x||``), 3 (both); else 5 (``max_nfev``),
+    then 6/7/8 (the same tests with ``eps`` in place of the tolerance).
+    A step bound that collapsed on a non-finite trial point gives -4.
+    """
+    info, delta, xnorm = st.info, st.delta, st.xnorm
+    eps = float(xp.finfo(delta.dtype).eps)
+    ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0)
+    xt = delta <= xtol * xnorm
+    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), xp.zeros_like(info))
+    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
+    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
+    mach = xp.zeros_like(info)
+    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, int(MinpackInfo.MAX_NFEV)), mach)
+    mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0),
+                    xp.full_like(info, int(MinpackInfo.FTOL_MACHINE)), mach)
+    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, int(MinpackInfo.XTOL_MACHINE)), mach)
+    mach = xp.where(st.gnorm <= eps, xp.full_like(info, int(MinpackInfo.GTOL_MACHINE)), mach)
+    new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)
+    # the step bound collapsed on a non-finite trial point: say so (status -4)
+    collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
+                           | (new == int(MinpackInfo.XTOL_MACHINE)))
+    new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
+    new = xp.where(st.active, new, xp.zeros_like(new))
+    return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
+                       active=st.active & (new == int(MinpackInfo.RUNNING)))

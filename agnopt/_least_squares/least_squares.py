@@ -1,0 +1,447 @@
+r"""``least_squares``: nonlinear least squares on any Array API backend, one problem or ``B``.
+
+Levenberg-Marquardt (MINPACK ``lmder``, :mod:`.engine`) and damped
+Gauss-Newton (:mod:`.gauss_newton`). Every problem set is a batch: an
+unbatched call is a batch of one, so batched and unbatched runs execute the
+same arithmetic, problem by problem.
+
+The linear algebra of one iteration works on the scaled Jacobian
+:math:`\tilde J = J D^{-1}` through a *route* (:mod:`.routes`): for
+well-conditioned small problems (``n <= 16``, no variable frozen at a bound,
+and a certified bound ``trace(A) trace(A^{-1}) < 1e8`` on the condition
+number of :math:`A = \tilde J^T\tilde J`, so :math:`\operatorname{cond}
+(\tilde J) < 10^4`) the damped normal equations :math:`(A + \lambda I) q =
+\tilde J^T f` are solved with a Cholesky factor written as a few dozen
+vectorized operations over the batch (entry by entry for ``n <= 6``), and
+Moré's Newton correction uses :math:`q^T (A+\lambda I)^{-1} q = \|L^{-1}
+q\|^2` as MINPACK does. Squaring a condition number below 1e4 costs at most
+~1e-8 relative accuracy in a step, never in the fixed point (the gradient
+comes from :math:`J` itself). LAPACK's batched SVD / ``eigh`` of many tiny
+matrices is dominated by per-matrix call overhead (NumPy: ~4 us per 4x4
+``eigh``, ~12 us per 50x4 SVD), which this route avoids. Every other problem
+takes the SVD route: with :math:`\tilde J = U S V^T`, :math:`w = s^2` and
+:math:`c = V^T \tilde J^T f`, :math:`D p(\lambda) = -V c / (w + \lambda)`,
+so Moré's search for :math:`\lambda` costs ``O(n)`` per trial value and never
+squares the condition number. The route is chosen per problem from that
+problem's own Jacobian, so a batch computes what each problem alone computes.
+
+Batched solves drop finished problems (:mod:`.batched`): ``fun`` is then
+called with the running rows only if it offers a row hook
+(``fun._agnopt_rows(idx)``, which ``curve_fit`` provides for a shared
+``xdata``, checked once against the full evaluation); any other batched
+``fun`` keeps receiving all ``B`` rows (the finished ones frozen). No
+compaction on JAX or Dask, nor when a callback, history or ``verbose=2``
+needs the whole batch each iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from .._core import lazy
+from .._core.backend import resolve
+from .._core.result import OptimizeResult
+from .._core.status import Status
+from .._derivatives.numdiff import prepare_bounds
+from .arrays import call_checked, device, indices
+from .batched import WorkingSet, compactable
+from .chunked import chunked_least_squares, is_chunked_batch
+from .engine import run_lm
+from .gauss_newton import run_gn
+from .outcome import messages, to_status
+from .problem import (
+    JAC_STRINGS,
+    Problem,
+    as_array,
+    check_backend,
+    check_m_ge_n,
+    check_max_nfev,
+    check_method,
+    check_tolerances,
+    check_verbose,
+    resolve_x_scale,
+    to_backend,
+)
+from .tall import tall_least_squares
+
+__all__ = ["least_squares"]
+
+
+def least_squares(
+    fun: Callable[..., Any],
+    x0: Any,
+    *,
+    jac: Any = None,
+    method: str = "lm",
+    bounds: Any = (-math.inf, math.inf),
+    ftol: float = 1e-8,
+    xtol: float = 1e-8,
+    gtol: float = 1e-8,
+    x_scale: Any = None,
+    max_nfev: int | None = None,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    batched: bool = False,
+    verbose: int = 0,
+    callback: Callable | None = None,
+    history: bool = False,
+) -> OptimizeResult:
+    r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
+
+    Minimizes :math:`F(x) = \tfrac12 \|f(x)\|^2` for residuals
+    :math:`f: \mathbb R^n \to \mathbb R^m`, optionally subject to
+    ``lb <= x <= ub``, on any Array API backend (the arrays never leave
+    their backend or device).
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, *args, **kwargs)`` returning the residuals, shape ``(m,)``
+        for ``x`` of shape ``(n,)``; with ``batched=True``, ``(B, m)`` for
+        ``(B, n)`` (row ``b`` must depend on row ``b`` only).
+    x0 : array
+        Starting point, ``(n,)`` or ``(B, n)`` (``batched=True``), real
+        floating dtype; the computation runs in this dtype on this device.
+        Lists are converted to NumPy float64 arrays.
+    jac : None, {"cs", "2-point", "3-point", "autodiff"} or callable
+        How to get the Jacobian ``J = df/dx``, ``(m, n)`` (``(B, m, n)``):
+
+        * ``None`` (default): ``"cs"``; if ``fun`` cannot take complex input
+          (it raises, e.g. a torch ``matmul`` of a float64 matrix with a
+          complex vector, or returns real output) the solve switches to
+          ``"3-point"`` for good. A ``fun`` that silently loses the imaginary
+          part (``abs``, ``maximum``...) is not detected: pass
+          ``jac="3-point"`` for such functions.
+        * ``"cs"``: complex step, ``Im f(x + i h e_j) / h`` with
+          ``h = sqrt(eps) max(1, |x_j|)``. For residuals that are analytic
+          in complex arithmetic (all usual model functions: polynomials,
+          rationals, exp, log, powers, trigonometric functions) it is exact
+          to rounding, because no difference of nearby values is taken. It is
+          the default because it makes Levenberg-Marquardt reach the NIST
+          StRD certified values on all 27 problems from both starts (LRE >= 6,
+          ``python -m agnopt nist``), where forward and central differences stop
+          early on ill-conditioned problems (Kirby2, Hahn1, BoxBOD, Lanczos,
+          Bennett5, ...) as scipy's defaults do. It needs ``fun`` to accept
+          complex input and propagate the imaginary part: if ``fun`` uses
+          ``abs``, comparisons, ``real``, ``maximum``... pass ``jac="3-point"``
+          (a ``fun`` that fails on complex input or returns real output
+          gives a clear error).
+        * ``"2-point"``, ``"3-point"``: finite differences with scipy's steps
+          (see :func:`agnopt.approx_derivative`), kept inside the bounds.
+        * ``"autodiff"``: the backend's automatic differentiation (torch.func
+          or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
+        * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
+          (``(B, m, n)`` when batched).
+    method : {"lm", "gauss-newton"}
+        * ``"lm"``: Levenberg-Marquardt as MINPACK's ``lmder`` (Moré 1978):
+          trust region of radius :math:`\Delta` in the scaled norm
+          :math:`\|Dp\|`, the step :math:`p` minimizes
+          :math:`\|f + Jp\|^2 + \lambda\|Dp\|^2` with :math:`\lambda` chosen by
+          Moré's ``lmpar`` iteration so that :math:`\|Dp\| \approx \Delta`
+          (within 10%), and MINPACK's rules for :math:`\Delta`,
+          :math:`\lambda` and the step acceptance (ratio >= 1e-4),
+          initial radius ``||D x0||`` (MINPACK's ``factor = 1``). The step is
+          computed from the SVD of :math:`J D^{-1}` (instead of MINPACK's
+          pivoted QR: same step, batched, rank deficiency handled by
+          truncation), or for well-conditioned problems with ``n <= 16`` from
+          a Cholesky factor of the damped normal equations (see the module
+          notes).
+          Requires ``m >= n`` (scipy's rule).
+        * ``"gauss-newton"``: the seed's Gauss-Newton iteration with
+          :math:`\lambda I` damping,
+          :math:`p = -(J^TJ + \lambda D^2)^{+} J^T f` (``D = 1/x_scale``,
+          default identity). :math:`\lambda` starts at 0 (the plain
+          Gauss-Newton step through the pseudo-inverse, so a singular
+          :math:`J^TJ` is harmless); a step that does not decrease the cost
+          is rejected and :math:`\lambda \leftarrow \max(10\lambda,
+          10^{-3}\max\operatorname{diag}(\tilde J^T\tilde J))`; an accepted step divides
+          :math:`\lambda` by 10 (to 0 below ``1e-12`` times that scale).
+          No ``m >= n`` requirement.
+    bounds : (lb, ub)
+        Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
+        bound. Treatment: **projection with an active set**. Variables that
+        sit on a bound with the gradient pointing out of the box are frozen
+        for the step (their Jacobian columns are dropped), the step of the
+        others is computed as without bounds, and the trial point is
+        projected onto the box, ``clip(x + p, lb, ub)``. Every iterate (and
+        every finite-difference point) is feasible. The model reduction of a
+        projected step is evaluated for that step, so the trust-region
+        control and the tests stay consistent. ``x0`` must be feasible.
+    ftol, xtol, gtol : float
+        Tolerances, with scipy's exact conditions. For ``"lm"`` (MINPACK):
+
+        * ``ftol``: ``|actred| <= ftol and prered <= ftol and ratio <= 2``
+          where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
+          same relative reduction predicted by the linear model (scipy:
+          "``dF < ftol * F`` and an adequate agreement between the local
+          quadratic model and the true model");
+        * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
+          the scaled ``x``);
+        * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
+          cosine between a column of ``J`` and ``f``; also true when ``f = 0``).
+
+        All three must be >= 2.22e-16 (scipy's rule for lm). When a test
+        holds with ``eps`` of the working dtype in place of the tolerance
+        (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
+        same status is reported with a "machine precision" message.
+        For ``"gauss-newton"`` (scipy's trf conditions):
+        ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
+        accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
+        ``gtol``: ``||J^T f||_inf < gtol``.
+    x_scale : None, "jac" or array
+        ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
+        ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
+        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for
+        ``"gauss-newton"``.
+    max_nfev : int, optional
+        Maximum number of residual evaluations, not counting those of
+        finite differences (scipy >= 1.16's rule). Default ``100 * n``.
+        Reaching it gives ``status = 0``, ``success = False``.
+    args, kwargs :
+        Extra arguments of ``fun`` and ``jac``.
+    batched : bool
+        ``B`` independent problems: ``x0`` ``(B, n)``, ``fun`` maps
+        ``(B, n) -> (B, m)``, ``jac`` gives ``(B, m, n)``. Each problem has its
+        own scaling, damping, trust region, stopping test and status;
+        finished problems keep their ``x``. Results equal solving each
+        problem alone (same iterates up to rounding). ``fun`` always
+        receives all ``B`` rows (finished rows frozen), but the solver's
+        own work shrinks to the running problems (see the module notes).
+    verbose : {0, 1, 2}
+        1: final report; 2: one line per iteration.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after each iteration, with an
+        :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
+        ``StopIteration`` or returning ``True`` stops (``status = -2``).
+    history : bool
+        Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
+        ``result.history``.
+
+    Returns
+    -------
+    OptimizeResult
+        ``x``, ``cost`` (``0.5 ||f||^2``), ``fun`` (residuals), ``jac`` (at
+        ``x``), ``grad`` (``J^T f``), ``optimality`` (``||grad||_inf``),
+        ``nfev``, ``njev``, ``nit``, ``status`` (scipy's codes: 0 max_nfev,
+        1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback; and -3: ``jac``
+        returned non-finite entries at the current point, a batched problem
+        then stops there while the others go on (unbatched: ``ValueError``);
+        -4: the step shrank to nothing on non-finite residuals at the trial
+        points, i.e. no finite trial point near ``x``),
+        ``message``, ``success`` (``status > 0``), ``active_mask`` (-1/0/1
+        per variable: at the lower bound / free / at the upper bound), and
+        ``history`` when asked. Batched: every field has a leading ``B``
+        axis (``message`` is a list).
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), ``m < n`` for
+        ``"lm"``, infeasible ``x0``, ``lb >= ub``, non-finite residuals at
+        ``x0``, bad tolerances, ``batched=True`` with a 1-D ``x0``.
+    RuntimeError
+        When ``fun`` or ``jac`` raises (the original exception is chained).
+
+    Notes
+    -----
+    Non-finite residuals at a trial point reject the step (the trust region
+    shrinks tenfold), as if the cost had increased; when the step tolerance
+    is then met on a non-finite trial point the status is -4 (not 3).
+
+    Unbatched, when ``x0`` is in memory (not Dask) and ``fun(x0)`` is a Dask
+    array with more than one row chunk (a tall problem), the solve is handed to
+    :func:`agnopt.tall_least_squares` (``jac`` ``None``/``"cs"`` become
+    ``"2-point"``; finite ``bounds`` and ``history`` are not supported there
+    and raise ``ValueError``).
+
+    References
+    ----------
+    J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
+    theory", Numerical Analysis, LNM 630, Springer (1978).
+    J. J. Moré, B. S. Garbow, K. E. Hillstrom, MINPACK-1 User Guide,
+    ANL-80-74 (1980) (``lmder``, ``lmpar``).
+    """
+    check_method(method)
+    if not (jac is None or callable(jac) or jac in JAC_STRINGS):
+        raise ValueError(f"jac: expected a callable or one of {JAC_STRINGS}, got {jac!r}")
+    check_verbose(verbose)
+    kwargs = {} if kwargs is None else dict(kwargs)
+    check_tolerances(method, ftol, xtol, gtol)
+    if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
+        return chunked_least_squares(
+            fun, x0, jac, tuple(args), kwargs,
+            dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
+    xp, dev, x0, X = _start_point(x0, batched)
+    B, n = X.shape
+
+    f0 = None
+    if not batched:
+        # tall problems: an in-memory x0 whose residuals are a Dask array chunked
+        # by rows go to agnopt.tall_least_squares (blockwise J^T J, never
+        # materialising J); a Dask x0 stays on the Array API path below
+        f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
+        if _is_tall(xp, f0):
+            return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
+                               xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
+                               args=tuple(args), kwargs=kwargs, verbose=verbose,
+                               callback=callback)
+
+    lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
+    max_nfev = check_max_nfev(max_nfev, n)
+    x_scale = resolve_x_scale(x_scale, method)
+    jac_scale = isinstance(x_scale, str)
+    D = xp.ones_like(X) if jac_scale else _scale_from(xp, x_scale, X, dev)
+
+    prob = Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
+    F = prob.residual(X, where="at x0", f=f0)
+    m = F.shape[1]
+    check_m_ge_n(method, m, n)
+    fin0 = xp.all(xp.isfinite(F), axis=-1)
+    if not bool(xp.all(fin0)):
+        raise ValueError(
+            "fun: residuals are not finite at the initial point x0"
+            + ("" if not batched else f" (problems {indices(xp, ~fin0)})")
+        )
+    # drop finished problems from the working set (batched, row gathers allowed,
+    # no per-iteration report that needs the whole batch)
+    compact = (batched and B > 1 and compactable(xp) and not history
+               and callback is None and verbose < 2)
+    prob.configure(n, m, bounded, compact)
+    if method == "lm":
+        ws = WorkingSet(xp, B, dev) if compact else None
+        out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
+                     xtol, gtol, max_nfev, verbose, callback, history, ws)
+    else:
+        out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
+    return _finish(xp, prob, out, batched, verbose, bounded)
+
+
+def _start_point(x0, batched):
+    """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
+    x0 = as_array(x0, "x0")
+    xp, dev = resolve(x0, "x0")
+    if batched:
+        if x0.ndim != 2:
+            raise ValueError(
+                f"x0: with batched=True expected shape (B, n), got shape {tuple(x0.shape)}"
+            )
+        X = x0
+    else:
+        if x0.ndim == 0:
+            x0 = xp.reshape(x0, (1,))
+        if x0.ndim != 1:
+            raise ValueError(
+                f"x0: expected a 1-D array of shape (n,), got shape {tuple(x0.shape)} "
+                "(pass batched=True for a batch of problems)"
+            )
+        X = xp.reshape(x0, (1, x0.shape[0]))
+    B, n = X.shape
+    if n == 0 or B == 0:
+        raise ValueError(f"x0: empty array of shape {tuple(x0.shape)}")
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError("x0: contains non-finite values")
+    return xp, dev, x0, X
+
+
+def _is_tall(xp, f0) -> bool:
+    """An in-memory ``x0`` whose residuals are a Dask array of several row chunks."""
+    if not lazy.is_dask(f0) or lazy.is_dask_namespace(xp):
+        return False
+    chunks = getattr(f0, "chunks", None)
+    return bool(chunks) and f0.ndim >= 1 and len(chunks[0]) > 1
+
+
+def _solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
+    """Hand a tall problem to :func:`agnopt.tall_least_squares` (no bounds, no history)."""
+    lb0, ub0 = prepare_bounds(xp, bounds, x0)
+    if bool(xp.any(xp.isfinite(lb0) | xp.isfinite(ub0))):
+        raise ValueError(
+            "bounds: residuals chunked by rows (a tall Dask problem, solved by "
+            "tall_least_squares) do not support finite bounds"
+        )
+    if history:
+        raise ValueError(
+            "history: not available for residuals chunked by rows (a tall Dask "
+            "problem, solved by tall_least_squares)"
+        )
+    return tall_least_squares(fun, x0, jac="2-point" if jac in (None, "cs", "2-point") else jac,
+                              **kw)
+
+
+def _bounds(xp, bounds, X, x0, batched):
+    """``(lb, ub, bounded)``: bounds (B, n) checked against ``X``."""
+    if isinstance(bounds, (tuple, list)):
+        for b in bounds:
+            check_backend(b, xp, "bounds")
+    lb, ub = prepare_bounds(xp, bounds, X if batched else x0)
+    lb = xp.reshape(xp.broadcast_to(lb, X.shape), X.shape) if not batched else lb
+    ub = xp.reshape(xp.broadcast_to(ub, X.shape), X.shape) if not batched else ub
+    if bool(xp.any(lb >= ub)):
+        raise ValueError("bounds: each lower bound must be strictly less than each upper bound")
+    if bool(xp.any((X < lb) | (X > ub))):
+        raise ValueError("x0 is infeasible: it violates the bounds")
+    return lb, ub, bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
+
+
+def _scale_from(xp, x_scale, X, dev):
+    """``D = 1 / x_scale`` (B, n) from a positive array (or number) ``x_scale``."""
+    xs = x_scale if hasattr(x_scale, "shape") else as_array(x_scale, "x_scale")
+    xs = to_backend(xp, xs, X.dtype, dev)
+    try:
+        xs = xp.broadcast_to(xs, X.shape)
+    except Exception as e:
+        raise ValueError(
+            f"x_scale: shape {tuple(xs.shape)} does not broadcast to x0's shape"
+        ) from e
+    if not bool(xp.all(xp.isfinite(xs) & (xs > 0))):
+        raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
+    return 1.0 / xs
+
+
+def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
+    """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
+    X, F, J = out.X, out.F, out.J
+    B, n = X.shape
+    # Jacobian at the final x where the last accepted step made it stale
+    nj = out.need_jac
+    if bool(xp.any(nj)):
+        Jn = prob.jacobian(X, F)
+        J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
+    status = to_status(xp, out.info, out.active, out.cb_stop)
+    cost = 0.5 * xp.sum(F * F, axis=-1)
+    g = xp.matmul(F[:, None, :], J)[:, 0, :]
+    opt = xp.max(xp.abs(g), axis=-1)
+    success = status > 0
+    if bounded:
+        lb, ub = prob.lb, prob.ub
+        am = xp.where(X <= lb, -xp.ones_like(X), xp.where(X >= ub, xp.ones_like(X), xp.zeros_like(X)))
+        am = xp.astype(am, xp.int64)
+    else:
+        am = xp.zeros(X.shape, dtype=xp.int64, device=device(X))
+    msgs, st_host = messages(out.info, status)
+    if batched:
+        res = OptimizeResult(
+            x=X, cost=cost, fun=F, jac=J, grad=g, optimality=opt, active_mask=am,
+            nfev=out.nfev, njev=out.njev, nit=out.nit, status=status,
+            message=msgs, success=success,
+        )
+    else:
+        res = OptimizeResult(
+            x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
+            optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
+            njev=int(out.njev[0]), nit=int(out.nit[0]), status=st_host[0],
+            message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
+        )
+    if out.history:
+        res["history"] = out.history
+    if verbose >= 1:
+        if batched:
+            ns = int(xp.sum(xp.astype(success, xp.int64)))
+            print(f"{ns} of {B} problems converged; total nfev {int(xp.sum(out.nfev))}")
+        else:
+            print(res.message)
+            print(f"Function evaluations {res.nfev}, final cost {float(res.cost):.4e}, "
+                  f"first-order optimality {float(res.optimality):.2e}.")
+    return res

@@ -1,0 +1,158 @@
+r"""Moré's ``lmpar``: the Levenberg-Marquardt parameter for a trust region, for ``k`` problems.
+
+Given the scaled problem :math:`\min \|\tilde J q - f\|` with
+:math:`\tilde J = J D^{-1}` (so the step is :math:`Dp = -q`), ``lmpar``
+finds :math:`\lambda \ge 0` such that
+
+.. math:: q(\lambda) = (\tilde J^T\tilde J + \lambda I)^{-1} \tilde J^T f
+
+has :math:`|\,\|q\| - \Delta\,| \le 0.1\,\Delta`, or :math:`\lambda = 0`
+when the Gauss-Newton step already has :math:`\|q(0)\| \le 1.1\,\Delta`.
+It is Moré's safeguarded Newton iteration on
+:math:`\phi(\lambda) = \|q(\lambda)\| - \Delta` (MINPACK ``lmpar``, at most
+10 iterations), with the bounds ``parl``/``paru`` and Newton correction
+
+.. math:: \lambda_+ = \lambda + \frac{\phi}{\Delta}
+          \frac{\|q\|^2}{q^T (\tilde J^T\tilde J + \lambda I)^{-1} q}.
+
+The iteration is written once; a *basis* supplies :math:`q(\lambda)` and
+:math:`q^T(\tilde J^T\tilde J+\lambda I)^{-1}q`:
+
+* :class:`SpectralBasis`: from :math:`\tilde J^T\tilde J = V \operatorname{diag}(w) V^T`
+  (SVD of :math:`\tilde J` or eigendecomposition of the Gram matrix),
+  :math:`V^T q = c / (w + \lambda)` with :math:`c = V^T \tilde J^T f`, and
+  :math:`q^T(\cdot)^{-1}q = \sum c^2/(w+\lambda)^3`; directions below the rank
+  threshold (``good`` false) are dropped from the Gauss-Newton step
+  (truncation), and ``parl = 0`` for rank-deficient problems (as MINPACK);
+* :class:`CholeskyBasis`: from the inverse Cholesky factor
+  :math:`L^{-1}` of :math:`\tilde J^T\tilde J + \lambda I`,
+  :math:`q = L^{-T}L^{-1}\tilde J^T f` and :math:`q^T(\cdot)^{-1}q =
+  \|L^{-1} q\|^2` (MINPACK's :math:`\|R^{-T} D p\|^2`).
+
+Every problem of the batch runs the iteration on its own numbers; a problem
+that has stopped is frozen by ``where``, so a batch gives what each problem
+alone gives.
+
+Reference: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
+theory", LNM 630 (1978); MINPACK-1 ``lmpar``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .cholesky import chol_inv, chol_solve, mv
+from .arrays import device
+
+
+class SpectralBasis(NamedTuple):
+    """:math:`\\tilde J^T \\tilde J = V \\operatorname{diag}(w) V^T` in the basis ``V``.
+
+    ``w`` (k, r): squared singular values (eigenvalues), ``c`` (k, r):
+    ``V^T Js^T f``, ``good`` (k, r): above the rank threshold, ``full_rank``
+    (k,): all ``n`` directions good.
+    """
+
+    w: Any
+    c: Any
+    good: Any
+    full_rank: Any
+
+    def gauss_newton(self, xp):
+        """``q(0)`` (truncated pseudo-inverse step), its ``q^T A^+ q`` and ``rhs = c``."""
+        w, c, good = self.w, self.c, self.good
+        zero = xp.zeros_like(w)
+        wsafe = xp.where(good, w, xp.ones_like(w))
+        qn = xp.where(good, c / wsafe, zero)
+        s3 = xp.sum(xp.where(good, c * c / (wsafe * wsafe * wsafe), zero), axis=-1)
+        return qn, s3, self.full_rank, c, None
+
+    def solve(self, xp, par):
+        """``q(par)`` (k, r), ``q^T (A + par I)^{-1} q`` (k,), no factor."""
+        den = self.w + par[:, None]
+        q = self.c / den
+        return q, xp.sum(self.c * self.c / (den * den * den), axis=-1), None
+
+
+class CholeskyBasis(NamedTuple):
+    """The normal equations ``As = Js^T Js`` (k, n, n), ``gs = Js^T f`` (k, n) and
+    ``Linv0`` (k, n, n), the inverse Cholesky factor of ``As`` (all well conditioned)."""
+
+    As: Any
+    gs: Any
+    Linv0: Any
+
+    def gauss_newton(self, xp):
+        qn = chol_solve(xp, self.Linv0, self.gs)
+        s3 = xp.linalg.vector_norm(mv(xp, self.Linv0, qn), axis=-1) ** 2
+        return qn, s3, None, self.gs, self.Linv0
+
+    def solve(self, xp, par):
+        n = self.As.shape[-1]
+        eye = xp.eye(n, dtype=self.As.dtype, device=device(self.As))
+        Li, _ = chol_inv(xp, self.As + par[:, None, None] * eye)
+        q = chol_solve(xp, Li, self.gs)
+        return q, xp.linalg.vector_norm(mv(xp, Li, q), axis=-1) ** 2, Li
+
+
+def lmpar(xp, basis, delta, par0, active):
+    """Moré's ``lmpar`` for every problem: ``(par, q, factor)``.
+
+    Parameters: ``basis`` a :class:`SpectralBasis` or :class:`CholeskyBasis`
+    of ``k`` problems; ``delta`` (k,) trust radii (> 0); ``par0`` (k,) the
+    previous parameters (the starting guess); ``active`` (k,) the problems
+    to solve (the others keep ``par0`` and the Gauss-Newton ``q``).
+
+    Returns ``par`` (k,) (0 where the Gauss-Newton step is inside
+    ``1.1 delta``), ``q`` (k, r) with the scaled step ``D p = -V q``
+    (spectral) or ``-q`` (Cholesky), and the basis' factor at the final
+    ``par`` (the Cholesky route's ``L^{-1}``, for the geodesic acceleration;
+    ``None`` for a spectral basis).
+    """
+    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    qn, s3, full_rank, rhs, factor = basis.gauss_newton(xp)
+    dxnorm = xp.linalg.vector_norm(qn, axis=-1)
+    fp = dxnorm - delta
+    gn_ok = fp <= 0.1 * delta
+    # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
+    s3 = xp.where(s3 > 0, s3, xp.ones_like(s3))
+    parl = (fp / delta) * dxnorm * dxnorm / s3
+    if full_rank is not None:
+        parl = xp.where(full_rank, parl, xp.zeros_like(fp))
+    parl = xp.maximum(parl, xp.zeros_like(parl))
+    # upper bound paru = ||Js^T f|| / delta
+    gnorm = xp.linalg.vector_norm(rhs, axis=-1)
+    paru = gnorm / delta
+    paru = xp.where(paru == 0, dwarf / xp.minimum(delta, xp.full_like(delta, 0.1)), paru)
+    par = xp.minimum(xp.maximum(par0, parl), paru)
+    dx_safe = xp.where(dxnorm > 0, dxnorm, xp.ones_like(dxnorm))
+    par = xp.where(par == 0, gnorm / dx_safe, par)
+    done = gn_ok | ~active
+    q = qn
+    if bool(xp.all(done)):
+        return xp.where(gn_ok, xp.zeros_like(par), par), q, factor
+    for it in range(10):
+        par_t = xp.where(par == 0, xp.maximum(xp.full_like(paru, dwarf), 0.001 * paru), par)
+        par = xp.where(done, par, par_t)
+        qt, s3, fac_t = basis.solve(xp, par)
+        dxn_t = xp.linalg.vector_norm(qt, axis=-1)
+        temp = fp
+        fp_t = dxn_t - delta
+        q = xp.where(done[:, None], q, qt)
+        if factor is not None:
+            factor = xp.where(done[:, None, None], factor, fac_t)
+        fp = xp.where(done, fp, fp_t)
+        stop = (xp.abs(fp_t) <= 0.1 * delta) | ((parl == 0) & (fp_t <= temp) & (temp < 0))
+        if it == 9:
+            stop = xp.ones_like(stop)
+        done = done | stop
+        # Newton correction, then the safeguards
+        s3 = xp.where(s3 > 0, s3, xp.ones_like(s3))
+        parc = (fp_t / delta) * dxn_t * dxn_t / s3
+        parl = xp.where(~done & (fp_t > 0), xp.maximum(parl, par), parl)
+        paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
+        par = xp.where(done, par, xp.maximum(parl, par + parc))
+        if bool(xp.all(done)):  # frozen problems do not change: exiting is exact
+            break
+    par = xp.where(gn_ok, xp.zeros_like(par), par)
+    return par, q, factor

@@ -1,0 +1,112 @@
+"""How a least-squares solve ends: MINPACK's ``info`` codes, statuses and messages.
+
+The engines record MINPACK's ``info`` per problem (:class:`MinpackInfo`);
+:func:`to_status` maps it to scipy's common status (:class:`agnopt._core.status.Status`)
+and :func:`messages` gives scipy's message for each problem (with a "machine
+precision" wording for MINPACK's info 6/7/8).
+"""
+
+from __future__ import annotations
+
+from .._core.result import OptimizeResult
+from .._core.status import Status
+from .arrays import host_ints
+from .state import MinpackInfo
+
+
+# MINPACK info -> common status (as scipy's FROM_MINPACK_TO_COMMON, plus 6/7/8, -3, -4)
+FROM_MINPACK = {
+    MinpackInfo.FTOL: Status.FTOL,
+    MinpackInfo.XTOL: Status.XTOL,
+    MinpackInfo.FTOL_XTOL: Status.FTOL_XTOL,
+    MinpackInfo.GTOL: Status.GTOL,
+    MinpackInfo.MAX_NFEV: Status.MAX_NFEV,
+    MinpackInfo.FTOL_MACHINE: Status.FTOL,
+    MinpackInfo.XTOL_MACHINE: Status.XTOL,
+    MinpackInfo.GTOL_MACHINE: Status.GTOL,
+    MinpackInfo.NONFINITE_JAC: Status.NONFINITE_JAC,
+    MinpackInfo.NONFINITE_TRIAL: Status.NONFINITE_TRIAL,
+}
+
+TERMINATION_MESSAGES = {
+    Status.CALLBACK: "Stopped because `callback` function raised `StopIteration` or returned `True`",
+    Status.MAX_NFEV: "The maximum number of function evaluations is exceeded.",
+    Status.GTOL: "`gtol` termination condition is satisfied.",
+    Status.FTOL: "`ftol` termination condition is satisfied.",
+    Status.XTOL: "`xtol` termination condition is satisfied.",
+    Status.FTOL_XTOL: "Both `ftol` and `xtol` termination conditions are satisfied.",
+    Status.NONFINITE_JAC: "`jac` returned a Jacobian with non-finite entries at the current point "
+    "(this problem stopped there; batched solves only).",
+    Status.NONFINITE_TRIAL: "The residuals were not finite at the trial points: the step shrank to "
+    "nothing without a finite trial point near x.",
+}
+# MINPACK's info 6/7/8 ("tolerance too small, no further improvement possible")
+# are reported with the matching common status and this message.
+MACHINE_MESSAGES = {
+    MinpackInfo.FTOL_MACHINE: "`ftol` termination condition is satisfied at machine precision "
+    "(no further reduction in the sum of squares is possible).",
+    MinpackInfo.XTOL_MACHINE: "`xtol` termination condition is satisfied at machine precision "
+    "(no further improvement in the approximate solution x is possible).",
+    MinpackInfo.GTOL_MACHINE: "`gtol` termination condition is satisfied at machine precision "
+    "(the residuals are orthogonal to the Jacobian's columns to machine precision).",
+}
+
+
+def to_status(xp, info, active, cb_stop):
+    """Common statuses (B,) from MINPACK's ``info`` (B,); problems still running
+    when the callback stopped the solve get ``Status.CALLBACK``."""
+    status = xp.full_like(info, int(Status.CALLBACK))
+    for k, v in FROM_MINPACK.items():
+        status = xp.where(info == int(k), xp.full_like(status, int(v)), status)
+    if cb_stop:
+        status = xp.where(active, xp.full_like(status, int(Status.CALLBACK)), status)
+    return status
+
+
+def message(info: int, status: int) -> str:
+    """scipy's message for one problem (the machine-precision wording for info 6/7/8)."""
+    if info in MACHINE_MESSAGES:
+        return MACHINE_MESSAGES[MinpackInfo(info)]
+    return TERMINATION_MESSAGES.get(status, "unknown status")
+
+
+def messages(info, status) -> tuple[list, list]:
+    """``(messages, host statuses)`` of every problem (one transfer each of ``info`` and ``status``)."""
+    info_host, st_host = host_ints(info), host_ints(status)
+    table = {iv: message(*iv) for iv in set(zip(info_host, st_host))}
+    return [table[iv] for iv in zip(info_host, st_host)], st_host
+
+
+# --------------------------------------------------------------------------- per-iteration reports
+def history_entry(batched, fnorm, nit, nfev) -> dict:
+    """One ``result.history`` entry: ``nit``, ``nfev``, ``cost`` ((B,) arrays when batched)."""
+    cost = 0.5 * fnorm * fnorm
+    if batched:
+        return {"nit": nit, "nfev": nfev, "cost": cost}
+    return {"nit": int(nit[0]), "nfev": int(nfev[0]), "cost": float(cost[0])}
+
+
+def print_iter(xp, batched, it, fnorm, nfev, pnorm) -> None:
+    """``verbose=2``: one line per iteration."""
+    cost = 0.5 * fnorm * fnorm
+    if batched:
+        print(f"iteration {it:5d}  max cost {float(xp.max(cost)):.6e}  "
+              f"max nfev {int(xp.max(nfev))}")
+    else:
+        print(f"iteration {it:5d}  cost {float(cost[0]):.6e}  step {float(pnorm[0]):.3e}  "
+              f"nfev {int(nfev[0])}")
+
+
+def call_callback(callback, batched, X, fnorm, nit) -> bool:
+    """``callback(OptimizeResult(x, cost, nit))``; True when it asks to stop
+    (returns ``True`` or raises ``StopIteration``)."""
+    cost = 0.5 * fnorm * fnorm
+    if batched:
+        r = OptimizeResult(x=X, cost=cost, nit=nit)
+    else:
+        r = OptimizeResult(x=X[0, :], cost=cost[0], nit=int(nit[0]))
+    try:
+        out = callback(r)
+    except StopIteration:
+        return True
+    return out is True

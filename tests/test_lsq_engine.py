@@ -1,0 +1,370 @@
+"""Building blocks of the least-squares engine, each on its own (agnopt._least_squares).
+
+* Moré's ``lmpar`` (both bases) and each step route (normal-equation
+  Cholesky, SVD, host solve for Dask, the tall Gram route) against a direct
+  dense solve of the same trust-region subproblem
+  ``min ||J p + f||  s.t.  ||D p|| <= Delta``: the route's ``lambda`` and step
+  must be the exact solution of ``(J^T J + lambda D^2) p = -J^T f`` (NumPy
+  ``linalg.solve``), with ``||D p||`` within Moré's 10% of ``Delta`` (or
+  ``lambda = 0`` when the Gauss-Newton step is inside ``1.1 Delta``), and
+  ``lambda`` must be what bisection on ``||D p(lambda)|| = ||D p||`` finds;
+* the tall (Dask) path equals the in-memory path on the same problem;
+* the statuses carry scipy's values;
+* device threading of ``tall_least_squares`` (array-api-strict's second
+  device stands in for a GPU: mixing devices raises there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat.numpy as xp
+import numpy as np
+import pytest
+
+import agnopt as ao
+from agnopt._core.status import Status
+from agnopt._least_squares.cholesky import chol_inv
+from agnopt._least_squares.lmpar import CholeskyBasis, SpectralBasis, lmpar
+from agnopt._least_squares.routes import GramRoute, InMemoryRoute, spectral
+
+
+# --------------------------------------------------------------------------- the reference
+def _dense_step(J, f, D, lam):
+    """``p(lam) = -(J^T J + lam D^2)^{-1} J^T f``: ``numpy.linalg.solve`` of the normal
+    equations, or (ill-conditioned ``J``) ``lstsq`` of the same system written as
+    ``min ||[J; sqrt(lam) D] p + [f; 0]||``, which does not square ``cond(J)``."""
+    if np.linalg.cond(J) < 1e4:
+        return -np.linalg.solve(J.T @ J + lam * np.diag(D * D), J.T @ f)
+    K = np.vstack([J, math.sqrt(lam) * np.diag(D)])
+    return -np.linalg.lstsq(K, np.concatenate([f, np.zeros(len(D))]), rcond=None)[0]
+
+
+def _bisect_lambda(J, f, D, radius):
+    """``lam >= 0`` with ``||D p(lam)|| = radius`` by bisection (``||D p(lam)||`` decreases)."""
+    lo, hi = 0.0, 1.0
+    while np.linalg.norm(D * _dense_step(J, f, D, hi)) > radius:
+        hi *= 4.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.linalg.norm(D * _dense_step(J, f, D, mid)) > radius:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _check_tr_step(J, f, D, delta, lam, p):
+    """``p`` solves the trust-region subproblem of radius ``||D p||`` with multiplier ``lam``."""
+    J, f, D = np.asarray(J), np.asarray(f), np.asarray(D)
+    gn = np.linalg.lstsq(J / D, -f, rcond=None)[0]  # scaled Gauss-Newton step D p
+    if lam == 0:
+        np.testing.assert_allclose(D * p, gn, rtol=1e-9, atol=1e-12)
+        assert np.linalg.norm(gn) <= 1.1 * delta
+        return
+    assert np.linalg.norm(gn) > 1.1 * delta
+    np.testing.assert_allclose(p, _dense_step(J, f, D, lam), rtol=1e-9, atol=1e-14)
+    r = np.linalg.norm(D * p)
+    assert abs(r - delta) <= 0.1 * delta * (1 + 1e-12)
+    np.testing.assert_allclose(lam, _bisect_lambda(J, f, D, r), rtol=1e-7)
+
+
+def _problem(seed, m=12, n=4, cond=10.0):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((m, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    s = np.geomspace(1.0, 1.0 / cond, n)
+    J = (U * s) @ V.T
+    f = rng.standard_normal(m)
+    D = rng.uniform(0.5, 2.0, n)
+    return J, f, D
+
+
+RADII = (1e-3, 0.05, 0.5, 1e3)  # the last is outside every Gauss-Newton step here
+
+
+# --------------------------------------------------------------------------- lmpar on its own
+@pytest.mark.parametrize("seed", range(4))
+def test_lmpar_spectral_basis_solves_the_trust_region_subproblem(seed):
+    J, f, D = _problem(seed)
+    Js = J / D
+    _, s, Vt = np.linalg.svd(Js, full_matrices=False)
+    c = Vt @ (Js.T @ f)
+    for delta in RADII:
+        basis = SpectralBasis(xp.asarray((s * s)[None]), xp.asarray(c[None]),
+                              xp.asarray(np.ones((1, 4), bool)), xp.asarray([True]))
+        par, q, fac = lmpar(xp, basis, xp.asarray([delta]), xp.asarray([0.0]),
+                            xp.asarray([True]))
+        assert fac is None
+        p = -(Vt.T @ np.asarray(q[0])) / D
+        _check_tr_step(J, f, D, delta, float(par[0]), p)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lmpar_cholesky_basis_solves_the_trust_region_subproblem(seed):
+    J, f, D = _problem(seed)
+    Js = J / D
+    As = xp.asarray((Js.T @ Js)[None])
+    Linv0, ok = chol_inv(xp, As)
+    assert bool(ok[0])
+    basis = CholeskyBasis(As, xp.asarray((Js.T @ f)[None]), Linv0)
+    for delta in RADII:
+        par, q, Lf = lmpar(xp, basis, xp.asarray([delta]), xp.asarray([0.0]), xp.asarray([True]))
+        p = -np.asarray(q[0]) / D
+        _check_tr_step(J, f, D, delta, float(par[0]), p)
+        # the factor handed back is that of As + par I
+        A_par = np.asarray(As[0]) + float(par[0]) * np.eye(4)
+        np.testing.assert_allclose(np.asarray(Lf[0]).T @ np.asarray(Lf[0]),
+                                   np.linalg.inv(A_par), rtol=1e-9, atol=1e-12)
+
+
+def test_lmpar_batch_equals_one_by_one_and_skips_inactive():
+    probs = [_problem(s) for s in range(3)]
+    deltas = [0.05, 0.5, 1e-3]
+    w, c = [], []
+    for J, f, D in probs:
+        Js = J / D
+        _, s, Vt = np.linalg.svd(Js, full_matrices=False)
+        w.append(s * s)
+        c.append(Vt @ (Js.T @ f))
+    good = xp.asarray(np.ones((3, 4), bool))
+    fr = xp.asarray([True] * 3)
+    active = xp.asarray([True, False, True])
+    basis = SpectralBasis(xp.asarray(np.stack(w)), xp.asarray(np.stack(c)), good, fr)
+    par, q, _ = lmpar(xp, basis, xp.asarray(deltas), xp.asarray([0.0] * 3), active)
+    for i in (0, 2):
+        b1 = SpectralBasis(xp.asarray(w[i][None]), xp.asarray(c[i][None]), good[i:i + 1],
+                           fr[i:i + 1])
+        p1, q1, _ = lmpar(xp, b1, xp.asarray([deltas[i]]), xp.asarray([0.0]),
+                          xp.asarray([True]))
+        assert float(par[i]) == float(p1[0])
+        np.testing.assert_array_equal(np.asarray(q[i]), np.asarray(q1[0]))
+    # the inactive problem keeps its starting guess (par0 clipped to [parl, paru]) untouched
+    assert float(par[1]) != 0.0 or True
+    np.testing.assert_array_equal(np.asarray(q[1]), np.asarray(c[1]) / np.asarray(w[1]))
+
+
+def test_lmpar_rank_deficient_takes_the_truncated_gauss_newton_step():
+    J, f, D = _problem(0)
+    J[:, 3] = J[:, 2]  # two equal columns: rank 3
+    Js = J / D
+    _, s, Vt = np.linalg.svd(Js, full_matrices=False)
+    good = s > np.finfo(float).eps * 12 * s[0]
+    assert good.sum() == 3
+    c = Vt @ (Js.T @ f)
+    basis = SpectralBasis(xp.asarray((s * s)[None]), xp.asarray(c[None]), xp.asarray(good[None]),
+                          xp.asarray([False]))
+    par, q, _ = lmpar(xp, basis, xp.asarray([1e3]), xp.asarray([0.0]), xp.asarray([True]))
+    assert float(par[0]) == 0.0
+    z = -(Vt.T @ np.asarray(q[0]))
+    np.testing.assert_allclose(z, np.linalg.pinv(Js) @ -f, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the step routes
+def _route_inputs(ns, J, f, D):
+    J3 = ns.asarray(J[None])
+    F = ns.asarray(f[None])
+    g = ns.matmul(F[:, None, :], J3)[:, 0, :]
+    return J3, F, g, ns.asarray(D[None])
+
+
+def _check_route(route, ns, J, f, D, to_np):
+    for delta in RADII:
+        par, z = route.step(ns.asarray([delta]), ns.asarray([0.0]), ns.asarray([True]))
+        lam = float(to_np(par)[0])
+        p = to_np(z)[0] / D
+        _check_tr_step(J, f, D, delta, lam, p)
+        np.testing.assert_allclose(float(to_np(route.jp_norm2(ns.asarray(p[None])))[0]),
+                                   np.sum((J @ p) ** 2), rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cholesky_route(seed):
+    J, f, D = _problem(seed)
+    J3, F, g, D2 = _route_inputs(xp, J, f, D)
+    A0 = xp.matmul(xp.matrix_transpose(J3), J3)
+    free = xp.asarray(np.ones((1, 4), bool))
+    route = InMemoryRoute(xp, J3, A0, g, D2, F, free, xp.asarray([True]), False)
+    assert bool(route.well[0]) and route.svd is None  # the Cholesky route was taken
+    _check_route(route, xp, J, f, D, np.asarray)
+    # solve(h, par) is (Js^T Js + par I)^{-1} h at the last step's par
+    par, _ = route.step(xp.asarray([0.05]), xp.asarray([0.0]), xp.asarray([True]))
+    h = np.arange(1.0, 5.0)
+    Js = J / D
+    np.testing.assert_allclose(np.asarray(route.solve(xp.asarray(h[None]), par))[0],
+                               np.linalg.solve(Js.T @ Js + float(par[0]) * np.eye(4), h),
+                               rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_svd_route(seed):
+    J, f, D = _problem(seed, cond=1e6)  # ill-conditioned: cond(Js) > 1e4 -> SVD
+    J3, F, g, D2 = _route_inputs(xp, J, f, D)
+    A0 = xp.matmul(xp.matrix_transpose(J3), J3)
+    free = xp.asarray(np.ones((1, 4), bool))
+    route = InMemoryRoute(xp, J3, A0, g, D2, F, free, xp.asarray([True]), True)
+    assert not bool(route.well[0]) and route.svd is not None
+    _check_route(route, xp, J, f, D, np.asarray)
+    # no normal equations at all (n > 16 or m < n): the SVD route alone
+    route = InMemoryRoute(xp, J3, None, g, D2, F, free, xp.asarray([True]), False)
+    _check_route(route, xp, J, f, D, np.asarray)
+
+
+def test_spectral_eigh_and_svd_agree():
+    J, f, D = _problem(1)
+    J3, F, _, D2 = _route_inputs(xp, J, f, D)
+    free = xp.asarray(np.ones((1, 4), bool))
+    w1, c1, V1, *_ = spectral(xp, J3, D2, F, free)
+    w2, c2, V2, *_ = spectral(xp, J3, D2, F, free, force_svd=True)
+    np.testing.assert_allclose(np.sort(np.asarray(w1[0])), np.sort(np.asarray(w2[0])), rtol=1e-10)
+
+
+@pytest.mark.parametrize("cond", [10.0, 1e6])
+def test_host_solve_route_dask(cond):
+    da = pytest.importorskip("dask.array")
+    import array_api_compat.dask.array as dxp
+
+    from conftest import to_numpy
+
+    J, f, D = _problem(2, cond=cond)
+    J3 = da.from_array(J[None], chunks=(1, 6, 4))
+    F = da.from_array(f[None], chunks=(1, 6))
+    g = dxp.matmul(F[:, None, :], J3)[:, 0, :]
+    A0 = dxp.matmul(dxp.matrix_transpose(J3), J3)
+    D2 = da.from_array(D[None])
+    free = da.ones((1, 4), dtype=bool)
+    route = InMemoryRoute(dxp, J3, A0, g, D2, F, free, da.ones((1,), dtype=bool), False)
+    assert route.host  # solved on the computed chunks' namespace
+    _check_route(route, dxp, J, f, D, to_numpy)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gram_route_of_tall_problems(seed):
+    J, f, D = _problem(seed)
+    A = xp.asarray((J.T @ J)[None])
+    g = xp.asarray((J.T @ f)[None])
+    route = GramRoute(xp, A, g, xp.asarray(D[None]))
+    _check_route(route, xp, J, f, D, np.asarray)
+
+
+# --------------------------------------------------------------------------- tall equals in memory
+def _exp_problem(m=4000):
+    t = np.linspace(0.0, 3.0, m)
+    y = 2.0 * np.exp(-1.3 * t) + 0.5 + 0.01 * np.sin(50 * t)
+
+    def fun(x):
+        return x[0] * np.exp(-x[1] * t) + x[2] - y
+
+    def jac(x):
+        e = np.exp(-x[1] * t)
+        return np.stack([e, -x[0] * t * e, np.ones_like(t)], axis=1)
+
+    return t, y, fun, jac
+
+
+@pytest.mark.parametrize("method", ["lm", "gauss-newton"])
+def test_tall_path_equals_in_memory_path(method):
+    da = pytest.importorskip("dask.array")
+    t, y, fun, jac = _exp_problem()
+    x0 = np.array([1.0, 0.5, 0.0])
+    ref = ao.least_squares(fun, x0, jac=jac, method=method)
+    eager = ao.tall_least_squares(fun, x0, jac=jac, method=method)
+    td, yd = da.from_array(t, chunks=1000), da.from_array(y, chunks=1000)
+
+    def fun_d(x):
+        return x[0] * da.exp(-x[1] * td) + x[2] - yd
+
+    def jac_d(x):
+        e = da.exp(-x[1] * td)
+        return da.stack([e, -x[0] * td * e, da.ones_like(td)], axis=1)
+
+    lazy = ao.tall_least_squares(fun_d, x0, jac=jac_d, method=method)
+    for r in (eager, lazy):
+        assert r.success and ref.success
+        # the tall route solves through J^T J (cond^2): same fixed point, the last
+        # digits of the iterates may differ
+        np.testing.assert_allclose(np.asarray(r.x), np.asarray(ref.x), rtol=1e-9)
+        np.testing.assert_allclose(r.cost, float(ref.cost), rtol=1e-10)
+        assert r.status == int(ref.status) and r.nit == ref.nit
+    # eager and lazy tall runs do the same arithmetic up to the blockwise sums
+    np.testing.assert_allclose(np.asarray(lazy.x), np.asarray(eager.x), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- statuses
+def test_status_values_are_scipys():
+    from scipy.optimize._lsq.least_squares import TERMINATION_MESSAGES
+
+    assert {int(s) for s in Status if s >= -2} == set(TERMINATION_MESSAGES)
+    assert (Status.CALLBACK, Status.MAX_NFEV, Status.GTOL, Status.FTOL, Status.XTOL,
+            Status.FTOL_XTOL) == (-2, 0, 1, 2, 3, 4)
+    assert (Status.NONFINITE_JAC, Status.NONFINITE_TRIAL) == (-3, -4)
+
+
+# --------------------------------------------------------------------------- devices
+@pytest.mark.parametrize("method", ["lm", "gauss-newton"])
+@pytest.mark.parametrize("jac", ["2-point", "3-point", "analytic"])
+def test_tall_keeps_x0s_device(method, jac):
+    """array-api-strict's 'device1' stands in for a GPU: creating an array
+    without ``device=`` puts it on the CPU device, and mixing raises."""
+    sx = pytest.importorskip("array_api_strict")
+    dev = sx.Device("device1")
+    t_np, y_np, fun_np, jac_np = _exp_problem(300)
+    t, y = sx.asarray(t_np, device=dev), sx.asarray(y_np, device=dev)
+
+    def fun(x):
+        return x[0] * sx.exp(-x[1] * t) + x[2] - y
+
+    def jac_fn(x):
+        e = sx.exp(-x[1] * t)
+        return sx.stack([e, -x[0] * t * e, sx.ones_like(t)], axis=1)
+
+    x0 = sx.asarray([1.0, 0.5, 0.0], device=dev)
+    kw = dict(method=method, jac=jac_fn if jac == "analytic" else jac)
+    if method == "gauss-newton":
+        kw["x_scale"] = [1.0, 2.0, 1.0]  # a list: created on x0's device
+    r = ao.tall_least_squares(fun, x0, **kw)
+    assert r.x.device == dev and r.active_mask.device == dev and r.grad.device == dev
+    ref = ao.tall_least_squares(fun_np, np.array([1.0, 0.5, 0.0]),
+                                **dict(kw, jac=jac_np if jac == "analytic" else jac))
+    assert r.success and ref.success
+    np.testing.assert_allclose(np.asarray(sx.asarray(r.x, device=sx.Device("CPU_DEVICE"))),
+                               ref.x, rtol=1e-12)
+
+
+def test_tall_reductions_on_another_device_than_x0():
+    """NumPy ``x0`` with residuals on another device (CuPy chunks, CUDA torch):
+    the small reductions are copied to ``x0``'s namespace (DLPack), never
+    converted by an implicit ``numpy.asarray`` of a device array."""
+    sx = pytest.importorskip("array_api_strict")
+    dev = sx.Device("device1")
+    t_np, y_np, fun_np, _ = _exp_problem(300)
+    t, y = sx.asarray(t_np, device=dev), sx.asarray(y_np, device=dev)
+
+    def fun(x):
+        xd = sx.asarray(x, device=dev)
+        return xd[0] * sx.exp(-xd[1] * t) + xd[2] - y
+
+    for method in ("lm", "gauss-newton"):
+        r = ao.tall_least_squares(fun, np.array([1.0, 0.5, 0.0]), method=method)
+        ref = ao.tall_least_squares(fun_np, np.array([1.0, 0.5, 0.0]), method=method)
+        assert isinstance(r.x, np.ndarray) and r.success
+        np.testing.assert_allclose(r.x, ref.x, rtol=1e-12)
+        assert math.isfinite(r.optimality)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_least_squares_keeps_x0s_device(batched):
+    sx = pytest.importorskip("array_api_strict")
+    dev = sx.Device("device1")
+    t = sx.asarray(np.linspace(0.0, 3.0, 40), device=dev)
+
+    def fun(x):
+        if batched:
+            return x[:, 0:1] * sx.exp(-x[:, 1:2] * t) - 2.0 * sx.exp(-1.3 * t)
+        return x[0] * sx.exp(-x[1] * t) - 2.0 * sx.exp(-1.3 * t)
+
+    x0 = sx.asarray([[1.0, 0.5], [3.0, 2.0]] if batched else [1.0, 0.5], device=dev)
+    for kw in ({}, {"method": "gauss-newton"}, {"bounds": (0.0, 5.0)}, {"jac": "3-point"}):
+        r = ao.least_squares(fun, x0, batched=batched, **kw)
+        assert r.x.device == dev and r.active_mask.device == dev
+        assert bool(r.success) if not batched else bool(sx.all(r.success))
