@@ -194,8 +194,6 @@ def scale_by_muon(
     momentum dtype. State: one ``(m, n)`` buffer per leaf.
     """
     momentum = check_beta("momentum", momentum)
-    if nesterov and momentum == 0:
-        raise ValueError("nesterov momentum requires momentum > 0")
     if not (isinstance(ns_coefficients, (tuple, list)) and len(ns_coefficients) == 3):
         raise ValueError(f"ns_coefficients must be three numbers (a, b, c), got {ns_coefficients!r}")
     coeffs = tuple(_number("ns_coefficients", v) for v in ns_coefficients)
