@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="also write the main plots as PNG files in DIR (needs matplotlib)")
     tour.add_argument("--no-second-order", action="store_true",
                       help="skip the Newton / Levenberg-Marquardt part of the tour")
+    tour.add_argument("--no-invariant", action="store_true",
+                      help="skip the full-matrix / Kronecker / natural-gradient part of the tour")
     fb = sub.add_parser("fitbench", help="batched curve_fit vs a scipy.optimize.curve_fit loop")
     fb.add_argument("--B", type=int, default=10_000, help="number of independent fits")
     fb.add_argument("--m", type=int, default=50, help="points per fit")
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             run_second_order_tour(backends=chosen)
+        if not getattr(args, "no_invariant", False):
+            from ._cli.tour import run_invariant_tour
+
+            print()
+            run_invariant_tour(backends=chosen)
         plot_dir = getattr(args, "plot", None)
         if plot_dir:
             try:
