@@ -47,7 +47,11 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
+from .bounds import strictly_feasible
+from .dogbox import DOGBOX
 from .engine import run_lm
+from .losses import check_loss
+from .trf import TRF, final_fields, run_trust_region
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
 from .problem import (
@@ -86,6 +90,8 @@ def least_squares(
     verbose: int = 0,
     callback: Callable | None = None,
     history: bool = False,
+    loss: Any = "linear",
+    f_scale: float = 1.0,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
 
@@ -268,11 +274,14 @@ def least_squares(
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
     check_tolerances(method, ftol, xtol, gtol)
+    check_loss(loss, f_scale)
+    f_scale = float(f_scale)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
-                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
+                 f_scale=f_scale))
     xp, dev, x0, X = _start_point(x0, batched)
     B, n = X.shape
 
@@ -283,12 +292,20 @@ def least_squares(
         # materialising J); a Dask x0 stays on the Array API path below
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
+            if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
+                raise ValueError("method: residuals chunked by rows (a tall Dask problem) take "
+                                 "method 'lm' or 'gauss-newton' with loss='linear'")
             return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
                                callback=callback)
 
     lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
+    if method == "trf" and bounded:
+        # trf's iterates are strictly feasible (scipy's make_strictly_feasible)
+        Xs = strictly_feasible(xp, X, lb, ub)
+        if not bool(xp.all(Xs == X)):
+            X, f0 = Xs, None
     max_nfev = check_max_nfev(max_nfev, n)
     x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
@@ -309,13 +326,18 @@ def least_squares(
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
     prob.configure(n, m, bounded, compact)
-    if method == "lm":
+    if method in ("trf", "dogbox"):
+        ws = WorkingSet(xp, B, dev) if compact else None
+        algo = TRF if method == "trf" else DOGBOX
+        out = run_trust_region(xp, prob, algo, X, F, D, jac_scale, loss, f_scale, ftol, xtol,
+                               gtol, max_nfev, verbose, callback, history, ws)
+    elif method == "lm":
         ws = WorkingSet(xp, B, dev) if compact else None
         out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
                      xtol, gtol, max_nfev, verbose, callback, history, ws)
     else:
         out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
-    return _finish(xp, prob, out, batched, verbose, bounded)
+    return _finish(xp, prob, out, batched, verbose, bounded, method, loss, f_scale, xtol)
 
 
 def _start_point(x0, batched):
@@ -400,7 +422,8 @@ def _scale_from(xp, x_scale, X, dev):
     return 1.0 / xs
 
 
-def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
+def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
+            xtol=None) -> OptimizeResult:
     """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
@@ -410,16 +433,8 @@ def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
         Jn = prob.jacobian(X, F)
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
     status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost = 0.5 * xp.sum(F * F, axis=-1)
-    g = xp.matmul(F[:, None, :], J)[:, 0, :]
-    opt = xp.max(xp.abs(g), axis=-1)
+    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol)
     success = status > 0
-    if bounded:
-        lb, ub = prob.lb, prob.ub
-        am = xp.where(X <= lb, -xp.ones_like(X), xp.where(X >= ub, xp.ones_like(X), xp.zeros_like(X)))
-        am = xp.astype(am, xp.int64)
-    else:
-        am = xp.zeros(X.shape, dtype=xp.int64, device=device(X))
     msgs, st_host = messages(out.info, status)
     if batched:
         res = OptimizeResult(

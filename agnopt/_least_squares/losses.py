@@ -126,3 +126,12 @@ def robust_scale(xp: Any, f: Any, J: Any, rho1: Any, rho2: Any) -> tuple[Any, An
     s2 = rho1 + 2.0 * rho2 * f * f
     s = xp.sqrt(xp.where(s2 < eps, eps, s2))
     return rho1 * f / s, J * s[..., None]
+
+
+def robust_model(xp: Any, loss: str | Callable, f: Any, J: Any, f_scale: float) -> tuple[Any, Any]:
+    """``(f_hat, J_hat)`` of :func:`robust_scale` at the residuals ``f`` (``(k, m)``)
+    and Jacobian ``J`` (``(k, m, n)``); ``loss="linear"`` returns ``(f, J)`` itself."""
+    if isinstance(loss, str) and loss == "linear":
+        return f, J
+    _, r1, r2 = loss_rho(xp, loss, f, f_scale)
+    return robust_scale(xp, f, J, r1, r2)

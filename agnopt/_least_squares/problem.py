@@ -27,9 +27,12 @@ DEFAULT_JAC = "cs"
 
 
 # --------------------------------------------------------------------------- argument checks
+METHODS = ("trf", "dogbox", "lm", "gauss-newton")
+
+
 def check_method(method: str) -> None:
-    if method not in ("lm", "gauss-newton"):
-        raise ValueError(f"method: expected 'lm' or 'gauss-newton', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
 
 def check_verbose(verbose: Any) -> None:
