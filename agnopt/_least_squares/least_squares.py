@@ -325,6 +325,7 @@ def least_squares(
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
+    prob.set_loss(loss, f_scale)
     prob.configure(n, m, bounded, compact)
     if method in ("trf", "dogbox"):
         ws = WorkingSet(xp, B, dev) if compact else None
@@ -333,7 +334,7 @@ def least_squares(
                                gtol, max_nfev, verbose, callback, history, ws)
     elif method == "lm":
         ws = WorkingSet(xp, B, dev) if compact else None
-        out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
+        out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
                      xtol, gtol, max_nfev, verbose, callback, history, ws)
     else:
         out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
@@ -428,12 +429,16 @@ def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear"
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale
+    # (the lm engine keeps the loss's model Jacobian, the others the true one)
+    model_jac = method == "lm" and prob.robust
     nj = out.need_jac
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
+        Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
     status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol)
+    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
+                                       model_jac)
     success = status > 0
     msgs, st_host = messages(out.info, status)
     if batched:

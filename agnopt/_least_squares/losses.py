@@ -130,8 +130,12 @@ def robust_scale(xp: Any, f: Any, J: Any, rho1: Any, rho2: Any) -> tuple[Any, An
 
 def robust_model(xp: Any, loss: str | Callable, f: Any, J: Any, f_scale: float) -> tuple[Any, Any]:
     """``(f_hat, J_hat)`` of :func:`robust_scale` at the residuals ``f`` (``(k, m)``)
-    and Jacobian ``J`` (``(k, m, n)``); ``loss="linear"`` returns ``(f, J)`` itself."""
+    and Jacobian ``J`` (``(k, m, n)``, or ``None``: then ``J_hat`` is ``None``);
+    ``loss="linear"`` returns ``(f, J)`` itself."""
     if isinstance(loss, str) and loss == "linear":
         return f, J
     _, r1, r2 = loss_rho(xp, loss, f, f_scale)
+    if J is None:
+        fh, _ = robust_scale(xp, f, f[..., None], r1, r2)
+        return fh, None
     return robust_scale(xp, f, J, r1, r2)

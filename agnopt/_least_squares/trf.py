@@ -308,7 +308,7 @@ def trf_step(xp, ev, st: TRState, md: TRFModel) -> Trial:
     reflective step choice and the strictly feasible trial point."""
     delta, X = st.delta, st.X
     basis = SpectralBasis(md.w, md.c, md.good, md.full_rank)
-    par, q, _ = lmpar(xp, basis, delta, st.alpha, st.active)
+    par, q, _ = lmpar(xp, basis, delta, st.alpha, st.active, truncated_gn=False, rtol=0.01)
     p_h = -mv(xp, md.V, q)
     pn = xp.linalg.vector_norm(p_h, axis=-1)
     fit = ((par > 0) | (pn > delta)) & (pn > 0)
@@ -354,7 +354,7 @@ TRF = _TRF()
 
 
 # --------------------------------------------------------------------------- result fields
-def final_fields(xp, ev, X, F, J, method, loss, f_scale, bounded, xtol):
+def final_fields(xp, ev, X, F, J, method, loss, f_scale, bounded, xtol, model_jac=False):
     """``(cost, jac, grad, optimality, active_mask)`` of the result, as scipy.
 
     ``cost`` the robust cost of the true residuals ``F`` (B, m); ``jac`` and
@@ -363,9 +363,11 @@ def final_fields(xp, ev, X, F, J, method, loss, f_scale, bounded, xtol):
     (Coleman-Li's ``v``), dogbox ``||g||_inf`` over the variables not held
     at a bound, otherwise ``||g||_inf``; ``active_mask`` -1/0/1 (trf: within
     ``xtol`` relative of a bound, scipy's ``find_active_constraints``; the
-    others: on the bound).
+    others: on the bound). ``model_jac``: ``J`` is already the loss's model
+    Jacobian (the lm engine's).
     """
-    Fh, Jl = robust_model(xp, loss, F, J, f_scale)
+    Fh, Jl = robust_model(xp, loss, F, None if model_jac else J, f_scale)
+    Jl = J if model_jac else Jl
     cost = loss_cost(xp, loss, F, f_scale)
     g = gradient(xp, Fh, Jl)
     opt = xp.max(xp.abs(g), axis=-1)
