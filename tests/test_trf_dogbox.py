@@ -292,3 +292,25 @@ def test_max_nfev_and_callback(method):
 
     res = ao.least_squares(decay_np, np.array([1.0, 1.0]), method=method, callback=cb)
     assert res.status == -2 and len(seen) == 2
+
+
+# --------------------------------------------------------------------------- NIST StRD (trf)
+@pytest.mark.parametrize("name", ["Nelson", "MGH09", "MGH10"])
+def test_nist_trf_hard_starts(name):
+    """Start 1 of these needs scipy's subproblem rules (1% radius tolerance, no
+    truncated Gauss-Newton step for a rank-deficient basis); with MINPACK's
+    10% and the truncated step, trf stopped at LRE 0 (Nelson: a false ``xtol``
+    stop on a step of 2e-17) or ran out of evaluations. The whole table:
+    ``python -m agnopt nist --method trf --scipy``."""
+    from agnopt._cli import nist
+
+    import array_api_compat.numpy as xnp
+
+    p = next(q for q in nist.load_nist() if q["name"] == name)
+    fun, _, _, _ = nist.nist_problem(p, xnp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ao.least_squares(fun, np.array(p["start1"], dtype=np.float64), method="trf",
+                               xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert nist.lre([float(v) for v in res.x], p["certified_values"]) >= 6
+    assert res.success

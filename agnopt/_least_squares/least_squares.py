@@ -139,7 +139,29 @@ def least_squares(
           or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
         * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
           (``(B, m, n)`` when batched).
-    method : {"lm", "gauss-newton"}
+    method : {"lm", "trf", "dogbox", "gauss-newton"}
+        * ``"trf"``: trust-region-reflective (Branch, Coleman and Li 1999),
+          as scipy's ``method="trf"`` with ``tr_solver="exact"``
+          (:mod:`agnopt._least_squares.trf`): iterates strictly inside the
+          bounds, Coleman-Li scaling of the variables, the trust-region
+          subproblem of the augmented scaled Jacobian solved by Moré's
+          ``lmpar`` in its SVD basis, and a step that reaches a bound is
+          cut there, reflected, or replaced by the scaled anti-gradient,
+          whichever the quadratic model prefers. Without bounds: scipy's
+          ``trf_no_bounds``. Any ``m`` (also ``m < n``).
+        * ``"dogbox"``: the rectangular trust-region dogleg of Voglis and
+          Lagaris (2004), as scipy's ``method="dogbox"``
+          (:mod:`agnopt._least_squares.dogbox`): variables on a bound that
+          the anti-gradient pushes against are held there, the Gauss-Newton
+          step is the minimum-norm least-squares step of the others. Any
+          ``m``.
+
+        For these two, scipy's rules: ``ftol`` (``dF < ftol F`` and a
+        ratio of actual to predicted reduction above 0.25), ``xtol``
+        (``||dx|| < xtol (xtol + ||x||)``), ``gtol`` (``optimality <
+        gtol``, with ``optimality`` as in the result), ``x_scale`` default 1;
+        a step is taken only when its residuals are finite and the cost went
+        down.
         * ``"lm"``: Levenberg-Marquardt as MINPACK's ``lmder`` (Moré 1978):
           trust region of radius :math:`\Delta` in the scaled norm
           :math:`\|Dp\|`, the step :math:`p` minimizes
@@ -166,7 +188,9 @@ def least_squares(
           No ``m >= n`` requirement.
     bounds : (lb, ub)
         Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
-        bound. Treatment: **projection with an active set**. Variables that
+        bound. ``"trf"`` keeps its iterates strictly inside (reflective
+        steps) and ``"dogbox"`` holds variables on a bound (see ``method``);
+        ``"lm"`` and ``"gauss-newton"``: **projection with an active set**. Variables that
         sit on a bound with the gradient pointing out of the box are frozen
         for the step (their Jacobian columns are dropped), the step of the
         others is computed as without bounds, and the trial point is
@@ -191,15 +215,15 @@ def least_squares(
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
         same status is reported with a "machine precision" message.
-        For ``"gauss-newton"`` (scipy's trf conditions):
+        For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
         accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
-        ``gtol``: ``||J^T f||_inf < gtol``.
+        ``gtol``: ``||J^T f||_inf < gtol`` (trf and dogbox: ``optimality < gtol``).
     x_scale : None, "jac" or array
         ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
         ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
-        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for
-        ``"gauss-newton"``.
+        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for the
+        other methods (as scipy).
     max_nfev : int, optional
         Maximum number of residual evaluations, not counting those of
         finite differences (scipy >= 1.16's rule). Default ``100 * n``.
@@ -223,12 +247,30 @@ def least_squares(
     history : bool
         Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
         ``result.history``.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss :math:`\rho` (scipy's ``loss``,
+        :mod:`agnopt._least_squares.losses`): the cost is
+        :math:`\tfrac12\sum_i C^2\rho((f_i/C)^2)` with ``C = f_scale``. A
+        callable ``loss(z)`` returns ``(3, ...)``: :math:`\rho, \rho',
+        \rho''` at ``z``. Every method takes it (scipy: trf and dogbox
+        only): each linearization uses the loss's Gauss-Newton model
+        (Triggs et al. 1999, scipy's scaling of ``f`` and ``J``); for
+        ``"lm"`` MINPACK's relative reductions and ``gtol`` cosine use
+        ``sqrt(2 cost)`` in place of ``||f||``, and the geodesic
+        acceleration is off. ``ValueError`` for an unknown name.
+    f_scale : float
+        The soft margin ``C`` between inlier and outlier residuals
+        (positive; ``ValueError`` otherwise). Default 1.
 
     Returns
     -------
     OptimizeResult
         ``x``, ``cost`` (``0.5 ||f||^2``), ``fun`` (residuals), ``jac`` (at
-        ``x``), ``grad`` (``J^T f``), ``optimality`` (``||grad||_inf``),
+        ``x``; with a loss, the loss's model Jacobian, as scipy), ``grad``
+        (``J^T f`` of that model), ``optimality`` (``||grad||_inf``; trf
+        with bounds ``||grad * v||_inf`` with Coleman-Li's ``v``, dogbox the
+        norm over the variables not held at a bound, as scipy), ``cost`` is
+        the robust cost and ``fun`` the true residuals,
         ``nfev``, ``njev``, ``nit``, ``status`` (scipy's codes: 0 max_nfev,
         1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback; and -3: ``jac``
         returned non-finite entries at the current point, a batched problem
