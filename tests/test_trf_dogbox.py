@@ -199,6 +199,30 @@ def test_robust_losses_lm_and_gauss_newton_reach_the_robust_minimum(method, loss
     np.testing.assert_allclose(res.fun, decay_np(res.x), rtol=1e-14)
 
 
+def test_callable_loss_gets_one_dimensional_z_when_batched():
+    """scipy's contract for a callable loss: ``z`` 1-D in, ``(3, z.size)`` out,
+    also for a batch (all problems' residuals one after another)."""
+    shapes = []
+
+    def loss(z):
+        shapes.append(z.shape)
+        out = np.empty((3, z.size))
+        out[0], out[1], out[2] = cauchy_callable(z)
+        return out
+
+    X0 = np.array([[1.0, 1.0], [2.0, 0.5]])
+
+    def fun_b(P):
+        return np.stack([decay_np(p) for p in P])
+
+    res = ao.least_squares(fun_b, X0, batched=True, method="trf", loss=loss, f_scale=0.1,
+                           jac="2-point")
+    assert all(len(s) == 1 for s in shapes)
+    ref = so.least_squares(decay_np, [1.0, 1.0], method="trf", loss="cauchy", f_scale=0.1)
+    np.testing.assert_allclose(res.x[0], ref.x, rtol=1e-6)
+    np.testing.assert_allclose(res.x[1], ref.x, rtol=1e-6)
+
+
 def test_loss_bad_arguments():
     x0 = np.array([1.0, 1.0])
     with pytest.raises(ValueError, match="loss"):
