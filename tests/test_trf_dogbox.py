@@ -15,10 +15,9 @@ import array_api_compat
 import numpy as np
 import pytest
 import scipy.optimize as so
+from conftest import to_numpy
 
 import agnopt as ao
-
-from conftest import to_numpy
 
 # JAX and Dask run a subset (per-operation compilation / task graphs make each
 # solve 10-40 s on the CI machine; the same Array API code runs on the others).
@@ -286,7 +285,7 @@ def test_batched_equals_solo(xp, device, backend, method, loss):
             assert int(to_numpy(res.nfev)[b]) == solo.nfev
             assert int(to_numpy(res.status)[b]) == solo.status
         np.testing.assert_allclose(float(to_numpy(res.cost)[b]), float(solo.cost), rtol=1e-9)
-        ref = so.least_squares(lambda p: p[0] * np.exp(-p[1] * _T) - Y[b], X0[b],
+        ref = so.least_squares(lambda p, b=b: p[0] * np.exp(-p[1] * _T) - Y[b], X0[b],
                                bounds=(lb[b], ub[b]), method=method, loss=loss, f_scale=0.2)
         np.testing.assert_allclose(Xb[b], ref.x, rtol=1e-6)
     assert bool(np.all(to_numpy(res.success)))
@@ -332,9 +331,9 @@ def test_nist_trf_hard_starts(name):
     10% and the truncated step, trf stopped at LRE 0 (Nelson: a false ``xtol``
     stop on a step of 2e-17) or ran out of evaluations. The whole table:
     ``python -m agnopt nist --method trf --scipy``."""
-    from agnopt._cli import nist
-
     import array_api_compat.numpy as xnp
+
+    from agnopt._cli import nist
 
     p = next(q for q in nist.load_nist() if q["name"] == name)
     fun, _, _, _ = nist.nist_problem(p, xnp)

@@ -79,7 +79,7 @@ def gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm, finite
             active & (new == int(MinpackInfo.RUNNING)))
 
 
-def _jacobian(xp, prob, X, F, J, nj, info, active, njev):
+def checked_jacobian(xp, prob, X, F, J, nj, info, active, njev):
     """The Jacobian where ``nj``; non-finite ones raise (unbatched) or stop
     their problem with status -3 (batched). Returns ``(J, nj, info, active, njev)``."""
     B = X.shape[0]
@@ -121,8 +121,8 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
     while True:
         it += 1
         if bool(xp.any(need_jac & active)):
-            J, nj, info, active, njev = _jacobian(xp, prob, X, F, J, need_jac & active, info,
-                                                  active, njev)
+            J, nj, info, active, njev = checked_jacobian(xp, prob, X, F, J, need_jac & active,
+                                                         info, active, njev)
             Fm, Jm = prob.model_residuals(F, J)  # the robust loss's model (F, J without one)
             g = xp.matmul(Fm[:, None, :], Jm)[:, 0, :]
             free_n = prob.free_mask(X, g)

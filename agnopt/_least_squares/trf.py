@@ -32,6 +32,9 @@ tr_solver="exact")`` runs it; without bounds it is scipy's ``trf_no_bounds``
    and the cost went down;
 7. the stopping tests of scipy (:func:`.gauss_newton.gn_tests`: ``ftol``
    only with ``ratio > 0.25``, ``xtol`` on the step length, ``max_nfev``);
+   a problem that stops on an accepted step gets its Jacobian there and
+   ``gtol``'s status if it holds there (:func:`final_gtol_test`, scipy's
+   order of tests);
 8. compaction of the working set (:class:`.batched.WorkingSet`).
 
 Every problem has its own state (:class:`.state.TRState`) and stops on its
@@ -44,10 +47,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .arrays import device
-from .bounds import (active_constraints, coleman_li, evaluate_quadratic, select_reflective_step,
-                     strictly_feasible)
+from .bounds import (
+    active_constraints,
+    coleman_li,
+    evaluate_quadratic,
+    select_reflective_step,
+    strictly_feasible,
+)
 from .cholesky import mv
-from .gauss_newton import _jacobian, gn_ratio, gn_tests
+from .gauss_newton import checked_jacobian, gn_ratio, gn_tests
 from .lmpar import SpectralBasis, lmpar
 from .losses import loss_cost, robust_model
 from .outcome import call_callback, history_entry, print_iter
@@ -153,7 +161,7 @@ def linearize(xp, ev, st: TRState, nj, jac_scale, loss, f_scale):
     first one, then the largest so far (scipy's ``compute_jac_scale``).
     Returns ``(st, nj)`` (``nj`` without the problems whose Jacobian was
     not finite: they stop with status -3, batched)."""
-    J, nj, info, active, njev = _jacobian(xp, ev, st.X, st.F, st.J, nj, st.info, st.active,
+    J, nj, info, active, njev = checked_jacobian(xp, ev, st.X, st.F, st.J, nj, st.info, st.active,
                                           st.njev)
     scale_inv = st.scale_inv
     if jac_scale:
@@ -277,7 +285,7 @@ def trf_model(xp, ev, st: TRState, loss, f_scale) -> TRFModel:
     Fh, Jl = robust_model(xp, loss, st.F, st.J, f_scale)
     g = gradient(xp, Fh, Jl)
     X, si = st.X, st.scale_inv
-    k, m, n = Jl.shape
+    n = Jl.shape[-1]
     if ev.bounded:
         v, dv = coleman_li(xp, X, g, ev.lb, ev.ub)
     else:
