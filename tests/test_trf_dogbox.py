@@ -291,6 +291,26 @@ def test_batched_equals_solo(xp, device, backend, method, loss):
     assert bool(np.all(to_numpy(res.success)))
 
 
+@pytest.mark.parametrize("method", ("lm", "gauss-newton", "trf", "dogbox"))
+def test_batched_robust_equals_solo_with_compaction(method):
+    """A batch of 7 (finished problems leave the working set on NumPy) with a
+    loss equals each problem solved alone, ``jac`` (the loss's model) included."""
+    B = 7
+    Y, _, _ = _batch_data(B)
+    X0 = np.tile([1.0, 0.5], (B, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ao.least_squares(lambda P: P[:, 0:1] * np.exp(-P[:, 1:2] * _T) - Y, X0,
+                               batched=True, method=method, loss="cauchy", f_scale=0.2)
+        for b in range(B):
+            solo = ao.least_squares(lambda p, b=b: p[0] * np.exp(-p[1] * _T) - Y[b], X0[b],
+                                    method=method, loss="cauchy", f_scale=0.2)
+            np.testing.assert_allclose(res.x[b], solo.x, rtol=1e-12, atol=1e-14)
+            np.testing.assert_allclose(res.jac[b], solo.jac, rtol=1e-12, atol=1e-14)
+            assert res.nfev[b] == solo.nfev and res.status[b] == solo.status
+    assert len(set(res.nfev.tolist())) > 1  # the problems stopped at different times
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_nonfinite_trial_points_are_rejected(method):
     """Residuals are NaN beyond x0 > 1.5: such trial points are never taken."""
