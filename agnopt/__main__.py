@@ -4,7 +4,9 @@
   table row each, then Newton and Levenberg-Marquardt on each backend;
   ``--plot DIR`` also writes the main plots as PNG files.
 * ``bench``: one step of each first-order optimizer against the fused
-  memory roofline, torch.optim (foreach, fused) and optax (jit, donated).
+  memory roofline, torch.optim (foreach, fused) and optax (jit, donated);
+  ``bench --invariant``: one step of Adam, Shampoo, SOAP and Muon on a
+  256 x 256 and a 1024 x 1024 matrix on every installed backend.
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
   Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
@@ -54,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=1, help="torch/numba/XLA threads (default 1)")
     bench.add_argument("--no-second-order", action="store_true", help="skip the Newton and batched-LM rows")
     bench.add_argument("--json", default=None, metavar="PATH", help="write the figures to PATH")
+    bench.add_argument("--invariant", action="store_true",
+                       help="instead: one step of Adam, Shampoo, SOAP and Muon on a square matrix "
+                            "on every installed backend (--matrix-sizes)")
+    bench.add_argument("--matrix-sizes", default="256,1024",
+                       help="matrix sizes for --invariant (default 256,1024)")
     nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
     nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
     nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
@@ -119,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
         return 0
     if command == "bench":
+        if args.invariant:
+            import json
+
+            from ._cli.bench import run_invariant_bench
+
+            rows = run_invariant_bench(sizes=tuple(int(s) for s in args.matrix_sizes.split(",")),
+                                       dtype=args.dtype, repeats=min(args.repeats, 7),
+                                       threads=args.threads)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+            return 0
         from ._cli.bench import run_bench
 
         run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,

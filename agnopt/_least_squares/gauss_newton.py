@@ -18,7 +18,7 @@ reduced :math:`J^TJ` instead.
 from __future__ import annotations
 
 from .arrays import device
-from .outcome import call_callback, history_entry, print_iter
+from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import spectral
 from .state import MinpackInfo, Outcome
 
@@ -164,6 +164,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
             hist.append(history_entry(prob.batched, fnorm, nit, nfev))
         if verbose >= 2:
             print_iter(xp, prob.batched, it, fnorm, nfev, dx_norm)
+        report_progress(xp, prob, it, fnorm, nfev, active)
         if callback is not None and call_callback(callback, prob.batched, X, fnorm, nit):
             cb_stop = True
             break

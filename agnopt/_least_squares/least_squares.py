@@ -47,6 +47,7 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
+from .._core.progress import make_progress
 from .bounds import strictly_feasible
 from .dogbox import DOGBOX
 from .engine import run_lm
@@ -90,6 +91,7 @@ def least_squares(
     verbose: int = 0,
     callback: Callable | None = None,
     history: bool = False,
+    progress: Any = False,
     loss: Any = "linear",
     f_scale: float = 1.0,
 ) -> OptimizeResult:
@@ -205,7 +207,9 @@ def least_squares(
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model");
+          quadratic model and the true model"), tested only on steps the
+          trust radius did not cut short (``lambda = 0``): a short step's small
+          relative reduction says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -240,6 +244,13 @@ def least_squares(
         own work shrinks to the running problems (see the module notes).
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar (``pip install tqdm``; an
+        ``ImportError`` says so when it is missing) showing the iteration,
+        the evaluations, the largest cost among the running problems and,
+        batched, how many of the ``B`` problems still run. A callable
+        receives those figures as a ``dict`` after every iteration. Costs one
+        host read per iteration; the default ``False`` shows nothing.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
@@ -369,6 +380,7 @@ def least_squares(
                and callback is None and verbose < 2)
     prob.set_loss(loss, f_scale)
     prob.configure(n, m, bounded, compact)
+    prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
     if method in ("trf", "dogbox"):
         ws = WorkingSet(xp, B, dev) if compact else None
         algo = TRF if method == "trf" else DOGBOX
@@ -468,6 +480,8 @@ def _scale_from(xp, x_scale, X, dev):
 def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
             xtol=None) -> OptimizeResult:
     """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
+    if getattr(prob, "progress", None) is not None:
+        prob.progress.close()
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale

@@ -43,7 +43,9 @@ from array_api_compat import array_namespace
 from .._core import lazy
 from .._core.result import OptimizeResult
 from .arrays import call_checked, device, to_namespace
+from .._core.progress import make_progress
 from .engine import run_lm
+from .outcome import report_progress
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
 from .problem import (
@@ -294,6 +296,7 @@ def tall_least_squares(
     kwargs: dict | None = None,
     verbose: int = 0,
     callback: Callable | None = None,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Nonlinear least squares for tall problems whose residuals are Dask arrays.
 
@@ -349,7 +352,9 @@ def tall_least_squares(
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model");
+          quadratic model and the true model"), tested only on steps the
+          trust radius did not cut short (``lambda = 0``): a short step's small
+          relative reduction says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -376,6 +381,10 @@ def tall_least_squares(
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit``.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar of the passes over the data
+        (iteration, evaluations, cost); a callable receives them as a ``dict``
+        after every iteration (see :func:`agnopt.least_squares`).
         Raising ``StopIteration`` or returning ``True`` stops (``status = -2``).
 
     Returns
@@ -482,6 +491,7 @@ def tall_least_squares(
     if not bool(hxp.all(hxp.isfinite(A))):
         raise ValueError("jac: the Jacobian has non-finite entries at the current point")
     X, D = hxp.reshape(x, (1, n)), hxp.reshape(D, (1, n))
+    prob.progress, prob.n_problems = make_progress(progress, "tall_least_squares"), 1
     if method == "lm":
         fnorm = hxp.asarray([math.sqrt(ff)], dtype=dtype, device=dev)
         out = run_lm(hxp, prob, X, f, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
@@ -561,6 +571,7 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
             new_jac = True
         if verbose >= 2:
             prob.print_iter(it, hxp.sqrt(2.0 * cost), nfev, dx_norm)
+        report_progress(hxp, prob, it, hxp.sqrt(2.0 * cost), nfev, active)
         if callback is not None and _callback(callback, X[0, :], float(cost[0]), int(nit[0])):
             cb_stop = True
             break
@@ -573,6 +584,8 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
 
 def _finish(hxp, prob, out, verbose):
     """The result: ``x`` (n,) in memory, ``fun`` / ``jac`` lazy, scalars as Python numbers."""
+    if prob.progress is not None:
+        prob.progress.close()
     x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
     njev = int(out.njev[0])
     if bool(out.need_jac[0]):

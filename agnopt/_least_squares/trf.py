@@ -58,7 +58,7 @@ from .cholesky import mv
 from .gauss_newton import checked_jacobian, gn_ratio, gn_tests
 from .lmpar import SpectralBasis, lmpar
 from .losses import loss_cost, robust_model
-from .outcome import call_callback, history_entry, print_iter
+from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import spectral
 from .state import MinpackInfo, Outcome, TRState
 
@@ -131,6 +131,7 @@ def run_trust_region(xp, ev, algo, X, F, scale_inv, jac_scale, loss, f_scale, ft
             hist.append(history_entry(ev.batched, fnorm, st.nit, st.nfev))
         if verbose >= 2:
             print_iter(xp, ev.batched, it, fnorm, st.nfev, dx_norm)
+        report_progress(xp, ev, it, fnorm, st.nfev, st.active)
         if callback is not None and call_callback(callback, ev.batched, st.X, fnorm, st.nit):
             cb_stop = True
             break
