@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
     nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
     nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
+    nist.add_argument("--scipy", action="store_true",
+                      help="also scipy.optimize.least_squares (same method, jac='3-point')")
     sub.add_parser("tall-bench", add_help=False,
                    help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
     sub.add_parser("gpucheck", add_help=False,
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "nist":
         from ._cli.nist import main as nist_main
 
-        nist_main(args.method, args.backend)
+        nist_main(args.method, args.backend, args.scipy)
         return 0
     parser.error(f"unknown command {command!r}")
     return 2
