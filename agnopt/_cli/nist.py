@@ -14,6 +14,7 @@ Run it as ``python -m agnopt nist [--method lm] [--backend numpy]``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -43,24 +44,16 @@ def load_nist() -> list[dict]:
 
 
 def _namespace(backend: str):
-    if backend == "numpy":
-        import array_api_compat.numpy as xp
-    elif backend == "array_api_strict":
-        import array_api_strict as xp
-    elif backend == "torch":
-        import array_api_compat.torch as xp
-    elif backend == "jax":
+    modules = {"numpy": "array_api_compat.numpy", "array_api_strict": "array_api_strict",
+               "torch": "array_api_compat.torch", "jax": "jax.numpy",
+               "dask": "array_api_compat.dask.array", "cupy": "array_api_compat.cupy"}
+    if backend not in modules:
+        raise ValueError(f"backend: unknown {backend!r}")
+    if backend == "jax":
         import jax
 
         jax.config.update("jax_enable_x64", True)
-        import jax.numpy as xp
-    elif backend == "dask":
-        import array_api_compat.dask.array as xp
-    elif backend == "cupy":
-        import array_api_compat.cupy as xp
-    else:
-        raise ValueError(f"backend: unknown {backend!r}")
-    return xp
+    return importlib.import_module(modules[backend])
 
 
 def nist_problem(p: dict, xp: Any, dtype: Any = None):
@@ -164,7 +157,7 @@ def nist_report(
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
-    by = {}
+    by: dict[str, Any] = {}
     for r in rows:
         by.setdefault(r["name"], {})[r["start"]] = r
     lines = [title] if title else []

@@ -36,7 +36,10 @@ import runpy
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 __all__ = ["GALLERY", "PLOTS", "RC", "figure", "write_plots"]
 
@@ -51,7 +54,7 @@ PLOTS: dict[str, Path] = {
 
 # matplotlib settings of every figure (also the docs' plot_rcparams): fonts that stay
 # readable when a 12-15 inch wide figure is shown at the width of a page
-RC: dict[str, Any] = {
+RC: dict[RcKeyType, Any] = {
     "font.size": 13,
     "axes.titlesize": 13,
     "axes.labelsize": 13,

@@ -52,7 +52,7 @@ OPTIMIZERS: dict[str, Callable[[], Any]] = {
 
 def available_backends() -> list[tuple[str, Any, Any, Callable[[Any], None]]]:
     """``(name, xp, device, sync)`` for every backend importable here."""
-    out = []
+    out: list[tuple[str, Any, Any, Callable[[Any], None]]] = []
     import array_api_compat.numpy as np_xp
 
     out.append(("numpy", np_xp, "cpu", lambda x: None))

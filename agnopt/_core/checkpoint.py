@@ -174,8 +174,8 @@ def _decode(t: Any, x: Any, path: str) -> Any:
         return tuple(out) if isinstance(t, tuple) else out
     if isinstance(t, dict):
         _check_keys(path, list(t), x)
-        out = {k: _decode(t[k], x[k], f"{path}[{k!r}]") for k in t}
-        return out if type(t) is dict else type(t)(out)
+        d = {k: _decode(t[k], x[k], f"{path}[{k!r}]") for k in t}
+        return d if type(t) is dict else type(t)(d)
     if isinstance(t, _SCALARS):
         return type(t)(x)
     return _convert_leaf(t, x, path)
@@ -257,8 +257,8 @@ def _from_bf16_bits(u16: Any, t: Any) -> Any:
         import jax
         import jax.numpy as jnp
 
-        y = jax.lax.bitcast_convert_type(jnp.asarray(u16), jnp.bfloat16)
-        return jax.device_put(y, array_api_compat.device(t))
+        yj = jax.lax.bitcast_convert_type(jnp.asarray(u16), jnp.bfloat16)
+        return jax.device_put(yj, array_api_compat.device(t))
     xp = array_api_compat.array_namespace(t)
     f32 = (np.asarray(u16, dtype=np.uint32) << 16).view(np.float32)
     return xp.astype(xp.asarray(f32, device=array_api_compat.device(t)), t.dtype)
@@ -403,7 +403,8 @@ def save_state(path: str | os.PathLike, state: Any, *, config: Any = None) -> No
     arrays = {f"leaf_{i}": np.asarray(_to_host(x, bits=True), order="C") for i, x in enumerate(leaves)}
     arrays[_HEADER] = np.asarray(header)
     with open(os.fspath(path), "wb") as fh:
-        np.savez(fh, **arrays)
+        # numpy's stub types **kwds as if a key could be its allow_pickle flag; ours are leaf_i/header
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 def load_state(path: str | os.PathLike, template: Any, *, config: Any = None) -> Any:
@@ -499,8 +500,8 @@ def _rebuild(t: Any, it: Any) -> Any:
         out = [_rebuild(v, it) for v in t]
         return tuple(out) if isinstance(t, tuple) else out
     if isinstance(t, dict):
-        out = {k: _rebuild(v, it) for k, v in t.items()}
-        return out if type(t) is dict else type(t)(out)
+        d = {k: _rebuild(v, it) for k, v in t.items()}
+        return d if type(t) is dict else type(t)(d)
     return next(it)
 
 

@@ -41,17 +41,17 @@ import array_api_compat
 __all__ = ["cholesky", "cho_solve", "linalg_errors"]
 
 
-def linalg_errors() -> tuple[type, ...]:
+def linalg_errors() -> tuple[type[BaseException], ...]:
     """The exception types by which backends report a singular or indefinite
     matrix: ``numpy.linalg.LinAlgError`` (NumPy, array-api-strict, CuPy,
     Dask) and ``torch.linalg.LinAlgError``, for the libraries imported."""
-    errs: list[type] = []
+    errs: list[type[BaseException]] = []
     np = sys.modules.get("numpy")
     if np is not None:
         errs.append(np.linalg.LinAlgError)
     torch = sys.modules.get("torch")
     err = getattr(getattr(torch, "linalg", None), "LinAlgError", None)
-    if isinstance(err, type):
+    if isinstance(err, type) and issubclass(err, BaseException):
         errs.append(err)
     return tuple(errs)
 

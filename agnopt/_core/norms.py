@@ -108,7 +108,7 @@ def scaled_norm(xp: Any, leaves: list, dtype: Any = None) -> Any:
     xs = [x if x.dtype == dtype else xp.astype(x, dtype) for x in leaves]
     if not xs:
         return xp.zeros((), dtype=dtype)
-    scale = None
+    scale: Any = None
     for x in xs:
         m = xp.max(xp.abs(x))
         scale = m if scale is None else xp.maximum(scale, m)

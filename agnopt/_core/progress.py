@@ -38,7 +38,7 @@ class Progress:
                problems: int | None = None) -> None:
         """Report iteration ``nit``: ``nfev`` evaluations so far, ``cost`` (for a batch the
         largest cost among running problems), ``active`` of ``problems`` still running."""
-        info = {"nit": int(nit), "nfev": int(nfev), "cost": float(cost)}
+        info: dict[str, Any] = {"nit": int(nit), "nfev": int(nfev), "cost": float(cost)}
         if active is not None:
             info["active"] = int(active)
             info["problems"] = int(problems) if problems is not None else None

@@ -211,11 +211,11 @@ def check_same_structure(
         )
     if check_shapes:
         for i, (x, r) in enumerate(zip(leaves, ref_leaves)):
-            sx, sr = getattr(x, "shape", None), getattr(r, "shape", None)
-            if tuple(sx) != tuple(sr):
+            sx, sr = tuple(getattr(x, "shape", ())), tuple(getattr(r, "shape", ()))
+            if sx != sr:
                 path = tree_paths(reference)[i]
                 raise ValueError(
-                    f"{name}{path}: shape {tuple(sx)} != {ref_name} shape {tuple(sr)}"
+                    f"{name}{path}: shape {sx} != {ref_name} shape {sr}"
                 )
 
 

@@ -104,10 +104,10 @@ def _basis(x: Any, n: int, batched: bool, kind: str):
         return eye
     import jax.numpy as jnp
 
-    eye = jnp.eye(n, dtype=x.dtype)
+    eye_j = jnp.eye(n, dtype=x.dtype)
     if batched:
-        return jnp.broadcast_to(eye[:, None, :], (n, x.shape[0], n))
-    return eye
+        return jnp.broadcast_to(eye_j[:, None, :], (n, x.shape[0], n))
+    return eye_j
 
 
 def jacobian(
@@ -172,6 +172,9 @@ def jacobian(
         _check_vector(x, "jacobian")
         n = x.shape[0]
 
+    vmap: Any  # torch.func's or jax's (their signatures differ)
+    jvp: Any
+    vjp: Any
     if kind == "torch":
         import torch.func as tf
 
@@ -189,7 +192,8 @@ def jacobian(
             return out[None] if out.ndim == 0 else out
 
     use_rev = mode == "rev"
-    out = vjp_fn = None
+    out: Any = None
+    vjp_fn: Any = None
     if mode == "auto":
         out, vjp_fn = vjp(f, x)
         m = out.shape[-1]

@@ -94,6 +94,7 @@ def output_jacobian(f: Callable, x: Any, jac: Any, *, batched: bool = False,
     ``user_jac(x)`` gives the matrix). Returns ``(M, n)`` or ``(B, M, n)``.
     """
     if jac == "callable":
+        assert user_jac is not None, "jac='callable' comes with the user's jac"
         return user_jac(x)
     if jac == "autodiff":
         return _autodiff.jacobian(f, x, batched=batched)
@@ -107,7 +108,7 @@ def autodiff_products(f: Callable, x: Any) -> tuple[Any, Callable, Callable]:
     if kind == "torch":
         import torch.func as tf
 
-        out, vjp_fn = tf.vjp(f, x)
+        out, vjp_fn = tf.vjp(f, x)  # type: ignore[misc]  # torch's stub: no overload for has_aux=False (a 2-tuple)
 
         def jvp(v):
             return tf.jvp(f, (x,), (v,))[1]

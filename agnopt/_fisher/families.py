@@ -112,7 +112,7 @@ class Gaussian(Family):
                 raise TypeError(f"variance: expected a positive float or None, got {type(variance).__name__}")
             if not (math.isfinite(variance) and variance > 0):
                 raise ValueError(f"variance: expected a positive finite float or None, got {variance!r}")
-            self.variance = float(variance)
+            self.variance: float | None = float(variance)
             self.event_ndim, self.event_size = 0, None
             self.domain = "a mean"
         else:

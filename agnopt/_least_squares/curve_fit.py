@@ -22,7 +22,7 @@ __all__ = ["curve_fit", "OptimizeWarning"]
 
 
 # common least_squares status -> MINPACK ``ier`` (what scipy's curve_fit returns for lm)
-_TO_IER = {Status.GTOL: 4, Status.FTOL: 1, Status.XTOL: 2, Status.FTOL_XTOL: 3,
+_TO_IER: dict[int, int] = {Status.GTOL: 4, Status.FTOL: 1, Status.XTOL: 2, Status.FTOL_XTOL: 3,
            Status.MAX_NFEV: 5, Status.CALLBACK: 0}
 
 
@@ -168,7 +168,7 @@ def curve_fit(
         )
     if full_output:
         if batched:
-            ier = [_TO_IER.get(s, 0) for s in host_ints(res.status)]
+            ier: list[int] | int = [_TO_IER.get(s, 0) for s in host_ints(res.status)]
         else:
             ier = _TO_IER.get(int(res.status), 0)
         infodict = {
@@ -179,7 +179,7 @@ def curve_fit(
     return res.x, pcov
 
 
-def _chunked_p0(f, p0, ydata) -> tuple:
+def _chunked_p0(f, p0, ydata) -> tuple[Any, int]:
     """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
     import array_api_compat.numpy as np_xp  # the chunks are NumPy (or CuPy) blocks
 

@@ -26,6 +26,8 @@ reports; the engine never looks at how they are formed.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .arrays import device
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
@@ -71,7 +73,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     the working set. Returns an :class:`.state.Outcome` (full batch).
     """
     st = initial_state(xp, X, F, fnorm, D)
-    route = None
+    route: Any = None
     refactor = False
     hist = []
     cb_stop = False
@@ -107,7 +109,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         st = accept(xp, ev, st, tr, ratio)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
-        st = st._make(ev.persist(*st)) if ev.persist_all else st
+        st = LMState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
             hist.append(ev.history_entry(st.fnorm, st.nit, st.nfev))
@@ -121,8 +123,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
             break
     rows = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
     if ws is not None and ws.W is not None:
-        return Outcome(*ev.assemble(ws, rows), cb_stop=cb_stop, history=hist)
-    return Outcome(*rows, cb_stop=cb_stop, history=hist, cost=0.5 * (st.fnorm * st.fnorm))
+        return Outcome(**dict(zip(OUTCOME_FIELDS, ev.assemble(ws, rows))), cb_stop=cb_stop, history=hist)
+    return Outcome(**dict(zip(OUTCOME_FIELDS, rows)), cb_stop=cb_stop, history=hist,
+                   cost=0.5 * (st.fnorm * st.fnorm))
 
 
 def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:

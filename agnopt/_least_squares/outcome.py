@@ -28,7 +28,7 @@ FROM_MINPACK = {
     MinpackInfo.NONFINITE_TRIAL: Status.NONFINITE_TRIAL,
 }
 
-TERMINATION_MESSAGES = {
+TERMINATION_MESSAGES: dict[int, str] = {
     Status.CALLBACK: "Stopped because `callback` function raised `StopIteration` or returned `True`",
     Status.MAX_NFEV: "The maximum number of function evaluations is exceeded.",
     Status.GTOL: "`gtol` termination condition is satisfied.",

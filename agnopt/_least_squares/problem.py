@@ -132,6 +132,8 @@ class Problem:
     # the robust loss of the engine's model (:mod:`.losses`; ``set_loss``)
     loss = "linear"
     f_scale = 1.0
+    progress: Any  # the progress display (``make_progress``), set by the solver
+    n_problems: int
 
     def __init__(self, fun, jac, x0, batched, args, kwargs, lb, ub, xp, dev):
         self.fun, self.jac_arg, self.batched = fun, jac, batched

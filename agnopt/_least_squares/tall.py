@@ -89,6 +89,8 @@ class TallProblem:
     accelerate = False  # geodesic acceleration would cost a third pass
     bounded = False
     persist_all = False
+    progress: Any  # the progress display (``make_progress``), set by the solver
+    n_problems: int
 
     def __init__(self, fun, jac, hxp, dtype, dev, args, kwargs):
         self.fun, self.jac = fun, jac

@@ -124,7 +124,7 @@ def run_trust_region(xp, ev, algo, X, F, scale_inv, jac_scale, loss, f_scale, ft
                                 x_norm, finite, st.nfev, ftol, xtol, max_nfev)
         st = accept(xp, ev, algo, st, tr, Ft, cost_t, acc)._replace(info=info, active=active)
         st = final_gtol_test(xp, ev, algo, st, acc & ~active, loss, f_scale, gtol)
-        st = st._make(ev.persist(*st)) if ev.persist_all else st
+        st = TRState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         fnorm = xp.sqrt(2.0 * st.cost)
         if want_history:
@@ -139,8 +139,8 @@ def run_trust_region(xp, ev, algo, X, F, scale_inv, jac_scale, loss, f_scale, ft
             break
     rows = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
     if ws is not None and ws.W is not None:
-        return Outcome(*ev.assemble(ws, rows), cb_stop=cb_stop, history=hist)
-    return Outcome(*rows, cb_stop=cb_stop, history=hist)
+        return Outcome(**dict(zip(OUTCOME_FIELDS, ev.assemble(ws, rows))), cb_stop=cb_stop, history=hist)
+    return Outcome(**dict(zip(OUTCOME_FIELDS, rows)), cb_stop=cb_stop, history=hist)
 
 
 def initial_state(xp, ev, algo, X, F, scale_inv, loss, f_scale) -> TRState:

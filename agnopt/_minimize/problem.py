@@ -261,8 +261,8 @@ class _Problem:
             hc = self._hcache
             if hc is None or hc[0] is not x:
                 H = self.hessian(x, g) if mode == "callable" else self._fd_hessian(x, g, mode)
-                self._hcache = (x, H)
-            return self._hcache[1] @ v
+                hc = self._hcache = (x, H)
+            return hc[1] @ v
         # Directional finite difference of the gradient.
         vn = float(xp.linalg.vector_norm(v))
         if vn == 0.0:

@@ -44,9 +44,9 @@ for i, (name, (model, grad, x0, to_dist)) in enumerate(coordinates.items()):
             u, state = opt.update(grad(x), state, x)
             x = ao.apply_updates(x, u)
             path.append(to_dist(x))
-        path = np.array(path)
+        points = np.array(path)
         label = ("gradient descent " if tag == "gd" else "natural gradient ") + name
-        ax.plot(path[:, 0], path[:, 1], color=styles[tag][i], ls="-" if i == 0 else "--",
+        ax.plot(points[:, 0], points[:, 1], color=styles[tag][i], ls="-" if i == 0 else "--",
                 lw=5 if i == 0 else 2, alpha=0.5 if i == 0 else 1.0, label=label)
 ax.plot([0.0], [1.5], "ko", label="start")
 ax.plot([ybar], [math.sqrt(s2(ybar))], "k*", ms=14, label="maximum likelihood")

@@ -14,7 +14,7 @@ optimizers = {
     "muon": lambda: ao.muon(1e-3),
 }
 rng = np.random.default_rng(0)
-times = {name: [] for name in optimizers}
+times: dict[str, list[float]] = {name: [] for name in optimizers}
 for n in sizes:
     W = rng.standard_normal((n, n)).astype(np.float32)
     G = rng.standard_normal((n, n)).astype(np.float32)
