@@ -24,6 +24,7 @@ second-order rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -278,7 +279,7 @@ def batched_lm(B: int, scipy_subset: int = 500) -> dict:
 # ------------------------------------------------------------------ driver
 
 def _set_threads(threads: int | None) -> dict:
-    info = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+    info: dict[str, Any] = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     if threads is None:
         return info
@@ -462,8 +463,8 @@ def run_invariant_bench(sizes=(256, 1024), dtype="float32", backends=None, frequ
                     sync(u)
 
                 try:
-                    t_plain = _median_time(lambda s=s1: step(s), repeats, budget, warmup=1)
-                    t_ref = (_median_time(lambda s=s0: step(s), repeats, budget, warmup=1)
+                    t_plain = _median_time(functools.partial(step, s1), repeats, budget, warmup=1)
+                    t_ref = (_median_time(functools.partial(step, s0), repeats, budget, warmup=1)
                              if name in ("shampoo", "soap") else t_plain)
                 except Exception as e:  # pragma: no cover - report, not crash
                     out(f"{bname:17s} {n:5d} {name:9s} not measured ({type(e).__name__}: {e})")

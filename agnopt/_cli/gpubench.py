@@ -23,15 +23,15 @@ STEP_ARRAYS = {"adam": 7, "adamw": 7, "rmsprop": 5}  # arrays a fused step reads
 
 def _xp_dev(backend: str):
     if backend == "cupy":
-        import array_api_compat.cupy as xp
+        import array_api_compat.cupy as cp_xp
         import cupy
 
-        return xp, cupy.cuda.Device(0)
+        return cp_xp, cupy.cuda.Device(0)
     if backend == "torch-cuda":
-        import array_api_compat.torch as xp
+        import array_api_compat.torch as torch_xp
         import torch
 
-        return xp, torch.device("cuda")
+        return torch_xp, torch.device("cuda")
     if backend == "numpy":
         import array_api_compat.numpy as xp
 
@@ -152,7 +152,7 @@ def first_order_rows(backend: str, N: int, names: tuple, repeats: int) -> list[d
                 os.environ["AGNOPT_FAST"] = mode
                 p, g = _gpu_arrays(backend, N)
                 opt = _agnopt_opt(name)
-                box = [p, opt.init(p)]
+                box: list[Any] | None = [p, opt.init(p)]
                 before = sum(stats.values())
 
                 def run():
@@ -262,7 +262,7 @@ def newton_step(backend: str, n: int, repeats: int) -> dict:
     def jac(x):
         return A @ x - b
 
-    last = []
+    last: list[Any] = []
 
     def newton():
         last[:] = [ao.minimize(fun, x0, method="newton", jac=jac, hess=lambda x: A, maxiter=1)]

@@ -430,10 +430,10 @@ def problems_of(res: dict, backends_ok: list[str]) -> list[str]:
                 out.append("tests: cut by the time budget (not all ran)")
             if not t.get("n"):
                 out.append("tests: no test outcome found in pytest's output (see the log)")
-    b = res.get("bench")
-    if b is not None:
-        out += [f"bench: {e}" for e in b.get("errors", [])]
-        out += [f"bench skipped: {s}" for s in b.get("skipped", [])]
+    bench = res.get("bench")
+    if bench is not None:
+        out += [f"bench: {e}" for e in bench.get("errors", [])]
+        out += [f"bench skipped: {s}" for s in bench.get("skipped", [])]
     return out
 
 

@@ -186,13 +186,13 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
 
                     res = try_step(spec, params, p_leaves, td, grads, state, mode)
                 elif which == "torch":
-                    from .._kernels.torch_kernel import try_step
+                    from .._kernels.torch_kernel import try_step as torch_try_step
 
-                    res = try_step(spec, params, p_leaves, td, grads, state)
+                    res = torch_try_step(spec, params, p_leaves, td, grads, state)
                 elif which == "cupy":
-                    from .._kernels.cupy_kernel import try_step
+                    from .._kernels.cupy_kernel import try_step as cupy_try_step
 
-                    res = try_step(spec, params, p_leaves, td, grads, state)
+                    res = cupy_try_step(spec, params, p_leaves, td, grads, state)
                 if res is not None:
                     return res
     return _generic(transform, params, grads, state)
@@ -271,6 +271,7 @@ def _flat_buffer(leaves: list, copy: bool):
     for x in leaves:
         if x.dtype != first.dtype or type(x) is not type(first):
             raise TypeError("Optimizer(flat=True): every leaf must have the same array type and dtype")
+    buf: Any  # a NumPy or a torch buffer
     if which == "numpy":
         import numpy as np
 

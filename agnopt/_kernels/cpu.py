@@ -268,6 +268,7 @@ def _jit(fn):
 def numba_kernel(kind: str, flag_items: tuple):
     """The compiled fused kernel for ``kind`` with static options ``flag_items``."""
     f = dict(flag_items)
+    k: Any  # one kernel per optimizer, each with its own arguments
     if kind == "sgd":
         wd, mom, damp, nesterov, first = f["wd"], f["mom"], f["damp"], f["nesterov"], f["first"]
 

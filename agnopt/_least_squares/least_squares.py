@@ -426,7 +426,7 @@ def _is_tall(xp, f0) -> bool:
     """An in-memory ``x0`` whose residuals are a Dask array of several row chunks."""
     if not lazy.is_dask(f0) or lazy.is_dask_namespace(xp):
         return False
-    chunks = getattr(f0, "chunks", None)
+    chunks: Any = getattr(f0, "chunks", None)
     return bool(chunks) and f0.ndim >= 1 and len(chunks[0]) > 1
 
 
