@@ -21,6 +21,7 @@ import array_api_compat
 from array_api_compat import array_namespace, device as _device
 
 from .tree import tree_leaves, tree_paths
+from .typing import Array, ArrayTree
 
 __all__ = [
     "Backend",
@@ -63,7 +64,7 @@ def is_concrete(x: Any) -> bool:
     return True
 
 
-def is_writeable(x: Any) -> bool:
+def is_writeable(x: Array) -> bool:
     """True where ``x`` may be updated in place (NumPy, CuPy, torch)."""
     return bool(array_api_compat.is_writeable_array(x))
 
@@ -96,7 +97,7 @@ def check_float_dtype(xp: Any, x: Any, what: str) -> None:
     )
 
 
-def resolve(tree: Any, name: str = "params", check_dtype: bool = True) -> Backend:
+def resolve(tree: ArrayTree, name: str = "params", check_dtype: bool = True) -> Backend:
     """Resolve the namespace and device of every leaf of ``tree`` at once.
 
     Raises

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import array_api_compat
 
 from .backend import namespace_name
 from .tree import _is_namedtuple
+
+StateT = TypeVar("StateT")  # a state handed back with the template's type
 
 __all__ = ["state_dict", "load_state_dict", "save_state", "load_state"]
 
@@ -63,7 +65,7 @@ def _dtype_name(dt: Any) -> str:
 
 
 # --------------------------------------------------------------------------- state_dict
-def state_dict(state: Any) -> dict:
+def state_dict(state: Any) -> dict[str, Any]:
     """A plain nested ``dict`` of arrays and Python scalars holding ``state``.
 
     Containers become dicts with a ``"__type__"`` entry (the NamedTuple's
@@ -104,7 +106,7 @@ def _encode(node: Any, path: str) -> Any:
 
 
 # --------------------------------------------------------------------------- load_state_dict
-def load_state_dict(template_state: Any, d: dict) -> Any:
+def load_state_dict(template_state: StateT, d: dict[str, Any]) -> StateT:
     """The state held in ``d`` (from :func:`state_dict`), shaped like ``template_state``.
 
     ``template_state`` is a state of the optimizer to resume, on the backend
@@ -384,7 +386,7 @@ def _strip_index(spec: Any) -> Any:
     return spec
 
 
-def save_state(path: str | os.PathLike, state: Any, *, config: Any = None) -> None:
+def save_state(path: str | os.PathLike[str], state: Any, *, config: Any = None) -> None:
     """Save ``state`` (any tree of arrays) to ``path`` with :func:`numpy.savez`.
 
     ``config`` is an optional JSON-serializable description of the optimizer
@@ -407,7 +409,7 @@ def save_state(path: str | os.PathLike, state: Any, *, config: Any = None) -> No
         np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
-def load_state(path: str | os.PathLike, template: Any, *, config: Any = None) -> Any:
+def load_state(path: str | os.PathLike[str], template: StateT, *, config: Any = None) -> StateT:
     """Load a state saved by :func:`save_state`, onto the template's backend and device.
 
     Parameters

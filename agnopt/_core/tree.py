@@ -11,7 +11,9 @@ These helpers never look inside arrays and never import an array library.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
+
+from .typing import ArrayTree
 
 __all__ = [
     "TreeDef",
@@ -82,7 +84,7 @@ def _children(tree: Any) -> tuple[str, Any, tuple, list]:
     return "leaf", None, (), []
 
 
-def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
+def tree_flatten(tree: ArrayTree) -> tuple[list[Any], TreeDef]:
     """Return ``(leaves, treedef)``; leaves in a deterministic order."""
     if tree is not None and not isinstance(tree, (dict, tuple, list)):
         return [tree], _LEAF  # one array: the common case, kept cheap
@@ -101,7 +103,7 @@ def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
     return leaves, treedef
 
 
-def tree_unflatten(treedef: TreeDef, leaves: list) -> Any:
+def tree_unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
     """Inverse of :func:`tree_flatten`."""
     it = iter(leaves)
 
@@ -124,17 +126,17 @@ def tree_unflatten(treedef: TreeDef, leaves: list) -> Any:
     return out
 
 
-def tree_leaves(tree: Any) -> list:
+def tree_leaves(tree: ArrayTree) -> list[Any]:
     """The leaves of ``tree`` in flattening order."""
     return tree_flatten(tree)[0]
 
 
-def tree_structure(tree: Any) -> TreeDef:
+def tree_structure(tree: ArrayTree) -> TreeDef:
     """The :class:`TreeDef` of ``tree``."""
     return tree_flatten(tree)[1]
 
 
-def tree_paths(tree: Any) -> list[str]:
+def tree_paths(tree: ArrayTree) -> list[str]:
     """A path string (``"['layer1']['w']"``, ``"[0]"``) per leaf, in leaf order."""
     paths: list[str] = []
 
@@ -193,7 +195,7 @@ def _first_structure_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 
 
 def check_same_structure(
-    tree: Any, reference: Any, name: str = "grads", ref_name: str = "params",
+    tree: ArrayTree, reference: ArrayTree, name: str = "grads", ref_name: str = "params",
     check_shapes: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming the first path where ``tree`` differs from ``reference``.
@@ -219,7 +221,7 @@ def check_same_structure(
                 )
 
 
-def tree_map(f: Callable, tree: Any, *rest: Any) -> Any:
+def tree_map(f: Callable[..., Any], tree: ArrayTree, *rest: ArrayTree) -> Any:
     """Apply ``f`` leaf-wise: ``f(leaf, *(r_leaf for r in rest))``.
 
     Every tree in ``rest`` must have the structure of ``tree``.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._core.typing import ScalarOrSchedule
 from .base import EmptyState, Transform, chain, identity
 from .step import Slot, register_fast
 from .transforms import (
@@ -67,7 +68,7 @@ _ADAM_SLOT = Slot(ScaleByAdamState, (("count", "count"), ("mu", "mu"), ("nu", "n
 
 
 def sgd(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     momentum: float = 0.0,
     nesterov: bool = False,
     dampening: float = 0.0,
@@ -112,7 +113,7 @@ def sgd(
                   dampening=float(dampening), weight_decay=float(weight_decay))
 
 
-def sign_sgd(learning_rate: Any) -> Transform:
+def sign_sgd(learning_rate: ScalarOrSchedule) -> Transform:
     r"""Sign descent: :math:`\theta_t = \theta_{t-1} - \eta\,\operatorname{sign}(g_t)`.
 
     The limit the seed derives when Adagrad's or RMSProp's accumulator is
@@ -129,7 +130,7 @@ def sign_sgd(learning_rate: Any) -> Transform:
 
 
 def adagrad(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
     eps_in_sqrt: bool = False,
@@ -164,7 +165,7 @@ def adagrad(
 
 
 def rmsprop(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     decay: float = 0.9,
     eps: float = 1e-8,
     eps_in_sqrt: bool = False,
@@ -212,7 +213,7 @@ def rmsprop(
 
 
 def adam(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
@@ -248,7 +249,7 @@ def adam(
 
 
 def adamw(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,

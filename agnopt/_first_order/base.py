@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple
 from .._core.backend import resolve
 from .._core.norms import opmath_dtype
 from .._core.tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
+from .._core.typing import ArrayTree, TransformInitFn, TransformUpdateFn, TreeT
 
 __all__ = [
     "check_state",
@@ -52,8 +53,8 @@ def trusted(update: Callable) -> Callable:
 class Transform(NamedTuple):
     """A gradient transformation: ``init(params)`` and ``update(updates, state, params)``."""
 
-    init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
+    init: TransformInitFn
+    update: TransformUpdateFn
 
 
 class EmptyState(NamedTuple):
@@ -185,7 +186,7 @@ def chain(*transforms: Transform) -> Transform:
     return Transform(init, update)
 
 
-def apply_updates(params: Any, updates: Any) -> Any:
+def apply_updates(params: TreeT, updates: ArrayTree) -> TreeT:
     """``params + updates`` leaf by leaf; each result keeps the dtype (and array type) of its parameter.
 
     float16/bfloat16 parameters are added in float32 (opmath; the updates'

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.lazy import is_dask, to_local
 from .._core.tree import tree_flatten, tree_unflatten
+from .._core.typing import ScalarOrSchedule
 from .base import Transform, chain, check_state, trusted, validated_backend
 from .transforms import (
     _number,
@@ -263,7 +264,7 @@ def scale_by_full_matrix_adagrad(
 
 
 def full_matrix_adagrad(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     power: float = -0.5,
     eps: float = 1e-10,
     initial_accumulator_value: float = 0.0,

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_paths, tree_unflatten
+from .._core.typing import ScalarOrSchedule
 from .base import Transform, chain, check_state, trusted, validated_backend
 from .full_matrix_adagrad import check_int
 from .transforms import (
@@ -306,7 +307,7 @@ def _split(tree: Any) -> tuple[list, list, list[bool]]:
 
 
 def muon(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     momentum: float = 0.95,
     nesterov: bool = True,
     weight_decay: float = 0.1,
@@ -322,7 +323,7 @@ def muon(
     ns_dtype: Any = None,
     mu_dtype: Any = None,
     adam_fallback: bool = True,
-    adam_learning_rate: Any = None,
+    adam_learning_rate: ScalarOrSchedule | None = None,
     adam_b1: float = 0.9,
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,

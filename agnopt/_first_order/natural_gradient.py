@@ -30,8 +30,9 @@ import math
 from typing import Any, Callable
 
 from .._core.tree import tree_map
+from .._core.typing import Array, ScalarOrSchedule
 from .._fisher import core as _core
-from .._fisher.families import get_family
+from .._fisher.families import Family, get_family
 from .base import EmptyState, Transform, chain, check_state, trusted, validated_backend
 from .transforms import check_learning_rate, check_nonnegative, scale_by_learning_rate
 
@@ -52,15 +53,15 @@ def _check_solver_args(solver: Any, cg_tol: Any, cg_maxiter: Any) -> tuple[str, 
 
 
 def scale_by_natural_gradient(
-    model: Callable[..., Any],
+    model: Callable[..., Array],
     *,
-    family: Any,
+    family: str | Family,
     damping: float = 1e-4,
-    jac: Any = "3-point",
+    jac: str | Callable[..., Array] = "3-point",
     solver: str = "auto",
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
-    weights: Any = None,
+    weights: Array | None = None,
 ) -> Transform:
     r"""Precondition the gradient by the model's Fisher matrix: :math:`d = (F + \lambda I)^{-1} g`.
 
@@ -176,7 +177,7 @@ def scale_by_natural_gradient(
         _core.check_outputs(xp, fam, out, "model")
         w = fam.fisher_weights(xp, out)
         if weights is not None:
-            wt = weights if fam.event_ndim == 0 else weights[..., None]
+            wt = weights if fam.event_ndim == 0 else xp.expand_dims(weights, axis=-1)
             w = w * wt
         w = xp.reshape(w, (-1,))
         use_cg = solver == "cg" or (solver == "auto" and n > AUTO_CHOLESKY_MAX)
@@ -218,16 +219,16 @@ def unflatten_like(xp: Any, d: Any, unflatten: Callable, updates: Any) -> Any:
 
 
 def natural_gradient(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     *,
-    model: Callable[..., Any],
-    family: Any,
+    model: Callable[..., Array],
+    family: str | Family,
     damping: float = 1e-4,
-    jac: Any = "3-point",
+    jac: str | Callable[..., Array] = "3-point",
     solver: str = "auto",
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
-    weights: Any = None,
+    weights: Array | None = None,
 ) -> Transform:
     r"""Natural gradient descent (Amari 1998): :math:`\theta \leftarrow \theta - \eta\,(F + \lambda I)^{-1} g`.
 

@@ -13,7 +13,9 @@ value to each parameter's dtype.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+
+from .._core.typing import Schedule
 
 __all__ = [
     "Schedule",
@@ -24,8 +26,6 @@ __all__ = [
     "linear_warmup",
     "warmup_cosine_decay",
 ]
-
-Schedule = Callable[[Any], Any]
 
 
 class _Ops:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
+from .._core.typing import ScalarOrSchedule
 from .base import Transform, chain, check_state, trusted, validated_backend
 from .full_matrix_adagrad import (
     check_float_accumulator,
@@ -248,7 +249,7 @@ def scale_by_shampoo(
 
 
 def shampoo(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     eps: float = 1e-12,
     precondition_frequency: int = 10,
     max_preconditioner_dim: int = 1024,

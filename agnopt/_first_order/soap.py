@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
+from .._core.typing import ScalarOrSchedule
 from .base import Transform, chain, check_state, trusted, validated_backend
 from .full_matrix_adagrad import (
     check_float_accumulator,
@@ -229,7 +230,7 @@ def scale_by_soap(
 
 
 def soap(
-    learning_rate: Any,
+    learning_rate: ScalarOrSchedule,
     b1: float = 0.95,
     b2: float = 0.95,
     eps: float = 1e-8,

@@ -56,11 +56,12 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple
 
 from .._core.lazy import is_dask, persist
 from .base import Transform, apply_updates
 from .._core.tree import tree_flatten, tree_unflatten
+from .._core.typing import ArrayTree, TreeT
 
 __all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
 
@@ -147,7 +148,7 @@ def _backend_module(leaf: Any) -> str | None:
     return None
 
 
-def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
+def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> tuple[TreeT, Any]:
     """One optimizer step: ``update`` followed by ``apply_updates``.
 
     Returns ``(new_params, new_state)``, equal (to rounding) to::
@@ -198,7 +199,7 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
     return _generic(transform, params, grads, state)
 
 
-class Optimizer:
+class Optimizer(Generic[TreeT]):
     """A stateful convenience around :func:`step` for training loops.
 
     ``opt = Optimizer(adam(1e-3), params)``; then ``opt.step(grads)`` updates
@@ -220,7 +221,7 @@ class Optimizer:
     number of steps.
     """
 
-    def __init__(self, transform: Transform, params: Any, *, flat: bool = False):
+    def __init__(self, transform: Transform, params: TreeT, *, flat: bool = False) -> None:
         self.transform = transform
         self.flat = bool(flat)
         if self.flat:
@@ -230,15 +231,15 @@ class Optimizer:
             self._flat_p, views = _flat_buffer(leaves, copy=True)
             self._flat_g, gviews = _flat_buffer(leaves, copy=False)
             self._gviews = gviews
-            self.params = tree_unflatten(self._td, views)
-            self.grads = tree_unflatten(self._td, gviews)
+            self.params: TreeT = tree_unflatten(self._td, views)
+            self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
         else:
             self.params = params
             self.grads = None
             self.state = transform.init(params)
 
-    def step(self, grads: Any = None) -> Any:
+    def step(self, grads: ArrayTree | None = None) -> TreeT:
         """Apply one step with ``grads`` (flat mode: default ``opt.grads``); returns ``opt.params``."""
         if not self.flat:
             if grads is None:

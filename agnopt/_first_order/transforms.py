@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 
 from .._core.backend import is_concrete, resolve, resolve_dtype, scalar
 from .._core.norms import opmath_dtype, safe_sqrt, scaled_norm
+from .._core.typing import ScalarOrSchedule, Schedule
 from .base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
 from .._core.tree import tree_flatten, tree_map, tree_unflatten
 
@@ -171,7 +172,7 @@ class ScaleByScheduleState(NamedTuple):
     count: Any
 
 
-def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
+def scale_by_schedule(step_size_fn: Schedule) -> Transform:
     """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
 
     ``step_size_fn`` returns a Python float or a 0-d array. A non-finite
@@ -210,13 +211,13 @@ def scale_by_schedule(step_size_fn: Callable[[Any], Any]) -> Transform:
     return Transform(init, update)
 
 
-def scale_by_learning_rate(learning_rate: Any, *, flip_sign: bool = True) -> Transform:
+def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> Transform:
     """Multiply updates by ``-learning_rate`` (a float or a schedule)."""
-    learning_rate = check_learning_rate(learning_rate)
+    lr = check_learning_rate(learning_rate)  # a checked float, or the schedule
     sign = -1.0 if flip_sign else 1.0
-    if callable(learning_rate):
-        return scale_by_schedule(lambda count: sign * learning_rate(count))
-    return scale(sign * learning_rate)
+    if callable(lr):
+        return scale_by_schedule(lambda count: sign * lr(count))
+    return scale(sign * lr)
 
 
 def scale_by_sign() -> Transform:

@@ -43,7 +43,8 @@ from .._core.backend import namespace_name, resolve
 from .._core.lazy import persist, to_local
 from .._core.result import OptimizeResult
 from . import core as _core
-from .families import get_family
+from .families import Family, get_family
+from .._core.typing import Array
 
 __all__ = ["fisher_scoring"]
 
@@ -251,13 +252,13 @@ def _device(a):
 
 
 def fisher_scoring(
-    mean_fn: Callable[..., Any],
-    x0: Any,
-    y: Any,
+    mean_fn: Callable[..., Array],
+    x0: Array,
+    y: Array,
     *,
-    family: Any,
-    jac: Any = "3-point",
-    weights: Any = None,
+    family: str | Family,
+    jac: str | Callable[..., Array] = "3-point",
+    weights: Array | None = None,
     damping: float = 0.0,
     gtol: float | None = None,
     xtol: float | None = None,
@@ -266,9 +267,9 @@ def fisher_scoring(
     max_backtracks: int = 50,
     c1: float = 1e-4,
     args: tuple = (),
-    kwargs: dict | None = None,
+    kwargs: dict[str, Any] | None = None,
     batched: bool = False,
-    callback: Callable | None = None,
+    callback: Callable[..., Any] | None = None,
 ) -> OptimizeResult:
     r"""Maximum-likelihood fit by Fisher scoring (IRLS for generalized linear models).
 
@@ -379,7 +380,8 @@ def fisher_scoring(
     c1 = _check_tol("c1", c1)
     if not c1 < 1:
         raise ValueError(f"c1: expected a value in [0, 1), got {c1!r}")
-    if not array_api_compat.is_array_api_obj(x0) or type(x0) in (int, float, complex, bool):
+    # (bool(): array_api_compat's TypeIs would narrow x0 to its own, looser, array union)
+    if not bool(array_api_compat.is_array_api_obj(x0)) or type(x0) in (int, float, complex, bool):
         raise TypeError(f"x0: expected an array of shape (n,) or (B, n), got {type(x0).__name__}")
     xp, dev = resolve(x0, "x0")
     dtype = x0.dtype
