@@ -75,4 +75,7 @@ from ._fisher.fisher_scoring import fisher_scoring
 from ._first_order.natural_gradient import natural_gradient, scale_by_natural_gradient
 # --- end Fisher-matrix methods ---
 
+# --- types for annotations (agnopt.typing: Array, ArrayTree, Schedule, ...) ---
+from . import typing as typing
+
 __version__ = "0.1.0"

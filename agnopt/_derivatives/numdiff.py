@@ -12,6 +12,7 @@ import math
 from typing import Any, Callable
 
 from .._core.backend import device_scope, namespace_name, resolve
+from .._core.typing import Array, ArrayLike
 
 __all__ = ["approx_derivative"]
 
@@ -182,17 +183,17 @@ def _call(fun, x, args, kwargs, xp, dtype, dev):
 
 
 def approx_derivative(
-    fun: Callable[..., Any],
-    x0: Any,
+    fun: Callable[..., Array],
+    x0: Array,
     method: str = "2-point",
-    rel_step: Any = None,
-    abs_step: Any = None,
-    f0: Any = None,
-    bounds: Any = (-math.inf, math.inf),
-    args: tuple = (),
-    kwargs: dict | None = None,
+    rel_step: float | Array | None = None,
+    abs_step: float | Array | None = None,
+    f0: Array | None = None,
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     batched: bool = False,
-) -> Any:
+) -> Array:
     r"""Finite-difference (or complex-step) Jacobian of ``fun`` at ``x0``, on any backend.
 
     Reproduces ``scipy.optimize._numdiff.approx_derivative`` (dense Jacobians),

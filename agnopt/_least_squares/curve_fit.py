@@ -6,12 +6,13 @@ import inspect
 import math
 import re
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 from .._core import lazy
 from .._core.backend import resolve
 from .._core.errors import OptimizeWarning
 from .._core.status import Status
+from .._core.typing import Array, ArrayLike
 from .arrays import host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance
@@ -40,20 +41,67 @@ def _n_params(f: Callable) -> int:
     return len(params) - 1
 
 
+# (popt, pcov), or with full_output=True (popt, pcov, infodict, mesg, ier), as scipy's
+@overload
 def curve_fit(
-    f: Callable[..., Any],
+    f: Callable[..., Array],
     xdata: Any,
-    ydata: Any,
-    p0: Any = None,
-    sigma: Any = None,
+    ydata: ArrayLike,
+    p0: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
     absolute_sigma: bool = False,
-    bounds: Any = (-math.inf, math.inf),
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
     method: str | None = None,
-    jac: Any = None,
+    jac: str | Callable[..., Array] | None = None,
+    full_output: Literal[False] = False,
+    batched: bool = False,
+    **kwargs: Any,
+) -> tuple[Array, Array]: ...
+@overload
+def curve_fit(
+    f: Callable[..., Array],
+    xdata: Any,
+    ydata: ArrayLike,
+    p0: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
+    absolute_sigma: bool = False,
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
+    method: str | None = None,
+    jac: str | Callable[..., Array] | None = None,
+    *,
+    full_output: Literal[True],
+    batched: bool = False,
+    **kwargs: Any,
+) -> tuple[Array, Array, dict[str, Any], str, int | list[int]]: ...
+@overload
+def curve_fit(
+    f: Callable[..., Array],
+    xdata: Any,
+    ydata: ArrayLike,
+    p0: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
+    absolute_sigma: bool = False,
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
+    method: str | None = None,
+    jac: str | Callable[..., Array] | None = None,
     full_output: bool = False,
     batched: bool = False,
     **kwargs: Any,
-) -> tuple:
+) -> tuple[Any, ...]: ...
+def curve_fit(
+    f: Callable[..., Array],
+    xdata: Any,
+    ydata: ArrayLike,
+    p0: ArrayLike | None = None,
+    sigma: ArrayLike | None = None,
+    absolute_sigma: bool = False,
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
+    method: str | None = None,
+    jac: str | Callable[..., Array] | None = None,
+    full_output: bool = False,
+    batched: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, ...]:
     r"""Fit ``ydata ~ f(xdata, *params)`` by nonlinear least squares (scipy's semantics).
 
     Minimizes :math:`\sum_i ((f(x_i, p) - y_i)/\sigma_i)^2` with

@@ -43,6 +43,7 @@ from .._core import lazy
 from .._core.backend import resolve
 from .._core.result import OptimizeResult
 from .._core.status import Status
+from .._core.typing import Array, ArrayLike
 from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
@@ -74,25 +75,25 @@ __all__ = ["least_squares"]
 
 
 def least_squares(
-    fun: Callable[..., Any],
-    x0: Any,
+    fun: Callable[..., Array],
+    x0: ArrayLike,
     *,
-    jac: Any = None,
+    jac: str | Callable[..., Array] | None = None,
     method: str = "lm",
-    bounds: Any = (-math.inf, math.inf),
+    bounds: tuple[ArrayLike, ArrayLike] = (-math.inf, math.inf),
     ftol: float = 1e-8,
     xtol: float = 1e-8,
     gtol: float = 1e-8,
-    x_scale: Any = None,
+    x_scale: str | ArrayLike | None = None,
     max_nfev: int | None = None,
-    args: tuple = (),
-    kwargs: dict | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     batched: bool = False,
     verbose: int = 0,
-    callback: Callable | None = None,
+    callback: Callable[..., Any] | None = None,
     history: bool = False,
-    progress: Any = False,
-    loss: Any = "linear",
+    progress: bool | Callable[[dict[str, Any]], Any] = False,
+    loss: str | Callable[..., Array] = "linear",
     f_scale: float = 1.0,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).

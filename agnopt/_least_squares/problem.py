@@ -15,6 +15,7 @@ import array_api_compat
 from .._core.backend import namespace_name
 from .._derivatives.numdiff import approx_derivative
 from .._core import lazy
+from .._core.typing import Array
 from .arrays import call_checked, device, persist
 from .batched import positions, rows_where, scatter
 from .outcome import call_callback, history_entry, print_iter
@@ -79,7 +80,7 @@ def check_m_ge_n(method: str, m: int, n: int) -> None:
         )
 
 
-def as_array(x: Any, what: str) -> Any:
+def as_array(x: Any, what: str) -> Array:
     """Arrays pass through; lists / tuples / numbers become NumPy float64 arrays."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return x

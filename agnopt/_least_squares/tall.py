@@ -42,6 +42,7 @@ from array_api_compat import array_namespace
 
 from .._core import lazy
 from .._core.result import OptimizeResult
+from .._core.typing import Array, ArrayLike
 from .arrays import call_checked, device, to_namespace
 from .._core.progress import make_progress
 from .engine import run_lm
@@ -284,21 +285,21 @@ def _callback(callback, x, cost, nit) -> bool:
 
 # --------------------------------------------------------------------------- main entry
 def tall_least_squares(
-    fun: Callable[..., Any],
-    x0: Any,
+    fun: Callable[..., Array],
+    x0: ArrayLike,
     *,
-    jac: Any = None,
+    jac: str | Callable[..., Array] | None = None,
     method: str = "gauss-newton",
     ftol: float = 1e-8,
     xtol: float = 1e-8,
     gtol: float = 1e-8,
-    x_scale: Any = None,
+    x_scale: str | ArrayLike | None = None,
     max_nfev: int | None = None,
-    args: tuple = (),
-    kwargs: dict | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     verbose: int = 0,
-    callback: Callable | None = None,
-    progress: Any = False,
+    callback: Callable[..., Any] | None = None,
+    progress: bool | Callable[[dict[str, Any]], Any] = False,
 ) -> OptimizeResult:
     r"""Nonlinear least squares for tall problems whose residuals are Dask arrays.
 

@@ -94,6 +94,7 @@ from .._derivatives import autodiff as _autodiff
 from .._core.backend import resolve
 from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
+from .._core.typing import Array, ArrayLike
 from .common import _gnorm, _is_dask, _nonnegative, _persist
 from .newton import _run_newton
 from .newton_cg import _run_newton_cg_ls
@@ -130,18 +131,18 @@ _MESSAGES = {
 
 
 def minimize(
-    fun: Callable,
-    x0: Any,
+    fun: Callable[..., Any],
+    x0: ArrayLike,
     *,
     method: str = "newton",
-    jac: Any = None,
-    hess: Any = None,
-    hessp: Any = None,
-    args: tuple = (),
+    jac: bool | str | Callable[..., Array] | None = None,
+    hess: str | Callable[..., Array] | None = None,
+    hessp: str | Callable[..., Array] | None = None,
+    args: tuple[Any, ...] = (),
     tol: float | None = None,
     maxiter: int | None = None,
-    callback: Callable | None = None,
-    options: dict | None = None,
+    callback: Callable[..., Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> OptimizeResult:
     r"""Minimize a scalar function of one 1-D array with a second-order method.
 
