@@ -177,7 +177,7 @@ def scale_by_natural_gradient(
         _core.check_outputs(xp, fam, out, "model")
         w = fam.fisher_weights(xp, out)
         if weights is not None:
-            wt = weights if fam.event_ndim == 0 else xp.expand_dims(weights, axis=-1)
+            wt = weights if fam.event_ndim == 0 else weights[..., None]
             w = w * wt
         w = xp.reshape(w, (-1,))
         use_cg = solver == "cg" or (solver == "auto" and n > AUTO_CHOLESKY_MAX)
