@@ -29,6 +29,20 @@ from __future__ import annotations
 from .arrays import device
 from .state import LMState, MinpackInfo, Outcome, Trial
 
+# MINPACK's codes as plain ints (array-api-strict takes no IntEnum operands;
+# an int is also cheaper per iteration than the enum lookup)
+_FTOL = int(MinpackInfo.FTOL)
+_FTOL_MACHINE = int(MinpackInfo.FTOL_MACHINE)
+_FTOL_XTOL = int(MinpackInfo.FTOL_XTOL)
+_GTOL = int(MinpackInfo.GTOL)
+_GTOL_MACHINE = int(MinpackInfo.GTOL_MACHINE)
+_MAX_NFEV = int(MinpackInfo.MAX_NFEV)
+_NONFINITE_JAC = int(MinpackInfo.NONFINITE_JAC)
+_NONFINITE_TRIAL = int(MinpackInfo.NONFINITE_TRIAL)
+_RUNNING = int(MinpackInfo.RUNNING)
+_XTOL = int(MinpackInfo.XTOL)
+_XTOL_MACHINE = int(MinpackInfo.XTOL_MACHINE)
+
 # Initial trust-region radius factor: Delta_0 = FACTOR * ||D x0|| (MINPACK's
 # ``factor``; MINPACK recommends a value in [0.1, 100] and defaults to 100;
 # 1 is scipy trf's choice and keeps the first steps from jumping to the
@@ -138,7 +152,7 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
         njev = njev + xp.astype(lin.bad, xp.int64)
-        info = xp.where(lin.bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
+        info = xp.where(lin.bad, xp.full_like(info, _NONFINITE_JAC), info)
         active = active & ~lin.bad
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
@@ -181,7 +195,7 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     gn_new = xp.where(st.fnorm == 0, zeros_k, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
-    info = xp.where(conv_g, xp.full_like(st.info, int(MinpackInfo.GTOL)), st.info)
+    info = xp.where(conv_g, xp.full_like(st.info, _GTOL), st.info)
     D = st.D
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
@@ -326,20 +340,20 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     # reduction still possible (issue 11: a*t fitted to 1e9*t from a = 1)
     ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0) & ~limited
     xt = delta <= xtol * xnorm
-    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), xp.zeros_like(info))
-    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
-    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
+    new = xp.where(ft, xp.full_like(info, _FTOL), xp.zeros_like(info))
+    new = xp.where(xt, xp.full_like(info, _XTOL), new)
+    new = xp.where(ft & xt, xp.full_like(info, _FTOL_XTOL), new)
     mach = xp.zeros_like(info)
-    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, int(MinpackInfo.MAX_NFEV)), mach)
+    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, _MAX_NFEV), mach)
     mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited,
-                    xp.full_like(info, int(MinpackInfo.FTOL_MACHINE)), mach)
-    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, int(MinpackInfo.XTOL_MACHINE)), mach)
-    mach = xp.where(st.gnorm <= eps, xp.full_like(info, int(MinpackInfo.GTOL_MACHINE)), mach)
-    new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)
+                    xp.full_like(info, _FTOL_MACHINE), mach)
+    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, _XTOL_MACHINE), mach)
+    mach = xp.where(st.gnorm <= eps, xp.full_like(info, _GTOL_MACHINE), mach)
+    new = xp.where(new == _RUNNING, mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
-    collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
-                           | (new == int(MinpackInfo.XTOL_MACHINE)))
-    new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
+    collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL)
+                           | (new == _XTOL_MACHINE))
+    new = xp.where(collapsed, xp.full_like(info, _NONFINITE_TRIAL), new)
     new = xp.where(st.active, new, xp.zeros_like(new))
-    return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
-                       active=st.active & (new == int(MinpackInfo.RUNNING)))
+    return st._replace(info=xp.where(new != _RUNNING, new, info),
+                       active=st.active & (new == _RUNNING))
