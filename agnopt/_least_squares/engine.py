@@ -107,16 +107,17 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
             st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
                 st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
         # -- inner loop of lmder: LM parameter and step, trial point
+        ones_k, zeros_k = xp.ones_like(st.fnorm), xp.zeros_like(st.fnorm)
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
         p = xp.where(st.free, z / st.D, xp.zeros_like(z))
-        st = st._replace(par=par)
         accel = None
         if ev.accelerate:
-            p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z)
-        tr, st = trial_point(xp, ev, st, p, accel)
-        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
-        st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
+            p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
+        tr, st = trial_point(xp, ev, st, p, accel, par)
+        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, ones_k,
+                                                                 zeros_k)
+        st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, ones_k)
         st = accept(xp, ev, st, tr, ratio)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
@@ -202,7 +203,7 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     return st._replace(gnorm=gnorm, info=info, active=st.active & ~conv_g, D=D)
 
 
-def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
+def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     """Geodesic acceleration (Transtrum & Sethna 2012) of the LM step ``p`` (k, n).
 
     For steps limited by the trust region (``par > 0``) after the first
@@ -211,11 +212,12 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
     acceleration ``a`` solves the same damped system with ``r_vv`` in place
     of ``f``, and the step becomes ``v + a/2`` when
     ``||D a|| <= ACC_ALPHA * ||D v|| / 2`` (else ``v`` alone). The
-    evaluation ``f(x + h v)`` counts in ``nfev``. Returns ``(p, accel, st)``
+    evaluation ``f(x + h v)`` counts in ``nfev``. ``par`` (k,) is the LM
+    parameter of ``v``. Returns ``(p, accel, st)``
     with ``accel`` (k,) the accelerated problems (``None`` when none was
     eligible).
     """
-    X, F, J, D, free, par = st.X, st.F, st.J, st.D, st.free, st.par
+    X, F, J, D, free = st.X, st.F, st.J, st.D, st.free
     eligible = st.active & (par > 0) & ~st.first
     if not bool(xp.any(eligible)):
         return p, None, st
@@ -235,11 +237,12 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
     return xp.where(accel[:, None], p - 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, accel):
+def trial_point(xp, ev, st: LMState, p, accel, par):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
-    (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)``.
+    (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)`` with
+    ``st.par`` the step's LM parameter ``par`` (k,).
     """
     X = st.X
     p_unc = p
@@ -252,12 +255,12 @@ def trial_point(xp, ev, st: LMState, p, accel):
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     Ft, fnorm1 = ev.trial(Xt)
-    st = st._replace(delta=delta, nfev=st.nfev + xp.astype(st.active, xp.int64))
+    st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
     return Trial(Xt, Ft, p, pnorm, fnorm1, clipped if (ev.bounded or accel is not None)
                  else None), st
 
 
-def reductions(xp, st: LMState, tr: Trial, route):
+def reductions(xp, st: LMState, tr: Trial, route, ones_k, zeros_k):
     """MINPACK's relative reductions, with respect to ``||f||^2``.
 
     ``actred = 1 - (||f(x+p)|| / ||f||)^2`` (-1 when the trial residuals are
@@ -269,7 +272,6 @@ def reductions(xp, st: LMState, tr: Trial, route):
     Returns ``(actred, prered, dirder, ratio, fn1s, finite)`` (k,) each.
     """
     fnorm, par = st.fnorm, st.par
-    ones_k = xp.ones_like(fnorm)
     finite = xp.isfinite(tr.fnorm1)
     fn1s = xp.where(finite, tr.fnorm1, fnorm * 1e10 + 1.0)
     fn_safe = xp.where(fnorm == 0, ones_k, fnorm)
@@ -282,12 +284,12 @@ def reductions(xp, st: LMState, tr: Trial, route):
         fJp = xp.sum(st.g * tr.p, axis=-1) / (fn_safe * fn_safe)  # f . Jp = (J^T f) . p
         prered = xp.where(tr.clipped, -(2.0 * fJp + t1 * t1), prered)
         dirder = xp.where(tr.clipped, fJp, dirder)
-    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, ones_k),
-                     xp.zeros_like(fnorm))
+    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, ones_k), zeros_k)
     return actred, prered, dirder, ratio, fn1s, finite
 
 
-def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite) -> LMState:
+def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite,
+                  ones_k) -> LMState:
     """MINPACK's radius and LM-parameter update.
 
     ``ratio <= 0.25``: ``Delta = temp * min(Delta, ||D p|| / 0.1)``, ``par /= temp``
@@ -296,7 +298,6 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     ``par = 0``: ``Delta = 2 ||D p||``, ``par /= 2``; else unchanged.
     """
     fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
-    ones_k = xp.ones_like(fnorm)
     small = ratio <= 0.25
     den = dirder + 0.5 * actred
     temp = xp.where(actred >= 0, 0.5 * ones_k,
