@@ -117,8 +117,8 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         tr, st = trial_point(xp, ev, st, p, accel, par)
         actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, ones_k,
                                                                  zeros_k)
-        st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, ones_k)
-        st = accept(xp, ev, st, tr, ratio)
+        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, ones_k)
+        st = accept(xp, ev, st, tr, ratio, delta, par)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
         st = st._make(ev.persist(*st)) if ev.persist_all else st
@@ -289,13 +289,14 @@ def reductions(xp, st: LMState, tr: Trial, route, ones_k, zeros_k):
 
 
 def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite,
-                  ones_k) -> LMState:
+                  ones_k):
     """MINPACK's radius and LM-parameter update.
 
     ``ratio <= 0.25``: ``Delta = temp * min(Delta, ||D p|| / 0.1)``, ``par /= temp``
     with ``temp`` from a quadratic interpolation clipped to [0.1, 0.5]
     (0.1 for non-finite or tenfold-grown residuals); ``ratio >= 0.75`` or
     ``par = 0``: ``Delta = 2 ||D p||``, ``par /= 2``; else unchanged.
+    Returns the new ``(delta, par)`` (k,).
     """
     fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
     small = ratio <= 0.25
@@ -307,17 +308,17 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     delta_n = xp.where(small, temp * xp.minimum(delta, pnorm / 0.1),
                        xp.where(big, pnorm / 0.5, delta))
     par_n = xp.where(small, par / temp, xp.where(big, 0.5 * par, par))
-    return st._replace(delta=xp.where(st.active, delta_n, delta),
-                       par=xp.where(st.active, par_n, par))
+    return xp.where(st.active, delta_n, delta), xp.where(st.active, par_n, par)
 
 
-def accept(xp, ev, st: LMState, tr: Trial, ratio) -> LMState:
+def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par) -> LMState:
     """Take the step where ``ratio >= ACCEPT_RATIO`` (MINPACK's 1e-4); the
-    Jacobian of those problems is then stale (``need_jac``)."""
+    Jacobian of those problems is then stale (``need_jac``). ``delta``,
+    ``par`` (k,): the updated radius and LM parameter, stored with the step."""
     acc = st.active & (ratio >= ACCEPT_RATIO)
     X = xp.where(acc[:, None], tr.Xt, st.X)
     return st._replace(
-        X=X, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
+        X=X, delta=delta, par=par, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
         xnorm=xp.where(acc, xp.linalg.vector_norm(st.D * X, axis=-1), st.xnorm),
         nit=st.nit + xp.astype(acc, xp.int64),
         need_jac=xp.where(st.active, acc, st.need_jac),  # finished problems keep theirs
