@@ -21,6 +21,8 @@ pytest.importorskip("mypy", reason="mypy is in the test extra (pip install -e '.
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """
+from typing import TypeVar
+
 import numpy as np
 import agnopt as ao
 from agnopt.typing import Array, ArrayTree, ScalarOrSchedule, Schedule
@@ -44,6 +46,14 @@ lr_arg: ScalarOrSchedule = sched
 txs = [ao.adamw(lr_arg, weight_decay=1e-2), ao.sgd(lambda step: 0.1), ao.muon(1e-3),
        ao.shampoo(1e-3), ao.soap(1e-3), ao.full_matrix_adagrad(0.1)]
 
+T = TypeVar("T", bound=ArrayTree)
+
+
+def neg_update(updates: T, state: ao.EmptyState, params: ArrayTree | None = None) -> tuple[T, ao.EmptyState]:
+    return ao.tree_map(lambda g: -g, updates), state
+
+
+custom = ao.chain(ao.Transform(lambda p: ao.EmptyState(), neg_update), ao.sgd(0.1))
 tree: ArrayTree = {"layer": [np.ones(2), np.zeros(2)]}
 leaves = ao.tree_leaves(tree)
 doubled = ao.tree_map(lambda a: 2 * a, tree)

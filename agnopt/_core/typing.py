@@ -95,6 +95,12 @@ class TransformInitFn(Protocol):
 class TransformUpdateFn(Protocol):
     """``update(updates, state, params=None) -> (new_updates, new_state)`` of a
     :class:`~agnopt.Transform`; the new updates have the structure (and array
-    type) of ``updates``."""
+    type) of ``updates``.
+
+    A typed ``update`` of one's own says so with a type variable,
+    ``T = TypeVar("T", bound=ArrayTree)``:
+    ``def update(updates: T, state: Any, params: ArrayTree | None = None) -> tuple[T, Any]``
+    (unannotated functions and lambdas fit as they are).
+    """
 
     def __call__(self, updates: TreeT, state: Any, params: ArrayTree | None = None) -> tuple[TreeT, Any]: ...
