@@ -406,7 +406,7 @@ def save_state(path: str | os.PathLike[str], state: Any, *, config: Any = None) 
     arrays[_HEADER] = np.asarray(header)
     with open(os.fspath(path), "wb") as fh:
         # numpy's stub types **kwds as if a key could be its allow_pickle flag; ours are leaf_i/header
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+        np.savez(fh, **arrays)  # type: ignore[arg-type, unused-ignore]
 
 
 def load_state(path: str | os.PathLike[str], template: StateT, *, config: Any = None) -> StateT:

@@ -108,7 +108,7 @@ def autodiff_products(f: Callable, x: Any) -> tuple[Any, Callable, Callable]:
     if kind == "torch":
         import torch.func as tf
 
-        out, vjp_fn = tf.vjp(f, x)  # type: ignore[misc]  # torch's stub: no overload for has_aux=False (a 2-tuple)
+        out, vjp_fn = tf.vjp(f, x)[:2]  # a 2-tuple without has_aux (torch types it 2- or 3-long)
 
         def jvp(v):
             return tf.jvp(f, (x,), (v,))[1]
