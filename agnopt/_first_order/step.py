@@ -18,6 +18,9 @@ array operations:
   agnopt[numba]``), else a pure NumPy loop over cache-sized blocks with
   ``out=`` (no temporaries the size of the parameters);
 * torch: in-place ``out=`` operations over blocks, under ``torch.no_grad()``;
+  on CUDA, Adam/AdamW with a constant learning rate (no ``amsgrad``, no
+  ``eps_root``) call torch's own fused kernels instead (equal to rounding;
+  see :mod:`agnopt._kernels.torch_kernel`);
 * CuPy: one ``cupy.ElementwiseKernel`` per leaf and step.
 
 **Buffer donation.** On these backends ``step`` *reuses the buffers* of
