@@ -168,8 +168,9 @@ def try_step(spec, params, p_leaves, td, grads, state):
                 return None
         bufs[name] = lv
     if "vmax" in bufs:
-        bufs["vmax"] = [v.copy() if v is m or v.data.ptr == m.data.ptr else v
-                        for v, m in zip(bufs["vmax"], bufs["nu"])]
+        with cupy.cuda.Device(dev0.id):  # the copy on the parameters' GPU
+            bufs["vmax"] = [v.copy() if v is m or v.data.ptr == m.data.ptr else v
+                            for v, m in zip(bufs["vmax"], bufs["nu"])]
     names = list(bufs)
     for i, a in enumerate(names):
         for b in names[:i]:
@@ -178,25 +179,26 @@ def try_step(spec, params, p_leaves, td, grads, state):
 
     import array_api_compat.cupy as xp
 
-    new_count = None if plan.count is None else fc.increment(xp, plan.count)
-    new_sched = None if plan.sched_count is None else fc.increment(xp, plan.sched_count)
-    flags = dict(plan.flags)
-    if kind == "sgd":
-        flags["first"] = bool(flags["mom"] and flags["damp"] and int(plan.count) == 0)
-    fkey = tuple(sorted(flags.items()))
-    per_dtype: dict = {}
-    for li in range(n):
-        p = p_leaves[li]
-        g = g_leaves[li]
-        hit = per_dtype.get(p.dtype)
-        if hit is None:
-            op = opmath_name(p.dtype.name)
-            c = fc.constants(spec, plan, xp, getattr(xp, op), dev0, new_count)
-            args = [c[k] for k in _ARGS[kind]]  # Python floats are cast to the declared ``op`` type
-            hit = per_dtype[p.dtype] = (cupy_kernel(kind, fkey, op), args)
-        kern, args = hit
-        outs = [bufs[name][li] for name in _OUTS[kind] if name in bufs]
-        kern(g, *args, p, *outs)
+    with cupy.cuda.Device(dev0.id):  # kernels and 0-d constants on the parameters' GPU
+        new_count = None if plan.count is None else fc.increment(xp, plan.count)
+        new_sched = None if plan.sched_count is None else fc.increment(xp, plan.sched_count)
+        flags = dict(plan.flags)
+        if kind == "sgd":
+            flags["first"] = bool(flags["mom"] and flags["damp"] and int(plan.count) == 0)
+        fkey = tuple(sorted(flags.items()))
+        per_dtype: dict = {}
+        for li in range(n):
+            p = p_leaves[li]
+            g = g_leaves[li]
+            hit = per_dtype.get(p.dtype)
+            if hit is None:
+                op = opmath_name(p.dtype.name)
+                c = fc.constants(spec, plan, xp, getattr(xp, op), dev0, new_count)
+                args = [c[k] for k in _ARGS[kind]]  # Python floats are cast to the declared ``op`` type
+                hit = per_dtype[p.dtype] = (cupy_kernel(kind, fkey, op), args)
+            kern, args = hit
+            outs = [bufs[name][li] for name in _OUTS[kind] if name in bufs]
+            kern(g, *args, p, *outs)
     STATS["cupy"] += n
     st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st

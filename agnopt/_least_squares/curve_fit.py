@@ -9,7 +9,7 @@ import warnings
 from typing import Any, Callable
 
 from .._core import lazy
-from .._core.backend import resolve
+from .._core.backend import on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.status import Status
 from .arrays import host_ints
@@ -40,6 +40,7 @@ def _n_params(f: Callable) -> int:
     return len(params) - 1
 
 
+@on_device_of(2, "ydata")  # CuPy: run on the GPU of the arrays
 def curve_fit(
     f: Callable[..., Any],
     xdata: Any,
@@ -164,7 +165,7 @@ def curve_fit(
         raise RuntimeError("Optimal parameters not found: " + res.message)
     if warn:
         warnings.warn(
-            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=2
+            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=3
         )
     if full_output:
         if batched:

@@ -40,7 +40,7 @@ import math
 from typing import Any, Callable
 
 from .._core import lazy
-from .._core.backend import resolve
+from .._core.backend import on_device_of, resolve
 from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
@@ -73,6 +73,7 @@ from .tall import tall_least_squares
 __all__ = ["least_squares"]
 
 
+@on_device_of(1, "x0")  # CuPy: run on the GPU of the arrays
 def least_squares(
     fun: Callable[..., Any],
     x0: Any,

@@ -41,6 +41,7 @@ from typing import Any, Callable
 from array_api_compat import array_namespace
 
 from .._core import lazy
+from .._core.backend import on_device_of
 from .._core.result import OptimizeResult
 from .arrays import call_checked, device, to_namespace
 from .._core.progress import make_progress
@@ -281,6 +282,7 @@ def _callback(callback, x, cost, nit) -> bool:
 
 
 # --------------------------------------------------------------------------- main entry
+@on_device_of(1, "x0")  # CuPy x0: run on its GPU
 def tall_least_squares(
     fun: Callable[..., Any],
     x0: Any,
