@@ -732,3 +732,23 @@ def test_torch_fused_kernels_not_on_cpu_by_default():
     before = _fast_torch.STATS["torch_fused"]
     ao.step(opt, p, torch.full((10,), 0.5, dtype=torch.float64), opt.init(p))
     assert _fast_torch.STATS["torch_fused"] == before
+
+
+def test_torch_fused_kernels_not_on_strided_grads(monkeypatch):
+    """A transposed (non-contiguous) gradient: the block programs run (torch's kernels read flat memory)."""
+    fk = _fused_on_cpu(monkeypatch)
+    torch = fk.torch
+    rng = np.random.default_rng(5)
+    p0 = torch.tensor(rng.standard_normal((6, 4)))
+    gT = torch.tensor(rng.standard_normal((4, 6))).T  # (6, 4), not contiguous
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = ao.adam(1e-2)
+        p = p0.clone()
+        s = opt.init(p)
+        before = fk.STATS["torch_fused"]
+        p, s = ao.step(opt, p, gT, s)
+        assert fk.STATS["torch_fused"] == before
+        out[mode] = p
+    torch.testing.assert_close(out["1"], out["0"], rtol=0, atol=0)

@@ -238,6 +238,10 @@ def _torch_fused(spec, plan, p_leaves, g_leaves, bufs, new_count) -> bool:
     fn = getattr(torch, "_fused_adam_" if spec.kind == "adam" else "_fused_adamw_", None)
     if fn is None or dt not in _FUSED_DTYPES or key in _FUSED_OFF or any(p.dtype != dt for p in p_leaves):
         return False
+    # torch's kernels walk every tensor as flat memory: the element order must be the parameters'
+    # (a transposed gradient takes the block programs, which index it properly)
+    if not all(t.is_contiguous() for lv in (g_leaves, bufs["mu"], bufs["nu"]) for t in lv):
+        return False
     hp = spec.hp
     n = len(p_leaves)
     try:
