@@ -56,6 +56,7 @@ CONFIGS = {
     "adam-schedule": lambda: ao.adam(ao.warmup_cosine_decay(0.0, 1e-2, 2, 10)),
     "adam-amsgrad-wd-schedule": lambda: ao.adam(_sched(1e-2), amsgrad=True, weight_decay=0.1),
     "adamw": lambda: ao.adamw(1e-2),
+    "adamw-wd": lambda: ao.adamw(1e-2, weight_decay=0.5),
     "adamw-amsgrad": lambda: ao.adamw(1e-2, amsgrad=True, weight_decay=0.1),
     "adamw-schedule": lambda: ao.adamw(_sched(1e-2)),
 }
@@ -231,7 +232,7 @@ def _compare(ref, got, dt, loose=False):
             np.testing.assert_allclose(b, a, rtol=TOL[dt], atol=atol)
 
 
-FUSED_YES = ["adam", "adam-betas-eps", "adam-wd", "adamw", "adam-mu_nu_dtype-same"]
+FUSED_YES = ["adam", "adam-betas-eps", "adam-wd", "adamw", "adamw-wd", "adam-mu_nu_dtype-same"]
 FUSED_NO = ["adam-amsgrad", "adam-eps_root", "adam-schedule", "adamw-amsgrad", "adamw-schedule", "rmsprop"]
 
 
