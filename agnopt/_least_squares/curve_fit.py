@@ -8,6 +8,8 @@ import re
 import warnings
 from typing import Any, Callable
 
+import array_api_compat
+
 from .._core import lazy
 from .._core.backend import resolve
 from .._core.errors import OptimizeWarning
@@ -16,7 +18,8 @@ from .arrays import host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance
 from .least_squares import least_squares
-from .problem import as_array, check_backend, to_backend
+from .._derivatives.numdiff import prepare_bounds
+from .problem import METHODS, as_array, as_bounds_pair, check_backend, to_backend
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -47,10 +50,13 @@ def curve_fit(
     p0: Any = None,
     sigma: Any = None,
     absolute_sigma: bool = False,
+    check_finite: bool | None = None,
     bounds: Any = (-math.inf, math.inf),
     method: str | None = None,
     jac: Any = None,
+    *,
     full_output: bool = False,
+    nan_policy: str | None = None,
     batched: bool = False,
     **kwargs: Any,
 ) -> tuple:
@@ -135,15 +141,35 @@ def curve_fit(
     ValueError
         Bad shapes, non-finite ``ydata``, unknown ``method``.
     """
-    method = _check_method(method, kwargs)
+    bounds = as_bounds_pair(bounds)
+    method = _check_method(method, kwargs, _has_finite_bound(bounds))
+    if nan_policy not in (None, "raise", "omit", "propagate"):
+        raise ValueError("nan_policy must be one of {None, 'raise', 'omit'}")
+    if nan_policy == "propagate":
+        raise ValueError("`nan_policy='propagate'` is not supported by this function.")
+    if check_finite is None:
+        check_finite = nan_policy is None
     if batched and is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
         return chunked_curve_fit(
             f, xdata, ydata, *_chunked_p0(f, p0, ydata), sigma, full_output,
             dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
-    ydata = as_array(ydata, "ydata")
+    ydata = _as_data(as_array(ydata, "ydata"))
     xp, dev = resolve(ydata, "ydata")
+    xdata = _convert_xdata(xp, dev, xdata, ydata.dtype)
+    if check_finite:
+        _check_finite(xp, xdata, ydata)
+    if nan_policy is not None:
+        if batched:
+            raise ValueError("nan_policy: not supported with batched=True (fits of different "
+                             "lengths); remove the NaNs per fit")
+        xdata, ydata, sigma = _nan_policy(xp, dev, nan_policy, xdata, ydata, sigma)
+    if not batched and ydata.ndim == 0:
+        ydata = _broadcast_scalar_y(xp, dev, f, xdata, ydata, p0)
     B, m = _check_ydata(xp, ydata, batched)
-    p0a, n = _initial_params(xp, dev, f, p0, ydata, batched, B)
+    p0a, n = _initial_params(xp, dev, f, p0, ydata, batched, B, bounds)
+    if method == "lm" and not batched and m != 1 and n > m:
+        raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                        f"of data points={m}")
     wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
     residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L)
     try:
@@ -194,21 +220,136 @@ def _chunked_p0(f, p0, ydata) -> tuple:
     raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
 
 
-def _check_method(method, kwargs):
-    """``method`` (``None`` -> ``"lm"``); scipy's ``maxfev`` becomes ``max_nfev``."""
+def _has_finite_bound(bounds) -> bool:
+    """Whether ``bounds`` (a pair of numbers / arrays) has a finite entry (host check)."""
+    try:
+        lb, ub = bounds
+    except (TypeError, ValueError) as e:
+        raise ValueError("bounds: expected a pair (lb, ub) or a Bounds object") from e
+    for b in (lb, ub):
+        if hasattr(b, "shape") and hasattr(b, "dtype"):
+            (b,) = lazy.compute(b)
+            xb = array_api_compat.array_namespace(b)
+            if bool(xb.any(xb.isfinite(xb.asarray(b)))):
+                return True
+            continue
+        vals = b if isinstance(b, (list, tuple)) else [b]
+        if any(math.isfinite(float(v)) for v in vals):
+            return True
+    return False
+
+
+def _check_method(method, kwargs, bounded):
+    """``method``: ``None`` -> ``"trf"`` with finite bounds when available (scipy's
+    default), else ``"lm"``; scipy's ``maxfev`` becomes ``max_nfev``."""
     if method is None:
-        method = "lm"
-    if method not in ("lm", "gauss-newton"):
-        raise ValueError(
-            f"method: expected None, 'lm' or 'gauss-newton', got {method!r} "
-            "(agnopt's 'lm' handles bounds by projection)"
-        )
+        method = "trf" if bounded and "trf" in METHODS else "lm"
+    if method not in METHODS:
+        raise ValueError(f"method: expected None or one of {METHODS}, got {method!r}")
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument.")
     if "maxfev" in kwargs:
         mf = kwargs.pop("maxfev")
         kwargs.setdefault("max_nfev", mf)
     return method
+
+
+def _as_data(y):
+    """``ydata`` of an integer or boolean dtype as float64 of its backend (scipy casts)."""
+    xy = array_api_compat.array_namespace(y)
+    if not xy.isdtype(y.dtype, ("real floating", "complex floating")):
+        return xy.astype(y, xy.float64)
+    return y
+
+
+def _convert_xdata(xp, dev, xdata, dtype):
+    """``xdata`` as scipy converts it: lists / tuples become arrays of ``ydata``'s backend
+    and dtype; an integer array of that backend becomes ``dtype``; anything else is
+    passed to ``f`` unchanged."""
+    if isinstance(xdata, (list, tuple)):
+        try:
+            return xp.asarray(xdata, dtype=dtype, device=dev)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"xdata: could not convert the sequence to an array: {e}") from e
+    if (hasattr(xdata, "shape") and hasattr(xdata, "dtype")
+            and array_api_compat.is_array_api_obj(xdata)):
+        try:
+            same = array_api_compat.array_namespace(xdata) is xp
+        except TypeError:
+            same = False
+        if same and xp.isdtype(xdata.dtype, ("integral", "bool")):
+            return xp.astype(xdata, dtype)
+    return xdata
+
+
+def _is_xp_float_array(xp, a):
+    if not (hasattr(a, "shape") and hasattr(a, "dtype") and array_api_compat.is_array_api_obj(a)):
+        return False
+    try:
+        return array_api_compat.array_namespace(a) is xp and xp.isdtype(a.dtype, "real floating")
+    except TypeError:
+        return False
+
+
+def _check_finite(xp, xdata, ydata):
+    """``check_finite``: ``ydata`` and an array ``xdata`` free of NaN and inf (``ValueError``)."""
+    if not bool(xp.all(xp.isfinite(ydata))):
+        raise ValueError("ydata: contains non-finite values (NaN or inf); pass "
+                         "nan_policy='omit' to drop NaN data points")
+    if _is_xp_float_array(xp, xdata) and not bool(xp.all(xp.isfinite(xdata))):
+        raise ValueError("xdata: contains non-finite values (NaN or inf); pass "
+                         "nan_policy='omit' to drop NaN data points")
+
+
+def _nan_policy(xp, dev, nan_policy, xdata, ydata, sigma):
+    """``nan_policy`` "raise" / "omit" (scipy's rules): a data point is dropped when
+    ``ydata`` or any entry of ``xdata[..., i]`` is NaN, with its ``sigma`` entries."""
+    y_nan = xp.isnan(ydata)
+    x_arr = _is_xp_float_array(xp, xdata)
+    has_nan = y_nan
+    if x_arr:
+        xn = xp.isnan(xdata)
+        if xn.ndim > 1:
+            xn = xp.any(xn, axis=tuple(range(xn.ndim - 1)))
+        if ydata.ndim == 1 and tuple(xn.shape) == tuple(ydata.shape):
+            has_nan = has_nan | xn
+        elif bool(xp.any(xn)):
+            raise ValueError("xdata: with nan_policy='omit' the last axis of xdata must match "
+                             "ydata's length")
+    if not bool(xp.any(has_nan)):
+        return xdata, ydata, sigma
+    if nan_policy == "raise":
+        raise ValueError("The input contains nan values")
+    if ydata.ndim != 1:
+        raise ValueError("nan_policy='omit': expected a 1-D ydata")
+    keep = xp.nonzero(~has_nan)[0]
+    ydata = xp.take(ydata, keep, axis=0)
+    if x_arr:
+        xdata = xp.take(xdata, keep, axis=xdata.ndim - 1)
+    if sigma is not None:
+        sig = to_backend(xp, sigma, ydata.dtype, dev)
+        if sig.ndim == 1:
+            sigma = xp.take(sig, keep, axis=0)
+        elif sig.ndim == 2:
+            sigma = xp.take(xp.take(sig, keep, axis=0), keep, axis=1)
+    return xdata, ydata, sigma
+
+
+def _broadcast_scalar_y(xp, dev, f, xdata, ydata, p0):
+    """A 0-d ``ydata`` broadcast to the shape of ``f``'s output at ``p0`` (scipy
+    subtracts the scalar from ``f``'s output)."""
+    if p0 is None:
+        n = _n_params(f)
+        pars = [xp.asarray(1.0, dtype=ydata.dtype, device=dev)] * n
+    else:
+        pa = to_backend(xp, p0, ydata.dtype, dev)
+        pa = xp.reshape(pa, (-1,))
+        pars = [pa[j] for j in range(pa.shape[0])]
+    r = f(xdata, *pars)
+    shape = tuple(getattr(r, "shape", ()))
+    if len(shape) != 1:
+        raise ValueError(f"ydata: a scalar ydata needs f to return a 1-D array, got shape {shape}")
+    return xp.asarray(xp.broadcast_to(ydata, shape), copy=True)
 
 
 def _check_ydata(xp, ydata, batched):
@@ -224,17 +365,29 @@ def _check_ydata(xp, ydata, batched):
         m = ydata.shape[0]
     if m == 0:
         raise ValueError("`ydata` must not be empty!")
-    if not bool(xp.all(xp.isfinite(ydata))):
-        raise ValueError("ydata: contains non-finite values (NaN or inf)")
     return B, m
 
 
-def _initial_params(xp, dev, f, p0, ydata, batched, B):
-    """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (ones by default)."""
+def _feasible_start(xp, dev, n, dtype, bounds, batched, B):
+    """scipy's default ``p0`` with bounds: the midpoint where both bounds are finite,
+    ``lb + 1`` / ``ub - 1`` where one is, 1 elsewhere."""
+    shape = (B, n) if batched else (n,)
+    ones = xp.ones(shape, dtype=dtype, device=dev)
+    lb, ub = prepare_bounds(xp, bounds, ones)
+    flb, fub = xp.isfinite(lb), xp.isfinite(ub)
+    p = xp.where(flb & fub, 0.5 * (xp.where(flb, lb, ones) + xp.where(fub, ub, ones)), ones)
+    p = xp.where(flb & ~fub, lb + 1.0, p)
+    p = xp.where(~flb & fub, ub - 1.0, p)
+    return p
+
+
+def _initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.inf)):
+    """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (default: ones, or
+    scipy's feasible start with bounds)."""
     dtype = ydata.dtype
     if p0 is None:
         n = _n_params(f)
-        return xp.ones((B, n) if batched else (n,), dtype=dtype, device=dev), n
+        return _feasible_start(xp, dev, n, dtype, bounds, batched, B), n
     if hasattr(p0, "shape") and hasattr(p0, "dtype"):
         check_backend(p0, xp, "p0", "ydata")
     p0a = to_backend(xp, p0, dtype, dev)

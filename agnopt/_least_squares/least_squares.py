@@ -39,6 +39,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import array_api_compat
+
 from .._core import lazy
 from .._core.backend import resolve
 from .._core.result import OptimizeResult
@@ -54,14 +56,18 @@ from .problem import (
     JAC_STRINGS,
     Problem,
     as_array,
+    as_bounds_pair,
     check_backend,
+    check_loss,
     check_m_ge_n,
     check_max_nfev,
     check_method,
+    check_scipy_options,
     check_tolerances,
     check_verbose,
     resolve_x_scale,
     to_backend,
+    wrap_callback,
 )
 from .tall import tall_least_squares
 
@@ -71,20 +77,27 @@ __all__ = ["least_squares"]
 def least_squares(
     fun: Callable[..., Any],
     x0: Any,
-    *,
     jac: Any = None,
-    method: str = "lm",
     bounds: Any = (-math.inf, math.inf),
-    ftol: float = 1e-8,
-    xtol: float = 1e-8,
-    gtol: float = 1e-8,
+    method: str = "lm",
+    ftol: float | None = 1e-8,
+    xtol: float | None = 1e-8,
+    gtol: float | None = 1e-8,
     x_scale: Any = None,
+    loss: Any = "linear",
+    f_scale: float = 1.0,
+    diff_step: Any = None,
+    tr_solver: str | None = None,
+    tr_options: dict | None = None,
+    jac_sparsity: Any = None,
     max_nfev: int | None = None,
+    verbose: int = 0,
     args: tuple = (),
     kwargs: dict | None = None,
-    batched: bool = False,
-    verbose: int = 0,
     callback: Callable | None = None,
+    workers: Any = None,
+    *,
+    batched: bool = False,
     history: bool = False,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
@@ -266,13 +279,17 @@ def least_squares(
     if not (jac is None or callable(jac) or jac in JAC_STRINGS):
         raise ValueError(f"jac: expected a callable or one of {JAC_STRINGS}, got {jac!r}")
     check_verbose(verbose)
+    check_loss(loss, f_scale, method)
+    check_scipy_options(method, tr_solver, tr_options, jac_sparsity, workers, diff_step)
     kwargs = {} if kwargs is None else dict(kwargs)
-    check_tolerances(method, ftol, xtol, gtol)
+    ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)
+    bounds = as_bounds_pair(bounds)
+    callback = wrap_callback(callback)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
-                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, diff_step=diff_step))
     xp, dev, x0, X = _start_point(x0, batched)
     B, n = X.shape
 
@@ -295,6 +312,7 @@ def least_squares(
     D = xp.ones_like(X) if jac_scale else _scale_from(xp, x_scale, X, dev)
 
     prob = Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
+    prob.diff_step = diff_step
     F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     check_m_ge_n(method, m, n)
@@ -321,6 +339,13 @@ def least_squares(
 def _start_point(x0, batched):
     """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
     x0 = as_array(x0, "x0")
+    dt = getattr(x0, "dtype", None)
+    if dt is not None and "complex" in str(dt):
+        raise ValueError("x0: must be real, got a complex array")
+    if dt is not None and any(k in str(dt) for k in ("int", "bool")):
+        # scipy casts integer starting points to float64
+        x0 = array_api_compat.array_namespace(x0).astype(
+            x0, array_api_compat.array_namespace(x0).float64)
     xp, dev = resolve(x0, "x0")
     if batched:
         if x0.ndim != 2:
@@ -381,7 +406,7 @@ def _bounds(xp, bounds, X, x0, batched):
     if bool(xp.any(lb >= ub)):
         raise ValueError("bounds: each lower bound must be strictly less than each upper bound")
     if bool(xp.any((X < lb) | (X > ub))):
-        raise ValueError("x0 is infeasible: it violates the bounds")
+        raise ValueError("x0: Initial guess is outside of provided bounds")
     return lb, ub, bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
 
 
