@@ -272,7 +272,7 @@ def c_min_x0_tree(xp, dev):
 # --------------------------------------------------------------------------- least_squares
 def c_ls_method(xp, dev):
     x0 = _mk(xp, dev, [0.0, 0.0])
-    return (lambda: ao.least_squares(_res, x0, method="trf")), x0
+    return (lambda: ao.least_squares(_res, x0, method="bfgs")), x0
 
 
 def c_ls_jac_shape(xp, dev):
@@ -365,7 +365,7 @@ def c_ls_jac_nan(xp, dev):
 # --------------------------------------------------------------------------- curve_fit
 def c_cf_method(xp, dev):
     t, y = _fit_data(xp, dev)
-    return (lambda: ao.curve_fit(_model, t, y, method="dogbox")), (t, y)
+    return (lambda: ao.curve_fit(_model, t, y, method="bfgs")), (t, y)
 
 
 def c_cf_jac_shape(xp, dev):
@@ -394,12 +394,6 @@ def c_cf_ydata_empty(xp, dev):
     t = _mk(xp, dev, [])
     y = _mk(xp, dev, [])
     return (lambda: ao.curve_fit(_model, t, y, p0=[1.0, 1.0])), (t, y)
-
-
-def c_cf_ydata_int(xp, dev):
-    t, _ = _fit_data(xp, dev)
-    y = _mk(xp, dev, [1, 2, 3, 4, 5, 6], "int64")
-    return (lambda: ao.curve_fit(_model, t, y)), (t, y)
 
 
 def c_cf_sigma_shape(xp, dev):
@@ -499,7 +493,7 @@ CASES = [
     Case("minimize-tol-negative", c_min_tol_negative, ValueError, r"tol: expected a finite number >= 0"),
     Case("minimize-x0-tree", c_min_x0_tree, (TypeError, ValueError), r"x0 must be one 1-D array"),
     # least_squares
-    Case("least_squares-method", c_ls_method, ValueError, r"method: expected 'lm' or 'gauss-newton', got 'trf'"),
+    Case("least_squares-method", c_ls_method, ValueError, r"method: expected one of .*, got 'bfgs'"),
     Case("least_squares-jac-shape", c_ls_jac_shape, ValueError, r"jac: expected an array of shape \(2, 2\)"),
     Case("least_squares-fun-nan-x0", c_ls_fun_nan, ValueError, r"fun: residuals are not finite at the initial point x0"),
     Case("least_squares-fun-raises", c_ls_fun_raises, RuntimeError, r"fun raised KeyError at x0"),
@@ -509,7 +503,7 @@ CASES = [
     Case("least_squares-batched-1d", c_ls_batched_1d, ValueError, r"x0: with batched=True expected shape \(B, n\)"),
     Case("least_squares-x0-empty", c_ls_x0_empty, ValueError, r"x0: empty array"),
     Case("least_squares-x0-nan", c_ls_x0_nan, ValueError, r"x0: contains non-finite values"),
-    Case("least_squares-x0-complex", c_ls_x0_complex, TypeError, r"x0: complex dtype"),
+    Case("least_squares-x0-complex", c_ls_x0_complex, ValueError, r"x0: must be real"),
     Case("least_squares-ftol-negative", c_ls_ftol, ValueError, r"ftol: expected a non-negative float"),
     Case("least_squares-x_scale-negative", c_ls_x_scale, ValueError, r"x_scale: must be 'jac' or an array of positive"),
     Case("least_squares-max_nfev-zero", c_ls_max_nfev, ValueError, r"max_nfev: expected a positive integer"),
@@ -518,13 +512,12 @@ CASES = [
          r"fun: with batched=True expected residuals of shape \(B, m\)"),
     Case("least_squares-jac-nan", c_ls_jac_nan, ValueError, r"jac: the Jacobian has non-finite entries"),
     # curve_fit
-    Case("curve_fit-method", c_cf_method, ValueError, r"method: expected None, 'lm' or 'gauss-newton', got 'dogbox'"),
+    Case("curve_fit-method", c_cf_method, ValueError, r"method: expected None or one of .*, got 'bfgs'"),
     Case("curve_fit-jac-shape", c_cf_jac_shape, ValueError, r"jac: expected an array of shape \(6, 2\)"),
     Case("curve_fit-batched-1d", c_cf_batched_1d, ValueError, r"ydata: with batched=True expected shape \(B, m\)"),
     Case("curve_fit-bounds-order", c_cf_bounds_order, ValueError, r"bounds: each lower bound must be strictly less"),
     Case("curve_fit-ydata-nan", c_cf_ydata_nan, ValueError, r"ydata: contains non-finite values"),
     Case("curve_fit-ydata-empty", c_cf_ydata_empty, ValueError, r"ydata.* must not be empty"),
-    Case("curve_fit-ydata-int", c_cf_ydata_int, TypeError, r"ydata: dtype .*int64"),
     Case("curve_fit-sigma-shape", c_cf_sigma_shape, ValueError, r"sigma.* has incorrect shape"),
     Case("curve_fit-p0-2d", c_cf_p0_shape, ValueError, r"p0: expected shape \(n,\), got \(2, 2\)"),
     Case("curve_fit-f-nan-p0", c_cf_f_nan, ValueError, r"\bf\b.*not finite.*p0"),

@@ -406,7 +406,7 @@ def _bounds(xp, bounds, X, x0, batched):
     if bool(xp.any(lb >= ub)):
         raise ValueError("bounds: each lower bound must be strictly less than each upper bound")
     if bool(xp.any((X < lb) | (X > ub))):
-        raise ValueError("x0: Initial guess is outside of provided bounds")
+        raise ValueError("x0 is infeasible: Initial guess is outside of provided bounds")
     return lb, ub, bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
 
 
