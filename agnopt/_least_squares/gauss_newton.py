@@ -123,6 +123,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
         if bool(xp.any(need_jac & active)):
             J, nj, info, active, njev = _jacobian(xp, prob, X, F, J, need_jac & active, info,
                                                   active, njev)
+            need_jac = need_jac & ~nj  # current now (not evaluated again for the result)
             g = xp.matmul(F[:, None, :], J)[:, 0, :]
             free_n = prob.free_mask(X, g)
             free = free_n if free is None else xp.where(nj[:, None], free_n, free)

@@ -431,9 +431,11 @@ def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale
     nj = out.need_jac
+    njev = out.njev
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
+        njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = to_status(xp, out.info, out.active, out.cb_stop)
     cost = 0.5 * xp.sum(F * F, axis=-1)
     g = xp.matmul(F[:, None, :], J)[:, 0, :]
@@ -449,14 +451,14 @@ def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
     if batched:
         res = OptimizeResult(
             x=X, cost=cost, fun=F, jac=J, grad=g, optimality=opt, active_mask=am,
-            nfev=out.nfev, njev=out.njev, nit=out.nit, status=status,
+            nfev=out.nfev, njev=njev, nit=out.nit, status=status,
             message=msgs, success=success,
         )
     else:
         res = OptimizeResult(
             x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
             optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
-            njev=int(out.njev[0]), nit=int(out.nit[0]), status=st_host[0],
+            njev=int(njev[0]), nit=int(out.nit[0]), status=st_host[0],
             message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
         )
     if out.history:
