@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+import sys
 import warnings
 from typing import Any, Callable
 
@@ -190,7 +191,7 @@ def curve_fit(
         raise RuntimeError("Optimal parameters not found: " + res.message)
     if warn:
         warnings.warn(
-            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=2
+            "Covariance of the parameters could not be estimated", _warning_class(), stacklevel=2
         )
     if full_output:
         if batched:
@@ -203,6 +204,24 @@ def curve_fit(
         }
         return res.x, pcov, infodict, res.message, ier
     return res.x, pcov
+
+
+_SCIPY_COMPAT_WARNING: list = []
+
+
+def _warning_class() -> type:
+    """:class:`OptimizeWarning`, or, when the caller has imported ``scipy.optimize``,
+    a subclass of it and of scipy's ``OptimizeWarning``, so that code ported from
+    scipy (``warnings.filterwarnings(..., category=scipy.optimize.OptimizeWarning)``,
+    ``pytest.warns``) sees the same warning. scipy is never imported here."""
+    sp = sys.modules.get("scipy.optimize")
+    spw = getattr(sp, "OptimizeWarning", None)
+    if not isinstance(spw, type) or not issubclass(spw, Warning):
+        return OptimizeWarning
+    if not _SCIPY_COMPAT_WARNING:
+        _SCIPY_COMPAT_WARNING.append(
+            type("OptimizeWarning", (OptimizeWarning, spw), {"__module__": "agnopt"}))
+    return _SCIPY_COMPAT_WARNING[0]
 
 
 def _chunked_p0(f, p0, ydata) -> tuple:

@@ -44,6 +44,7 @@ import array_api_compat
 from .._core import lazy
 from .._core.backend import resolve
 from .._core.result import OptimizeResult
+from .._core.linalg import linalg_errors
 from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
@@ -322,18 +323,27 @@ def least_squares(
             "fun: residuals are not finite at the initial point x0"
             + ("" if not batched else f" (problems {indices(xp, ~fin0)})")
         )
+    F = prob.set_fscale(F)  # exact power-of-2 scaling when squares would overflow
     # drop finished problems from the working set (batched, row gathers allowed,
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
     prob.configure(n, m, bounded, compact)
-    if method == "lm":
-        ws = WorkingSet(xp, B, dev) if compact else None
-        out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
-                     xtol, gtol, max_nfev, verbose, callback, history, ws)
-    else:
-        out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
-    return _finish(xp, prob, out, batched, verbose, bounded)
+    try:
+        if method == "lm":
+            ws = WorkingSet(xp, B, dev) if compact else None
+            out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
+                         xtol, gtol, max_nfev, verbose, callback, history, ws)
+        else:
+            out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
+                         history)
+        return _finish(xp, prob, out, batched, verbose, bounded)
+    except linalg_errors() as e:
+        # a LAPACK failure (SVD / eigh did not converge) never escapes as such
+        raise RuntimeError(
+            f"least_squares: the linear algebra of a step failed ({type(e).__name__}: {e}); "
+            "the Jacobian is probably not finite or badly scaled: check jac, or rescale "
+            "fun or x (x_scale)") from e
 
 
 def _start_point(x0, batched):
@@ -437,8 +447,11 @@ def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost = 0.5 * xp.sum(F * F, axis=-1)
-    g = xp.matmul(F[:, None, :], J)[:, 0, :]
+    # cost and gradient from the solver's (possibly power-of-2 scaled) residuals
+    s2 = prob.fscale * prob.fscale
+    cost = 0.5 * xp.sum(F * F, axis=-1) / s2
+    g = xp.matmul(F[:, None, :], J)[:, 0, :] / s2
+    F, J = prob.unscale(F, J)
     opt = xp.max(xp.abs(g), axis=-1)
     success = status > 0
     if bounded:

@@ -9,6 +9,7 @@ dropped its finished problems (see :mod:`.batched`).
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from typing import Any
 
@@ -277,6 +278,7 @@ class Problem:
         self.auto_cs = jac is None
         self.diff_step = None  # scipy's diff_step (relative step of the differences)
         self._cs_checked = False  # the default complex step verified once (_cs_disagrees)
+        self.fscale = 1.0  # power of 2 applied to residuals and Jacobian (set_fscale)
         if jac is None:
             self.jac_arg = "cs"
         # row subsets (the working set of a compacted batched solve): ``rows``
@@ -419,10 +421,45 @@ class Problem:
             f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
-        return self._fix_f(f, X.shape[0])
+        F = self._fix_f(f, X.shape[0])
+        return F if self.fscale == 1.0 else F * self.fscale
+
+    def set_fscale(self, F):
+        """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
+
+        ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` lies outside
+        ``[2^-e, 2^e]`` with ``e`` a quarter of the dtype's exponent range
+        (float64: about 1e-77 .. 1e77; float32: 2e-10 .. 4e9), squares and
+        ``J^T J`` would overflow or underflow; the solver then works on
+        ``s f`` and ``s J`` with ``s = 2^-k`` bringing ``max |F|`` to [0.5, 1).
+        The scaling is exact (a power of 2) and Levenberg-Marquardt is
+        invariant under it (every test is relative: ratio, cosine, radius);
+        :meth:`unscale` restores the reported ``fun``, ``jac``. Returns the
+        scaled ``F``.
+        """
+        xp = self.xp
+        big = float(xp.finfo(F.dtype).max)
+        e = int(math.frexp(big)[1]) // 4
+        amax = float(xp.max(xp.abs(F)))
+        if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
+            return F
+        self.fscale = math.ldexp(1.0, -math.frexp(amax)[1])
+        return F * self.fscale
+
+    def unscale(self, F, J):
+        """``(F, J)`` of the user's ``fun`` from the solver's scaled ones."""
+        if self.fscale == 1.0:
+            return F, J
+        return F / self.fscale, (None if J is None else J / self.fscale)
 
     def jacobian(self, X, F):
-        """``J`` (B, m, n) at ``X`` with ``F = residual(X)``."""
+        """``J`` (B, m, n) at ``X`` with ``F = residual(X)`` (both scaled by ``fscale``)."""
+        if self.fscale == 1.0:
+            return self._jacobian(X, F)
+        return self._jacobian(X, F / self.fscale) * self.fscale
+
+    def _jacobian(self, X, F):
+        """``J`` (B, m, n) of ``fun`` at ``X`` with ``F = fun(X)`` (unscaled)."""
         xp = self.xp
         B, n = X.shape
         m = F.shape[1]
@@ -496,9 +533,9 @@ class Problem:
         into a real work array, calls ``float``, ``real``, ``abs``...) while
         others stay complex returns a complex output with a silently wrong
         derivative. Column ``j`` of every problem is checked:
-        ``||Jcs_j - J3_j|| <= 10 ||J2_j - J3_j|| + 1e-6 max(||J3_j||, ||Jcs_j||)``,
+        ``|Jcs_j - J3_j| <= 10 |J2_j - J3_j| + 1e-6 max(|J3_j|, |Jcs_j|)`` (max-norms),
         with ``J3`` central and ``J2`` forward differences (scipy's steps):
-        ``||J2_j - J3_j||`` estimates the difference error (truncation and
+        ``|J2_j - J3_j|`` estimates the difference error (truncation and
         rounding, larger for ``J2``), and a dropped term shows as a
         disagreement of the size of that term. Costs ``3n`` evaluations of
         ``fun``, once per solve (not counted in ``nfev``, as scipy does not
@@ -510,10 +547,10 @@ class Problem:
             J2 = self._fd(X, F, "2-point", None)
         except (RuntimeError, ValueError, TypeError):
             return None  # the differences cannot be formed: keep the complex step
-        d = xp.linalg.vector_norm(Jcs - J3, axis=-2)
-        est = xp.linalg.vector_norm(J2 - J3, axis=-2)
-        scale = xp.maximum(xp.linalg.vector_norm(J3, axis=-2),
-                           xp.linalg.vector_norm(Jcs, axis=-2))
+        # max-norms of the columns (no squares: no overflow for huge Jacobians)
+        d = xp.max(xp.abs(Jcs - J3), axis=-2)
+        est = xp.max(xp.abs(J2 - J3), axis=-2)
+        scale = xp.maximum(xp.max(xp.abs(J3), axis=-2), xp.max(xp.abs(Jcs), axis=-2))
         ok = d <= 10.0 * est + 1e-6 * scale
         ok = ok | ~xp.isfinite(d)  # a non-finite Jacobian is reported by linearize
         return None if bool(xp.all(ok)) else J3
