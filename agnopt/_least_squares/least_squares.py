@@ -448,9 +448,10 @@ def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = to_status(xp, out.info, out.active, out.cb_stop)
     # cost and gradient from the solver's (possibly power-of-2 scaled) residuals
-    s2 = prob.fscale * prob.fscale
-    cost = 0.5 * xp.sum(F * F, axis=-1) / s2
-    g = xp.matmul(F[:, None, :], J)[:, 0, :] / s2
+    # (divided twice by the power of 2: its square may be subnormal, flushed to 0 by XLA)
+    fs = prob.fscale
+    cost = 0.5 * xp.sum(F * F, axis=-1) / fs / fs
+    g = xp.matmul(F[:, None, :], J)[:, 0, :] / fs / fs
     F, J = prob.unscale(F, J)
     opt = xp.max(xp.abs(g), axis=-1)
     success = status > 0
