@@ -70,6 +70,8 @@ def test_budget_split_gives_everything_to_what_runs():
 
 
 XDIST_OUTPUT = """\
+created: 4/4 workers
+4 workers [6 items]
 [gw0] [ 10%] PASSED tests/test_a.py::test_x[cupy]
 [gw1] [ 20%] FAILED tests/test_a.py::test_x[torch-cuda]
 [gw0] [ 30%] SKIPPED tests/test_b.py::test_y[cupy]
@@ -87,7 +89,7 @@ def test_parse_pytest_output_xdist():
     assert r["counts"] == {"passed": 1, "failed": 1, "skipped": 1, "xfail": 1, "error": 1}
     assert r["failures"] == ["tests/test_a.py::test_x[torch-cuda]", "tests/test_c.py::test_w[cupy]"]
     assert r["summary"] == "1 failed, 1 passed, 1 skipped, 1 xfailed, 1 error"
-    assert r["n"] == 5
+    assert r["n"] == 5 and r["collected"] == 6
 
 
 def test_parse_pytest_output_serial_and_cut():

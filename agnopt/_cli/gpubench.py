@@ -218,7 +218,7 @@ def _peaks(B: int, m: int = 50, seed: int = 0):
 
 def batched_lm(backend: str, B: int, repeat: int = 1) -> dict:
     """``curve_fit(batched=True)`` of B Gaussian peaks (default Jacobian, float64) on one backend."""
-    from .._curve_fit import curve_fit
+    from .. import curve_fit
     from .fitbench import _gauss
 
     xp, dev = _xp_dev(backend)
@@ -296,7 +296,7 @@ def small_fit(backend: str, repeats: int) -> dict:
     import numpy as np
     from array_api_compat import array_namespace
 
-    from .._curve_fit import curve_fit
+    from .. import curve_fit
 
     xp, dev = _xp_dev(backend)
     t = np.linspace(0.0, 4.0, 50)
@@ -336,17 +336,20 @@ def run_benchmarks(backends: list[str], quick: bool, budget_s: float, res: dict,
             out(f"  {what}: skipped, budget")
             save()
             return None
+        bench["running"] = what  # saved with the results so far: a killed run says where it stopped
+        save()
         t0 = time.perf_counter()
         try:
             r = fn()
         except Exception as e:  # report, then carry on with the next part
             bench["errors"].append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
             out(f"  {what}: ERROR {type(e).__name__}: {str(e)[:200]}")
+            bench["running"] = None
             save()
             return None
         out(f"  {what}: {time.perf_counter() - t0:.1f} s")
-        save()
-        return r
+        bench["running"] = None
+        return r  # the caller stores it; the next part's save (or the final one) writes it
 
     out(f"benchmarks: budget {budget_s:.0f} s")
     for be in backends:

@@ -61,10 +61,13 @@ GPU_BACKENDS = ("cupy", "torch-cuda")
 FULL_BUDGET_S = 470.0
 QUICK_BUDGET_S = 170.0
 # Files with cupy / torch-cuda cases; those with failures on the first GPU run first.
+# Then the files with CUDA cases that no GPU has run yet; minimize (the slowest on the GPU) last.
 QUICK_TEST_FILES = (
     "test_bad_inputs.py", "test_least_squares.py", "test_nist.py", "test_tree_backend.py",
     "test_properties.py", "test_fast_paths.py", "test_first_order.py", "test_curve_fit.py",
-    "test_nonfinite_solvers.py", "test_parity.py", "test_minimize.py",
+    "test_nonfinite_solvers.py", "test_lsq_bounds_losses.py", "test_lsq_engine.py",
+    "test_numerics_edges.py", "test_natural_gradient.py", "test_fisher_scoring.py",
+    "test_parity.py", "test_minimize.py",
 )
 GOAL_COPY_FRACTION = 0.85
 GOAL_LM_SPEEDUP = 42.0
@@ -200,12 +203,15 @@ def parse_pytest_output(text: str) -> dict:
         m = _SUMMARY.search(line)
         if m:
             summary = m.group(1)
+    m = (re.search(r"\[(\d+) items?\]", text) or re.search(r"(\d+) selected", text)
+         or re.search(r"collected (\d+) items?", text))
+    collected = int(m.group(1)) if m else None
     if summary and not outcome:  # per-test lines in an unexpected format: counts from the summary
         for num, word in re.findall(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)", summary):
             key = {"errors": "error", "xfailed": "xfail", "xpassed": "xpass"}.get(word, word)
             counts[key] = int(num)
     return {"counts": counts, "failures": sorted(k for k, v in outcome.items() if v in ("FAILED", "ERROR")),
-            "summary": summary, "n": len(outcome) or sum(counts.values())}
+            "summary": summary, "n": len(outcome) or sum(counts.values()), "collected": collected}
 
 
 def _have(mod: str) -> bool:
@@ -333,7 +339,8 @@ def format_table(res: dict) -> str:
             L.append(f"tests: NOT RUN: {t['error']}")
         else:
             c = t.get("counts", {})
-            cut = " (CUT BY THE BUDGET: the rest did not run)" if t.get("cut_by_budget") else ""
+            cut = (f" (CUT BY THE BUDGET: {t.get('n')} of {t.get('collected') or '?'} selected cases ran)"
+                   if t.get("cut_by_budget") else "")
             L.append(f"tests: {c.get('passed', 0)} passed, {c.get('failed', 0)} failed, {c.get('error', 0)} errors, "
                      f"{c.get('skipped', 0)} skipped, {c.get('xfail', 0)} xfailed in {t.get('seconds')} s{cut}")
             if t.get("summary"):
