@@ -14,10 +14,9 @@ import warnings
 import array_api_compat
 import numpy as np
 import pytest
+from conftest import to_numpy
 
 import agnopt as ao
-
-from conftest import to_numpy
 
 # JAX compiles each new shape and Dask builds a graph per operation: there only the tests of
 # backend-specific behaviour run (the rest is the same Array API code as on numpy / torch).
@@ -91,7 +90,7 @@ def test_tolerances_none_and_eps_rules():
         ao.least_squares(trivial, 2.0, method="gauss-newton", ftol=None, xtol=None, gtol=None)
     # Rosenbrock with a constant third residual (cost 0.5 at x* = [1, 1], so that the relative
     # ftol test can hold): each test alone stops the solve, with its own status
-    f3 = lambda x: np.array([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0], 1.0])  # noqa: E731
+    f3 = lambda x: np.array([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0], 1.0])
     for k, status in (("ftol", 2), ("xtol", 3), ("gtol", 1)):
         tols = {"ftol": None, "xtol": None, "gtol": None, k: 1e-10}
         res = ao.least_squares(f3, np.array([-2.0, 1.0]), method="gauss-newton", **tols)
@@ -106,7 +105,7 @@ def test_tolerances_none_and_eps_rules():
 def test_diff_step_sets_the_relative_step(xp, device):
     # f(x) = x^2 - 4 with forward differences of relative step 0.1: J(x) = ((1.1x)^2 - x^2)/(0.1x)
     # = 2.1 x, so at the root x = 2 the reported Jacobian is 4.2 (exact: 4)
-    f = lambda x: x**2 - 4.0  # noqa: E731
+    f = lambda x: x**2 - 4.0
     res = ao.least_squares(f, arr(xp, device, [3.0]), jac="2-point", diff_step=0.1)
     np.testing.assert_allclose(to_numpy(res.x), [2.0], rtol=1e-8)
     np.testing.assert_allclose(to_numpy(res.jac), [[4.2]], rtol=1e-8)
@@ -132,7 +131,7 @@ class _Box:
 
 
 def test_bounds_objects():
-    f = lambda x: np.array([x[0], x[1]])  # noqa: E731
+    f = lambda x: np.array([x[0], x[1]])
     ref = ao.least_squares(f, [1.0, 1.0], bounds=([0.3, 0.2], 3.0))
     res = ao.least_squares(f, [1.0, 1.0], bounds=_Box([0.3, 0.2], 3.0))
     np.testing.assert_array_equal(res.x, ref.x)
@@ -249,7 +248,7 @@ def test_default_jacobian_verified(xp, device):
 def test_default_jacobian_keeps_complex_step_when_right():
     # an analytic model passes the check: the complex step is kept (exact J at the solution)
     t = np.linspace(0, 2, 20)
-    f = lambda p: p[0] * np.exp(-p[1] * t) - 3.0 * np.exp(-0.7 * t)  # noqa: E731
+    f = lambda p: p[0] * np.exp(-p[1] * t) - 3.0 * np.exp(-0.7 * t)
     res = ao.least_squares(f, np.array([1.0, 1.0]), xtol=1e-14, ftol=1e-14)
     e = np.exp(-0.7 * t)
     np.testing.assert_allclose(res.jac, np.stack([e, -3.0 * t * e], 1), rtol=1e-13, atol=1e-15)
@@ -258,7 +257,7 @@ def test_default_jacobian_keeps_complex_step_when_right():
 @pytest.mark.parametrize("method", ["lm", "gauss-newton"])
 def test_overflowing_residuals_are_scaled(xp, device, method):
     # issue 11 item 4: f = 1e160 (x - 1) from [0, 3] stayed at x0 (squares overflow); x* = [1, 1]
-    f = lambda x: 1e160 * (x - 1.0)  # noqa: E731
+    f = lambda x: 1e160 * (x - 1.0)
     res = ao.least_squares(f, arr(xp, device, [0.0, 3.0]), method=method)
     assert res.success
     np.testing.assert_allclose(to_numpy(res.x), [1.0, 1.0], rtol=1e-12)
@@ -322,16 +321,16 @@ def test_curve_fit_feasible_default_p0():
 def test_curve_fit_conversions():
     # integer ydata, list xdata: float64 as scipy; the fit equals the float one
     x, y = [1, 2, 3, 4], [3, 5, 7, 9]
-    lin = lambda t, a, b: a * t + b  # noqa: E731
-    p_int, c_int = ao.curve_fit(lin, x, y)
-    p_flt, c_flt = ao.curve_fit(lin, np.array(x, float), np.array(y, float))
+    lin = lambda t, a, b: a * t + b
+    p_int, _ = ao.curve_fit(lin, x, y)
+    p_flt, _ = ao.curve_fit(lin, np.array(x, float), np.array(y, float))
     assert p_int.dtype == np.float64
     np.testing.assert_allclose(p_int, [2.0, 1.0], atol=1e-10)
     np.testing.assert_array_equal(p_int, p_flt)
     # a scalar ydata is broadcast to f's output (scipy subtracts it)
     t = np.arange(10.0)
     target = 4.7 * t**2 + 3.5 * t + np.sin(t)
-    g = lambda s, a, b: a * s**2 + b * s - target  # noqa: E731
+    g = lambda s, a, b: a * s**2 + b * s - target
     p0_, c0_ = ao.curve_fit(g, t, np.zeros(10))
     p1_, c1_ = ao.curve_fit(g, t, 0)
     np.testing.assert_allclose(p1_, p0_, rtol=1e-12)
@@ -344,7 +343,7 @@ def test_curve_fit_conversions():
 
 
 def test_curve_fit_check_finite_and_nan_policy():
-    lin = lambda t, a, b: a * t + b  # noqa: E731
+    lin = lambda t, a, b: a * t + b
     x_nan = np.array([2.0, 3.0, np.nan, 4.0, 4.0, np.nan])
     y_nan = np.array([1.0, 2.0, 5.0, 3.0, np.nan, 7.0])
     with pytest.raises(ValueError, match="xdata: contains non-finite"):
@@ -365,7 +364,7 @@ def test_curve_fit_check_finite_and_nan_policy():
     X = np.array([[2, 3, np.nan, 4, 4, np.nan, 5], [2, 3, np.nan, np.nan, 4, np.nan, 7]])
     Y = np.array([1, 2, 5, 3, np.nan, 7, 10.0])
     S = np.arange(1.0, 8.0)
-    f2 = lambda x, a, b: a * x[0] + b + x[1]  # noqa: E731
+    f2 = lambda x, a, b: a * x[0] + b + x[1]
     p2, c2 = ao.curve_fit(f2, X, Y, sigma=S, nan_policy="omit")
     keep = [0, 1, 6]
     p2r, c2r = ao.curve_fit(f2, X[:, keep], Y[keep], sigma=S[keep])

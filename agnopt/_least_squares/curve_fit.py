@@ -20,7 +20,7 @@ from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance
 from .least_squares import least_squares
 from .._derivatives.numdiff import prepare_bounds
-from .problem import METHODS, as_array, as_bounds_pair, check_backend, to_backend
+from .options import METHODS, as_array, as_bounds_pair, check_backend, to_backend
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -75,13 +75,21 @@ def curve_fit(
         ``(B, 1)``, so a model written with broadcasting for one problem
         returns ``(B, m)`` unchanged.
     xdata : array or anything ``f`` accepts
-        Passed to ``f`` unchanged (not differentiated).
-    ydata : array
+        Passed to ``f`` (not differentiated). As scipy converts it: a list or
+        tuple becomes an array of ``ydata``'s backend and dtype, an integer
+        array of that backend becomes ``ydata``'s dtype; anything else
+        (e.g. ``None``, a float array) is passed unchanged.
+    ydata : array or scalar
         ``(m,)``, or ``(B, m)`` when batched. Its backend, device and dtype
-        are those of the computation. Must be finite.
+        are those of the computation (lists and integer arrays become
+        float64, as scipy; float32 stays float32). Unbatched, a scalar is
+        broadcast to the shape of ``f``'s output at ``p0`` (one extra call).
     p0 : array, optional
         Initial parameters ``(n,)``; batched: ``(B, n)`` or ``(n,)`` (shared).
-        Default: ones, with ``n`` read from ``f``'s signature (as scipy).
+        Default (``n`` read from ``f``'s signature), as scipy: ones, or with
+        bounds a feasible point, the midpoint where both bounds are finite,
+        ``lb + 1`` / ``ub - 1`` where one is. A ``p0`` outside the bounds is a
+        ``ValueError`` ("Initial guess is outside of provided bounds").
     sigma : array, optional
         Standard deviations of ``ydata``: ``(m,)`` (or ``(B, m)`` batched, or
         a scalar); residuals are divided by it. Unbatched, an ``(m, m)``
@@ -91,12 +99,16 @@ def curve_fit(
         ``False`` (default): ``pcov`` is scaled by the reduced chi-square
         ``sum(r**2) / (m - n)`` (only relative ``sigma`` matters). ``True``:
         ``pcov = (J^T J)^{-1}`` with ``sigma`` taken as absolute.
-    bounds : (lb, ub)
+    check_finite : bool, optional
+        Raise ``ValueError`` when ``ydata`` or an array ``xdata`` holds NaN or
+        inf. Default: ``True`` unless ``nan_policy`` is given (scipy's rule).
+    bounds : (lb, ub) or Bounds
         Parameter bounds (projected Levenberg-Marquardt, see
-        :func:`agnopt.least_squares`).
+        :func:`agnopt.least_squares`); any object with ``lb`` / ``ub``.
     method : {None, "lm", "gauss-newton"}
-        ``None`` means ``"lm"`` (which here also handles bounds; scipy would
-        switch to "trf"). "trf"/"dogbox" are not implemented.
+        ``None``: ``"lm"`` without bounds; with finite bounds scipy's
+        ``"trf"`` once it is available, until then ``"lm"`` (which here
+        handles bounds by projection; scipy's ``"lm"`` refuses them).
     jac : callable or str, optional
         ``jac(xdata, *params)`` returning ``(m, n)`` (``(B, m, n)``), or a
         string accepted by :func:`agnopt.least_squares` ("cs",
@@ -104,8 +116,16 @@ def curve_fit(
         (complex step, falling back to "3-point" if ``f`` rejects complex input).
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
-        ``success``, ``nit``), ``mesg`` and ``ier`` (MINPACK's code 1-4 on
-        success, as scipy's lm).
+        ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (MINPACK's code
+        1-4 on success, as scipy's lm). Absent: scipy's lm-only ``fjac``,
+        ``ipvt``, ``qtf`` (MINPACK's pivoted QR factors; the Jacobian is
+        factorized by SVD / Cholesky here).
+    nan_policy : {None, "raise", "omit"}
+        ``"raise"``: ``ValueError`` when ``xdata`` or ``ydata`` holds NaN;
+        ``"omit"``: drop the data points where ``ydata[i]`` or any
+        ``xdata[..., i]`` is NaN (and their ``sigma`` rows / columns);
+        ``None``: only ``check_finite``. ``"propagate"`` is refused, as
+        scipy. Unbatched only.
     batched : bool
         ``B`` independent fits at once (see above). Failed fits do not raise
         in batched mode: check ``infodict["success"]`` (``full_output=True``);
@@ -140,7 +160,18 @@ def curve_fit(
         Unbatched: if the fit does not converge ("Optimal parameters not
         found", as scipy).
     ValueError
-        Bad shapes, non-finite ``ydata``, unknown ``method``.
+        Bad shapes (also found by calling ``f``: named), non-finite data
+        (``check_finite``), NaN with ``nan_policy="raise"``, unknown
+        ``method`` or ``nan_policy``, ``args`` in ``kwargs``.
+    TypeError
+        ``method="lm"`` with more parameters than data points (scipy's rule).
+
+    Warns
+    -----
+    OptimizeWarning
+        When ``pcov`` cannot be estimated. If ``scipy.optimize`` has been
+        imported, the warning is also an instance of scipy's
+        ``OptimizeWarning`` (filters written for scipy apply).
     """
     bounds = as_bounds_pair(bounds)
     method = _check_method(method, kwargs, _has_finite_bound(bounds))

@@ -53,9 +53,8 @@ from .chunked import chunked_least_squares, is_chunked_batch
 from .engine import run_lm
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
-from .problem import (
+from .options import (
     JAC_STRINGS,
-    Problem,
     as_array,
     as_bounds_pair,
     check_backend,
@@ -70,6 +69,7 @@ from .problem import (
     to_backend,
     wrap_callback,
 )
+from .problem import Problem
 from .tall import tall_least_squares
 
 __all__ = ["least_squares"]
@@ -121,12 +121,20 @@ def least_squares(
     jac : None, {"cs", "2-point", "3-point", "autodiff"} or callable
         How to get the Jacobian ``J = df/dx``, ``(m, n)`` (``(B, m, n)``):
 
-        * ``None`` (default): ``"cs"``; if ``fun`` cannot take complex input
-          (it raises, e.g. a torch ``matmul`` of a float64 matrix with a
-          complex vector, or returns real output) the solve switches to
-          ``"3-point"`` for good. A ``fun`` that silently loses the imaginary
-          part (``abs``, ``maximum``...) is not detected: pass
-          ``jac="3-point"`` for such functions.
+        * ``None`` (default): ``"cs"``, verified. If ``fun`` cannot take
+          complex input (it raises, e.g. a torch ``matmul`` of a float64
+          matrix with a complex vector, or returns real output) the solve
+          switches to ``"3-point"`` for good. The first complex-step Jacobian
+          is also compared with finite differences (central and forward,
+          ``3n`` extra evaluations of ``fun`` once per solve, not counted in
+          ``nfev``): where a column disagrees beyond the differences' own
+          error (``fun`` silently drops the imaginary part of some terms, e.g.
+          by writing ``x`` into a real work array, ``float``, ``real``,
+          ``abs``), the solve switches to ``"3-point"`` for good. A ``fun``
+          that loses the imaginary part only away from ``x0`` is not
+          detected: pass ``jac="3-point"`` for such functions. (scipy's
+          default is ``"2-point"``; the verified complex step is kept because
+          it makes ``"lm"`` reach NIST's certified values on all 54 runs.)
         * ``"cs"``: complex step, ``Im f(x + i h e_j) / h`` with
           ``h = sqrt(eps) max(1, |x_j|)``. For residuals that are analytic
           in complex arithmetic (all usual model functions: polynomials,
@@ -172,9 +180,11 @@ def least_squares(
           10^{-3}\max\operatorname{diag}(\tilde J^T\tilde J))`; an accepted step divides
           :math:`\lambda` by 10 (to 0 below ``1e-12`` times that scale).
           No ``m >= n`` requirement.
-    bounds : (lb, ub)
+    bounds : (lb, ub) or Bounds
         Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
-        bound. Treatment: **projection with an active set**. Variables that
+        bound. Any object with ``lb`` and ``ub`` attributes (scipy's
+        ``Bounds``) is taken as ``(bounds.lb, bounds.ub)``. Unlike scipy,
+        ``"lm"`` accepts bounds. Treatment: **projection with an active set**. Variables that
         sit on a bound with the gradient pointing out of the box are frozen
         for the step (their Jacobian columns are dropped), the step of the
         others is computed as without bounds, and the trial point is
@@ -195,7 +205,10 @@ def least_squares(
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
           cosine between a column of ``J`` and ``f``; also true when ``f = 0``).
 
-        All three must be >= 2.22e-16 (scipy's rule for lm). When a test
+        ``None`` switches a test off (it is taken as 0, scipy's rule): not
+        allowed for ``"lm"``, where all three must be >= 2.22e-16; for the
+        other methods at least one must be >= 2.22e-16 and a smaller one
+        draws a ``UserWarning``. When a test
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
         same status is reported with a "machine precision" message.
@@ -208,6 +221,28 @@ def least_squares(
         ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
         (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for
         ``"gauss-newton"``.
+    loss : str or callable
+        Only ``"linear"`` (the sum of squares) here; the robust losses
+        (``"soft_l1"``, ``"huber"``, ``"cauchy"``, ``"arctan"``, a callable)
+        raise ``ValueError`` for ``"lm"`` and ``"gauss-newton"`` (as scipy's
+        ``"lm"``).
+    f_scale : float
+        Soft margin of a robust loss; must be positive.
+    diff_step : None, float or array
+        Relative step of the finite differences (and of the complex step):
+        ``h = diff_step * |x|`` per variable (scipy's rule: where that is 0,
+        the default step). ``None``: the default steps.
+    tr_solver : {None, "exact", "lsmr"}
+        ``None`` or ``"exact"``: the dense subproblem solver (SVD / Cholesky).
+        ``"lsmr"`` (scipy's iterative solver for sparse or operator
+        Jacobians) is not supported: ``ValueError``, except with ``"lm"``,
+        which has no choice of subproblem solver and ignores it, as scipy.
+    tr_options : dict, optional
+        Ignored, as scipy ignores it for ``"exact"`` and ``"lm"``.
+    jac_sparsity : None
+        Sparse finite differences are not supported: anything but ``None``
+        raises ``ValueError``. So do a ``jac`` returning a sparse matrix or a
+        ``LinearOperator``.
     max_nfev : int, optional
         Maximum number of residual evaluations, not counting those of
         finite differences (scipy >= 1.16's rule). Default ``100 * n``.
@@ -225,9 +260,16 @@ def least_squares(
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
     callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration, with an
-        :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
-        ``StopIteration`` or returning ``True`` stops (``status = -2``).
+        Called after each iteration (for ``"lm"``: each trial step, accepted
+        or not), as scipy decides from its signature:
+        ``callback(intermediate_result)`` with an :class:`OptimizeResult`
+        holding ``x``, ``cost``, ``nit`` when its only parameter is named
+        ``intermediate_result``, else ``callback(x)`` with a copy of ``x``.
+        Raising ``StopIteration`` (or, beyond scipy, returning ``True``)
+        stops the solve (``status = -2``).
+    workers : None or 1
+        Parallel finite differences are not supported: anything else raises
+        ``ValueError`` (use ``batched=True`` to solve many problems at once).
     history : bool
         Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
         ``result.history``.
@@ -251,14 +293,29 @@ def least_squares(
     Raises
     ------
     ValueError
-        Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), ``m < n`` for
-        ``"lm"``, infeasible ``x0``, ``lb >= ub``, non-finite residuals at
-        ``x0``, bad tolerances, ``batched=True`` with a 1-D ``x0``.
+        Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), complex
+        ``x0``, ``m < n`` for ``"lm"``, infeasible ``x0``, ``lb >= ub``,
+        non-finite residuals at ``x0``, bad tolerances, unsupported options
+        (see above), ``batched=True`` with a 1-D ``x0``; and a ``ValueError``
+        raised by ``fun`` or ``jac`` (named, the original chained).
+    TypeError
+        Raised by ``fun`` or ``jac`` (e.g. wrong ``args`` / ``kwargs``; named,
+        the original chained).
     RuntimeError
-        When ``fun`` or ``jac`` raises (the original exception is chained).
+        When ``fun`` or ``jac`` raises any other exception (chained), or when
+        the linear algebra of a step fails (LAPACK's "SVD did not converge":
+        a non-finite or badly scaled Jacobian).
 
     Notes
     -----
+    Residuals whose squares would overflow or underflow (``max |f(x0)|``
+    beyond about ``1e77`` or below ``1e-77`` in float64, ``4e9`` /
+    ``2e-10`` in float32) are multiplied by an exact power of 2 for the
+    solve, so that ``||f||^2`` and ``J^T J`` are representable; the reported
+    ``fun``, ``jac``, ``cost`` and ``grad`` are those of ``fun`` itself.
+    ``"lm"`` is invariant under this scaling; ``"gauss-newton"``'s absolute
+    ``gtol`` then applies to the scaled gradient.
+
     Non-finite residuals at a trial point reject the step (the trust region
     shrinks tenfold), as if the cost had increased; when the step tolerance
     is then met on a non-finite trial point the status is -4 (not 3).
@@ -301,6 +358,9 @@ def least_squares(
         # materialising J); a Dask x0 stays on the Array API path below
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
+            if diff_step is not None:
+                raise ValueError("diff_step: not supported for residuals chunked by rows (a tall "
+                                 "Dask problem, solved by tall_least_squares)")
             return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
