@@ -384,3 +384,18 @@ def test_covariance_warning_is_scipys_too():
         with pytest.warns(cls, match="Covariance of the parameters could not be estimated"):
             _, pcov = ao.curve_fit(lambda t, a, b: a * t, x, y)
         assert np.all(np.isinf(pcov))
+
+
+@pytest.mark.parametrize("method", ["lm", "gauss-newton"])
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+def test_tall_residuals_are_scaled_too(method, scale):
+    # issue 11 item 4 on the tall (Dask row chunks) path: ||f||^2 overflowed (1e160: "residuals
+    # are not finite at x0") or underflowed to 0 (1e-170: gtol "success" at x0); the line
+    # 1 + 2 t is fitted exactly: x* = [1, 2]
+    da = pytest.importorskip("dask.array")
+    t = da.from_array(np.linspace(0.0, 1.0, 1000), chunks=250)
+    res = ao.least_squares(lambda p: scale * (p[0] + p[1] * t - (1.0 + 2.0 * t)),
+                           np.array([0.0, 3.0]), method=method)
+    assert res.success
+    np.testing.assert_allclose(res.x, [1.0, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.jac[-1, :].compute()), [scale, scale], rtol=1e-6)

@@ -94,6 +94,7 @@ class TallProblem:
         self.args, self.kwargs = args, kwargs
         self.m = None
         self.n_fd = 0  # residual evaluations spent on finite differences
+        self.fscale = 1.0  # power of 2 applied to f and J (see start)
 
     def residual(self, x, where="at a trial point"):
         f = call_checked(lambda z: self.fun(z, *self.args, **self.kwargs), x, "fun", where)
@@ -120,7 +121,7 @@ class TallProblem:
             if not xp.isdtype(f.dtype, ("real floating", "integral")):
                 raise TypeError(f"fun: expected real residuals, got dtype {f.dtype}")
             f = xp.astype(f, want)
-        return f
+        return f if self.fscale == 1.0 else f * self.fscale
 
     def jacobian(self, x, f):
         """``J`` (m, n) at ``x``, lazily; row chunks aligned with ``f``'s, one column chunk."""
@@ -139,6 +140,8 @@ class TallProblem:
             jxp = array_namespace(J)
             if J.dtype != _dtype_in(jxp, self.dtype):
                 J = jxp.astype(J, _dtype_in(jxp, self.dtype))
+            if self.fscale != 1.0:
+                J = J * self.fscale
         else:
             J = self._fd(x, f, xp)
         if lazy.is_dask(J):
@@ -216,9 +219,27 @@ class TallProblem:
     def start(self, x):
         """The pass at ``x0`` (kept for the engine's first Jacobian): ``(f, ff, A)``."""
         f, J, ff, A, g = self.one_pass(x, gram=True, where="at x0")
+        if self._rescale(f, ff):
+            f, J, ff, A, g = self.one_pass(x, gram=True, where="at x0")
         self._pending = (f, J, A, g)
         self.last_g = g
         return f, ff, A
+
+    def _rescale(self, f, ff) -> bool:
+        """Residuals whose squares overflow or underflow: set ``fscale`` (a power of 2
+        bringing ``max |f|`` to [0.5, 1); the rule of the in-memory ``Problem.set_fscale``)
+        and say so (the pass at ``x0`` is then repeated, scaled)."""
+        big = float(self.hxp.finfo(self.dtype).max)
+        e = int(math.frexp(big)[1]) // 4
+        if math.isfinite(ff) and math.ldexp(1.0, -2 * e) <= ff <= math.ldexp(1.0, 2 * e):
+            return False
+        xp = array_namespace(f)
+        (amax,) = lazy.compute(xp.max(xp.abs(f)))
+        amax = float(amax)
+        if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
+            return False
+        self.fscale = math.ldexp(1.0, -math.frexp(amax)[1])
+        return True
 
     def linearize(self, st, nj) -> Linearization:
         """The accepted point's pass (``J^T J``, ``J^T f``; ``f`` is evaluated there
@@ -578,7 +599,10 @@ def _finish(hxp, prob, out, verbose):
         f, J, _, _, g = prob.one_pass(x, gram=False, grad_only=True, where="at the solution")
         njev += 1
     status = int(to_status(hxp, out.info, out.active, out.cb_stop)[0])
-    cost = float(out.cost[0])
+    fs = prob.fscale  # residuals scaled by a power of 2 for the solve: report fun's own
+    cost = float(out.cost[0]) / fs / fs
+    if fs != 1.0:
+        f, J, g = f / fs, (None if J is None else J / fs), g / fs / fs
     res = OptimizeResult(
         x=x, cost=cost, fun=f, jac=J, grad=g, optimality=float(hxp.max(hxp.abs(g))),
         active_mask=hxp.zeros(x.shape, dtype=hxp.int64, device=prob.dev),
