@@ -243,6 +243,15 @@ def test_default_jacobian_verified(xp, device):
         res = ao.least_squares(_work_array_model, arr(xp, device, [0.0, 0.0, 0.0, 0.0]))
     assert res.success
     np.testing.assert_allclose(float(res.cost), 0.5374219626, rtol=1e-8)
+    # x0 on the lower bound: the check goes column by column (differences inside the box);
+    # scipy's trf: cost 0.11869359488 at [0, 0.712102, 1.665475, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = ao.least_squares(_work_array_model, arr(xp, device, [0.0, 0.0, 0.0, 0.0]),
+                               bounds=(0.0, 10.0))
+    assert res.success
+    np.testing.assert_allclose(float(res.cost), 0.11869359488, rtol=1e-8)
+    np.testing.assert_allclose(to_numpy(res.x), [0.0, 0.712102, 1.665475, 0.0], atol=1e-5)
 
 
 def test_default_jacobian_keeps_complex_step_when_right():

@@ -125,9 +125,10 @@ def least_squares(
           complex input (it raises, e.g. a torch ``matmul`` of a float64
           matrix with a complex vector, or returns real output) the solve
           switches to ``"3-point"`` for good. The first complex-step Jacobian
-          is also compared with finite differences (central and forward,
-          ``3n`` extra evaluations of ``fun`` once per solve, not counted in
-          ``nfev``): where a column disagrees beyond the differences' own
+          is also compared with finite differences (central and forward
+          along one direction: 3 extra evaluations of ``fun`` once per solve,
+          not counted in ``nfev``; column by column, ``3n``, when ``x0`` is
+          next to a bound): where they disagree beyond the differences' own
           error (``fun`` silently drops the imaginary part of some terms, e.g.
           by writing ``x`` into a real work array, ``float``, ``real``,
           ``abs``), the solve switches to ``"3-point"`` for good. A ``fun``
