@@ -408,3 +408,29 @@ def test_tall_residuals_are_scaled_too(method, scale):
     assert res.success
     np.testing.assert_allclose(res.x, [1.0, 2.0], rtol=1e-12)
     np.testing.assert_allclose(np.asarray(res.jac[-1, :].compute()), [scale, scale], rtol=1e-6)
+
+
+def test_curve_fit_full_output_minpack_factors(xp, device):
+    # lm's fjac / ipvt / qtf: J P = Q R at popt; scipy's recipe for the covariance from them
+    # (invert R, permute rows by ipvt) gives pcov / s^2; ipvt [2, 0, 1] as scipy's leastsq
+    def f(t, a, b, c):
+        return a * _ns(t).exp(-b * t) + c
+
+    t = np.linspace(0, 4, 30)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.01 * np.sin(7 * t)
+    popt, pcov, info, mesg, ier = ao.curve_fit(f, arr(xp, device, t), arr(xp, device, y),
+                                               full_output=True)
+    assert ier in (1, 2, 3, 4) and isinstance(mesg, str)
+    fjac, ipvt, qtf = (to_numpy(info[k]) for k in ("fjac", "ipvt", "qtf"))
+    assert fjac.shape == (3, 30) and qtf.shape == (3,)
+    assert ipvt.tolist() == [2, 0, 1]
+    r = np.triu(fjac.T[:3, :])
+    assert np.all(fjac.T[3:, :] == 0)
+    inv_r = np.linalg.inv(r)
+    inv_r[ipvt] = inv_r.copy()
+    s2 = np.sum(to_numpy(info["fvec"]) ** 2) / (30 - 3)
+    np.testing.assert_allclose(inv_r @ inv_r.T * s2, to_numpy(pcov), rtol=1e-10)
+    # J P = Q R: |R| has non-increasing diagonal (the pivoting rule)
+    d = np.abs(np.diag(r))
+    assert d[0] >= d[1] >= d[2] > 0
+    np.testing.assert_allclose(qtf, 0.0, atol=1e-8)  # f is orthogonal to J's columns at popt

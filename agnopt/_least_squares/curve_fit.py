@@ -14,7 +14,7 @@ from .._core.errors import OptimizeWarning
 from .._core.status import Status
 from .arrays import host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
-from .covariance import covariance
+from .covariance import covariance, minpack_factors
 from .fit_data import (
     apply_nan_policy,
     as_data,
@@ -111,9 +111,11 @@ def curve_fit(
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
         ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (MINPACK's code
-        1-4 on success, as scipy's lm). Absent: scipy's lm-only ``fjac``,
-        ``ipvt``, ``qtf`` (MINPACK's pivoted QR factors; the Jacobian is
-        factorized by SVD / Cholesky here).
+        1-4 on success, as scipy's lm); unbatched with ``"lm"`` also
+        MINPACK's ``fjac`` ``(n, m)``, ``ipvt`` ``(n,)`` and ``qtf`` ``(n,)``
+        of the Jacobian at ``popt`` (see
+        :func:`agnopt._least_squares.covariance.minpack_factors`; below ``R``
+        ``fjac`` holds zeros, not MINPACK's Householder vectors).
     nan_policy : {None, "raise", "omit"}
         ``"raise"``: ``ValueError`` when ``xdata`` or ``ydata`` holds NaN;
         ``"omit"``: drop the data points where ``ydata[i]`` or any
@@ -227,6 +229,9 @@ def curve_fit(
             "nfev": res.nfev, "fvec": res.fun, "status": res.status,
             "success": res.success, "nit": res.nit, "njev": res.njev,
         }
+        if method == "lm" and not batched and res.jac.shape[0] >= res.jac.shape[1]:
+            infodict["fjac"], infodict["ipvt"], infodict["qtf"] = minpack_factors(
+                xp, res.jac, res.fun)
         return res.x, pcov, infodict, res.message, ier
     return res.x, pcov
 
