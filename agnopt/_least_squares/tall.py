@@ -46,11 +46,10 @@ from .arrays import call_checked, device, to_namespace
 from .engine import run_lm
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
-from .problem import (
+from .options import (
     as_array,
     check_m_ge_n,
     check_max_nfev,
-    check_method,
     check_tolerances,
     check_verbose,
     resolve_x_scale,
@@ -462,7 +461,8 @@ def tall_least_squares(
     cluster; persist ``t`` and ``y`` (``client.persist``) when they fit in
     the cluster's memory, so that each pass does not read them again.
     """
-    check_method(method)
+    if method not in ("lm", "gauss-newton"):  # the methods with a tall (Gram) evaluator
+        raise ValueError(f"method: expected 'lm' or 'gauss-newton' for a tall problem, got {method!r}")
     if jac is None:
         jac = "2-point"
     if not (callable(jac) or jac in _JAC_STRINGS):
@@ -472,7 +472,7 @@ def tall_least_squares(
         )
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
-    check_tolerances(method, ftol, xtol, gtol)
+    ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)  # None: test off
     x = _host_x0(x0)
     hxp = array_namespace(x)
     dev = device(x)
