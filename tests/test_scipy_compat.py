@@ -434,3 +434,15 @@ def test_curve_fit_full_output_minpack_factors(xp, device):
     d = np.abs(np.diag(r))
     assert d[0] >= d[1] >= d[2] > 0
     np.testing.assert_allclose(qtf, 0.0, atol=1e-8)  # f is orthogonal to J's columns at popt
+
+
+def test_tall_tolerances_and_methods():
+    # tall_least_squares: None switches a test off there too; a method without a tall
+    # evaluator is refused (never run as another one)
+    da = pytest.importorskip("dask.array")
+    t = da.from_array(np.linspace(0.0, 1.0, 400), chunks=100)
+    res = ao.tall_least_squares(lambda p: p[0] + p[1] * t - (1.0 + 2.0 * t) + 0.1 * da.sin(9 * t),
+                                np.array([0.0, 3.0]), ftol=None, xtol=None)
+    assert res.success and res.status == 1  # only gtol could stop it
+    with pytest.raises(ValueError, match="method: expected 'lm' or 'gauss-newton'"):
+        ao.tall_least_squares(lambda p: p[0] * t, np.array([1.0]), method="trf")
