@@ -17,6 +17,8 @@ from array_api_compat import array_namespace
 
 import agnopt as ao
 from conftest import have, to_numpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 RNG = np.random.default_rng(1)
 N = 80
@@ -189,6 +191,45 @@ def test_weights_equal_repeated_observations(xp, device):
     np.testing.assert_allclose(to_numpy(res.x), ref, rtol=1e-9, atol=1e-11)
 
 
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**31 - 1), family=st.sampled_from(["bernoulli", "poisson"]))
+def test_linear_reparameterization_equivariance(xp, device, seed, family):
+    """Fitting the design X A (theta = A phi) gives phi = A^{-1} theta_hat: Fisher
+    scoring, like Newton, is invariant to linear reparameterizations."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((3, 3)) + 3.0 * np.eye(3)
+    XA = _arr(xp, device, DESIGN @ A)
+    link_logit = family == "bernoulli"
+
+    def mean(b):
+        x = array_namespace(b)
+        eta = x.matmul(XA, b)
+        return 1.0 / (1.0 + x.exp(-eta)) if link_logit else x.exp(eta)
+
+    y, ref = (Y_LOGIT, B_LOGIT) if link_logit else (Y_POIS, B_POIS)
+    res = ao.fisher_scoring(mean, _arr(xp, device, np.zeros(3)), _arr(xp, device, y),
+                            family=family)
+    assert res.success, res.message
+    np.testing.assert_allclose(A @ to_numpy(res.x), ref, rtol=1e-8, atol=1e-10)
+
+
+def test_float32(xp, device):
+    """The solve runs in x0's dtype; float32 reaches the MLE to float32 accuracy."""
+    X = xp.asarray(DESIGN.astype(np.float32), device=device)
+
+    def mean(b):
+        x = array_namespace(b)
+        return 1.0 / (1.0 + x.exp(-x.matmul(X, b)))
+
+    x0 = xp.zeros((3,), dtype=xp.float32, device=device)
+    res = ao.fisher_scoring(mean, x0, xp.asarray(Y_LOGIT.astype(np.float32), device=device),
+                            family="bernoulli")
+    assert res.success, res.message
+    assert res.x.dtype == xp.float32 and res.fisher.dtype == xp.float32
+    np.testing.assert_allclose(to_numpy(res.x), B_LOGIT, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_far_start_needs_the_line_search(xp, device):
     """From a far start plain IRLS (full steps) diverges on this logistic regression
     (the weights mu(1 - mu) underflow and X^T W X becomes singular); with the

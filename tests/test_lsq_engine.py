@@ -368,3 +368,12 @@ def test_least_squares_keeps_x0s_device(batched):
         r = ao.least_squares(fun, x0, batched=batched, **kw)
         assert r.x.device == dev and r.active_mask.device == dev
         assert bool(r.success) if not batched else bool(sx.all(r.success))
+
+
+def test_tall_no_false_ftol_convergence():
+    """Issue 11, item 3 on the tall path (same engine): ``a t`` fitted to ``1e9 t``."""
+    t = np.linspace(1.0, 2.0, 30)
+    r = ao.tall_least_squares(lambda a: a[0] * t - 1e9 * t, np.array([1.0]), method="lm",
+                              jac=lambda a: t[:, None])
+    assert r.success
+    np.testing.assert_allclose(r.x, [1e9], rtol=1e-12)

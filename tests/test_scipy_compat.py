@@ -116,8 +116,10 @@ def test_diff_step_sets_the_relative_step(xp, device):
 
 
 def test_x_scale_values():
-    for good in (1.0, np.array([0.5]), "jac"):
-        assert ao.least_squares(trivial, 2.0, x_scale=good).success
+    for good in (1.0, np.array([0.5, 2.0]), "jac"):
+        res = ao.least_squares(rosen, np.array([-2.0, 1.0]), x_scale=good)
+        assert res.success
+        np.testing.assert_allclose(res.x, [1.0, 1.0], rtol=1e-7)
     for bad in ("auto", -1.0, 1.0 + 2.0j, np.array([1.0, 2.0])):
         with pytest.raises(ValueError, match="x_scale"):
             ao.least_squares(trivial, 2.0, x_scale=bad)
@@ -189,13 +191,15 @@ def test_out_of_scope_options_are_clear_errors():
     with pytest.raises(ValueError, match="lsmr"):
         ao.least_squares(trivial, 2.0, method="gauss-newton", tr_solver="lsmr")
     # lm has no subproblem solver to choose: scipy ignores tr_solver / tr_options there
-    assert ao.least_squares(trivial, 2.0, tr_solver="lsmr", tr_options={"btol": 1e-3}).success
-    assert ao.least_squares(trivial, 2.0, tr_solver="exact").success
+    x0 = np.array([-2.0, 1.0])
+    assert ao.least_squares(rosen, x0, tr_solver="lsmr", tr_options={"btol": 1e-3}).success
+    assert ao.least_squares(rosen, x0, tr_solver="exact").success
+    assert ao.least_squares(rosen, x0, method="trf", tr_solver="exact").success
     with pytest.raises(ValueError, match="jac_sparsity"):
         ao.least_squares(trivial, 2.0, jac_sparsity=[1])
     with pytest.raises(ValueError, match="workers"):
         ao.least_squares(trivial, 2.0, workers=2)
-    assert ao.least_squares(trivial, 2.0, workers=1).success
+    assert ao.least_squares(rosen, x0, workers=1).success
     J = np.array([[2.0]])
     with pytest.raises(ValueError, match="sparse"):
         ao.least_squares(trivial, 2.0, jac=lambda x: sps.csr_array(J))
@@ -205,7 +209,7 @@ def test_out_of_scope_options_are_clear_errors():
         ao.least_squares(trivial, 2.0, loss="hinge")
     with pytest.raises(ValueError, match="f_scale"):
         ao.least_squares(trivial, 2.0, f_scale=0.0)
-    assert ao.least_squares(trivial, 2.0, loss="linear").success
+    assert ao.least_squares(rosen, x0, loss="linear").success
 
 
 def test_caller_errors_keep_their_type():
@@ -442,7 +446,7 @@ def test_tall_tolerances_and_methods():
     da = pytest.importorskip("dask.array")
     t = da.from_array(np.linspace(0.0, 1.0, 400), chunks=100)
     res = ao.tall_least_squares(lambda p: p[0] + p[1] * t - (1.0 + 2.0 * t) + 0.1 * da.sin(9 * t),
-                                np.array([0.0, 3.0]), ftol=None, xtol=None)
+                                np.array([0.0, 3.0]), ftol=None, xtol=None, gtol=1e-6)
     assert res.success and res.status == 1  # only gtol could stop it
-    with pytest.raises(ValueError, match="method: expected 'lm' or 'gauss-newton'"):
+    with pytest.raises(ValueError, match="tall problems take 'lm' or 'gauss-newton'"):
         ao.tall_least_squares(lambda p: p[0] * t, np.array([1.0]), method="trf")

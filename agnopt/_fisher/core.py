@@ -8,7 +8,8 @@ r"""The pieces shared by the natural gradient and Fisher scoring.
   one VJP) for the conjugate-gradient route;
 * :func:`solve_damped_cholesky` and :func:`solve_damped_cg` solve
   :math:`(F + \lambda I) d = g` for the Fisher matrix
-  :math:`F = J^T \operatorname{diag}(w) J`;
+  :math:`F = J^T \operatorname{diag}(w) J` (the Cholesky factor is the
+  checked one of :mod:`agnopt._core.linalg`);
 * :func:`check_outputs` rejects outputs outside the family's domain (there
   the Fisher weights are not positive and :math:`F` is not a Fisher matrix).
 
@@ -22,6 +23,7 @@ from typing import Any, Callable
 
 from .._core.backend import namespace_name
 from .._core.lazy import is_dask, to_local
+from .._core.linalg import cho_solve, cholesky
 from .._core.tree import tree_flatten, tree_unflatten
 from .._derivatives import autodiff as _autodiff
 from .._derivatives.numdiff import approx_derivative
@@ -143,27 +145,6 @@ def _not_pd_message(damping: float, who: str) -> str:
     )
 
 
-def _cholesky(xl: Any, A: Any) -> Any | None:
-    """Lower Cholesky factor, or ``None`` for a matrix that is not numerically
-    positive definite (NumPy/torch raise, JAX returns NaNs; a pivot at rounding
-    level, ``min L_ii^2 <= 10 n eps max L_ii^2``, is also rejected)."""
-    try:
-        L = xl.linalg.cholesky(A)
-    except Exception:  # LinAlgError of numpy / torch
-        return None
-    if not bool(xl.all(xl.isfinite(L))):
-        return None
-    d = xl.linalg.diagonal(L)
-    if not bool(xl.all(d > 0)):
-        return None
-    d2 = d * d
-    n = A.shape[-1]
-    eps = float(xl.finfo(A.dtype).eps)
-    if not float(xl.min(d2)) > 10.0 * n * eps * float(xl.max(d2)):
-        return None
-    return L
-
-
 def solve_damped_cholesky(xp: Any, J: Any, w: Any, g: Any, damping: float, who: str) -> tuple[Any, Any]:
     """Solve ``(J^T diag(w) J + damping I) d = g`` by Cholesky; return ``(d, F)``.
 
@@ -176,11 +157,10 @@ def solve_damped_cholesky(xp: Any, J: Any, w: Any, g: Any, damping: float, who: 
     gl = to_local(xp, g)[1]
     n = Fl.shape[-1]
     A = Fl + damping * xl.eye(n, dtype=Fl.dtype, device=_dev(Fl)) if damping else Fl
-    L = _cholesky(xl, A)
-    if L is None:
+    L = cholesky(xl, A)
+    d = None if L is None else cho_solve(xl, L, gl)
+    if d is None or not bool(xl.all(xl.isfinite(d))):
         raise ValueError(_not_pd_message(damping, who))
-    y = xl.linalg.solve(L, gl[:, None])
-    d = xl.linalg.solve(xl.matrix_transpose(L), y)[:, 0]
     if xl is not xp:
         d = xp.asarray(d, dtype=g.dtype)
     return d, F

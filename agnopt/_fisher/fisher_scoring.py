@@ -179,6 +179,77 @@ def _direction(xp, F, g, damping):
     return p, -xp.sum(g * p, axis=-1)
 
 
+def _check_data(xp, fam, O, y, weights, batched, dtype, dev):
+    """``y`` and ``weights`` as ``(B, ...)`` arrays of ``x0``'s dtype, checked
+    against the outputs ``O`` and the family's support."""
+    Y = _as_float_array(xp, y, dtype, dev, "y")
+    if not batched:
+        Y = Y[None, ...]
+    # one observation per output, except for Gaussian(variance=None), whose
+    # outputs (mean, variance) describe one observation
+    want = tuple(O.shape) if (fam.event_ndim == 0 or fam.event_size is None) else tuple(O.shape[:-1])
+    if tuple(Y.shape) != want:
+        raise ValueError(
+            f"y: shape {tuple(Y.shape[1:] if not batched else Y.shape)} does not match the "
+            f"outputs of mean_fn, {tuple(O.shape[1:] if not batched else O.shape)}"
+        )
+    fam.check_y(xp, Y)
+    Wt = None
+    if weights is not None:
+        Wt = _as_float_array(xp, weights, dtype, dev, "weights")
+        if not batched:
+            Wt = Wt[None, ...]
+        obs_shape = tuple(O.shape) if fam.event_ndim == 0 else tuple(O.shape[:-1])
+        if tuple(Wt.shape) != obs_shape:
+            raise ValueError(
+                f"weights: expected one weight per observation, shape "
+                f"{obs_shape if batched else obs_shape[1:]}, got "
+                f"{tuple(Wt.shape if batched else Wt.shape[1:])}"
+            )
+        if not bool(xp.all(xp.isfinite(Wt) & (Wt >= 0))):
+            raise ValueError("weights: must be finite and >= 0")
+    return Y, Wt
+
+
+def _line_search(xp, model, fam, Y, Wt, X, f, O, p, dec, active, small, c1, max_backtracks):
+    """Backtracking (Armijo, halving from 1) for every active problem at once.
+
+    A trial point whose outputs leave the family's domain is rejected. Rows in
+    ``small`` accept the first trial point inside the domain. Returns the new
+    ``X, f, O``, the masks ``accepted`` and ``pending`` (no acceptable point
+    found) and the number of trial evaluations per problem.
+    """
+    B = X.shape[0]
+    alpha = xp.ones_like(f)
+    pending = active
+    accepted = xp.zeros_like(active)
+    ntrial = xp.zeros(f.shape, dtype=xp.int64, device=_device(f))
+    X_new, f_new, O_new = X, f, O
+    rows = (B,) + (1,) * (O.ndim - 1)
+    for _k in range(max_backtracks):
+        Xt = xp.where(pending[:, None], X + alpha[:, None] * p, X)
+        Ot = model.out(Xt, "at a trial point")
+        ntrial = ntrial + xp.astype(pending, xp.int64)
+        okd = _in_domain_rows(xp, fam, Ot)
+        # outside the domain: evaluate the NLL at a safe output, then reject
+        Osafe = xp.where(xp.reshape(okd, rows), Ot, O)
+        ft = _nll_and_pieces(xp, fam, Y, Osafe, Wt)[0]
+        good = pending & okd & xp.isfinite(ft) & ((ft <= f - c1 * alpha * dec) | small)
+        X_new = xp.where(good[:, None], Xt, X_new)
+        f_new = xp.where(good, ft, f_new)
+        O_new = xp.where(xp.reshape(good, rows), Ot, O_new)
+        accepted = accepted | good
+        pending = pending & ~good
+        if not bool(xp.any(pending)):
+            break
+        alpha = xp.where(pending, 0.5 * alpha, alpha)
+    return X_new, f_new, O_new, accepted, pending, ntrial
+
+
+def _device(a):
+    return array_api_compat.device(a)
+
+
 def fisher_scoring(
     mean_fn: Callable[..., Any],
     x0: Any,
@@ -336,31 +407,7 @@ def fisher_scoring(
     model = _Model(mean_fn, jac, batched, args, kwargs, xp, fam, n)
     O = model.out(X, "at x0")
     fam.check_out_shape(O, "mean_fn")
-    Y = _as_float_array(xp, y, dtype, dev, "y")
-    if not batched:
-        Y = Y[None, ...]
-    if tuple(Y.shape) != tuple(O.shape) and not (
-        fam.event_size == 2 and tuple(Y.shape) == tuple(O.shape[:-1])
-    ):
-        raise ValueError(
-            f"y: shape {tuple(Y.shape[1:] if not batched else Y.shape)} does not match the "
-            f"outputs of mean_fn, {tuple(O.shape[1:] if not batched else O.shape)}"
-        )
-    fam.check_y(xp, Y)
-    Wt = None
-    if weights is not None:
-        Wt = _as_float_array(xp, weights, dtype, dev, "weights")
-        if not batched:
-            Wt = Wt[None, ...]
-        obs_shape = tuple(O.shape) if fam.event_ndim == 0 else tuple(O.shape[:-1])
-        if tuple(Wt.shape) != obs_shape:
-            raise ValueError(
-                f"weights: expected one weight per observation, shape "
-                f"{obs_shape if batched else obs_shape[1:]}, got "
-                f"{tuple(Wt.shape if batched else Wt.shape[1:])}"
-            )
-        if not bool(xp.all(xp.isfinite(Wt) & (Wt >= 0))):
-            raise ValueError("weights: must be finite and >= 0")
+    Y, Wt = _check_data(xp, fam, O, y, weights, batched, dtype, dev)
     ok0 = _in_domain_rows(xp, fam, O)
     if not bool(xp.all(ok0)):
         raise ValueError(
@@ -396,28 +443,9 @@ def fisher_scoring(
         # tell better from worse any more; take the full step (quadratic
         # convergence makes it the most accurate point) and stop there
         small = active & (dec <= ftol * xp.maximum(xp.ones_like(f), xp.abs(f)))
-        # backtracking line search, every active problem at once
-        alpha = xp.ones_like(f)
-        pending = active
-        accepted = xp.zeros_like(active)
-        X_new, f_new, O_new = X, f, O
-        for _k in range(max_backtracks):
-            Xt = xp.where(pending[:, None], X + alpha[:, None] * p, X)
-            Ot = model.out(Xt, "at a trial point")
-            nfev = nfev + xp.astype(pending, xp.int64)
-            okd = _in_domain_rows(xp, fam, Ot)
-            # outside the domain: evaluate the NLL at a safe output, then reject
-            Osafe = xp.where(xp.reshape(okd, (B,) + (1,) * (Ot.ndim - 1)), Ot, O)
-            ft = _nll_and_pieces(xp, fam, Y, Osafe, Wt)[0]
-            good = pending & okd & xp.isfinite(ft) & ((ft <= f - c1 * alpha * dec) | small)
-            X_new = xp.where(good[:, None], Xt, X_new)
-            f_new = xp.where(good, ft, f_new)
-            O_new = xp.where(xp.reshape(good, (B,) + (1,) * (Ot.ndim - 1)), Ot, O_new)
-            accepted = accepted | good
-            pending = pending & ~good
-            if not bool(xp.any(pending)):
-                break
-            alpha = xp.where(pending, 0.5 * alpha, alpha)
+        X_new, f_new, O_new, accepted, pending, ntrial = _line_search(
+            xp, model, fam, Y, Wt, X, f, O, p, dec, active, small, c1, max_backtracks)
+        nfev = nfev + ntrial
         stop(pending, 3)
         step = xp.max(xp.abs(X_new - X), axis=1)
         xscale = xp.maximum(xp.ones_like(f), xp.max(xp.abs(X_new), axis=1))
@@ -437,7 +465,9 @@ def fisher_scoring(
         stop(xp.max(xp.abs(g), axis=1) <= gtol, 0)
         stop(accepted & (step <= xtol * xscale), 2)
         stop(accepted & small, 5)
-        X, f, g, F = persist(X, f, g, F)
+        # Dask: every piece of state, so that no graph grows with the iterations
+        X, f, g, F, O, nit, nfev, njev, status, active = persist(
+            X, f, g, F, O, nit, nfev, njev, status, active)
         if callback is not None:
             inter = OptimizeResult(x=X if batched else X[0, :], fun=f if batched else f[0],
                                    nit=nit if batched else int(nit[0]))

@@ -27,6 +27,7 @@ reports; the engine never looks at how they are formed.
 from __future__ import annotations
 
 from .arrays import device
+from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
 # Initial trust-region radius factor: Delta_0 = FACTOR * ||D x0|| (MINPACK's
@@ -67,7 +68,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     ``D`` (k, n) the scaling (``jac_scale``: MINPACK's ``mode=1``, column
     norms of ``J``); tolerances and ``max_nfev`` as :func:`agnopt.least_squares`;
     ``ws`` a :class:`.batched.WorkingSet` when finished problems may leave
-    the working set. Returns an :class:`.outcome.Outcome` (full batch).
+    the working set. Returns an :class:`.state.Outcome` (full batch).
     """
     st = initial_state(xp, X, F, fnorm, D)
     route = None
@@ -94,6 +95,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                 st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
         # -- inner loop of lmder: LM parameter and step, trial point
         par, z = route.step(st.delta, st.par, st.active)
+        limited = par > 0  # the trust radius cut the Gauss-Newton step short
         p = xp.where(st.free, z / st.D, xp.zeros_like(z))
         st = st._replace(par=par)
         accel = None
@@ -103,13 +105,15 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
         st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
         st = accept(xp, ev, st, tr, ratio)
-        st = stopping_tests(xp, st, actred, prered, ratio, finite, ftol, xtol, max_nfev)
+        st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
+                            max_nfev)
         st = st._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
             hist.append(ev.history_entry(st.fnorm, st.nit, st.nfev))
         if verbose >= 2:
             ev.print_iter(it, st.fnorm, st.nfev, tr.pnorm)
+        report_progress(xp, ev, it, st.fnorm, st.nfev, st.active)
         if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
             cb_stop = True
             break
@@ -309,25 +313,29 @@ def accept(xp, ev, st: LMState, tr: Trial, ratio) -> LMState:
         first=st.first & ~acc)
 
 
-def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, ftol, xtol,
+def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol, xtol,
                    max_nfev) -> LMState:
     """MINPACK's convergence tests, in its order.
 
-    info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``),
+    info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``,
+    on a step the trust radius did not cut short, ``limited`` (k,) false),
     2 (``xtol``: ``Delta <= xtol ||D x||``), 3 (both); else 5 (``max_nfev``),
     then 6/7/8 (the same tests with ``eps`` in place of the tolerance).
     A step bound that collapsed on a non-finite trial point gives -4.
     """
     info, delta, xnorm = st.info, st.delta, st.xnorm
     eps = float(xp.finfo(delta.dtype).eps)
-    ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0)
+    # the relative-reduction tests only judge full (Gauss-Newton) steps: a step
+    # the trust radius cut short (``limited``, par > 0) says nothing about the
+    # reduction still possible (issue 11: a*t fitted to 1e9*t from a = 1)
+    ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0) & ~limited
     xt = delta <= xtol * xnorm
     new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), xp.zeros_like(info))
     new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
     new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
     mach = xp.zeros_like(info)
     mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, int(MinpackInfo.MAX_NFEV)), mach)
-    mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0),
+    mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited,
                     xp.full_like(info, int(MinpackInfo.FTOL_MACHINE)), mach)
     mach = xp.where(delta <= eps * xnorm, xp.full_like(info, int(MinpackInfo.XTOL_MACHINE)), mach)
     mach = xp.where(st.gnorm <= eps, xp.full_like(info, int(MinpackInfo.GTOL_MACHINE)), mach)

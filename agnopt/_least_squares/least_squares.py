@@ -47,10 +47,15 @@ from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
-from .arrays import call_checked, device, indices
+from .arrays import call_checked, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
+from .._core.progress import make_progress
+from .bounds import strictly_feasible
+from .dogbox import DOGBOX
 from .engine import run_lm
+from .losses import check_loss
+from .trf import TRF, final_fields, run_trust_region
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
 from .options import (
@@ -58,7 +63,6 @@ from .options import (
     as_array,
     as_bounds_pair,
     check_backend,
-    check_loss,
     check_m_ge_n,
     check_max_nfev,
     check_method,
@@ -100,6 +104,7 @@ def least_squares(
     *,
     batched: bool = False,
     history: bool = False,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
 
@@ -156,7 +161,29 @@ def least_squares(
           or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
         * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
           (``(B, m, n)`` when batched).
-    method : {"lm", "gauss-newton"}
+    method : {"lm", "trf", "dogbox", "gauss-newton"}
+        * ``"trf"``: trust-region-reflective (Branch, Coleman and Li 1999),
+          as scipy's ``method="trf"`` with ``tr_solver="exact"``
+          (:mod:`agnopt._least_squares.trf`): iterates strictly inside the
+          bounds, Coleman-Li scaling of the variables, the trust-region
+          subproblem of the augmented scaled Jacobian solved by Moré's
+          ``lmpar`` in its SVD basis, and a step that reaches a bound is
+          cut there, reflected, or replaced by the scaled anti-gradient,
+          whichever the quadratic model prefers. Without bounds: scipy's
+          ``trf_no_bounds``. Any ``m`` (also ``m < n``).
+        * ``"dogbox"``: the rectangular trust-region dogleg of Voglis and
+          Lagaris (2004), as scipy's ``method="dogbox"``
+          (:mod:`agnopt._least_squares.dogbox`): variables on a bound that
+          the anti-gradient pushes against are held there, the Gauss-Newton
+          step is the minimum-norm least-squares step of the others. Any
+          ``m``.
+
+        For these two, scipy's rules: ``ftol`` (``dF < ftol F`` and a
+        ratio of actual to predicted reduction above 0.25), ``xtol``
+        (``||dx|| < xtol (xtol + ||x||)``), ``gtol`` (``optimality <
+        gtol``, with ``optimality`` as in the result), ``x_scale`` default 1;
+        a step is taken only when its residuals are finite and the cost went
+        down.
         * ``"lm"``: Levenberg-Marquardt as MINPACK's ``lmder`` (Moré 1978):
           trust region of radius :math:`\Delta` in the scaled norm
           :math:`\|Dp\|`, the step :math:`p` minimizes
@@ -185,7 +212,9 @@ def least_squares(
         Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
         bound. Any object with ``lb`` and ``ub`` attributes (scipy's
         ``Bounds``) is taken as ``(bounds.lb, bounds.ub)``. Unlike scipy,
-        ``"lm"`` accepts bounds. Treatment: **projection with an active set**. Variables that
+        ``"lm"`` accepts bounds. ``"trf"`` keeps its iterates strictly inside (reflective
+        steps) and ``"dogbox"`` holds variables on a bound (see ``method``);
+        ``"lm"`` and ``"gauss-newton"``: **projection with an active set**. Variables that
         sit on a bound with the gradient pointing out of the box are frozen
         for the step (their Jacobian columns are dropped), the step of the
         others is computed as without bounds, and the trial point is
@@ -193,14 +222,16 @@ def least_squares(
         every finite-difference point) is feasible. The model reduction of a
         projected step is evaluated for that step, so the trust-region
         control and the tests stay consistent. ``x0`` must be feasible.
-    ftol, xtol, gtol : float
+    ftol, xtol, gtol : float or None
         Tolerances, with scipy's exact conditions. For ``"lm"`` (MINPACK):
 
         * ``ftol``: ``|actred| <= ftol and prered <= ftol and ratio <= 2``
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model");
+          quadratic model and the true model"), tested only on steps the
+          trust radius did not cut short (``lambda = 0``): a short step's small
+          relative reduction says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -213,22 +244,15 @@ def least_squares(
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
         same status is reported with a "machine precision" message.
-        For ``"gauss-newton"`` (scipy's trf conditions):
+        For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
         accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
-        ``gtol``: ``||J^T f||_inf < gtol``.
+        ``gtol``: ``||J^T f||_inf < gtol`` (trf and dogbox: ``optimality < gtol``).
     x_scale : None, "jac" or array
         ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
         ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
-        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for
-        ``"gauss-newton"``.
-    loss : str or callable
-        Only ``"linear"`` (the sum of squares) here; the robust losses
-        (``"soft_l1"``, ``"huber"``, ``"cauchy"``, ``"arctan"``, a callable)
-        raise ``ValueError`` for ``"lm"`` and ``"gauss-newton"`` (as scipy's
-        ``"lm"``).
-    f_scale : float
-        Soft margin of a robust loss; must be positive.
+        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for the
+        other methods (as scipy).
     diff_step : None, float or array
         Relative step of the finite differences (and of the complex step):
         ``h = diff_step * |x|`` per variable (scipy's rule: where that is 0,
@@ -260,6 +284,13 @@ def least_squares(
         own work shrinks to the running problems (see the module notes).
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar (``pip install tqdm``; an
+        ``ImportError`` says so when it is missing) showing the iteration,
+        the evaluations, the largest cost among the running problems and,
+        batched, how many of the ``B`` problems still run. A callable
+        receives those figures as a ``dict`` after every iteration. Costs one
+        host read per iteration; the default ``False`` shows nothing.
     callback : callable, optional
         Called after each iteration (for ``"lm"``: each trial step, accepted
         or not), as scipy decides from its signature:
@@ -274,12 +305,30 @@ def least_squares(
     history : bool
         Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
         ``result.history``.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss :math:`\rho` (scipy's ``loss``,
+        :mod:`agnopt._least_squares.losses`): the cost is
+        :math:`\tfrac12\sum_i C^2\rho((f_i/C)^2)` with ``C = f_scale``. A
+        callable ``loss(z)`` returns ``(3, ...)``: :math:`\rho, \rho',
+        \rho''` at ``z``. Every method takes it (scipy: trf and dogbox
+        only): each linearization uses the loss's Gauss-Newton model
+        (Triggs et al. 1999, scipy's scaling of ``f`` and ``J``); for
+        ``"lm"`` MINPACK's relative reductions and ``gtol`` cosine use
+        ``sqrt(2 cost)`` in place of ``||f||``, and the geodesic
+        acceleration is off. ``ValueError`` for an unknown name.
+    f_scale : float
+        The soft margin ``C`` between inlier and outlier residuals
+        (positive; ``ValueError`` otherwise). Default 1.
 
     Returns
     -------
     OptimizeResult
         ``x``, ``cost`` (``0.5 ||f||^2``), ``fun`` (residuals), ``jac`` (at
-        ``x``), ``grad`` (``J^T f``), ``optimality`` (``||grad||_inf``),
+        ``x``; with a loss, the loss's model Jacobian, as scipy), ``grad``
+        (``J^T f`` of that model), ``optimality`` (``||grad||_inf``; trf
+        with bounds ``||grad * v||_inf`` with Coleman-Li's ``v``, dogbox the
+        norm over the variables not held at a bound, as scipy), ``cost`` is
+        the robust cost and ``fun`` the true residuals,
         ``nfev``, ``njev``, ``nit``, ``status`` (scipy's codes: 0 max_nfev,
         1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback; and -3: ``jac``
         returned non-finite entries at the current point, a batched problem
@@ -312,10 +361,11 @@ def least_squares(
     Residuals whose squares would overflow or underflow (``max |f(x0)|``
     beyond about ``1e77`` or below ``1e-77`` in float64, ``4e9`` /
     ``2e-10`` in float32) are multiplied by an exact power of 2 for the
-    solve, so that ``||f||^2`` and ``J^T J`` are representable; the reported
-    ``fun``, ``jac``, ``cost`` and ``grad`` are those of ``fun`` itself.
-    ``"lm"`` is invariant under this scaling; ``"gauss-newton"``'s absolute
-    ``gtol`` then applies to the scaled gradient.
+    solve (and ``f_scale`` with them), so that ``||f||^2`` and ``J^T J``
+    are representable; the reported ``fun``, ``jac``, ``cost``, ``grad``
+    and ``optimality`` are those of ``fun`` itself. ``"lm"`` is invariant
+    under this scaling; the other methods' absolute ``gtol`` then applies
+    to the scaled gradient.
 
     Non-finite residuals at a trial point reject the step (the trust region
     shrinks tenfold), as if the cost had increased; when the step tolerance
@@ -338,17 +388,19 @@ def least_squares(
     if not (jac is None or callable(jac) or jac in JAC_STRINGS):
         raise ValueError(f"jac: expected a callable or one of {JAC_STRINGS}, got {jac!r}")
     check_verbose(verbose)
-    check_loss(loss, f_scale, method)
     check_scipy_options(method, tr_solver, tr_options, jac_sparsity, workers, diff_step)
     kwargs = {} if kwargs is None else dict(kwargs)
     ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)
+    check_loss(loss, f_scale)
+    f_scale = float(f_scale)
     bounds = as_bounds_pair(bounds)
-    callback = wrap_callback(callback)
+    user_callback, callback = callback, wrap_callback(callback)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
-                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, diff_step=diff_step))
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
+                 f_scale=f_scale, diff_step=diff_step))
     xp, dev, x0, X = _start_point(x0, batched)
     B, n = X.shape
 
@@ -359,15 +411,23 @@ def least_squares(
         # materialising J); a Dask x0 stays on the Array API path below
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
+            if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
+                raise ValueError("method: residuals chunked by rows (a tall Dask problem) take "
+                                 "method 'lm' or 'gauss-newton' with loss='linear'")
             if diff_step is not None:
                 raise ValueError("diff_step: not supported for residuals chunked by rows (a tall "
                                  "Dask problem, solved by tall_least_squares)")
             return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
-                               callback=callback)
+                               callback=user_callback)
 
     lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
+    if method == "trf" and bounded:
+        # trf's iterates are strictly feasible (scipy's make_strictly_feasible)
+        Xs = strictly_feasible(xp, X, lb, ub)
+        if not bool(xp.all(Xs == X)):
+            X, f0 = Xs, None
     max_nfev = check_max_nfev(max_nfev, n)
     x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
@@ -389,16 +449,24 @@ def least_squares(
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
+    prob.set_loss(loss, f_scale * prob.fscale)  # the loss's margin scales with f
     prob.configure(n, m, bounded, compact)
+    prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
     try:
-        if method == "lm":
+        if method in ("trf", "dogbox"):
             ws = WorkingSet(xp, B, dev) if compact else None
-            out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
+            algo = TRF if method == "trf" else DOGBOX
+            out = run_trust_region(xp, prob, algo, X, F, D, jac_scale, loss, prob.f_scale, ftol,
+                                   xtol, gtol, max_nfev, verbose, callback, history, ws)
+        elif method == "lm":
+            ws = WorkingSet(xp, B, dev) if compact else None
+            out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
                          xtol, gtol, max_nfev, verbose, callback, history, ws)
         else:
             out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
                          history)
-        return _finish(xp, prob, out, batched, verbose, bounded)
+        return _finish(xp, prob, out, batched, verbose, bounded, method, loss, prob.f_scale,
+                       xtol)
     except linalg_errors() as e:
         # a LAPACK failure (SVD / eigh did not converge) never escapes as such
         raise RuntimeError(
@@ -496,32 +564,33 @@ def _scale_from(xp, x_scale, X, dev):
     return 1.0 / xs
 
 
-def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
+def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
+            xtol=None) -> OptimizeResult:
     """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
+    if getattr(prob, "progress", None) is not None:
+        prob.progress.close()
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale
+    # (the lm engine keeps the loss's model Jacobian, the others the true one)
+    model_jac = method == "lm" and prob.robust
     nj = out.need_jac
     njev = out.njev
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
+        Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = to_status(xp, out.info, out.active, out.cb_stop)
-    # cost and gradient from the solver's (possibly power-of-2 scaled) residuals
-    # (divided twice by the power of 2: its square may be subnormal, flushed to 0 by XLA)
+    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
+                                       model_jac)
+    # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
+    # (divided twice: its square may be subnormal, flushed to 0 by XLA)
     fs = prob.fscale
-    cost = 0.5 * xp.sum(F * F, axis=-1) / fs / fs
-    g = xp.matmul(F[:, None, :], J)[:, 0, :] / fs / fs
-    F, J = prob.unscale(F, J)
-    opt = xp.max(xp.abs(g), axis=-1)
+    if fs != 1.0:
+        cost, g, opt = cost / fs / fs, g / fs / fs, opt / fs / fs
+        F, J = prob.unscale(F, J)
     success = status > 0
-    if bounded:
-        lb, ub = prob.lb, prob.ub
-        am = xp.where(X <= lb, -xp.ones_like(X), xp.where(X >= ub, xp.ones_like(X), xp.zeros_like(X)))
-        am = xp.astype(am, xp.int64)
-    else:
-        am = xp.zeros(X.shape, dtype=xp.int64, device=device(X))
     msgs, st_host = messages(out.info, status)
     if batched:
         res = OptimizeResult(

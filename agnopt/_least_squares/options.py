@@ -22,9 +22,7 @@ DEFAULT_JAC = "cs"
 
 
 # --------------------------------------------------------------------------- argument checks
-# the methods least_squares dispatches (TODO(issue 11): "trf", "dogbox" join when
-# their drivers land; curve_fit then defaults to "trf" with bounds, as scipy)
-METHODS = ("lm", "gauss-newton")
+METHODS = ("trf", "dogbox", "lm", "gauss-newton")
 
 
 def check_method(method: str) -> None:
@@ -73,29 +71,6 @@ def check_tolerances(method: str, ftol: Any, xtol: Any, gtol: Any) -> tuple:
             f"ftol, xtol, gtol: at least one of the tolerances must be at least machine "
             f"epsilon ({EPS64:.2e}), got ftol={ftol!r}, xtol={xtol!r}, gtol={gtol!r}")
     return tuple(out)
-
-
-LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
-
-
-def check_loss(loss: Any, f_scale: Any, method: str) -> None:
-    """``loss`` one of :data:`LOSSES` or a callable, ``f_scale > 0``.
-
-    Only ``"linear"`` is solved by the methods of this module; a robust loss
-    is a ``ValueError`` naming the method (scipy: "method='lm' supports only
-    'linear' loss function").
-    """
-    if not (callable(loss) or loss in LOSSES):
-        raise ValueError(f"loss: must be one of {LOSSES} or a callable, got {loss!r}")
-    try:
-        ok = float(f_scale) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"f_scale: expected a positive number, got {f_scale!r}")
-    if loss != "linear":
-        raise ValueError(
-            f"loss: method={method!r} supports only the 'linear' loss function, got {loss!r}")
 
 
 def check_scipy_options(method: str, tr_solver: Any, tr_options: Any, jac_sparsity: Any,

@@ -43,17 +43,21 @@ from array_api_compat import array_namespace
 from .._core import lazy
 from .._core.result import OptimizeResult
 from .arrays import call_checked, device, to_namespace
+from .._core.progress import make_progress
 from .engine import run_lm
+from .outcome import report_progress
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
 from .options import (
     as_array,
     check_m_ge_n,
     check_max_nfev,
+    check_method,
     check_tolerances,
     check_verbose,
     resolve_x_scale,
     to_backend,
+    wrap_callback,
 )
 from .routes import GramRoute, gram_spectral
 from .state import Linearization, MinpackInfo, Outcome
@@ -314,6 +318,7 @@ def tall_least_squares(
     kwargs: dict | None = None,
     verbose: int = 0,
     callback: Callable | None = None,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Nonlinear least squares for tall problems whose residuals are Dask arrays.
 
@@ -369,7 +374,9 @@ def tall_least_squares(
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model");
+          quadratic model and the true model"), tested only on steps the
+          trust radius did not cut short (``lambda = 0``): a short step's small
+          relative reduction says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -394,8 +401,16 @@ def tall_least_squares(
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
     callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration, with an
-        :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit``.
+        After each iteration, as scipy decides from its signature:
+        ``callback(intermediate_result)`` with an
+        :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit`` when
+        its only parameter is named ``intermediate_result``, else
+        ``callback(x)``. ``StopIteration`` (or returning ``True``) stops the
+        solve (status -2).
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar of the passes over the data
+        (iteration, evaluations, cost); a callable receives them as a ``dict``
+        after every iteration (see :func:`agnopt.least_squares`).
         Raising ``StopIteration`` or returning ``True`` stops (``status = -2``).
 
     Returns
@@ -461,8 +476,9 @@ def tall_least_squares(
     cluster; persist ``t`` and ``y`` (``client.persist``) when they fit in
     the cluster's memory, so that each pass does not read them again.
     """
+    check_method(method)
     if method not in ("lm", "gauss-newton"):  # the methods with a tall (Gram) evaluator
-        raise ValueError(f"method: expected 'lm' or 'gauss-newton' for a tall problem, got {method!r}")
+        raise ValueError(f"method: tall problems take 'lm' or 'gauss-newton', got {method!r}")
     if jac is None:
         jac = "2-point"
     if not (callable(jac) or jac in _JAC_STRINGS):
@@ -473,6 +489,7 @@ def tall_least_squares(
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
     ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)  # None: test off
+    callback = wrap_callback(callback)  # scipy's callback(x) / callback(intermediate_result)
     x = _host_x0(x0)
     hxp = array_namespace(x)
     dev = device(x)
@@ -501,6 +518,7 @@ def tall_least_squares(
     if not bool(hxp.all(hxp.isfinite(A))):
         raise ValueError("jac: the Jacobian has non-finite entries at the current point")
     X, D = hxp.reshape(x, (1, n)), hxp.reshape(D, (1, n))
+    prob.progress, prob.n_problems = make_progress(progress, "tall_least_squares"), 1
     if method == "lm":
         fnorm = hxp.asarray([math.sqrt(ff)], dtype=dtype, device=dev)
         out = run_lm(hxp, prob, X, f, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
@@ -580,6 +598,7 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
             new_jac = True
         if verbose >= 2:
             prob.print_iter(it, hxp.sqrt(2.0 * cost), nfev, dx_norm)
+        report_progress(hxp, prob, it, hxp.sqrt(2.0 * cost), nfev, active)
         if callback is not None and _callback(callback, X[0, :], float(cost[0]), int(nit[0])):
             cb_stop = True
             break
@@ -592,6 +611,8 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
 
 def _finish(hxp, prob, out, verbose):
     """The result: ``x`` (n,) in memory, ``fun`` / ``jac`` lazy, scalars as Python numbers."""
+    if prob.progress is not None:
+        prob.progress.close()
     x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
     njev = int(out.njev[0])
     if bool(out.need_jac[0]):
