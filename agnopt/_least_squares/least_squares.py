@@ -539,6 +539,15 @@ def _bounds(xp, bounds, X, x0, batched):
     if isinstance(bounds, (tuple, list)):
         for b in bounds:
             check_backend(b, xp, "bounds")
+    if not batched:
+        # scipy's rule: a bound is a scalar or has x0's shape (a (1,) bound is not
+        # broadcast to n > 1 variables, nor an (n,) bound to a scalar x0)
+        for name, b in zip(("lb", "ub"), bounds):
+            shp = tuple(getattr(b, "shape", ())) if hasattr(b, "shape") else (
+                (len(b),) if isinstance(b, (list, tuple)) else ())
+            if len(shp) > 0 and shp != tuple(x0.shape):
+                raise ValueError(f"bounds: Inconsistent shapes between bounds and `x0` "
+                                 f"({name} {shp}, x0 {tuple(x0.shape)})")
     lb, ub = prepare_bounds(xp, bounds, X if batched else x0)
     lb = xp.reshape(xp.broadcast_to(lb, X.shape), X.shape) if not batched else lb
     ub = xp.reshape(xp.broadcast_to(ub, X.shape), X.shape) if not batched else ub
