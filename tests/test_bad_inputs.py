@@ -507,7 +507,7 @@ CASES = [
     Case("least_squares-ftol-negative", c_ls_ftol, ValueError, r"ftol: expected a non-negative float"),
     Case("least_squares-x_scale-negative", c_ls_x_scale, ValueError, r"x_scale: must be 'jac' or an array of positive"),
     Case("least_squares-max_nfev-zero", c_ls_max_nfev, ValueError, r"max_nfev: expected a positive integer"),
-    Case("least_squares-bounds-shape", c_ls_bounds_shape, ValueError, r"bounds: lower bound of shape \(3,\)"),
+    Case("least_squares-bounds-shape", c_ls_bounds_shape, ValueError, r"bounds: Inconsistent shapes between bounds and `x0` \(lb \(3,\)"),
     Case("least_squares-batched-fun-shape", c_ls_batched_fun_shape, ValueError,
          r"fun: with batched=True expected residuals of shape \(B, m\)"),
     Case("least_squares-jac-nan", c_ls_jac_nan, ValueError, r"jac: the Jacobian has non-finite entries"),

@@ -84,7 +84,7 @@ def least_squares(
     x0: Any,
     jac: Any = None,
     bounds: Any = (-math.inf, math.inf),
-    method: str = "lm",
+    method: str = "trf",
     ftol: float | None = 1e-8,
     xtol: float | None = 1e-8,
     gtol: float | None = 1e-8,
@@ -161,7 +161,10 @@ def least_squares(
           or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
         * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
           (``(B, m, n)`` when batched).
-    method : {"lm", "trf", "dogbox", "gauss-newton"}
+    method : {"trf", "dogbox", "lm", "gauss-newton"}
+        Default ``"trf"`` (scipy's default). Residuals chunked by rows (a
+        tall Dask problem) take ``"lm"`` or ``"gauss-newton"`` only.
+
         * ``"trf"``: trust-region-reflective (Branch, Coleman and Li 1999),
           as scipy's ``method="trf"`` with ``tr_solver="exact"``
           (:mod:`agnopt._least_squares.trf`): iterates strictly inside the
@@ -374,8 +377,8 @@ def least_squares(
     Unbatched, when ``x0`` is in memory (not Dask) and ``fun(x0)`` is a Dask
     array with more than one row chunk (a tall problem), the solve is handed to
     :func:`agnopt.tall_least_squares` (``jac`` ``None``/``"cs"`` become
-    ``"2-point"``; finite ``bounds`` and ``history`` are not supported there
-    and raise ``ValueError``).
+    ``"2-point"``; ``method`` must be ``"lm"`` or ``"gauss-newton"``, finite
+    ``bounds`` and ``history`` are not supported there: ``ValueError``).
 
     References
     ----------
@@ -412,8 +415,11 @@ def least_squares(
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
             if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
-                raise ValueError("method: residuals chunked by rows (a tall Dask problem) take "
-                                 "method 'lm' or 'gauss-newton' with loss='linear'")
+                raise ValueError(
+                    "method: residuals chunked by rows (a tall Dask problem, solved by "
+                    "tall_least_squares) take method='lm' or method='gauss-newton' with "
+                    f"loss='linear', got method={method!r} (least_squares' default is 'trf', "
+                    "as scipy's)")
             if diff_step is not None:
                 raise ValueError("diff_step: not supported for residuals chunked by rows (a tall "
                                  "Dask problem, solved by tall_least_squares)")
