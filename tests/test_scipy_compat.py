@@ -455,3 +455,35 @@ def test_tall_tolerances_and_methods():
     assert res.success and res.status == 1  # only gtol could stop it
     with pytest.raises(ValueError, match="tall problems take 'lm' or 'gauss-newton'"):
         ao.tall_least_squares(lambda p: p[0] * t, np.array([1.0]), method="trf")
+
+
+def test_bounds_shapes_as_scipy():
+    # unbatched: a bound is a scalar or has x0's shape; (1,) is not broadcast to n = 2
+    with pytest.raises(ValueError, match="Inconsistent shapes"):
+        ao.least_squares(trivial, 2.0, bounds=(1.0, [2.0, 3.0]))
+    with pytest.raises(ValueError, match="Inconsistent shapes"):
+        ao.least_squares(rosen, [1.0, 2.0], bounds=([0.0], [3.0, 4.0]))
+    res = ao.least_squares(lambda x: x, [1.0, 1.0], bounds=(0.5, [2.0, 2.0]))
+    np.testing.assert_allclose(res.x, [0.5, 0.5], atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox", "lm", "gauss-newton"])
+def test_one_jacobian_per_point(method):
+    # issue 11 item 8 for every method: max_nfev=1 stops at x0 with one Jacobian there;
+    # a full solve evaluates jac exactly njev times and never twice at one point in a row
+    pts = []
+
+    def jac(x):
+        pts.append(np.array(x, copy=True))
+        return np.array([2.0 * x])
+
+    res = ao.least_squares(trivial, np.array([2.0]), jac, method=method, max_nfev=1)
+    if method in ("trf", "dogbox"):  # lm / gauss-newton test max_nfev after an iteration
+        assert res.nfev == 1 and res.njev == 1 == len(pts) and res.x[0] == 2.0
+        assert res.jac[0, 0] == 4.0 and res.status == 0
+    pts.clear()
+    res = ao.least_squares(rosen, np.array([-1.2, 1.0]), lambda z: (pts.append(z.copy()),
+                                                                     rosen_jac(z))[1],
+                           method=method)
+    assert len(pts) == res.njev
+    assert not any(np.array_equal(a, b) for a, b in zip(pts[:-1], pts[1:]))
