@@ -110,15 +110,6 @@ def test_nist_certified_std_dev(xp, device, backend, name):
     assert np.all(rel < 5e-5), (name, sd, cert)  # 4 significant digits
 
 
-def _verified_default_jacobian() -> bool:
-    from agnopt._least_squares.problem import Problem
-
-    return hasattr(Problem, "_cs_disagrees")
-
-
-@pytest.mark.xfail(not _verified_default_jacobian(), strict=True,
-                   reason="needs the verified default Jacobian (complex step checked against "
-                          "differences; branch scipycompat, e05da54): remove this marker once merged")
 def test_roszman1_with_a_lossy_complex_arctan(xp, device, backend):
     """The torch-cuda failure of Roszman1 (std devs 72-95% off, success=True), reproduced on the CPU.
 
