@@ -57,7 +57,7 @@ from .engine import run_lm
 from .losses import check_loss
 from .trf import TRF, final_fields, run_trust_region
 from .gauss_newton import run_gn
-from .outcome import messages, to_status
+from .outcome import messages, stuck_on_bound, to_status
 from .options import (
     JAC_STRINGS,
     as_array,
@@ -606,6 +606,8 @@ def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear"
     if fs != 1.0:
         cost, g, opt = cost / fs / fs, g / fs / fs, opt / fs / fs
         F, J = prob.unscale(F, J)
+    if bounded and method in ("lm", "gauss-newton"):
+        status = stuck_on_bound(xp, J, am, status)
     success = status > 0
     msgs, st_host = messages(out.info, status)
     if batched:
