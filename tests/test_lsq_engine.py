@@ -408,3 +408,34 @@ def test_projected_uphill_steps_are_rejected(xp, device):
     rb = ao.least_squares(fb, X0, bounds=bounds, method="lm", batched=True)
     assert bool(xp.all(rb.success))
     np.testing.assert_allclose(to_numpy(rb.x), [[1.2243707487, 1.5]] * 2, rtol=1e-7)
+
+
+def test_stuck_on_a_bound_is_not_success(xp, device):
+    """Issue 11 input 5 with the projected lm / gauss-newton: ``a exp(-c^2 x)`` with
+    ``c >= 0`` from ``(0.5, 2)`` reaches ``c = 0``, where the column of ``c``
+    vanishes: a stationary point of the projection, not of the problem (the
+    answer is (2, 0.8), which trf, the default for bounds, finds). Status -5,
+    success False, and curve_fit raises instead of returning [0.8956, 0]."""
+    from conftest import to_numpy
+
+    t = xp.asarray([3.0 * i / 39 for i in range(40)], dtype=xp.float64, device=device)
+    y = 2.0 * xp.exp(-0.64 * t)
+
+    def f(p):
+        return p[0] * xp.exp(-(p[1] ** 2) * t) - y
+
+    for method in ("lm", "gauss-newton"):
+        r = ao.least_squares(f, xp.asarray([0.5, 2.0], dtype=xp.float64, device=device),
+                             bounds=([0.0, 0.0], [10.0, 10.0]), method=method)
+        if method == "lm" or float(to_numpy(r.x)[1]) == 0.0:  # lm does stop at c = 0
+            assert r.status == Status.STUCK_ON_BOUND and not r.success, (method, r.x)
+            assert "method='trf'" in r.message
+        else:  # never success at a wrong point
+            assert not r.success or np.allclose(to_numpy(r.x), [2.0, 0.8], rtol=1e-6)
+    r = ao.least_squares(f, xp.asarray([0.5, 2.0], dtype=xp.float64, device=device),
+                         bounds=([0.0, 0.0], [10.0, 10.0]))
+    assert r.success
+    np.testing.assert_allclose(to_numpy(r.x), [2.0, 0.8], rtol=1e-7)
+    with pytest.raises(RuntimeError, match="Jacobian column vanishes"):
+        ao.curve_fit(lambda x, a, c: a * xp.exp(-(c ** 2) * x), t, y, p0=[0.5, 2.0],
+                     bounds=([0.0, 0.0], [10.0, 10.0]), method="lm")

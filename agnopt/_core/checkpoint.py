@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 import array_api_compat
 
-from .backend import namespace_name
+from .backend import namespace_name, on_device_of
 from .tree import _is_namedtuple
 
 StateT = TypeVar("StateT")  # a state handed back with the template's type
@@ -106,6 +106,7 @@ def _encode(node: Any, path: str) -> Any:
 
 
 # --------------------------------------------------------------------------- load_state_dict
+@on_device_of(0, "template_state")  # CuPy: the loaded arrays made on the template's GPU
 def load_state_dict(template_state: StateT, d: dict[str, Any]) -> StateT:
     """The state held in ``d`` (from :func:`state_dict`), shaped like ``template_state``.
 
@@ -409,6 +410,7 @@ def save_state(path: str | os.PathLike[str], state: Any, *, config: Any = None) 
         np.savez(fh, **arrays)  # type: ignore[arg-type, unused-ignore]
 
 
+@on_device_of(1, "template")
 def load_state(path: str | os.PathLike[str], template: StateT, *, config: Any = None) -> StateT:
     """Load a state saved by :func:`save_state`, onto the template's backend and device.
 

@@ -3,7 +3,7 @@
 ``Status`` is what ``OptimizeResult.status`` holds for ``least_squares``,
 ``tall_least_squares`` and ``curve_fit``'s ``infodict["status"]``: the codes
 of ``scipy.optimize.least_squares`` (-2 ... 4) and two documented extra codes
-of agnopt (-3, -4), each with a name. ``success`` is ``status > 0``.
+of agnopt (-3, -4, -5), each with a name. ``success`` is ``status > 0``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ __all__ = ["Status"]
 
 
 class Status(IntEnum):
-    """Termination status (scipy's ``least_squares`` values, plus agnopt's -3 and -4)."""
+    """Termination status (scipy's ``least_squares`` values, plus agnopt's -3, -4 and -5)."""
+
+    #: agnopt: lm / gauss-newton with bounds stopped with a variable on a bound
+    #: whose Jacobian column vanishes there: a stationary point of the projected
+    #: iteration that need not be one of the problem (e.g. a width entering as
+    #: ``c**2`` stopped at ``c = 0``); ``method="trf"`` keeps iterates inside.
+    STUCK_ON_BOUND = -5
 
     #: agnopt: the residuals were not finite at the trial points and the step
     #: shrank to nothing without a finite trial point near ``x``.

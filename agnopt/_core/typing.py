@@ -82,6 +82,21 @@ ArrayTree: TypeAlias = Union[Array, Mapping[Any, "ArrayTree"], Sequence["ArrayTr
 Schedule: TypeAlias = Callable[[Union[int, Array]], Union[float, Array]]
 ScalarOrSchedule: TypeAlias = Union[float, Schedule]
 
+
+
+class HasBounds(Protocol):
+    """An object with ``lb`` and ``ub`` (``scipy.optimize.Bounds``)."""
+
+    @property
+    def lb(self) -> Any: ...
+
+    @property
+    def ub(self) -> Any: ...
+
+
+# ``bounds=`` of the scipy-style solvers: ``(lb, ub)`` (scalars or arrays) or a Bounds object
+BoundsLike: TypeAlias = Union[tuple[ArrayLike, ArrayLike], HasBounds]
+
 # a tree of the caller's own type, handed back with that type (apply_updates, step)
 TreeT = TypeVar("TreeT", bound=ArrayTree)
 

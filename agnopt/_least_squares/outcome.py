@@ -39,6 +39,9 @@ TERMINATION_MESSAGES: dict[int, str] = {
     "(this problem stopped there; batched solves only).",
     Status.NONFINITE_TRIAL: "The residuals were not finite at the trial points: the step shrank to "
     "nothing without a finite trial point near x.",
+    Status.STUCK_ON_BOUND: "Stopped with a variable on a bound where its Jacobian column vanishes: "
+    "possibly a stationary point of the projection, not of the problem (use method='trf', which "
+    "keeps iterates strictly inside the bounds).",
 }
 # MINPACK's info 6/7/8 ("tolerance too small, no further improvement possible")
 # are reported with the matching common status and this message.
@@ -65,6 +68,8 @@ def to_status(xp, info, active, cb_stop):
 
 def message(info: int, status: int) -> str:
     """scipy's message for one problem (the machine-precision wording for info 6/7/8)."""
+    if status == Status.STUCK_ON_BOUND:
+        return TERMINATION_MESSAGES[Status.STUCK_ON_BOUND]
     if info in MACHINE_MESSAGES:
         return MACHINE_MESSAGES[MinpackInfo(info)]
     return TERMINATION_MESSAGES.get(status, "unknown status")
@@ -122,3 +127,21 @@ def report_progress(xp, ev, it, fnorm, nfev, active) -> None:
     cost = 0.5 * xp.where(active, fnorm, xp.zeros_like(fnorm)) ** 2
     prog.update(it, int(xp.max(nfev)), float(xp.max(cost)) if running else 0.0,
                 running, getattr(ev, "n_problems", active.shape[0]))
+
+
+def stuck_on_bound(xp, J, active_mask, status):
+    """``status`` with ``Status.STUCK_ON_BOUND`` where a converged problem of a projected
+    method (lm, gauss-newton with bounds) ends with a variable on a bound whose
+    Jacobian column is zero to ``sqrt(eps)`` of the largest column (k,).
+
+    There the projected gradient vanishes because the column does, not because
+    the bound holds the variable against a descent direction: the iteration
+    cannot leave, and the point need not be a minimizer (issue input: ``a exp(-c^2 x)``
+    with ``c >= 0`` stopped at ``c = 0``).
+    """
+    cn = xp.sqrt(xp.sum(J * J, axis=-2))  # (k, n) column norms
+    big = xp.max(cn, axis=-1, keepdims=True)
+    eps = float(xp.finfo(J.dtype).eps)
+    dead = (active_mask != 0) & (cn <= eps ** 0.5 * big)
+    flag = xp.any(dead, axis=-1) & (status > 0)
+    return xp.where(flag, xp.full_like(status, int(Status.STUCK_ON_BOUND)), status)
