@@ -29,7 +29,7 @@ Numerics (the same rule in every fused kernel of :func:`agnopt.step`):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from .._core.backend import is_concrete, resolve, resolve_dtype, scalar
 from .._core.norms import opmath_dtype, safe_sqrt, scaled_norm
