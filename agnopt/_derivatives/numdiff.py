@@ -62,8 +62,24 @@ def prepare_bounds(xp: Any, bounds: Any, x0: Any) -> tuple[Any, Any]:
     return _as_bound(xp, lb, x0, "lower"), _as_bound(xp, ub, x0, "upper")
 
 
+_EPS_CACHE: dict = {}
+
+
 def _eps_for_method(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
-    """scipy's ``_eps_for_method``: eps of x's dtype, or of f's if f is narrower."""
+    """scipy's ``_eps_for_method``: eps of x's dtype, or of f's if f is narrower
+    (remembered per namespace, dtypes and method: ``finfo`` / ``isdtype`` are
+    slow next to one small Jacobian)."""
+    try:
+        key = (xp, x_dtype, f_dtype, method)
+        return _EPS_CACHE[key]
+    except KeyError:
+        val = _EPS_CACHE[key] = _eps_uncached(xp, x_dtype, f_dtype, method)
+        return val
+    except TypeError:  # pragma: no cover - unhashable dtype objects
+        return _eps_uncached(xp, x_dtype, f_dtype, method)
+
+
+def _eps_uncached(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
     eps = float(xp.finfo(x_dtype).eps)
     try:
         if xp.isdtype(f_dtype, "real floating"):
@@ -321,7 +337,34 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
     lb, ub = prepare_bounds(xp, bounds, x0)
     if bool(xp.any((x0 < lb) | (x0 > ub))):
         raise ValueError("x0 violates bound constraints (bounds)")
+    return _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev)
 
+
+def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp, dev):
+    """:func:`approx_derivative` for a caller that has checked its arguments already.
+
+    The least-squares evaluator calls this once per Jacobian: ``x0`` is
+    ``(n,)`` (``(B, n)`` batched) inside the bounds ``lb``, ``ub`` (arrays of
+    ``x0``'s shape, dtype and device; not read for ``"cs"``), ``f0 =
+    fun(x0)`` is an array of shape ``(m,)`` (``(B, m)``), and ``xp``,
+    ``dev`` are ``x0``'s namespace and device. Same arithmetic as
+    :func:`approx_derivative`, without re-resolving the backend, re-building
+    the bounds and re-checking feasibility on every call (per-call
+    overhead that dominates small problems).
+    """
+    dtype = x0.dtype
+
+    def call(x):
+        return _call(fun, x, args, kwargs, xp, dtype, dev)
+
+    with device_scope(dev):
+        return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev)
+
+
+def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev):
+    """The steps and the ``n`` difference quotients of :func:`approx_derivative`."""
+    dtype = x0.dtype
+    n = x0.shape[-1]
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
     h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs")
     if method == "2-point":
