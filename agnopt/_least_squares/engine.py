@@ -26,7 +26,7 @@ reports; the engine never looks at how they are formed.
 
 from __future__ import annotations
 
-from .arrays import device
+from .arrays import device, machine_eps
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
@@ -322,26 +322,29 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     A step bound that collapsed on a non-finite trial point gives -4.
     """
     info, delta, xnorm = st.info, st.delta, st.xnorm
-    eps = float(xp.finfo(delta.dtype).eps)
+    eps = machine_eps(xp, delta.dtype)
+    i64 = info.dtype
     # the relative-reduction tests only judge full (Gauss-Newton) steps: a step
     # the trust radius cut short (``limited``, par > 0) says nothing about the
     # reduction still possible (issue 11: a*t fitted to 1e9*t from a = 1)
     ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0) & ~limited
     xt = delta <= xtol * xnorm
-    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), xp.zeros_like(info))
-    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
-    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
-    mach = xp.zeros_like(info)
-    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, int(MinpackInfo.MAX_NFEV)), mach)
-    mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited,
-                    xp.full_like(info, int(MinpackInfo.FTOL_MACHINE)), mach)
-    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, int(MinpackInfo.XTOL_MACHINE)), mach)
-    mach = xp.where(st.gnorm <= eps, xp.full_like(info, int(MinpackInfo.GTOL_MACHINE)), mach)
+    # info 1 (ftol), 2 (xtol), 3 (both) = ft + 2 xt (MINPACK's numbering), as
+    # integer arithmetic instead of a chain of ``where`` over constant arrays
+    new = xp.astype(ft, i64) + 2 * xp.astype(xt, i64)
+    # 5 (max_nfev) < 6 < 7 < 8 (the tests at machine precision): MINPACK checks
+    # them in this order and the last one that holds wins, i.e. the largest code
+    mach = int(MinpackInfo.MAX_NFEV) * xp.astype(st.nfev >= max_nfev, i64)
+    mach = xp.maximum(mach, int(MinpackInfo.FTOL_MACHINE) * xp.astype(
+        (xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited, i64))
+    mach = xp.maximum(mach, int(MinpackInfo.XTOL_MACHINE) * xp.astype(delta <= eps * xnorm, i64))
+    mach = xp.maximum(mach, int(MinpackInfo.GTOL_MACHINE) * xp.astype(st.gnorm <= eps, i64))
     new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
     collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
                            | (new == int(MinpackInfo.XTOL_MACHINE)))
-    new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
+    if bool(xp.any(collapsed)):
+        new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
     new = xp.where(st.active, new, xp.zeros_like(new))
     return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
                        active=st.active & (new == int(MinpackInfo.RUNNING)))

@@ -81,6 +81,7 @@ class CholeskyBasis(NamedTuple):
     As: Any
     gs: Any
     Linv0: Any
+    eye: Any = None  # the (n, n) identity, made once per route (None: made per solve)
 
     def gauss_newton(self, xp):
         qn = chol_solve(xp, self.Linv0, self.gs)
@@ -88,8 +89,10 @@ class CholeskyBasis(NamedTuple):
         return qn, s3, None, self.gs, self.Linv0
 
     def solve(self, xp, par):
-        n = self.As.shape[-1]
-        eye = xp.eye(n, dtype=self.As.dtype, device=device(self.As))
+        eye = self.eye
+        if eye is None:
+            n = self.As.shape[-1]
+            eye = xp.eye(n, dtype=self.As.dtype, device=device(self.As))
         Li, _ = chol_inv(xp, self.As + par[:, None, None] * eye)
         q = chol_solve(xp, Li, self.gs)
         return q, xp.linalg.vector_norm(mv(xp, Li, q), axis=-1) ** 2, Li

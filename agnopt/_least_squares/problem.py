@@ -15,7 +15,7 @@ import array_api_compat
 from .._core.backend import namespace_name
 from .._derivatives.numdiff import fd_jacobian
 from .._core import lazy
-from .arrays import call_checked, device, persist
+from .arrays import call_checked, device, machine_eps, persist
 from .batched import positions, rows_where, scatter
 from .outcome import call_callback, history_entry, print_iter
 from .routes import CHOL_MAX_N, InMemoryRoute
@@ -315,7 +315,7 @@ class Problem:
             # It never cancels, and it keeps the truncation error O((h/x)^2)
             # negligible for parameters far from 1 (scipy's eps**0.5 * max(1, |x|)
             # would be larger than a parameter of size 1e-9, e.g. Hahn1's b7).
-            rel = float(xp.finfo(self.dtype).eps) if jac == "cs" else None
+            rel = machine_eps(xp, self.dtype) if jac == "cs" else None
             if jac == "cs" and self.auto_cs:
                 # default Jacobian: the complex step, unless fun cannot take
                 # complex input (raises, or returns real output); then central

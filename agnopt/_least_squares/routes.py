@@ -145,7 +145,7 @@ class InMemoryRoute:
             self.well = well
             self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
                                       xp.where(well[:, None], gs, xp.zeros_like(gs)),
-                                      xp.where(well[:, None, None], Linv0, eye))
+                                      xp.where(well[:, None, None], Linv0, eye), eye)
             need = active & ~well
         else:
             self.well = xp.zeros((k,), dtype=xp.bool, device=dev)
