@@ -127,7 +127,8 @@ def _as_step(xp: Any, s: Any, x0: Any, what: str) -> Any:
     elif isinstance(s, (list, tuple)):
         arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
     else:
-        arr = xp.asarray(float(s), dtype=x0.dtype, device=_dev(x0))
+        # a number: a 0-d array broadcasts against x0 in the arithmetic
+        return xp.asarray(float(s), dtype=x0.dtype, device=_dev(x0))
     try:
         return xp.broadcast_to(arr, x0.shape)
     except Exception as e:
@@ -340,7 +341,8 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
     return _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev)
 
 
-def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp, dev):
+def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp, dev,
+                cache=None):
     """:func:`approx_derivative` for a caller that has checked its arguments already.
 
     The least-squares evaluator calls this once per Jacobian: ``x0`` is
@@ -350,7 +352,9 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
     ``dev`` are ``x0``'s namespace and device. Same arithmetic as
     :func:`approx_derivative`, without re-resolving the backend, re-building
     the bounds and re-checking feasibility on every call (per-call
-    overhead that dominates small problems).
+    overhead that dominates small problems). ``cache``: a dict the caller
+    keeps for one solve (same ``n``, dtype and device), in which the
+    identity and the complex unit are made once.
     """
     dtype = x0.dtype
 
@@ -358,25 +362,32 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
         return _call(fun, x, args, kwargs, xp, dtype, dev)
 
     with device_scope(dev):
-        return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev)
+        return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev,
+                        cache)
 
 
-def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev):
+def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev,
+             cache=None):
     """The steps and the ``n`` difference quotients of :func:`approx_derivative`."""
     dtype = x0.dtype
     n = x0.shape[-1]
+    cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
     h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs")
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     elif method == "3-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
-    eye = xp.eye(n, dtype=dtype, device=dev)
+    eye = cache.get("eye")
+    if eye is None:
+        eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
 
     if method == "cs":
-        cdt = _complex_dtype(xp, dtype)
+        if "i1" not in cache:
+            cache["cdt"] = _complex_dtype(xp, dtype)
+            cache["i1"] = xp.asarray(1j, dtype=cache["cdt"], device=dev)
+        cdt, i1 = cache["cdt"], cache["i1"]
         xc = xp.astype(x0, cdt)
-        i1 = xp.asarray(1j, dtype=cdt, device=dev)
 
     cols = []
     for j in range(n):
@@ -412,7 +423,7 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
                 df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
         else:  # cs
             fc = call(xc + xp.astype(hj, cdt) * i1)
-            if not xp.isdtype(fc.dtype, "complex floating"):
+            if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
                 raise ValueError(
                     "fun returned a real array for complex input, so the complex step "
                     "cannot see the derivative; method='cs' needs fun to be written in "

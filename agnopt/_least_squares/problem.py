@@ -145,6 +145,8 @@ class Problem:
         hook = getattr(fun, "_agnopt_rows", None) if batched else None
         self._hook = hook if callable(hook) else None
         self._hook_checked = False
+        self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
+        self._eye = None  # the (n, n) identity of J^T J's diagonal
 
     # ------------------------------------------------------------------ row subsets
     def set_rows(self, idx, X_full, F_rows=None):
@@ -340,12 +342,12 @@ class Problem:
         # the trusted entry skips approx_derivative's per-call checks
         if self.batched:
             J = fd_jacobian(self._fun_rows(), X, F, jac, rel, lbx, ubx, self.args, self.kwargs,
-                            True, xp, self.dev)
+                            True, xp, self.dev, self._fd_cache)
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
             J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, lbx[0, :], ubx[0, :],
-                            self.args, self.kwargs, False, xp, self.dev)
+                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
@@ -367,7 +369,7 @@ class Problem:
         """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
         xp = self.xp
         if not self.bounded:
-            return xp.ones(X.shape, dtype=xp.bool, device=device(X))
+            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
         at_lb = (X <= self.lb) & (g > 0)
         at_ub = (X >= self.ub) & (g < 0)
         return ~(at_lb | at_ub)
@@ -389,7 +391,8 @@ class Problem:
 
     def route(self, st):
         return InMemoryRoute(self.xp, st.J, st.A0 if self.use_chol else None, st.g, st.D, st.F,
-                             st.free, st.active, self.compact)
+                             st.free, st.active, self.compact,
+                             eye=self.eye(st.X.shape[1]) if self.use_chol else None)
 
     def linearize(self, st, nj) -> Linearization:
         """``J`` (k, m, n) where ``nj`` (merged with ``st.J`` elsewhere), ``J^T J``
@@ -430,8 +433,13 @@ class Problem:
         xp = self.xp
         n = J.shape[-1]
         A0 = xp.matmul(xp.matrix_transpose(J), J)
-        eye = xp.eye(n, dtype=J.dtype, device=device(J))
-        return A0, xp.sum(A0 * eye, axis=-1)
+        return A0, xp.sum(A0 * self.eye(n), axis=-1)
+
+    def eye(self, n):
+        """The ``(n, n)`` identity in the working dtype on the device, made once per solve."""
+        if self._eye is None:
+            self._eye = self.xp.eye(n, dtype=self.dtype, device=self.dev)
+        return self._eye
 
     def history_entry(self, fnorm, nit, nfev):
         return history_entry(self.batched, fnorm, nit, nfev)

@@ -122,7 +122,7 @@ class InMemoryRoute:
     iteration would cost far more than the math.
     """
 
-    def __init__(self, xp, J, A0, g, D, F, free, active, compact):
+    def __init__(self, xp, J, A0, g, D, F, free, active, compact, eye=None):
         k, m, n = J.shape
         self.out_xp = xp
         self.host = lazy.is_dask_namespace(xp)
@@ -133,9 +133,10 @@ class InMemoryRoute:
         self.xp = xp
         self.J, self.A0 = J, A0
         self.chol_ok = A0 is not None
-        dev = device(J)
+        dev = None if eye is not None and not self.host else device(J)
         if self.chol_ok:
-            eye = xp.eye(n, dtype=J.dtype, device=dev)
+            if eye is None or self.host:
+                eye = xp.eye(n, dtype=J.dtype, device=dev)
             As = A0 / (D[:, :, None] * D[:, None, :])
             gs = g / D
             Linv0, ok = chol_inv(xp, As)
@@ -148,13 +149,13 @@ class InMemoryRoute:
                                       xp.where(well[:, None, None], Linv0, eye), eye)
             need = active & ~well
         else:
-            self.well = xp.zeros((k,), dtype=xp.bool, device=dev)
+            self.well = xp.zeros_like(active)
             need = xp.ones_like(active)
         self.svd = None
         if bool(xp.any(need)):
             if compact:
                 idx = rows_where(xp, need)
-                mask, pos = positions(xp, idx, k, dev)
+                mask, pos = positions(xp, idx, k, device(J))
                 sub = lambda a: xp.take(a, idx, axis=0)  # noqa: E731
                 Js_in = (sub(J), sub(D), sub(F), sub(free))
             else:
