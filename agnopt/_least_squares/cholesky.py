@@ -51,7 +51,7 @@ def chol_inv(xp, A):
         d = v[:, j]
         okj = d > eps * A[:, j, j]
         ok = okj if ok is None else ok & okj
-        sj = xp.sqrt(xp.where(okj, d, xp.ones_like(d)))
+        sj = xp.sqrt(xp.where(okj, d, 1.0))
         mask = xp.sum(eye[:, j:], axis=-1)  # rows >= j
         cols.append((v / sj[:, None]) * mask)
         diag.append(sj)

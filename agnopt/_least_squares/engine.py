@@ -96,7 +96,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         # -- inner loop of lmder: LM parameter and step, trial point
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
-        p = xp.where(st.free, z / st.D, xp.zeros_like(z))
+        p = xp.where(st.free, z / st.D, 0.0)
         st = st._replace(par=par)
         accel = None
         if ev.accelerate:
@@ -140,12 +140,12 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
         njev = njev + xp.astype(lin.bad, xp.int64)
-        info = xp.where(lin.bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
+        info = xp.where(lin.bad, int(MinpackInfo.NONFINITE_JAC), info)
         active = active & ~lin.bad
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
-    cn = xp.where(free, lin.cn, xp.zeros_like(st.X))
+    cn = xp.where(free, lin.cn, 0.0)
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
                      active=active, njev=njev)
     st = scale_and_radius(xp, st, nj, cn, jac_scale)
@@ -158,10 +158,10 @@ def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
     where ``x0 = 0``). ``cn`` (k, n): column norms (zero for frozen ones)."""
     D = st.D
     if jac_scale:
-        D0 = xp.where(cn == 0, xp.ones_like(cn), cn)
+        D0 = xp.where(cn == 0, 1.0, cn)
         D = xp.where((st.first & nj)[:, None], D0, D)
     xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
-    d0 = xp.where(xn0 == 0, xp.full_like(xn0, FACTOR), FACTOR * xn0)
+    d0 = xp.where(xn0 == 0, float(FACTOR), FACTOR * xn0)
     init = st.first & nj & (st.delta == 0)
     return st._replace(D=D, xnorm=xp.where(init, xn0, st.xnorm),
                        delta=xp.where(init, d0, st.delta))
@@ -173,17 +173,13 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     ``gnorm`` is the largest ``|cos|`` between a column of ``J`` and ``f``
     (0 when ``f = 0``); ``gnorm <= gtol`` stops the problem (info 4).
     """
-    k = st.fnorm.shape[0]
-    dev = device(st.fnorm)
-    ones_k = xp.ones((k,), dtype=st.fnorm.dtype, device=dev)
-    zeros_k = xp.zeros((k,), dtype=st.fnorm.dtype, device=dev)
-    cn_safe = xp.where(cn == 0, xp.ones_like(cn), cn)
-    fn_safe = xp.where(st.fnorm == 0, ones_k, st.fnorm)
-    cosv = xp.where(cn == 0, xp.zeros_like(cn), xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
-    gn_new = xp.where(st.fnorm == 0, zeros_k, xp.max(cosv, axis=-1))
+    cn_safe = xp.where(cn == 0, 1.0, cn)
+    fn_safe = xp.where(st.fnorm == 0, 1.0, st.fnorm)
+    cosv = xp.where(cn == 0, 0.0, xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
+    gn_new = xp.where(st.fnorm == 0, 0.0, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
-    info = xp.where(conv_g, xp.full_like(st.info, int(MinpackInfo.GTOL)), st.info)
+    info = xp.where(conv_g, int(MinpackInfo.GTOL), st.info)
     D = st.D
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
@@ -212,13 +208,13 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
-    rvv = xp.where(xp.isfinite(rvv), rvv, xp.zeros_like(rvv))
+    rvv = xp.where(xp.isfinite(rvv), rvv, 0.0)
     hv = xp.matmul(rvv[:, None, :], J)[:, 0, :] / D  # Js^T r_vv
-    hv = xp.where(free, hv, xp.zeros_like(hv))
+    hv = xp.where(free, hv, 0.0)
     az = -route.solve(hv, par)
-    a = xp.where(free, az / D, xp.zeros_like(az))
+    a = xp.where(free, az / D, 0.0)
     vn = xp.linalg.vector_norm(z, axis=-1)
-    an = xp.linalg.vector_norm(xp.where(free, az, xp.zeros_like(az)), axis=-1)
+    an = xp.linalg.vector_norm(xp.where(free, az, 0.0), axis=-1)
     accel = eligible & (2.0 * an <= ACC_ALPHA * vn) & xp.all(xp.isfinite(a), axis=-1)
     return xp.where(accel[:, None], p - 0.5 * a, p), accel, st
 
@@ -257,11 +253,10 @@ def reductions(xp, st: LMState, tr: Trial, route):
     Returns ``(actred, prered, dirder, ratio, fn1s, finite)`` (k,) each.
     """
     fnorm, par = st.fnorm, st.par
-    ones_k = xp.ones_like(fnorm)
     finite = xp.isfinite(tr.fnorm1)
     fn1s = xp.where(finite, tr.fnorm1, fnorm * 1e10 + 1.0)
-    fn_safe = xp.where(fnorm == 0, ones_k, fnorm)
-    actred = xp.where(finite & (0.1 * fn1s < fnorm), 1.0 - (fn1s / fn_safe) ** 2, -ones_k)
+    fn_safe = xp.where(fnorm == 0, 1.0, fnorm)
+    actred = xp.where(finite & (0.1 * fn1s < fnorm), 1.0 - (fn1s / fn_safe) ** 2, -1.0)
     t1 = xp.sqrt(route.jp_norm2(tr.p)) / fn_safe
     t2 = xp.sqrt(par) * tr.pnorm / fn_safe
     prered = t1 * t1 + 2.0 * t2 * t2
@@ -270,8 +265,7 @@ def reductions(xp, st: LMState, tr: Trial, route):
         fJp = xp.sum(st.g * tr.p, axis=-1) / (fn_safe * fn_safe)  # f . Jp = (J^T f) . p
         prered = xp.where(tr.clipped, -(2.0 * fJp + t1 * t1), prered)
         dirder = xp.where(tr.clipped, fJp, dirder)
-    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, ones_k),
-                     xp.zeros_like(fnorm))
+    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, 1.0), 0.0)
     return actred, prered, dirder, ratio, fn1s, finite
 
 
@@ -284,12 +278,10 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     ``par = 0``: ``Delta = 2 ||D p||``, ``par /= 2``; else unchanged.
     """
     fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
-    ones_k = xp.ones_like(fnorm)
     small = ratio <= 0.25
     den = dirder + 0.5 * actred
-    temp = xp.where(actred >= 0, 0.5 * ones_k,
-                    0.5 * dirder / xp.where(den == 0, ones_k, den))
-    temp = xp.where((0.1 * fn1s >= fnorm) | (temp < 0.1) | ~finite, 0.1 * ones_k, temp)
+    temp = xp.where(actred >= 0, 0.5, 0.5 * dirder / xp.where(den == 0, 1.0, den))
+    temp = xp.where((0.1 * fn1s >= fnorm) | (temp < 0.1) | ~finite, 0.1, temp)
     big = ~small & ((par == 0) | (ratio >= 0.75))
     delta_n = xp.where(small, temp * xp.minimum(delta, pnorm / 0.1),
                        xp.where(big, pnorm / 0.5, delta))
@@ -344,7 +336,7 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
                            | (new == int(MinpackInfo.XTOL_MACHINE)))
     if bool(xp.any(collapsed)):
-        new = xp.where(collapsed, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
-    new = xp.where(st.active, new, xp.zeros_like(new))
+        new = xp.where(collapsed, int(MinpackInfo.NONFINITE_TRIAL), new)
+    new = xp.where(st.active, new, 0)
     return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
                        active=st.active & (new == int(MinpackInfo.RUNNING)))

@@ -420,7 +420,7 @@ class Problem:
                 raise ValueError("jac: the Jacobian has non-finite entries at the current point")
             else:
                 nj = nj & ~bad
-                Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
+                Jn = xp.where(bad[:, None, None], 0.0, Jn)
                 J = xp.where(nj[:, None, None], Jn, J)
                 if self.use_chol:
                     A0, dA = self._gram(J)

@@ -64,7 +64,7 @@ def spectral(xp, J, D, F, free, force_svd=False):
     """
     B, m, n = J.shape
     Js = J / D[:, None, :]
-    Js = xp.where(free[:, None, :], Js, xp.zeros_like(Js))
+    Js = xp.where(free[:, None, :], Js, 0.0)
     eps = float(xp.finfo(J.dtype).eps)
     JsT = xp.matrix_transpose(Js)
     well = None
@@ -145,7 +145,7 @@ class InMemoryRoute:
             well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
             self.well = well
             self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
-                                      xp.where(well[:, None], gs, xp.zeros_like(gs)),
+                                      xp.where(well[:, None], gs, 0.0),
                                       xp.where(well[:, None, None], Linv0, eye), eye)
             need = active & ~well
         else:
