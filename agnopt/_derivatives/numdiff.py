@@ -99,17 +99,18 @@ def _sign(xp: Any, x0: Any) -> Any:
 
 
 def _absolute_step(
-    xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False
+    xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False,
+    dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
     sign_x0 = _sign(xp, x0)
     default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
     if abs_step is not None:
-        h = _as_step(xp, abs_step, x0, "abs_step")
+        h = _as_step(xp, abs_step, x0, "abs_step", dev)
     elif rel_step is None:
         return default
     else:
-        r = _as_step(xp, rel_step, x0, "rel_step")
+        r = _as_step(xp, rel_step, x0, "rel_step", dev)
         h = r * sign_x0 * xp.abs(x0)
     if cs:
         # the complex step is not added to the real part: only h == 0 is unusable
@@ -118,17 +119,18 @@ def _absolute_step(
     return xp.where(dx == 0, default, h)
 
 
-def _as_step(xp: Any, s: Any, x0: Any, what: str) -> Any:
+def _as_step(xp: Any, s: Any, x0: Any, what: str, dev: Any = None) -> Any:
+    dev = _dev(x0) if dev is None else dev
     if hasattr(s, "shape") and hasattr(s, "dtype"):
         try:
-            arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+            arr = xp.asarray(s, dtype=x0.dtype, device=dev)
         except Exception:
-            arr = xp.asarray(_tolist(s), dtype=x0.dtype, device=_dev(x0))
+            arr = xp.asarray(_tolist(s), dtype=x0.dtype, device=dev)
     elif isinstance(s, (list, tuple)):
-        arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+        arr = xp.asarray(s, dtype=x0.dtype, device=dev)
     else:
         # a number: a 0-d array broadcasts against x0 in the arithmetic
-        return xp.asarray(float(s), dtype=x0.dtype, device=_dev(x0))
+        return xp.asarray(float(s), dtype=x0.dtype, device=dev)
     try:
         return xp.broadcast_to(arr, x0.shape)
     except Exception as e:
@@ -373,7 +375,7 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     n = x0.shape[-1]
     cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs")
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs", dev=dev)
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     elif method == "3-point":

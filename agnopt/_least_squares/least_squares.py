@@ -40,7 +40,7 @@ import math
 from typing import Any, Callable
 
 from .._core import lazy
-from .._core.backend import resolve
+from .._core.backend import native_namespace, resolve
 from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
@@ -285,6 +285,7 @@ def least_squares(
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
     xp, dev, x0, X = _start_point(x0, batched)
+    xp = native_namespace(xp)  # NumPy >= 2.1: its own namespace (no wrapper calls per iteration)
     B, n = X.shape
 
     f0 = None
