@@ -96,7 +96,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         # -- inner loop of lmder: LM parameter and step, trial point
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
-        p = xp.where(st.free, z / st.D, 0.0)
+        p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
         st = st._replace(par=par)
         accel = None
         if ev.accelerate:
@@ -145,7 +145,7 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
-    cn = xp.where(free, lin.cn, 0.0)
+    cn = xp.where(free, lin.cn, 0.0) if ev.bounded else lin.cn  # free: all true unbounded
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
                      active=active, njev=njev)
     st = scale_and_radius(xp, st, nj, cn, jac_scale)
@@ -335,8 +335,7 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     # the step bound collapsed on a non-finite trial point: say so (status -4)
     collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
                            | (new == int(MinpackInfo.XTOL_MACHINE)))
-    if bool(xp.any(collapsed)):
-        new = xp.where(collapsed, int(MinpackInfo.NONFINITE_TRIAL), new)
+    new = xp.where(collapsed, int(MinpackInfo.NONFINITE_TRIAL), new)
     new = xp.where(st.active, new, 0)
     return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
                        active=st.active & (new == int(MinpackInfo.RUNNING)))
