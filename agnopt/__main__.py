@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="also write the main plots as PNG files in DIR (needs matplotlib)")
     tour.add_argument("--no-second-order", action="store_true",
                       help="skip the Newton / Levenberg-Marquardt part of the tour")
+    tour.add_argument("--no-invariant", action="store_true",
+                      help="skip the full-matrix / Kronecker / natural-gradient part of the tour")
     fb = sub.add_parser("fitbench", help="batched curve_fit vs a scipy.optimize.curve_fit loop")
     fb.add_argument("--B", type=int, default=10_000, help="number of independent fits")
     fb.add_argument("--m", type=int, default=50, help="points per fit")
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
     nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
     nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
+    nist.add_argument("--scipy", action="store_true",
+                      help="also scipy.optimize.least_squares (same method, jac='3-point')")
     sub.add_parser("tall-bench", add_help=False,
                    help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
     sub.add_parser("gpucheck", add_help=False,
@@ -110,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             run_second_order_tour(backends=chosen)
+        if not getattr(args, "no_invariant", False):
+            from ._cli.tour import run_invariant_tour
+
+            print()
+            run_invariant_tour(backends=chosen)
         plot_dir = getattr(args, "plot", None)
         if plot_dir:
             try:
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "nist":
         from ._cli.nist import main as nist_main
 
-        nist_main(args.method, args.backend)
+        nist_main(args.method, args.backend, args.scipy)
         return 0
     parser.error(f"unknown command {command!r}")
     return 2

@@ -451,6 +451,8 @@ def tall_least_squares(
     the cluster's memory, so that each pass does not read them again.
     """
     check_method(method)
+    if method not in ("lm", "gauss-newton"):
+        raise ValueError(f"method: tall problems take 'lm' or 'gauss-newton', got {method!r}")
     if jac is None:
         jac = "2-point"
     if not (callable(jac) or jac in _JAC_STRINGS):
