@@ -319,7 +319,9 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     # the relative-reduction tests only judge full (Gauss-Newton) steps: a step
     # the trust radius cut short (``limited``, par > 0) says nothing about the
     # reduction still possible (issue 11: a*t fitted to 1e9*t from a = 1)
-    ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0) & ~limited
+    aa = xp.abs(actred)
+    full = (0.5 * ratio <= 1.0) & ~limited
+    ft = (aa <= ftol) & (prered <= ftol) & full
     xt = delta <= xtol * xnorm
     # info 1 (ftol), 2 (xtol), 3 (both) = ft + 2 xt (MINPACK's numbering), as
     # integer arithmetic instead of a chain of ``where`` over constant arrays
@@ -328,7 +330,7 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     # them in this order and the last one that holds wins, i.e. the largest code
     mach = int(MinpackInfo.MAX_NFEV) * xp.astype(st.nfev >= max_nfev, i64)
     mach = xp.maximum(mach, int(MinpackInfo.FTOL_MACHINE) * xp.astype(
-        (xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited, i64))
+        (aa <= eps) & (prered <= eps) & full, i64))
     mach = xp.maximum(mach, int(MinpackInfo.XTOL_MACHINE) * xp.astype(delta <= eps * xnorm, i64))
     mach = xp.maximum(mach, int(MinpackInfo.GTOL_MACHINE) * xp.astype(st.gnorm <= eps, i64))
     new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)

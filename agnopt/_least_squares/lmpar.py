@@ -126,6 +126,11 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     gn_ok = fp <= rtol * delta
     if not truncated_gn and full_rank is not None:
         gn_ok = gn_ok & full_rank
+    if bool(xp.all(gn_ok)):
+        # every Gauss-Newton step lies within the region (the usual case near
+        # a solution): par = 0 and q = q(0), exactly what the end of the
+        # search below returns for them; the bounds parl / paru are not needed
+        return xp.zeros_like(fp), qn, factor
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
     s3 = xp.where(s3 > 0, s3, 1.0)
     parl = (fp / delta) * dxnorm * dxnorm / s3
