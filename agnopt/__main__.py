@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
     fb.add_argument("--backend", default="numpy")
+    fb.add_argument("--jac", default=None,
+                    help="'analytic' (closed form for both), or a jac string for agnopt (default: each one's default)")
+    fb.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own; 1 avoids OpenMP overhead on tiny "
+                         "operations on a busy machine)")
     fb.add_argument("--single", action="store_true",
                     help="single small fits (curve_fit, least_squares) against scipy's, not the batch")
     fb.add_argument("--peers", action="store_true",
@@ -142,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from ._cli.fitbench import run_fit_benchmark
 
-        run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
+        if args.threads is not None:
+            try:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            except ImportError:
+                pass
+        run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset,
+                          jac=args.jac)
         return 0
     if command == "bench":
         if args.invariant:
