@@ -230,15 +230,16 @@ def trial_point(xp, ev, st: LMState, p, accel):
     Xt = ev.project(X + p)
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
-    clipped = xp.any(p != p_unc, axis=-1) if ev.bounded else xp.zeros_like(st.active)
+    clipped = None  # the step differs from the LM step: projected or accelerated
+    if ev.bounded:
+        clipped = xp.any(p != p_unc, axis=-1)
     if accel is not None:
-        clipped = clipped | accel
+        clipped = accel if clipped is None else clipped | accel
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     Ft, fnorm1 = ev.trial(Xt)
     st = st._replace(delta=delta, nfev=st.nfev + xp.astype(st.active, xp.int64))
-    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped if (ev.bounded or accel is not None)
-                 else None), st
+    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped), st
 
 
 def reductions(xp, st: LMState, tr: Trial, route):
