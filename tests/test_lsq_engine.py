@@ -107,7 +107,7 @@ def test_lmpar_cholesky_basis_solves_the_trust_region_subproblem(seed):
     As = xp.asarray((Js.T @ Js)[None])
     Linv0, ok = chol_inv(xp, As)
     assert bool(ok[0])
-    basis = CholeskyBasis(As, xp.asarray((Js.T @ f)[None]), Linv0)
+    basis = CholeskyBasis(As, xp.asarray((Js.T @ f)[None]), Linv0, xp.eye(4))
     for delta in RADII:
         par, q, Lf = lmpar(xp, basis, xp.asarray([delta]), xp.asarray([0.0]), xp.asarray([True]))
         p = -np.asarray(q[0]) / D

@@ -297,7 +297,8 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
             return cols  # real parameters (the common case: no isdtype call)
         im = xp.imag(p)
         nz = xp.any(im != 0, axis=0) if batched else im != 0
-        (nz,) = lazy.compute(nz)
+        if lazy.is_dask(nz):
+            (nz,) = lazy.compute(nz)
         return [c if bool(nz[j]) else xp.real(c) for j, c in enumerate(cols)]
 
     if batched:

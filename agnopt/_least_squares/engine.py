@@ -30,6 +30,20 @@ from .arrays import device, machine_eps
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
+# MINPACK's codes as plain ints (array-api-strict takes no IntEnum operands;
+# an int is also cheaper per iteration than the enum lookup)
+_FTOL = int(MinpackInfo.FTOL)
+_FTOL_MACHINE = int(MinpackInfo.FTOL_MACHINE)
+_FTOL_XTOL = int(MinpackInfo.FTOL_XTOL)
+_GTOL = int(MinpackInfo.GTOL)
+_GTOL_MACHINE = int(MinpackInfo.GTOL_MACHINE)
+_MAX_NFEV = int(MinpackInfo.MAX_NFEV)
+_NONFINITE_JAC = int(MinpackInfo.NONFINITE_JAC)
+_NONFINITE_TRIAL = int(MinpackInfo.NONFINITE_TRIAL)
+_RUNNING = int(MinpackInfo.RUNNING)
+_XTOL = int(MinpackInfo.XTOL)
+_XTOL_MACHINE = int(MinpackInfo.XTOL_MACHINE)
+
 # Initial trust-region radius factor: Delta_0 = FACTOR * ||D x0|| (MINPACK's
 # ``factor``; MINPACK recommends a value in [0.1, 100] and defaults to 100;
 # 1 is scipy trf's choice and keeps the first steps from jumping to the
@@ -97,14 +111,13 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
         p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
-        st = st._replace(par=par)
         accel = None
         if ev.accelerate:
-            p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z)
-        tr, st = trial_point(xp, ev, st, p, accel)
+            p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
+        tr, st = trial_point(xp, ev, st, p, accel, par)
         actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
-        st = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
-        st = accept(xp, ev, st, tr, ratio)
+        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
+        st = accept(xp, ev, st, tr, ratio, delta, par)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
         st = st._make(ev.persist(*st)) if ev.persist_all else st
@@ -140,7 +153,7 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
         njev = njev + xp.astype(lin.bad, xp.int64)
-        info = xp.where(lin.bad, int(MinpackInfo.NONFINITE_JAC), info)
+        info = xp.where(lin.bad, _NONFINITE_JAC, info)
         active = active & ~lin.bad
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
@@ -179,14 +192,14 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     gn_new = xp.where(st.fnorm == 0, 0.0, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
-    info = xp.where(conv_g, int(MinpackInfo.GTOL), st.info)
+    info = xp.where(conv_g, _GTOL, st.info)
     D = st.D
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
     return st._replace(gnorm=gnorm, info=info, active=st.active & ~conv_g, D=D)
 
 
-def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
+def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     """Geodesic acceleration (Transtrum & Sethna 2012) of the LM step ``p`` (k, n).
 
     For steps limited by the trust region (``par > 0``) after the first
@@ -195,11 +208,12 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
     acceleration ``a`` solves the same damped system with ``r_vv`` in place
     of ``f``, and the step becomes ``v + a/2`` when
     ``||D a|| <= ACC_ALPHA * ||D v|| / 2`` (else ``v`` alone). The
-    evaluation ``f(x + h v)`` counts in ``nfev``. Returns ``(p, accel, st)``
+    evaluation ``f(x + h v)`` counts in ``nfev``. ``par`` (k,) is the LM
+    parameter of ``v``. Returns ``(p, accel, st)``
     with ``accel`` (k,) the accelerated problems (``None`` when none was
     eligible).
     """
-    X, F, J, D, free, par = st.X, st.F, st.J, st.D, st.free, st.par
+    X, F, J, D, free = st.X, st.F, st.J, st.D, st.free
     eligible = st.active & (par > 0) & ~st.first
     if not bool(xp.any(eligible)):
         return p, None, st
@@ -219,11 +233,12 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z):
     return xp.where(accel[:, None], p - 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, accel):
+def trial_point(xp, ev, st: LMState, p, accel, par):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
-    (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)``.
+    (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)`` with
+    ``st.par`` the step's LM parameter ``par`` (k,).
     """
     X = st.X
     p_unc = p
@@ -238,7 +253,7 @@ def trial_point(xp, ev, st: LMState, p, accel):
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     Ft, fnorm1 = ev.trial(Xt)
-    st = st._replace(delta=delta, nfev=st.nfev + xp.astype(st.active, xp.int64))
+    st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
     return Trial(Xt, Ft, p, pnorm, fnorm1, clipped), st
 
 
@@ -270,13 +285,14 @@ def reductions(xp, st: LMState, tr: Trial, route):
     return actred, prered, dirder, ratio, fn1s, finite
 
 
-def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite) -> LMState:
+def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite):
     """MINPACK's radius and LM-parameter update.
 
     ``ratio <= 0.25``: ``Delta = temp * min(Delta, ||D p|| / 0.1)``, ``par /= temp``
     with ``temp`` from a quadratic interpolation clipped to [0.1, 0.5]
     (0.1 for non-finite or tenfold-grown residuals); ``ratio >= 0.75`` or
     ``par = 0``: ``Delta = 2 ||D p||``, ``par /= 2``; else unchanged.
+    Returns the new ``(delta, par)`` (k,).
     """
     fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
     small = ratio <= 0.25
@@ -287,17 +303,17 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     delta_n = xp.where(small, temp * xp.minimum(delta, pnorm / 0.1),
                        xp.where(big, pnorm / 0.5, delta))
     par_n = xp.where(small, par / temp, xp.where(big, 0.5 * par, par))
-    return st._replace(delta=xp.where(st.active, delta_n, delta),
-                       par=xp.where(st.active, par_n, par))
+    return xp.where(st.active, delta_n, delta), xp.where(st.active, par_n, par)
 
 
-def accept(xp, ev, st: LMState, tr: Trial, ratio) -> LMState:
+def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par) -> LMState:
     """Take the step where ``ratio >= ACCEPT_RATIO`` (MINPACK's 1e-4); the
-    Jacobian of those problems is then stale (``need_jac``)."""
+    Jacobian of those problems is then stale (``need_jac``). ``delta``,
+    ``par`` (k,): the updated radius and LM parameter, stored with the step."""
     acc = st.active & (ratio >= ACCEPT_RATIO)
     X = xp.where(acc[:, None], tr.Xt, st.X)
     return st._replace(
-        X=X, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
+        X=X, delta=delta, par=par, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
         xnorm=xp.where(acc, xp.linalg.vector_norm(st.D * X, axis=-1), st.xnorm),
         nit=st.nit + xp.astype(acc, xp.int64),
         need_jac=xp.where(st.active, acc, st.need_jac),  # finished problems keep theirs
@@ -329,16 +345,14 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     new = xp.astype(ft, i64) + 2 * xp.astype(xt, i64)
     # 5 (max_nfev) < 6 < 7 < 8 (the tests at machine precision): MINPACK checks
     # them in this order and the last one that holds wins, i.e. the largest code
-    mach = int(MinpackInfo.MAX_NFEV) * xp.astype(st.nfev >= max_nfev, i64)
-    mach = xp.maximum(mach, int(MinpackInfo.FTOL_MACHINE) * xp.astype(
-        (aa <= eps) & (prered <= eps) & full, i64))
-    mach = xp.maximum(mach, int(MinpackInfo.XTOL_MACHINE) * xp.astype(delta <= eps * xnorm, i64))
-    mach = xp.maximum(mach, int(MinpackInfo.GTOL_MACHINE) * xp.astype(st.gnorm <= eps, i64))
-    new = xp.where(new == int(MinpackInfo.RUNNING), mach, new)
+    mach = _MAX_NFEV * xp.astype(st.nfev >= max_nfev, i64)
+    mach = xp.maximum(mach, _FTOL_MACHINE * xp.astype((aa <= eps) & (prered <= eps) & full, i64))
+    mach = xp.maximum(mach, _XTOL_MACHINE * xp.astype(delta <= eps * xnorm, i64))
+    mach = xp.maximum(mach, _GTOL_MACHINE * xp.astype(st.gnorm <= eps, i64))
+    new = xp.where(new == _RUNNING, mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
-    collapsed = ~finite & ((new == int(MinpackInfo.XTOL)) | (new == int(MinpackInfo.FTOL_XTOL))
-                           | (new == int(MinpackInfo.XTOL_MACHINE)))
-    new = xp.where(collapsed, int(MinpackInfo.NONFINITE_TRIAL), new)
+    collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL) | (new == _XTOL_MACHINE))
+    new = xp.where(collapsed, _NONFINITE_TRIAL, new)
     new = xp.where(st.active, new, 0)
-    return st._replace(info=xp.where(new != int(MinpackInfo.RUNNING), new, info),
-                       active=st.active & (new == int(MinpackInfo.RUNNING)))
+    return st._replace(info=xp.where(new != _RUNNING, new, info),
+                       active=st.active & (new == _RUNNING))

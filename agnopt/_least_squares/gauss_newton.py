@@ -22,6 +22,17 @@ from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import spectral
 from .state import MinpackInfo, Outcome
 
+# MINPACK's codes as plain ints (array-api-strict takes no IntEnum operands;
+# an int is also cheaper per iteration than the enum lookup)
+_FTOL = int(MinpackInfo.FTOL)
+_FTOL_XTOL = int(MinpackInfo.FTOL_XTOL)
+_GTOL = int(MinpackInfo.GTOL)
+_MAX_NFEV = int(MinpackInfo.MAX_NFEV)
+_NONFINITE_JAC = int(MinpackInfo.NONFINITE_JAC)
+_NONFINITE_TRIAL = int(MinpackInfo.NONFINITE_TRIAL)
+_RUNNING = int(MinpackInfo.RUNNING)
+_XTOL = int(MinpackInfo.XTOL)
+
 
 def gn_step(xp, w, c, V, good, lam, D, free=None):
     """Scaled step ``z = D p`` and the step ``p`` (k, n) for the damping ``lam`` (k,).
@@ -66,17 +77,17 @@ def gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm, finite
     Returns ``(info, active)``."""
     ft = acc & (actual < ftol * cost) & (ratio > 0.25)
     xt = active & (dx_norm < xtol * (xtol + x_norm))
-    run = xp.full_like(info, int(MinpackInfo.RUNNING))
-    new = xp.where(ft, xp.full_like(info, int(MinpackInfo.FTOL)), run)
-    new = xp.where(xt, xp.full_like(info, int(MinpackInfo.XTOL)), new)
-    new = xp.where(ft & xt, xp.full_like(info, int(MinpackInfo.FTOL_XTOL)), new)
+    run = xp.full_like(info, _RUNNING)
+    new = xp.where(ft, xp.full_like(info, _FTOL), run)
+    new = xp.where(xt, xp.full_like(info, _XTOL), new)
+    new = xp.where(ft & xt, xp.full_like(info, _FTOL_XTOL), new)
     # the step collapsed on a non-finite trial point: say so (status -4)
-    new = xp.where(xt & ~finite, xp.full_like(info, int(MinpackInfo.NONFINITE_TRIAL)), new)
-    new = xp.where((new == int(MinpackInfo.RUNNING)) & (nfev >= max_nfev),
-                   xp.full_like(info, int(MinpackInfo.MAX_NFEV)), new)
+    new = xp.where(xt & ~finite, xp.full_like(info, _NONFINITE_TRIAL), new)
+    new = xp.where((new == _RUNNING) & (nfev >= max_nfev),
+                   xp.full_like(info, _MAX_NFEV), new)
     new = xp.where(active, new, run)
-    return (xp.where(new != int(MinpackInfo.RUNNING), new, info),
-            active & (new == int(MinpackInfo.RUNNING)))
+    return (xp.where(new != _RUNNING, new, info),
+            active & (new == _RUNNING))
 
 
 def checked_jacobian(xp, prob, X, F, J, nj, info, active, njev):
@@ -90,7 +101,7 @@ def checked_jacobian(xp, prob, X, F, J, nj, info, active, njev):
         # batched: these problems stop here (status -3), the others go on
         bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (B, -1))), axis=-1)
         njev = njev + xp.astype(bad, xp.int64)
-        info = xp.where(bad, xp.full_like(info, int(MinpackInfo.NONFINITE_JAC)), info)
+        info = xp.where(bad, xp.full_like(info, _NONFINITE_JAC), info)
         active = active & ~bad
         nj = nj & ~bad
         Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
@@ -129,7 +140,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
             free = free_n if free is None else xp.where(nj[:, None], free_n, free)
             gfree = xp.where(free, g, xp.zeros_like(g))
             conv_g = nj & (xp.max(xp.abs(gfree), axis=-1) < gtol)
-            info = xp.where(conv_g, xp.full_like(info, int(MinpackInfo.GTOL)), info)
+            info = xp.where(conv_g, xp.full_like(info, _GTOL), info)
             active = active & ~conv_g
             if not bool(xp.any(active)):
                 break

@@ -42,7 +42,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .cholesky import chol_inv, chol_solve, mv
-from .arrays import device
 
 
 class SpectralBasis(NamedTuple):
@@ -74,13 +73,14 @@ class SpectralBasis(NamedTuple):
 
 
 class CholeskyBasis(NamedTuple):
-    """The normal equations ``As = Js^T Js`` (k, n, n), ``gs = Js^T f`` (k, n) and
-    ``Linv0`` (k, n, n), the inverse Cholesky factor of ``As`` (all well conditioned)."""
+    """The normal equations ``As = Js^T Js`` (k, n, n), ``gs = Js^T f`` (k, n),
+    ``Linv0`` (k, n, n), the inverse Cholesky factor of ``As`` (all well
+    conditioned), and the identity ``eye`` (n, n)."""
 
     As: Any
     gs: Any
     Linv0: Any
-    eye: Any = None  # the (n, n) identity, made once per route (None: made per solve)
+    eye: Any
 
     def gauss_newton(self, xp):
         qn = chol_solve(xp, self.Linv0, self.gs)
@@ -88,11 +88,7 @@ class CholeskyBasis(NamedTuple):
         return qn, s3, None, self.gs, self.Linv0
 
     def solve(self, xp, par):
-        eye = self.eye
-        if eye is None:
-            n = self.As.shape[-1]
-            eye = xp.eye(n, dtype=self.As.dtype, device=device(self.As))
-        Li, _ = chol_inv(xp, self.As + par[:, None, None] * eye)
+        Li, _ = chol_inv(xp, self.As + par[:, None, None] * self.eye)
         q = chol_solve(xp, Li, self.gs)
         return q, xp.linalg.vector_norm(mv(xp, Li, q), axis=-1) ** 2, Li
 
