@@ -144,15 +144,20 @@ class InMemoryRoute:
             cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
             well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
             self.well = well
-            self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
-                                      xp.where(well[:, None], gs, 0.0),
-                                      xp.where(well[:, None, None], Linv0, eye), eye)
+            all_well = bool(xp.all(well))
+            if all_well:  # every problem on this route (the where's below would keep all)
+                self.chol = CholeskyBasis(As, gs, Linv0, eye)
+            else:
+                self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
+                                          xp.where(well[:, None], gs, 0.0),
+                                          xp.where(well[:, None, None], Linv0, eye), eye)
             need = active & ~well
         else:
+            all_well = False
             self.well = xp.zeros_like(active)
             need = xp.ones_like(active)
         self.svd = None
-        if bool(xp.any(need)):
+        if not all_well and bool(xp.any(need)):
             if compact:
                 idx = rows_where(xp, need)
                 mask, pos = positions(xp, idx, k, device(J))
