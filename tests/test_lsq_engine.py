@@ -377,3 +377,34 @@ def test_tall_no_false_ftol_convergence():
                               jac=lambda a: t[:, None])
     assert r.success
     np.testing.assert_allclose(r.x, [1e9], rtol=1e-12)
+
+
+def test_projected_uphill_steps_are_rejected(xp, device):
+    """Issue 11 input 1: a step the bounds cut short is taken only if the cost went down.
+
+    ``f = [10 (x1 - x0^2), 1 - x0]`` from ``(2, 2)`` with ``x1 >= 1.5``: the
+    projected LM step has a negative model reduction and a negative actual one;
+    their ratio looked good, so lm cycled between costs 12.5 and 0.217 and
+    stopped at 12.5. The answer (scipy's trf, and the math: x1 on its bound,
+    x0 minimizing 100 (1.5 - x0^2)^2 + (1 - x0)^2) is x = [1.22437, 1.5],
+    cost 0.0252131; batched the same.
+    """
+    from conftest import to_numpy
+
+    def f(x):
+        return xp.stack([10.0 * (x[1] - x[0] ** 2), 1.0 - x[0]])
+
+    bounds = ([-math.inf, 1.5], math.inf)
+    res = ao.least_squares(f, xp.asarray([2.0, 2.0], dtype=xp.float64, device=device),
+                           bounds=bounds, method="lm")
+    assert res.success
+    np.testing.assert_allclose(to_numpy(res.x), [1.2243707487, 1.5], rtol=1e-7)
+    np.testing.assert_allclose(float(res.cost), 0.0252130939468, rtol=1e-7)
+
+    def fb(X):
+        return xp.stack([10.0 * (X[:, 1] - X[:, 0] ** 2), 1.0 - X[:, 0]], axis=1)
+
+    X0 = xp.asarray([[2.0, 2.0], [3.0, 2.0]], dtype=xp.float64, device=device)
+    rb = ao.least_squares(fb, X0, bounds=bounds, method="lm", batched=True)
+    assert bool(xp.all(rb.success))
+    np.testing.assert_allclose(to_numpy(rb.x), [[1.2243707487, 1.5]] * 2, rtol=1e-7)

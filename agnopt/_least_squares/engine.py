@@ -117,7 +117,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         tr, st = trial_point(xp, ev, st, p, accel, par)
         actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
         delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
-        st = accept(xp, ev, st, tr, ratio, delta, par)
+        st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
         st = st._make(ev.persist(*st)) if ev.persist_all else st
@@ -245,16 +245,15 @@ def trial_point(xp, ev, st: LMState, p, accel, par):
     Xt = ev.project(X + p)
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
-    clipped = None  # the step differs from the LM step: projected or accelerated
-    if ev.bounded:
-        clipped = xp.any(p != p_unc, axis=-1)
+    projected = xp.any(p != p_unc, axis=-1) if ev.bounded else None
+    clipped = projected  # the step differs from the LM step: projected or accelerated
     if accel is not None:
         clipped = accel if clipped is None else clipped | accel
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     Ft, fnorm1 = ev.trial(Xt)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
-    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped), st
+    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped, projected), st
 
 
 def reductions(xp, st: LMState, tr: Trial, route):
@@ -282,6 +281,11 @@ def reductions(xp, st: LMState, tr: Trial, route):
         prered = xp.where(tr.clipped, -(2.0 * fJp + t1 * t1), prered)
         dirder = xp.where(tr.clipped, fJp, dirder)
     ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, 1.0), 0.0)
+    if tr.projected is not None:
+        # a step the bounds cut short that did not lower the cost is a bad step,
+        # whatever the sign of its model reduction (two negative reductions would
+        # give a "good" ratio, keep the radius and repeat the same trial forever)
+        ratio = xp.where(tr.projected & ~(actred > 0), -1.0, ratio)
     return actred, prered, dirder, ratio, fn1s, finite
 
 
@@ -306,11 +310,24 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     return xp.where(st.active, delta_n, delta), xp.where(st.active, par_n, par)
 
 
-def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par) -> LMState:
-    """Take the step where ``ratio >= ACCEPT_RATIO`` (MINPACK's 1e-4); the
-    Jacobian of those problems is then stale (``need_jac``). ``delta``,
-    ``par`` (k,): the updated radius and LM parameter, stored with the step."""
-    acc = st.active & (ratio >= ACCEPT_RATIO)
+def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par, actred, finite) -> LMState:
+    """Take the step where ``ratio >= ACCEPT_RATIO`` (MINPACK's 1e-4), the trial
+    residuals are finite and, for a step the bounds cut short, the cost went
+    down; the Jacobian of those problems is then stale (``need_jac``).
+    ``delta``, ``par`` (k,): the updated radius and LM parameter, stored with
+    the step.
+
+    A projected step's model reduction can be negative, and a ratio of two
+    negative reductions is positive: without the ``actred > 0`` test such an
+    uphill step was taken (and a bounded Rosenbrock fit cycled between two
+    costs). An accelerated step of an unbounded problem may still go slightly
+    uphill when its ratio passes: Transtrum and Sethna's acceleration relies on
+    such steps to cross narrow curved valleys (NIST's MGH10, MGH17, Bennett5),
+    and the stopping tests are met only where the LM step itself converges.
+    """
+    acc = st.active & finite & (ratio >= ACCEPT_RATIO)
+    if tr.projected is not None:
+        acc = acc & ((actred > 0) | ~tr.projected)
     X = xp.where(acc[:, None], tr.Xt, st.X)
     return st._replace(
         X=X, delta=delta, par=par, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
