@@ -28,7 +28,8 @@ def test_single_fit_same_problem_as_scipy():
     import agnopt as ao
 
     t, y, p0 = single_fit._data()
-    model = lambda x, a, b, c: a * np.exp(-b * x) + c  # noqa: E731
+    def model(x, a, b, c):
+        return a * np.exp(-b * x) + c
     np.testing.assert_allclose(ao.curve_fit(model, t, y, p0=p0)[0],
                                so.curve_fit(model, t, y, p0=p0)[0], rtol=1e-6)
 

@@ -315,7 +315,6 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
                 "(use batched=True for a batch of problems)"
             )
     dtype = x0.dtype
-    n = x0.shape[-1]
 
     def call(x):
         xx = xp.reshape(x, ()) if scalar_x else x

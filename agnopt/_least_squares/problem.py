@@ -15,7 +15,7 @@ import array_api_compat
 from .._core.backend import namespace_name
 from .._derivatives.numdiff import fd_jacobian
 from .._core import lazy
-from .arrays import call_checked, device, machine_eps, persist
+from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
