@@ -86,7 +86,7 @@ def _jax_rows(t, y, p0, repeats: int, peers: bool) -> tuple[list[dict], list[str
 
     first, best = _first_and_best(lambda: ao.least_squares(res, pj).x.block_until_ready(),
                                   max(3, repeats // 5))
-    rows.append(dict(case="least_squares lm on JAX (agnopt)", first=first, best=best))
+    rows.append({"case": "least_squares lm on JAX (agnopt)", "first": first, "best": best})
     if not peers:
         return rows, notes
     try:
@@ -102,7 +102,8 @@ def _jax_rows(t, y, p0, repeats: int, peers: bool) -> tuple[list[dict], list[str
         return optx.least_squares(lambda q, _: res(q), solver, p, max_steps=300).value
 
     first, best = _first_and_best(lambda: solve(pj).block_until_ready(), repeats)
-    rows.append(dict(case="optimistix LevenbergMarquardt under jax.jit", first=first, best=best))
+    rows.append({"case": "optimistix LevenbergMarquardt under jax.jit", "first": first,
+                 "best": best})
     return rows, notes
 
 
@@ -155,7 +156,8 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
     rows = []
     for name, fa, rname, fr in cases:
         ta, tr = _best_pair(fa, fr, repeats)
-        rows.append(dict(case=name, agnopt=ta, reference=tr, ratio=ta / tr, reference_name=rname))
+        rows.append({"case": name, "agnopt": ta, "reference": tr, "ratio": ta / tr,
+                     "reference_name": rname})
     jax_rows, notes = _jax_rows(t, y, p0, repeats, peers)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if verbose:
@@ -169,4 +171,4 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
             print(f"  {r['case']:38s} first call {r['first']:.2f} s, later {r['best'] * 1e3:.3f} ms")
         for n in notes:
             print(f"  note: {n}")
-    return dict(rows=rows, jax_rows=jax_rows, notes=notes, load_avg=load)
+    return {"rows": rows, "jax_rows": jax_rows, "notes": notes, "load_avg": load}
