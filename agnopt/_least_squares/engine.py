@@ -173,9 +173,11 @@ def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
     if jac_scale:
         D0 = xp.where(cn == 0, 1.0, cn)
         D = xp.where((st.first & nj)[:, None], D0, D)
+    init = st.first & nj & (st.delta == 0)
+    if not bool(xp.any(init)):  # no first Jacobian here: radius and ||D x|| stay
+        return st._replace(D=D)
     xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
     d0 = xp.where(xn0 == 0, float(FACTOR), FACTOR * xn0)
-    init = st.first & nj & (st.delta == 0)
     return st._replace(D=D, xnorm=xp.where(init, xn0, st.xnorm),
                        delta=xp.where(init, d0, st.delta))
 
