@@ -396,12 +396,6 @@ def c_cf_ydata_empty(xp, dev):
     return (lambda: ao.curve_fit(_model, t, y, p0=[1.0, 1.0])), (t, y)
 
 
-def c_cf_ydata_int(xp, dev):
-    t, _ = _fit_data(xp, dev)
-    y = _mk(xp, dev, [1, 2, 3, 4, 5, 6], "int64")
-    return (lambda: ao.curve_fit(_model, t, y)), (t, y)
-
-
 def c_cf_sigma_shape(xp, dev):
     t, y = _fit_data(xp, dev)
     s = _mk(xp, dev, [1.0, 1.0, 1.0])
@@ -509,22 +503,21 @@ CASES = [
     Case("least_squares-batched-1d", c_ls_batched_1d, ValueError, r"x0: with batched=True expected shape \(B, n\)"),
     Case("least_squares-x0-empty", c_ls_x0_empty, ValueError, r"x0: empty array"),
     Case("least_squares-x0-nan", c_ls_x0_nan, ValueError, r"x0: contains non-finite values"),
-    Case("least_squares-x0-complex", c_ls_x0_complex, TypeError, r"x0: complex dtype"),
+    Case("least_squares-x0-complex", c_ls_x0_complex, ValueError, r"x0: must be real"),
     Case("least_squares-ftol-negative", c_ls_ftol, ValueError, r"ftol: expected a non-negative float"),
     Case("least_squares-x_scale-negative", c_ls_x_scale, ValueError, r"x_scale: must be 'jac' or an array of positive"),
     Case("least_squares-max_nfev-zero", c_ls_max_nfev, ValueError, r"max_nfev: expected a positive integer"),
-    Case("least_squares-bounds-shape", c_ls_bounds_shape, ValueError, r"bounds: lower bound of shape \(3,\)"),
+    Case("least_squares-bounds-shape", c_ls_bounds_shape, ValueError, r"bounds: Inconsistent shapes between bounds and `x0` \(lb \(3,\)"),
     Case("least_squares-batched-fun-shape", c_ls_batched_fun_shape, ValueError,
          r"fun: with batched=True expected residuals of shape \(B, m\)"),
     Case("least_squares-jac-nan", c_ls_jac_nan, ValueError, r"jac: the Jacobian has non-finite entries"),
     # curve_fit
-    Case("curve_fit-method", c_cf_method, ValueError, r"method: expected None, 'lm', 'trf', 'dogbox' or 'gauss-newton', got 'newton'"),
+    Case("curve_fit-method", c_cf_method, ValueError, r"method: expected None or one of \('trf', 'dogbox', 'lm', 'gauss-newton'\), got 'newton'"),
     Case("curve_fit-jac-shape", c_cf_jac_shape, ValueError, r"jac: expected an array of shape \(6, 2\)"),
     Case("curve_fit-batched-1d", c_cf_batched_1d, ValueError, r"ydata: with batched=True expected shape \(B, m\)"),
     Case("curve_fit-bounds-order", c_cf_bounds_order, ValueError, r"bounds: each lower bound must be strictly less"),
     Case("curve_fit-ydata-nan", c_cf_ydata_nan, ValueError, r"ydata: contains non-finite values"),
     Case("curve_fit-ydata-empty", c_cf_ydata_empty, ValueError, r"ydata.* must not be empty"),
-    Case("curve_fit-ydata-int", c_cf_ydata_int, TypeError, r"ydata: dtype .*int64"),
     Case("curve_fit-sigma-shape", c_cf_sigma_shape, ValueError, r"sigma.* has incorrect shape"),
     Case("curve_fit-p0-2d", c_cf_p0_shape, ValueError, r"p0: expected shape \(n,\), got \(2, 2\)"),
     Case("curve_fit-f-nan-p0", c_cf_f_nan, ValueError, r"\bf\b.*not finite.*p0"),

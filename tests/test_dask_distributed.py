@@ -180,8 +180,11 @@ def test_tall_numpy_residuals_and_callback():
     """Eager residuals run the same code; a callback stops with status -2."""
     _, _, nfun, njac = _small_problem()
     seen = []
-    res = tall_least_squares(nfun, [0.0] * N_PAR, jac=njac, method="lm",
-                             callback=lambda r: seen.append(r.nit) or r.nit >= 2)
+    def cb(intermediate_result):  # scipy's convention: this name gets the OptimizeResult
+        seen.append(intermediate_result.nit)
+        return intermediate_result.nit >= 2
+
+    res = tall_least_squares(nfun, [0.0] * N_PAR, jac=njac, method="lm", callback=cb)
     assert res.status == -2 and not res.success and seen[-1] == 2
 
 

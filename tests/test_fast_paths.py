@@ -56,6 +56,7 @@ CONFIGS = {
     "adam-schedule": lambda: ao.adam(ao.warmup_cosine_decay(0.0, 1e-2, 2, 10)),
     "adam-amsgrad-wd-schedule": lambda: ao.adam(_sched(1e-2), amsgrad=True, weight_decay=0.1),
     "adamw": lambda: ao.adamw(1e-2),
+    "adamw-wd": lambda: ao.adamw(1e-2, weight_decay=0.5),
     "adamw-amsgrad": lambda: ao.adamw(1e-2, amsgrad=True, weight_decay=0.1),
     "adamw-schedule": lambda: ao.adamw(_sched(1e-2)),
 }
@@ -221,10 +222,23 @@ def _trajectory(be, make, dt, tree, monkeypatch, mode):
     return traj, state
 
 
-def _compare(ref, got, dt):
+def _compare(ref, got, dt, loose=False):
+    """Equal to the generic path: to the last bits (``loose=False``; the paths perform the generic
+    operations in order), or to a few roundings of O(1) values (``loose``: torch's fused Adam
+    kernels, which order the bias corrections differently)."""
+    atol = 8 * float(np.finfo(dt).eps) if loose else TOL[dt] * 1e-3
     for a_step, b_step in zip(ref, got):
         for a, b in zip(a_step, b_step):
-            np.testing.assert_allclose(b, a, rtol=TOL[dt], atol=TOL[dt] * 1e-3)
+            np.testing.assert_allclose(b, a, rtol=TOL[dt], atol=atol)
+
+
+FUSED_YES = ["adam", "adam-betas-eps", "adam-wd", "adamw", "adamw-wd", "adam-mu_nu_dtype-same"]
+FUSED_NO = ["adam-amsgrad", "adam-eps_root", "adam-schedule", "adamw-amsgrad", "adamw-schedule", "rmsprop"]
+
+
+def _torch_fused_route(path, name):
+    """Whether ``path`` hands config ``name`` to torch's fused kernels (torch_kernel.FUSED_DEVICES)."""
+    return path == "torch-cuda" and name in FUSED_YES
 
 
 @pytest.mark.parametrize("tree", [False, True], ids=["array", "tree"])
@@ -238,11 +252,11 @@ def test_fast_path_equals_generic(path, name, dt, tree, monkeypatch):
     got, got_state = _trajectory(be, CONFIGS[name], dt, tree, monkeypatch, be.mode)
     n_leaves = len(ao.tree_leaves(_problem(be, dt, tree)))
     assert be.stats() - before == STEPS * n_leaves, "the fast path did not run"
-    _compare(ref, got, dt)
+    loose = _torch_fused_route(path, name)
+    _compare(ref, got, dt, loose)
     # the state too: same structure, same values
     assert ao.tree_structure(ref_state) == ao.tree_structure(got_state)
-    for a, b in zip(ao.tree_leaves(ref_state), ao.tree_leaves(got_state)):
-        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=TOL[dt], atol=TOL[dt] * 1e-3)
+    _compare([ao.tree_leaves(ref_state)], [ao.tree_leaves(got_state)], dt, loose)
 
 
 @pytest.mark.parametrize("dt", ["float32", "float64"])
@@ -261,7 +275,7 @@ def test_state_dtype_options(path, name, dt, monkeypatch):
     got, _ = _trajectory(be, lambda: make(dt), dt, True, monkeypatch, be.mode)
     ran = be.stats() - before
     assert (ran > 0) == (name in SAME_DTYPE_CONFIGS)
-    _compare(ref, got, dt)
+    _compare(ref, got, dt, _torch_fused_route(path, name))
 
 
 @pytest.mark.parametrize("path", ["numpy-blocked", "numba", "torch"])
@@ -282,7 +296,7 @@ def test_step_donates_on_fast_path_and_not_on_generic(path, monkeypatch):
     monkeypatch.setenv("AGNOPT_FAST", be.mode)
     p3, s3 = ao.step(opt, p, g, s)
     assert p3 is p  # updated in place
-    np.testing.assert_array_equal(to_numpy(p3), to_numpy(p2))
+    _compare([[to_numpy(p2)]], [[to_numpy(p3)]], "float64", _torch_fused_route(path, "adam"))
     np.testing.assert_array_equal(to_numpy(g), g0)  # grads never written
     assert int(s3[1].count) == 1
 
@@ -645,3 +659,97 @@ def test_cupy_float16_fast_path_equals_generic(name, monkeypatch):
     assert out["1"].dtype == np.float16
     ulp = np.spacing(np.abs(out["0"]).astype(np.float16)).astype(np.float32)
     assert np.all(np.abs(out["1"].astype(np.float32) - out["0"].astype(np.float32)) <= ulp)
+
+
+# ---------------------------------------------------------------- torch's own fused Adam/AdamW kernels
+# On CUDA the torch fast path hands Adam/AdamW to torch._fused_adam_ / _fused_adamw_ where the
+# configuration is one torch implements (constant lr, eps_root == 0, no amsgrad). torch 2.x ships the
+# same kernels for the CPU, so enabling the route on the CPU checks it against the generic path here.
+
+def _fused_on_cpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "_fused_adam_"):
+        pytest.skip("this torch has no _fused_adam_")
+    from agnopt._kernels import torch_kernel as _fast_torch
+
+    monkeypatch.setattr(_fast_torch, "FUSED_DEVICES", ("cuda", "cpu"))
+    return _fast_torch
+
+
+@pytest.mark.parametrize("tree", [False, True], ids=["array", "tree"])
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", FUSED_YES[:-1] + FUSED_NO)
+def test_torch_fused_kernels_equal_generic(name, dt, tree, monkeypatch):
+    fk = _fused_on_cpu(monkeypatch)
+    be = _Torch()
+    ref, ref_state = _trajectory(be, CONFIGS[name], dt, tree, monkeypatch, "0")
+    before = dict(fk.STATS)
+    got, got_state = _trajectory(be, CONFIGS[name], dt, tree, monkeypatch, "1")
+    n_leaves = len(ao.tree_leaves(_problem(be, dt, tree)))
+    assert fk.STATS["torch"] - before["torch"] == STEPS * n_leaves
+    fused = fk.STATS["torch_fused"] - before["torch_fused"]
+    assert fused == (STEPS * n_leaves if name in FUSED_YES else 0), fk.FUSED_ERRORS
+    _compare(ref, got, dt, name in FUSED_YES)  # to rounding: torch orders the bias corrections differently
+    assert ao.tree_structure(ref_state) == ao.tree_structure(got_state)
+    assert [a.dtype for a in ao.tree_leaves(ref_state)] == [b.dtype for b in ao.tree_leaves(got_state)]
+    _compare([ao.tree_leaves(ref_state)], [ao.tree_leaves(got_state)], dt, name in FUSED_YES)
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", ["adam-wd", "adamw"])
+def test_torch_fused_kernels_half_precision(name, low, monkeypatch):
+    """float16/bfloat16 through torch's fused kernels: computed in float32, stored once, as generic
+    (to one rounding of the storage type)."""
+    fk = _fused_on_cpu(monkeypatch)
+    torch = fk.torch
+    dt = getattr(torch, low)
+    rng = np.random.default_rng(3)
+    p0 = torch.tensor(rng.standard_normal(300), dtype=dt)
+    grads = [torch.tensor(rng.standard_normal(300), dtype=dt) for _ in range(STEPS)]
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = CONFIGS[name]()
+        p = p0.clone()
+        s = opt.init(p)
+        before = fk.STATS["torch_fused"]
+        for g in grads:
+            p, s = ao.step(opt, p, g, s)
+        assert fk.STATS["torch_fused"] - before == (STEPS if mode == "1" else 0)
+        out[mode] = p
+    assert out["1"].dtype == dt
+    ulp = torch.finfo(dt).eps
+    torch.testing.assert_close(out["1"].float(), out["0"].float(), rtol=4 * ulp, atol=4 * ulp)
+
+
+def test_torch_fused_kernels_not_on_cpu_by_default():
+    """On the CPU the block programs (bit for bit the generic path) run unless asked otherwise."""
+    torch = pytest.importorskip("torch")
+    from agnopt._kernels import torch_kernel as _fast_torch
+
+    assert "cpu" not in _fast_torch.FUSED_DEVICES and "cuda" in _fast_torch.FUSED_DEVICES
+    opt = ao.adam(1e-2)
+    p = torch.ones(10, dtype=torch.float64)
+    before = _fast_torch.STATS["torch_fused"]
+    ao.step(opt, p, torch.full((10,), 0.5, dtype=torch.float64), opt.init(p))
+    assert _fast_torch.STATS["torch_fused"] == before
+
+
+def test_torch_fused_kernels_not_on_strided_grads(monkeypatch):
+    """A transposed (non-contiguous) gradient: the block programs run (torch's kernels read flat memory)."""
+    fk = _fused_on_cpu(monkeypatch)
+    torch = fk.torch
+    rng = np.random.default_rng(5)
+    p0 = torch.tensor(rng.standard_normal((6, 4)))
+    gT = torch.tensor(rng.standard_normal((4, 6))).T  # (6, 4), not contiguous
+    out = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = ao.adam(1e-2)
+        p = p0.clone()
+        s = opt.init(p)
+        before = fk.STATS["torch_fused"]
+        p, s = ao.step(opt, p, gT, s)
+        assert fk.STATS["torch_fused"] == before
+        out[mode] = p
+    torch.testing.assert_close(out["1"], out["0"], rtol=0, atol=0)

@@ -189,3 +189,35 @@ def test_problems_name_a_missing_backend():
     res["bench"]["skipped"] = []
     res["tests"]["counts"] = {"passed": 3}
     assert gc.problems_of(res, ["torch-cuda"]) == ["cupy did not run: cupy is not installed"]
+
+
+def test_torch_optim_without_fused_is_na_not_an_error():
+    """torch.optim.RMSprop has no fused= (torch 2.x): the benchmark records n/a, not an exception."""
+    torch = pytest.importorskip("torch")
+    assert gb._accepts(torch.optim.Adam, "fused") and gb._accepts(torch.optim.AdamW, "fused")
+    assert gb._accepts(torch.optim.RMSprop, "foreach")
+    assert not gb._accepts(torch.optim.SGD, "no_such_option")
+    if not gb._accepts(torch.optim.RMSprop, "fused"):  # torch <= 2.13 at the time of writing
+        with pytest.raises(TypeError):
+            torch.optim.RMSprop([torch.zeros(2, requires_grad=True)], fused=True)
+
+
+def test_profile_of_a_batched_lm_on_numpy():
+    r = gb.profile_batched_lm("numpy", 200, top=10)
+    assert r["B"] == 200 and r["t"] > 0 and len(r["top"]) == 10
+    assert all(set(f) == {"func", "ncalls", "tottime", "cumtime"} for f in r["top"])
+    assert [f["tottime"] for f in r["top"]] == sorted((f["tottime"] for f in r["top"]), reverse=True)
+
+
+def test_table_shows_na_rows_and_profiles():
+    res = _fake_result()
+    res["bench"]["first_order"].append(dict(backend="torch-cuda", optimizer="rmsprop", impl="torch.optim fused",
+                                            N=1e8, t=None, na=True,
+                                            note="n/a: torch.optim.RMSprop has no fused= option"))
+    res["bench"]["profiles"] = [dict(backend="cupy", B=20_000, t=2.5, top=[
+        dict(func="svd.py:10:_svd_batched", ncalls=20_000, tottime=2.0, cumtime=2.2)])]
+    table = gc.format_table(res)
+    assert "n/a: torch.optim.RMSprop has no fused= option" in table
+    assert "profile of batched LM cupy B=20000 (2.50 s" in table and "_svd_batched" in table
+    assert gc.problems_of(res, ["cupy", "torch-cuda"]) == [
+        "tests: 1 failed, 0 errors", "bench skipped: batched LM cupy B=1e6: budget"]  # n/a is no problem

@@ -312,9 +312,9 @@ def test_gauss_newton_equals_newton_on_linear_least_squares(backend, seed, n, ex
     Mx, yx = xp.asarray(M, device=dev), xp.asarray(y, device=dev)
     first = []
 
-    def cb(r):
+    def cb(x):  # scipy's convention: any other parameter name gets a copy of x
         if not first:
-            first.append(to_numpy(r.x).copy())
+            first.append(to_numpy(x).copy())
 
     ls = ao.least_squares(lambda x: xp.matmul(Mx, x) - yx, xp.asarray(x0, device=dev),
                           jac=lambda x: Mx, method="gauss-newton", callback=cb)

@@ -334,8 +334,8 @@ def test_max_nfev_and_callback(method):
     assert res.status == 0 and not res.success and res.nfev <= 3
     seen = []
 
-    def cb(r):
-        seen.append(float(r.cost))
+    def cb(intermediate_result):  # scipy's convention: this name gets the OptimizeResult
+        seen.append(float(intermediate_result.cost))
         if len(seen) == 2:
             raise StopIteration
 

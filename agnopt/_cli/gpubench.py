@@ -158,9 +158,14 @@ def first_order_rows(backend: str, N: int, names: tuple, repeats: int) -> list[d
                 def run():
                     box[0], box[1] = ao.step(opt, box[0], g, box[1])
 
+                fused_before = stats.get("torch_fused", 0)
                 t = _median_time(run, backend, repeats, 5.0)
                 fast = sum(stats.values()) > before
                 label = "agnopt step (fused kernel)" if mode == "1" else "agnopt step (generic path)"
+                if mode == "1" and backend == "torch-cuda":
+                    # torch's own fused Adam/AdamW kernels where they apply, else in-place blocks
+                    label = ("agnopt step (torch fused kernel)" if stats.get("torch_fused", 0) > fused_before
+                             else "agnopt step (in-place blocks)")
                 if mode == "1" and not fast:
                     label = "agnopt step (fast path NOT taken)"
                 rows.append(dict(backend=backend, optimizer=name, impl=label, N=N, t=t,
@@ -175,6 +180,16 @@ def first_order_rows(backend: str, N: int, names: tuple, repeats: int) -> list[d
     return rows
 
 
+def _accepts(cls: Any, kw: str) -> bool:
+    """Whether ``cls.__init__`` takes the keyword ``kw`` (``fused`` / ``foreach``)."""
+    import inspect
+
+    try:
+        return kw in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - no signature: try the call
+        return True
+
+
 def torch_optim_rows(N: int, names: tuple, repeats: int) -> list[dict]:
     """``torch.optim`` on CUDA, ``fused=True`` where torch has a fused kernel, and ``foreach=True``."""
     import torch
@@ -186,6 +201,11 @@ def torch_optim_rows(N: int, names: tuple, repeats: int) -> list[dict]:
     rows = []
     for name in names:
         for label, kw in (("torch.optim fused", {"fused": True}), ("torch.optim foreach", {"foreach": True})):
+            cls = {"adam": T.Adam, "adamw": T.AdamW, "rmsprop": T.RMSprop}[name]
+            if not _accepts(cls, next(iter(kw))):  # torch.optim.RMSprop has no fused implementation
+                rows.append(dict(backend="torch-cuda", optimizer=name, impl=label, N=N, t=None, na=True,
+                                 note=f"n/a: torch.optim.{cls.__name__} has no {next(iter(kw))}= option"))
+                continue
             p, g = _gpu_arrays("torch-cuda", N)
             p.requires_grad_(True)
             p.grad = g
@@ -241,6 +261,40 @@ def batched_lm(backend: str, B: int, repeat: int = 1) -> dict:
     del popt, info, Yd
     _free(backend)
     return out
+
+
+def profile_batched_lm(backend: str, B: int, top: int = 15) -> dict:
+    """Where the time of one batched LM goes: cProfile's ``top`` functions by own time.
+
+    Run only when a GPU's batched LM is not clearly faster than the host CPU
+    (a per-problem loop or host transfer somewhere), so that the next run
+    names the cause.
+    """
+    import cProfile
+    import pstats
+
+    from .. import curve_fit
+    from .fitbench import _gauss
+
+    xp, dev = _xp_dev(backend)
+    x, Y, p0 = _peaks(B)
+    xd = xp.asarray(x, dtype=xp.float64, device=dev)
+    Yd = xp.asarray(Y, dtype=xp.float64, device=dev)
+    p0d = xp.asarray(p0, dtype=xp.float64, device=dev)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    curve_fit(_gauss, xd, Yd, p0=p0d, batched=True)
+    _sync(backend)
+    prof.disable()
+    t = time.perf_counter() - t0
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]  # (file, line, name) -> (cc, nc, tt, ct, ...)
+    funcs = [dict(func=f"{os.path.basename(k[0])}:{k[1]}:{k[2]}", ncalls=v[1], tottime=round(v[2], 4),
+                  cumtime=round(v[3], 4)) for k, v in rows]
+    del Yd
+    _free(backend)
+    return dict(backend=backend, B=B, t=t, top=funcs)
 
 
 def newton_step(backend: str, n: int, repeats: int) -> dict:
@@ -372,6 +426,22 @@ def run_benchmarks(backends: list[str], quick: bool, budget_s: float, res: dict,
         if r is not None:
             bench["batched_lm"].append(r)
             small[be] = r["t"]
+    for be in backends:
+        if be not in small:
+            continue
+        need = max(10.0, 5.0 * small[be])  # 10x the fits; the B=1e5 run is not saturating the card
+        r = attempt(f"batched LM {be} B=1e6", need, lambda: batched_lm(be, 1_000_000))
+        if r is not None:
+            bench["batched_lm"].append(r)
+    for be in backends:
+        # a GPU not clearly ahead of the host CPU: profile a smaller batch to name the cause
+        lm = next((r for r in bench["batched_lm"] if r["backend"] == be and r["B"] == 100_000), None)
+        if lm is not None and host is not None and lm["per_fit_us"] > host["per_fit_us"] / 5:
+            B_prof = 20_000
+            need = 2.0 * lm["per_fit_us"] * B_prof / 1e6 + 2.0
+            r = attempt(f"profile of batched LM {be} B={B_prof}", need, lambda: profile_batched_lm(be, B_prof))
+            if r is not None:
+                bench.setdefault("profiles", []).append(r)
     for be in ["numpy"] + backends:
         r = attempt(f"one small curve_fit {be}", 3, lambda: small_fit(be, 7 if quick else 15))
         if r is not None:
@@ -380,10 +450,3 @@ def run_benchmarks(backends: list[str], quick: bool, budget_s: float, res: dict,
         r = attempt(f"Newton step n=2000 {be}", 4, lambda: newton_step(be, 2000, 3 if quick else 7))
         if r is not None:
             bench["newton"].append(r)
-    for be in backends:
-        if be not in small:
-            continue
-        need = max(10.0, 5.0 * small[be])  # 10x the fits; the B=1e5 run is not saturating the card
-        r = attempt(f"batched LM {be} B=1e6", need, lambda: batched_lm(be, 1_000_000))
-        if r is not None:
-            bench["batched_lm"].append(r)

@@ -388,6 +388,12 @@ def format_table(res: dict) -> str:
             L.append("")
             for r in b["small_fit"]:
                 L.append(f"one small curve_fit {r['backend']:11s}: {r['t'] * 1e3:8.2f} ms")
+        for pr in b.get("profiles", []):
+            L.append("")
+            L.append(f"profile of batched LM {pr['backend']} B={pr['B']} ({pr['t']:.2f} s; "
+                     "slower than 5x the host CPU per fit), functions by own time:")
+            for f in pr["top"]:
+                L.append(f"  {f['tottime']:8.3f} s own {f['cumtime']:8.3f} s cum {f['ncalls']:8d} calls  {f['func']}")
         for s in b.get("skipped", []):
             L.append(f"SKIPPED {s}")
         for e in b.get("errors", []):

@@ -289,7 +289,8 @@ def run_second_order_tour(backends: list[str] | None = None, out=print) -> list[
                               jac=rosen_grad, hess=rosen_hess),
              lambda r: float(r.fun), SECOND_ORDER_TOL),
             ("least_squares lm exp-decay fit",
-             lambda: least_squares(resid, xp.asarray([1.0, 1.0, 0.0], dtype=dt, device=device)),
+             lambda: least_squares(resid, xp.asarray([1.0, 1.0, 0.0], dtype=dt, device=device),
+                                   method="lm"),
              lambda r: float(r.cost), fit_bound),
         ]
         for label, run, value, bound in runs:

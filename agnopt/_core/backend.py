@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Callable, NamedTuple
 
 import array_api_compat
 from array_api_compat import array_namespace, device as _device
@@ -33,6 +34,8 @@ __all__ = [
     "scalar",
     "device_scope",
     "native_namespace",
+    "tree_device_scope",
+    "on_device_of",
 ]
 
 
@@ -239,3 +242,58 @@ def device_scope(device: Any) -> Any:
 
         return cupy.cuda.Device(device.id)
     return contextlib.nullcontext()
+
+
+_NO_SCOPE = contextlib.nullcontext()
+
+
+def tree_device_scope(tree: Any) -> Any:
+    """:func:`device_scope` of the device of ``tree``'s arrays when they are CuPy arrays.
+
+    Looks at one leaf only (the first element of each nested dict / list /
+    tuple; every leaf of a valid tree shares one device, which the solvers
+    check): a few attribute reads, so the entry points of agnopt call it on
+    every backend. For anything but a CuPy array it returns a context that
+    does nothing.
+    """
+    leaf = tree
+    for _ in range(32):
+        if isinstance(leaf, dict):
+            if not leaf:
+                return _NO_SCOPE
+            leaf = next(iter(leaf.values()))
+        elif isinstance(leaf, (list, tuple)):
+            if not leaf:
+                return _NO_SCOPE
+            leaf = leaf[0]
+        else:
+            break
+    if type(leaf).__module__.startswith("cupy"):
+        return device_scope(leaf.device)
+    return _NO_SCOPE
+
+
+def on_device_of(pos: int, name: str) -> Callable[[Callable], Callable]:
+    """Decorator: run the function in the CuPy device context of its argument ``pos`` / ``name``.
+
+    For the public entry points (``least_squares(fun, x0)``, ``step``,
+    ``chain(...).update``...): array-api-compat's CuPy creation functions
+    ignore ``device=`` and CuPy kernels run on the current device, so a solve
+    on arrays of GPU 1 while GPU 0 is current must run inside
+    ``cupy.cuda.Device(1)``. Entered once per call; a no-op for every other
+    backend (see :func:`tree_device_scope`).
+    """
+
+    def deco(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            arg = args[pos] if len(args) > pos else kwargs.get(name)
+            scope = tree_device_scope(arg)
+            if scope is _NO_SCOPE:
+                return fn(*args, **kwargs)
+            with scope:
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return deco

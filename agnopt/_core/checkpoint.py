@@ -42,7 +42,7 @@ from typing import Any
 
 import array_api_compat
 
-from .backend import namespace_name
+from .backend import namespace_name, on_device_of
 from .tree import _is_namedtuple
 
 __all__ = ["state_dict", "load_state_dict", "save_state", "load_state"]
@@ -104,6 +104,7 @@ def _encode(node: Any, path: str) -> Any:
 
 
 # --------------------------------------------------------------------------- load_state_dict
+@on_device_of(0, "template_state")  # CuPy: the loaded arrays made on the template's GPU
 def load_state_dict(template_state: Any, d: dict) -> Any:
     """The state held in ``d`` (from :func:`state_dict`), shaped like ``template_state``.
 
@@ -406,6 +407,7 @@ def save_state(path: str | os.PathLike, state: Any, *, config: Any = None) -> No
         np.savez(fh, **arrays)
 
 
+@on_device_of(1, "template")
 def load_state(path: str | os.PathLike, template: Any, *, config: Any = None) -> Any:
     """Load a state saved by :func:`save_state`, onto the template's backend and device.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, NamedTuple
 
-from .._core.backend import resolve
+from .._core.backend import on_device_of, resolve
 from .._core.norms import opmath_dtype
 from .._core.tree import check_same_structure, tree_flatten, tree_map, tree_unflatten
 
@@ -182,9 +182,11 @@ def chain(*transforms: Transform) -> Transform:
 
     if all_trusted:
         trusted(update)
-    return Transform(init, update)
+    # CuPy arrays on another GPU than the current one: state creation and kernels on theirs
+    return Transform(on_device_of(0, "params")(init), on_device_of(0, "updates")(update))
 
 
+@on_device_of(0, "params")
 def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates`` leaf by leaf; each result keeps the dtype (and array type) of its parameter.
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import operator
 from typing import Any, NamedTuple
 
-from .._core.backend import is_concrete, resolve
+from .._core.backend import is_concrete, on_device_of, resolve
 from .base import Transform, check_state, check_updates
 from .._core.tree import tree_flatten, tree_map, tree_unflatten
 
@@ -194,4 +194,4 @@ def apply_if_finite(inner: Transform, max_consecutive_errors: int | None = 5) ->
         inner_out = tree_map(lambda new, old: xp.where(apply, new, old), new_inner, state.inner_state)
         return tree_unflatten(td, u_out), ApplyIfFiniteState(count, finite, total, inner_out)
 
-    return Transform(init, update)
+    return Transform(on_device_of(0, "params")(init), on_device_of(0, "updates")(update))

@@ -18,6 +18,9 @@ array operations:
   agnopt[numba]``), else a pure NumPy loop over cache-sized blocks with
   ``out=`` (no temporaries the size of the parameters);
 * torch: in-place ``out=`` operations over blocks, under ``torch.no_grad()``;
+  on CUDA, Adam/AdamW with a constant learning rate (no ``amsgrad``, no
+  ``eps_root``) call torch's own fused kernels instead (equal to rounding;
+  see :mod:`agnopt._kernels.torch_kernel`);
 * CuPy: one ``cupy.ElementwiseKernel`` per leaf and step.
 
 **Buffer donation.** On these backends ``step`` *reuses the buffers* of
@@ -206,8 +209,8 @@ class Optimizer:
     ``opt.state``, and returns ``opt.params``. The functional API
     (``init``/``update``/``apply_updates``/``step``) stays the reference.
 
-    With ``flat=True`` (NumPy or torch trees whose leaves share one dtype and
-    device), the parameters are copied into one contiguous buffer and
+    With ``flat=True`` (NumPy, torch or CuPy trees whose leaves share one
+    array type, dtype and device), the parameters are copied into one contiguous buffer and
     ``opt.params`` becomes a tree of *views* into it; the optimizer state is
     kept flat too, so one fused kernel updates every leaf (no per-leaf
     Python overhead). Write gradients into ``opt.grads`` (views into a flat
@@ -264,24 +267,30 @@ def _flat_buffer(leaves: list, copy: bool):
     """One contiguous 1-D buffer for ``leaves`` (one dtype/device) and a view per leaf."""
     first = leaves[0]
     which = _backend_module(first)
-    if which not in ("numpy", "torch"):
-        raise TypeError("Optimizer(flat=True) needs NumPy or torch parameters")
+    if which not in ("numpy", "torch", "cupy"):
+        raise TypeError("Optimizer(flat=True) needs NumPy, torch or CuPy parameters")
     sizes = [int(_numel(x)) for x in leaves]
     total = sum(sizes)
     for x in leaves:
         if x.dtype != first.dtype or type(x) is not type(first):
             raise TypeError("Optimizer(flat=True): every leaf must have the same array type and dtype")
+    if which != "numpy":
+        for x in leaves:
+            if x.device != first.device:
+                raise TypeError("Optimizer(flat=True): every leaf must be on the same device")
     if which == "numpy":
         import numpy as np
 
         buf = np.zeros(total, dtype=first.dtype)
-    else:
+    elif which == "torch":
         import torch
 
-        for x in leaves:
-            if x.device != first.device:
-                raise TypeError("Optimizer(flat=True): every leaf must be on the same device")
         buf = torch.zeros(total, dtype=first.dtype, device=first.device)
+    else:
+        import cupy
+
+        with cupy.cuda.Device(first.device.id):  # cupy.zeros allocates on the current device
+            buf = cupy.zeros(total, dtype=first.dtype)
     views, off = [], 0
     for x, n in zip(leaves, sizes):
         v = buf[off:off + n].reshape(tuple(x.shape))
@@ -300,11 +309,17 @@ def _numel(x: Any) -> int:
 
 
 def _copy_into(dst: Any, src: Any) -> None:
-    if _backend_module(dst) == "torch":
+    which = _backend_module(dst)
+    if which == "torch":
         import torch
 
         with torch.no_grad():
             dst.copy_(src)
+    elif which == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(dst.device.id):
+            cupy.copyto(dst, src, casting="same_kind")
     else:
         import numpy as np
 

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import array_api_compat
 
-from .._core.backend import namespace_name, resolve
+from .._core.backend import namespace_name, on_device_of, resolve
 from .._core.lazy import persist, to_local
 from .._core.result import OptimizeResult
 from . import core as _core
@@ -250,6 +250,7 @@ def _device(a):
     return array_api_compat.device(a)
 
 
+@on_device_of(1, "x0")  # CuPy: run on the GPU of the arrays
 def fisher_scoring(
     mean_fn: Callable[..., Any],
     x0: Any,

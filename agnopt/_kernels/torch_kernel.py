@@ -13,6 +13,26 @@ float16 and bfloat16 leaves are computed in float32 ("opmath", the generic
 transforms' rule): each block of the parameters, gradients and state is
 widened to float32, the same program runs on it, and the results are rounded
 once when written back.
+
+**torch's own fused kernels (CUDA).** The block programs make one pass over
+memory per operation (about 45 array passes for an Adam step instead of the
+7 a fused step needs: 4.1 ms at 1e8 float32 parameters on an H200 against
+0.91 ms for ``torch.optim.Adam(fused=True)``). On devices listed in
+``FUSED_DEVICES`` (CUDA), ``adam`` and ``adamw`` whose configuration is one
+torch implements exactly (a constant float learning rate, ``eps_root == 0``,
+no ``amsgrad``) call ``torch._fused_adam_`` / ``torch._fused_adamw_``, the
+kernels behind ``torch.optim.Adam(fused=True)`` / ``AdamW(fused=True)``:
+one pass, the same formula (Kingma & Ba's update with the bias corrections,
+L2 weight decay added to the gradient for ``adam``, decoupled decay
+``p <- p - lr * wd * p`` for ``adamw``) in float32 opmath for float16 /
+bfloat16 / float32 storage, but a different rounding order
+(``sqrt(v) / sqrt(1 - b2**t)`` instead of ``sqrt(v / (1 - b2**t))``,
+``lr / (1 - b1**t)`` folded into one factor): equal to the generic path to
+rounding, not bit for bit. On the CPU the block programs stay (bit-for-bit
+equal to the generic path); ``tests/test_fast_paths.py`` runs the fused route
+on the CPU (torch's CPU kernels of the same names) against the generic path.
+Every other configuration, and any torch without these kernels, takes the
+block programs.
 """
 
 from __future__ import annotations
@@ -27,8 +47,10 @@ from .._core.tree import tree_flatten, tree_unflatten
 
 BLOCK_CPU = 1 << 18
 BLOCK_CUDA = 1 << 24
+FUSED_DEVICES = ("cuda",)  # device types where torch's fused Adam/AdamW kernels replace the block programs
 _tls = threading.local()
-STATS = {"torch": 0}
+STATS = {"torch": 0, "torch_fused": 0}  # leaves updated: all fast paths / torch's fused kernels among them
+FUSED_ERRORS: list = []  # errors torch's fused kernels raised (their checks run before any write)
 _LOW = (torch.float16, torch.bfloat16)
 
 
@@ -132,6 +154,10 @@ def try_step(spec, params, p_leaves, td, grads, state):
     with torch.no_grad():
         new_count = None if plan.count is None else fc.increment(xp, plan.count)
         new_sched = None if plan.sched_count is None else fc.increment(xp, plan.sched_count)
+        if dev0.type in FUSED_DEVICES and _torch_fused(spec, plan, p_leaves, g_leaves, bufs, new_count):
+            STATS["torch"] += n
+            STATS["torch_fused"] += n
+            return tree_unflatten(td, p_leaves), fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
         flags = plan.flags
         block = BLOCK_CUDA if dev0.type == "cuda" else BLOCK_CPU
         prog = PROGRAMS[kind]
@@ -169,3 +195,62 @@ def try_step(spec, params, p_leaves, td, grads, state):
         STATS["torch"] += n
         st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st
+
+
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FUSED_OFF: set = set()  # (device type, dtype) where torch rejected the fused call
+
+
+def fused_applies(spec, plan) -> bool:
+    """True when torch's fused Adam/AdamW kernel computes this optimizer's update (to rounding).
+
+    Adam/AdamW with a constant (Python number) learning rate, ``eps_root == 0``
+    (torch has no ``eps_root``) and no ``amsgrad`` (torch's ``max`` keeps the
+    old maximum where the second moment is NaN; the generic path propagates
+    the NaN).
+    """
+    if spec.kind not in ("adam", "adamw") or plan.flags["amsgrad"]:
+        return False
+    hp = spec.hp
+    lr = hp["learning_rate"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        return False
+    return hp["eps_root"] == 0.0
+
+
+def _torch_fused(spec, plan, p_leaves, g_leaves, bufs, new_count) -> bool:
+    """Run ``torch._fused_adam_`` / ``torch._fused_adamw_`` on the leaves; False when it does not apply.
+
+    The kernels read the step count from float32 tensors (one per leaf, the
+    same 0-d tensor here: torch.optim keeps ``state["step"]`` as float32 for
+    its fused path) and bias-correct with it; ``new_count`` is the count after
+    this step, as torch increments its step tensors before the call. One call
+    for all leaves, so only trees of one dtype (the CUDA kernel requires one
+    dtype per call; a tree mixing dtypes takes the block programs). If torch
+    rejects the call (its argument checks run before it writes anything),
+    the error is recorded in ``FUSED_ERRORS``, this device type and dtype are
+    not tried again, and the block programs run.
+    """
+    if not fused_applies(spec, plan):
+        return False
+    dt = p_leaves[0].dtype
+    key = (p_leaves[0].device.type, dt)
+    fn = getattr(torch, "_fused_adam_" if spec.kind == "adam" else "_fused_adamw_", None)
+    if fn is None or dt not in _FUSED_DTYPES or key in _FUSED_OFF or any(p.dtype != dt for p in p_leaves):
+        return False
+    # torch's kernels walk every tensor as flat memory: the element order must be the parameters'
+    # (a transposed gradient takes the block programs, which index it properly)
+    if not all(t.is_contiguous() for lv in (g_leaves, bufs["mu"], bufs["nu"]) for t in lv):
+        return False
+    hp = spec.hp
+    n = len(p_leaves)
+    try:
+        fn(list(p_leaves), list(g_leaves), list(bufs["mu"]), list(bufs["nu"]), [],
+           [new_count.to(torch.float32)] * n, amsgrad=False, lr=float(hp["learning_rate"]),
+           beta1=hp["b1"], beta2=hp["b2"], weight_decay=hp["weight_decay"], eps=hp["eps"],
+           maximize=False)
+    except (RuntimeError, TypeError, NotImplementedError) as e:
+        _FUSED_OFF.add(key)
+        FUSED_ERRORS.append(f"{key}: {type(e).__name__}: {str(e)[:200]}")
+        return False
+    return True

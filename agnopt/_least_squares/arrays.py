@@ -14,9 +14,17 @@ from .._core import lazy
 
 
 def call_checked(fun, X, what, where):
-    """``fun(X)``; any exception becomes a ``RuntimeError`` naming ``what`` (chained)."""
+    """``fun(X)``, naming ``what`` (and ``where``) in any exception it raises.
+
+    ``TypeError`` and ``ValueError`` keep their type (they are the caller's
+    fault: wrong ``args``, shapes or lengths, as scipy lets them through);
+    any other exception becomes a ``RuntimeError``. The original is chained.
+    """
     try:
         return fun(X)
+    except (TypeError, ValueError) as e:
+        cls = TypeError if isinstance(e, TypeError) else ValueError
+        raise cls(f"{what} raised {type(e).__name__} {where}: {e}") from e
     except Exception as e:
         raise RuntimeError(f"{what} raised {type(e).__name__} {where}: {e}") from e
 

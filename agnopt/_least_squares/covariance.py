@@ -62,3 +62,40 @@ def _covariance_svd(xp, J):
     pcov = xp.matmul(Vs, Vt)
     pcov = xp.where(singular[:, None, None], xp.full_like(pcov, math.inf), pcov)
     return pcov, singular
+
+
+def minpack_factors(xp, J, f):
+    """MINPACK's ``fjac``, ``ipvt``, ``qtf`` (scipy ``leastsq``'s ``full_output``) for one problem.
+
+    ``J`` (m, n) the Jacobian at the solution, ``f`` (m,) the residuals there.
+    The QR factorization with column pivoting ``J P = Q R`` (Businger and
+    Golub: at step ``k`` the column of largest norm after removing the span
+    of the columns already chosen), formed as a greedy pivot order followed
+    by the unpivoted QR of ``J P``. Returns ``(fjac, ipvt, qtf)``: ``fjac``
+    ``(n, m)`` as scipy returns MINPACK's array (``fjac.T[:n, :]`` is ``R``;
+    the entries below it, where MINPACK keeps its Householder vectors, are
+    zero here), ``ipvt`` ``(n,)`` the column order, 0-based as scipy (>= 1.11)
+    returns it (column ``j`` of ``P`` is column ``ipvt[j]`` of the identity),
+    ``qtf = Q^T f`` ``(n,)``.
+    """
+    m, n = J.shape
+    dev = device(J)
+    ar = xp.arange(n, device=dev)
+    chosen = xp.zeros((n,), dtype=xp.bool, device=dev)
+    Rc, order = J, []
+    for _ in range(n):
+        norms = xp.where(chosen, -xp.ones((n,), dtype=J.dtype, device=dev),
+                         xp.linalg.vector_norm(Rc, axis=0))
+        p = int(xp.argmax(norms))
+        order.append(p)
+        chosen = chosen | (ar == p)
+        c = Rc[:, p]
+        nc = float(xp.linalg.vector_norm(c))
+        if nc > 0.0:
+            q = c / nc
+            Rc = Rc - q[:, None] * xp.matmul(q[None, :], Rc)
+    perm = xp.asarray(order, dtype=xp.int64, device=dev)
+    Q, R = xp.linalg.qr(xp.take(J, perm, axis=1))
+    qtf = xp.matmul(xp.matrix_transpose(Q), f[:, None])[:, 0]
+    full = xp.concat([R, xp.zeros((m - n, n), dtype=J.dtype, device=dev)], axis=0)
+    return xp.matrix_transpose(full), perm, qtf

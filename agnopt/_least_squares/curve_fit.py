@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
+import sys
 import warnings
 from typing import Any, Callable
 
 from .._core import lazy
-from .._core.backend import resolve
+from .._core.backend import on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.status import Status
 from .arrays import host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
-from .covariance import covariance
+from .covariance import covariance, minpack_factors
+from .fit_data import (
+    apply_nan_policy,
+    as_data,
+    broadcast_scalar_y,
+    check_finite_data,
+    check_fit_method,
+    check_ydata,
+    chunked_p0,
+    convert_xdata,
+    has_finite_bound,
+    initial_params,
+)
 from .least_squares import least_squares
-from .problem import as_array, check_backend, to_backend
+from .options import as_array, as_bounds_pair, to_backend
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -26,20 +38,7 @@ _TO_IER = {Status.GTOL: 4, Status.FTOL: 1, Status.XTOL: 2, Status.FTOL_XTOL: 3,
            Status.MAX_NFEV: 5, Status.CALLBACK: 0}
 
 
-def _n_params(f: Callable) -> int:
-    try:
-        sig = inspect.signature(f)
-    except (TypeError, ValueError) as e:
-        raise ValueError("Unable to determine number of fit parameters; pass p0") from e
-    params = [
-        p for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(params) < 2:
-        raise ValueError("Unable to determine number of fit parameters; pass p0")
-    return len(params) - 1
-
-
+@on_device_of(2, "ydata")  # CuPy: run on the GPU of the arrays
 def curve_fit(
     f: Callable[..., Any],
     xdata: Any,
@@ -47,10 +46,13 @@ def curve_fit(
     p0: Any = None,
     sigma: Any = None,
     absolute_sigma: bool = False,
+    check_finite: bool | None = None,
     bounds: Any = (-math.inf, math.inf),
     method: str | None = None,
     jac: Any = None,
+    *,
     full_output: bool = False,
+    nan_policy: str | None = None,
     batched: bool = False,
     **kwargs: Any,
 ) -> tuple:
@@ -68,13 +70,21 @@ def curve_fit(
         ``(B, 1)``, so a model written with broadcasting for one problem
         returns ``(B, m)`` unchanged.
     xdata : array or anything ``f`` accepts
-        Passed to ``f`` unchanged (not differentiated).
-    ydata : array
+        Passed to ``f`` (not differentiated). As scipy converts it: a list or
+        tuple becomes an array of ``ydata``'s backend and dtype, an integer
+        array of that backend becomes ``ydata``'s dtype; anything else
+        (e.g. ``None``, a float array) is passed unchanged.
+    ydata : array or scalar
         ``(m,)``, or ``(B, m)`` when batched. Its backend, device and dtype
-        are those of the computation. Must be finite.
+        are those of the computation (lists and integer arrays become
+        float64, as scipy; float32 stays float32). Unbatched, a scalar is
+        broadcast to the shape of ``f``'s output at ``p0`` (one extra call).
     p0 : array, optional
         Initial parameters ``(n,)``; batched: ``(B, n)`` or ``(n,)`` (shared).
-        Default: ones, with ``n`` read from ``f``'s signature (as scipy).
+        Default (``n`` read from ``f``'s signature), as scipy: ones, or with
+        bounds a feasible point, the midpoint where both bounds are finite,
+        ``lb + 1`` / ``ub - 1`` where one is. A ``p0`` outside the bounds is a
+        ``ValueError`` ("Initial guess is outside of provided bounds").
     sigma : array, optional
         Standard deviations of ``ydata``: ``(m,)`` (or ``(B, m)`` batched, or
         a scalar); residuals are divided by it. Unbatched, an ``(m, m)``
@@ -84,12 +94,16 @@ def curve_fit(
         ``False`` (default): ``pcov`` is scaled by the reduced chi-square
         ``sum(r**2) / (m - n)`` (only relative ``sigma`` matters). ``True``:
         ``pcov = (J^T J)^{-1}`` with ``sigma`` taken as absolute.
-    bounds : (lb, ub)
+    check_finite : bool, optional
+        Raise ``ValueError`` when ``ydata`` or an array ``xdata`` holds NaN or
+        inf. Default: ``True`` unless ``nan_policy`` is given (scipy's rule).
+    bounds : (lb, ub) or Bounds
         Parameter bounds (projected Levenberg-Marquardt, see
-        :func:`agnopt.least_squares`).
+        :func:`agnopt.least_squares`); any object with ``lb`` / ``ub``.
     method : {None, "lm", "gauss-newton"}
-        ``None`` means ``"lm"`` (which here also handles bounds; scipy would
-        switch to "trf"). "trf"/"dogbox" are not implemented.
+        ``None``: ``"lm"`` without bounds; with finite bounds scipy's
+        ``"trf"`` once it is available, until then ``"lm"`` (which here
+        handles bounds by projection; scipy's ``"lm"`` refuses them).
     jac : callable or str, optional
         ``jac(xdata, *params)`` returning ``(m, n)`` (``(B, m, n)``), or a
         string accepted by :func:`agnopt.least_squares` ("cs",
@@ -97,8 +111,18 @@ def curve_fit(
         (complex step, falling back to "3-point" if ``f`` rejects complex input).
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
-        ``success``, ``nit``), ``mesg`` and ``ier`` (MINPACK's code 1-4 on
-        success, as scipy's lm).
+        ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (MINPACK's code
+        1-4 on success, as scipy's lm); unbatched with ``"lm"`` also
+        MINPACK's ``fjac`` ``(n, m)``, ``ipvt`` ``(n,)`` and ``qtf`` ``(n,)``
+        of the Jacobian at ``popt`` (see
+        :func:`agnopt._least_squares.covariance.minpack_factors`; below ``R``
+        ``fjac`` holds zeros, not MINPACK's Householder vectors).
+    nan_policy : {None, "raise", "omit"}
+        ``"raise"``: ``ValueError`` when ``xdata`` or ``ydata`` holds NaN;
+        ``"omit"``: drop the data points where ``ydata[i]`` or any
+        ``xdata[..., i]`` is NaN (and their ``sigma`` rows / columns);
+        ``None``: only ``check_finite``. ``"propagate"`` is refused, as
+        scipy. Unbatched only.
     batched : bool
         ``B`` independent fits at once (see above). Failed fits do not raise
         in batched mode: check ``infodict["success"]`` (``full_output=True``);
@@ -133,17 +157,48 @@ def curve_fit(
         Unbatched: if the fit does not converge ("Optimal parameters not
         found", as scipy).
     ValueError
-        Bad shapes, non-finite ``ydata``, unknown ``method``.
+        Bad shapes (also found by calling ``f``: named), non-finite data
+        (``check_finite``), NaN with ``nan_policy="raise"``, unknown
+        ``method`` or ``nan_policy``, ``args`` in ``kwargs``.
+    TypeError
+        ``method="lm"`` with more parameters than data points (scipy's rule).
+
+    Warns
+    -----
+    OptimizeWarning
+        When ``pcov`` cannot be estimated. If ``scipy.optimize`` has been
+        imported, the warning is also an instance of scipy's
+        ``OptimizeWarning`` (filters written for scipy apply).
     """
-    method = _check_method(method, kwargs)
+    bounds = as_bounds_pair(bounds)
+    method = check_fit_method(method, kwargs, has_finite_bound(bounds))
+    if nan_policy not in (None, "raise", "omit", "propagate"):
+        raise ValueError("nan_policy must be one of {None, 'raise', 'omit'}")
+    if nan_policy == "propagate":
+        raise ValueError("`nan_policy='propagate'` is not supported by this function.")
+    if check_finite is None:
+        check_finite = nan_policy is None
     if batched and is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
         return chunked_curve_fit(
-            f, xdata, ydata, *_chunked_p0(f, p0, ydata), sigma, full_output,
+            f, xdata, ydata, *chunked_p0(f, p0, ydata), sigma, full_output,
             dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
-    ydata = as_array(ydata, "ydata")
+    ydata = as_data(as_array(ydata, "ydata"))
     xp, dev = resolve(ydata, "ydata")
-    B, m = _check_ydata(xp, ydata, batched)
-    p0a, n = _initial_params(xp, dev, f, p0, ydata, batched, B)
+    xdata = convert_xdata(xp, dev, xdata, ydata.dtype)
+    if check_finite:
+        check_finite_data(xp, xdata, ydata)
+    if nan_policy is not None:
+        if batched:
+            raise ValueError("nan_policy: not supported with batched=True (fits of different "
+                             "lengths); remove the NaNs per fit")
+        xdata, ydata, sigma = apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma)
+    if not batched and ydata.ndim == 0:
+        ydata = broadcast_scalar_y(xp, dev, f, xdata, ydata, p0)
+    B, m = check_ydata(xp, ydata, batched)
+    p0a, n = initial_params(xp, dev, f, p0, ydata, batched, B, bounds)
+    if method == "lm" and not batched and m != 1 and n > m:
+        raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                        f"of data points={m}")
     wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
     residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L)
     try:
@@ -164,7 +219,7 @@ def curve_fit(
         raise RuntimeError("Optimal parameters not found: " + res.message)
     if warn:
         warnings.warn(
-            "Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=2
+            "Covariance of the parameters could not be estimated", _warning_class(), stacklevel=3
         )
     if full_output:
         if batched:
@@ -175,80 +230,29 @@ def curve_fit(
             "nfev": res.nfev, "fvec": res.fun, "status": res.status,
             "success": res.success, "nit": res.nit, "njev": res.njev,
         }
+        if method == "lm" and not batched and res.jac.shape[0] >= res.jac.shape[1]:
+            infodict["fjac"], infodict["ipvt"], infodict["qtf"] = minpack_factors(
+                xp, res.jac, res.fun)
         return res.x, pcov, infodict, res.message, ier
     return res.x, pcov
 
 
-def _chunked_p0(f, p0, ydata) -> tuple:
-    """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
-    import array_api_compat.numpy as np_xp  # the chunks are NumPy (or CuPy) blocks
-
-    B = ydata.shape[0]
-    if p0 is None:
-        n = _n_params(f)
-        return np_xp.ones(n, dtype=getattr(np_xp, str(ydata.dtype))), n
-    if not (hasattr(p0, "shape") and hasattr(p0, "dtype")):
-        p0 = as_array(p0, "p0")
-    if p0.ndim == 1 or (p0.ndim == 2 and p0.shape[0] == B):
-        return p0, p0.shape[-1]
-    raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
+_SCIPY_COMPAT_WARNING: list = []
 
 
-def _check_method(method, kwargs):
-    """``method`` (``None`` -> ``"lm"``); scipy's ``maxfev`` becomes ``max_nfev``."""
-    if method is None:
-        method = "lm"
-    if method not in ("lm", "trf", "dogbox", "gauss-newton"):
-        raise ValueError(
-            f"method: expected None, 'lm', 'trf', 'dogbox' or 'gauss-newton', got {method!r}"
-        )
-    if "args" in kwargs:
-        raise ValueError("'args' is not a supported keyword argument.")
-    if "maxfev" in kwargs:
-        mf = kwargs.pop("maxfev")
-        kwargs.setdefault("max_nfev", mf)
-    return method
-
-
-def _check_ydata(xp, ydata, batched):
-    """``(B, m)`` of ``ydata`` ((m,) or batched (B, m); ``B = None`` unbatched)."""
-    B = None
-    if batched:
-        if ydata.ndim != 2:
-            raise ValueError(f"ydata: with batched=True expected shape (B, m), got {tuple(ydata.shape)}")
-        B, m = ydata.shape
-    else:
-        if ydata.ndim != 1:
-            raise ValueError(f"ydata: expected a 1-D array (m,), got shape {tuple(ydata.shape)}")
-        m = ydata.shape[0]
-    if m == 0:
-        raise ValueError("`ydata` must not be empty!")
-    if not bool(xp.all(xp.isfinite(ydata))):
-        raise ValueError("ydata: contains non-finite values (NaN or inf)")
-    return B, m
-
-
-def _initial_params(xp, dev, f, p0, ydata, batched, B):
-    """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (ones by default)."""
-    dtype = ydata.dtype
-    if p0 is None:
-        n = _n_params(f)
-        return xp.ones((B, n) if batched else (n,), dtype=dtype, device=dev), n
-    if hasattr(p0, "shape") and hasattr(p0, "dtype"):
-        check_backend(p0, xp, "p0", "ydata")
-    p0a = to_backend(xp, p0, dtype, dev)
-    if p0a.ndim == 0:
-        p0a = xp.reshape(p0a, (1,))
-    n = p0a.shape[-1]
-    if batched:
-        if p0a.ndim == 1:
-            p0a = xp.broadcast_to(p0a[None, :], (B, n))
-            p0a = xp.asarray(p0a, copy=True) if not lazy.is_dask_namespace(xp) else p0a
-        elif p0a.ndim != 2 or p0a.shape[0] != B:
-            raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0a.shape)}")
-    elif p0a.ndim != 1:
-        raise ValueError(f"p0: expected shape (n,), got {tuple(p0a.shape)}")
-    return p0a, n
+def _warning_class() -> type:
+    """:class:`OptimizeWarning`, or, when the caller has imported ``scipy.optimize``,
+    a subclass of it and of scipy's ``OptimizeWarning``, so that code ported from
+    scipy (``warnings.filterwarnings(..., category=scipy.optimize.OptimizeWarning)``,
+    ``pytest.warns``) sees the same warning. scipy is never imported here."""
+    sp = sys.modules.get("scipy.optimize")
+    spw = getattr(sp, "OptimizeWarning", None)
+    if not isinstance(spw, type) or not issubclass(spw, Warning):
+        return OptimizeWarning
+    if not _SCIPY_COMPAT_WARNING:
+        _SCIPY_COMPAT_WARNING.append(
+            type("OptimizeWarning", (OptimizeWarning, spw), {"__module__": "agnopt"}))
+    return _SCIPY_COMPAT_WARNING[0]
 
 
 def _weights(xp, dev, sigma, ydata, batched, m):

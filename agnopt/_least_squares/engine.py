@@ -159,8 +159,10 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     free_n = ev.free_mask(st.X, lin.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
     cn = xp.where(free, lin.cn, 0.0) if ev.bounded else lin.cn  # free: all true unbounded
+    # the Jacobian of these problems is now current (a problem that stops here on
+    # gtol must not have it evaluated again for the result)
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
-                     active=active, njev=njev)
+                     active=active, njev=njev, need_jac=st.need_jac & ~nj)
     st = scale_and_radius(xp, st, nj, cn, jac_scale)
     return gtol_test(xp, st, nj, cn, jac_scale, gtol)
 

@@ -134,6 +134,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
         if bool(xp.any(need_jac & active)):
             J, nj, info, active, njev = checked_jacobian(xp, prob, X, F, J, need_jac & active,
                                                          info, active, njev)
+            need_jac = need_jac & ~nj  # current now (not evaluated again for the result)
             Fm, Jm = prob.model_residuals(F, J)  # the robust loss's model (F, J without one)
             g = xp.matmul(Fm[:, None, :], Jm)[:, 0, :]
             free_n = prob.free_mask(X, g)

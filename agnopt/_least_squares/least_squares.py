@@ -39,12 +39,15 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import array_api_compat
+
 from .._core import lazy
-from .._core.backend import native_namespace, resolve
+from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.result import OptimizeResult
+from .._core.linalg import linalg_errors
 from .._core.status import Status
 from .._derivatives.numdiff import prepare_bounds
-from .arrays import call_checked, device, indices
+from .arrays import call_checked, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
@@ -55,45 +58,54 @@ from .losses import check_loss
 from .trf import TRF, final_fields, run_trust_region
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
-from .problem import (
+from .options import (
     JAC_STRINGS,
-    Problem,
     as_array,
+    as_bounds_pair,
     check_backend,
     check_m_ge_n,
     check_max_nfev,
     check_method,
+    check_scipy_options,
     check_tolerances,
     check_verbose,
     resolve_x_scale,
     to_backend,
+    wrap_callback,
 )
+from .problem import Problem
 from .tall import tall_least_squares
 
 __all__ = ["least_squares"]
 
 
+@on_device_of(1, "x0")  # CuPy: run on the GPU of the arrays
 def least_squares(
     fun: Callable[..., Any],
     x0: Any,
-    *,
     jac: Any = None,
-    method: str = "lm",
     bounds: Any = (-math.inf, math.inf),
-    ftol: float = 1e-8,
-    xtol: float = 1e-8,
-    gtol: float = 1e-8,
+    method: str = "trf",
+    ftol: float | None = 1e-8,
+    xtol: float | None = 1e-8,
+    gtol: float | None = 1e-8,
     x_scale: Any = None,
-    max_nfev: int | None = None,
-    args: tuple = (),
-    kwargs: dict | None = None,
-    batched: bool = False,
-    verbose: int = 0,
-    callback: Callable | None = None,
-    history: bool = False,
-    progress: Any = False,
     loss: Any = "linear",
     f_scale: float = 1.0,
+    diff_step: Any = None,
+    tr_solver: str | None = None,
+    tr_options: dict | None = None,
+    jac_sparsity: Any = None,
+    max_nfev: int | None = None,
+    verbose: int = 0,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    callback: Callable | None = None,
+    workers: Any = None,
+    *,
+    batched: bool = False,
+    history: bool = False,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
 
@@ -115,12 +127,21 @@ def least_squares(
     jac : None, {"cs", "2-point", "3-point", "autodiff"} or callable
         How to get the Jacobian ``J = df/dx``, ``(m, n)`` (``(B, m, n)``):
 
-        * ``None`` (default): ``"cs"``; if ``fun`` cannot take complex input
-          (it raises, e.g. a torch ``matmul`` of a float64 matrix with a
-          complex vector, or returns real output) the solve switches to
-          ``"3-point"`` for good. A ``fun`` that silently loses the imaginary
-          part (``abs``, ``maximum``...) is not detected: pass
-          ``jac="3-point"`` for such functions.
+        * ``None`` (default): ``"cs"``, verified. If ``fun`` cannot take
+          complex input (it raises, e.g. a torch ``matmul`` of a float64
+          matrix with a complex vector, or returns real output) the solve
+          switches to ``"3-point"`` for good. The first complex-step Jacobian
+          is also compared with finite differences (central and forward
+          along one direction: 3 extra evaluations of ``fun`` once per solve,
+          not counted in ``nfev``; column by column, ``3n``, when ``x0`` is
+          next to a bound): where they disagree beyond the differences' own
+          error (``fun`` silently drops the imaginary part of some terms, e.g.
+          by writing ``x`` into a real work array, ``float``, ``real``,
+          ``abs``), the solve switches to ``"3-point"`` for good. A ``fun``
+          that loses the imaginary part only away from ``x0`` is not
+          detected: pass ``jac="3-point"`` for such functions. (scipy's
+          default is ``"2-point"``; the verified complex step is kept because
+          it makes ``"lm"`` reach NIST's certified values on all 54 runs.)
         * ``"cs"``: complex step, ``Im f(x + i h e_j) / h`` with
           ``h = sqrt(eps) max(1, |x_j|)``. For residuals that are analytic
           in complex arithmetic (all usual model functions: polynomials,
@@ -141,7 +162,10 @@ def least_squares(
           or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
         * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
           (``(B, m, n)`` when batched).
-    method : {"lm", "trf", "dogbox", "gauss-newton"}
+    method : {"trf", "dogbox", "lm", "gauss-newton"}
+        Default ``"trf"`` (scipy's default). Residuals chunked by rows (a
+        tall Dask problem) take ``"lm"`` or ``"gauss-newton"`` only.
+
         * ``"trf"``: trust-region-reflective (Branch, Coleman and Li 1999),
           as scipy's ``method="trf"`` with ``tr_solver="exact"``
           (:mod:`agnopt._least_squares.trf`): iterates strictly inside the
@@ -188,9 +212,11 @@ def least_squares(
           10^{-3}\max\operatorname{diag}(\tilde J^T\tilde J))`; an accepted step divides
           :math:`\lambda` by 10 (to 0 below ``1e-12`` times that scale).
           No ``m >= n`` requirement.
-    bounds : (lb, ub)
+    bounds : (lb, ub) or Bounds
         Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
-        bound. ``"trf"`` keeps its iterates strictly inside (reflective
+        bound. Any object with ``lb`` and ``ub`` attributes (scipy's
+        ``Bounds``) is taken as ``(bounds.lb, bounds.ub)``. Unlike scipy,
+        ``"lm"`` accepts bounds. ``"trf"`` keeps its iterates strictly inside (reflective
         steps) and ``"dogbox"`` holds variables on a bound (see ``method``);
         ``"lm"`` and ``"gauss-newton"``: **projection with an active set**. Variables that
         sit on a bound with the gradient pointing out of the box are frozen
@@ -200,7 +226,7 @@ def least_squares(
         every finite-difference point) is feasible. The model reduction of a
         projected step is evaluated for that step, so the trust-region
         control and the tests stay consistent. ``x0`` must be feasible.
-    ftol, xtol, gtol : float
+    ftol, xtol, gtol : float or None
         Tolerances, with scipy's exact conditions. For ``"lm"`` (MINPACK):
 
         * ``ftol``: ``|actred| <= ftol and prered <= ftol and ratio <= 2``
@@ -215,7 +241,10 @@ def least_squares(
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
           cosine between a column of ``J`` and ``f``; also true when ``f = 0``).
 
-        All three must be >= 2.22e-16 (scipy's rule for lm). When a test
+        ``None`` switches a test off (it is taken as 0, scipy's rule): not
+        allowed for ``"lm"``, where all three must be >= 2.22e-16; for the
+        other methods at least one must be >= 2.22e-16 and a smaller one
+        draws a ``UserWarning``. When a test
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
         same status is reported with a "machine precision" message.
@@ -228,6 +257,21 @@ def least_squares(
         ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
         (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for the
         other methods (as scipy).
+    diff_step : None, float or array
+        Relative step of the finite differences (and of the complex step):
+        ``h = diff_step * |x|`` per variable (scipy's rule: where that is 0,
+        the default step). ``None``: the default steps.
+    tr_solver : {None, "exact", "lsmr"}
+        ``None`` or ``"exact"``: the dense subproblem solver (SVD / Cholesky).
+        ``"lsmr"`` (scipy's iterative solver for sparse or operator
+        Jacobians) is not supported: ``ValueError``, except with ``"lm"``,
+        which has no choice of subproblem solver and ignores it, as scipy.
+    tr_options : dict, optional
+        Ignored, as scipy ignores it for ``"exact"`` and ``"lm"``.
+    jac_sparsity : None
+        Sparse finite differences are not supported: anything but ``None``
+        raises ``ValueError``. So do a ``jac`` returning a sparse matrix or a
+        ``LinearOperator``.
     max_nfev : int, optional
         Maximum number of residual evaluations, not counting those of
         finite differences (scipy >= 1.16's rule). Default ``100 * n``.
@@ -252,9 +296,16 @@ def least_squares(
         receives those figures as a ``dict`` after every iteration. Costs one
         host read per iteration; the default ``False`` shows nothing.
     callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration, with an
-        :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
-        ``StopIteration`` or returning ``True`` stops (``status = -2``).
+        Called after each iteration (for ``"lm"``: each trial step, accepted
+        or not), as scipy decides from its signature:
+        ``callback(intermediate_result)`` with an :class:`OptimizeResult`
+        holding ``x``, ``cost``, ``nit`` when its only parameter is named
+        ``intermediate_result``, else ``callback(x)`` with a copy of ``x``.
+        Raising ``StopIteration`` (or, beyond scipy, returning ``True``)
+        stops the solve (``status = -2``).
+    workers : None or 1
+        Parallel finite differences are not supported: anything else raises
+        ``ValueError`` (use ``batched=True`` to solve many problems at once).
     history : bool
         Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
         ``result.history``.
@@ -296,14 +347,30 @@ def least_squares(
     Raises
     ------
     ValueError
-        Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), ``m < n`` for
-        ``"lm"``, infeasible ``x0``, ``lb >= ub``, non-finite residuals at
-        ``x0``, bad tolerances, ``batched=True`` with a 1-D ``x0``.
+        Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), complex
+        ``x0``, ``m < n`` for ``"lm"``, infeasible ``x0``, ``lb >= ub``,
+        non-finite residuals at ``x0``, bad tolerances, unsupported options
+        (see above), ``batched=True`` with a 1-D ``x0``; and a ``ValueError``
+        raised by ``fun`` or ``jac`` (named, the original chained).
+    TypeError
+        Raised by ``fun`` or ``jac`` (e.g. wrong ``args`` / ``kwargs``; named,
+        the original chained).
     RuntimeError
-        When ``fun`` or ``jac`` raises (the original exception is chained).
+        When ``fun`` or ``jac`` raises any other exception (chained), or when
+        the linear algebra of a step fails (LAPACK's "SVD did not converge":
+        a non-finite or badly scaled Jacobian).
 
     Notes
     -----
+    Residuals whose squares would overflow or underflow (``max |f(x0)|``
+    beyond about ``1e77`` or below ``1e-77`` in float64, ``4e9`` /
+    ``2e-10`` in float32) are multiplied by an exact power of 2 for the
+    solve (and ``f_scale`` with them), so that ``||f||^2`` and ``J^T J``
+    are representable; the reported ``fun``, ``jac``, ``cost``, ``grad``
+    and ``optimality`` are those of ``fun`` itself. ``"lm"`` is invariant
+    under this scaling; the other methods' absolute ``gtol`` then applies
+    to the scaled gradient.
+
     Non-finite residuals at a trial point reject the step (the trust region
     shrinks tenfold), as if the cost had increased; when the step tolerance
     is then met on a non-finite trial point the status is -4 (not 3).
@@ -311,8 +378,8 @@ def least_squares(
     Unbatched, when ``x0`` is in memory (not Dask) and ``fun(x0)`` is a Dask
     array with more than one row chunk (a tall problem), the solve is handed to
     :func:`agnopt.tall_least_squares` (``jac`` ``None``/``"cs"`` become
-    ``"2-point"``; finite ``bounds`` and ``history`` are not supported there
-    and raise ``ValueError``).
+    ``"2-point"``; ``method`` must be ``"lm"`` or ``"gauss-newton"``, finite
+    ``bounds`` and ``history`` are not supported there: ``ValueError``).
 
     References
     ----------
@@ -325,16 +392,19 @@ def least_squares(
     if not (jac is None or callable(jac) or jac in JAC_STRINGS):
         raise ValueError(f"jac: expected a callable or one of {JAC_STRINGS}, got {jac!r}")
     check_verbose(verbose)
+    check_scipy_options(method, tr_solver, tr_options, jac_sparsity, workers, diff_step)
     kwargs = {} if kwargs is None else dict(kwargs)
-    check_tolerances(method, ftol, xtol, gtol)
+    ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)
     check_loss(loss, f_scale)
     f_scale = float(f_scale)
+    bounds = as_bounds_pair(bounds)
+    user_callback, callback = callback, wrap_callback(callback)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
-                 f_scale=f_scale))
+                 f_scale=f_scale, diff_step=diff_step))
     xp, dev, x0, X = _start_point(x0, batched)
     xp = native_namespace(xp)  # NumPy >= 2.1: its own namespace (no wrapper calls per iteration)
     B, n = X.shape
@@ -347,12 +417,18 @@ def least_squares(
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
             if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
-                raise ValueError("method: residuals chunked by rows (a tall Dask problem) take "
-                                 "method 'lm' or 'gauss-newton' with loss='linear'")
+                raise ValueError(
+                    "method: residuals chunked by rows (a tall Dask problem, solved by "
+                    "tall_least_squares) take method='lm' or method='gauss-newton' with "
+                    f"loss='linear', got method={method!r} (least_squares' default is 'trf', "
+                    "as scipy's)")
+            if diff_step is not None:
+                raise ValueError("diff_step: not supported for residuals chunked by rows (a tall "
+                                 "Dask problem, solved by tall_least_squares)")
             return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
-                               callback=callback)
+                               callback=user_callback)
 
     lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
     if method == "trf" and bounded:
@@ -366,6 +442,7 @@ def least_squares(
     D = xp.ones_like(X) if jac_scale else _scale_from(xp, x_scale, X, dev)
 
     prob = Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
+    prob.diff_step = diff_step
     F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     check_m_ge_n(method, m, n)
@@ -375,30 +452,47 @@ def least_squares(
             "fun: residuals are not finite at the initial point x0"
             + ("" if not batched else f" (problems {indices(xp, ~fin0)})")
         )
+    F = prob.set_fscale(F)  # exact power-of-2 scaling when squares would overflow
     # drop finished problems from the working set (batched, row gathers allowed,
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
-    prob.set_loss(loss, f_scale)
+    prob.set_loss(loss, f_scale * prob.fscale)  # the loss's margin scales with f
     prob.configure(n, m, bounded, compact)
     prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
-    if method in ("trf", "dogbox"):
-        ws = WorkingSet(xp, B, dev) if compact else None
-        algo = TRF if method == "trf" else DOGBOX
-        out = run_trust_region(xp, prob, algo, X, F, D, jac_scale, loss, f_scale, ftol, xtol,
-                               gtol, max_nfev, verbose, callback, history, ws)
-    elif method == "lm":
-        ws = WorkingSet(xp, B, dev) if compact else None
-        out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
-                     xtol, gtol, max_nfev, verbose, callback, history, ws)
-    else:
-        out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
-    return _finish(xp, prob, out, batched, verbose, bounded, method, loss, f_scale, xtol)
+    try:
+        if method in ("trf", "dogbox"):
+            ws = WorkingSet(xp, B, dev) if compact else None
+            algo = TRF if method == "trf" else DOGBOX
+            out = run_trust_region(xp, prob, algo, X, F, D, jac_scale, loss, prob.f_scale, ftol,
+                                   xtol, gtol, max_nfev, verbose, callback, history, ws)
+        elif method == "lm":
+            ws = WorkingSet(xp, B, dev) if compact else None
+            out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
+                         xtol, gtol, max_nfev, verbose, callback, history, ws)
+        else:
+            out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
+                         history)
+        return _finish(xp, prob, out, batched, verbose, bounded, method, loss, prob.f_scale,
+                       xtol)
+    except linalg_errors() as e:
+        # a LAPACK failure (SVD / eigh did not converge) never escapes as such
+        raise RuntimeError(
+            f"least_squares: the linear algebra of a step failed ({type(e).__name__}: {e}); "
+            "the Jacobian is probably not finite or badly scaled: check jac, or rescale "
+            "fun or x (x_scale)") from e
 
 
 def _start_point(x0, batched):
     """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
     x0 = as_array(x0, "x0")
+    dt = getattr(x0, "dtype", None)
+    if dt is not None and "complex" in str(dt):
+        raise ValueError("x0: must be real, got a complex array")
+    if dt is not None and any(k in str(dt) for k in ("int", "bool")):
+        # scipy casts integer starting points to float64
+        x0 = array_api_compat.array_namespace(x0).astype(
+            x0, array_api_compat.array_namespace(x0).float64)
     xp, dev = resolve(x0, "x0")
     if batched:
         if x0.ndim != 2:
@@ -453,13 +547,22 @@ def _bounds(xp, bounds, X, x0, batched):
     if isinstance(bounds, (tuple, list)):
         for b in bounds:
             check_backend(b, xp, "bounds")
+    if not batched:
+        # scipy's rule: a bound is a scalar or has x0's shape (a (1,) bound is not
+        # broadcast to n > 1 variables, nor an (n,) bound to a scalar x0)
+        for name, b in zip(("lb", "ub"), bounds):
+            shp = tuple(getattr(b, "shape", ())) if hasattr(b, "shape") else (
+                (len(b),) if isinstance(b, (list, tuple)) else ())
+            if len(shp) > 0 and shp != tuple(x0.shape):
+                raise ValueError(f"bounds: Inconsistent shapes between bounds and `x0` "
+                                 f"({name} {shp}, x0 {tuple(x0.shape)})")
     lb, ub = prepare_bounds(xp, bounds, X if batched else x0)
     lb = xp.reshape(xp.broadcast_to(lb, X.shape), X.shape) if not batched else lb
     ub = xp.reshape(xp.broadcast_to(ub, X.shape), X.shape) if not batched else ub
     if bool(xp.any(lb >= ub)):
         raise ValueError("bounds: each lower bound must be strictly less than each upper bound")
     if bool(xp.any((X < lb) | (X > ub))):
-        raise ValueError("x0 is infeasible: it violates the bounds")
+        raise ValueError("x0 is infeasible: Initial guess is outside of provided bounds")
     return lb, ub, bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
 
 
@@ -489,26 +592,34 @@ def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear"
     # (the lm engine keeps the loss's model Jacobian, the others the true one)
     model_jac = method == "lm" and prob.robust
     nj = out.need_jac
+    njev = out.njev
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
+        njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = to_status(xp, out.info, out.active, out.cb_stop)
     cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
                                        model_jac)
+    # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
+    # (divided twice: its square may be subnormal, flushed to 0 by XLA)
+    fs = prob.fscale
+    if fs != 1.0:
+        cost, g, opt = cost / fs / fs, g / fs / fs, opt / fs / fs
+        F, J = prob.unscale(F, J)
     success = status > 0
     msgs, st_host = messages(out.info, status)
     if batched:
         res = OptimizeResult(
             x=X, cost=cost, fun=F, jac=J, grad=g, optimality=opt, active_mask=am,
-            nfev=out.nfev, njev=out.njev, nit=out.nit, status=status,
+            nfev=out.nfev, njev=njev, nit=out.nit, status=status,
             message=msgs, success=success,
         )
     else:
         res = OptimizeResult(
             x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
             optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
-            njev=int(out.njev[0]), nit=int(out.nit[0]), status=st_host[0],
+            njev=int(njev[0]), nit=int(out.nit[0]), status=st_host[0],
             message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
         )
     if out.history:

@@ -1,4 +1,4 @@
-"""Problem set-up of the least-squares solvers: argument checks and the in-memory ``Problem``.
+"""The in-memory ``Problem`` of the least-squares solvers (argument checks: :mod:`.options`).
 
 ``Problem`` evaluates the residuals and the Jacobian of ``B`` problems at once
 as ``(B, n) -> (B, m)`` and ``(B, n) -> (B, m, n)`` (an unbatched problem is a
@@ -8,116 +8,35 @@ dropped its finished problems (see :mod:`.batched`).
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
-import array_api_compat
-
-from .._core.backend import namespace_name
-from .._derivatives.numdiff import fd_jacobian
 from .._core import lazy
+from .._derivatives.numdiff import fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
+from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
+    DEFAULT_JAC,
+    EPS64,
+    JAC_STRINGS,
+    METHODS,
+    as_array,
+    as_bounds_pair,
+    check_backend,
+    check_jacobian_kind,
+    check_m_ge_n,
+    check_max_nfev,
+    check_method,
+    check_scipy_options,
+    check_tolerances,
+    check_verbose,
+    resolve_x_scale,
+    to_backend,
+    wrap_callback,
+)
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute
 from .state import Linearization
-
-EPS64 = 2.220446049250313e-16
-JAC_STRINGS = ("2-point", "3-point", "cs", "autodiff")
-DEFAULT_JAC = "cs"
-
-
-# --------------------------------------------------------------------------- argument checks
-METHODS = ("trf", "dogbox", "lm", "gauss-newton")
-
-
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-
-
-def check_verbose(verbose: Any) -> None:
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose: expected 0, 1 or 2, got {verbose!r}")
-
-
-def check_tolerances(method: str, ftol: Any, xtol: Any, gtol: Any) -> None:
-    """Non-negative tolerances; for ``"lm"`` all above float64's eps (scipy's rule)."""
-    for name, tol in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
-        if tol is None or not (float(tol) >= 0):
-            raise ValueError(f"{name}: expected a non-negative float, got {tol!r}")
-        if method == "lm" and float(tol) < EPS64:
-            raise ValueError(
-                f"{name}: all tolerances must be higher than machine epsilon "
-                f"({EPS64:.2e}) for method 'lm' (scipy's rule), got {tol!r}"
-            )
-
-
-def check_max_nfev(max_nfev: Any, n: int) -> int:
-    """``max_nfev`` as an int (default ``100 * n``, as scipy's lm)."""
-    if max_nfev is None:
-        return 100 * n
-    if int(max_nfev) <= 0:
-        raise ValueError(f"max_nfev: expected a positive integer or None, got {max_nfev!r}")
-    return int(max_nfev)
-
-
-def resolve_x_scale(x_scale: Any, method: str) -> Any:
-    """``None`` -> ``"jac"`` for lm and ``1.0`` otherwise; any other string must be ``"jac"``."""
-    if x_scale is None:
-        return "jac" if method == "lm" else 1.0
-    if isinstance(x_scale, str) and x_scale != "jac":
-        raise ValueError(f"x_scale: expected 'jac', None or positive array, got {x_scale!r}")
-    return x_scale
-
-
-def check_m_ge_n(method: str, m: int, n: int) -> None:
-    if method == "lm" and m < n:
-        raise ValueError(
-            f"Method 'lm' doesn't work when the number of residuals (m = {m}) is less "
-            f"than the number of variables (n = {n}); use method='gauss-newton'"
-        )
-
-
-def as_array(x: Any, what: str) -> Any:
-    """Arrays pass through; lists / tuples / numbers become NumPy float64 arrays."""
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return x
-    import array_api_compat.numpy as np_xp  # default backend for plain Python input
-
-    try:
-        return np_xp.asarray(x, dtype=np_xp.float64)
-    except Exception as e:
-        raise TypeError(f"{what}: expected an array, got {type(x).__name__}") from e
-
-
-def to_backend(xp: Any, a: Any, dtype: Any, dev: Any) -> Any:
-    """``a`` (array, list or number) as an array of ``xp`` with ``dtype`` on ``dev``.
-
-    An array of another library that ``xp.asarray`` does not take is copied
-    through a Python list (``tolist``).
-    """
-    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
-        return xp.asarray(a, dtype=dtype, device=dev)
-    try:
-        return xp.asarray(a, dtype=dtype, device=dev)
-    except Exception:
-        return xp.asarray(a.tolist(), dtype=dtype, device=dev)
-
-
-def check_backend(a: Any, xp: Any, what: str, ref: str = "x0") -> None:
-    """TypeError when ``a`` is an array of another backend than ``xp``."""
-    if type(a) in (int, float, bool) or not array_api_compat.is_array_api_obj(a):
-        return
-    try:
-        xa = array_api_compat.array_namespace(a)
-    except TypeError:
-        return
-    if xa is not xp and namespace_name(xa) != namespace_name(xp):
-        raise TypeError(
-            f"{what}: got a {namespace_name(xa)} array but {ref} is a {namespace_name(xp)} "
-            "array; convert it to x0's backend"
-        )
 
 
 # --------------------------------------------------------------------------- the in-memory problem
@@ -141,6 +60,9 @@ class Problem:
         self.lb, self.ub = lb, ub  # (B, n)
         self.m = None
         self.auto_cs = jac is None
+        self.diff_step = None  # scipy's diff_step (relative step of the differences)
+        self._cs_checked = False  # the default complex step verified once (_cs_disagrees)
+        self.fscale = 1.0  # power of 2 applied to residuals and Jacobian (set_fscale)
         if jac is None:
             self.jac_arg = "cs"
         # row subsets (the working set of a compacted batched solve): ``rows``
@@ -285,10 +207,45 @@ class Problem:
             f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
-        return self._fix_f(f, X.shape[0])
+        F = self._fix_f(f, X.shape[0])
+        return F if self.fscale == 1.0 else F * self.fscale
+
+    def set_fscale(self, F):
+        """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
+
+        ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` lies outside
+        ``[2^-e, 2^e]`` with ``e`` a quarter of the dtype's exponent range
+        (float64: about 1e-77 .. 1e77; float32: 2e-10 .. 4e9), squares and
+        ``J^T J`` would overflow or underflow; the solver then works on
+        ``s f`` and ``s J`` with ``s = 2^-k`` bringing ``max |F|`` to [0.5, 1).
+        The scaling is exact (a power of 2) and Levenberg-Marquardt is
+        invariant under it (every test is relative: ratio, cosine, radius);
+        :meth:`unscale` restores the reported ``fun``, ``jac``. Returns the
+        scaled ``F``.
+        """
+        xp = self.xp
+        big = float(xp.finfo(F.dtype).max)
+        e = int(math.frexp(big)[1]) // 4
+        amax = float(xp.max(xp.abs(F)))
+        if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
+            return F
+        self.fscale = math.ldexp(1.0, -math.frexp(amax)[1])
+        return F * self.fscale
+
+    def unscale(self, F, J):
+        """``(F, J)`` of the user's ``fun`` from the solver's scaled ones."""
+        if self.fscale == 1.0:
+            return F, J
+        return F / self.fscale, (None if J is None else J / self.fscale)
 
     def jacobian(self, X, F):
-        """``J`` (B, m, n) at ``X`` with ``F = residual(X)``."""
+        """``J`` (B, m, n) at ``X`` with ``F = residual(X)`` (both scaled by ``fscale``)."""
+        if self.fscale == 1.0:
+            return self._jacobian(X, F)
+        return self._jacobian(X, F / self.fscale) * self.fscale
+
+    def _jacobian(self, X, F):
+        """``J`` (B, m, n) of ``fun`` at ``X`` with ``F = fun(X)`` (unscaled)."""
         xp = self.xp
         B, n = X.shape
         m = F.shape[1]
@@ -299,6 +256,7 @@ class Problem:
                 J = call_checked(lambda z: jr(z, *self.args, **self.kwargs), X, "jac", "")
             else:
                 J = call_checked(lambda z: jac(z[0, :], *self.args, **self.kwargs), X, "jac", "")
+            check_jacobian_kind(J, "lm")
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 J = xp.asarray(J, dtype=self.dtype, device=self.dev)
             want = (B, m, n) if self.batched else (m, n)
@@ -326,20 +284,108 @@ class Problem:
             # negligible for parameters far from 1 (scipy's eps**0.5 * max(1, |x|)
             # would be larger than a parameter of size 1e-9, e.g. Hahn1's b7).
             rel = machine_eps(xp, self.dtype) if jac == "cs" else None
+            if self.diff_step is not None:
+                rel = self.diff_step  # scipy's diff_step: relative step of every scheme
             if jac == "cs" and self.auto_cs:
                 # default Jacobian: the complex step, unless fun cannot take
                 # complex input (raises, or returns real output); then central
                 # differences for the rest of the solve.
                 try:
-                    return self._fd(X, F, "cs", rel)
+                    J = self._fd(X, F, "cs", rel)
                 except (RuntimeError, ValueError, TypeError):
                     self.jac_arg = "3-point"
                     self.auto_cs = False
-                    return self._fd(X, F, "3-point", None)
+                    return self._fd(X, F, "3-point", self.diff_step)
+                if self._cs_checked:
+                    return J
+                # first complex-step Jacobian: verified against differences
+                self._cs_checked = True
+                J3 = self._cs_disagrees(X, F, J)
+                if J3 is None:
+                    return J
+                self.jac_arg = "3-point"
+                self.auto_cs = False
+                return J3 if self.diff_step is None else self._fd(X, F, "3-point", self.diff_step)
             return self._fd(X, F, jac, rel)
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
         return J
+
+    def _cs_disagrees(self, X, F, Jcs):
+        """The central-difference Jacobian where the complex-step ``Jcs`` (k, m, n)
+        disagrees with finite differences beyond their error, else ``None``.
+
+        A ``fun`` that drops the imaginary part of some terms (writes ``x``
+        into a real work array, calls ``float``, ``real``, ``abs``...) while
+        others stay complex returns a complex output with a silently wrong
+        derivative. The check compares directional derivatives along a fixed
+        direction ``v`` with irregular entries and signs (``v_j = w_j
+        max(1, |x_j|)``, ``|w_j|`` in [0.5, 1.5)): ``r3 = D3 - Jcs u3`` with
+        ``D3`` the central difference (step ``eps^(1/3)``) and ``r2 = D2 -
+        Jcs u2`` with ``D2`` the forward difference (step ``eps^(1/2)``),
+        ``u`` the exactly representable steps taken. Where ``Jcs`` is right,
+        ``r2`` and ``r3`` are the differences' errors and ``|r2 - r3|``
+        estimates them; a dropped term adds the same ``E u`` to both. The
+        complex step is rejected when ``max|r3| > 10 max|r2 - r3| + 1e-9
+        max|Jcs u3|``: a dropped part larger than about ``1e-8`` of the
+        directional derivative is found. Costs 3 evaluations of ``fun`` once
+        per solve (not counted in ``nfev``, as scipy does not count finite
+        differences); where a difference point would leave the bounds, the
+        columns are checked one by one instead (:meth:`_cs_columns`, ``3n``
+        evaluations).
+        """
+        xp = self.xp
+        k, n = X.shape
+        eps = float(xp.finfo(self.dtype).eps)
+        w = [(-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0]) for j in range(n)]
+        V = xp.asarray(w, dtype=self.dtype, device=self.dev) * xp.maximum(
+            xp.ones_like(X), xp.abs(X))
+        h3, h2 = eps ** (1.0 / 3.0), eps**0.5
+        P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
+        inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= self.lb)
+                        & (xp.maximum(xp.maximum(P3, M3), P2) <= self.ub))
+        if not bool(inside):
+            return self._cs_columns(X, F, Jcs)
+        try:
+            Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
+        except (RuntimeError, ValueError, TypeError):
+            return None  # the differences cannot be formed: keep the complex step
+        u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
+        u2 = (P2 - X) / h2
+        Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
+        r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
+        r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
+        d = xp.max(xp.abs(r3), axis=-1)
+        est = xp.max(xp.abs(r2 - r3), axis=-1)
+        ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
+        return None if bool(xp.all(ok)) else self._fd(X, F, "3-point", None)
+
+    def _cs_columns(self, X, F, Jcs):
+        """:meth:`_cs_disagrees` column by column (bounded problems near a bound):
+        ``|Jcs_j - J3_j| <= 10 |J2_j - J3_j| + 1e-6 max(|J3_j|, |Jcs_j|)`` (max-norms),
+        ``J3`` / ``J2`` central / forward differences kept inside the bounds."""
+        xp = self.xp
+        try:
+            J3 = self._fd(X, F, "3-point", None)
+            J2 = self._fd(X, F, "2-point", None)
+        except (RuntimeError, ValueError, TypeError):
+            return None
+        d = xp.max(xp.abs(Jcs - J3), axis=-2)
+        est = xp.max(xp.abs(J2 - J3), axis=-2)
+        scale = xp.maximum(xp.max(xp.abs(J3), axis=-2), xp.max(xp.abs(Jcs), axis=-2))
+        ok = (d <= 10.0 * est + 1e-6 * scale) | ~xp.isfinite(d)
+        return None if bool(xp.all(ok)) else J3
+
+    def _raw(self, X):
+        """``fun`` at ``X`` (k, n) -> (k, m), unscaled (finite-difference points)."""
+        where = "at a finite-difference point"
+        if self.batched:
+            fun = self._fun_rows()
+            f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
+        else:
+            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun",
+                             where)
+        return self._fix_f(f, X.shape[0])
 
     def _fd(self, X, F, jac, rel):
         xp = self.xp

@@ -41,6 +41,7 @@ from typing import Any, Callable
 from array_api_compat import array_namespace
 
 from .._core import lazy
+from .._core.backend import on_device_of
 from .._core.result import OptimizeResult
 from .arrays import call_checked, device, to_namespace
 from .._core.progress import make_progress
@@ -48,7 +49,7 @@ from .engine import run_lm
 from .outcome import report_progress
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
-from .problem import (
+from .options import (
     as_array,
     check_m_ge_n,
     check_max_nfev,
@@ -57,6 +58,7 @@ from .problem import (
     check_verbose,
     resolve_x_scale,
     to_backend,
+    wrap_callback,
 )
 from .routes import GramRoute, gram_spectral
 from .state import Linearization, MinpackInfo, Outcome
@@ -96,6 +98,7 @@ class TallProblem:
         self.args, self.kwargs = args, kwargs
         self.m = None
         self.n_fd = 0  # residual evaluations spent on finite differences
+        self.fscale = 1.0  # power of 2 applied to f and J (see start)
 
     def residual(self, x, where="at a trial point"):
         f = call_checked(lambda z: self.fun(z, *self.args, **self.kwargs), x, "fun", where)
@@ -122,7 +125,7 @@ class TallProblem:
             if not xp.isdtype(f.dtype, ("real floating", "integral")):
                 raise TypeError(f"fun: expected real residuals, got dtype {f.dtype}")
             f = xp.astype(f, want)
-        return f
+        return f if self.fscale == 1.0 else f * self.fscale
 
     def jacobian(self, x, f):
         """``J`` (m, n) at ``x``, lazily; row chunks aligned with ``f``'s, one column chunk."""
@@ -141,6 +144,8 @@ class TallProblem:
             jxp = array_namespace(J)
             if J.dtype != _dtype_in(jxp, self.dtype):
                 J = jxp.astype(J, _dtype_in(jxp, self.dtype))
+            if self.fscale != 1.0:
+                J = J * self.fscale
         else:
             J = self._fd(x, f, xp)
         if lazy.is_dask(J):
@@ -218,9 +223,27 @@ class TallProblem:
     def start(self, x):
         """The pass at ``x0`` (kept for the engine's first Jacobian): ``(f, ff, A)``."""
         f, J, ff, A, g = self.one_pass(x, gram=True, where="at x0")
+        if self._rescale(f, ff):
+            f, J, ff, A, g = self.one_pass(x, gram=True, where="at x0")
         self._pending = (f, J, A, g)
         self.last_g = g
         return f, ff, A
+
+    def _rescale(self, f, ff) -> bool:
+        """Residuals whose squares overflow or underflow: set ``fscale`` (a power of 2
+        bringing ``max |f|`` to [0.5, 1); the rule of the in-memory ``Problem.set_fscale``)
+        and say so (the pass at ``x0`` is then repeated, scaled)."""
+        big = float(self.hxp.finfo(self.dtype).max)
+        e = int(math.frexp(big)[1]) // 4
+        if math.isfinite(ff) and math.ldexp(1.0, -2 * e) <= ff <= math.ldexp(1.0, 2 * e):
+            return False
+        xp = array_namespace(f)
+        (amax,) = lazy.compute(xp.max(xp.abs(f)))
+        amax = float(amax)
+        if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
+            return False
+        self.fscale = math.ldexp(1.0, -math.frexp(amax)[1])
+        return True
 
     def linearize(self, st, nj) -> Linearization:
         """The accepted point's pass (``J^T J``, ``J^T f``; ``f`` is evaluated there
@@ -281,6 +304,7 @@ def _callback(callback, x, cost, nit) -> bool:
 
 
 # --------------------------------------------------------------------------- main entry
+@on_device_of(1, "x0")  # CuPy x0: run on its GPU
 def tall_least_squares(
     fun: Callable[..., Any],
     x0: Any,
@@ -379,8 +403,12 @@ def tall_least_squares(
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
     callback : callable, optional
-        ``callback(intermediate_result)`` after each iteration, with an
-        :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit``.
+        After each iteration, as scipy decides from its signature:
+        ``callback(intermediate_result)`` with an
+        :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit`` when
+        its only parameter is named ``intermediate_result``, else
+        ``callback(x)``. ``StopIteration`` (or returning ``True``) stops the
+        solve (status -2).
     progress : bool or callable
         ``True``: a ``tqdm`` progress bar of the passes over the data
         (iteration, evaluations, cost); a callable receives them as a ``dict``
@@ -451,7 +479,7 @@ def tall_least_squares(
     the cluster's memory, so that each pass does not read them again.
     """
     check_method(method)
-    if method not in ("lm", "gauss-newton"):
+    if method not in ("lm", "gauss-newton"):  # the methods with a tall (Gram) evaluator
         raise ValueError(f"method: tall problems take 'lm' or 'gauss-newton', got {method!r}")
     if jac is None:
         jac = "2-point"
@@ -462,7 +490,8 @@ def tall_least_squares(
         )
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
-    check_tolerances(method, ftol, xtol, gtol)
+    ftol, xtol, gtol = check_tolerances(method, ftol, xtol, gtol)  # None: test off
+    callback = wrap_callback(callback)  # scipy's callback(x) / callback(intermediate_result)
     x = _host_x0(x0)
     hxp = array_namespace(x)
     dev = device(x)
@@ -593,7 +622,10 @@ def _finish(hxp, prob, out, verbose):
         f, J, _, _, g = prob.one_pass(x, gram=False, grad_only=True, where="at the solution")
         njev += 1
     status = int(to_status(hxp, out.info, out.active, out.cb_stop)[0])
-    cost = float(out.cost[0])
+    fs = prob.fscale  # residuals scaled by a power of 2 for the solve: report fun's own
+    cost = float(out.cost[0]) / fs / fs
+    if fs != 1.0:
+        f, J, g = f / fs, (None if J is None else J / fs), g / fs / fs
     res = OptimizeResult(
         x=x, cost=cost, fun=f, jac=J, grad=g, optimality=float(hxp.max(hxp.abs(g))),
         active_mask=hxp.zeros(x.shape, dtype=hxp.int64, device=prob.dev),

@@ -171,7 +171,9 @@ def linearize(xp, ev, st: TRState, nj, jac_scale, loss, f_scale):
         first = (st.nit == 0)[:, None]
         new = xp.where(first, xp.where(cn == 0, xp.ones_like(cn), cn), xp.maximum(scale_inv, cn))
         scale_inv = xp.where(nj[:, None], new, scale_inv)
-    return st._replace(J=J, info=info, active=active, njev=njev, scale_inv=scale_inv), nj
+    # the Jacobian of these problems is current now: not evaluated again for the result
+    return st._replace(J=J, info=info, active=active, njev=njev, scale_inv=scale_inv,
+                       need_jac=st.need_jac & ~nj), nj
 
 
 def first_order_test(xp, ev, algo, st: TRState, nj, model, gtol, max_nfev) -> TRState:

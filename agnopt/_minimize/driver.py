@@ -91,7 +91,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._derivatives import autodiff as _autodiff
-from .._core.backend import resolve
+from .._core.backend import on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
 from .common import _gnorm, _is_dask, _nonnegative, _persist
@@ -129,6 +129,7 @@ _MESSAGES = {
 }
 
 
+@on_device_of(1, "x0")  # CuPy: run on the GPU of the arrays
 def minimize(
     fun: Callable,
     x0: Any,
@@ -346,7 +347,7 @@ def _report(res: OptimizeResult) -> None:
     if res.success:
         print(res.message)
     else:
-        warnings.warn(res.message, OptimizeWarning, stacklevel=3)
+        warnings.warn(res.message, OptimizeWarning, stacklevel=4)  # + minimize's on_device_of frame
     print(f"         Current function value: {float(res.fun):f}")
     print(f"         Iterations: {res.nit:d}")
     print(f"         Function evaluations: {res.nfev:d}")
@@ -368,7 +369,7 @@ def _check_method_and_options(method: Any, options: dict | None) -> tuple[str, d
             f"Unknown solver options: {', '.join(map(str, unknown))} (method={method!r} "
             f"knows {', '.join(sorted(_OPTION_KEYS[method]))})",
             OptimizeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of minimize (through its on_device_of wrapper)
         )
         for k in unknown:
             del options[k]

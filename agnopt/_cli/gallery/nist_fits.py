@@ -31,7 +31,7 @@ fig, axes = plt.subplots(2, 4, figsize=(14, 6.5), layout="constrained",
 for j, (name, model) in enumerate(models.items()):
     p = problems[name]
     x, y = np.array(p["x"]), np.array(p["y"])
-    res = ao.least_squares(lambda b: model(b, x) - y, np.array(p["start1"]),  # Levenberg-Marquardt
+    res = ao.least_squares(lambda b: model(b, x) - y, np.array(p["start1"]), method="lm",
                            ftol=1e-15, xtol=1e-15, gtol=1e-15)
     order = np.argsort(x)
     xf = np.linspace(x.min(), x.max(), 400)

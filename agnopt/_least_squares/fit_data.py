@@ -1,0 +1,233 @@
+"""``curve_fit``'s data and parameters, set up with scipy's rules.
+
+The conversions scipy applies to ``xdata`` / ``ydata`` (lists and integer arrays to
+floating point, a scalar ``ydata`` broadcast), ``check_finite`` and ``nan_policy``,
+the number of parameters read from ``f``'s signature, the default ``p0`` (ones, or
+a feasible point with bounds) and the default method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable
+
+import array_api_compat
+
+from .._core import lazy
+from .._derivatives.numdiff import prepare_bounds
+from .options import METHODS, as_array, check_backend, to_backend
+
+
+def n_params(f: Callable) -> int:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError) as e:
+        raise ValueError("Unable to determine number of fit parameters; pass p0") from e
+    params = [
+        p for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) < 2:
+        raise ValueError("Unable to determine number of fit parameters; pass p0")
+    return len(params) - 1
+
+
+def chunked_p0(f, p0, ydata) -> tuple:
+    """``(p0, n)`` for a fit on Dask chunks: ``p0`` ``(n,)`` / ``(B, n)`` checked, default ones."""
+    import array_api_compat.numpy as np_xp  # the chunks are NumPy (or CuPy) blocks
+
+    B = ydata.shape[0]
+    if p0 is None:
+        n = n_params(f)
+        return np_xp.ones(n, dtype=getattr(np_xp, str(ydata.dtype))), n
+    if not (hasattr(p0, "shape") and hasattr(p0, "dtype")):
+        p0 = as_array(p0, "p0")
+    if p0.ndim == 1 or (p0.ndim == 2 and p0.shape[0] == B):
+        return p0, p0.shape[-1]
+    raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0.shape)}")
+
+
+def has_finite_bound(bounds) -> bool:
+    """Whether ``bounds`` (a pair of numbers / arrays) has a finite entry (host check)."""
+    try:
+        lb, ub = bounds
+    except (TypeError, ValueError) as e:
+        raise ValueError("bounds: expected a pair (lb, ub) or a Bounds object") from e
+    for b in (lb, ub):
+        if hasattr(b, "shape") and hasattr(b, "dtype"):
+            (b,) = lazy.compute(b)
+            xb = array_api_compat.array_namespace(b)
+            if bool(xb.any(xb.isfinite(xb.asarray(b)))):
+                return True
+            continue
+        vals = b if isinstance(b, (list, tuple)) else [b]
+        if any(math.isfinite(float(v)) for v in vals):
+            return True
+    return False
+
+
+def check_fit_method(method, kwargs, bounded):
+    """``method``: ``None`` -> ``"trf"`` with finite bounds when available (scipy's
+    default), else ``"lm"``; scipy's ``maxfev`` becomes ``max_nfev``."""
+    if method is None:
+        method = "trf" if bounded and "trf" in METHODS else "lm"
+    if method not in METHODS:
+        raise ValueError(f"method: expected None or one of {METHODS}, got {method!r}")
+    if "args" in kwargs:
+        raise ValueError("'args' is not a supported keyword argument.")
+    if "maxfev" in kwargs:
+        mf = kwargs.pop("maxfev")
+        kwargs.setdefault("max_nfev", mf)
+    return method
+
+
+def as_data(y):
+    """``ydata`` of an integer or boolean dtype as float64 of its backend (scipy casts)."""
+    xy = array_api_compat.array_namespace(y)
+    if not xy.isdtype(y.dtype, ("real floating", "complex floating")):
+        return xy.astype(y, xy.float64)
+    return y
+
+
+def convert_xdata(xp, dev, xdata, dtype):
+    """``xdata`` as scipy converts it: lists / tuples become arrays of ``ydata``'s backend
+    and dtype; an integer array of that backend becomes ``dtype``; anything else is
+    passed to ``f`` unchanged."""
+    if isinstance(xdata, (list, tuple)):
+        try:
+            return xp.asarray(xdata, dtype=dtype, device=dev)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"xdata: could not convert the sequence to an array: {e}") from e
+    if (hasattr(xdata, "shape") and hasattr(xdata, "dtype")
+            and array_api_compat.is_array_api_obj(xdata)):
+        try:
+            same = array_api_compat.array_namespace(xdata) is xp
+        except TypeError:
+            same = False
+        if same and xp.isdtype(xdata.dtype, ("integral", "bool")):
+            return xp.astype(xdata, dtype)
+    return xdata
+
+
+def _is_xp_float_array(xp, a):
+    if not (hasattr(a, "shape") and hasattr(a, "dtype") and array_api_compat.is_array_api_obj(a)):
+        return False
+    try:
+        return array_api_compat.array_namespace(a) is xp and xp.isdtype(a.dtype, "real floating")
+    except TypeError:
+        return False
+
+
+def check_finite_data(xp, xdata, ydata):
+    """``check_finite``: ``ydata`` and an array ``xdata`` free of NaN and inf (``ValueError``)."""
+    if not bool(xp.all(xp.isfinite(ydata))):
+        raise ValueError("ydata: contains non-finite values (NaN or inf); pass "
+                         "nan_policy='omit' to drop NaN data points")
+    if _is_xp_float_array(xp, xdata) and not bool(xp.all(xp.isfinite(xdata))):
+        raise ValueError("xdata: contains non-finite values (NaN or inf); pass "
+                         "nan_policy='omit' to drop NaN data points")
+
+
+def apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma):
+    """``nan_policy`` "raise" / "omit" (scipy's rules): a data point is dropped when
+    ``ydata`` or any entry of ``xdata[..., i]`` is NaN, with its ``sigma`` entries."""
+    y_nan = xp.isnan(ydata)
+    x_arr = _is_xp_float_array(xp, xdata)
+    has_nan = y_nan
+    if x_arr:
+        xn = xp.isnan(xdata)
+        if xn.ndim > 1:
+            xn = xp.any(xn, axis=tuple(range(xn.ndim - 1)))
+        if ydata.ndim == 1 and tuple(xn.shape) == tuple(ydata.shape):
+            has_nan = has_nan | xn
+        elif bool(xp.any(xn)):
+            raise ValueError("xdata: with nan_policy='omit' the last axis of xdata must match "
+                             "ydata's length")
+    if not bool(xp.any(has_nan)):
+        return xdata, ydata, sigma
+    if nan_policy == "raise":
+        raise ValueError("The input contains nan values")
+    if ydata.ndim != 1:
+        raise ValueError("nan_policy='omit': expected a 1-D ydata")
+    keep = xp.nonzero(~has_nan)[0]
+    ydata = xp.take(ydata, keep, axis=0)
+    if x_arr:
+        xdata = xp.take(xdata, keep, axis=xdata.ndim - 1)
+    if sigma is not None:
+        sig = to_backend(xp, sigma, ydata.dtype, dev)
+        if sig.ndim == 1:
+            sigma = xp.take(sig, keep, axis=0)
+        elif sig.ndim == 2:
+            sigma = xp.take(xp.take(sig, keep, axis=0), keep, axis=1)
+    return xdata, ydata, sigma
+
+
+def broadcast_scalar_y(xp, dev, f, xdata, ydata, p0):
+    """A 0-d ``ydata`` broadcast to the shape of ``f``'s output at ``p0`` (scipy
+    subtracts the scalar from ``f``'s output)."""
+    if p0 is None:
+        n = n_params(f)
+        pars = [xp.asarray(1.0, dtype=ydata.dtype, device=dev)] * n
+    else:
+        pa = to_backend(xp, p0, ydata.dtype, dev)
+        pa = xp.reshape(pa, (-1,))
+        pars = [pa[j] for j in range(pa.shape[0])]
+    r = f(xdata, *pars)
+    shape = tuple(getattr(r, "shape", ()))
+    if len(shape) != 1:
+        raise ValueError(f"ydata: a scalar ydata needs f to return a 1-D array, got shape {shape}")
+    return xp.asarray(xp.broadcast_to(ydata, shape), copy=True)
+
+
+def check_ydata(xp, ydata, batched):
+    """``(B, m)`` of ``ydata`` ((m,) or batched (B, m); ``B = None`` unbatched)."""
+    B = None
+    if batched:
+        if ydata.ndim != 2:
+            raise ValueError(f"ydata: with batched=True expected shape (B, m), got {tuple(ydata.shape)}")
+        B, m = ydata.shape
+    else:
+        if ydata.ndim != 1:
+            raise ValueError(f"ydata: expected a 1-D array (m,), got shape {tuple(ydata.shape)}")
+        m = ydata.shape[0]
+    if m == 0:
+        raise ValueError("`ydata` must not be empty!")
+    return B, m
+
+
+def _feasible_start(xp, dev, n, dtype, bounds, batched, B):
+    """scipy's default ``p0`` with bounds: the midpoint where both bounds are finite,
+    ``lb + 1`` / ``ub - 1`` where one is, 1 elsewhere."""
+    shape = (B, n) if batched else (n,)
+    ones = xp.ones(shape, dtype=dtype, device=dev)
+    lb, ub = prepare_bounds(xp, bounds, ones)
+    flb, fub = xp.isfinite(lb), xp.isfinite(ub)
+    p = xp.where(flb & fub, 0.5 * (xp.where(flb, lb, ones) + xp.where(fub, ub, ones)), ones)
+    p = xp.where(flb & ~fub, lb + 1.0, p)
+    p = xp.where(~flb & fub, ub - 1.0, p)
+    return p
+
+
+def initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.inf)):
+    """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (default: ones, or
+    scipy's feasible start with bounds)."""
+    dtype = ydata.dtype
+    if p0 is None:
+        n = n_params(f)
+        return _feasible_start(xp, dev, n, dtype, bounds, batched, B), n
+    if hasattr(p0, "shape") and hasattr(p0, "dtype"):
+        check_backend(p0, xp, "p0", "ydata")
+    p0a = to_backend(xp, p0, dtype, dev)
+    if p0a.ndim == 0:
+        p0a = xp.reshape(p0a, (1,))
+    n = p0a.shape[-1]
+    if batched:
+        if p0a.ndim == 1:
+            p0a = xp.broadcast_to(p0a[None, :], (B, n))
+            p0a = xp.asarray(p0a, copy=True) if not lazy.is_dask_namespace(xp) else p0a
+        elif p0a.ndim != 2 or p0a.shape[0] != B:
+            raise ValueError(f"p0: with batched=True expected shape (B, n) = ({B}, n) or (n,), got {tuple(p0a.shape)}")
+    elif p0a.ndim != 1:
+        raise ValueError(f"p0: expected shape (n,), got {tuple(p0a.shape)}")
+    return p0a, n
