@@ -8,7 +8,9 @@
   ``bench --invariant``: one step of Adam, Shampoo, SOAP and Muon on a
   256 x 256 and a 1024 x 1024 matrix on every installed backend.
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
-  Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
+  Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``);
+  ``fitbench --single [--peers]``: one small fit against scipy's (and
+  optimistix's under ``jax.jit``), best times and ratios.
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
   starting point) for ``least_squares``.
 * ``tall-bench``: tall Gauss-Newton on a ``dask.distributed`` LocalCluster.
@@ -46,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
     fb.add_argument("--backend", default="numpy")
+    fb.add_argument("--jac", default=None,
+                    help="'analytic' (closed form for both), or a jac string for agnopt (default: each one's default)")
+    fb.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own; 1 avoids OpenMP overhead on tiny "
+                         "operations on a busy machine)")
+    fb.add_argument("--single", action="store_true",
+                    help="single small fits (curve_fit, least_squares) against scipy's, not the batch")
+    fb.add_argument("--peers", action="store_true",
+                    help="with --single: also optimistix's LM under jax.jit (skipped when absent)")
+    fb.add_argument("--repeats", type=int, default=50, help="with --single: timed calls (best of)")
     bench = sub.add_parser("bench", help="one optimizer step vs the memory roofline, torch.optim and optax")
     bench.add_argument("--sizes", default="1e5,1e7", help="comma-separated N (default 1e5,1e7)")
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -128,9 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tour finished in {time.perf_counter() - t0:.1f} s")
         return 0
     if command == "fitbench":
+        if args.single:
+            from ._cli.single_fit import run_single_fit_benchmark
+
+            run_single_fit_benchmark(repeats=args.repeats, peers=args.peers)
+            return 0
         from ._cli.fitbench import run_fit_benchmark
 
-        run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
+        if args.threads is not None:
+            try:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            except ImportError:
+                pass
+        run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset,
+                          jac=args.jac)
         return 0
     if command == "bench":
         if args.invariant:
