@@ -87,6 +87,7 @@ class FastSpec(NamedTuple):
 
 
 _REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
+_LAST: list = [None, None]  # (transform.update, its FastSpec) of the last registered step
 KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
 
 
@@ -103,6 +104,7 @@ def register_fast(transform: Transform, kind: str, layout: tuple, **hp: Any) -> 
     if not isinstance(layout, tuple) or not all(isinstance(s, Slot) for s in layout):
         raise TypeError("register_fast: layout must be a tuple of Slot")
     _REGISTRY[transform.update] = FastSpec(kind, dict(hp), layout)
+    _LAST[:] = [None, None]
     return transform
 
 
@@ -114,14 +116,38 @@ def fast_spec(transform: Any) -> FastSpec | None:
         return None
 
 
+_ENV_DATA = getattr(os.environ, "_data", None)  # CPython's mapping behind os.environ
+try:
+    _ENV_KEY = os.environ.encodekey("AGNOPT_FAST")  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - not CPython
+    _ENV_DATA = None
+_MODES: dict = {}
+
+
 def fast_mode() -> str:
-    """``"0"`` (generic), ``"numpy"``, ``"numba"`` or ``"auto"``, from ``AGNOPT_FAST``."""
-    v = os.environ.get("AGNOPT_FAST", "")
+    """``"0"`` (generic), ``"numpy"``, ``"numba"`` or ``"auto"``, from ``AGNOPT_FAST``.
+
+    Read at every call (tests and benchmarks change it at run time), through
+    the mapping ``os.environ`` keeps (a dictionary look-up, not a decode).
+    """
+    if _ENV_DATA is not None:
+        raw = _ENV_DATA.get(_ENV_KEY)
+        hit = _MODES.get(raw)
+        if hit is not None:
+            return hit
+        v = "" if raw is None else os.environ.decodevalue(raw)  # type: ignore[attr-defined]
+    else:  # pragma: no cover
+        raw = None
+        v = os.environ.get("AGNOPT_FAST", "")
     if v in ("", "1", "auto"):
-        return "auto"
-    if v in ("0", "numpy", "numba"):
-        return v
-    raise ValueError(f"AGNOPT_FAST must be 0, 1, numpy or numba, got {v!r}")
+        mode = "auto"
+    elif v in ("0", "numpy", "numba"):
+        mode = v
+    else:
+        raise ValueError(f"AGNOPT_FAST must be 0, 1, numpy or numba, got {v!r}")
+    if _ENV_DATA is not None:
+        _MODES[raw] = mode
+    return mode
 
 
 def _generic(transform, params, grads, state):
@@ -173,7 +199,12 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
     lazy (their graph is computed within the step). ``update`` and
     ``apply_updates`` stay lazy (persist their results yourself in a loop).
     """
-    spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
+    update = getattr(transform, "update", None)
+    if update is _LAST[0]:  # the same optimizer as the last call: skip the weak-dict look-up
+        spec = _LAST[1]
+    else:
+        spec = _REGISTRY.get(update) if callable(update) else None
+        _LAST[:] = [update, spec] if spec is not None else [None, None]
     if spec is not None:
         mode = fast_mode()
         if mode != "0":
