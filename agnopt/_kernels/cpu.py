@@ -461,7 +461,7 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "bufs_all", "bufs")
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs")
 
 
 _CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
@@ -560,7 +560,7 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
                 lv, t = tree_flatten(v)
                 e.containers.append((v, lv, t))
     e.bufs = bufs
-    e.bufs_all = [b for lv in bufs.values() for b in lv] + e.p_leaves
+    e.buf_ids = frozenset(map(id, [b for lv in bufs.values() for b in lv] + e.p_leaves))
     e.dts = [p.dtype for p in p_leaves]
     e.shapes = [p.shape for p in p_leaves]
     e.strides = [p.strides for p in p_leaves]
@@ -602,15 +602,14 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
         _CACHE[key] = e
     # the grads are new at every step: check each against its parameter
     gflat = []
-    bufs_all = e.bufs_all
+    buf_ids = e.buf_ids
     for g, dt, shape, strides in zip(g_leaves, e.dts, e.shapes, e.strides):
         if type(g) is not nd or g.dtype is not dt or g.shape != shape:
             return None
         if g.strides != strides and not g.flags.c_contiguous:
             return None
-        for b in bufs_all:
-            if b is g:
-                return None
+        if id(g) in buf_ids:  # a gradient that is a parameter or a state buffer
+            return None
         gflat.append(g if g.ndim == 1 else g.reshape(-1))
     plan = e.plan
     kind = spec.kind
