@@ -39,6 +39,16 @@ from ._first_order.transforms import (
 )
 from ._first_order.alias import adagrad, adam, adamw, rmsprop, sgd, sign_sgd
 from ._first_order.step import Optimizer, step
+# --- reparameterization-invariant first-order methods (issue 13) ---
+from ._first_order.full_matrix_adagrad import (
+    ScaleByFullMatrixAdagradState,
+    full_matrix_adagrad,
+    scale_by_full_matrix_adagrad,
+)
+from ._first_order.shampoo import ScaleByShampooState, scale_by_shampoo, shampoo
+from ._first_order.soap import ScaleBySoapState, scale_by_soap, soap
+from ._first_order.muon import MuonState, ScaleByMuonState, muon, scale_by_muon
+# --- end reparameterization-invariant first-order methods ---
 from ._first_order.finite import ApplyIfFiniteState, apply_if_finite
 from ._core.checkpoint import load_state, load_state_dict, save_state, state_dict
 from ._core.tree import (

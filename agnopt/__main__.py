@@ -4,7 +4,9 @@
   table row each, then Newton and Levenberg-Marquardt on each backend;
   ``--plot DIR`` also writes the main plots as PNG files.
 * ``bench``: one step of each first-order optimizer against the fused
-  memory roofline, torch.optim (foreach, fused) and optax (jit, donated).
+  memory roofline, torch.optim (foreach, fused) and optax (jit, donated);
+  ``bench --invariant``: one step of Adam, Shampoo, SOAP and Muon on a
+  256 x 256 and a 1024 x 1024 matrix on every installed backend.
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
   Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="also write the main plots as PNG files in DIR (needs matplotlib)")
     tour.add_argument("--no-second-order", action="store_true",
                       help="skip the Newton / Levenberg-Marquardt part of the tour")
+    tour.add_argument("--no-invariant", action="store_true",
+                      help="skip the full-matrix / Kronecker / natural-gradient part of the tour")
     fb = sub.add_parser("fitbench", help="batched curve_fit vs a scipy.optimize.curve_fit loop")
     fb.add_argument("--B", type=int, default=10_000, help="number of independent fits")
     fb.add_argument("--m", type=int, default=50, help="points per fit")
@@ -54,9 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--threads", type=int, default=1, help="torch/numba/XLA threads (default 1)")
     bench.add_argument("--no-second-order", action="store_true", help="skip the Newton and batched-LM rows")
     bench.add_argument("--json", default=None, metavar="PATH", help="write the figures to PATH")
+    bench.add_argument("--invariant", action="store_true",
+                       help="instead: one step of Adam, Shampoo, SOAP and Muon on a square matrix "
+                            "on every installed backend (--matrix-sizes)")
+    bench.add_argument("--matrix-sizes", default="256,1024",
+                       help="matrix sizes for --invariant (default 256,1024)")
     nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
     nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
     nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
+    nist.add_argument("--scipy", action="store_true",
+                      help="also scipy.optimize.least_squares (same method, jac='3-point')")
     sub.add_parser("tall-bench", add_help=False,
                    help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
     sub.add_parser("gpucheck", add_help=False,
@@ -96,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print()
             run_second_order_tour(backends=chosen)
+        if not getattr(args, "no_invariant", False):
+            from ._cli.tour import run_invariant_tour
+
+            print()
+            run_invariant_tour(backends=chosen)
         plot_dir = getattr(args, "plot", None)
         if plot_dir:
             try:
@@ -117,6 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
         return 0
     if command == "bench":
+        if args.invariant:
+            import json
+
+            from ._cli.bench import run_invariant_bench
+
+            rows = run_invariant_bench(sizes=tuple(int(s) for s in args.matrix_sizes.split(",")),
+                                       dtype=args.dtype, repeats=min(args.repeats, 7),
+                                       threads=args.threads)
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+            return 0
         from ._cli.bench import run_bench
 
         run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,
@@ -127,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "nist":
         from ._cli.nist import main as nist_main
 
-        nist_main(args.method, args.backend)
+        nist_main(args.method, args.backend, args.scipy)
         return 0
     parser.error(f"unknown command {command!r}")
     return 2

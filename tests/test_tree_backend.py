@@ -80,10 +80,15 @@ def test_python_m_agnopt_tour_runs():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if l.startswith("numpy")]
-    assert len(lines) == 12 + 3  # 6 optimizers x 2 problems, then Newton, Newton-CG, LM
+    # 6 optimizers x 2 problems, then Newton, Newton-CG, LM, then 5 optimizers on the
+    # rotated quadratic and fisher_scoring / natural_gradient
+    assert len(lines) == 12 + 3 + 7
     for l in lines:
         v = float(l.split()[-2])
         assert np.isfinite(v)
+    invariant = {l.split()[2]: l.split()[3] for l in lines[15:]}
+    assert invariant["full_matrix_adagrad"] == "yes"  # rotation invariant: the rotation costs nothing
+    assert invariant["fisher_scoring"] == "yes" and invariant["natural_gradient"] == "yes"
     # the second-order rows converge: Newton's Rosenbrock value is ~0
     newton = [l for l in lines if "minimize newton rosenbrock" in l]
     assert float(newton[0].split()[-2]) < 1e-20

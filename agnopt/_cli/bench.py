@@ -364,3 +364,112 @@ def run_bench(sizes=(100_000, 10_000_000), dtype="float32",
             json.dump(res, f, indent=1, default=str)
         out(f"figures written to {json_path}")
     return res
+
+
+# ------------------------------------------------------------------ invariant (matrix) optimizers
+
+INVARIANT_OPTIMIZERS = ("adam", "shampoo", "soap", "muon")
+
+
+def _invariant_opt(name: str, frequency: int):
+    import agnopt as ao
+
+    return {
+        "adam": lambda: ao.adam(1e-3),
+        "shampoo": lambda: ao.shampoo(1e-3, precondition_frequency=frequency),
+        "soap": lambda: ao.soap(1e-3, precondition_frequency=frequency),
+        "muon": lambda: ao.muon(1e-3, weight_decay=0.0),
+    }[name]()
+
+
+def _installed_backends(names=("numpy", "array_api_strict", "torch", "jax", "dask", "cupy", "torch-cuda")):
+    out = []
+    for name in names:
+        try:
+            if name == "numpy":
+                import array_api_compat.numpy as xp
+
+                out.append((name, xp, "cpu", lambda x: None))
+            elif name == "array_api_strict":
+                import array_api_strict as xp
+
+                out.append((name, xp, xp.Device("CPU_DEVICE"), lambda x: None))
+            elif name in ("torch", "torch-cuda"):
+                import array_api_compat.torch as xp
+                import torch
+
+                if name == "torch":
+                    out.append((name, xp, torch.device("cpu"), lambda x: None))
+                elif torch.cuda.is_available():
+                    out.append((name, xp, torch.device("cuda"), lambda x: torch.cuda.synchronize()))
+            elif name == "jax":
+                import jax
+                import jax.numpy as xp
+
+                out.append((name, xp, jax.devices()[0], lambda x: jax.block_until_ready(x)))
+            elif name == "dask":
+                import array_api_compat.dask.array as xp
+                import dask
+
+                out.append((name, xp, None, lambda x: dask.compute(x)))
+            elif name == "cupy":
+                import array_api_compat.cupy as xp
+                import cupy
+
+                if cupy.cuda.runtime.getDeviceCount() > 0:
+                    out.append((name, xp, cupy.cuda.Device(0),
+                                lambda x: cupy.cuda.Device().synchronize()))
+        except Exception:  # not installed, or no device / driver
+            continue
+    return out
+
+
+def run_invariant_bench(sizes=(256, 1024), dtype="float32", backends=None, frequency=10,
+                        repeats=5, budget=20.0, threads=1, out=print) -> list[dict]:
+    """One step of Adam, Shampoo, SOAP and Muon on one square matrix parameter.
+
+    Shampoo and SOAP recompute their eigendecompositions every ``frequency``
+    steps: each is timed on a refresh step and on a plain step, and the
+    amortized figure is ``(refresh + (frequency - 1) * plain) / frequency``.
+    The states are pure values, so the same state is stepped repeatedly
+    (count 0 for refresh steps, count 1 for plain ones). Median of
+    ``repeats`` (fewer once ``budget`` seconds are spent), eager (no jit).
+    ``threads`` as in :func:`run_bench` (BLAS threads come from the environment).
+    """
+    _set_threads(threads)
+    rows = []
+    chosen = _installed_backends() if backends is None else _installed_backends(tuple(backends))
+    out(f"invariant optimizers: one step on a square matrix, dtype={dtype}, "
+        f"eigh every {frequency} steps for Shampoo/SOAP (eager; median ms)")
+    hdr = f"{'backend':17s} {'n':>5s} {'optimizer':9s} {'plain step':>11s} {'refresh step':>13s} {'amortized':>10s}"
+    out(hdr)
+    out("-" * len(hdr))
+    for bname, xp, dev, sync in chosen:
+        for n in sizes:
+            if bname in ("dask", "array_api_strict") and n > 256:
+                continue  # too slow to be useful at this size
+            rng = np.random.default_rng(0)
+            dt = getattr(xp, dtype)
+            p = xp.asarray(rng.standard_normal((n, n)).astype(dtype), dtype=dt, device=dev)
+            g = xp.asarray((1e-3 * rng.standard_normal((n, n))).astype(dtype), dtype=dt, device=dev)
+            for name in INVARIANT_OPTIMIZERS:
+                opt = _invariant_opt(name, frequency)
+                s0 = opt.init(p)
+                _, s1 = opt.update(g, s0, p)
+
+                def step(s, opt=opt, g=g, p=p, sync=sync):
+                    u, _ = opt.update(g, s, p)
+                    sync(u)
+
+                try:
+                    t_plain = _median_time(lambda s=s1: step(s), repeats, budget, warmup=1)
+                    t_ref = (_median_time(lambda s=s0: step(s), repeats, budget, warmup=1)
+                             if name in ("shampoo", "soap") else t_plain)
+                except Exception as e:  # pragma: no cover - report, not crash
+                    out(f"{bname:17s} {n:5d} {name:9s} not measured ({type(e).__name__}: {e})")
+                    continue
+                amort = (t_ref + (frequency - 1) * t_plain) / frequency
+                rows.append(dict(backend=bname, n=n, optimizer=name, t_plain=t_plain, t_refresh=t_ref,
+                                 t_amortized=amort, dtype=dtype, frequency=frequency))
+                out(f"{bname:17s} {n:5d} {name:9s} {t_plain * 1e3:11.2f} {t_ref * 1e3:13.2f} {amort * 1e3:10.2f}")
+    return rows

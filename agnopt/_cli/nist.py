@@ -116,6 +116,7 @@ def nist_report(
     starts: tuple[str, ...] = ("start1", "start2"),
     tol: float = 1e-15,
     verbose: bool = True,
+    solver: Any = None,
     **kwargs: Any,
 ) -> list[dict]:
     """Run ``least_squares`` on the NIST StRD problems and print the LRE table.
@@ -126,8 +127,13 @@ def nist_report(
     ``name, difficulty, start, lre, status, nfev, success, seconds``.
     Lanczos1 is judged on its parameters (its certified RSS, 1.4e-25, is
     below what 11-digit values reproduce; see the data README).
+    ``solver``: another function with ``least_squares``' signature (e.g.
+    ``scipy.optimize.least_squares``, the reference table), numpy only.
     """
     from .._least_squares import least_squares
+
+    if solver is not None:
+        least_squares = solver
 
     xp = _namespace(backend)
     rows = []
@@ -151,7 +157,9 @@ def nist_report(
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
     if verbose:
-        print(format_table(rows, f"NIST StRD, least_squares(method={method!r}), backend {backend}"))
+        who = "least_squares" if solver is None else f"{solver.__module__}.{solver.__name__}"
+        extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+        print(format_table(rows, f"NIST StRD, {who}(method={method!r}{extra}), backend {backend}"))
     return rows
 
 
@@ -181,12 +189,23 @@ def format_table(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(method: str = "lm", backend: str = "numpy") -> list[dict]:
-    """The command ``python -m agnopt nist``: the LRE table, overflow warnings of rejected trial points silenced."""
+def main(method: str = "lm", backend: str = "numpy", scipy_reference: bool = False) -> list[dict]:
+    """The command ``python -m agnopt nist``: the LRE table, overflow warnings of rejected trial points silenced.
+
+    ``scipy_reference``: then also scipy's ``least_squares`` with the same
+    method and tolerances and ``jac="3-point"`` (its best finite
+    differences) on NumPy, the reference table.
+    """
     import warnings
 
     # Trial points far from the solution overflow exp() in several models:
     # those steps are rejected by the solver; the warnings are noise here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return nist_report(method, backend)
+        rows = nist_report(method, backend)
+        if scipy_reference:
+            from scipy.optimize import least_squares as scipy_least_squares
+
+            print()
+            nist_report(method, "numpy", solver=scipy_least_squares, jac="3-point")
+        return rows

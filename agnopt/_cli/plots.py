@@ -46,7 +46,7 @@ GALLERY = Path(__file__).resolve().parent / "gallery"
 PLOTS: dict[str, Path] = {
     name: GALLERY / f"{name}.py"
     for name in ("rosenbrock_paths", "quadratic_curves", "adam_bias_correction", "nist_fits",
-                 "batched_throughput", "bench_ratios")
+                 "batched_throughput", "bench_ratios", "reparameterization_paths", "step_cost")
 }
 
 # matplotlib settings of every figure (also the docs' plot_rcparams): fonts that stay

@@ -31,6 +31,8 @@ class Progress:
         self._sink = sink
         self._bar = bar
         self._last = 0
+        self._post: dict = {}
+        self._problems: int | None = None
 
     def update(self, nit: int, nfev: int, cost: float, active: int | None = None,
                problems: int | None = None) -> None:
@@ -46,12 +48,18 @@ class Progress:
             post = {"nfev": info["nfev"], "cost": f"{info['cost']:.4g}"}
             if active is not None:
                 post["running"] = f"{info['active']}/{info['problems']}"
+                self._problems = info["problems"]
+            self._post = post
             self._bar.set_postfix(post, refresh=False)
             self._bar.update(max(0, info["nit"] - self._last))
             self._last = info["nit"]
 
     def close(self) -> None:
+        """End the display: the solve is over, so no problem is running any more."""
         if self._bar is not None:
+            if self._problems is not None:
+                self._post["running"] = f"0/{self._problems}"
+                self._bar.set_postfix(self._post, refresh=False)
             self._bar.close()
 
 

@@ -118,11 +118,16 @@ def strictly_feasible(xp: Any, X: Any, lb: Any, ub: Any, rstep: float = 1e-10) -
         down_x = xp.nextafter(xp.broadcast_to(ub, X.shape), -inf)
     else:
         one = xp.ones_like(X)
-        up_x = lb + rstep * xp.maximum(one, xp.abs(lb))
-        down_x = ub - rstep * xp.maximum(one, xp.abs(ub))
+        # infinite bounds are never active: finite stand-ins keep inf - inf out
+        lbf = xp.where(xp.isfinite(lb), lb, xp.zeros_like(X))
+        ubf = xp.where(xp.isfinite(ub), ub, xp.zeros_like(X))
+        up_x = lbf + rstep * xp.maximum(one, xp.abs(lbf))
+        down_x = ubf - rstep * xp.maximum(one, xp.abs(ubf))
     Xn = xp.where(lower, up_x, xp.where(upper, down_x, X))
     tight = (Xn < lb) | (Xn > ub)
-    return xp.where(tight, 0.5 * (lb + ub), Xn)
+    both = xp.isfinite(lb) & xp.isfinite(ub)
+    mid = 0.5 * (xp.where(both, lb, xp.zeros_like(X)) + xp.where(both, ub, xp.zeros_like(X)))
+    return xp.where(tight & both, mid, Xn)
 
 
 def to_trust_region(xp: Any, P: Any, S: Any, delta: Any) -> tuple[Any, Any]:

@@ -4,7 +4,8 @@ A survey of spectra or an image stack of pixels holds ``B = 1e6 .. 1e8``
 independent small fits, more than one process wants to hold. When ``x0`` (for
 :func:`agnopt.least_squares`) or ``ydata`` (for :func:`agnopt.curve_fit`) is a
 Dask array chunked along its first (batch) axis and ``batched=True``, each
-chunk of rows is an ordinary in-memory batched solve: this module turns every
+chunk of rows is an ordinary in-memory batched solve (a Dask batch in a single
+row chunk stays on the lazy Array API path): this module turns every
 chunk into one task that computes its rows' inputs (NumPy or CuPy blocks) on a
 worker, runs the same in-memory engine there, and returns the chunk's results.
 The graph has one task per chunk and nothing per iteration; the results are
@@ -43,10 +44,15 @@ CHUNKED_MESSAGE = (
 
 
 def is_chunked_batch(a: Any) -> bool:
-    """True for a 2-D Dask array (a batch of rows) that the chunked path takes."""
+    """True for a 2-D Dask array split into several chunks of rows: the chunked path.
+
+    A Dask batch in one row chunk stays on the lazy Array API path (as before
+    this path existed), so a ``fun`` that closes over whole-batch Dask data
+    keeps working there.
+    """
     from .._core.lazy import is_dask
 
-    return is_dask(a) and getattr(a, "ndim", 0) == 2
+    return is_dask(a) and getattr(a, "ndim", 0) == 2 and len(a.chunks[0]) > 1
 
 
 def _rows_like(a: Any, B: int, row_chunks: tuple) -> Any:
@@ -208,7 +214,8 @@ def chunked_least_squares(fun: Callable, x0: Any, jac: Any, args: tuple, kwargs:
     if getattr(f1, "ndim", 0) != 2 or f1.shape[0] != 1:
         raise ValueError(
             f"fun: with batched=True expected residuals of shape (B, m), got {tuple(getattr(f1, 'shape', ()))} "
-            "for one row of x0"
+            "for one row of x0 (x0 is a Dask array in several row chunks, solved chunk by chunk: "
+            "pass per-problem data through args / kwargs as arrays with B rows, not by closure)"
         )
     m = f1.shape[1]
     import dask

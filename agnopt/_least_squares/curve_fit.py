@@ -198,10 +198,9 @@ def _check_method(method, kwargs):
     """``method`` (``None`` -> ``"lm"``); scipy's ``maxfev`` becomes ``max_nfev``."""
     if method is None:
         method = "lm"
-    if method not in ("lm", "gauss-newton"):
+    if method not in ("lm", "trf", "dogbox", "gauss-newton"):
         raise ValueError(
-            f"method: expected None, 'lm' or 'gauss-newton', got {method!r} "
-            "(agnopt's 'lm' handles bounds by projection)"
+            f"method: expected None, 'lm', 'trf', 'dogbox' or 'gauss-newton', got {method!r}"
         )
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument.")

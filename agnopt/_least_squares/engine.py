@@ -27,6 +27,7 @@ reports; the engine never looks at how they are formed.
 from __future__ import annotations
 
 from .arrays import device
+from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
 # Initial trust-region radius factor: Delta_0 = FACTOR * ||D x0|| (MINPACK's
@@ -112,6 +113,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
             hist.append(ev.history_entry(st.fnorm, st.nit, st.nfev))
         if verbose >= 2:
             ev.print_iter(it, st.fnorm, st.nfev, tr.pnorm)
+        report_progress(xp, ev, it, st.fnorm, st.nfev, st.active)
         if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
             cb_stop = True
             break

@@ -18,7 +18,7 @@ reduced :math:`J^TJ` instead.
 from __future__ import annotations
 
 from .arrays import device
-from .outcome import call_callback, history_entry, print_iter
+from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import spectral
 from .state import MinpackInfo, Outcome
 
@@ -79,7 +79,7 @@ def gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm, finite
             active & (new == int(MinpackInfo.RUNNING)))
 
 
-def _jacobian(xp, prob, X, F, J, nj, info, active, njev):
+def checked_jacobian(xp, prob, X, F, J, nj, info, active, njev):
     """The Jacobian where ``nj``; non-finite ones raise (unbatched) or stop
     their problem with status -3 (batched). Returns ``(J, nj, info, active, njev)``."""
     B = X.shape[0]
@@ -107,23 +107,24 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
     ``F`` (B, m), scaling ``D`` (B, n); see the module notes."""
     B, n = X.shape
     dev = device(X)
-    cost = 0.5 * xp.sum(F * F, axis=-1)
+    cost = prob.cost(F)
     izeros = xp.zeros((B,), dtype=xp.int64, device=dev)
     nfev, njev, nit, info = izeros + 1, izeros, izeros, izeros
     active = xp.ones((B,), dtype=xp.bool, device=dev)
     need_jac = xp.ones((B,), dtype=xp.bool, device=dev)
     lam = xp.zeros((B,), dtype=X.dtype, device=dev)
     scale = xp.ones((B,), dtype=X.dtype, device=dev)
-    J = w = c = V = good = free = None
+    J = Jm = Fm = w = c = V = good = free = None
     hist = []
     cb_stop = False
     it = 0
     while True:
         it += 1
         if bool(xp.any(need_jac & active)):
-            J, nj, info, active, njev = _jacobian(xp, prob, X, F, J, need_jac & active, info,
-                                                  active, njev)
-            g = xp.matmul(F[:, None, :], J)[:, 0, :]
+            J, nj, info, active, njev = checked_jacobian(xp, prob, X, F, J, need_jac & active,
+                                                         info, active, njev)
+            Fm, Jm = prob.model_residuals(F, J)  # the robust loss's model (F, J without one)
+            g = xp.matmul(Fm[:, None, :], Jm)[:, 0, :]
             free_n = prob.free_mask(X, g)
             free = free_n if free is None else xp.where(nj[:, None], free_n, free)
             gfree = xp.where(free, g, xp.zeros_like(g))
@@ -132,17 +133,18 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
             active = active & ~conv_g
             if not bool(xp.any(active)):
                 break
-            w, c, V, good, _, _ = spectral(xp, J, D, F, free)
+            w, c, V, good, _, _ = spectral(xp, Jm, D, Fm, free)
             scale = xp.where(nj, xp.max(w, axis=-1), scale)
-            J, w, c, V, good, free, scale = prob.persist(J, w, c, V, good, free, scale)
+            J, Jm, Fm, w, c, V, good, free, scale = prob.persist(J, Jm, Fm, w, c, V, good, free,
+                                                                 scale)
         z, p = gn_step(xp, w, c, V, good, lam, D, free)
         Xt = xp.where(active[:, None], prob.project(X + p), X)
         p = Xt - X
         Ft = prob.residual(Xt)
         nfev = nfev + xp.astype(active, xp.int64)
-        cost_t = 0.5 * xp.sum(Ft * Ft, axis=-1)
-        Jp = xp.matmul(J, p[:, :, None])[:, :, 0]
-        pred = -(xp.sum(F * Jp, axis=-1) + 0.5 * xp.sum(Jp * Jp, axis=-1))
+        cost_t = prob.cost(Ft)
+        Jp = xp.matmul(Jm, p[:, :, None])[:, :, 0]
+        pred = -(xp.sum(Fm * Jp, axis=-1) + 0.5 * xp.sum(Jp * Jp, axis=-1))
         actual, acc, ratio, finite = gn_ratio(xp, cost, cost_t, pred, active)
         dx_norm = xp.linalg.vector_norm(p, axis=-1)
         x_norm = xp.linalg.vector_norm(X, axis=-1)
@@ -162,6 +164,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
             hist.append(history_entry(prob.batched, fnorm, nit, nfev))
         if verbose >= 2:
             print_iter(xp, prob.batched, it, fnorm, nfev, dx_norm)
+        report_progress(xp, prob, it, fnorm, nfev, active)
         if callback is not None and call_callback(callback, prob.batched, X, fnorm, nit):
             cb_stop = True
             break

@@ -47,7 +47,12 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
+from .._core.progress import make_progress
+from .bounds import strictly_feasible
+from .dogbox import DOGBOX
 from .engine import run_lm
+from .losses import check_loss
+from .trf import TRF, final_fields, run_trust_region
 from .gauss_newton import run_gn
 from .outcome import messages, to_status
 from .problem import (
@@ -86,6 +91,9 @@ def least_squares(
     verbose: int = 0,
     callback: Callable | None = None,
     history: bool = False,
+    progress: Any = False,
+    loss: Any = "linear",
+    f_scale: float = 1.0,
 ) -> OptimizeResult:
     r"""Solve a nonlinear least-squares problem (or ``B`` of them at once).
 
@@ -133,7 +141,29 @@ def least_squares(
           or JAX), :func:`agnopt._derivatives.autodiff.jacobian`; other backends raise.
         * a callable ``jac(x, *args, **kwargs)`` returning ``(m, n)``
           (``(B, m, n)`` when batched).
-    method : {"lm", "gauss-newton"}
+    method : {"lm", "trf", "dogbox", "gauss-newton"}
+        * ``"trf"``: trust-region-reflective (Branch, Coleman and Li 1999),
+          as scipy's ``method="trf"`` with ``tr_solver="exact"``
+          (:mod:`agnopt._least_squares.trf`): iterates strictly inside the
+          bounds, Coleman-Li scaling of the variables, the trust-region
+          subproblem of the augmented scaled Jacobian solved by Moré's
+          ``lmpar`` in its SVD basis, and a step that reaches a bound is
+          cut there, reflected, or replaced by the scaled anti-gradient,
+          whichever the quadratic model prefers. Without bounds: scipy's
+          ``trf_no_bounds``. Any ``m`` (also ``m < n``).
+        * ``"dogbox"``: the rectangular trust-region dogleg of Voglis and
+          Lagaris (2004), as scipy's ``method="dogbox"``
+          (:mod:`agnopt._least_squares.dogbox`): variables on a bound that
+          the anti-gradient pushes against are held there, the Gauss-Newton
+          step is the minimum-norm least-squares step of the others. Any
+          ``m``.
+
+        For these two, scipy's rules: ``ftol`` (``dF < ftol F`` and a
+        ratio of actual to predicted reduction above 0.25), ``xtol``
+        (``||dx|| < xtol (xtol + ||x||)``), ``gtol`` (``optimality <
+        gtol``, with ``optimality`` as in the result), ``x_scale`` default 1;
+        a step is taken only when its residuals are finite and the cost went
+        down.
         * ``"lm"``: Levenberg-Marquardt as MINPACK's ``lmder`` (Moré 1978):
           trust region of radius :math:`\Delta` in the scaled norm
           :math:`\|Dp\|`, the step :math:`p` minimizes
@@ -160,7 +190,9 @@ def least_squares(
           No ``m >= n`` requirement.
     bounds : (lb, ub)
         Scalars or arrays broadcastable to ``x0``; ``-inf``/``inf`` for no
-        bound. Treatment: **projection with an active set**. Variables that
+        bound. ``"trf"`` keeps its iterates strictly inside (reflective
+        steps) and ``"dogbox"`` holds variables on a bound (see ``method``);
+        ``"lm"`` and ``"gauss-newton"``: **projection with an active set**. Variables that
         sit on a bound with the gradient pointing out of the box are frozen
         for the step (their Jacobian columns are dropped), the step of the
         others is computed as without bounds, and the trial point is
@@ -187,15 +219,15 @@ def least_squares(
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
         same status is reported with a "machine precision" message.
-        For ``"gauss-newton"`` (scipy's trf conditions):
+        For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
         accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
-        ``gtol``: ``||J^T f||_inf < gtol``.
+        ``gtol``: ``||J^T f||_inf < gtol`` (trf and dogbox: ``optimality < gtol``).
     x_scale : None, "jac" or array
         ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
         ``D_j = max`` over iterations of ``||J_j||`` (column norms). ``None``
-        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for
-        ``"gauss-newton"``.
+        (default): ``"jac"`` for ``"lm"`` (scipy >= 1.16's default) and 1 for the
+        other methods (as scipy).
     max_nfev : int, optional
         Maximum number of residual evaluations, not counting those of
         finite differences (scipy >= 1.16's rule). Default ``100 * n``.
@@ -212,6 +244,13 @@ def least_squares(
         own work shrinks to the running problems (see the module notes).
     verbose : {0, 1, 2}
         1: final report; 2: one line per iteration.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar (``pip install tqdm``; an
+        ``ImportError`` says so when it is missing) showing the iteration,
+        the evaluations, the largest cost among the running problems and,
+        batched, how many of the ``B`` problems still run. A callable
+        receives those figures as a ``dict`` after every iteration. Costs one
+        host read per iteration; the default ``False`` shows nothing.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         :class:`OptimizeResult` holding ``x``, ``cost``, ``nit``. Raising
@@ -219,12 +258,30 @@ def least_squares(
     history : bool
         Record a short history (``nit``, ``nfev``, ``cost`` per iteration) in
         ``result.history``.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss :math:`\rho` (scipy's ``loss``,
+        :mod:`agnopt._least_squares.losses`): the cost is
+        :math:`\tfrac12\sum_i C^2\rho((f_i/C)^2)` with ``C = f_scale``. A
+        callable ``loss(z)`` returns ``(3, ...)``: :math:`\rho, \rho',
+        \rho''` at ``z``. Every method takes it (scipy: trf and dogbox
+        only): each linearization uses the loss's Gauss-Newton model
+        (Triggs et al. 1999, scipy's scaling of ``f`` and ``J``); for
+        ``"lm"`` MINPACK's relative reductions and ``gtol`` cosine use
+        ``sqrt(2 cost)`` in place of ``||f||``, and the geodesic
+        acceleration is off. ``ValueError`` for an unknown name.
+    f_scale : float
+        The soft margin ``C`` between inlier and outlier residuals
+        (positive; ``ValueError`` otherwise). Default 1.
 
     Returns
     -------
     OptimizeResult
         ``x``, ``cost`` (``0.5 ||f||^2``), ``fun`` (residuals), ``jac`` (at
-        ``x``), ``grad`` (``J^T f``), ``optimality`` (``||grad||_inf``),
+        ``x``; with a loss, the loss's model Jacobian, as scipy), ``grad``
+        (``J^T f`` of that model), ``optimality`` (``||grad||_inf``; trf
+        with bounds ``||grad * v||_inf`` with Coleman-Li's ``v``, dogbox the
+        norm over the variables not held at a bound, as scipy), ``cost`` is
+        the robust cost and ``fun`` the true residuals,
         ``nfev``, ``njev``, ``nit``, ``status`` (scipy's codes: 0 max_nfev,
         1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol, -2 callback; and -3: ``jac``
         returned non-finite entries at the current point, a batched problem
@@ -270,11 +327,14 @@ def least_squares(
     check_verbose(verbose)
     kwargs = {} if kwargs is None else dict(kwargs)
     check_tolerances(method, ftol, xtol, gtol)
+    check_loss(loss, f_scale)
+    f_scale = float(f_scale)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
-                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose))
+                 x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
+                 f_scale=f_scale))
     xp, dev, x0, X = _start_point(x0, batched)
     B, n = X.shape
 
@@ -285,12 +345,20 @@ def least_squares(
         # materialising J); a Dask x0 stays on the Array API path below
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
         if _is_tall(xp, f0):
+            if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
+                raise ValueError("method: residuals chunked by rows (a tall Dask problem) take "
+                                 "method 'lm' or 'gauss-newton' with loss='linear'")
             return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
                                callback=callback)
 
     lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
+    if method == "trf" and bounded:
+        # trf's iterates are strictly feasible (scipy's make_strictly_feasible)
+        Xs = strictly_feasible(xp, X, lb, ub)
+        if not bool(xp.all(Xs == X)):
+            X, f0 = Xs, None
     max_nfev = check_max_nfev(max_nfev, n)
     x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
@@ -310,14 +378,21 @@ def least_squares(
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
+    prob.set_loss(loss, f_scale)
     prob.configure(n, m, bounded, compact)
-    if method == "lm":
+    prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
+    if method in ("trf", "dogbox"):
         ws = WorkingSet(xp, B, dev) if compact else None
-        out = run_lm(xp, prob, X, F, xp.linalg.vector_norm(F, axis=-1), D, jac_scale, ftol,
+        algo = TRF if method == "trf" else DOGBOX
+        out = run_trust_region(xp, prob, algo, X, F, D, jac_scale, loss, f_scale, ftol, xtol,
+                               gtol, max_nfev, verbose, callback, history, ws)
+    elif method == "lm":
+        ws = WorkingSet(xp, B, dev) if compact else None
+        out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
                      xtol, gtol, max_nfev, verbose, callback, history, ws)
     else:
         out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback, history)
-    return _finish(xp, prob, out, batched, verbose, bounded)
+    return _finish(xp, prob, out, batched, verbose, bounded, method, loss, f_scale, xtol)
 
 
 def _start_point(x0, batched):
@@ -402,26 +477,25 @@ def _scale_from(xp, x_scale, X, dev):
     return 1.0 / xs
 
 
-def _finish(xp, prob, out, batched, verbose, bounded) -> OptimizeResult:
+def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
+            xtol=None) -> OptimizeResult:
     """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
+    if getattr(prob, "progress", None) is not None:
+        prob.progress.close()
     X, F, J = out.X, out.F, out.J
     B, n = X.shape
     # Jacobian at the final x where the last accepted step made it stale
+    # (the lm engine keeps the loss's model Jacobian, the others the true one)
+    model_jac = method == "lm" and prob.robust
     nj = out.need_jac
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
+        Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
     status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost = 0.5 * xp.sum(F * F, axis=-1)
-    g = xp.matmul(F[:, None, :], J)[:, 0, :]
-    opt = xp.max(xp.abs(g), axis=-1)
+    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
+                                       model_jac)
     success = status > 0
-    if bounded:
-        lb, ub = prob.lb, prob.ub
-        am = xp.where(X <= lb, -xp.ones_like(X), xp.where(X >= ub, xp.ones_like(X), xp.zeros_like(X)))
-        am = xp.astype(am, xp.int64)
-    else:
-        am = xp.zeros(X.shape, dtype=xp.int64, device=device(X))
     msgs, st_host = messages(out.info, status)
     if batched:
         res = OptimizeResult(

@@ -95,7 +95,7 @@ class CholeskyBasis(NamedTuple):
         return q, xp.linalg.vector_norm(mv(xp, Li, q), axis=-1) ** 2, Li
 
 
-def lmpar(xp, basis, delta, par0, active):
+def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     """Moré's ``lmpar`` for every problem: ``(par, q, factor)``.
 
     Parameters: ``basis`` a :class:`SpectralBasis` or :class:`CholeskyBasis`
@@ -108,12 +108,22 @@ def lmpar(xp, basis, delta, par0, active):
     (spectral) or ``-q`` (Cholesky), and the basis' factor at the final
     ``par`` (the Cholesky route's ``L^{-1}``, for the geodesic acceleration;
     ``None`` for a spectral basis).
+
+    ``rtol``: the accepted relative error of ``||q||`` against ``delta``
+    (MINPACK's 0.1; scipy's trf uses 0.01).
+    ``truncated_gn=False``: a rank-deficient spectral basis never takes
+    the truncated Gauss-Newton step; ``lambda`` is searched for as for a
+    step outside the region (scipy's ``solve_lsq_trust_region``, used by
+    trf: a rank threshold can drop directions that badly scaled variables
+    need, and the truncated step is then far too short).
     """
     dwarf = float(xp.finfo(delta.dtype).smallest_normal)
     qn, s3, full_rank, rhs, factor = basis.gauss_newton(xp)
     dxnorm = xp.linalg.vector_norm(qn, axis=-1)
     fp = dxnorm - delta
-    gn_ok = fp <= 0.1 * delta
+    gn_ok = fp <= rtol * delta
+    if not truncated_gn and full_rank is not None:
+        gn_ok = gn_ok & full_rank
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
     s3 = xp.where(s3 > 0, s3, xp.ones_like(s3))
     parl = (fp / delta) * dxnorm * dxnorm / s3
@@ -142,7 +152,7 @@ def lmpar(xp, basis, delta, par0, active):
         if factor is not None:
             factor = xp.where(done[:, None, None], factor, fac_t)
         fp = xp.where(done, fp, fp_t)
-        stop = (xp.abs(fp_t) <= 0.1 * delta) | ((parl == 0) & (fp_t <= temp) & (temp < 0))
+        stop = (xp.abs(fp_t) <= rtol * delta) | ((parl == 0) & (fp_t <= temp) & (temp < 0))
         if it == 9:
             stop = xp.ones_like(stop)
         done = done | stop

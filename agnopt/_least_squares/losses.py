@@ -20,9 +20,10 @@ cauchy        :math:`\ln(1+z)`                                 logarithmic
 arctan        :math:`\arctan z`                                bounded by :math:`\pi/2`
 ============  ===============================================  ==============================
 
-A callable ``loss(z)`` returns an array ``(3, ...)``: :math:`\rho`,
-:math:`\rho'` and :math:`\rho''` evaluated elementwise at ``z`` (scipy's
-convention).
+A callable ``loss(z)`` receives ``z`` as a 1-D array (all residuals, the
+problems of a batch one after another) and returns an array ``(3, z.size)``:
+:math:`\rho`, :math:`\rho'` and :math:`\rho''` evaluated elementwise at
+``z`` (scipy's convention).
 
 Solvers use the loss through its second-order model: at the current point
 the residuals and Jacobian are replaced by
@@ -99,8 +100,11 @@ def loss_rho(xp: Any, loss: str | Callable, f: Any, f_scale: float) -> tuple[Any
     c2 = float(f_scale) ** 2
     z = (f * f) / c2
     if callable(loss):
-        r = loss(z)
-        r0, r1, r2 = r[0, ...], r[1, ...], r[2, ...]
+        # scipy's contract: a 1-D z of all residuals in, (3, z.size) out
+        r = loss(xp.reshape(z, (-1,)))
+        if not (hasattr(r, "shape") and hasattr(r, "dtype")):
+            r = xp.asarray(r, dtype=f.dtype, device=getattr(f, "device", None))
+        r0, r1, r2 = (xp.reshape(r[i, ...], z.shape) for i in range(3))
     else:
         r0, r1, r2 = _rho_named(xp, loss, z)
     return c2 * r0, r1, r2 / c2
@@ -126,3 +130,16 @@ def robust_scale(xp: Any, f: Any, J: Any, rho1: Any, rho2: Any) -> tuple[Any, An
     s2 = rho1 + 2.0 * rho2 * f * f
     s = xp.sqrt(xp.where(s2 < eps, eps, s2))
     return rho1 * f / s, J * s[..., None]
+
+
+def robust_model(xp: Any, loss: str | Callable, f: Any, J: Any, f_scale: float) -> tuple[Any, Any]:
+    """``(f_hat, J_hat)`` of :func:`robust_scale` at the residuals ``f`` (``(k, m)``)
+    and Jacobian ``J`` (``(k, m, n)``, or ``None``: then ``J_hat`` is ``None``);
+    ``loss="linear"`` returns ``(f, J)`` itself."""
+    if isinstance(loss, str) and loss == "linear":
+        return f, J
+    _, r1, r2 = loss_rho(xp, loss, f, f_scale)
+    if J is None:
+        fh, _ = robust_scale(xp, f, f[..., None], r1, r2)
+        return fh, None
+    return robust_scale(xp, f, J, r1, r2)

@@ -110,3 +110,15 @@ def call_callback(callback, batched, X, fnorm, nit) -> bool:
     except StopIteration:
         return True
     return out is True
+
+
+def report_progress(xp, ev, it, fnorm, nfev, active) -> None:
+    """``progress=``: iteration ``it``, total evaluations, the largest cost among the
+    running problems and how many run (one host read of each; only when asked)."""
+    prog = getattr(ev, "progress", None)
+    if prog is None:
+        return
+    running = int(xp.sum(xp.astype(active, xp.int64)))
+    cost = 0.5 * xp.where(active, fnorm, xp.zeros_like(fnorm)) ** 2
+    prog.update(it, int(xp.max(nfev)), float(xp.max(cost)) if running else 0.0,
+                running, getattr(ev, "n_problems", active.shape[0]))

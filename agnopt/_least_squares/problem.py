@@ -18,6 +18,7 @@ from .._core import lazy
 from .arrays import call_checked, device, persist
 from .batched import positions, rows_where, scatter
 from .outcome import call_callback, history_entry, print_iter
+from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute
 from .state import Linearization
 
@@ -27,9 +28,12 @@ DEFAULT_JAC = "cs"
 
 
 # --------------------------------------------------------------------------- argument checks
+METHODS = ("trf", "dogbox", "lm", "gauss-newton")
+
+
 def check_method(method: str) -> None:
-    if method not in ("lm", "gauss-newton"):
-        raise ValueError(f"method: expected 'lm' or 'gauss-newton', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
 
 def check_verbose(verbose: Any) -> None:
@@ -124,6 +128,10 @@ class Problem:
     ``m`` is set from the residuals at ``x0``. ``jac`` ``None`` means the
     complex step with a fall-back to central differences (``auto_cs``).
     """
+
+    # the robust loss of the engine's model (:mod:`.losses`; ``set_loss``)
+    loss = "linear"
+    f_scale = 1.0
 
     def __init__(self, fun, jac, x0, batched, args, kwargs, lb, ub, xp, dev):
         self.fun, self.jac_arg, self.batched = fun, jac, batched
@@ -363,8 +371,43 @@ class Problem:
         self.bounded = bounded
         self.compact = compact
         self.use_chol = n <= CHOL_MAX_N and m >= n
-        self.accelerate = True
+        # geodesic acceleration needs the true residuals in the model
+        self.accelerate = self.robust is False
         self.persist_all = lazy.is_dask_namespace(self.xp)
+
+    robust = False
+
+    def set_loss(self, loss, f_scale):
+        """A robust loss for the Levenberg-Marquardt engine: its Jacobian, gradient
+        and route are those of :func:`.losses.robust_model` at each linearization,
+        and ``fnorm`` is ``sqrt(2 cost)`` of the robust cost."""
+        self.loss, self.f_scale = loss, float(f_scale)
+        self.robust = not (isinstance(loss, str) and loss == "linear")
+
+    def model_residuals(self, F, J=None):
+        """``(F_hat, J_hat)`` of the loss's model (``F, J`` without a loss)."""
+        if not self.robust:
+            return F, J
+        return robust_model(self.xp, self.loss, F, J, self.f_scale)
+
+    def cost(self, F):
+        """The (robust) cost (k,) of residuals ``F`` (k, m); ``inf`` where a
+        residual is not finite (with a loss)."""
+        xp = self.xp
+        if not self.robust:
+            return 0.5 * xp.sum(F * F, axis=-1)
+        f = self.fnorm(F)
+        return 0.5 * f * f
+
+    def fnorm(self, F):
+        """``sqrt(2 cost)`` (k,) of residuals ``F`` (k, m): ``||F||`` without a loss;
+        ``inf`` where a residual is not finite."""
+        xp = self.xp
+        if not self.robust:
+            return xp.linalg.vector_norm(F, axis=-1)
+        fin = xp.all(xp.isfinite(F), axis=-1)
+        c = loss_cost(xp, self.loss, xp.where(fin[:, None], F, xp.zeros_like(F)), self.f_scale)
+        return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
 
     def free_mask(self, X, g):
         """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
@@ -382,7 +425,7 @@ class Problem:
     def trial(self, Xt):
         """Residuals (k, m) at the trial points and their norms (k,)."""
         Ft = self.residual(Xt)
-        return Ft, self.xp.linalg.vector_norm(Ft, axis=-1)
+        return Ft, self.fnorm(Ft)
 
     def select(self, acc, Ft, F):
         return self.xp.where(acc[:, None], Ft, F)
@@ -391,8 +434,8 @@ class Problem:
         return persist(self.xp, *arrs)
 
     def route(self, st):
-        return InMemoryRoute(self.xp, st.J, st.A0 if self.use_chol else None, st.g, st.D, st.F,
-                             st.free, st.active, self.compact)
+        return InMemoryRoute(self.xp, st.J, st.A0 if self.use_chol else None, st.g, st.D,
+                             self.model_residuals(st.F)[0], st.free, st.active, self.compact)
 
     def linearize(self, st, nj) -> Linearization:
         """``J`` (k, m, n) where ``nj`` (merged with ``st.J`` elsewhere), ``J^T J``
@@ -401,7 +444,7 @@ class Problem:
         xp = self.xp
         X, F = st.X, st.F
         k = X.shape[0]
-        Jn = self.jacobian(X, F)
+        Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
         J = Jn if st.J is None else xp.where(nj[:, None, None], Jn, st.J)
         A0, dA = st.A0, None
         if self.use_chol:
@@ -424,7 +467,7 @@ class Problem:
                 J = xp.where(nj[:, None, None], Jn, J)
                 if self.use_chol:
                     A0, dA = self._gram(J)
-        g = xp.matmul(F[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
+        g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
         cn = xp.sqrt(dA) if self.use_chol else xp.linalg.vector_norm(J, axis=-2)
         return Linearization(F=F, J=J, A0=A0, g=g, cn=cn, nj=nj, bad=bad)
 
@@ -454,12 +497,12 @@ class Problem:
         n_nj = int(xp.sum(xp.astype(need_jac, xp.int64)))
         self.all_rows()
         if n_nj == B:
-            J = self.jacobian(X, F)
+            J = self.model_residuals(F, self.jacobian(X, F))[1]
         elif n_nj > 0:
             idx = rows_where(xp, need_jac)
             Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
             self.set_rows(idx, X, Fr)
             mask, pos = positions(xp, idx, B, self.dev)
-            J = scatter(xp, J, self.jacobian(Xr, Fr), mask, pos)
+            J = scatter(xp, J, self.model_residuals(Fr, self.jacobian(Xr, Fr))[1], mask, pos)
             self.all_rows()
         return X, F, J, info, nfev, njev, nit, xp.zeros_like(need_jac), active

@@ -114,3 +114,32 @@ class Outcome(NamedTuple):
     cb_stop: bool = False
     history: list = []
     cost: Any = None
+
+
+class TRState(NamedTuple):
+    """Per-problem state of the bounded trust-region methods (``trf``, ``dogbox``).
+
+    ``X`` (k, n) current point (strictly feasible for trf); ``F`` (k, m) the
+    true residuals at ``X``; ``J`` (k, m, n) the true Jacobian (stale where
+    ``need_jac``); ``cost`` (k,) the (robust) cost at ``X``; ``scale_inv``
+    (k, n) ``1 / x_scale`` (the column norms for ``x_scale="jac"``);
+    ``delta`` (k,) the trust radius; ``alpha`` (k,) the LM parameter of the
+    last subproblem (trf); ``info`` MINPACK-style codes (0 running);
+    ``nfev``, ``njev``, ``nit`` (k,) int64; ``active``, ``need_jac`` (k,)
+    bool; ``on_bound`` (k, n) int64 -1/0/1 (dogbox; ``None`` for trf).
+    """
+
+    X: Any
+    F: Any
+    J: Any
+    cost: Any
+    scale_inv: Any
+    delta: Any
+    alpha: Any
+    info: Any
+    nfev: Any
+    njev: Any
+    nit: Any
+    active: Any
+    need_jac: Any
+    on_bound: Any

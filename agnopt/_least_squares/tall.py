@@ -43,7 +43,9 @@ from array_api_compat import array_namespace
 from .._core import lazy
 from .._core.result import OptimizeResult
 from .arrays import call_checked, device, to_namespace
+from .._core.progress import make_progress
 from .engine import run_lm
+from .outcome import report_progress
 from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
 from .outcome import message, to_status
 from .problem import (
@@ -294,6 +296,7 @@ def tall_least_squares(
     kwargs: dict | None = None,
     verbose: int = 0,
     callback: Callable | None = None,
+    progress: Any = False,
 ) -> OptimizeResult:
     r"""Nonlinear least squares for tall problems whose residuals are Dask arrays.
 
@@ -378,6 +381,10 @@ def tall_least_squares(
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         :class:`~agnopt.OptimizeResult` holding ``x``, ``cost``, ``nit``.
+    progress : bool or callable
+        ``True``: a ``tqdm`` progress bar of the passes over the data
+        (iteration, evaluations, cost); a callable receives them as a ``dict``
+        after every iteration (see :func:`agnopt.least_squares`).
         Raising ``StopIteration`` or returning ``True`` stops (``status = -2``).
 
     Returns
@@ -444,6 +451,8 @@ def tall_least_squares(
     the cluster's memory, so that each pass does not read them again.
     """
     check_method(method)
+    if method not in ("lm", "gauss-newton"):
+        raise ValueError(f"method: tall problems take 'lm' or 'gauss-newton', got {method!r}")
     if jac is None:
         jac = "2-point"
     if not (callable(jac) or jac in _JAC_STRINGS):
@@ -482,6 +491,7 @@ def tall_least_squares(
     if not bool(hxp.all(hxp.isfinite(A))):
         raise ValueError("jac: the Jacobian has non-finite entries at the current point")
     X, D = hxp.reshape(x, (1, n)), hxp.reshape(D, (1, n))
+    prob.progress, prob.n_problems = make_progress(progress, "tall_least_squares"), 1
     if method == "lm":
         fnorm = hxp.asarray([math.sqrt(ff)], dtype=dtype, device=dev)
         out = run_lm(hxp, prob, X, f, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
@@ -561,6 +571,7 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
             new_jac = True
         if verbose >= 2:
             prob.print_iter(it, hxp.sqrt(2.0 * cost), nfev, dx_norm)
+        report_progress(hxp, prob, it, hxp.sqrt(2.0 * cost), nfev, active)
         if callback is not None and _callback(callback, X[0, :], float(cost[0]), int(nit[0])):
             cb_stop = True
             break
@@ -573,6 +584,8 @@ def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbo
 
 def _finish(hxp, prob, out, verbose):
     """The result: ``x`` (n,) in memory, ``fun`` / ``jac`` lazy, scalars as Python numbers."""
+    if prob.progress is not None:
+        prob.progress.close()
     x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
     njev = int(out.njev[0])
     if bool(out.need_jac[0]):

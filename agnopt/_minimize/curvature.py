@@ -40,7 +40,7 @@ from typing import Any
 import array_api_compat
 
 from .._core.linalg import cholesky
-from .common import _after_step, _back, _floats, _local, _persist
+from .common import _after_step, _back, _cached_gnorm, _floats, _local, _persist
 
 _NONFINITE = "nonfinite"
 
@@ -153,6 +153,22 @@ def settle(P: Any, state: dict) -> bool:
             return False
         if state["status"] not in (0, 2):
             return True
+
+
+def iteration_gate(P: Any, state: dict, gtol: float, maxiter: int) -> bool | None:
+    """The tests every method makes before computing a step.
+
+    Returns True when the solver stops here (the gradient test at a point of
+    non-negative curvature, or ``maxiter``), False when :func:`settle` moved
+    off a point of negative curvature (test again), None to go on with a step.
+    """
+    if _cached_gnorm(P.xp, state) <= gtol:
+        state["status"] = 0
+        return settle(P, state)
+    if state["nit"] >= maxiter:
+        state["status"] = 1
+        return True
+    return None
 
 
 def settled(P: Any, state: dict) -> bool:

@@ -14,8 +14,8 @@ from typing import Any
 import array_api_compat
 
 from .._core.linalg import cho_solve, cholesky
-from .curvature import settle, settled as _settled
-from .common import _after_step, _back, _cached_gnorm, _local
+from .curvature import iteration_gate, settled as _settled
+from .common import _after_step, _back, _local
 from .line_search import _line_search
 
 
@@ -89,14 +89,11 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _cached_gnorm(xp, state) <= gtol:
-            state["status"] = 0
-            if settle(P, state):
+        gate = iteration_gate(P, state, gtol, maxiter)
+        if gate is not None:
+            if gate:
                 return
             continue
-        if state["nit"] >= maxiter:
-            state["status"] = 1
-            return
         H = P.hessian(x, g)
         if not bool(xp.all(xp.isfinite(H))):
             state["status"] = 4

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from .curvature import settle, settled as _settled
-from .common import _after_step, _cached_gnorm, _floats, _persist
+from .curvature import iteration_gate, settled as _settled
+from .common import _after_step, _floats, _persist
 from .line_search import _line_search
 
 
@@ -52,14 +52,11 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _cached_gnorm(xp, state) <= gtol:
-            state["status"] = 0
-            if settle(P, state):
+        gate = iteration_gate(P, state, gtol, maxiter)
+        if gate is not None:
+            if gate:
                 return
             continue
-        if state["nit"] >= maxiter:
-            state["status"] = 1
-            return
         p, it = _cg_truncated(P, x, g, cg_maxiter)
         gp = float(xp.sum(g * p))
         if not (gp < 0) or not math.isfinite(gp):

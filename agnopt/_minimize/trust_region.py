@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from .curvature import settle, settled as _settled
-from .common import _after_step, _cached_gnorm, _floats, _persist
+from .curvature import iteration_gate, settled as _settled
+from .common import _after_step, _floats, _persist
 
 
 def _to_boundary(xp, z, d, delta):
@@ -64,14 +64,11 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
     state["gtol"] = gtol
     while True:
         x, f, g = state["x"], state["f"], state["g"]
-        if _cached_gnorm(xp, state) <= gtol:
-            state["status"] = 0
-            if settle(P, state):
+        gate = iteration_gate(P, state, gtol, maxiter)
+        if gate is not None:
+            if gate:
                 return
             continue
-        if state["nit"] >= maxiter:
-            state["status"] = 1
-            return
         p, it, boundary = _steihaug(P, x, g, delta, cg_maxiter)
         Hp = P.hvp(x, g, p)
         x_new = _persist(x + p)
