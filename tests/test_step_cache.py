@@ -153,3 +153,22 @@ def test_grads_aliasing_a_state_buffer_go_generic(mode, monkeypatch):
     monkeypatch.setenv("AGNOPT_FAST", mode)
     got, _ = ao.step(opt, p, _adam_state(s).mu, s)
     np.testing.assert_array_equal(got, want)
+
+
+def test_cache_does_not_outlive_the_optimizer(monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setenv("AGNOPT_FAST", "numpy")
+    opt = ao.adam(1e-2)
+    p = np.ones(1000)
+    s = opt.init(p)
+    p, s = ao.step(opt, p, np.ones(1000), s)
+    ref = weakref.ref(p)
+    n_before = len(_cpu._CACHE)
+    del opt, p, s
+    other = ao.sgd(0.1)
+    ao.step(other, np.ones(2), np.ones(2), other.init(np.ones(2)))  # another one is the last one
+    gc.collect()
+    assert ref() is None  # the parameters are freed with the optimizer
+    assert len(_cpu._CACHE) <= n_before

@@ -277,11 +277,12 @@ def step_overhead(optimizers=("adam", "adamw", "rmsprop", "adagrad", "sgd-moment
         bf, bt = [flat, opt.init(flat)], [tree, opt.init(tree)]
         inner = 50 if N <= 100_000 else 1
         tf = tt = float("inf")
+        def one(b, g, opt=opt):
+            b[0], b[1] = ao.step(opt, b[0], g, b[1])
+
         for _ in range(rounds if N <= 100_000 else 3 * rounds):
-            def one(b, g):
-                b[0], b[1] = ao.step(opt, b[0], g, b[1])
-            tt = min(tt, _best_of(lambda: one(bt, gtree), inner, 1))
-            tf = min(tf, _best_of(lambda: one(bf, gflat), inner, 1))
+            tt = min(tt, _best_of(lambda bt=bt, gtree=gtree: one(bt, gtree), inner, 1))
+            tf = min(tf, _best_of(lambda bf=bf, gflat=gflat: one(bf, gflat), inner, 1))
         res["tree100"][N] = {"array_s": tf, "tree_s": tt, "ratio": tt / tf}
         out(f"  adam N={N:.0e}: 100-leaf dict {tt * 1e3:8.3f} ms, one array {tf * 1e3:8.3f} ms, "
             f"ratio {tt / tf:5.2f} ({(tt - tf) / 100 * 1e6:.2f} us per extra leaf)")

@@ -215,7 +215,7 @@ def step(transform: Transform, params: Any, grads: Any, state: Any) -> tuple[Any
                 if which == "numpy":
                     from .._kernels.cpu import try_step
 
-                    res = try_step(spec, params, p_leaves, td, grads, state, mode)
+                    res = try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
                 elif which == "torch":
                     from .._kernels.torch_kernel import try_step
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import operator
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -461,7 +462,7 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs")
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner")
 
 
 _CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
@@ -581,8 +582,17 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
     return e
 
 
-def try_step(spec, params, p_leaves, td, grads, state, mode):
-    """The fast step on NumPy arrays, or None when the generic path must run."""
+def _forget(key):
+    return lambda _ref: _CACHE.pop(key, None)
+
+
+def try_step(spec, params, p_leaves, td, grads, state, mode, owner=None):
+    """The fast step on NumPy arrays, or None when the generic path must run.
+
+    ``owner`` (the registered ``transform.update``) keys the cache: its entry
+    (which holds the last state and parameters stepped) is dropped when the
+    optimizer is garbage-collected, so the cache never outlives the optimizer.
+    """
     nd = np.ndarray
     if type(grads) is nd:  # one array: nothing to flatten
         g_leaves, gtd = [grads], _LEAF
@@ -590,7 +600,7 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
         g_leaves, gtd = tree_flatten(grads)
     if gtd != td:
         return None
-    key = id(spec)
+    key = id(spec) if owner is None else id(owner)
     e = _CACHE.get(key)
     if e is None or not _hit(e, spec, p_leaves, td, state, mode):
         e = _prepare(spec, p_leaves, td, g_leaves, state, mode)
@@ -599,7 +609,18 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
             return None
         if len(_CACHE) > 64:
             _CACHE.clear()
+        if owner is not None:
+            try:
+                e.owner = weakref.ref(owner, _forget(key))
+            except TypeError:  # not weak-referenceable: no cache
+                return _run(e, spec, params, p_leaves, td, g_leaves, state, None)
         _CACHE[key] = e
+    return _run(e, spec, params, p_leaves, td, g_leaves, state, key)
+
+
+def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
+    """Check the grads, compute the constants, run the kernel per leaf; (params, state) or None."""
+    nd = np.ndarray
     # the grads are new at every step: check each against its parameter
     gflat = []
     buf_ids = e.buf_ids
