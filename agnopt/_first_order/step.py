@@ -24,8 +24,10 @@ array operations:
 ``params`` and of the arrays in ``state``: they are overwritten with the new
 values, and the returned ``params``/``state`` hold the same arrays. Treat the
 ``params`` and ``state`` you passed as consumed (as JAX's buffer donation
-does); ``grads`` are never written. ``update`` and ``apply_updates`` stay
-pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
+does); ``grads`` are never written. On NumPy the step counters are
+incremented in place too, and the very ``state`` object passed is returned
+(and ``params`` itself when it is one array). ``update`` and
+``apply_updates`` stay pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
 runs the generic path there, as it does for user-built chains, read-only or
 non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
 parameters' dtype), and any input the checks would reject (the generic path
@@ -42,6 +44,15 @@ The environment variable ``AGNOPT_FAST`` selects the path: ``0`` the generic
 path everywhere; ``numpy`` the blocked NumPy path even when numba is
 installed; ``numba`` requires numba; unset or ``1`` picks the fastest
 available.
+
+**Per-step overhead.** The NumPy path keeps, per optimizer, what it checked
+at the last step (types, dtypes, layouts and aliasing of the leaves, the
+compiled kernel and its flattened views; ``_Entry`` in
+:mod:`agnopt._kernels.cpu`). When the same parameter leaves and the same
+state come back (what donation produces), only the new gradients, the
+containers inside the state (a dict may have been edited) and the
+parameters' writeable flags are checked again. The entry is dropped with
+the optimizer.
 
 The fast path recognises an optimizer through a small registry: each alias
 registers its ``Transform.update`` function with its hyperparameters and the
