@@ -273,7 +273,8 @@ def numba_kernel(kind: str, flag_items: tuple):
     if kind == "sgd":
         wd, mom, damp, nesterov, first = f["wd"], f["mom"], f["damp"], f["nesterov"], f["first"]
 
-        def k(p, g, b, _b2, _b3, c_wd, c_mu, c_omd, c_lr):
+        def k(p, g, b, _b2, _b3, c):
+            c_wd, c_mu, c_omd, c_lr = c[0], c[1], c[2], c[3]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -297,14 +298,16 @@ def numba_kernel(kind: str, flag_items: tuple):
 
     elif kind == "sign_sgd":
 
-        def k(p, g, _b1, _b2, _b3, c_lr):
+        def k(p, g, _b1, _b2, _b3, c):
+            c_lr = c[0]
             for i in range(p.shape[0]):
                 p[i] = p[i] + c_lr * np.sign(g[i])
 
     elif kind == "adagrad":
         wd, eps_in_sqrt = f["wd"], f["eps_in_sqrt"]
 
-        def k(p, g, acc, _b2, _b3, c_wd, c_eps, c_lr):
+        def k(p, g, acc, _b2, _b3, c):
+            c_wd, c_eps, c_lr = c[0], c[1], c[2]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -321,7 +324,8 @@ def numba_kernel(kind: str, flag_items: tuple):
         wd, centered, mom, nesterov, eps_in_sqrt = (
             f["wd"], f["centered"], f["mom"], f["nesterov"], f["eps_in_sqrt"])
 
-        def k(p, g, mu, nu, tr, c_wd, c_decay, c_omd, c_eps, c_mom, c_lr):
+        def k(p, g, mu, nu, tr, c):
+            c_wd, c_decay, c_omd, c_eps, c_mom, c_lr = c[0], c[1], c[2], c[3], c[4], c[5]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -353,8 +357,9 @@ def numba_kernel(kind: str, flag_items: tuple):
     else:  # adam / adamw
         amsgrad, wd_mode = f["amsgrad"], f["wd_mode"]
 
-        def k(p, g, mu, nu, vmax, c_wd, c_b1, c_omb1, c_b2, c_omb2, c_bc1, c_bc2, c_eps,
-              c_eps_root, c_lr):
+        def k(p, g, mu, nu, vmax, c):
+            c_wd, c_b1, c_omb1, c_b2, c_omb2 = c[0], c[1], c[2], c[3], c[4]
+            c_bc1, c_bc2, c_eps, c_eps_root, c_lr = c[5], c[6], c[7], c[8], c[9]
             for i in range(p.shape[0]):
                 pi = p[i]
                 gi = g[i]
@@ -462,7 +467,7 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner")
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner", "cvecs", "sched")
 
 
 _CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
@@ -546,6 +551,7 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
     if kind == "sgd":
         flags = dict(flags, first=bool(flags["mom"] and flags["damp"] and int(plan.count) == 0))
     e.flags = flags
+    e.sched = callable(spec.hp["learning_rate"])
     kernel = numba_kernel(kind, tuple(sorted(flags.items()))) if e.use_numba else None
     # the counters are incremented in place (they are state arrays, donated like the
     # buffers) when that is possible; else a new state is built as before
@@ -566,20 +572,29 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
     e.shapes = [p.shape for p in p_leaves]
     e.strides = [p.strides for p in p_leaves]
     cnames = CONST_ORDER[kind]
-    statics = {}
+    e.cvecs = {}  # dtype -> the kernel's constants (CONST_ORDER); the step-dependent ones filled per step
     e.calls = []
     for li, p in enumerate(p_leaves):
         dt = p.dtype
-        st = statics.get(dt)
-        if st is None:
+        vec = e.cvecs.get(dt)
+        if vec is None:
             sc = _static_consts(spec, plan, dt)
-            st = statics[dt] = tuple(sc.get(k) for k in cnames)
+            vec = e.cvecs[dt] = np.zeros(len(cnames), dt)
+            for i, k in enumerate(cnames):
+                if sc.get(k) is not None:
+                    vec[i] = sc[k]
         views = [p.reshape(-1)] + [bufs[name][li].reshape(-1) if name in bufs else None
                                    for name in order]
         while len(views) < 4:
             views.append(None)
-        e.calls.append((kernel, tuple(views), st, dt))
+        e.calls.append((kernel, tuple(views), vec, dt))
     return e
+
+
+def _xp():
+    import array_api_compat.numpy as xp
+
+    return xp
 
 
 def _forget(key):
@@ -639,29 +654,19 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     if plan.count is not None:
         c0 = int(plan.count)
         t_new = c0 + 1 if c0 < fc._BIG else c0
-    sched = callable(hp["learning_rate"])
-    per_dtype: dict = {}
-    consts = []
-    for (_k, _v, static, dt) in e.calls:  # every constant (and the schedule) before any write
-        cc = per_dtype.get(dt)
-        if cc is None:
-            cc = list(static)
-            if kind in ("adam", "adamw"):
-                cc[5] = _bias_correction(dt, hp["b1"], t_new)
-                cc[6] = _bias_correction(dt, hp["b2"], t_new)
-            if sched:
-                import array_api_compat.numpy as xp
-
-                cc[-1] = _np_scalar(dt, fc.lr_value(hp, xp, plan.sched_count, dt, "cpu"))
-            per_dtype[dt] = cc
-        consts.append(cc)
+    for dt, vec in e.cvecs.items():  # every constant (and the schedule) before any write
+        if kind in ("adam", "adamw"):
+            vec[5] = _bias_correction(dt, hp["b1"], t_new)
+            vec[6] = _bias_correction(dt, hp["b2"], t_new)
+        if e.sched:
+            vec[-1] = _np_scalar(dt, fc.lr_value(hp, _xp(), plan.sched_count, dt, "cpu"))
     if e.use_numba:
-        for (kernel, (pf, b1, b2, b3), _s, _d), g, cc in zip(e.calls, gflat, consts):
-            kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, *cc)
+        for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(e.calls, gflat):
+            kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, vec)
     else:
         cnames = CONST_ORDER[kind]
-        for (_k, (pf, b1, b2, b3), _s, _d), g, cc in zip(e.calls, gflat, consts):
-            c = dict(zip(cnames, cc))
+        for (_k, (pf, b1, b2, b3), vec, _d), g in zip(e.calls, gflat):
+            c = dict(zip(cnames, vec))  # NumPy scalars of the leaf's dtype
             c["first"] = e.flags.get("first", False)
             run_blocked(kind, e.flags, c, pf, g, [b1, b2, b3])
     STATS["numba" if e.use_numba else "numpy"] += len(gflat)
