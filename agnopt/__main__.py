@@ -8,7 +8,9 @@
   ``bench --invariant``: one step of Adam, Shampoo, SOAP and Muon on a
   256 x 256 and a 1024 x 1024 matrix on every installed backend.
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
-  Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``).
+  Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``);
+  ``fitbench --single [--peers]``: one small fit against scipy's (and
+  optimistix's under ``jax.jit``), best times and ratios.
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
   starting point) for ``least_squares``.
 * ``tall-bench``: tall Gauss-Newton on a ``dask.distributed`` LocalCluster.
@@ -25,7 +27,8 @@ import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m agnopt``: one sub-command per tool."""
     parser = argparse.ArgumentParser(prog="python -m agnopt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -46,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
     fb.add_argument("--backend", default="numpy")
+    fb.add_argument("--jac", default=None,
+                    help="'analytic' (closed form for both), or a jac string for agnopt (default: each one's default)")
+    fb.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own; 1 avoids OpenMP overhead on tiny "
+                         "operations on a busy machine)")
+    fb.add_argument("--single", action="store_true",
+                    help="single small fits (curve_fit, least_squares) against scipy's, not the batch")
+    fb.add_argument("--peers", action="store_true",
+                    help="with --single: also optimistix's LM under jax.jit (skipped when absent)")
+    fb.add_argument("--repeats", type=int, default=50, help="with --single: timed calls (best of)")
     bench = sub.add_parser("bench", help="one optimizer step vs the memory roofline, torch.optim and optax")
     bench.add_argument("--sizes", default="1e5,1e7", help="comma-separated N (default 1e5,1e7)")
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -72,6 +85,109 @@ def main(argv: list[str] | None = None) -> int:
                    help="tall Gauss-Newton on a dask.distributed LocalCluster (--help for its options)")
     sub.add_parser("gpucheck", add_help=False,
                    help="the CUDA tests and GPU benchmarks in one run (--help for its options)")
+    return parser
+
+
+def _tour(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``tour``: first order, second order and the beyond-diagonal methods on every backend."""
+    from ._cli.tour import run_tour
+
+    steps = getattr(args, "steps", 1000)
+    if steps < 2:
+        parser.error("--steps must be at least 2")
+    backends = getattr(args, "backends", None)
+    if getattr(args, "plot", None):  # fail before the tour, not after it
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            print("tour --plot needs matplotlib: python -m pip install matplotlib", file=sys.stderr)
+            return 1
+    t0 = time.perf_counter()
+    print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
+    chosen = backends.split(",") if backends else None
+    run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"), backends=chosen)
+    if not getattr(args, "no_second_order", False):
+        from ._cli.tour import run_second_order_tour
+
+        print()
+        run_second_order_tour(backends=chosen)
+    if not getattr(args, "no_invariant", False):
+        from ._cli.tour import run_invariant_tour
+
+        print()
+        run_invariant_tour(backends=chosen)
+    plot_dir = getattr(args, "plot", None)
+    if plot_dir:
+        try:
+            from ._cli.plots import write_plots
+
+            print()
+            print(f"writing plots to {plot_dir}")
+            paths = write_plots(plot_dir)
+        except ImportError as e:
+            print(f"cannot draw plots: {e} (pip install matplotlib)", file=sys.stderr)
+            return 1
+        for p in paths:
+            print(f"  {p}")
+    print(f"tour finished in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _fitbench(args: argparse.Namespace) -> int:
+    """``fitbench``: batched (or ``--single``) fits against scipy."""
+    if args.single:
+        from ._cli.single_fit import run_single_fit_benchmark
+
+        run_single_fit_benchmark(repeats=args.repeats, peers=args.peers)
+        return 0
+    from ._cli.fitbench import run_fit_benchmark
+
+    if args.threads is not None:
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+    run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset,
+                      jac=args.jac)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """``bench``: one optimizer step against the roofline, torch.optim and optax."""
+    if args.invariant:
+        import json
+
+        from ._cli.bench import run_invariant_bench
+
+        rows = run_invariant_bench(sizes=tuple(int(s) for s in args.matrix_sizes.split(",")),
+                                   dtype=args.dtype, repeats=min(args.repeats, 7),
+                                   threads=args.threads)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 0
+    from ._cli.bench import run_bench
+
+    run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,
+              optimizers=tuple(args.optimizers.split(",")), backends=tuple(args.backends.split(",")),
+              tree_leaves=args.tree_leaves, repeats=args.repeats, budget=args.budget,
+              threads=args.threads, second_order=not args.no_second_order, json_path=args.json)
+    return 0
+
+
+def _nist(args: argparse.Namespace) -> int:
+    """``nist``: the NIST StRD table."""
+    from ._cli.nist import main as nist_main
+
+    nist_main(args.method, args.backend, args.scipy)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m agnopt <command>``; returns the exit status."""
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["gpucheck"]:
         from ._cli.gpucheck import main as gpucheck
@@ -84,79 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args = parser.parse_args(argv)
     command = args.command or "tour"
-
     if command == "tour":
-        from ._cli.tour import run_tour
-
-        steps = getattr(args, "steps", 1000)
-        if steps < 2:
-            parser.error("--steps must be at least 2")
-        backends = getattr(args, "backends", None)
-        if getattr(args, "plot", None):  # fail before the tour, not after it
-            import importlib.util
-
-            if importlib.util.find_spec("matplotlib") is None:
-                print("tour --plot needs matplotlib: python -m pip install matplotlib", file=sys.stderr)
-                return 1
-        t0 = time.perf_counter()
-        print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
-        chosen = backends.split(",") if backends else None
-        run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"), backends=chosen)
-        if not getattr(args, "no_second_order", False):
-            from ._cli.tour import run_second_order_tour
-
-            print()
-            run_second_order_tour(backends=chosen)
-        if not getattr(args, "no_invariant", False):
-            from ._cli.tour import run_invariant_tour
-
-            print()
-            run_invariant_tour(backends=chosen)
-        plot_dir = getattr(args, "plot", None)
-        if plot_dir:
-            try:
-                from ._cli.plots import write_plots
-
-                print()
-                print(f"writing plots to {plot_dir}")
-                paths = write_plots(plot_dir)
-            except ImportError as e:
-                print(f"cannot draw plots: {e} (pip install matplotlib)", file=sys.stderr)
-                return 1
-            for p in paths:
-                print(f"  {p}")
-        print(f"tour finished in {time.perf_counter() - t0:.1f} s")
-        return 0
+        return _tour(parser, args)
     if command == "fitbench":
-        from ._cli.fitbench import run_fit_benchmark
-
-        run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset)
-        return 0
+        return _fitbench(args)
     if command == "bench":
-        if args.invariant:
-            import json
-
-            from ._cli.bench import run_invariant_bench
-
-            rows = run_invariant_bench(sizes=tuple(int(s) for s in args.matrix_sizes.split(",")),
-                                       dtype=args.dtype, repeats=min(args.repeats, 7),
-                                       threads=args.threads)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump(rows, f, indent=1)
-            return 0
-        from ._cli.bench import run_bench
-
-        run_bench(sizes=tuple(int(float(s)) for s in args.sizes.split(",")), dtype=args.dtype,
-                  optimizers=tuple(args.optimizers.split(",")), backends=tuple(args.backends.split(",")),
-                  tree_leaves=args.tree_leaves, repeats=args.repeats, budget=args.budget,
-                  threads=args.threads, second_order=not args.no_second_order, json_path=args.json)
-        return 0
+        return _bench(args)
     if command == "nist":
-        from ._cli.nist import main as nist_main
-
-        nist_main(args.method, args.backend, args.scipy)
-        return 0
+        return _nist(args)
     parser.error(f"unknown command {command!r}")
     return 2
 

@@ -225,6 +225,71 @@ def _optax_rows(name, N, dtype, repeats, budget, leaves=1):
     return {"optax jit (donated)": _median_time(run, repeats, budget, warmup=3)}
 
 
+# ------------------------------------------------------------------ per-step overhead
+
+def _best_of(fn: Callable[[], Any], inner: int, rounds: int) -> float:
+    """Best over ``rounds`` of the mean time of ``inner`` calls (a loaded machine only adds time)."""
+    for _ in range(min(inner, 20)):
+        fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def step_overhead(optimizers=("adam", "adamw", "rmsprop", "adagrad", "sgd-momentum"), dtype="float32",
+                  rounds=7, out=print) -> dict:
+    """Python overhead of one step, and a 100-leaf tree against one array of the same size.
+
+    * ``ao.step`` and ``Optimizer.step`` on N = 10 parameters (fast path): the
+      time is all dispatch and checks (goal: under 10 us);
+    * ``ao.step`` on a dict of 100 leaves against one array of the same total
+      size, at 1e5 and 1e7 elements, timed alternately in the same rounds
+      (best of ``rounds``), so load affects both alike (goal at 1e7: 1.3x).
+    """
+    import agnopt as ao
+
+    res: dict = {"N10_us": {}, "tree100": {}}
+    out(f"per-step overhead (best of {rounds} rounds, load average {os.getloadavg()}):")
+    for name in optimizers:
+        opt = _agnopt_opt(name)
+        p = np.ones(10, dtype)
+        g = np.full(10, 1e-3, dtype)
+        box = [p, opt.init(p)]
+
+        def run(box=box, opt=opt, g=g):
+            box[0], box[1] = ao.step(opt, box[0], g, box[1])
+
+        o = ao.Optimizer(_agnopt_opt(name), np.ones(10, dtype))
+        t_step = _best_of(run, 2000, rounds)
+        t_opt = _best_of(functools.partial(o.step, g), 2000, rounds)
+        res["N10_us"][name] = {"ao.step": t_step * 1e6, "Optimizer.step": t_opt * 1e6}
+        out(f"  {name:13s} N=10: ao.step {t_step * 1e6:7.2f} us   Optimizer.step {t_opt * 1e6:7.2f} us")
+    rng = np.random.default_rng(0)
+    for N in (100_000, 10_000_000):
+        opt = _agnopt_opt("adam")
+        flat = rng.standard_normal(N).astype(dtype)
+        tree = {f"l{i:03d}": x.copy() for i, x in enumerate(np.split(flat.copy(), 100))}
+        gflat = (flat * 1e-3).astype(dtype)
+        gtree = {k: (v * 1e-3).astype(dtype) for k, v in tree.items()}
+        bf, bt = [flat, opt.init(flat)], [tree, opt.init(tree)]
+        inner = 50 if N <= 100_000 else 1
+        tf = tt = float("inf")
+        def one(b, g, opt=opt):
+            b[0], b[1] = ao.step(opt, b[0], g, b[1])
+
+        for _ in range(rounds if N <= 100_000 else 3 * rounds):
+            tt = min(tt, _best_of(functools.partial(one, bt, gtree), inner, 1))
+            tf = min(tf, _best_of(functools.partial(one, bf, gflat), inner, 1))
+        res["tree100"][N] = {"array_s": tf, "tree_s": tt, "ratio": tt / tf}
+        out(f"  adam N={N:.0e}: 100-leaf dict {tt * 1e3:8.3f} ms, one array {tf * 1e3:8.3f} ms, "
+            f"ratio {tt / tf:5.2f} ({(tt - tf) / 100 * 1e6:.2f} us per extra leaf)")
+    return res
+
+
 # ------------------------------------------------------------------ second order
 
 def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
@@ -336,6 +401,8 @@ def run_bench(sizes=(100_000, 10_000_000), dtype="float32",
                                              x_roofline=t / rf["t"], x_torch_fused=(t / tf if tf else None),
                                              roofline_t=rf["t"], roofline_method=rf["method"],
                                              roofline_GBps=rf["GBps"]))
+    out("")
+    res["overhead"] = step_overhead(out=out)
     if second_order:
         out("")
         for n in (100, 500):

@@ -165,8 +165,13 @@ def run_fit_benchmark(
         jname = ("closed-form Jacobian for both" if jac == "analytic" else
                  "default Jacobians: agnopt 'cs' (complex step), scipy '2-point'" if jac is None
                  else f"agnopt jac={jac}, scipy '2-point'")
+        threads = ""
+        if backend == "torch":
+            import torch
+
+            threads = f"; torch threads {torch.get_num_threads()}"
         print(f"Batched Gaussian-peak fits: B={B}, m={m}, n=4, backend={backend}, {jname}; "
-              f"load average {load:.2f}")
+              f"load average {load:.2f}{threads}")
         print(f"  agnopt curve_fit(batched=True): {t_batched:.3f} s wall, {c_batched:.3f} s CPU "
               f"({out['n_success']}/{B} converged, nfev mean {out['nfev_mean']:.1f} "
               f"max {out['nfev_max']})")

@@ -133,6 +133,23 @@ def _device_name(name: str, device: Any) -> str:
     return s.replace("TFRT_CPU_0", "cpu")
 
 
+def _float64_backends(backends: list[str] | None):
+    """``available_backends()`` narrowed to ``backends``, JAX switched to float64."""
+    for name, xp, device, sync in available_backends():
+        if backends and name not in backends:
+            continue
+        if name == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)
+        yield name, xp, device, sync
+
+
+def _header(out, header: str) -> None:
+    out(header)
+    out("-" * len(header))
+
+
 def converged(final: float, start: float, minimum: float = 0.0) -> bool:
     """The tour's criterion: ``final - minimum <= CONVERGED_RATIO * (start - minimum)``."""
     return math.isfinite(final) and final - minimum <= CONVERGED_RATIO * (start - minimum)
@@ -159,8 +176,7 @@ def run_tour(steps: int = 1000, dtype: str = "float64", backends: list[str] | No
     out("")
     header = (f"{'backend':17s} {'device':14s} {'optimizer':18s} {'problem':11s} {'conv':>4s} "
               f"{'steps':>6s} {'final loss':>11s} {'first ms':>9s} {'us/step':>9s}")
-    out(header)
-    out("-" * len(header))
+    _header(out, header)
     for name, xp, device, sync in available_backends():
         if backends and name not in backends:
             continue
@@ -251,15 +267,8 @@ def run_second_order_tour(backends: list[str] | None = None, out=print) -> list[
     out("")
     header = (f"{'backend':17s} {'device':14s} {'solver':30s} {'conv':>4s} {'nit':>4s} {'nfev':>5s} "
               f"{'final value':>12s} {'ms':>8s}")
-    out(header)
-    out("-" * len(header))
-    for name, xp, device, sync in available_backends():
-        if backends and name not in backends:
-            continue
-        if name == "jax":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
+    _header(out, header)
+    for name, xp, device, sync in _float64_backends(backends):
         dt = xp.float64
 
         def rosen(x):
@@ -378,15 +387,8 @@ def run_invariant_tour(backends: list[str] | None = None, out=print) -> list[dic
     out("")
     header = (f"{'backend':17s} {'device':14s} {'method':22s} {'conv':>4s} {'steps':>6s} "
               f"{'start':>10s} {'final':>11s} {'ms':>9s}")
-    out(header)
-    out("-" * len(header))
-    for name, xp, device, sync in available_backends():
-        if backends and name not in backends:
-            continue
-        if name == "jax":
-            import jax
-
-            jax.config.update("jax_enable_x64", True)
+    _header(out, header)
+    for name, xp, device, sync in _float64_backends(backends):
         dt = xp.float64
         n_steps = INVARIANT_DASK_STEPS if name == "dask" else INVARIANT_STEPS
         for opt_name, make in INVARIANT_OPTIMIZERS.items():

@@ -36,6 +36,7 @@ __all__ = [
     "resolve_dtype",
     "scalar",
     "device_scope",
+    "native_namespace",
     "tree_device_scope",
     "on_device_of",
 ]
@@ -192,6 +193,37 @@ def scalar(xp: Any, value: Any, dtype: Any, device: Any) -> Any:
             return value if value.dtype == dtype else xp.astype(value, dtype)
         value = float(value)
     return xp.asarray(value, dtype=dtype, device=device)
+
+
+_NATIVE: dict = {}
+
+
+def native_namespace(xp: Any) -> Any:
+    """``xp``, or NumPy's own module where array-api-compat's NumPy wrapper adds nothing.
+
+    NumPy >= 2.1 implements the Array API (2023.12) in its main namespace;
+    array-api-compat's wrapper then only adds a Python call (argument and
+    device checks) around each function, which costs as much as the
+    operation itself on the tiny arrays of a small solve. Algorithms that
+    call the namespace many times per iteration on small arrays (the
+    least-squares engine) may run on the returned namespace: same functions,
+    same results (the NIST and least-squares tests run through it). Every
+    other namespace is returned unchanged.
+    """
+    try:
+        return _NATIVE[xp]
+    except KeyError:
+        pass
+    except TypeError:  # pragma: no cover - unhashable namespace
+        return xp
+    out = xp
+    if array_api_compat.is_numpy_namespace(xp) and namespace_name(xp) == "numpy":
+        np = __import__("numpy")
+        major, minor = (int(v) for v in np.__version__.split(".")[:2])
+        if (major, minor) >= (2, 1):
+            out = np
+    _NATIVE[xp] = out
+    return out
 
 
 def device_scope(device: Any) -> Any:

@@ -84,10 +84,41 @@ def _children(tree: Any) -> tuple[str, Any, tuple, list]:
     return "leaf", None, (), []
 
 
+_NODES = (dict, tuple, list)
+_FLAT_DEFS: dict = {}
+
+
+def _flat_def(tt: type, keys: tuple, n: int) -> TreeDef:
+    """The TreeDef of a dict (sorted ``keys``) or list of ``n`` leaves, shared between calls."""
+    key = (tt, keys, n)
+    td = _FLAT_DEFS.get(key)
+    if td is None:
+        if len(_FLAT_DEFS) > 1024:
+            _FLAT_DEFS.clear()
+        td = _FLAT_DEFS[key] = TreeDef("dict" if tt is dict else "list", tt if tt is dict else None,
+                                       keys, (_LEAF,) * n)
+    return td
+
+
 def tree_flatten(tree: ArrayTree) -> tuple[list[Any], TreeDef]:
     """Return ``(leaves, treedef)``; leaves in a deterministic order."""
     if tree is not None and not isinstance(tree, (dict, tuple, list)):
         return [tree], _LEAF  # one array: the common case, kept cheap
+    tt = type(tree)
+    if tt is dict or tt is list:  # one level of leaves (a dict or list of arrays): no recursion
+        if tt is dict:
+            try:
+                keys = tuple(sorted(tree))
+            except TypeError:
+                keys = tuple(tree)
+            vals = [tree[k] for k in keys]
+        else:
+            keys, vals = (), list(tree)
+        for v in vals:
+            if v is None or isinstance(v, _NODES):
+                break
+        else:
+            return vals, _flat_def(tt, keys, len(vals))
     leaves: list = []
 
     def rec(node: Any) -> TreeDef:
@@ -105,6 +136,9 @@ def tree_flatten(tree: ArrayTree) -> tuple[list[Any], TreeDef]:
 
 def tree_unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
     """Inverse of :func:`tree_flatten`."""
+    if (treedef.kind == "dict" and treedef.node_type is dict and len(leaves) == len(treedef.keys)
+            and _FLAT_DEFS.get((dict, treedef.keys, len(leaves))) is treedef):  # a dict of leaves
+        return dict(zip(treedef.keys, leaves))
     it = iter(leaves)
 
     def rec(td: TreeDef) -> Any:

@@ -63,8 +63,24 @@ def prepare_bounds(xp: Any, bounds: Any, x0: Any) -> tuple[Any, Any]:
     return _as_bound(xp, lb, x0, "lower"), _as_bound(xp, ub, x0, "upper")
 
 
+_EPS_CACHE: dict = {}
+
+
 def _eps_for_method(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
-    """scipy's ``_eps_for_method``: eps of x's dtype, or of f's if f is narrower."""
+    """scipy's ``_eps_for_method``: eps of x's dtype, or of f's if f is narrower
+    (remembered per namespace, dtypes and method: ``finfo`` / ``isdtype`` are
+    slow next to one small Jacobian)."""
+    try:
+        key = (xp, x_dtype, f_dtype, method)
+        return _EPS_CACHE[key]
+    except KeyError:
+        val = _EPS_CACHE[key] = _eps_uncached(xp, x_dtype, f_dtype, method)
+        return val
+    except TypeError:  # pragma: no cover - unhashable dtype objects
+        return _eps_uncached(xp, x_dtype, f_dtype, method)
+
+
+def _eps_uncached(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
     eps = float(xp.finfo(x_dtype).eps)
     try:
         if xp.isdtype(f_dtype, "real floating"):
@@ -84,17 +100,18 @@ def _sign(xp: Any, x0: Any) -> Any:
 
 
 def _absolute_step(
-    xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False
+    xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False,
+    dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
     sign_x0 = _sign(xp, x0)
     default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
     if abs_step is not None:
-        h = _as_step(xp, abs_step, x0, "abs_step")
+        h = _as_step(xp, abs_step, x0, "abs_step", dev)
     elif rel_step is None:
         return default
     else:
-        r = _as_step(xp, rel_step, x0, "rel_step")
+        r = _as_step(xp, rel_step, x0, "rel_step", dev)
         h = r * sign_x0 * xp.abs(x0)
     if cs:
         # the complex step is not added to the real part: only h == 0 is unusable
@@ -103,16 +120,18 @@ def _absolute_step(
     return xp.where(dx == 0, default, h)
 
 
-def _as_step(xp: Any, s: Any, x0: Any, what: str) -> Any:
+def _as_step(xp: Any, s: Any, x0: Any, what: str, dev: Any = None) -> Any:
+    dev = _dev(x0) if dev is None else dev
     if hasattr(s, "shape") and hasattr(s, "dtype"):
         try:
-            arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+            arr = xp.asarray(s, dtype=x0.dtype, device=dev)
         except Exception:
-            arr = xp.asarray(_tolist(s), dtype=x0.dtype, device=_dev(x0))
+            arr = xp.asarray(_tolist(s), dtype=x0.dtype, device=dev)
     elif isinstance(s, (list, tuple)):
-        arr = xp.asarray(s, dtype=x0.dtype, device=_dev(x0))
+        arr = xp.asarray(s, dtype=x0.dtype, device=dev)
     else:
-        arr = xp.asarray(float(s), dtype=x0.dtype, device=_dev(x0))
+        # a number: a 0-d array broadcasts against x0 in the arithmetic
+        return xp.asarray(float(s), dtype=x0.dtype, device=dev)
     try:
         return xp.broadcast_to(arr, x0.shape)
     except Exception as e:
@@ -297,7 +316,6 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
                 "(use batched=True for a batch of problems)"
             )
     dtype = x0.dtype
-    n = x0.shape[-1]
 
     def call(x):
         xx = xp.reshape(x, ()) if scalar_x else x
@@ -322,19 +340,56 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
     lb, ub = prepare_bounds(xp, bounds, x0)
     if bool(xp.any((x0 < lb) | (x0 > ub))):
         raise ValueError("x0 violates bound constraints (bounds)")
+    return _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev)
 
+
+def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp, dev,
+                cache=None):
+    """:func:`approx_derivative` for a caller that has checked its arguments already.
+
+    The least-squares evaluator calls this once per Jacobian: ``x0`` is
+    ``(n,)`` (``(B, n)`` batched) inside the bounds ``lb``, ``ub`` (arrays of
+    ``x0``'s shape, dtype and device; not read for ``"cs"``), ``f0 =
+    fun(x0)`` is an array of shape ``(m,)`` (``(B, m)``), and ``xp``,
+    ``dev`` are ``x0``'s namespace and device. Same arithmetic as
+    :func:`approx_derivative`, without re-resolving the backend, re-building
+    the bounds and re-checking feasibility on every call (per-call
+    overhead that dominates small problems). ``cache``: a dict the caller
+    keeps for one solve (same ``n``, dtype and device), in which the
+    identity and the complex unit are made once.
+    """
+    dtype = x0.dtype
+
+    def call(x):
+        return _call(fun, x, args, kwargs, xp, dtype, dev)
+
+    with device_scope(dev):
+        return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev,
+                        cache)
+
+
+def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev,
+             cache=None):
+    """The steps and the ``n`` difference quotients of :func:`approx_derivative`."""
+    dtype = x0.dtype
+    n = x0.shape[-1]
+    cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs")
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs", dev=dev)
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     elif method == "3-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
-    eye = xp.eye(n, dtype=dtype, device=dev)
+    eye = cache.get("eye")
+    if eye is None:
+        eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
 
     if method == "cs":
-        cdt = _complex_dtype(xp, dtype)
+        if "i1" not in cache:
+            cache["cdt"] = _complex_dtype(xp, dtype)
+            cache["i1"] = xp.asarray(1j, dtype=cache["cdt"], device=dev)
+        cdt, i1 = cache["cdt"], cache["i1"]
         xc = xp.astype(x0, cdt)
-        i1 = xp.asarray(1j, dtype=cdt, device=dev)
 
     cols = []
     for j in range(n):
@@ -370,7 +425,7 @@ def _approx_derivative(fun, x0, method, rel_step, abs_step, f0, bounds, args, kw
                 df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
         else:  # cs
             fc = call(xc + xp.astype(hj, cdt) * i1)
-            if not xp.isdtype(fc.dtype, "complex floating"):
+            if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
                 raise ValueError(
                     "fun returned a real array for complex input, so the complex step "
                     "cannot see the derivative; method='cs' needs fun to be written in "

@@ -27,8 +27,10 @@ array operations:
 ``params`` and of the arrays in ``state``: they are overwritten with the new
 values, and the returned ``params``/``state`` hold the same arrays. Treat the
 ``params`` and ``state`` you passed as consumed (as JAX's buffer donation
-does); ``grads`` are never written. ``update`` and ``apply_updates`` stay
-pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
+does); ``grads`` are never written. On NumPy the step counters are
+incremented in place too, and the very ``state`` object passed is returned
+(and ``params`` itself when it is one array). ``update`` and
+``apply_updates`` stay pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
 runs the generic path there, as it does for user-built chains, read-only or
 non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
 parameters' dtype), and any input the checks would reject (the generic path
@@ -45,6 +47,15 @@ The environment variable ``AGNOPT_FAST`` selects the path: ``0`` the generic
 path everywhere; ``numpy`` the blocked NumPy path even when numba is
 installed; ``numba`` requires numba; unset or ``1`` picks the fastest
 available.
+
+**Per-step overhead.** The NumPy path keeps, per optimizer, what it checked
+at the last step (types, dtypes, layouts and aliasing of the leaves, the
+compiled kernel and its flattened views; ``_Entry`` in
+:mod:`agnopt._kernels.cpu`). When the same parameter leaves and the same
+state come back (what donation produces), only the new gradients, the
+containers inside the state (a dict may have been edited) and the
+parameters' writeable flags are checked again. The entry is dropped with
+the optimizer.
 
 The fast path recognises an optimizer through a small registry: each alias
 registers its ``Transform.update`` function with its hyperparameters and the
@@ -91,6 +102,7 @@ class FastSpec(NamedTuple):
 
 
 _REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
+_LAST: list = [None, None]  # (transform.update, its FastSpec) of the last registered step
 KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
 
 
@@ -107,6 +119,7 @@ def register_fast(transform: Transform, kind: str, layout: tuple, **hp: Any) -> 
     if not isinstance(layout, tuple) or not all(isinstance(s, Slot) for s in layout):
         raise TypeError("register_fast: layout must be a tuple of Slot")
     _REGISTRY[transform.update] = FastSpec(kind, dict(hp), layout)
+    _LAST[:] = [None, None]
     return transform
 
 
@@ -118,14 +131,38 @@ def fast_spec(transform: Any) -> FastSpec | None:
         return None
 
 
+_ENV_DATA = getattr(os.environ, "_data", None)  # CPython's mapping behind os.environ
+try:
+    _ENV_KEY = os.environ.encodekey("AGNOPT_FAST")
+except AttributeError:  # pragma: no cover - not CPython
+    _ENV_DATA = None
+_MODES: dict = {}
+
+
 def fast_mode() -> str:
-    """``"0"`` (generic), ``"numpy"``, ``"numba"`` or ``"auto"``, from ``AGNOPT_FAST``."""
-    v = os.environ.get("AGNOPT_FAST", "")
+    """``"0"`` (generic), ``"numpy"``, ``"numba"`` or ``"auto"``, from ``AGNOPT_FAST``.
+
+    Read at every call (tests and benchmarks change it at run time), through
+    the mapping ``os.environ`` keeps (a dictionary look-up, not a decode).
+    """
+    if _ENV_DATA is not None:
+        raw = _ENV_DATA.get(_ENV_KEY)
+        hit = _MODES.get(raw)
+        if hit is not None:
+            return hit
+        v = "" if raw is None else os.environ.decodevalue(raw)
+    else:  # pragma: no cover
+        raw = None
+        v = os.environ.get("AGNOPT_FAST", "")
     if v in ("", "1", "auto"):
-        return "auto"
-    if v in ("0", "numpy", "numba"):
-        return v
-    raise ValueError(f"AGNOPT_FAST must be 0, 1, numpy or numba, got {v!r}")
+        mode = "auto"
+    elif v in ("0", "numpy", "numba"):
+        mode = v
+    else:
+        raise ValueError(f"AGNOPT_FAST must be 0, 1, numpy or numba, got {v!r}")
+    if _ENV_DATA is not None:
+        _MODES[raw] = mode
+    return mode
 
 
 def _generic(transform, params, grads, state):
@@ -177,7 +214,12 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
     lazy (their graph is computed within the step). ``update`` and
     ``apply_updates`` stay lazy (persist their results yourself in a loop).
     """
-    spec = _REGISTRY.get(getattr(transform, "update", None)) if callable(getattr(transform, "update", None)) else None
+    update = getattr(transform, "update", None)
+    if update is _LAST[0]:  # the same optimizer as the last call: skip the weak-dict look-up
+        spec = _LAST[1]
+    else:
+        spec = _REGISTRY.get(update) if callable(update) else None
+        _LAST[:] = [update, spec] if spec is not None else [None, None]
     if spec is not None:
         mode = fast_mode()
         if mode != "0":
@@ -188,7 +230,7 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
                 if which == "numpy":
                     from .._kernels.cpu import try_step
 
-                    res = try_step(spec, params, p_leaves, td, grads, state, mode)
+                    res = try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
                 elif which == "torch":
                     from .._kernels.torch_kernel import try_step as torch_try_step
 

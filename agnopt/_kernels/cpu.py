@@ -22,13 +22,15 @@ vectorise divisions and square roots).
 from __future__ import annotations
 
 import functools
+import operator
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
 
 from . import common as fc
-from .._core.tree import tree_flatten, tree_unflatten
+from .._core.tree import _LEAF, tree_flatten, tree_unflatten
 
 BLOCK = 1 << 16  # elements per block (256 KiB per float32 stream): fewer ufunc calls, blocks stay in L2/L3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -272,7 +274,8 @@ def numba_kernel(kind: str, flag_items: tuple):
     if kind == "sgd":
         wd, mom, damp, nesterov, first = f["wd"], f["mom"], f["damp"], f["nesterov"], f["first"]
 
-        def k(p, g, b, _b2, _b3, c_wd, c_mu, c_omd, c_lr):
+        def k(p, g, b, _b2, _b3, c):
+            c_wd, c_mu, c_omd, c_lr = c[0], c[1], c[2], c[3]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -296,14 +299,16 @@ def numba_kernel(kind: str, flag_items: tuple):
 
     elif kind == "sign_sgd":
 
-        def k(p, g, _b1, _b2, _b3, c_lr):
+        def k(p, g, _b1, _b2, _b3, c):
+            c_lr = c[0]
             for i in range(p.shape[0]):
                 p[i] = p[i] + c_lr * np.sign(g[i])
 
     elif kind == "adagrad":
         wd, eps_in_sqrt = f["wd"], f["eps_in_sqrt"]
 
-        def k(p, g, acc, _b2, _b3, c_wd, c_eps, c_lr):
+        def k(p, g, acc, _b2, _b3, c):
+            c_wd, c_eps, c_lr = c[0], c[1], c[2]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -320,7 +325,8 @@ def numba_kernel(kind: str, flag_items: tuple):
         wd, centered, mom, nesterov, eps_in_sqrt = (
             f["wd"], f["centered"], f["mom"], f["nesterov"], f["eps_in_sqrt"])
 
-        def k(p, g, mu, nu, tr, c_wd, c_decay, c_omd, c_eps, c_mom, c_lr):
+        def k(p, g, mu, nu, tr, c):
+            c_wd, c_decay, c_omd, c_eps, c_mom, c_lr = c[0], c[1], c[2], c[3], c[4], c[5]
             for i in range(p.shape[0]):
                 gi = g[i]
                 if wd:
@@ -352,8 +358,9 @@ def numba_kernel(kind: str, flag_items: tuple):
     else:  # adam / adamw
         amsgrad, wd_mode = f["amsgrad"], f["wd_mode"]
 
-        def k(p, g, mu, nu, vmax, c_wd, c_b1, c_omb1, c_b2, c_omb2, c_bc1, c_bc2, c_eps,
-              c_eps_root, c_lr):
+        def k(p, g, mu, nu, vmax, c):
+            c_wd, c_b1, c_omb1, c_b2, c_omb2 = c[0], c[1], c[2], c[3], c[4]
+            c_bc1, c_bc2, c_eps, c_eps_root, c_lr = c[5], c[6], c[7], c[8], c[9]
             for i in range(p.shape[0]):
                 pi = p[i]
                 gi = g[i]
@@ -426,12 +433,72 @@ def _next_count(c):
 
 STATS = {"numba": 0, "numpy": 0}  # leaves updated by each path (for tests)
 
+# ---- bias corrections: a table per (dtype, beta), computed by the generic expression
+_BC_CHUNK = 1024
+_BC: dict = {}
 
-def try_step(spec, params, p_leaves, td, grads, state, mode):
-    """The fast step on NumPy arrays, or None when the generic path must run."""
-    g_leaves, gtd = tree_flatten(grads)
-    if gtd != td:
-        return None
+
+def _bias_correction(dt, beta, t: int):
+    """``1 - beta ** t`` in ``dt``: the generic path's ``1.0 - beta ** xp.astype(count, dt)``.
+
+    Evaluated by the same ufunc on a block of ``_BC_CHUNK`` consecutive counts
+    (an elementwise loop: each element rounds as the 0-d expression does; the
+    equality is tested in tests/test_fast_paths.py) and looked up afterwards.
+    """
+    key = (dt, beta, t // _BC_CHUNK)
+    tab = _BC.get(key)
+    if tab is None:
+        if len(_BC) > 512:
+            _BC.clear()
+        start = (t // _BC_CHUNK) * _BC_CHUNK
+        ts = np.arange(start, start + _BC_CHUNK, dtype=np.int64)
+        ts = np.minimum(ts, fc._BIG).astype(np.int32).astype(dt)
+        tab = _BC[key] = 1.0 - beta ** ts
+    return tab[t % _BC_CHUNK]
+
+
+class _Entry:
+    """What a fast step on one registered optimizer checked and built last time.
+
+    With buffer donation the same ``params`` leaves and the same ``state`` come
+    back at the next step (the step counters are incremented in place, so the
+    state tuple itself is returned): the checks of their types, dtypes,
+    layouts and aliasing, the kernel, the flattened views and the
+    step-independent constants are kept here and reused while they do.
+    """
+
+    __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner", "cvecs", "sched")
+
+
+_CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
+_is = operator.is_
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(map(_is, a, b))
+
+
+def _hit(e, spec, p_leaves, td, state, mode) -> bool:
+    if e.spec is not spec or e.state is not state or e.mode != mode or e.td != td:
+        return False
+    if not _same(p_leaves, e.p_leaves):
+        return False
+    for cont, leaves, ctd in e.containers:  # dicts/lists inside the state may have been edited
+        lv, t = tree_flatten(cont)
+        if t != ctd or not _same(lv, leaves):
+            return False
+    for p in p_leaves:  # a parameter may have been made read-only since
+        if not p.flags.writeable:
+            return False
+    if e.spec.kind == "sgd" and e.flags["mom"] and e.flags["damp"]:
+        if (int(e.plan.count) == 0) != e.flags["first"]:
+            return False
+    return True
+
+
+def _prepare(spec, p_leaves, td, g_leaves, state, mode):
+    """Check params and state for the fast path; an :class:`_Entry`, or None (generic path)."""
     nd = np.ndarray
     for p, g in zip(p_leaves, g_leaves):
         dt = p.dtype
@@ -442,6 +509,8 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
         if not (fl.c_contiguous and fl.writeable):
             return None
     n = len(p_leaves)
+    if len(set(map(id, p_leaves))) != n:  # one array twice in params: not updatable in place
+        return None
     plan = fc.read_state(spec, state, td, n)
     if plan is None:
         return None
@@ -455,63 +524,163 @@ def try_step(spec, params, p_leaves, td, grads, state, mode):
         lv = plan.bufs.get(name)
         if lv is None:
             continue
-        for b, p, g in zip(lv, p_leaves, g_leaves):
-            if type(b) is not nd or b.dtype is not p.dtype or b.shape != p.shape or b is p or b is g:
+        for b, p in zip(lv, p_leaves):
+            if type(b) is not nd or b.dtype is not p.dtype or b.shape != p.shape or b is p:
                 return None
             fl = b.flags
             if not (fl.c_contiguous and fl.writeable):
                 return None
         bufs[name] = lv
+    replaced = False
     if "vmax" in bufs:  # init() returns nu_max is nu: the first step needs its own buffer
-        bufs["vmax"] = [v.copy() if v is m or np.may_share_memory(v, m) else v
-                        for v, m in zip(bufs["vmax"], bufs["nu"])]
+        vm = [v.copy() if v is m or np.may_share_memory(v, m) else v
+              for v, m in zip(bufs["vmax"], bufs["nu"])]
+        replaced = not _same(vm, bufs["vmax"])
+        bufs["vmax"] = vm
     names = list(bufs)
     for i, a in enumerate(names):  # no two state buffers may be the same array
         for b in names[:i]:
             if any(x is y for x, y in zip(bufs[a], bufs[b])):
                 return None
-
     if mode == "numba" and not HAVE_NUMBA:
         raise ImportError("AGNOPT_FAST=numba but numba is not installed (pip install agnopt[numba])")
-    use_numba = HAVE_NUMBA and mode != "numpy"
-
-    new_count = None if plan.count is None else _next_count(plan.count)
-    new_sched = None if plan.sched_count is None else _next_count(plan.sched_count)
+    e = _Entry()
+    e.spec, e.mode, e.td, e.state, e.plan = spec, mode, td, state, plan
+    e.p_leaves = list(p_leaves)
+    e.use_numba = HAVE_NUMBA and mode != "numpy"
     flags = plan.flags
     if kind == "sgd":
         flags = dict(flags, first=bool(flags["mom"] and flags["damp"] and int(plan.count) == 0))
-    fkey = tuple(sorted(flags.items()))
-    per_dtype: dict = {}
+    e.flags = flags
+    e.sched = callable(spec.hp["learning_rate"])
+    kernel = numba_kernel(kind, tuple(sorted(flags.items()))) if e.use_numba else None
+    # the counters are incremented in place (they are state arrays, donated like the
+    # buffers) when that is possible; else a new state is built as before
+    cnts = [c for c in (plan.count, plan.sched_count) if c is not None]
+    in_place = (not replaced and len(set(map(id, cnts))) == len(cnts)
+                and all(c.flags.writeable for c in cnts))
+    e.counts = cnts if in_place else None
+    e.containers = []
+    for sub, slot in zip(state, spec.layout):
+        for name, field in slot.fields:
+            v = getattr(sub, field)
+            if name not in ("count", "sched_count") and v is not None and type(v) is not nd:
+                lv, t = tree_flatten(v)
+                e.containers.append((v, lv, t))
+    e.bufs = bufs
+    e.buf_ids = frozenset(map(id, [b for lv in bufs.values() for b in lv] + e.p_leaves))
+    e.dts = [p.dtype for p in p_leaves]
+    e.shapes = [p.shape for p in p_leaves]
+    e.strides = [p.strides for p in p_leaves]
     cnames = CONST_ORDER[kind]
-    for li in range(n):
-        p = p_leaves[li]
-        g = g_leaves[li]
+    e.cvecs = {}  # dtype -> the kernel's constants (CONST_ORDER); the step-dependent ones filled per step
+    e.calls = []
+    for li, p in enumerate(p_leaves):
         dt = p.dtype
-        cc = per_dtype.get(dt)
-        if cc is None:
-            cc = dict(_static_consts(spec, plan, dt))
-            if kind in ("adam", "adamw"):
-                t = new_count.astype(dt)
-                cc["bc1"] = (1.0 - spec.hp["b1"] ** t)[()]
-                cc["bc2"] = (1.0 - spec.hp["b2"] ** t)[()]
-            if "neg_lr" not in cc:
-                import array_api_compat.numpy as xp
+        vec = e.cvecs.get(dt)
+        if vec is None:
+            sc = _static_consts(spec, plan, dt)
+            vec = e.cvecs[dt] = np.zeros(len(cnames), dt)
+            for i, k in enumerate(cnames):
+                if sc.get(k) is not None:
+                    vec[i] = sc[k]
+        views = [p.reshape(-1)] + [bufs[name][li].reshape(-1) if name in bufs else None
+                                   for name in order]
+        while len(views) < 4:
+            views.append(None)
+        e.calls.append((kernel, tuple(views), vec, dt))
+    return e
 
-                cc["neg_lr"] = _np_scalar(dt, fc.lr_value(spec.hp, xp, plan.sched_count, dt, "cpu"))
-            cc["first"] = flags.get("first", False)
-            per_dtype[dt] = cc
-        pf = p.reshape(-1)
-        gf = g.reshape(-1)
-        bf = [bufs[name][li].reshape(-1) if name in bufs else None for name in order]
-        if use_numba:
-            args = [gf if b is None else b for b in bf]
-            while len(args) < 3:
-                args.append(gf)
-            numba_kernel(kind, fkey)(pf, gf, *args, *[cc[k] for k in cnames])
-        else:
-            while len(bf) < 3:
-                bf.append(None)
-            run_blocked(kind, flags, cc, pf, gf, bf)
-    STATS["numba" if use_numba else "numpy"] += n
-    st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
-    return tree_unflatten(td, p_leaves), st
+
+def _xp():
+    import array_api_compat.numpy as xp
+
+    return xp
+
+
+def _forget(key):
+    return lambda _ref: _CACHE.pop(key, None)
+
+
+def try_step(spec, params, p_leaves, td, grads, state, mode, owner=None):
+    """The fast step on NumPy arrays, or None when the generic path must run.
+
+    ``owner`` (the registered ``transform.update``) keys the cache: its entry
+    (which holds the last state and parameters stepped) is dropped when the
+    optimizer is garbage-collected, so the cache never outlives the optimizer.
+    """
+    nd = np.ndarray
+    if type(grads) is nd:  # one array: nothing to flatten
+        g_leaves, gtd = [grads], _LEAF
+    else:
+        g_leaves, gtd = tree_flatten(grads)
+    if gtd != td:
+        return None
+    key = id(spec) if owner is None else id(owner)
+    e = _CACHE.get(key)
+    if e is None or not _hit(e, spec, p_leaves, td, state, mode):
+        e = _prepare(spec, p_leaves, td, g_leaves, state, mode)
+        if e is None:
+            _CACHE.pop(key, None)
+            return None
+        if len(_CACHE) > 64:
+            _CACHE.clear()
+        if owner is not None:
+            try:
+                e.owner = weakref.ref(owner, _forget(key))
+            except TypeError:  # not weak-referenceable: no cache
+                return _run(e, spec, params, p_leaves, td, g_leaves, state, None)
+        _CACHE[key] = e
+    return _run(e, spec, params, p_leaves, td, g_leaves, state, key)
+
+
+def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
+    """Check the grads, compute the constants, run the kernel per leaf; (params, state) or None."""
+    nd = np.ndarray
+    # the grads are new at every step: check each against its parameter
+    gflat = []
+    buf_ids = e.buf_ids
+    for g, dt, shape, strides in zip(g_leaves, e.dts, e.shapes, e.strides):
+        if type(g) is not nd or g.dtype is not dt or g.shape != shape:
+            return None
+        if g.strides != strides and not g.flags.c_contiguous:
+            return None
+        if id(g) in buf_ids:  # a gradient that is a parameter or a state buffer
+            return None
+        gflat.append(g if g.ndim == 1 else g.reshape(-1))
+    plan = e.plan
+    kind = spec.kind
+    hp = spec.hp
+    t_new = None
+    if plan.count is not None:
+        c0 = int(plan.count)
+        t_new = c0 + 1 if c0 < fc._BIG else c0
+    for dt, vec in e.cvecs.items():  # every constant (and the schedule) before any write
+        if kind in ("adam", "adamw"):
+            vec[5] = _bias_correction(dt, hp["b1"], t_new)
+            vec[6] = _bias_correction(dt, hp["b2"], t_new)
+        if e.sched:
+            vec[-1] = _np_scalar(dt, fc.lr_value(hp, _xp(), plan.sched_count, dt, "cpu"))
+    if e.use_numba:
+        for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(e.calls, gflat):
+            kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, vec)
+    else:
+        cnames = CONST_ORDER[kind]
+        for (_k, (pf, b1, b2, b3), vec, _d), g in zip(e.calls, gflat):
+            c = dict(zip(cnames, vec))  # NumPy scalars of the leaf's dtype
+            c["first"] = e.flags.get("first", False)
+            run_blocked(kind, e.flags, c, pf, g, [b1, b2, b3])
+    STATS["numba" if e.use_numba else "numpy"] += len(gflat)
+    new_params = params if type(params) is nd else tree_unflatten(td, p_leaves)
+    if e.counts is not None:
+        for c in e.counts:
+            c0 = int(c)
+            if c0 < fc._BIG:
+                c[()] = c0 + 1
+        if kind == "sgd" and e.flags["first"]:
+            _CACHE.pop(key, None)  # the next step has another kernel (first is a static flag)
+        return new_params, state
+    _CACHE.pop(key, None)  # a new state object: the next step checks it again
+    new_count = None if plan.count is None else _next_count(plan.count)
+    new_sched = None if plan.sched_count is None else _next_count(plan.sched_count)
+    return new_params, fc.new_state(plan, new_count, new_sched, e.bufs, spec.layout)

@@ -88,3 +88,18 @@ def to_namespace(xp: Any, a: Any, dtype: Any, dev: Any) -> Any:
     except (TypeError, ValueError, RuntimeError, BufferError, AttributeError):
         b = xp.asarray(a.tolist(), device=dev)
     return xp.astype(b, dtype) if b.dtype != dtype else b
+
+
+_EPS: dict = {}
+
+
+def machine_eps(xp: Any, dtype: Any) -> float:
+    """``finfo(dtype).eps`` as a Python float, remembered per namespace and dtype
+    (``finfo`` costs as much as several small array operations)."""
+    try:
+        return _EPS[(xp, dtype)]
+    except KeyError:
+        val = _EPS[(xp, dtype)] = float(xp.finfo(dtype).eps)
+        return val
+    except TypeError:  # pragma: no cover - unhashable dtype objects
+        return float(xp.finfo(dtype).eps)

@@ -6,7 +6,7 @@ of ``curve_fit`` (:mod:`.covariance`). Shapes: ``A`` (k, n, n), vectors (k, n).
 
 from __future__ import annotations
 
-from .arrays import device
+from .arrays import device, machine_eps
 
 # factored entry by entry (scalar recurrences on (k,) vectors) for n <= this
 ENTRYWISE_N = 6
@@ -38,7 +38,7 @@ def chol_inv(xp, A):
     k, n, _ = A.shape
     if n <= ENTRYWISE_N:
         return chol_inv_entries(xp, A)
-    eps = float(xp.finfo(A.dtype).eps)
+    eps = machine_eps(xp, A.dtype)
     dev = device(A)
     eye = xp.eye(n, dtype=A.dtype, device=dev)
     cols, diag = [], []
@@ -51,7 +51,7 @@ def chol_inv(xp, A):
         d = v[:, j]
         okj = d > eps * A[:, j, j]
         ok = okj if ok is None else ok & okj
-        sj = xp.sqrt(xp.where(okj, d, xp.ones_like(d)))
+        sj = xp.sqrt(xp.where(okj, d, 1.0))
         mask = xp.sum(eye[:, j:], axis=-1)  # rows >= j
         cols.append((v / sj[:, None]) * mask)
         diag.append(sj)
@@ -74,8 +74,10 @@ def chol_inv_entries(xp, A):
     Cholesky-Banachiewicz recurrence and forward substitution.
     """
     k, n, _ = A.shape
-    eps = float(xp.finfo(A.dtype).eps)
-    a = [[A[:, i, j] for j in range(n)] for i in range(n)]
+    eps = machine_eps(xp, A.dtype)
+    # the lower triangle only (A is symmetric): n (n + 1) / 2 column reads
+    a = [[A[:, i, j] for j in range(i + 1)] for i in range(n)]
+    one = None
     L = [[None] * n for _ in range(n)]
     ok = None
     for j in range(n):
@@ -84,7 +86,8 @@ def chol_inv_entries(xp, A):
             d = d - L[j][t] * L[j][t]
         okj = d > eps * a[j][j]
         ok = okj if ok is None else ok & okj
-        ljj = xp.sqrt(xp.where(okj, d, xp.ones_like(d)))
+        one = xp.ones_like(d) if one is None else one
+        ljj = xp.sqrt(xp.where(okj, d, one))
         L[j][j] = ljj
         inv = 1.0 / ljj
         for i in range(j + 1, n):
@@ -102,10 +105,10 @@ def chol_inv_entries(xp, A):
             for t in range(j + 1, i):
                 v = v + L[i][t] * Li[t][j]
             Li[i][j] = -v * dinv
-    zero = xp.zeros_like(a[0][0])
-    rows = [xp.stack([Li[i][j] if j <= i else zero for j in range(n)], axis=-1)
-            for i in range(n)]
-    return xp.stack(rows, axis=1), ok
+    zero = xp.zeros_like(one)
+    # one stack of the n * n entries (row-major), not one per row
+    flat = [Li[i][j] if j <= i else zero for i in range(n) for j in range(n)]
+    return xp.reshape(xp.stack(flat, axis=-1), (k, n, n)), ok
 
 
 def chol_solve(xp, Linv, b):

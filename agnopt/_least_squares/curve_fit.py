@@ -353,8 +353,8 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     # Complex arithmetic with zero imaginary parts gives the same real values,
     # so this changes nothing but the cost.
     def _real_where_possible(p, cols):
-        if not xp.isdtype(p.dtype, "complex floating"):
-            return cols
+        if p.dtype == dtype or not xp.isdtype(p.dtype, "complex floating"):
+            return cols  # real parameters (the common case: no isdtype call)
         im = xp.imag(p)
         nz = xp.any(im != 0, axis=0) if batched else im != 0
         if lazy.is_dask(nz):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .arrays import device
+from .arrays import device, machine_eps
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
@@ -110,17 +110,15 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
             st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
                 st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
         # -- inner loop of lmder: LM parameter and step, trial point
-        ones_k, zeros_k = xp.ones_like(st.fnorm), xp.zeros_like(st.fnorm)
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
-        p = xp.where(st.free, z / st.D, xp.zeros_like(z))
+        p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
         accel = None
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
         tr, st = trial_point(xp, ev, st, p, accel, par)
-        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, ones_k,
-                                                                 zeros_k)
-        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, ones_k)
+        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
+        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
         st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
         st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
                             max_nfev)
@@ -158,12 +156,12 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
         njev = njev + xp.astype(lin.bad, xp.int64)
-        info = xp.where(lin.bad, xp.full_like(info, _NONFINITE_JAC), info)
+        info = xp.where(lin.bad, _NONFINITE_JAC, info)
         active = active & ~lin.bad
     njev = njev + xp.astype(nj, xp.int64)
     free_n = ev.free_mask(st.X, lin.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
-    cn = xp.where(free, lin.cn, xp.zeros_like(st.X))
+    cn = xp.where(free, lin.cn, 0.0) if ev.bounded else lin.cn  # free: all true unbounded
     # the Jacobian of these problems is now current (a problem that stops here on
     # gtol must not have it evaluated again for the result)
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
@@ -178,11 +176,13 @@ def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
     where ``x0 = 0``). ``cn`` (k, n): column norms (zero for frozen ones)."""
     D = st.D
     if jac_scale:
-        D0 = xp.where(cn == 0, xp.ones_like(cn), cn)
+        D0 = xp.where(cn == 0, 1.0, cn)
         D = xp.where((st.first & nj)[:, None], D0, D)
-    xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
-    d0 = xp.where(xn0 == 0, xp.full_like(xn0, FACTOR), FACTOR * xn0)
     init = st.first & nj & (st.delta == 0)
+    if not bool(xp.any(init)):  # no first Jacobian here: radius and ||D x|| stay
+        return st._replace(D=D)
+    xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
+    d0 = xp.where(xn0 == 0, float(FACTOR), FACTOR * xn0)
     return st._replace(D=D, xnorm=xp.where(init, xn0, st.xnorm),
                        delta=xp.where(init, d0, st.delta))
 
@@ -193,17 +193,13 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     ``gnorm`` is the largest ``|cos|`` between a column of ``J`` and ``f``
     (0 when ``f = 0``); ``gnorm <= gtol`` stops the problem (info 4).
     """
-    k = st.fnorm.shape[0]
-    dev = device(st.fnorm)
-    ones_k = xp.ones((k,), dtype=st.fnorm.dtype, device=dev)
-    zeros_k = xp.zeros((k,), dtype=st.fnorm.dtype, device=dev)
-    cn_safe = xp.where(cn == 0, xp.ones_like(cn), cn)
-    fn_safe = xp.where(st.fnorm == 0, ones_k, st.fnorm)
-    cosv = xp.where(cn == 0, xp.zeros_like(cn), xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
-    gn_new = xp.where(st.fnorm == 0, zeros_k, xp.max(cosv, axis=-1))
+    cn_safe = xp.where(cn == 0, 1.0, cn)
+    fn_safe = xp.where(st.fnorm == 0, 1.0, st.fnorm)
+    cosv = xp.where(cn == 0, 0.0, xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
+    gn_new = xp.where(st.fnorm == 0, 0.0, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
-    info = xp.where(conv_g, xp.full_like(st.info, _GTOL), st.info)
+    info = xp.where(conv_g, _GTOL, st.info)
     D = st.D
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
@@ -233,13 +229,13 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
-    rvv = xp.where(xp.isfinite(rvv), rvv, xp.zeros_like(rvv))
+    rvv = xp.where(xp.isfinite(rvv), rvv, 0.0)
     hv = xp.matmul(rvv[:, None, :], J)[:, 0, :] / D  # Js^T r_vv
-    hv = xp.where(free, hv, xp.zeros_like(hv))
+    hv = xp.where(free, hv, 0.0)
     az = -route.solve(hv, par)
-    a = xp.where(free, az / D, xp.zeros_like(az))
+    a = xp.where(free, az / D, 0.0)
     vn = xp.linalg.vector_norm(z, axis=-1)
-    an = xp.linalg.vector_norm(xp.where(free, az, xp.zeros_like(az)), axis=-1)
+    an = xp.linalg.vector_norm(xp.where(free, az, 0.0), axis=-1)
     accel = eligible & (2.0 * an <= ACC_ALPHA * vn) & xp.all(xp.isfinite(a), axis=-1)
     return xp.where(accel[:, None], p - 0.5 * a, p), accel, st
 
@@ -257,18 +253,17 @@ def trial_point(xp, ev, st: LMState, p, accel, par):
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
     projected = xp.any(p != p_unc, axis=-1) if ev.bounded else None
-    clipped = projected if ev.bounded else xp.zeros_like(st.active)
+    clipped = projected  # the step differs from the LM step: projected or accelerated
     if accel is not None:
-        clipped = clipped | accel
+        clipped = accel if clipped is None else clipped | accel
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     Ft, fnorm1 = ev.trial(Xt)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
-    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped if (ev.bounded or accel is not None)
-                 else None, projected), st
+    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped, projected), st
 
 
-def reductions(xp, st: LMState, tr: Trial, route, ones_k, zeros_k):
+def reductions(xp, st: LMState, tr: Trial, route):
     """MINPACK's relative reductions, with respect to ``||f||^2``.
 
     ``actred = 1 - (||f(x+p)|| / ||f||)^2`` (-1 when the trial residuals are
@@ -282,8 +277,8 @@ def reductions(xp, st: LMState, tr: Trial, route, ones_k, zeros_k):
     fnorm, par = st.fnorm, st.par
     finite = xp.isfinite(tr.fnorm1)
     fn1s = xp.where(finite, tr.fnorm1, fnorm * 1e10 + 1.0)
-    fn_safe = xp.where(fnorm == 0, ones_k, fnorm)
-    actred = xp.where(finite & (0.1 * fn1s < fnorm), 1.0 - (fn1s / fn_safe) ** 2, -ones_k)
+    fn_safe = xp.where(fnorm == 0, 1.0, fnorm)
+    actred = xp.where(finite & (0.1 * fn1s < fnorm), 1.0 - (fn1s / fn_safe) ** 2, -1.0)
     t1 = xp.sqrt(route.jp_norm2(tr.p)) / fn_safe
     t2 = xp.sqrt(par) * tr.pnorm / fn_safe
     prered = t1 * t1 + 2.0 * t2 * t2
@@ -292,17 +287,16 @@ def reductions(xp, st: LMState, tr: Trial, route, ones_k, zeros_k):
         fJp = xp.sum(st.g * tr.p, axis=-1) / (fn_safe * fn_safe)  # f . Jp = (J^T f) . p
         prered = xp.where(tr.clipped, -(2.0 * fJp + t1 * t1), prered)
         dirder = xp.where(tr.clipped, fJp, dirder)
-    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, ones_k), zeros_k)
+    ratio = xp.where(prered != 0, actred / xp.where(prered != 0, prered, 1.0), 0.0)
     if tr.projected is not None:
         # a step the bounds cut short that did not lower the cost is a bad step,
         # whatever the sign of its model reduction (two negative reductions would
         # give a "good" ratio, keep the radius and repeat the same trial forever)
-        ratio = xp.where(tr.projected & ~(actred > 0), -ones_k, ratio)
+        ratio = xp.where(tr.projected & ~(actred > 0), -1.0, ratio)
     return actred, prered, dirder, ratio, fn1s, finite
 
 
-def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite,
-                  ones_k):
+def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finite):
     """MINPACK's radius and LM-parameter update.
 
     ``ratio <= 0.25``: ``Delta = temp * min(Delta, ||D p|| / 0.1)``, ``par /= temp``
@@ -314,9 +308,8 @@ def update_radius(xp, st: LMState, tr: Trial, actred, dirder, ratio, fn1s, finit
     fnorm, par, delta, pnorm = st.fnorm, st.par, st.delta, tr.pnorm
     small = ratio <= 0.25
     den = dirder + 0.5 * actred
-    temp = xp.where(actred >= 0, 0.5 * ones_k,
-                    0.5 * dirder / xp.where(den == 0, ones_k, den))
-    temp = xp.where((0.1 * fn1s >= fnorm) | (temp < 0.1) | ~finite, 0.1 * ones_k, temp)
+    temp = xp.where(actred >= 0, 0.5, 0.5 * dirder / xp.where(den == 0, 1.0, den))
+    temp = xp.where((0.1 * fn1s >= fnorm) | (temp < 0.1) | ~finite, 0.1, temp)
     big = ~small & ((par == 0) | (ratio >= 0.75))
     delta_n = xp.where(small, temp * xp.minimum(delta, pnorm / 0.1),
                        xp.where(big, pnorm / 0.5, delta))
@@ -362,26 +355,28 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     A step bound that collapsed on a non-finite trial point gives -4.
     """
     info, delta, xnorm = st.info, st.delta, st.xnorm
-    eps = float(xp.finfo(delta.dtype).eps)
+    eps = machine_eps(xp, delta.dtype)
+    i64 = info.dtype
     # the relative-reduction tests only judge full (Gauss-Newton) steps: a step
     # the trust radius cut short (``limited``, par > 0) says nothing about the
     # reduction still possible (issue 11: a*t fitted to 1e9*t from a = 1)
-    ft = (xp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1.0) & ~limited
+    aa = xp.abs(actred)
+    full = (0.5 * ratio <= 1.0) & ~limited
+    ft = (aa <= ftol) & (prered <= ftol) & full
     xt = delta <= xtol * xnorm
-    new = xp.where(ft, xp.full_like(info, _FTOL), xp.zeros_like(info))
-    new = xp.where(xt, xp.full_like(info, _XTOL), new)
-    new = xp.where(ft & xt, xp.full_like(info, _FTOL_XTOL), new)
-    mach = xp.zeros_like(info)
-    mach = xp.where(st.nfev >= max_nfev, xp.full_like(info, _MAX_NFEV), mach)
-    mach = xp.where((xp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1.0) & ~limited,
-                    xp.full_like(info, _FTOL_MACHINE), mach)
-    mach = xp.where(delta <= eps * xnorm, xp.full_like(info, _XTOL_MACHINE), mach)
-    mach = xp.where(st.gnorm <= eps, xp.full_like(info, _GTOL_MACHINE), mach)
+    # info 1 (ftol), 2 (xtol), 3 (both) = ft + 2 xt (MINPACK's numbering), as
+    # integer arithmetic instead of a chain of ``where`` over constant arrays
+    new = xp.astype(ft, i64) + 2 * xp.astype(xt, i64)
+    # 5 (max_nfev) < 6 < 7 < 8 (the tests at machine precision): MINPACK checks
+    # them in this order and the last one that holds wins, i.e. the largest code
+    mach = _MAX_NFEV * xp.astype(st.nfev >= max_nfev, i64)
+    mach = xp.maximum(mach, _FTOL_MACHINE * xp.astype((aa <= eps) & (prered <= eps) & full, i64))
+    mach = xp.maximum(mach, _XTOL_MACHINE * xp.astype(delta <= eps * xnorm, i64))
+    mach = xp.maximum(mach, _GTOL_MACHINE * xp.astype(st.gnorm <= eps, i64))
     new = xp.where(new == _RUNNING, mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
-    collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL)
-                           | (new == _XTOL_MACHINE))
-    new = xp.where(collapsed, xp.full_like(info, _NONFINITE_TRIAL), new)
-    new = xp.where(st.active, new, xp.zeros_like(new))
+    collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL) | (new == _XTOL_MACHINE))
+    new = xp.where(collapsed, _NONFINITE_TRIAL, new)
+    new = xp.where(st.active, new, 0)
     return st._replace(info=xp.where(new != _RUNNING, new, info),
                        active=st.active & (new == _RUNNING))

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._core import lazy
-from .._core.backend import on_device_of, resolve
+from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.status import Status
@@ -407,6 +407,7 @@ def least_squares(
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
                  f_scale=f_scale, diff_step=diff_step))
     xp, dev, x0, X = _start_point(x0, batched)
+    xp = native_namespace(xp)  # NumPy >= 2.1: its own namespace (no wrapper calls per iteration)
     B, n = X.shape
 
     f0 = None

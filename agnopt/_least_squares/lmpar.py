@@ -60,10 +60,9 @@ class SpectralBasis(NamedTuple):
     def gauss_newton(self, xp):
         """``q(0)`` (truncated pseudo-inverse step), its ``q^T A^+ q`` and ``rhs = c``."""
         w, c, good = self.w, self.c, self.good
-        zero = xp.zeros_like(w)
-        wsafe = xp.where(good, w, xp.ones_like(w))
-        qn = xp.where(good, c / wsafe, zero)
-        s3 = xp.sum(xp.where(good, c * c / (wsafe * wsafe * wsafe), zero), axis=-1)
+        wsafe = xp.where(good, w, 1.0)
+        qn = xp.where(good, c / wsafe, 0.0)
+        s3 = xp.sum(xp.where(good, c * c / (wsafe * wsafe * wsafe), 0.0), axis=-1)
         return qn, s3, self.full_rank, c, None
 
     def solve(self, xp, par):
@@ -123,23 +122,28 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     gn_ok = fp <= rtol * delta
     if not truncated_gn and full_rank is not None:
         gn_ok = gn_ok & full_rank
+    if bool(xp.all(gn_ok)):
+        # every Gauss-Newton step lies within the region (the usual case near
+        # a solution): par = 0 and q = q(0), exactly what the end of the
+        # search below returns for them; the bounds parl / paru are not needed
+        return xp.zeros_like(fp), qn, factor
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
-    s3 = xp.where(s3 > 0, s3, xp.ones_like(s3))
+    s3 = xp.where(s3 > 0, s3, 1.0)
     parl = (fp / delta) * dxnorm * dxnorm / s3
     if full_rank is not None:
-        parl = xp.where(full_rank, parl, xp.zeros_like(fp))
+        parl = xp.where(full_rank, parl, 0.0)
     parl = xp.maximum(parl, xp.zeros_like(parl))
     # upper bound paru = ||Js^T f|| / delta
     gnorm = xp.linalg.vector_norm(rhs, axis=-1)
     paru = gnorm / delta
     paru = xp.where(paru == 0, dwarf / xp.minimum(delta, xp.full_like(delta, 0.1)), paru)
     par = xp.minimum(xp.maximum(par0, parl), paru)
-    dx_safe = xp.where(dxnorm > 0, dxnorm, xp.ones_like(dxnorm))
+    dx_safe = xp.where(dxnorm > 0, dxnorm, 1.0)
     par = xp.where(par == 0, gnorm / dx_safe, par)
     done = gn_ok | ~active
     q = qn
     if bool(xp.all(done)):
-        return xp.where(gn_ok, xp.zeros_like(par), par), q, factor
+        return xp.where(gn_ok, 0.0, par), q, factor
     for it in range(10):
         par_t = xp.where(par == 0, xp.maximum(xp.full_like(paru, dwarf), 0.001 * paru), par)
         par = xp.where(done, par, par_t)
@@ -156,12 +160,12 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
             stop = xp.ones_like(stop)
         done = done | stop
         # Newton correction, then the safeguards
-        s3 = xp.where(s3 > 0, s3, xp.ones_like(s3))
+        s3 = xp.where(s3 > 0, s3, 1.0)
         parc = (fp_t / delta) * dxn_t * dxn_t / s3
         parl = xp.where(~done & (fp_t > 0), xp.maximum(parl, par), parl)
         paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
         par = xp.where(done, par, xp.maximum(parl, par + parc))
         if bool(xp.all(done)):  # frozen problems do not change: exiting is exact
             break
-    par = xp.where(gn_ok, xp.zeros_like(par), par)
+    par = xp.where(gn_ok, 0.0, par)
     return par, q, factor

@@ -28,6 +28,10 @@ FROM_MINPACK = {
     MinpackInfo.NONFINITE_TRIAL: Status.NONFINITE_TRIAL,
 }
 
+# the same table as plain ints (no enum conversions or constant arrays per call)
+_FROM_MINPACK_INT = tuple((int(k), int(v)) for k, v in FROM_MINPACK.items())
+_CALLBACK = int(Status.CALLBACK)
+
 TERMINATION_MESSAGES: dict[int, str] = {
     Status.CALLBACK: "Stopped because `callback` function raised `StopIteration` or returned `True`",
     Status.MAX_NFEV: "The maximum number of function evaluations is exceeded.",
@@ -58,11 +62,11 @@ MACHINE_MESSAGES = {
 def to_status(xp, info, active, cb_stop):
     """Common statuses (B,) from MINPACK's ``info`` (B,); problems still running
     when the callback stopped the solve get ``Status.CALLBACK``."""
-    status = xp.full_like(info, int(Status.CALLBACK))
-    for k, v in FROM_MINPACK.items():
-        status = xp.where(info == int(k), xp.full_like(status, int(v)), status)
+    status = xp.full_like(info, _CALLBACK)
+    for k, v in _FROM_MINPACK_INT:
+        status = xp.where(info == k, v, status)
     if cb_stop:
-        status = xp.where(active, xp.full_like(status, int(Status.CALLBACK)), status)
+        status = xp.where(active, _CALLBACK, status)
     return status
 
 

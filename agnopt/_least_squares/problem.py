@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._derivatives.numdiff import approx_derivative
-from .arrays import call_checked, device, persist
+from .._derivatives.numdiff import fd_jacobian
+from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
@@ -78,6 +78,8 @@ class Problem:
         hook = getattr(fun, "_agnopt_rows", None) if batched else None
         self._hook = hook if callable(hook) else None
         self._hook_checked = False
+        self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
+        self._eye = None  # the (n, n) identity of J^T J's diagonal
 
     # ------------------------------------------------------------------ row subsets
     def set_rows(self, idx, X_full, F_rows=None):
@@ -284,7 +286,7 @@ class Problem:
             # It never cancels, and it keeps the truncation error O((h/x)^2)
             # negligible for parameters far from 1 (scipy's eps**0.5 * max(1, |x|)
             # would be larger than a parameter of size 1e-9, e.g. Hahn1's b7).
-            rel = float(xp.finfo(self.dtype).eps) if jac == "cs" else None
+            rel = machine_eps(xp, self.dtype) if jac == "cs" else None
             if self.diff_step is not None:
                 rel = self.diff_step  # scipy's diff_step: relative step of every scheme
             if jac == "cs" and self.auto_cs:
@@ -393,19 +395,16 @@ class Problem:
         B, n = X.shape
         m = F.shape[1]
         lbx, ubx = self.lb, self.ub
+        # the engine's points are feasible and F is fun's (checked) output at X:
+        # the trusted entry skips approx_derivative's per-call checks
         if self.batched:
-            J = approx_derivative(
-                self._fun_rows(), X, method=jac, f0=F, bounds=(lbx, ubx), rel_step=rel,
-                args=self.args, kwargs=self.kwargs, batched=True,
-            )
+            J = fd_jacobian(self._fun_rows(), X, F, jac, rel, lbx, ubx, self.args, self.kwargs,
+                            True, xp, self.dev, self._fd_cache)
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = approx_derivative(
-                self.fun, X[0, :], method=jac, f0=F[0, :], bounds=(lbx[0, :], ubx[0, :]),
-                rel_step=rel,
-                args=self.args, kwargs=self.kwargs,
-            )
+            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, lbx[0, :], ubx[0, :],
+                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
@@ -462,7 +461,7 @@ class Problem:
         """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
         xp = self.xp
         if not self.bounded:
-            return xp.ones(X.shape, dtype=xp.bool, device=device(X))
+            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
         at_lb = (X <= self.lb) & (g > 0)
         at_ub = (X >= self.ub) & (g < 0)
         return ~(at_lb | at_ub)
@@ -484,7 +483,8 @@ class Problem:
 
     def route(self, st):
         return InMemoryRoute(self.xp, st.J, st.A0 if self.use_chol else None, st.g, st.D,
-                             self.model_residuals(st.F)[0], st.free, st.active, self.compact)
+                             self.model_residuals(st.F)[0], st.free, st.active, self.compact,
+                             eye=self.eye(st.X.shape[1]) if self.use_chol else None)
 
     def linearize(self, st, nj) -> Linearization:
         """``J`` (k, m, n) where ``nj`` (merged with ``st.J`` elsewhere), ``J^T J``
@@ -512,7 +512,7 @@ class Problem:
                 raise ValueError("jac: the Jacobian has non-finite entries at the current point")
             else:
                 nj = nj & ~bad
-                Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
+                Jn = xp.where(bad[:, None, None], 0.0, Jn)
                 J = xp.where(nj[:, None, None], Jn, J)
                 if self.use_chol:
                     A0, dA = self._gram(J)
@@ -525,8 +525,13 @@ class Problem:
         xp = self.xp
         n = J.shape[-1]
         A0 = xp.matmul(xp.matrix_transpose(J), J)
-        eye = xp.eye(n, dtype=J.dtype, device=device(J))
-        return A0, xp.sum(A0 * eye, axis=-1)
+        return A0, xp.sum(A0 * self.eye(n), axis=-1)
+
+    def eye(self, n):
+        """The ``(n, n)`` identity in the working dtype on the device, made once per solve."""
+        if self._eye is None:
+            self._eye = self.xp.eye(n, dtype=self.dtype, device=self.dev)
+        return self._eye
 
     def history_entry(self, fnorm, nit, nfev):
         return history_entry(self.batched, fnorm, nit, nfev)

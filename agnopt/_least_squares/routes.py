@@ -64,7 +64,7 @@ def spectral(xp, J, D, F, free, force_svd=False):
     """
     B, m, n = J.shape
     Js = J / D[:, None, :]
-    Js = xp.where(free[:, None, :], Js, xp.zeros_like(Js))
+    Js = xp.where(free[:, None, :], Js, 0.0)
     eps = float(xp.finfo(J.dtype).eps)
     JsT = xp.matrix_transpose(Js)
     well = None
@@ -122,7 +122,7 @@ class InMemoryRoute:
     iteration would cost far more than the math.
     """
 
-    def __init__(self, xp, J, A0, g, D, F, free, active, compact):
+    def __init__(self, xp, J, A0, g, D, F, free, active, compact, eye=None):
         k, m, n = J.shape
         self.out_xp = xp
         self.host = lazy.is_dask_namespace(xp)
@@ -133,9 +133,10 @@ class InMemoryRoute:
         self.xp = xp
         self.J, self.A0 = J, A0
         self.chol_ok = A0 is not None
-        dev = device(J)
+        dev = None if eye is not None and not self.host else device(J)
         if self.chol_ok:
-            eye = xp.eye(n, dtype=J.dtype, device=dev)
+            if eye is None or self.host:
+                eye = xp.eye(n, dtype=J.dtype, device=dev)
             As = A0 / (D[:, :, None] * D[:, None, :])
             gs = g / D
             Linv0, ok = chol_inv(xp, As)
@@ -143,18 +144,23 @@ class InMemoryRoute:
             cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
             well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
             self.well = well
-            self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
-                                      xp.where(well[:, None], gs, xp.zeros_like(gs)),
-                                      xp.where(well[:, None, None], Linv0, eye), eye)
+            all_well = bool(xp.all(well))
+            if all_well:  # every problem on this route (the where's below would keep all)
+                self.chol = CholeskyBasis(As, gs, Linv0, eye)
+            else:
+                self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
+                                          xp.where(well[:, None], gs, 0.0),
+                                          xp.where(well[:, None, None], Linv0, eye), eye)
             need = active & ~well
         else:
-            self.well = xp.zeros((k,), dtype=xp.bool, device=dev)
+            all_well = False
+            self.well = xp.zeros_like(active)
             need = xp.ones_like(active)
         self.svd = None
-        if bool(xp.any(need)):
+        if not all_well and bool(xp.any(need)):
             if compact:
                 idx = rows_where(xp, need)
-                mask, pos = positions(xp, idx, k, dev)
+                mask, pos = positions(xp, idx, k, device(J))
                 sub = lambda a: xp.take(a, idx, axis=0)  # noqa: E731
                 Js_in = (sub(J), sub(D), sub(F), sub(free))
             else:

@@ -171,6 +171,18 @@ def iteration_gate(P: Any, state: dict, gtol: float, maxiter: int) -> bool | Non
     return None
 
 
+def iterations(P: Any, state: dict, gtol: float, maxiter: int):
+    """The iterations of a method: yields ``(x, f, g)`` of the current point until
+    :func:`iteration_gate` stops the solver (after :func:`settle` moved off a point of
+    negative curvature, the gate is asked again)."""
+    while True:
+        gate = iteration_gate(P, state, gtol, maxiter)
+        if gate:
+            return
+        if gate is None:
+            yield state["x"], state["f"], state["g"]
+
+
 def settled(P: Any, state: dict) -> bool:
     """After ``_after_step`` stopped the solver: True unless it stopped on a
     success test at a point of negative curvature and moved off it."""

@@ -14,7 +14,7 @@ from typing import Any
 import array_api_compat
 
 from .._core.linalg import cho_solve, cholesky
-from .curvature import iteration_gate, settled as _settled
+from .curvature import iterations, settled as _settled
 from .common import _after_step, _back, _local
 from .line_search import _line_search
 
@@ -87,13 +87,7 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
         raise ValueError(f"options['solver'] must be 'cholesky' or 'pinv'; got {solver!r}")
     pinv_rtol = options.get("pinv_rtol")
     state["gtol"] = gtol
-    while True:
-        x, f, g = state["x"], state["f"], state["g"]
-        gate = iteration_gate(P, state, gtol, maxiter)
-        if gate is not None:
-            if gate:
-                return
-            continue
+    for x, f, g in iterations(P, state, gtol, maxiter):
         H = P.hessian(x, g)
         if not bool(xp.all(xp.isfinite(H))):
             state["status"] = 4

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .curvature import iteration_gate, settled as _settled
+from .curvature import iterations, settled as _settled
 from .common import _after_step, _floats, _persist
 from .line_search import _line_search
 
@@ -50,13 +50,7 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
     xp = P.xp
     cg_maxiter = int(options.get("cg_maxiter", 20 * P.n))
     state["gtol"] = gtol
-    while True:
-        x, f, g = state["x"], state["f"], state["g"]
-        gate = iteration_gate(P, state, gtol, maxiter)
-        if gate is not None:
-            if gate:
-                return
-            continue
+    for x, f, g in iterations(P, state, gtol, maxiter):
         p, it = _cg_truncated(P, x, g, cg_maxiter)
         gp = float(xp.sum(g * p))
         if not (gp < 0) or not math.isfinite(gp):

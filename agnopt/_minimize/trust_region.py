@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .curvature import iteration_gate, settled as _settled
+from .curvature import iterations, settled as _settled
 from .common import _after_step, _floats, _persist
 
 
@@ -62,13 +62,7 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
     if not (0 < delta <= dmax):
         raise ValueError("options: need 0 < initial_trust_radius <= max_trust_radius")
     state["gtol"] = gtol
-    while True:
-        x, f, g = state["x"], state["f"], state["g"]
-        gate = iteration_gate(P, state, gtol, maxiter)
-        if gate is not None:
-            if gate:
-                return
-            continue
+    for x, f, g in iterations(P, state, gtol, maxiter):
         p, it, boundary = _steihaug(P, x, g, delta, cg_maxiter)
         Hp = P.hvp(x, g, p)
         x_new = _persist(x + p)

@@ -74,3 +74,40 @@ class BatchedLM:
     def time_batched_fit(self, *args):
         popt, _ = ao.curve_fit(self.model, self.x, self.Y, p0=self.p0, batched=True)
         self.sync(popt)
+
+
+class SingleFit:
+    """One small fit: ``a exp(-b t) + c``, 50 points, 3 parameters (issue 14's latency case).
+
+    ``curve_fit`` and ``least_squares(method="lm")`` with the default Jacobian
+    (complex step) and ``"2-point"``; scipy's times are the reference
+    (``python -m agnopt fitbench --single`` prints both with their ratio).
+    """
+
+    params = (["numpy", "torch", "array_api_strict"], ["curve_fit", "least_squares"],
+              ["default", "2-point"])
+    param_names = ["backend", "call", "jac"]
+    timeout = 120
+
+    def setup(self, backend, call, jac):
+        xp, device, sync = load(backend)
+        t = np.linspace(0.0, 4.0, 50)
+        y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.02 * np.random.default_rng(0).standard_normal(50)
+        tx = xp.asarray(t, dtype=xp.float64, device=device)
+        yx = xp.asarray(y, dtype=xp.float64, device=device)
+        p0 = xp.asarray([1.0, 1.0, 1.0], dtype=xp.float64, device=device)
+        j = None if jac == "default" else jac
+
+        def model(x, a, b, c):
+            return a * xp.exp(-b * x) + c
+
+        if call == "curve_fit":
+            self.run = lambda: ao.curve_fit(model, tx, yx, p0=p0, jac=j)[0]
+        else:
+            self.run = lambda: ao.least_squares(
+                lambda p: p[0] * xp.exp(-p[1] * tx) + p[2] - yx, p0, jac=j).x
+        self.sync = sync
+        self.time_single_fit()
+
+    def time_single_fit(self, *args):
+        self.sync(self.run())

@@ -1,0 +1,174 @@
+"""Single small fits: ``curve_fit`` / ``least_squares`` against scipy's, one problem at a time.
+
+``run_single_fit_benchmark()`` fits one 3-parameter exponential decay
+``a exp(-b t) + c`` to 50 noisy points (issue 14's latency case) with agnopt
+and with scipy, side by side in one process, and prints a table of the best
+times and their ratios. Rows:
+
+* ``curve_fit``, agnopt's default Jacobian (complex step) and ``"2-point"``,
+  against ``scipy.optimize.curve_fit`` (MINPACK ``lmdif``: forward
+  differences);
+* ``least_squares`` (``method="lm"``), default Jacobian and ``"2-point"``,
+  against ``scipy.optimize.least_squares(method="lm")`` (its default
+  ``"2-point"``);
+* ``least_squares`` on JAX (agnopt's own: first call and later calls) when
+  JAX is installed;
+* ``--peers``: optimistix's Levenberg-Marquardt under ``jax.jit`` (first call,
+  which compiles, and later calls) when optimistix is installed, else a note.
+
+The agnopt and reference calls are interleaved and the best of ``repeats``
+is kept: on a shared machine the best time is the steadier figure. This is a
+report, not a timed test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["run_single_fit_benchmark"]
+
+
+def _data(m: int = 50, seed: int = 0):
+    import numpy as np
+
+    t = np.linspace(0.0, 4.0, m)
+    rng = np.random.default_rng(seed)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.02 * rng.standard_normal(m)
+    return t, y, np.array([1.0, 1.0, 1.0])
+
+
+def _best_pair(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best wall times of ``a`` and ``b``, interleaved, after one warm-up call each."""
+    a()
+    b()
+    ta = tb = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta, tb = min(ta, t1 - t0), min(tb, t2 - t1)
+    return ta, tb
+
+
+def _first_and_best(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return first, best
+
+
+def _jax_rows(t, y, p0, repeats: int, peers: bool) -> tuple[list[dict], list[str]]:
+    rows: list[dict] = []
+    notes: list[str] = []
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        notes.append("JAX not installed: no JAX rows")
+        return rows, notes
+    import agnopt as ao
+
+    jax.config.update("jax_enable_x64", True)
+    tj, yj, pj = jnp.asarray(t), jnp.asarray(y), jnp.asarray(p0)
+
+    def res(p):
+        return p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    first, best = _first_and_best(lambda: ao.least_squares(res, pj).x.block_until_ready(),
+                                  max(3, repeats // 5))
+    rows.append({"case": "least_squares lm on JAX (agnopt)", "first": first, "best": best})
+    if not peers:
+        return rows, notes
+    try:
+        import optimistix as optx
+    except ImportError:
+        notes.append("optimistix not installed (pip install optimistix): peer row skipped")
+        return rows, notes
+
+    solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+
+    @jax.jit
+    def solve(p):
+        return optx.least_squares(lambda q, _: res(q), solver, p, max_steps=300).value
+
+    first, best = _first_and_best(lambda: solve(pj).block_until_ready(), repeats)
+    rows.append({"case": "optimistix LevenbergMarquardt under jax.jit", "first": first,
+                 "best": best})
+    return rows, notes
+
+
+def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
+                             verbose: bool = True) -> dict[str, Any]:
+    """Time one small fit with agnopt and with scipy (and peers), and print the table.
+
+    Parameters
+    ----------
+    repeats : int
+        Timed calls of each contender (best of).
+    peers : bool
+        Also time optimistix's Levenberg-Marquardt under ``jax.jit`` (skipped,
+        with a note, when optimistix is not installed).
+    verbose : bool
+        Print the table.
+
+    Returns
+    -------
+    dict
+        ``rows``: one dict per NumPy case (``case``, ``agnopt`` and
+        ``reference`` best times in s, ``ratio`` = agnopt / reference,
+        ``reference_name``); ``jax_rows``: ``case``, ``first`` (the first
+        call, compilation included) and ``best`` (s); ``notes``;
+        ``load_avg``.
+    """
+    import numpy as np
+    import scipy.optimize as so
+
+    import agnopt as ao
+
+    t, y, p0 = _data()
+
+    def model(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    def res(p):
+        return p[0] * np.exp(-p[1] * t) + p[2] - y
+
+    cases = [
+        ("curve_fit, default Jacobian", lambda: ao.curve_fit(model, t, y, p0=p0),
+         "scipy curve_fit (lm)", lambda: so.curve_fit(model, t, y, p0=p0)),
+        ("curve_fit, jac='2-point'", lambda: ao.curve_fit(model, t, y, p0=p0, jac="2-point"),
+         "scipy curve_fit (lm)", lambda: so.curve_fit(model, t, y, p0=p0)),
+        ("least_squares lm, default Jacobian", lambda: ao.least_squares(res, p0),
+         "scipy least_squares lm", lambda: so.least_squares(res, p0, method="lm")),
+        ("least_squares lm, jac='2-point'", lambda: ao.least_squares(res, p0, jac="2-point"),
+         "scipy least_squares lm", lambda: so.least_squares(res, p0, method="lm")),
+    ]
+    rows: list[dict[str, Any]] = []
+    for name, fa, rname, fr in cases:
+        ta, tr = _best_pair(fa, fr, repeats)
+        rows.append({"case": name, "agnopt": ta, "reference": tr, "ratio": ta / tr,
+                     "reference_name": rname})
+    jax_rows, notes = _jax_rows(t, y, p0, repeats, peers)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if verbose:
+        print(f"Single fits: a exp(-b t) + c, 50 points, 3 parameters; best of {repeats}; "
+              f"load average {load:.2f}")
+        print(f"  {'case':38s} {'agnopt':>10s} {'reference':>10s} {'ratio':>7s}  reference")
+        for r in rows:
+            print(f"  {r['case']:38s} {r['agnopt'] * 1e3:8.3f}ms {r['reference'] * 1e3:8.3f}ms "
+                  f"{r['ratio']:6.2f}x  {r['reference_name']}")
+        for r in jax_rows:
+            print(f"  {r['case']:38s} first call {r['first']:.2f} s, later {r['best'] * 1e3:.3f} ms")
+        for n in notes:
+            print(f"  note: {n}")
+    return {"rows": rows, "jax_rows": jax_rows, "notes": notes, "load_avg": load}
