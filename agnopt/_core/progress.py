@@ -2,8 +2,10 @@
 
 Solvers that can run for minutes (batched fits of many problems, tall Dask
 fits, long ``minimize`` runs) take ``progress=True``: a ``tqdm`` bar then
-shows the iteration, the function evaluations, the cost and, for batched
-solves, how many problems are still running. ``tqdm`` is not a dependency of
+shows the iteration, the function evaluations, the cost (for a batch: the
+largest cost among the problems still running, so it can rise when the
+problems with the smallest costs finish; ``verbose=2`` prints the largest
+over all problems) and, for batched solves, how many problems still run. ``tqdm`` is not a dependency of
 agnopt: ``pip install "agnopt[progress]"`` installs it, and asking for a bar
 without it raises an ``ImportError`` that says so. ``progress`` also accepts
 a callable ``progress(info)`` that receives the same figures as a ``dict``

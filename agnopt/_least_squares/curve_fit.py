@@ -154,17 +154,20 @@ def curve_fit(
         Raise ``ValueError`` when ``ydata`` or an array ``xdata`` holds NaN or
         inf. Default: ``True`` unless ``nan_policy`` is given (scipy's rule).
     bounds : (lb, ub) or Bounds
-        Parameter bounds (projected Levenberg-Marquardt, see
-        :func:`agnopt.least_squares`); any object with ``lb`` / ``ub``.
-    method : {None, "lm", "gauss-newton"}
-        ``None``: ``"lm"`` without bounds; with finite bounds scipy's
-        ``"trf"`` once it is available, until then ``"lm"`` (which here
-        handles bounds by projection; scipy's ``"lm"`` refuses them).
+        Parameter bounds; any object with ``lb`` / ``ub``.
+    method : {None, "lm", "trf", "dogbox", "gauss-newton"}
+        ``None``: ``"lm"`` without bounds and ``"trf"`` (trust-region
+        reflective, iterates strictly inside the bounds) with finite bounds,
+        as scipy. ``"lm"`` with bounds projects its steps (scipy's refuses
+        bounds); a fit that stops on a bound where the Jacobian column of
+        that parameter vanishes is reported as not converged (status -5).
     jac : callable or str, optional
         ``jac(xdata, *params)`` returning ``(m, n)`` (``(B, m, n)``), or a
         string accepted by :func:`agnopt.least_squares` ("cs",
         "2-point", "3-point", "autodiff"). ``None``: least_squares' default
-        (complex step, falling back to "3-point" if ``f`` rejects complex input).
+        (the complex step, checked once against finite differences and
+        replaced by "3-point" where they disagree or ``f`` rejects complex
+        input).
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
         ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (MINPACK's code

@@ -189,13 +189,15 @@ def least_squares(
         gtol``, with ``optimality`` as in the result), ``x_scale`` default 1;
         a step is taken only when its residuals are finite and the cost went
         down.
+
         * ``"lm"``: Levenberg-Marquardt as MINPACK's ``lmder`` (Moré 1978):
           trust region of radius :math:`\Delta` in the scaled norm
           :math:`\|Dp\|`, the step :math:`p` minimizes
           :math:`\|f + Jp\|^2 + \lambda\|Dp\|^2` with :math:`\lambda` chosen by
           Moré's ``lmpar`` iteration so that :math:`\|Dp\| \approx \Delta`
           (within 10%), and MINPACK's rules for :math:`\Delta`,
-          :math:`\lambda` and the step acceptance (ratio >= 1e-4),
+          :math:`\lambda` and the step acceptance (ratio >= 1e-4, finite
+          residuals, and a lower cost for a step the bounds cut short),
           initial radius ``||D x0||`` (MINPACK's ``factor = 1``). The step is
           computed from the SVD of :math:`J D^{-1}` (instead of MINPACK's
           pivoted QR: same step, batched, rank deficiency handled by
@@ -203,7 +205,7 @@ def least_squares(
           a Cholesky factor of the damped normal equations (see the module
           notes).
           Requires ``m >= n`` (scipy's rule).
-        * ``"gauss-newton"``: the seed's Gauss-Newton iteration with
+        * ``"gauss-newton"``: the Gauss-Newton iteration with
           :math:`\lambda I` damping,
           :math:`p = -(J^TJ + \lambda D^2)^{+} J^T f` (``D = 1/x_scale``,
           default identity). :math:`\lambda` starts at 0 (the plain

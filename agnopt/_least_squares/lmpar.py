@@ -116,6 +116,9 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     need, and the truncated step is then far too short).
     """
     dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    # a finished problem of a batch may carry delta = 0: divide by 1 there (its
+    # values are not used) instead of raising floating-point warnings
+    delta_s = xp.where(delta > 0, delta, 1.0)
     qn, s3, full_rank, rhs, factor = basis.gauss_newton(xp)
     dxnorm = xp.linalg.vector_norm(qn, axis=-1)
     fp = dxnorm - delta
@@ -129,14 +132,14 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
         return xp.zeros_like(fp), qn, factor
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
     s3 = xp.where(s3 > 0, s3, 1.0)
-    parl = (fp / delta) * dxnorm * dxnorm / s3
+    parl = (fp / delta_s) * dxnorm * dxnorm / s3
     if full_rank is not None:
         parl = xp.where(full_rank, parl, 0.0)
     parl = xp.maximum(parl, xp.zeros_like(parl))
     # upper bound paru = ||Js^T f|| / delta
     gnorm = xp.linalg.vector_norm(rhs, axis=-1)
-    paru = gnorm / delta
-    paru = xp.where(paru == 0, dwarf / xp.minimum(delta, xp.full_like(delta, 0.1)), paru)
+    paru = gnorm / delta_s
+    paru = xp.where(paru == 0, dwarf / xp.minimum(delta_s, xp.full_like(delta, 0.1)), paru)
     par = xp.minimum(xp.maximum(par0, parl), paru)
     dx_safe = xp.where(dxnorm > 0, dxnorm, 1.0)
     par = xp.where(par == 0, gnorm / dx_safe, par)
@@ -161,7 +164,7 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
         done = done | stop
         # Newton correction, then the safeguards
         s3 = xp.where(s3 > 0, s3, 1.0)
-        parc = (fp_t / delta) * dxn_t * dxn_t / s3
+        parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
         parl = xp.where(~done & (fp_t > 0), xp.maximum(parl, par), parl)
         paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
         par = xp.where(done, par, xp.maximum(parl, par + parc))

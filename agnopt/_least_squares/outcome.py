@@ -128,8 +128,9 @@ def report_progress(xp, ev, it, fnorm, nfev, active) -> None:
     if prog is None:
         return
     running = int(xp.sum(xp.astype(active, xp.int64)))
-    cost = 0.5 * xp.where(active, fnorm, xp.zeros_like(fnorm)) ** 2
-    prog.update(it, int(xp.max(nfev)), float(xp.max(cost)) if running else 0.0,
+    # the largest cost among the running problems; once none runs, among all
+    cost = 0.5 * (xp.where(active, fnorm, xp.zeros_like(fnorm)) if running else fnorm) ** 2
+    prog.update(it, int(xp.max(nfev)), float(xp.max(cost)),
                 running, getattr(ev, "n_problems", active.shape[0]))
 
 
