@@ -42,7 +42,7 @@ import threading
 import torch
 
 from . import common as fc
-from .cpu import PROGRAMS
+from .blocks import PROGRAMS
 from .._core.tree import tree_flatten, tree_unflatten
 
 BLOCK_CPU = 1 << 18

@@ -45,7 +45,6 @@ from .._core import lazy
 from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
-from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, indices
@@ -56,9 +55,9 @@ from .bounds import strictly_feasible
 from .dogbox import DOGBOX
 from .engine import run_lm
 from .losses import check_loss
-from .trf import TRF, final_fields, run_trust_region
+from .trf import TRF, run_trust_region
 from .gauss_newton import run_gn
-from .outcome import messages, stuck_on_bound, to_status
+from .result import finish
 from .options import (
     JAC_STRINGS,
     as_array,
@@ -476,7 +475,7 @@ def least_squares(
         else:
             out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
                          history)
-        return _finish(xp, prob, out, batched, verbose, bounded, method, loss, prob.f_scale,
+        return finish(xp, prob, out, batched, verbose, bounded, method, loss, prob.f_scale,
                        xtol)
     except linalg_errors() as e:
         # a LAPACK failure (SVD / eigh did not converge) never escapes as such
@@ -582,59 +581,3 @@ def _scale_from(xp, x_scale, X, dev):
     if not bool(xp.all(xp.isfinite(xs) & (xs > 0))):
         raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
     return 1.0 / xs
-
-
-def _finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
-            xtol=None) -> OptimizeResult:
-    """The ``OptimizeResult`` of a solve from the engine's :class:`.state.Outcome`."""
-    if getattr(prob, "progress", None) is not None:
-        prob.progress.close()
-    X, F, J = out.X, out.F, out.J
-    B, n = X.shape
-    # Jacobian at the final x where the last accepted step made it stale
-    # (the lm engine keeps the loss's model Jacobian, the others the true one)
-    model_jac = method == "lm" and prob.robust
-    nj = out.need_jac
-    njev = out.njev
-    if bool(xp.any(nj)):
-        Jn = prob.jacobian(X, F)
-        Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
-        J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
-        njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
-    status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
-                                       model_jac)
-    # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
-    # (divided twice: its square may be subnormal, flushed to 0 by XLA)
-    fs = prob.fscale
-    if fs != 1.0:
-        cost, g, opt = cost / fs / fs, g / fs / fs, opt / fs / fs
-        F, J = prob.unscale(F, J)
-    if bounded and method in ("lm", "gauss-newton"):
-        status = stuck_on_bound(xp, J, am, status)
-    success = status > 0
-    msgs, st_host = messages(out.info, status)
-    if batched:
-        res = OptimizeResult(
-            x=X, cost=cost, fun=F, jac=J, grad=g, optimality=opt, active_mask=am,
-            nfev=out.nfev, njev=njev, nit=out.nit, status=status,
-            message=msgs, success=success,
-        )
-    else:
-        res = OptimizeResult(
-            x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
-            optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
-            njev=int(njev[0]), nit=int(out.nit[0]), status=st_host[0],
-            message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
-        )
-    if out.history:
-        res["history"] = out.history
-    if verbose >= 1:
-        if batched:
-            ns = int(xp.sum(xp.astype(success, xp.int64)))
-            print(f"{ns} of {B} problems converged; total nfev {int(xp.sum(out.nfev))}")
-        else:
-            print(res.message)
-            print(f"Function evaluations {res.nfev}, final cost {float(res.cost):.4e}, "
-                  f"first-order optimality {float(res.optimality):.2e}.")
-    return res

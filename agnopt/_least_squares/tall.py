@@ -47,8 +47,7 @@ from .._core.typing import Array, ArrayLike
 from .arrays import call_checked, device, to_namespace
 from .._core.progress import make_progress
 from .engine import run_lm
-from .outcome import report_progress
-from .gauss_newton import gn_damping, gn_ratio, gn_step, gn_tests
+from .gauss_newton import run_gn_gram
 from .outcome import message, to_status
 from .options import (
     as_array,
@@ -61,8 +60,8 @@ from .options import (
     to_backend,
     wrap_callback,
 )
-from .routes import GramRoute, gram_spectral
-from .state import Linearization, MinpackInfo, Outcome
+from .routes import GramRoute
+from .state import Linearization
 
 __all__ = ["tall_least_squares"]
 
@@ -529,8 +528,8 @@ def tall_least_squares(
         out = run_lm(hxp, prob, X, f, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                      verbose, callback, False)
     else:
-        out = _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev,
-                      verbose, callback)
+        out = run_gn_gram(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev,
+                          verbose, callback, _callback)
     return _finish(hxp, prob, out, verbose)
 
 
@@ -543,75 +542,6 @@ def _scale_from(hxp, x_scale, x, dev):
     if not bool(hxp.all(hxp.isfinite(xs) & (xs > 0))):
         raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
     return 1.0 / xs
-
-
-def _run_gn(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev, verbose, callback):
-    """Damped Gauss-Newton (``least_squares(method="gauss-newton")``), one pass per iteration.
-
-    The trial point's pass also forms ``J^T J``, ``J^T f`` there (a
-    speculative Jacobian: an accepted step needs nothing more). The step,
-    ratio, damping and tests are :mod:`.gauss_newton`'s blocks on (1,) arrays.
-    """
-    dev = prob.dev
-    f, J, A, g = prob._pending
-    prob._pending = None
-
-    def vec(v, dtype=None):
-        return hxp.asarray([v], dtype=X.dtype if dtype is None else dtype, device=dev)
-
-    cost = vec(0.5 * ff)
-    one_i = hxp.ones((1,), dtype=hxp.int64, device=dev)
-    nfev, njev, nit, info = one_i, one_i, one_i - 1, one_i - 1
-    active = hxp.ones((1,), dtype=hxp.bool, device=dev)
-    lam, scale = vec(0.0), vec(1.0)
-    new_jac = True
-    cb_stop = False
-    it = 0
-    while True:
-        it += 1
-        if new_jac:
-            if jac_scale:
-                d = hxp.linalg.diagonal(A)
-                cn = hxp.sqrt(hxp.maximum(d, hxp.zeros_like(d)))[None, :]
-                cn = hxp.where(cn == 0, hxp.ones_like(cn), cn)
-                D = cn if it == 1 else hxp.maximum(D, cn)
-            if float(hxp.max(hxp.abs(g))) < gtol:
-                info = hxp.full_like(info, int(MinpackInfo.GTOL))
-                break
-            w, V, c, good, _ = gram_spectral(hxp, A[None, ...], g[None, :], D)
-            scale = hxp.max(w, axis=-1)
-            new_jac = False
-        x = X[0, :]
-        _, p = gn_step(hxp, w, c, V, good, lam, D)
-        xt = x + p[0, :]
-        p = (xt - x)[None, :]
-        ft_, Jt, ff_t, At, gt = prob.one_pass(xt, gram=True)
-        nfev, njev = nfev + 1, njev + 1
-        cost_t = vec(0.5 * ff_t)
-        pred = -(hxp.sum(g * p[0, :]) + 0.5 * hxp.sum(p[0, :] * hxp.matmul(A, p[0, :])))
-        actual, acc, ratio, finite = gn_ratio(hxp, cost, cost_t, vec(float(pred)), active)
-        dx_norm = hxp.linalg.vector_norm(p, axis=-1)
-        x_norm = hxp.linalg.vector_norm(X, axis=-1)
-        lam = gn_damping(hxp, lam, scale, acc, active)
-        info, active = gn_tests(hxp, info, active, acc, actual, cost, ratio, dx_norm, x_norm,
-                                finite, nfev, ftol, xtol, max_nfev)
-        if bool(acc[0]):
-            if not bool(hxp.all(hxp.isfinite(At))):
-                raise ValueError("jac: the Jacobian has non-finite entries at the current point")
-            X, f, J, A, g, cost = xt[None, :], ft_, Jt, At, gt, cost_t
-            nit = nit + 1
-            new_jac = True
-        if verbose >= 2:
-            prob.print_iter(it, hxp.sqrt(2.0 * cost), nfev, dx_norm)
-        report_progress(hxp, prob, it, hxp.sqrt(2.0 * cost), nfev, active)
-        if callback is not None and _callback(callback, X[0, :], float(cost[0]), int(nit[0])):
-            cb_stop = True
-            break
-        if not bool(active[0]):
-            break
-    prob.last_g = g
-    need = hxp.zeros((1,), dtype=hxp.bool, device=dev)
-    return Outcome(X, f, J, info, nfev, njev, nit, need, active, cb_stop, [], cost)
 
 
 def _finish(hxp, prob, out, verbose):
