@@ -199,7 +199,7 @@ _NATIVE: dict = {}
 
 
 def native_namespace(xp: Any) -> Any:
-    """``xp``, or NumPy's own module where array-api-compat's NumPy wrapper adds nothing.
+    """``xp``, or NumPy's own namespace where array-api-compat's NumPy wrapper adds nothing.
 
     NumPy >= 2.1 implements the Array API (2023.12) in its main namespace;
     array-api-compat's wrapper then only adds a Python call (argument and
@@ -221,9 +221,92 @@ def native_namespace(xp: Any) -> Any:
         np = __import__("numpy")
         major, minor = (int(v) for v in np.__version__.split(".")[:2])
         if (major, minor) >= (2, 1):
-            out = np
+            out = _lean_numpy(np)
     _NATIVE[xp] = out
     return out
+
+
+def _lean_numpy(np: Any) -> Any:
+    """NumPy's namespace with its Python-level reductions called at the ufunc.
+
+    ``numpy.sum``, ``any``, ``all``, ``max``, ``min`` are Python functions
+    (``_wrapreduction``: keyword filtering, ``__array_function__`` dispatch)
+    that end in ``ufunc.reduce``; ``astype``, ``isdtype`` and
+    ``linalg.vector_norm`` are Python too. On the ``(1,)`` and ``(1, n)``
+    arrays of one small solve that wrapping costs 2-3 times the operation.
+    This module is NumPy's own (``__name__ == "numpy"``, every other name
+    NumPy's object) with those seven replaced by functions that make the
+    same ``ufunc.reduce`` / ``ndarray.astype`` call NumPy itself makes for an
+    ``ndarray`` (same results, bit for bit) and defer to NumPy's function for
+    anything else (scalars, subclasses, other ``ord`` / ``axis`` forms).
+    """
+    import types
+
+    nd = np.ndarray
+    add, mx, mn = np.add.reduce, np.maximum.reduce, np.minimum.reduce
+    lor, land = np.logical_or.reduce, np.logical_and.reduce
+    sqrt = np.sqrt
+    np_sum, np_any, np_all, np_max, np_min = np.sum, np.any, np.all, np.max, np.min
+    np_astype, np_isdtype, np_vnorm = np.astype, np.isdtype, np.linalg.vector_norm
+    kinds: dict = {}
+
+    def sum(x, /, *, axis=None, dtype=None, keepdims=False):  # noqa: A001
+        if type(x) is nd:
+            return add(x, axis, dtype, None, keepdims)
+        return np_sum(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def any(x, /, *, axis=None, keepdims=False):  # noqa: A001
+        if type(x) is nd:
+            return lor(x, axis, bool, None, keepdims)
+        return np_any(x, axis=axis, keepdims=keepdims)
+
+    def all(x, /, *, axis=None, keepdims=False):  # noqa: A001
+        if type(x) is nd:
+            return land(x, axis, bool, None, keepdims)
+        return np_all(x, axis=axis, keepdims=keepdims)
+
+    def max(x, /, *, axis=None, keepdims=False):  # noqa: A001
+        if type(x) is nd:
+            return mx(x, axis, None, None, keepdims)
+        return np_max(x, axis=axis, keepdims=keepdims)
+
+    def min(x, /, *, axis=None, keepdims=False):  # noqa: A001
+        if type(x) is nd:
+            return mn(x, axis, None, None, keepdims)
+        return np_min(x, axis=axis, keepdims=keepdims)
+
+    def astype(x, dtype, /, *, copy=True, device=None):
+        if type(x) is nd and device is None:
+            return x.astype(dtype, copy=copy)
+        return np_astype(x, dtype, copy=copy, device=device)
+
+    def isdtype(dtype, kind):
+        try:
+            return kinds[(dtype, kind)]
+        except KeyError:
+            out = kinds[(dtype, kind)] = np_isdtype(dtype, kind)
+            return out
+        except TypeError:  # unhashable kind (a list)
+            return np_isdtype(dtype, kind)
+
+    def vector_norm(x, /, *, axis=None, keepdims=False, ord=2):  # noqa: A002
+        # NumPy's own arithmetic for a real x, one int axis, ord 2:
+        # sqrt(add.reduce(x * x, axis)) (numpy.linalg.norm's "speedup" branch)
+        if (type(x) is nd and type(axis) is int and not keepdims and ord == 2
+                and x.dtype.kind == "f"):
+            return sqrt(add(x * x, axis))
+        return np_vnorm(x, axis=axis, keepdims=keepdims, ord=ord)
+
+    linalg = types.ModuleType("numpy.linalg")
+    linalg.__dict__.update(vars(np.linalg))
+    linalg.vector_norm = vector_norm
+    mod = types.ModuleType("numpy", np.__doc__)
+    mod.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
+    mod.__version__ = np.__version__
+    for f in (sum, any, all, max, min, astype, isdtype):
+        setattr(mod, f.__name__, f)
+    mod.linalg = linalg
+    return mod
 
 
 def device_scope(device: Any) -> Any:

@@ -94,25 +94,26 @@ def _eps_uncached(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
     return eps**0.5
 
 
-def _sign(xp: Any, x0: Any) -> Any:
-    one = xp.ones_like(x0)
-    return xp.where(x0 >= 0, one, -one)
-
-
 def _absolute_step(
     xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False,
     dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
-    sign_x0 = _sign(xp, x0)
-    default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
+    one = xp.ones_like(x0)
+    sign_x0 = xp.where(x0 >= 0, one, -one)
+    ax = xp.abs(x0)
+    default = rstep * sign_x0 * xp.maximum(one, ax)
     if abs_step is not None:
         h = _as_step(xp, abs_step, x0, "abs_step", dev)
     elif rel_step is None:
         return default
     else:
-        r = _as_step(xp, rel_step, x0, "rel_step", dev)
-        h = r * sign_x0 * xp.abs(x0)
+        # a power of 2 (the complex step's eps) is exact in every float dtype: as a
+        # Python float (weak scalar) it multiplies as its 0-d array would, one
+        # array creation fewer per Jacobian
+        exact = isinstance(rel_step, float) and math.frexp(rel_step)[0] == 0.5
+        r = rel_step if exact else _as_step(xp, rel_step, x0, "rel_step", dev)
+        h = r * sign_x0 * ax
     if cs:
         # the complex step is not added to the real part: only h == 0 is unusable
         return xp.where(h == 0, default, h)
@@ -383,56 +384,58 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     eye = cache.get("eye")
     if eye is None:
         eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
+    # the n steps at once: row j of H is h_j e_j ((n, n), batched (B, n, n)), so
+    # the point of column j is row j of x0 + H (x0 exactly off column j)
+    H = h[..., :, None] * eye
 
     if method == "cs":
         if "i1" not in cache:
             cache["cdt"] = _complex_dtype(xp, dtype)
             cache["i1"] = xp.asarray(1j, dtype=cache["cdt"], device=dev)
         cdt, i1 = cache["cdt"], cache["i1"]
-        xc = xp.astype(x0, cdt)
-
-    cols = []
-    for j in range(n):
-        ej = eye[j, :]
-        if batched:
-            hj = h[:, j : j + 1] * ej  # (B, n), zero off column j
-        else:
-            hj = h[j] * ej
-        if method == "2-point":
-            x1 = x0 + hj
-            dx = x1[..., j] - x0[..., j]
-            df = call(x1) - f0
-        elif method == "3-point":
-            xm = x0 - hj
-            x1 = x0 + hj
-            x2 = x0 + 2.0 * hj
-            oj = one_sided[..., j]
-            # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
-            if bool(xp.all(~oj)):
-                dx = x1[..., j] - xm[..., j]
-                df = call(x1) - call(xm)
-            elif bool(xp.all(oj)):
-                f1 = call(x1)
-                f2 = call(x2)
-                dx = x2[..., j] - x0[..., j]
-                df = -3.0 * f0 + 4.0 * f1 - f2
-            else:  # batched, mixed: evaluate both schemes and pick per problem
-                fm = call(xm)
-                f1 = call(x1)
-                f2 = call(x2)
-                dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
-                sel = oj if scalar_f else oj[:, None]
-                df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
-        else:  # cs
-            fc = call(xc + xp.astype(hj, cdt) * i1)
+        XC = xp.astype(x0, cdt)[..., None, :] + xp.astype(H, cdt) * i1
+        cols = []
+        for j in range(n):
+            fc = call(XC[..., j, :])
             if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
                 raise ValueError(
                     "fun returned a real array for complex input, so the complex step "
                     "cannot see the derivative; method='cs' needs fun to be written in "
                     "complex-safe arithmetic (or use '2-point' / '3-point')"
                 )
-            df = xp.imag(fc)
-            dx = hj[..., j]
+            cols.append(xp.imag(fc))
+        # df_j / h_j for every column at once (dx = h: the step is not added to x)
+        return xp.stack(cols, axis=-1) / (h if scalar_f else h[..., None, :])
+    if method == "2-point":
+        X1 = x0[..., None, :] + H
+        dx = (x0 + h) - x0  # the steps actually taken (x0 + h_j is X1's entry (j, j))
+        cols = [call(X1[..., j, :]) - f0 for j in range(n)]
+        return xp.stack(cols, axis=-1) / (dx if scalar_f else dx[..., None, :])
+
+    cols = []
+    for j in range(n):
+        hj = H[..., j, :]  # (n,) or (B, n), zero off column j
+        # 3-point
+        xm = x0 - hj
+        x1 = x0 + hj
+        x2 = x0 + 2.0 * hj
+        oj = one_sided[..., j]
+        # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
+        if bool(xp.all(~oj)):
+            dx = x1[..., j] - xm[..., j]
+            df = call(x1) - call(xm)
+        elif bool(xp.all(oj)):
+            f1 = call(x1)
+            f2 = call(x2)
+            dx = x2[..., j] - x0[..., j]
+            df = -3.0 * f0 + 4.0 * f1 - f2
+        else:  # batched, mixed: evaluate both schemes and pick per problem
+            fm = call(xm)
+            f1 = call(x1)
+            f2 = call(x2)
+            dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
+            sel = oj if scalar_f else oj[:, None]
+            df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
         if batched and not scalar_f:
             dx = dx[:, None]
         cols.append(df / dx)

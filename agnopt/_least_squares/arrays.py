@@ -65,6 +65,15 @@ def host_ints(a) -> list:
     return [int(v) for v in a]
 
 
+def host_bools(a) -> list:
+    """A boolean array (1-D) as a list of Python bools (one transfer, not one per entry)."""
+    (a,) = lazy.compute(a)
+    tolist = getattr(a, "tolist", None)
+    if tolist is not None:
+        return [bool(v) for v in tolist()]
+    return [bool(v) for v in a]
+
+
 def indices(xp, mask) -> list:
     """The first ten indices where ``mask`` (B,) is true, as Python ints."""
     (vals,) = lazy.compute(mask)

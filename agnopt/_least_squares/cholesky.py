@@ -77,8 +77,8 @@ def chol_inv_entries(xp, A):
     eps = machine_eps(xp, A.dtype)
     # the lower triangle only (A is symmetric): n (n + 1) / 2 column reads
     a = [[A[:, i, j] for j in range(i + 1)] for i in range(n)]
-    one = None
     L = [[None] * n for _ in range(n)]
+    invd = [None] * n  # 1 / L[j][j], used by both loops
     ok = None
     for j in range(n):
         d = a[j][j]
@@ -86,10 +86,9 @@ def chol_inv_entries(xp, A):
             d = d - L[j][t] * L[j][t]
         okj = d > eps * a[j][j]
         ok = okj if ok is None else ok & okj
-        one = xp.ones_like(d) if one is None else one
-        ljj = xp.sqrt(xp.where(okj, d, one))
+        ljj = xp.sqrt(xp.where(okj, d, 1.0))
         L[j][j] = ljj
-        inv = 1.0 / ljj
+        inv = invd[j] = 1.0 / ljj
         for i in range(j + 1, n):
             v = a[i][j]
             for t in range(j):
@@ -98,14 +97,14 @@ def chol_inv_entries(xp, A):
     # Linv (lower): Linv[i][i] = 1/L[i][i]; Linv[i][j] = -sum_t L[i][t] Linv[t][j] / L[i][i]
     Li = [[None] * n for _ in range(n)]
     for i in range(n):
-        dinv = 1.0 / L[i][i]
+        dinv = invd[i]
         Li[i][i] = dinv
         for j in range(i):
             v = L[i][j] * Li[j][j]
             for t in range(j + 1, i):
                 v = v + L[i][t] * Li[t][j]
             Li[i][j] = -v * dinv
-    zero = xp.zeros_like(one)
+    zero = xp.zeros_like(invd[0])
     # one stack of the n * n entries (row-major), not one per row
     flat = [Li[i][j] if j <= i else zero for i in range(n) for j in range(n)]
     return xp.reshape(xp.stack(flat, axis=-1), (k, n, n)), ok

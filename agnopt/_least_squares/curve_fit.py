@@ -9,11 +9,11 @@ import warnings
 from typing import Any, Callable, Literal, overload
 
 from .._core import lazy
-from .._core.backend import on_device_of, resolve
+from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
-from .arrays import host_ints
+from .arrays import host_bools, host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance, minpack_factors
 from .fit_data import (
@@ -348,6 +348,9 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     """``(residual, jac)`` for ``least_squares``: weighted residuals ``(f(xdata, *p) - y)``
     of ``p`` (n,) or (B, n), with the row hook of a shared ``xdata`` (batched)."""
     dtype = ydata.dtype
+    yshape = tuple(ydata.shape)
+    xp = native_namespace(xp)  # the per-call arithmetic below: NumPy's own functions
+    complex_kind: dict = {}  # dtype -> is it complex (isdtype once per dtype)
 
     # Complex-step Jacobians perturb one parameter at a time: the others are
     # passed to f as real arrays (their imaginary parts are exactly zero), so
@@ -356,13 +359,24 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     # Complex arithmetic with zero imaginary parts gives the same real values,
     # so this changes nothing but the cost.
     def _real_where_possible(p, cols):
-        if p.dtype == dtype or not xp.isdtype(p.dtype, "complex floating"):
-            return cols  # real parameters (the common case: no isdtype call)
+        pd = p.dtype
+        if pd == dtype:
+            return cols  # real parameters (the common case: no dtype test)
+        try:
+            is_c = complex_kind[pd]
+        except KeyError:
+            is_c = complex_kind[pd] = bool(xp.isdtype(pd, "complex floating"))
+        except TypeError:  # pragma: no cover - unhashable dtype objects
+            is_c = bool(xp.isdtype(pd, "complex floating"))
+        if not is_c:
+            return cols
         im = xp.imag(p)
         nz = xp.any(im != 0, axis=0) if batched else im != 0
-        if lazy.is_dask(nz):
-            (nz,) = lazy.compute(nz)
-        return [c if bool(nz[j]) else xp.real(c) for j, c in enumerate(cols)]
+        nz = host_bools(nz)  # one transfer for all n flags
+        re = xp.real(p)
+        if batched:
+            return [c if nz[j] else re[:, j : j + 1] for j, c in enumerate(cols)]
+        return [c if nz[j] else re[j] for j, c in enumerate(cols)]
 
     if batched:
         def split(p):
@@ -376,12 +390,12 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
         r = f(xdata, *split(p))
         if not (hasattr(r, "shape") and hasattr(r, "dtype")):
             r = xp.asarray(r, dtype=dtype, device=dev)
-        if r.ndim == 0 or tuple(r.shape) != tuple(ydata.shape):
+        if r.ndim == 0 or tuple(r.shape) != yshape:
             try:
                 r = xp.broadcast_to(r, ydata.shape)
             except Exception as e:
                 raise ValueError(
-                    f"f: returned shape {tuple(r.shape)}, expected ydata's shape {tuple(ydata.shape)}"
+                    f"f: returned shape {tuple(r.shape)}, expected ydata's shape {yshape}"
                 ) from e
         r = r - ydata
         return r if wfun is None else wfun(r)
@@ -439,6 +453,7 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
 def _pcov(xp, res, batched, absolute_sigma, m, n):
     """``(pcov, warn)``: ``(J^T J)^{-1}`` at the solution, scaled by the reduced
     chi-square unless ``absolute_sigma``; NaN for failed batched fits."""
+    xp = native_namespace(xp)  # NumPy's own functions (a few dozen small operations)
     Jf = res.jac
     if not batched:
         Jf = xp.reshape(Jf, (1,) + tuple(Jf.shape))

@@ -107,8 +107,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if refactor:
             route = ev.route(st)
             refactor = False
-            st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
-                st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
+            if ev.persist_all:  # Dask: keep the graph from growing
+                st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
+                    st.J, st.D, st.free, st.gnorm, st.delta, st.xnorm))))
         # -- inner loop of lmder: LM parameter and step, trial point
         par, z = route.step(st.delta, st.par, st.active)
         limited = par > 0  # the trust radius cut the Gauss-Newton step short

@@ -47,7 +47,7 @@ from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._derivatives.numdiff import prepare_bounds
-from .arrays import call_checked, indices
+from .arrays import call_checked, device, indices
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
@@ -514,7 +514,8 @@ def _start_point(x0, batched):
     B, n = X.shape
     if n == 0 or B == 0:
         raise ValueError(f"x0: empty array of shape {tuple(x0.shape)}")
-    if not bool(xp.all(xp.isfinite(X))):
+    nx = native_namespace(xp)
+    if not bool(nx.all(nx.isfinite(X))):
         raise ValueError("x0: contains non-finite values")
     return xp, dev, x0, X
 
@@ -546,6 +547,12 @@ def _solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
 
 def _bounds(xp, bounds, X, x0, batched):
     """``(lb, ub, bounded)``: bounds (B, n) checked against ``X``."""
+    lo, hi = bounds
+    if (type(lo) is float and type(hi) is float and lo == -math.inf and hi == math.inf):
+        # the default (-inf, inf): nothing to check (X is finite)
+        dev = device(X)
+        return (xp.full(X.shape, -math.inf, dtype=X.dtype, device=dev),
+                xp.full(X.shape, math.inf, dtype=X.dtype, device=dev), False)
     if isinstance(bounds, (tuple, list)):
         for b in bounds:
             check_backend(b, xp, "bounds")

@@ -58,7 +58,9 @@ class SpectralBasis(NamedTuple):
     full_rank: Any
 
     def gauss_newton(self, xp):
-        """``q(0)`` (truncated pseudo-inverse step), its ``q^T A^+ q`` and ``rhs = c``."""
+        """``(q(0), s3, full_rank, rhs, factor)``: the truncated pseudo-inverse step,
+        its ``q^T A^+ q`` (``None`` where the basis forms it later, :meth:`gn_s3`),
+        ``rhs = c`` and the basis' factor (``None``)."""
         w, c, good = self.w, self.c, self.good
         wsafe = xp.where(good, w, 1.0)
         qn = xp.where(good, c / wsafe, 0.0)
@@ -83,9 +85,13 @@ class CholeskyBasis(NamedTuple):
     eye: Any
 
     def gauss_newton(self, xp):
-        qn = chol_solve(xp, self.Linv0, self.gs)
-        s3 = xp.linalg.vector_norm(mv(xp, self.Linv0, qn), axis=-1) ** 2
-        return qn, s3, None, self.gs, self.Linv0
+        # ``q^T A^{-1} q`` (None here) is formed by :meth:`gn_s3` only when a step
+        # leaves the region (most iterations near a solution take q(0) as it is)
+        return chol_solve(xp, self.Linv0, self.gs), None, None, self.gs, self.Linv0
+
+    def gn_s3(self, xp, qn):
+        """``q(0)^T A^{-1} q(0) = ||L^{-1} q(0)||^2`` (k,)."""
+        return xp.linalg.vector_norm(mv(xp, self.Linv0, qn), axis=-1) ** 2
 
     def solve(self, xp, par):
         Li, _ = chol_inv(xp, self.As + par[:, None, None] * self.eye)
@@ -115,10 +121,6 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     trf: a rank threshold can drop directions that badly scaled variables
     need, and the truncated step is then far too short).
     """
-    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
-    # a finished problem of a batch may carry delta = 0: divide by 1 there (its
-    # values are not used) instead of raising floating-point warnings
-    delta_s = xp.where(delta > 0, delta, 1.0)
     qn, s3, full_rank, rhs, factor = basis.gauss_newton(xp)
     dxnorm = xp.linalg.vector_norm(qn, axis=-1)
     fp = dxnorm - delta
@@ -130,6 +132,12 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
         # a solution): par = 0 and q = q(0), exactly what the end of the
         # search below returns for them; the bounds parl / paru are not needed
         return xp.zeros_like(fp), qn, factor
+    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    # a finished problem of a batch may carry delta = 0: divide by 1 there (its
+    # values are not used) instead of raising floating-point warnings
+    delta_s = xp.where(delta > 0, delta, 1.0)
+    if s3 is None:
+        s3 = basis.gn_s3(xp, qn)
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
     s3 = xp.where(s3 > 0, s3, 1.0)
     parl = (fp / delta_s) * dxnorm * dxnorm / s3

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .._core.result import OptimizeResult
 from .._core.status import Status
-from .arrays import host_ints
+from .arrays import device, host_ints
 from .state import MinpackInfo
 
 
@@ -59,12 +59,19 @@ MACHINE_MESSAGES = {
 }
 
 
+# the same table indexed by ``info - _INFO_LO`` (codes without a status: CALLBACK)
+_INFO_LO = min(k for k, _ in _FROM_MINPACK_INT)
+_INFO_HI = max(k for k, _ in _FROM_MINPACK_INT)
+_STATUS_OF = [dict(_FROM_MINPACK_INT).get(k, _CALLBACK) for k in range(_INFO_LO, _INFO_HI + 1)]
+
+
 def to_status(xp, info, active, cb_stop):
     """Common statuses (B,) from MINPACK's ``info`` (B,); problems still running
     when the callback stopped the solve get ``Status.CALLBACK``."""
-    status = xp.full_like(info, _CALLBACK)
-    for k, v in _FROM_MINPACK_INT:
-        status = xp.where(info == k, v, status)
+    table = xp.asarray(_STATUS_OF, dtype=info.dtype, device=device(info))
+    inside = (info >= _INFO_LO) & (info <= _INFO_HI)
+    status = xp.where(inside, xp.take(table, xp.where(inside, info - _INFO_LO, 0), axis=0),
+                      _CALLBACK)
     if cb_stop:
         status = xp.where(active, _CALLBACK, status)
     return status

@@ -345,9 +345,11 @@ class Problem:
             xp.ones_like(X), xp.abs(X))
         h3, h2 = eps ** (1.0 / 3.0), eps**0.5
         P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
-        inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= self.lb)
-                        & (xp.maximum(xp.maximum(P3, M3), P2) <= self.ub))
-        if not bool(inside):
+        # (no finite bound: every point is inside, none of them NaN)
+        inside = not getattr(self, "bounded", True) or bool(xp.all(
+            (xp.minimum(xp.minimum(P3, M3), P2) >= self.lb)
+            & (xp.maximum(xp.maximum(P3, M3), P2) <= self.ub)))
+        if not inside:
             return self._cs_columns(X, F, Jcs)
         try:
             Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
@@ -403,8 +405,10 @@ class Problem:
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, lbx[0, :], ubx[0, :],
-                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
+            cs = jac == "cs"  # the complex step reads no bounds
+            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, None if cs else lbx[0, :],
+                            None if cs else ubx[0, :], self.args, self.kwargs, False, xp,
+                            self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
@@ -493,14 +497,18 @@ class Problem:
         xp = self.xp
         X, F = st.X, st.F
         k = X.shape[0]
+        # one problem: the engine linearizes only problems that need it, so nj
+        # is true and every ``where(nj, new, old)`` below is ``new``
+        every = k == 1
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
-        J = Jn if st.J is None else xp.where(nj[:, None, None], Jn, st.J)
+        J = Jn if st.J is None or every else xp.where(nj[:, None, None], Jn, st.J)
         A0, dA = st.A0, None
         if self.use_chol:
             A0, dA = self._gram(J)
             # non-finite J entries make diag(J^T J) non-finite (so does
             # overflow of a finite J: then the entries are checked)
-            check = not bool(xp.all(xp.isfinite(dA) | ~nj[:, None]))
+            fin = xp.isfinite(dA)
+            check = not bool(xp.all(fin if every else fin | ~nj[:, None]))
         else:
             check = not bool(xp.all(xp.isfinite(Jn)))
         bad = None

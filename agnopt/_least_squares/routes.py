@@ -151,13 +151,14 @@ class InMemoryRoute:
                 self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
                                           xp.where(well[:, None], gs, 0.0),
                                           xp.where(well[:, None, None], Linv0, eye), eye)
-            need = active & ~well
         else:
             all_well = False
             self.well = xp.zeros_like(active)
-            need = xp.ones_like(active)
         self.svd = None
-        if not all_well and bool(xp.any(need)):
+        if all_well:
+            return
+        need = active & ~self.well if self.chol_ok else xp.ones_like(active)
+        if bool(xp.any(need)):
             if compact:
                 idx = rows_where(xp, need)
                 mask, pos = positions(xp, idx, k, device(J))
