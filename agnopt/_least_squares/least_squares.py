@@ -489,9 +489,10 @@ def _start_point(x0, batched):
     """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
     x0 = as_array(x0, "x0")
     dt = getattr(x0, "dtype", None)
-    if dt is not None and "complex" in str(dt):
+    sdt = "" if dt is None else str(dt)  # (str of a dtype is slow: once)
+    if "complex" in sdt:
         raise ValueError("x0: must be real, got a complex array")
-    if dt is not None and any(k in str(dt) for k in ("int", "bool")):
+    if any(k in sdt for k in ("int", "bool")):
         # scipy casts integer starting points to float64
         x0 = array_api_compat.array_namespace(x0).astype(
             x0, array_api_compat.array_namespace(x0).float64)

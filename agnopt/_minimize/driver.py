@@ -91,7 +91,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._derivatives import autodiff as _autodiff
-from .._core.backend import on_device_of, resolve
+from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
 from .._core.typing import Array, ArrayLike
@@ -306,6 +306,7 @@ def minimize(
         args = (args,)
     x0 = _as_x0(x0)
     xp, device, n, dtype = _check_x0(x0)
+    xp = native_namespace(xp)  # NumPy >= 2.1: its own functions (small per-iteration arrays)
     if "autodiff" in (jac, hess, hessp):
         _autodiff.autodiff_backend(x0, "minimize(..., 'autodiff')")
     gtol, xtol, maxiter = _tolerances(xp, dtype, n, tol, maxiter, options)

@@ -149,11 +149,16 @@ class _Problem:
             return f
         return self._as_scalar(f, "a finite-difference point")
 
-    def value_and_grad(self, x: Any, where: str = "x") -> tuple[Any, Any]:
+    def value_and_grad(self, x: Any, where: str = "x", f: Any = None) -> tuple[Any, Any]:
+        """``(f(x), g(x))``; ``f``: the value at ``x`` when the caller has it (a line
+        search's accepted trial), then ``fun`` is not called again where the
+        gradient comes separately (a ``jac`` callable or finite differences)."""
         c = self._cache
         if c is not None and c[0] is x:
             return c[1], c[2]
         k = self.jac_kind
+        if f is not None and k not in ("combined", "autodiff"):
+            return self._grad_at(x, f, k)
         if k == "combined":
             f, g = self._split(self._call_fun(x))
             self.njev += 1
@@ -163,7 +168,10 @@ class _Problem:
             self.njev += 1
             f, g = _autodiff.value_and_grad(self.fun, x, args=self.args)
             return self._as_scalar(f, where), self._as_vector(g, "the autodiff gradient")
-        f = self._as_scalar(self._call_fun(x), where)
+        return self._grad_at(x, self._as_scalar(self._call_fun(x), where), k)
+
+    def _grad_at(self, x: Any, f: Any, k: str) -> tuple[Any, Any]:
+        """``(f, g(x))`` for a separate gradient (``jac`` callable or differences)."""
         if k == "callable":
             self.njev += 1
             return f, self._as_vector(self.jac(x, *self.args), "jac")
