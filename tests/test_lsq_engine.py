@@ -439,3 +439,23 @@ def test_stuck_on_a_bound_is_not_success(xp, device):
     with pytest.raises(RuntimeError, match="Jacobian column vanishes"):
         ao.curve_fit(lambda x, a, c: a * xp.exp(-(c ** 2) * x), t, y, p0=[0.5, 2.0],
                      bounds=([0.0, 0.0], [10.0, 10.0]), method="lm")
+
+
+def test_to_status_table_maps_every_info_code():
+    """to_status (a table lookup) gives FROM_MINPACK's status for every MINPACK
+    code, CALLBACK for codes without one (0: still running), and CALLBACK for
+    the problems still running when the callback stopped the solve."""
+    import array_api_strict as xs
+
+    from agnopt._least_squares.outcome import FROM_MINPACK, to_status
+
+    codes = list(range(-7, 12))
+    want = [int(FROM_MINPACK.get(c, Status.CALLBACK)) for c in codes]
+    for ns in (xp, xs):
+        info = ns.asarray(codes, dtype=ns.int64)
+        active = ns.asarray([c == 0 for c in codes])
+        got = to_status(ns, info, active, False)
+        assert [int(v) for v in np.asarray(got).tolist()] == want
+        got = to_status(ns, info, ns.asarray([c in (0, 2) for c in codes]), True)
+        assert [int(v) for v in np.asarray(got).tolist()] == [
+            int(Status.CALLBACK) if c in (0, 2) else w for c, w in zip(codes, want)]

@@ -1127,3 +1127,24 @@ def test_cholesky_fast_path_equals_generic(xp, device, n):
     if n > 1:
         S = asarr(xp, device, A - 2.0 * np.max(np.linalg.eigvalsh(A)) * np.eye(n) * (np.arange(n) == 0))
         assert cholesky(xp, S) is None and cholesky(xp, S, fast=False) is None
+
+
+@pytest.mark.parametrize("method,jac", [("newton", "callable"), ("newton", "2-point"),
+                                        ("newton-cg", "callable")])
+def test_accepted_point_is_not_evaluated_twice(method, jac):
+    """The line search's accepted trial value is the new f: fun is called once
+    per point (the gradient comes from jac or from differences around that f),
+    and nfev counts exactly the calls."""
+    calls = []
+
+    def fun(x):
+        calls.append(np.array(x, copy=True))
+        return rosen(x)
+
+    res = ao.minimize(fun, np.array([-1.2, 1.0]), method=method,
+                      jac=rosen_der if jac == "callable" else jac,
+                      hess=rosen_hess if method == "newton" else None)
+    assert res.success and np.allclose(res.x, 1.0, atol=1e-5)
+    assert res.nfev == len(calls)
+    if jac == "callable":  # (differences evaluate nearby points, not the same one)
+        assert all(not np.array_equal(a, b) for a, b in zip(calls, calls[1:]))

@@ -112,3 +112,65 @@ def test_device_scope_makes_the_arrays_device_current(xp, device):
         with device_scope(dev_of(x)):
             assert cupy.cuda.Device().id == dev_of(x).id
         assert cupy.cuda.Device().id == cur  # restored
+
+
+def test_native_numpy_namespace_is_numpy_bit_for_bit():
+    """native_namespace's NumPy namespace calls the ufunc / method NumPy's own
+    functions end in: same values, dtypes, shapes and errors (every axis form,
+    keepdims, scalars, bool / int / float inputs)."""
+    import array_api_compat
+    import array_api_compat.numpy as cnp
+
+    from agnopt._core.backend import native_namespace
+
+    nx = native_namespace(cnp)
+    assert array_api_compat.is_numpy_namespace(nx) and nx.__name__ == "numpy"
+    rng = np.random.default_rng(0)
+
+    def same(a, b):
+        assert type(a) is type(b)
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+    def outcome(fn, *a, **k):
+        try:
+            return fn(*a, **k)
+        except Exception as e:  # the same error type as NumPy's
+            return type(e)
+
+    for shape in [(), (1,), (3,), (2, 5), (4, 3, 2), (0,), (2, 0)]:
+        x = rng.standard_normal(shape)
+        if x.size:
+            x.flat[0] = np.nan if len(shape) > 1 else x.flat[0]
+        arrays = [x, x > 0, np.nan_to_num(10 * x).astype(np.int8), x.astype(np.float32),
+                  np.float64(1.5), np.True_]
+        axes = [None] + list(range(-len(shape), len(shape))) + ([(0,)] if shape else [])
+        for a in arrays:
+            for ax in axes if getattr(a, "ndim", 0) == len(shape) else [None]:
+                for kd in (False, True):
+                    for name in ("sum", "any", "all", "max", "min"):
+                        r1 = outcome(getattr(np, name), a, axis=ax, keepdims=kd)
+                        r2 = outcome(getattr(nx, name), a, axis=ax, keepdims=kd)
+                        if isinstance(r1, type) or isinstance(r2, type):
+                            assert r1 is r2, (name, shape, ax)
+                        else:
+                            same(r1, r2)
+            if getattr(a, "ndim", 0) >= 1 and a.dtype.kind == "f":
+                for ax in [None, -1, 0]:
+                    same(np.linalg.vector_norm(a, axis=ax), nx.linalg.vector_norm(a, axis=ax))
+            same(np.astype(a, np.float32), nx.astype(a, np.float32))
+    for dt in (np.float64, np.complex128, np.int32, np.bool_):
+        for kind in ("real floating", "complex floating", ("integral", "bool")):
+            assert nx.isdtype(np.dtype(dt), kind) == np.isdtype(np.dtype(dt), kind)
+    parts = [rng.standard_normal((2, 3)) for _ in range(3)]
+    for ax in range(-3, 3):
+        s1, s2 = np.stack(parts, axis=ax), nx.stack(parts, axis=ax)
+        same(s1, s2)
+        assert s1.strides == s2.strides
+    with pytest.raises(ValueError):
+        nx.stack([np.ones(3), np.ones(2)])
+    x = rng.standard_normal((2, 3, 4))
+    same(nx.reshape(x, (6, 4)), np.reshape(x, (6, 4)))
+    same(nx.matrix_transpose(x), np.matrix_transpose(x))
+    same(nx.linalg.matrix_transpose(x), np.linalg.matrix_transpose(x))

@@ -234,11 +234,14 @@ def _lean_numpy(np: Any) -> Any:
     that end in ``ufunc.reduce``; ``astype``, ``isdtype`` and
     ``linalg.vector_norm`` are Python too. On the ``(1,)`` and ``(1, n)``
     arrays of one small solve that wrapping costs 2-3 times the operation.
-    This module is NumPy's own (``__name__ == "numpy"``, every other name
-    NumPy's object) with those seven replaced by functions that make the
-    same ``ufunc.reduce`` / ``ndarray.astype`` call NumPy itself makes for an
-    ``ndarray`` (same results, bit for bit) and defer to NumPy's function for
-    anything else (scalars, subclasses, other ``ord`` / ``axis`` forms).
+    So are ``stack``, ``reshape`` and ``matrix_transpose`` (dispatch and
+    argument checks around one ``concatenate`` / method call). This module
+    is NumPy's own (``__name__ == "numpy"``, every other name NumPy's
+    object) with those ten replaced by functions that make the same
+    ``ufunc.reduce`` / ``ndarray`` method / ``concatenate`` call NumPy itself
+    makes for an ``ndarray`` (same results, bit for bit) and defer to NumPy's
+    function for anything else (scalars, subclasses, other ``ord`` /
+    ``axis`` / ``copy`` forms).
     """
     import types
 
@@ -297,13 +300,37 @@ def _lean_numpy(np: Any) -> Any:
             return sqrt(add(x * x, axis))
         return np_vnorm(x, axis=axis, keepdims=keepdims, ord=ord)
 
+    np_stack, np_reshape, np_mT, concat = np.stack, np.reshape, np.matrix_transpose, np.concat
+
+    def stack(arrays, /, *, axis=0):
+        # numpy.stack's own steps (a new axis on each, one concatenate) without its
+        # dispatch and checks; a mismatch of shapes still raises (in concatenate)
+        if type(arrays) in (list, tuple) and arrays and all(type(a) is nd for a in arrays):
+            nd1 = arrays[0].ndim + 1
+            if -nd1 <= axis < nd1:
+                ax = axis + nd1 if axis < 0 else axis
+                idx = (slice(None),) * ax + (None,)
+                return concat([a[idx] for a in arrays], axis=ax)
+        return np_stack(arrays, axis=axis)
+
+    def reshape(x, /, shape, *, copy=None):
+        if type(x) is nd and copy is None:
+            return x.reshape(shape)
+        return np_reshape(x, shape, copy=copy)
+
+    def matrix_transpose(x, /):
+        if type(x) is nd and x.ndim >= 2:
+            return x.swapaxes(-1, -2)
+        return np_mT(x)
+
     linalg = types.ModuleType("numpy.linalg")
     linalg.__dict__.update(vars(np.linalg))
     linalg.vector_norm = vector_norm
+    linalg.matrix_transpose = matrix_transpose
     mod = types.ModuleType("numpy", np.__doc__)
     mod.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
     mod.__version__ = np.__version__
-    for f in (sum, any, all, max, min, astype, isdtype):
+    for f in (sum, any, all, max, min, astype, isdtype, stack, reshape, matrix_transpose):
         setattr(mod, f.__name__, f)
     mod.linalg = linalg
     return mod
