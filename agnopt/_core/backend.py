@@ -51,7 +51,9 @@ class Backend(NamedTuple):
 
 def namespace_name(xp: Any) -> str:
     """A short human name for a namespace: ``numpy``, ``torch``, ``jax.numpy``..."""
-    name = getattr(xp, "__name__", repr(xp))
+    name = getattr(xp, "__name__", None)  # (not repr(xp) as a default: it is slow)
+    if name is None:
+        name = repr(xp)
     return name.removeprefix("array_api_compat.")
 
 

@@ -212,14 +212,22 @@ def to_backend(xp: Any, a: Any, dtype: Any, dev: Any) -> Any:
         return xp.asarray(a.tolist(), dtype=dtype, device=dev)
 
 
+_NS_NAME: dict = {}  # array type -> its namespace's name (array_namespace is slow)
+
+
 def check_backend(a: Any, xp: Any, what: str, ref: str = "x0") -> None:
     """TypeError when ``a`` is an array of another backend than ``xp``."""
-    if type(a) in (int, float, bool) or not array_api_compat.is_array_api_obj(a):
+    ta = type(a)
+    name = _NS_NAME.get(ta)
+    if name is not None and name == namespace_name(xp):
+        return
+    if ta in (int, float, bool) or not array_api_compat.is_array_api_obj(a):
         return
     try:
         xa = array_api_compat.array_namespace(a)
     except TypeError:
         return
+    _NS_NAME[ta] = namespace_name(xa)
     if xa is not xp and namespace_name(xa) != namespace_name(xp):
         raise TypeError(
             f"{what}: got a {namespace_name(xa)} array but {ref} is a {namespace_name(xp)} "

@@ -40,6 +40,10 @@ from .routes import CHOL_MAX_N, InMemoryRoute
 from .state import Linearization
 
 
+# dtype -> a quarter of its exponent range (set_fscale; finfo is slow next to a small solve)
+_FSCALE_EXP: dict = {}
+
+
 # --------------------------------------------------------------------------- the in-memory problem
 class Problem:
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
@@ -227,8 +231,14 @@ class Problem:
         scaled ``F``.
         """
         xp = self.xp
-        big = float(xp.finfo(F.dtype).max)
-        e = int(math.frexp(big)[1]) // 4
+        try:
+            e = _FSCALE_EXP[F.dtype]
+        except (KeyError, TypeError):
+            e = int(math.frexp(float(xp.finfo(F.dtype).max))[1]) // 4
+            try:
+                _FSCALE_EXP[F.dtype] = e
+            except TypeError:  # pragma: no cover - unhashable dtype objects
+                pass
         amax = float(xp.max(xp.abs(F)))
         if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
             return F
