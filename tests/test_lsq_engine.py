@@ -459,3 +459,32 @@ def test_to_status_table_maps_every_info_code():
         got = to_status(ns, info, ns.asarray([c in (0, 2) for c in codes]), True)
         assert [int(v) for v in np.asarray(got).tolist()] == [
             int(Status.CALLBACK) if c in (0, 2) else w for c, w in zip(codes, want)]
+
+
+def test_chol_inv_one_matrix_equals_its_row_of_a_stack():
+    """chol_inv_entries of one float64 NumPy matrix (Python-float recurrence) is
+    bit for bit its row of a stack (the array recurrence): random SPD and
+    indefinite matrices, NaN / inf / signed-zero / extreme entries."""
+    from agnopt._least_squares.cholesky import chol_inv_entries
+
+    rng = np.random.default_rng(5)
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, 1e300, -1.0]
+    with np.errstate(all="ignore"):
+        for n in range(1, 7):
+            for t in range(300):
+                J = rng.standard_normal((3 * n, n)) * np.exp(rng.uniform(-20, 20, n))
+                A = J.T @ J
+                if t % 5 == 0:
+                    A = rng.standard_normal((n, n))
+                    A = A + A.T
+                if t % 3 == 0:
+                    i, j = rng.integers(0, n, 2)
+                    A[i, j] = A[j, i] = specials[t % len(specials)]
+                L1, ok1 = chol_inv_entries(xp, A[None])
+                L2, ok2 = chol_inv_entries(xp, np.stack([A, np.eye(n)]))
+                assert L1.dtype == L2.dtype and ok1.dtype == ok2.dtype
+                assert bool(ok1[0]) == bool(ok2[0])
+                a, b = np.asarray(L1[0]), np.asarray(L2[0])
+                assert np.array_equal(a, b, equal_nan=True)
+                fin = ~np.isnan(a)
+                assert np.array_equal(np.signbit(a[fin]), np.signbit(b[fin]))
