@@ -67,8 +67,10 @@ def host_ints(a) -> list:
 
 def host_bools(a) -> list:
     """A boolean array (1-D) as a list of Python bools (one transfer, not one per entry)."""
-    (a,) = lazy.compute(a)
-    tolist = getattr(a, "tolist", None)
+    tolist = getattr(a, "tolist", None)  # (Dask arrays have none: computed first)
+    if tolist is None:
+        (a,) = lazy.compute(a)
+        tolist = getattr(a, "tolist", None)
     if tolist is not None:
         return [bool(v) for v in tolist()]
     return [bool(v) for v in a]
