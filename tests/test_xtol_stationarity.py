@@ -25,11 +25,11 @@ import scipy.optimize as so
 from conftest import to_numpy
 
 import agnopt as ao
-from agnopt._core.status import Status
 from agnopt._cli import nist as _nist
+from agnopt._core.status import Status
 
 PROBLEMS = {p["name"]: p for p in _nist.load_nist()}
-TOL = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)  # the NIST runs' tolerances
+TOL = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}  # the NIST runs' tolerances
 
 
 def _plateau_values(name):
@@ -151,7 +151,7 @@ def powell_singular(x):
 def test_converged_xtol_stops_stay_success(method):
     """Only the ``xtol`` test can stop these (the others at eps or off): zero
     residual with a singular Jacobian, and a minimum on a bound."""
-    tol = dict(ftol=None, gtol=None) if method != "lm" else dict(ftol=2.3e-16, gtol=2.3e-16)
+    tol = {"ftol": None, "gtol": None} if method != "lm" else {"ftol": 2.3e-16, "gtol": 2.3e-16}
     r = ao.least_squares(powell_singular, np.array([3.0, -1.0, 0.0, 1.0]), method=method,
                          xtol=1e-8, **tol)
     assert int(r.status) == Status.XTOL and r.success, r.message
