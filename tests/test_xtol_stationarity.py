@@ -176,3 +176,32 @@ def test_nist_xtol_stops_are_right_or_flagged(method):
     assert not wrong, wrong
     solved = sum(r["lre"] >= 6 for r in rows)
     assert solved >= {"trf": 52, "dogbox": 50}[method]
+
+
+@pytest.mark.parametrize("method", ["lm", "gauss-newton"])
+def test_tall_path_flags_the_same_stops(method):
+    """tall_least_squares (Dask rows; only J^T J, J^T f in memory): a wrong
+    Jacobian and a kink are -6, a zero-residual xtol stop stays 3."""
+    da = pytest.importorskip("dask.array")
+    t = da.from_array(np.linspace(0.0, 1.0, 40), chunks=10)
+    y = 2.0 * da.exp(-1.5 * t)
+
+    def fun(x):
+        return x[0] * da.exp(-x[1] * t) - y
+
+    def wrong_jac(x):
+        e = da.exp(-x[1] * t)
+        return da.stack([e, x[0] * t * e], axis=1)  # the second column's sign is wrong
+
+    def kink(x):
+        return da.abs(fun(x)) + 0.01
+
+    x0 = np.array([1.0, 1.0])
+    r = ao.tall_least_squares(fun, x0, jac=wrong_jac, method=method)
+    assert int(r.status) == Status.NOT_STATIONARY and not r.success and r.cost > 0.1
+    r = ao.tall_least_squares(kink, x0, jac="2-point", method=method)
+    assert int(r.status) == Status.NOT_STATIONARY and not r.success
+    np.testing.assert_allclose(np.asarray(r.x), [2.0, 1.5], rtol=1e-6)
+    r = ao.tall_least_squares(fun, x0, method=method, ftol=1e-15, gtol=1e-15, xtol=1e-12)
+    assert int(r.status) == Status.XTOL and r.success
+    np.testing.assert_allclose(np.asarray(r.x), [2.0, 1.5], rtol=1e-12)

@@ -35,7 +35,11 @@ within ``max(xtol, sqrt(eps)) max(1, |bound|)`` of a bound that the
 anti-gradient pushes against is held and left out of both tests. The robust
 loss's model (``f``, ``J`` scaled by :func:`.losses.robust_model`) is used.
 Columns and residuals are scaled by their largest entry before any product,
-so nothing under- or overflows.
+so nothing under- or overflows. The tall (Dask) path has only ``J^T J``,
+``J^T f`` and ``||f||^2`` in memory: :func:`xtol_not_stationary_gram` makes
+the same two tests from them (the Gauss-Newton step by the eigenvalues of
+the column-scaled ``J^T J``, eigenvalues below ``eps`` of the largest
+dropped, which drops more than the SVD and so flags less, never more).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from .._core.status import Status
 from .arrays import host_linalg
 from .losses import robust_model
 
-__all__ = ["xtol_not_stationary"]
+__all__ = ["xtol_not_stationary", "xtol_not_stationary_gram"]
 
 
 def _cosines(xp, Fh, Jl, free):
@@ -113,3 +117,28 @@ def xtol_not_stationary(xp, status, X, F, J, lb, ub, bounded, loss, f_scale, xto
         near = _gauss_newton_norm(xp, Fh, Jl, free) <= 10.0 * xg * (xg + xnorm)
         bad = bad & ~near
     return xp.where(bad, xp.full_like(status, int(Status.NOT_STATIONARY)), status)
+
+
+def xtol_not_stationary_gram(xp, status: int, x, A, g, ff: float, xtol) -> int:
+    """The check of :func:`xtol_not_stationary` for one problem from its
+    normal equations: ``x`` (n,), ``A = J^T J`` (n, n), ``g = J^T f`` (n,),
+    ``ff = ||f||^2``; no bounds, no loss (the tall path). Returns the status."""
+    if status != int(Status.XTOL) or ff <= 0.0:
+        return status
+    eps = float(xp.finfo(x.dtype).eps)
+    cn2 = xp.linalg.diagonal(A) if hasattr(xp.linalg, "diagonal") else xp.diagonal(A)
+    live = cn2 > 0
+    cn = xp.sqrt(xp.where(live, cn2, xp.ones_like(cn2)))
+    cos = xp.where(live, xp.abs(g) / (cn * ff ** 0.5), xp.zeros_like(g))
+    if float(xp.max(cos)) <= 100.0 * eps ** 0.5:
+        return status
+    sc = xp.where(live, 1.0 / cn, xp.zeros_like(cn))
+    w, V = xp.linalg.eigh(A * sc[:, None] * sc[None, :])
+    good = w > eps * xp.max(w)
+    c = xp.matmul(g * sc, V)
+    q = xp.where(good, c / xp.where(good, w, xp.ones_like(w)), xp.zeros_like(w))
+    pn = float(xp.linalg.vector_norm(sc * xp.matmul(V, q)))
+    xt = max(0.0 if xtol is None else float(xtol), eps ** 0.5)
+    if pn <= 10.0 * xt * (xt + float(xp.linalg.vector_norm(x))):
+        return status
+    return int(Status.NOT_STATIONARY)
