@@ -34,6 +34,14 @@ False``); ``x`` and the other fields are unchanged. With bounds, a variable
 within ``max(xtol, sqrt(eps)) max(1, |bound|)`` of a bound that the
 anti-gradient pushes against is held and left out of both tests. The robust
 loss's model (``f``, ``J`` scaled by :func:`.losses.robust_model`) is used.
+What first-order information cannot see stays status 3: a column that is
+exactly 0 in floating point (the residuals do not depend on that variable
+at all there, e.g. dogbox with ``x_scale="jac"`` from MGH17's first start,
+where both exponentials underflow to 0 at every data point but ``x = 0``),
+and a stationary point of an inaccurate Jacobian (``jac="3-point"`` on
+Kirby2's second start: scipy's relative step is too large for its small
+parameters).
+
 Columns and residuals are scaled by their largest entry before any product,
 so nothing under- or overflows. The tall (Dask) path has only ``J^T J``,
 ``J^T f`` and ``||f||^2`` in memory: :func:`xtol_not_stationary_gram` makes
