@@ -368,7 +368,8 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
 
     info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``,
     except on a step the trust radius cut short, ``limited`` (k,), whose
-    ``ratio >= 0.75``), 2 (``xtol``: ``Delta <= xtol ||D x||``), 3 (both);
+    ``ratio >= 0.75`` while ``gnorm^2 > ftol``), 2 (``xtol``:
+    ``Delta <= xtol ||D x||``), 3 (both);
     else 5 (``max_nfev``), then 6/7/8 (the same tests with ``eps`` in place
     of the tolerance). A step bound that collapsed on a non-finite trial
     point gives -4.
