@@ -488,6 +488,7 @@ def test_every_accepted_step_is_finite_and_downhill(xp, device, backend, case, m
     minimum (1, 1); MGH10's certified values (NIST StRD, start 1).
     """
     from conftest import to_numpy
+
     from agnopt._least_squares import engine
 
     kind = backend[0].value
@@ -524,7 +525,7 @@ def test_every_accepted_step_is_finite_and_downhill(xp, device, backend, case, m
             return y - b[0] * np.exp(b[1] / (t + b[2]))
 
         x0, right = p["start1"], p["certified_values"]
-        tol = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        tol = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}
     records = []
 
     def cb(intermediate_result):
@@ -551,7 +552,7 @@ def test_accepted_steps_downhill_batched_equals_one_by_one():
     def fun_np(b):
         return y - b[0] * np.exp(b[1] / (t + b[2]))
 
-    tol = dict(xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    tol = {"xtol": 1e-15, "ftol": 1e-15, "gtol": 1e-15}
     X0 = np.array([p["start1"], p["start2"]], dtype=float)
     rb = ao.least_squares(fun_b, X0, method="lm", batched=True, history=True, **tol)
     assert np.all(rb.success)
@@ -612,5 +613,7 @@ def test_geodesic_acceleration_is_v_plus_half_a():
     assert bool(accel[0]) and int(st2.nfev[0]) == int(st.nfev[0]) + 1
     np.testing.assert_allclose(np.asarray(p)[0], v + 0.5 * a, rtol=1e-9)
     # and it is the better point here: the acceleration follows the curvature
-    c = lambda s: 0.5 * float(f_np(x + s) @ f_np(x + s))  # noqa: E731
-    assert c(v + 0.5 * a) < c(v)
+    def cost(s):
+        return 0.5 * float(f_np(x + s) @ f_np(x + s))
+
+    assert cost(v + 0.5 * a) < cost(v)
