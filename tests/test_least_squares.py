@@ -7,6 +7,7 @@ scipy.optimize.least_squares (NumPy, float64) is the reference.
 from __future__ import annotations
 
 import math
+import warnings
 
 import array_api_compat
 import numpy as np
@@ -401,6 +402,14 @@ def test_ftol_stops_where_every_step_is_limited(xp, device, backend):
         assert r.success and r.nfev < 40, (c, x0, xs, r.status, r.nfev)
         assert abs(float(to_numpy(r.x)[0])) < 1e-6, (c, x0, xs, r.x)
         assert float(r.cost) == pytest.approx(0.5 * c * c, rel=1e-12)
+    # curve_fit form: m residuals a^2 + 5 (curve_fit raises RuntimeError unless success;
+    # the covariance where J ~ 0 is meaningless: a possible OptimizeWarning is ignored)
+    t = arr(xp, device, np.linspace(0.0, 1.0, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ao.OptimizeWarning)
+        popt, _ = ao.curve_fit(lambda x, a: a * a + 5.0 + 0.0 * x, t, 0.0 * t,
+                               p0=arr(xp, device, [2.0]))
+    assert abs(float(to_numpy(popt)[0])) < 1e-6
     C = arr(xp, device, [[5.0], [1.0], [100.0]])
     X0 = [[2.0], [-3.0], [2.0]]
     rb = ao.least_squares(lambda X: X**2 + C, arr(xp, device, X0), method="lm", x_scale=1.0,
