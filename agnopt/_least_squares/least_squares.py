@@ -235,9 +235,11 @@ def least_squares(
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model"), tested only on steps the
-          trust radius did not cut short (``lambda = 0``): a short step's small
-          relative reduction says nothing about the reduction still possible;
+          quadratic model and the true model"), except on a step the trust
+          radius cut short (``lambda > 0``) with ``ratio >= 0.75`` (the radius
+          then doubles) while ``max_j cos^2(J_j, f) > ftol`` (the Gauss-Newton
+          step would remove more): such a step's small relative reduction
+          says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -252,7 +254,10 @@ def least_squares(
         same status is reported with a "machine precision" message.
         For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
-        accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
+        accepted step (trf and dogbox: not on a step that reached the trust
+        region's boundary with ``dF / predicted dF > 0.75`` while
+        ``max_j cos^2(J_j, f) > ftol``, as for ``"lm"``; scipy's trf stops
+        there); ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
         ``gtol``: ``||J^T f||_inf < gtol`` (trf and dogbox: ``optimality < gtol``).
     x_scale : None, "jac" or array
         ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
