@@ -666,3 +666,60 @@ def test_geodesic_acceleration_is_v_plus_half_a():
         return 0.5 * float(f_np(x + s) @ f_np(x + s))
 
     assert cost(v + 0.5 * a) < cost(v)
+
+
+def test_per_problem_tests_on_scalars_equal_the_array_path():
+    """One float64 NumPy problem runs update_radius and stopping_tests on NumPy
+    scalars (arrays.on_scalars): the same radius, LM parameter, info and
+    active flag, bit for bit, as on (1,) arrays, over random values with
+    zeros, NaN and inf."""
+    from agnopt._core.backend import native_namespace
+    from agnopt._least_squares import engine
+    from agnopt._least_squares.arrays import on_scalars, scalar_namespace
+    from agnopt._least_squares.state import LMState, Trial
+
+    nx = native_namespace(xp)
+    sx = scalar_namespace(nx, np.ones((1, 3)))
+    assert sx is not None and scalar_namespace(nx, np.ones((2, 3))) is None
+    assert scalar_namespace(nx, np.ones((1, 3), dtype=np.float32)) is None
+    rng = np.random.default_rng(7)
+    pool = [0.0, -0.0, 1.0, 0.25, 0.75, 2.0, 1e-8, 1e-17, np.nan, np.inf, -np.inf, -0.5]
+
+    def val():
+        return np.array([pool[rng.integers(len(pool))] if rng.random() < 0.4
+                         else rng.standard_normal() * 10.0 ** rng.integers(-20, 5)])
+
+    def same(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b, equal_nan=True)
+        if a.dtype.kind == "f":
+            assert np.array_equal(np.signbit(a), np.signbit(b))
+
+    with np.errstate(all="ignore"):
+        for _ in range(3000):
+            b = lambda: np.array([bool(rng.random() < 0.5)])  # noqa: E731
+            st = LMState(X=np.ones((1, 3)), F=np.ones((1, 5)), J=None, A0=None,
+                         g=np.ones((1, 3)), D=np.ones((1, 3)), free=None, fnorm=np.abs(val()),
+                         xnorm=np.abs(val()), delta=np.abs(val()), par=np.abs(val()),
+                         gnorm=np.abs(val()), info=np.zeros(1, np.int64),
+                         nfev=np.array([rng.integers(1, 50)]), njev=np.ones(1, np.int64),
+                         nit=np.ones(1, np.int64), active=b(), need_jac=b(), first=b())
+            tr = Trial(np.ones((1, 3)), np.ones((1, 5)), np.ones((1, 3)), np.abs(val()),
+                       np.abs(val()), None, None)
+            red = (val(), val(), val(), val(), np.abs(val()), b())  # actred, prered/dirder, ...
+            actred, prered, dirder, ratio, fn1s, finite = red
+            pn = np.abs(val())
+            d1 = engine.update_radius(nx, st, tr, actred, dirder, ratio, fn1s, finite, pn)
+            d2 = on_scalars(sx, nx, engine.update_radius, st, tr, actred, dirder, ratio, fn1s,
+                            finite, pn)
+            for u, v in zip(d1, d2):
+                same(u, v)
+            args = (actred, prered, ratio, finite, b(), 1e-8, 1e-8, 30)
+            s1 = engine.stopping_tests(nx, st, *args)
+            s2 = on_scalars(sx, nx, engine.stopping_tests, st, *args)
+            for u, v in zip(s1, s2):
+                if u is None or v is None:
+                    assert u is v
+                else:
+                    same(u, v)

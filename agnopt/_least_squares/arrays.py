@@ -114,3 +114,54 @@ def machine_eps(xp: Any, dtype: Any) -> float:
         return val
     except TypeError:  # pragma: no cover - unhashable dtype objects
         return float(xp.finfo(dtype).eps)
+
+
+def scalar_namespace(xp: Any, X: Any) -> Any:
+    """:func:`agnopt._core.backend.numpy_scalar_namespace` when ``X`` is one
+    problem's ``(1, n)`` float64 NumPy point (the per-problem tests of the
+    engine may then run on scalars, :func:`on_scalars`), else ``None``."""
+    if X.shape[0] != 1 or not array_api_compat.is_numpy_array(X) or X.dtype != xp.float64:
+        return None
+    from .._core.backend import numpy_scalar_namespace
+
+    return numpy_scalar_namespace()
+
+
+def _scalars_of(a: Any) -> Any:
+    if getattr(a, "shape", None) == (1,):
+        return a[0]
+    if isinstance(a, tuple) and hasattr(a, "_fields"):  # a state NamedTuple
+        return type(a)._make([v[0] if getattr(v, "shape", None) == (1,) else v for v in a])
+    return a
+
+
+def _array_of(xp: Any, v: Any) -> Any:
+    if getattr(v, "shape", None) == ():  # a NumPy scalar
+        return xp.asarray([v], dtype=v.dtype)
+    if isinstance(v, (bool, int, float)):
+        return xp.asarray([v])
+    return v
+
+
+def on_scalars(sx: Any, xp: Any, fn: Any, *args: Any) -> Any:
+    """``fn(xp, *args)`` for one problem, computed on NumPy scalars.
+
+    Every ``(1,)`` array among ``args`` (and among the fields of a state
+    NamedTuple) is read as its scalar, ``fn`` runs with the scalar namespace
+    ``sx`` (:func:`scalar_namespace`), and what it returns comes back as
+    ``(1,)`` arrays: a tuple of values, or a state NamedTuple (fields it did
+    not change are the caller's arrays). The same operations on the same
+    IEEE doubles: the same numbers as ``fn(xp, *args)``, bit for bit, for a
+    function of per-problem ``(k,)`` values only.
+    """
+    conv = [_scalars_of(a) for a in args]
+    out = fn(sx, *conv)
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        for a, c in zip(args, conv):
+            if type(a) is type(out):
+                return type(out)._make([ao if vo is vc else _array_of(xp, vo)
+                                        for ao, vc, vo in zip(a, c, out)])
+        return type(out)._make(_array_of(xp, v) for v in out)
+    if isinstance(out, tuple):
+        return tuple(_array_of(xp, v) for v in out)
+    return _array_of(xp, out)

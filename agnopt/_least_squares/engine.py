@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .arrays import device, machine_eps
+from .arrays import device, machine_eps, on_scalars, scalar_namespace
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
 
@@ -89,6 +89,8 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     the working set. Returns an :class:`.state.Outcome` (full batch).
     """
     st = initial_state(xp, X, F, fnorm, D)
+    # one float64 NumPy problem: its per-problem tests on NumPy scalars (same numbers)
+    sx = scalar_namespace(xp, X) if ws is None else None
     route: Any = None
     refactor = False
     hist = []
@@ -122,10 +124,18 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         tr, st = trial_point(xp, ev, st, p, accel, par)
         pm, pmnorm = model_step(xp, st, tr, accel, v)
         actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, pm, pmnorm)
-        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, pmnorm)
+        if sx is None:
+            delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, pmnorm)
+        else:
+            delta, par = on_scalars(sx, xp, update_radius, st, tr, actred, dirder, ratio, fn1s,
+                                    finite, pmnorm)
         st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
-        st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
-                            max_nfev)
+        if sx is None:
+            st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
+                                max_nfev)
+        else:
+            st = on_scalars(sx, xp, stopping_tests, st, actred, prered, ratio, finite, limited,
+                            ftol, xtol, max_nfev)
         st = LMState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
