@@ -326,11 +326,11 @@ def _lean_numpy(np: Any) -> Any:
             return x.swapaxes(-1, -2)
         return np_mT(x)
 
-    linalg = types.ModuleType("numpy.linalg")
+    linalg: Any = types.ModuleType("numpy.linalg")
     linalg.__dict__.update(vars(np.linalg))
     linalg.vector_norm = vector_norm
     linalg.matrix_transpose = matrix_transpose
-    mod = types.ModuleType("numpy", np.__doc__)
+    mod: Any = types.ModuleType("numpy", np.__doc__)
     mod.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
     mod.__version__ = np.__version__
     for f in (sum, any, all, max, min, astype, isdtype, stack, reshape, matrix_transpose):
@@ -460,8 +460,8 @@ def numpy_scalar_namespace() -> Any:
         t = getattr(dtype, "type", None)  # a dtype object, else a scalar type
         return (t if t is not None else dtype)(x)
 
-    ns = types.ModuleType("agnopt_numpy_scalars")
-    ns.__getattr__ = lambda name: getattr(np, name)  # type: ignore[method-assign]
+    ns: Any = types.ModuleType("agnopt_numpy_scalars")
+    ns.__getattr__ = lambda name: getattr(np, name)
     for f in (where, maximum, minimum, astype):
         setattr(ns, f.__name__, f)
     ns.abs = abs

@@ -131,7 +131,8 @@ def _scalars_of(a: Any) -> Any:
     if getattr(a, "shape", None) == (1,):
         return a[0]
     if isinstance(a, tuple) and hasattr(a, "_fields"):  # a state NamedTuple
-        return type(a)._make([v[0] if getattr(v, "shape", None) == (1,) else v for v in a])
+        cls: Any = type(a)
+        return cls._make([v[0] if getattr(v, "shape", None) == (1,) else v for v in a])
     return a
 
 
@@ -157,11 +158,12 @@ def on_scalars(sx: Any, xp: Any, fn: Any, *args: Any) -> Any:
     conv = [_scalars_of(a) for a in args]
     out = fn(sx, *conv)
     if isinstance(out, tuple) and hasattr(out, "_fields"):
+        cls: Any = type(out)
         for a, c in zip(args, conv):
-            if type(a) is type(out):
-                return type(out)._make([ao if vo is vc else _array_of(xp, vo)
-                                        for ao, vc, vo in zip(a, c, out)])
-        return type(out)._make(_array_of(xp, v) for v in out)
+            if type(a) is cls:
+                return cls._make([ao if vo is vc else _array_of(xp, vo)
+                                  for ao, vc, vo in zip(a, c, out)])
+        return cls._make([_array_of(xp, v) for v in out])
     if isinstance(out, tuple):
         return tuple(_array_of(xp, v) for v in out)
     return _array_of(xp, out)
