@@ -137,6 +137,7 @@ try:
 except AttributeError:  # pragma: no cover - not CPython
     _ENV_DATA = None
 _MODES: dict = {}
+_CPU: list = [None]  # agnopt._kernels.cpu once a NumPy step imported it
 
 
 def fast_mode() -> str:
@@ -223,14 +224,23 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
     if spec is not None:
         mode = fast_mode()
         if mode != "0":
+            cpu = _CPU[0]
+            # the very parameters the NumPy path stepped last time: no full flatten
+            hit = None if cpu is None else cpu.cached_leaves(update, params)
+            if hit is not None:
+                res = cpu.try_step(spec, params, hit[0], hit[1], grads, state, mode, owner=update)
+                if res is not None:
+                    return res
+                return _generic(transform, params, grads, state)
             p_leaves, td = tree_flatten(params)
             if p_leaves:
                 which = _backend_module(p_leaves[0])
                 res = None
                 if which == "numpy":
-                    from .._kernels.cpu import try_step
+                    from .._kernels import cpu
 
-                    res = try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
+                    _CPU[0] = cpu
+                    res = cpu.try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
                 elif which == "torch":
                     from .._kernels.torch_kernel import try_step as torch_try_step
 
