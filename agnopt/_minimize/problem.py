@@ -11,6 +11,7 @@ from array_api_compat import array_namespace
 
 from .._derivatives import autodiff as _autodiff
 from .._core.backend import namespace_name, scalar
+from .._core.linalg import is_symmetric
 from .._derivatives.numdiff import approx_derivative
 
 _FD = ("2-point", "3-point", "cs")
@@ -220,13 +221,12 @@ class _Problem:
         else:
             method = mode if mode in _FD else None
             H = self._fd_hessian(x, g, method)
-        Ht = xp.linalg.matrix_transpose(H)
-        if bool(xp.all(H == Ht)):
+        if is_symmetric(xp, H):
             # Already symmetric (the usual analytic or autodiff Hessian): no
             # copy; 0.5 * (H + H^T) would return the same values (it differs
             # only where h + h overflows).
             return H
-        return 0.5 * (H + Ht)
+        return 0.5 * (H + xp.linalg.matrix_transpose(H))
 
     def _fd_hessian(self, x: Any, g: Any, method: str | None) -> Any:
         """Finite differences of the gradient.
