@@ -150,11 +150,22 @@ class _Problem:
             return f
         return self._as_scalar(f, "a finite-difference point")
 
-    def value_and_grad(self, x: Any, where: str = "x") -> tuple[Any, Any]:
+    def value_and_grad(self, x: Any, where: str = "x", f: Any = None) -> tuple[Any, Any]:
+        """``(f(x), g(x))``. ``f``: the value at ``x`` already computed by
+        :meth:`value` (the accepted trial point of a line search or trust
+        region), reused instead of calling ``fun`` at ``x`` a second time where
+        the gradient comes separately (a ``jac`` callable, finite differences)."""
         c = self._cache
         if c is not None and c[0] is x:
             return c[1], c[2]
         k = self.jac_kind
+        if f is not None and k not in ("combined", "autodiff"):
+            if k == "callable":
+                self.njev += 1
+                return f, self._as_vector(self.jac(x, *self.args), "jac")
+            if not bool(self.xp.isfinite(f)):
+                return f, self.xp.full((self.n,), math.nan, dtype=self.dtype, device=self.device)
+            return f, self._fd_grad(x, f, k)
         if k == "combined":
             f, g = self._split(self._call_fun(x))
             self.njev += 1
