@@ -316,8 +316,8 @@ def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
       (neither run converges, so neither makes the second-order test at a
       solution). The reference is SciPy's ``cho_factor`` + ``cho_solve``
       (LAPACK potrf + potrs) of the Hessian at :math:`x_0`. The iteration
-      also calls the user's ``hess`` once and ``fun``/``jac`` about three
-      times; ``callbacks_s`` is their own time per iteration, and
+      also calls the user's ``hess``, ``fun`` (the line search's trial) and
+      ``jac`` once each; ``callbacks_s`` is their own time per iteration, and
       ``ratio_solver`` leaves it out.
     * ``one_step``: ``minimize(method="newton", maxiter=1)`` on the quadratic
       :math:`\tfrac12 x^TAx - b^Tx` from 0: one Newton step that lands on the
@@ -365,7 +365,7 @@ def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
         "t1": lambda: ao.minimize(fun, x0, method="newton", jac=jac, hess=hess, maxiter=1),
         "tK": lambda: ao.minimize(fun, x0, method="newton", jac=jac, hess=hess, maxiter=K),
         "ref": lambda: factor_solve(H0, g0),
-        "callbacks": lambda: (hess(x0), fun(x0), fun(x0), jac(x0)),
+        "callbacks": lambda: (hess(x0), fun(x0), jac(x0)),
         "one_step": lambda: ao.minimize(lambda x: 0.5 * x @ (A @ x) - b @ x, np.zeros(n), method="newton",
                                         jac=lambda x: A @ x - b, hess=lambda x: A, maxiter=1),
         "one_step_ref": lambda: factor_solve(A, b),
