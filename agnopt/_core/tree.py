@@ -149,6 +149,8 @@ def leaves_like(tree: ArrayTree, treedef: TreeDef) -> list[Any] | None:
         keys = treedef.keys
         if (type(tree) is dict and len(tree) == len(keys)
                 and _FLAT_DEFS.get((dict, keys, len(keys))) is treedef):  # a dict of leaves
+            if tuple(tree) == keys:  # inserted in sorted order (as tree_unflatten and tree_map build them)
+                return list(tree.values())
             try:
                 return [tree[k] for k in keys]
             except KeyError:
