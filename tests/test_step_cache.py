@@ -324,3 +324,31 @@ def test_tree_step_equals_flat_array_step(backend, monkeypatch):
             t, st = ao.step(opt, t, split(g), st)
         got = np.concatenate([to_numpy(t[k]).reshape(-1) for k in sorted(t)])
         np.testing.assert_array_equal(got, to_numpy(f))
+
+
+def test_optimizer_flat_gathers_grad_trees_like_copyto(monkeypatch):
+    """Optimizer(flat=True).step(grad tree) copies the gradients into its flat buffer in one
+    numpy.concatenate where it can; the same values as the per-leaf copyto (float64 grads
+    into float32 parameters, a broadcast leaf, a strided leaf, another key order)."""
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    rng = np.random.default_rng(5)
+    p0 = {f"k{i}": rng.standard_normal((3, 4)).astype(np.float32) for i in range(6)}
+    cases = [
+        {k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0},
+        {k: rng.standard_normal((3, 4)) for k in reversed(list(p0))},  # float64, another key order
+        {**{k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0}, "k2": np.float32(0.5)},
+        {**{k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0},
+         "k3": rng.standard_normal((4, 3)).astype(np.float32).T},
+    ]
+    o = ao.Optimizer(ao.adam(1e-2), copy.deepcopy(p0), flat=True)
+    want = ao.Optimizer(ao.adam(1e-2), copy.deepcopy(p0), flat=True)
+    for g in cases:
+        o.step(g)
+        for k in p0:  # the reference: one copyto per leaf, then the step on opt.grads
+            np.copyto(want.grads[k], g[k], casting="same_kind")
+        want.step()
+        np.testing.assert_array_equal(o._flat_g, want._flat_g)
+        for k in p0:
+            np.testing.assert_array_equal(o.params[k], want.params[k])
+    with pytest.raises(ValueError):
+        o.step({**cases[0], "k1": np.ones((4, 3), np.float32)})

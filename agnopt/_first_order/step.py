@@ -68,13 +68,14 @@ registered (any user-built chain) takes the generic path.
 
 from __future__ import annotations
 
+import operator
 import os
 import weakref
 from typing import Any, Generic, NamedTuple
 
 from .._core.lazy import is_dask, persist
 from .base import Transform, apply_updates
-from .._core.tree import tree_flatten, tree_unflatten
+from .._core.tree import leaves_like, tree_flatten, tree_unflatten
 from .._core.typing import ArrayTree, TreeT
 
 __all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
@@ -137,6 +138,7 @@ try:
 except AttributeError:  # pragma: no cover - not CPython
     _ENV_DATA = None
 _MODES: dict = {}
+_SHAPE = operator.attrgetter("shape")
 _CPU: list = [None]  # agnopt._kernels.cpu once a NumPy step imported it
 
 
@@ -286,6 +288,7 @@ class Optimizer(Generic[TreeT]):
             self._flat_p, views = _flat_buffer(leaves, copy=True)
             self._flat_g, gviews = _flat_buffer(leaves, copy=False)
             self._gviews = gviews
+            self._gshapes = [v.shape for v in gviews]
             self.params: TreeT = tree_unflatten(self._td, views)
             self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
@@ -302,14 +305,16 @@ class Optimizer(Generic[TreeT]):
             self.params, self.state = step(self.transform, self.params, grads, self.state)
             return self.params
         if grads is not None and grads is not self.grads:
-            g_leaves, td = tree_flatten(grads)
-            if td != self._td:
-                from .._core.tree import check_same_structure
+            fast = leaves_like(grads, self._td)
+            if fast is None or not _gather_numpy(self._flat_g, self._gshapes, fast):
+                g_leaves, td = tree_flatten(grads)
+                if td != self._td:
+                    from .._core.tree import check_same_structure
 
-                check_same_structure(grads, self.params, "grads", "params")
-            for dst, src in zip(self._gviews, g_leaves):
-                if src is not dst:
-                    _copy_into(dst, src)
+                    check_same_structure(grads, self.params, "grads", "params")
+                for dst, src in zip(self._gviews, g_leaves):
+                    if src is not dst:
+                        _copy_into(dst, src)
         new_p, self.state = step(self.transform, self._flat_p, self._flat_g, self.state)
         if new_p is not self._flat_p:  # generic path (e.g. AGNOPT_FAST=0): copy back into the buffer
             _copy_into(self._flat_p, new_p)
@@ -353,6 +358,26 @@ def _flat_buffer(leaves: list, copy: bool):
         views.append(v)
         off += n
     return buf, views
+
+
+def _gather_numpy(buf: Any, shapes: list, leaves: list) -> bool:
+    """Copy NumPy ``leaves`` into the flat ``buf`` at once (one ``numpy.concatenate``), where
+    each has exactly the shape of its view (``shapes``); False (nothing written) otherwise.
+
+    The same values as one ``numpy.copyto(view, leaf, casting="same_kind")`` per
+    leaf, without a Python call per leaf (a leaf to broadcast goes that way).
+    """
+    if _backend_module(buf) != "numpy":
+        return False
+    import numpy as np
+
+    if set(map(type, leaves)) != {np.ndarray} or list(map(_SHAPE, leaves)) != shapes:
+        return False
+    try:
+        np.concatenate(leaves, axis=None, out=buf, casting="same_kind")
+    except TypeError:  # a cast copyto would refuse too: let it raise its own error
+        return False
+    return True
 
 
 def _numel(x: Any) -> int:
