@@ -16,6 +16,7 @@ import pytest
 
 import agnopt as ao
 from agnopt._kernels import cpu as _cpu
+from agnopt._kernels import multi as _multi
 from conftest import to_numpy
 
 MODES = ["numpy"] + (["numba"] if _cpu.HAVE_NUMBA else [])
@@ -176,7 +177,7 @@ def test_cache_does_not_outlive_the_optimizer(monkeypatch):
 
 
 # ---------------------------------------------------------------- many small leaves
-# numba: the leaves of at most cpu.SMALL elements are stepped by one call of the
+# numba: the leaves of at most multi.SMALL elements are stepped by one call of the
 # multi-leaf kernel (gradients gathered into one buffer); the results must be those
 # of one kernel call per leaf and of the generic path, bit for bit.
 
@@ -197,12 +198,12 @@ MANY = {
 
 
 def _many_leaves(dt, rng, big=True, other_dtype=False):
-    """A tree of ~60 leaves: 0-d, 1-D, 2-D, 3-D, empty, and (``big``) one leaf over cpu.SMALL."""
+    """A tree of ~60 leaves: 0-d, 1-D, 2-D, 3-D, empty, and (``big``) one leaf over multi.SMALL."""
     shapes = [(), (0,), (1,), (7,), (3, 5), (2, 3, 4), (100,), (17, 9)] * 7 + [(31,), (1, 1)]
     tree = {f"k{i:02d}": rng.standard_normal(s).astype(dt) for i, s in enumerate(shapes)}
     tree["nested"] = [rng.standard_normal(5).astype(dt), {"x": rng.standard_normal((4, 4)).astype(dt)}]
     if big:
-        tree["big"] = rng.standard_normal(_cpu.SMALL + 3).astype(dt)
+        tree["big"] = rng.standard_normal(_multi.SMALL + 3).astype(dt)
     if other_dtype:
         tree["f64"] = rng.standard_normal(9)
     return tree
@@ -231,7 +232,7 @@ def test_many_small_leaves_equal_per_leaf_and_generic_bitwise(name, dt, monkeypa
     assert _cpu.STATS["numba"] - before["numba"] == 5 * len(ao.tree_leaves(p0))  # the fast path ran
     e = _cpu._CACHE[id(opt.update)]
     assert e.multi is not None and e.single  # small leaves grouped, the big one (and float64) apart
-    monkeypatch.setattr(_cpu, "SMALL", -1)  # one kernel call per leaf
+    monkeypatch.setattr(_multi, "SMALL", -1)  # one kernel call per leaf
     per_leaf, per_leaf_s = _run_many(opt, copy.deepcopy(p0), grads, opt.init(copy.deepcopy(p0)), "numba",
                                      monkeypatch)
     assert _cpu._CACHE[id(opt.update)].multi is None

@@ -29,7 +29,8 @@ values, and the returned ``params``/``state`` hold the same arrays. Treat the
 ``params`` and ``state`` you passed as consumed (as JAX's buffer donation
 does); ``grads`` are never written. On NumPy the step counters are
 incremented in place too, and the very ``state`` object passed is returned
-(and ``params`` itself when it is one array). ``update`` and
+(and ``params`` itself when it is one array, or when the tree of arrays
+stepped last time comes back). ``update`` and
 ``apply_updates`` stay pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
 runs the generic path there, as it does for user-built chains, read-only or
 non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
@@ -54,8 +55,11 @@ compiled kernel and its flattened views; ``_Entry`` in
 :mod:`agnopt._kernels.cpu`). When the same parameter leaves and the same
 state come back (what donation produces), only the new gradients, the
 containers inside the state (a dict may have been edited) and the
-parameters' writeable flags are checked again. The entry is dropped with
-the optimizer.
+parameters' writeable flags are checked again, the trees are read by their
+known keys instead of flattened, and ``params`` itself is returned. With
+numba, the small leaves of a tree are stepped by one call for all of them
+(:mod:`agnopt._kernels.multi`; their gradients gathered into one buffer),
+bit for bit as one call per leaf. The entry is dropped with the optimizer.
 
 The fast path recognises an optimizer through a small registry: each alias
 registers its ``Transform.update`` function with its hyperparameters and the

@@ -17,6 +17,10 @@ vectorise divisions and square roots).
   intermediate values stay in cache and no temporary has the size of the
   parameters. The same block programs run on torch tensors
   (:mod:`agnopt._kernels.torch_kernel`).
+
+With numba, the leaves of a tree that are small (at most
+``multi.SMALL`` elements, one dtype) are stepped by one call for all of
+them (:mod:`agnopt._kernels.multi`), bit for bit as one call per leaf.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import common as fc
+from . import multi
 from .blocks import BLOCK, PROGRAMS, run_blocked  # noqa: F401 (PROGRAMS, BLOCK: also used via this module)
 from .._core.tree import _LEAF, leaves_like, tree_flatten, tree_unflatten
 
@@ -179,53 +184,6 @@ def numba_kernel(kind: str, flag_items: tuple):
                 p[i] = pi + c_lr * u
 
     return _jit(k)
-
-
-@functools.lru_cache(maxsize=None)
-def _voidptr_intrinsic():
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def voidptr(typingctx, addr):
-        """The address ``addr`` (an int64) as a ``void*``, for ``numba.carray``."""
-        def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-        return types.voidptr(types.int64), codegen
-
-    return voidptr
-
-
-@functools.lru_cache(maxsize=None)
-def numba_multi_kernel(kind: str, flag_items: tuple):
-    """One call for many small leaves: :func:`numba_kernel`'s loop on each leaf in turn.
-
-    ``ptrs[i]`` holds the data addresses of leaf ``i``'s parameter and its
-    three state buffers (the parameter's again where a buffer is absent):
-    C-contiguous arrays of the gradient buffer's dtype, taken once when the
-    cache entry is built and kept alive by it. The gradients arrive
-    concatenated in ``g``, leaf ``i`` at ``g[offs[i]:offs[i + 1]]``. Each
-    leaf runs the very per-leaf kernel, so the results are those of one call
-    per leaf bit for bit (no per-leaf dispatch from Python: about 20 ns per
-    leaf instead of a microsecond).
-    """
-    import numba
-
-    k = numba_kernel(kind, flag_items)
-    vp = _voidptr_intrinsic()
-
-    def multi(ptrs, g, offs, c):
-        dt = g.dtype
-        for i in range(ptrs.shape[0]):
-            a = offs[i]
-            b = offs[i + 1]
-            sh = (b - a,)
-            k(numba.carray(vp(ptrs[i, 0]), sh, dt), g[a:b], numba.carray(vp(ptrs[i, 1]), sh, dt),
-              numba.carray(vp(ptrs[i, 2]), sh, dt), numba.carray(vp(ptrs[i, 3]), sh, dt), c)
-
-    return _jit(multi)
 
 
 def numba_available() -> bool:
@@ -435,49 +393,8 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
         while len(views) < 4:
             views.append(None)
         e.calls.append((kernel, tuple(views), vec, dt))
-    _group_small(e, kind, order)
+    multi.group_small(e, kernel)  # the small leaves of one dtype: one call for all of them
     return e
-
-
-# Leaves of at most SMALL elements are updated by one call of the multi-leaf kernel
-# (their gradients copied into one buffer first); larger leaves by one call each,
-# where the call's overhead is small against the leaf's own traffic.
-SMALL = 8192
-_SHAPE = operator.attrgetter("shape")
-_ND_ONLY = {np.ndarray}
-
-
-class _Multi:
-    """The small leaves of one dtype, stepped by one call of :func:`numba_multi_kernel`."""
-
-    __slots__ = ("kernel", "idx", "ptrs", "offs", "gbuf", "vec", "shapes")
-
-
-def _group_small(e, kind, order) -> None:
-    """Split ``e.calls`` into the small leaves of one dtype (``e.multi``) and the rest (``e.single``)."""
-    e.multi, e.single = None, None
-    if not e.use_numba or len(e.calls) < 2:
-        return
-    dt0 = e.dts[0]
-    idx = [i for i, (p, dt) in enumerate(zip(e.p_leaves, e.dts)) if dt is dt0 and p.size <= SMALL]
-    if len(idx) < 2:
-        return
-    m = _Multi()
-    m.kernel = numba_multi_kernel(kind, tuple(sorted(e.flags.items())))
-    # the data addresses of each leaf's parameter and state buffers (C-contiguous, checked
-    # by _prepare; e.p_leaves and e.bufs keep them alive while the entry is used)
-    m.ptrs = np.array([[(v if v is not None else views[0]).ctypes.data for v in views]
-                       for views in (e.calls[i][1] for i in idx)], dtype=np.int64)
-    sizes = [int(e.p_leaves[i].size) for i in idx]
-    m.offs = np.zeros(len(idx) + 1, np.int64)
-    np.cumsum(sizes, out=m.offs[1:])
-    m.gbuf = np.empty(int(m.offs[-1]), dt0)
-    m.vec = e.calls[idx[0]][2]
-    m.shapes = [e.shapes[i] for i in idx]
-    m.idx = None if len(idx) == len(e.calls) else idx
-    e.multi = m
-    small = set(idx)
-    e.single = [i for i in range(len(e.calls)) if i not in small]
 
 
 def cached_leaves(owner, params):
@@ -551,12 +468,7 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     # the grads are new at every step: check each against its parameter
     m = e.multi
     if m is not None:  # the small leaves: copied into one buffer (so they may alias anything)
-        mg = g_leaves if m.idx is None else [g_leaves[i] for i in m.idx]
-        if set(map(type, mg)) != _ND_ONLY or list(map(_SHAPE, mg)) != m.shapes:
-            return None
-        try:
-            np.concatenate(mg, axis=None, out=m.gbuf, casting="no")
-        except TypeError:  # another dtype
+        if not multi.gather(m, g_leaves):
             return None
         single = e.single
         calls = [e.calls[i] for i in single]
