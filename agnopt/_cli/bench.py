@@ -305,7 +305,7 @@ def tree_over_array(N: int, dtype: str = "float32", rounds: int = 7) -> dict:
 
 # ------------------------------------------------------------------ second order
 
-def newton_vs_cholesky(n: int, repeats: int = 7) -> dict:
+def newton_vs_cholesky(n: int, repeats: int = 15) -> dict:
     """One Newton iteration at size ``n`` against one Cholesky factorization and solve.
 
     * ``per_iteration``: ``minimize(method="newton")`` on :math:`f(x) =
