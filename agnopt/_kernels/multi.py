@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,13 @@ class Multi:
     """The small leaves of one dtype of a cache entry, stepped by one call of :func:`multi_kernel`."""
 
     __slots__ = ("kernel", "idx", "ptrs", "offs", "gbuf", "vec", "shapes")
+    kernel: Any  # the compiled multi_kernel
+    idx: list | None  # the leaves stepped here (None: all of them)
+    ptrs: np.ndarray  # (leaves, 4) int64 data addresses
+    offs: np.ndarray  # (leaves + 1,) int64 offsets into gbuf
+    gbuf: np.ndarray  # the gathered gradients
+    vec: np.ndarray  # the kernel's constants (shared with the entry, updated per step)
+    shapes: list  # the leaves' shapes
 
 
 def group_small(e, kernel) -> None:
