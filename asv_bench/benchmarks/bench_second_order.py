@@ -116,7 +116,9 @@ class SingleFit:
 class NewtonIterationRatio:
     """The issue-14 target as one figure: one Newton iteration at n = 500 (NumPy) over one
     Cholesky factorization and solve of the same size (goal: 1.2; ``agnopt bench``'s
-    ``newton_vs_cholesky``, which also reports the one-step solve)."""
+    ``newton_vs_cholesky``, which also reports the one-step solve). Run with
+    ``OPENBLAS_NUM_THREADS=1``: with BLAS threads on a busy machine the difference of
+    two run times it is computed from is dominated by thread contention."""
 
     unit = "ratio"
     number = 1
