@@ -174,3 +174,30 @@ def test_native_numpy_namespace_is_numpy_bit_for_bit():
     same(nx.reshape(x, (6, 4)), np.reshape(x, (6, 4)))
     same(nx.matrix_transpose(x), np.matrix_transpose(x))
     same(nx.linalg.matrix_transpose(x), np.linalg.matrix_transpose(x))
+
+
+def test_leaves_like_matches_tree_flatten_or_says_none():
+    from typing import NamedTuple
+
+    from agnopt._core.tree import leaves_like, tree_flatten
+
+    class Pair(NamedTuple):
+        a: object
+        b: object
+
+    base = {"b": 2, "a": 1, "c": 3}
+    trees = [base, {"a": 1, "b": 2, "c": 3}, [1, 2, 3], (1, [2, {"z": 3, "y": 4}]), Pair(1, {"k": 2}), 7,
+             {"w": {"x": 1}, "v": [2, 3]}]
+    for t in trees:
+        leaves, td = tree_flatten(t)
+        assert leaves_like(t, td) == leaves
+    leaves, td = tree_flatten(base)
+    assert leaves_like({"c": 3, "a": 1, "b": 2}, td) == leaves  # insertion order does not matter
+    for other in ({"a": 1, "b": 2}, {"a": 1, "b": 2, "d": 3}, [1, 2, 3], 5, None):
+        assert leaves_like(other, td) is None
+    # the same keys: the objects at the leaf positions, not checked to be leaves (documented)
+    assert leaves_like({"a": 1, "b": 2, "c": None}, td) == [1, 2, None]
+    assert leaves_like([1, 2], tree_flatten([1, 2, 3])[1]) is None
+    assert leaves_like({"a": 1}, tree_flatten([1])[1]) is None
+    assert leaves_like(Pair(1, 2), tree_flatten((1, 2))[1]) is None
+    assert leaves_like([1, 2], tree_flatten(7)[1]) is None
