@@ -96,11 +96,20 @@ def _eps_uncached(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
 
 def _absolute_step(
     xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False,
-    dev: Any = None,
+    dev: Any = None, cache: dict | None = None,
 ) -> Any:
-    """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
-    one = xp.ones_like(x0)
-    sign_x0 = xp.where(x0 >= 0, one, -one)
+    """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch).
+    ``cache``: a solve's dict (:func:`fd_jacobian`), where the arrays of ones
+    and minus ones of ``x0``'s shape are made once."""
+    key = ("ones", tuple(x0.shape))
+    pm = None if cache is None else cache.get(key)
+    if pm is None:
+        one = xp.ones_like(x0)
+        pm = (one, -one)
+        if cache is not None:
+            cache[key] = pm
+    one = pm[0]
+    sign_x0 = xp.where(x0 >= 0, one, pm[1])
     ax = xp.abs(x0)
     default = rstep * sign_x0 * xp.maximum(one, ax)
     if abs_step is not None:
@@ -374,9 +383,11 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     """The steps and the ``n`` difference quotients of :func:`approx_derivative`."""
     dtype = x0.dtype
     n = x0.shape[-1]
+    keep = cache is not None  # a solve's cache (fd_jacobian): same dtype and device throughout
     cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs", dev=dev)
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs", dev=dev,
+                       cache=cache if keep else None)
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     elif method == "3-point":
