@@ -17,6 +17,18 @@ block:
 6. :func:`stopping_tests` -- MINPACK's ``info`` 1-8 (and agnopt's -4);
 7. compaction of the working set (:class:`.batched.WorkingSet`).
 
+Between two evaluations of the user's functions the blocks are pure
+functions of arrays; groups of them run as one compiled program each on
+JAX (:func:`agnopt._core.backend.compiled`: ``jax.jit``, one program per
+problem shape, reused by later solves) and as written on every other
+backend: the end of :func:`linearize` (:func:`scale_and_radius` and
+:func:`gtol_test`), the verdict on a trial point (:func:`judge`:
+:func:`reductions`, :func:`update_radius`, :func:`accept`,
+:func:`stopping_tests`), and inside the evaluator and the route the
+normal equations and ``lmpar``'s Gauss-Newton step, bounds and iteration.
+The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
+early exits) stay between the blocks.
+
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
 The *evaluator* (:class:`.problem.Problem` in memory, :class:`.tall.TallProblem`
@@ -28,6 +40,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
+
+from .._core import lazy
+from .._core.backend import compiled, pytree_class
 from .arrays import device, machine_eps
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
@@ -87,6 +103,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     the working set. Returns an :class:`.state.Outcome` (full batch).
     """
     st = initial_state(xp, X, F, fnorm, D)
+    # the evaluator's ``select`` inside the compiled judge block: JAX arrays are
+    # always in memory (tall evaluators run on the host namespace, uncompiled)
+    sel = _Rows(xp) if array_api_compat.is_jax_namespace(xp) else ev
     route: Any = None
     refactor = False
     hist = []
@@ -117,11 +136,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
         tr, st = trial_point(xp, ev, st, p, accel, par)
-        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
-        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
-        st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
-        st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
-                            max_nfev)
+        st = _judge(xp, sel, st, tr, route, limited, ftol, xtol, max_nfev)
         st = LMState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
@@ -166,6 +181,11 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
     # gtol must not have it evaluated again for the result)
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
                      active=active, njev=njev, need_jac=st.need_jac & ~nj)
+    return _scale_and_gtol(xp, st, nj, cn, jac_scale, gtol)
+
+
+def scale_and_gtol(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
+    """:func:`scale_and_radius`, then :func:`gtol_test` (one block)."""
     st = scale_and_radius(xp, st, nj, cn, jac_scale)
     return gtol_test(xp, st, nj, cn, jac_scale, gtol)
 
@@ -179,7 +199,7 @@ def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
         D0 = xp.where(cn == 0, 1.0, cn)
         D = xp.where((st.first & nj)[:, None], D0, D)
     init = st.first & nj & (st.delta == 0)
-    if not bool(xp.any(init)):  # no first Jacobian here: radius and ||D x|| stay
+    if lazy.known_none(xp, init):  # no first Jacobian here: radius and ||D x|| stay
         return st._replace(D=D)
     xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
     d0 = xp.where(xn0 == 0, float(FACTOR), FACTOR * xn0)
@@ -204,6 +224,28 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
     return st._replace(gnorm=gnorm, info=info, active=st.active & ~conv_g, D=D)
+
+
+def judge(xp, ev, st: LMState, tr: Trial, route, limited, ftol, xtol, max_nfev) -> LMState:
+    """The verdict on the trial points: :func:`reductions`, :func:`update_radius`,
+    :func:`accept` and :func:`stopping_tests`, in this order."""
+    actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route)
+    delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite)
+    st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
+    return stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
+                          max_nfev)
+
+
+@pytree_class(data=(), meta=("xp",))
+class _Rows:
+    """The in-memory evaluator's ``select`` (``Problem.select``) as a value a
+    compiled block can take: equal namespaces, one program."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def select(self, acc, Ft, F):
+        return self.xp.where(acc[:, None], Ft, F)
 
 
 def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
@@ -380,3 +422,8 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     new = xp.where(st.active, new, 0)
     return st._replace(info=xp.where(new != _RUNNING, new, info),
                        active=st.active & (new == _RUNNING))
+
+
+# the blocks as compiled programs on JAX (as written on every other backend)
+_scale_and_gtol = compiled(scale_and_gtol, static=("jac_scale",))
+_judge = compiled(judge)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import array_api_compat
 
 from .._core import lazy
+from .._core.backend import compiled, pytree_class
 from .batched import positions, rows_where, scatter
 from .cholesky import chol_inv, chol_solve, mv
 from .lmpar import CholeskyBasis, SpectralBasis, lmpar
@@ -101,6 +102,29 @@ def spectral(xp, J, D, F, free, force_svd=False):
 
 
 
+def normal_equations(xp, A0, g, D, free, eye):
+    """The scaled normal equations of :class:`InMemoryRoute`'s Cholesky route.
+
+    ``As = D^-1 A0 D^-1`` (k, n, n), ``gs = D^-1 g`` (k, n), ``Linv0`` the
+    inverse Cholesky factor of ``As`` and ``well`` (k,): factored, no frozen
+    column and ``trace(As) trace(As^-1) < 1 / GRAM_RCOND``.
+    """
+    As = A0 / (D[:, :, None] * D[:, None, :])
+    gs = g / D
+    Linv0, ok = chol_inv(xp, As)
+    tr = xp.sum(As * eye, axis=(-2, -1))
+    cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
+    well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
+    return As, gs, Linv0, well
+
+
+# one compiled program on JAX (see agnopt._core.backend.compiled), as written elsewhere
+_normal_equations = compiled(normal_equations)
+
+
+# a route passes into and out of the engine's compiled blocks (its step sets Lf, par_s)
+@pytree_class(data=("J", "A0", "well", "chol", "svd", "Lf", "par_s"),
+              meta=("xp", "out_xp", "host", "chol_ok"))
 class InMemoryRoute:
     """Per-problem linear algebra of one Jacobian: normal equations or SVD.
 
@@ -137,12 +161,7 @@ class InMemoryRoute:
         if self.chol_ok:
             if eye is None or self.host:
                 eye = xp.eye(n, dtype=J.dtype, device=dev)
-            As = A0 / (D[:, :, None] * D[:, None, :])
-            gs = g / D
-            Linv0, ok = chol_inv(xp, As)
-            tr = xp.sum(As * eye, axis=(-2, -1))
-            cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
-            well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
+            As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
             self.well = well
             all_well = bool(xp.all(well))
             if all_well:  # every problem on this route (the where's below would keep all)
