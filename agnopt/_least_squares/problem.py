@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._core.backend import compiled
+from .._core.backend import compiled, pytree_class
 from .._derivatives.numdiff import fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
@@ -39,6 +39,12 @@ from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute
 from .state import Linearization
+
+
+def _row0(xp, a):
+    """``a[0]`` of a one-problem stack (k = 1) as a reshape: one operation on every
+    backend (JAX's indexing dispatches several)."""
+    return xp.reshape(a, tuple(a.shape[1:]))
 
 
 # --------------------------------------------------------------------------- compiled blocks
@@ -101,7 +107,37 @@ _cs_check_verdict = compiled(cs_check_verdict, static=("h3", "h2"))
 
 
 # --------------------------------------------------------------------------- the in-memory problem
-class Problem:
+@pytree_class(data=("lb", "ub"), meta=("xp", "dev", "bounded"))
+class Box:
+    """The array operations the engine asks of an in-memory evaluator between
+    evaluations: bounds ``lb``, ``ub`` (k, n), ``bounded``, namespace and device.
+
+    :class:`Problem` inherits them (one implementation); a ``Box`` of its own
+    (:meth:`Problem.block_view`) passes into the engine's compiled blocks,
+    where only these attributes exist.
+    """
+
+    def __init__(self, xp, dev, bounded, lb, ub):
+        self.xp, self.dev, self.bounded, self.lb, self.ub = xp, dev, bounded, lb, ub
+
+    def free_mask(self, X, g):
+        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
+        xp = self.xp
+        if not self.bounded:
+            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
+        at_lb = (X <= self.lb) & (g > 0)
+        at_ub = (X >= self.ub) & (g < 0)
+        return ~(at_lb | at_ub)
+
+    def project(self, X):
+        """``clip(X, lb, ub)`` (X itself without bounds)."""
+        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+
+    def select(self, acc, Ft, F):
+        return self.xp.where(acc[:, None], Ft, F)
+
+
+class Problem(Box):
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
 
     ``lb``, ``ub`` (B, n) are the bounds of the rows currently evaluated;
@@ -267,7 +303,7 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun", where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
@@ -318,7 +354,7 @@ class Problem:
                 jr = self._jac_rows()
                 J = call_checked(lambda z: jr(z, *self.args, **self.kwargs), X, "jac", "")
             else:
-                J = call_checked(lambda z: jac(z[0, :], *self.args, **self.kwargs), X, "jac", "")
+                J = call_checked(lambda z: jac(_row0(self.xp, z), *self.args, **self.kwargs), X, "jac", "")
             check_jacobian_kind(J, "lm")
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 J = xp.asarray(J, dtype=self.dtype, device=self.dev)
@@ -340,7 +376,7 @@ class Problem:
             if self.batched:
                 J = ad_jacobian(f, X, batched=True)
             else:
-                J = xp.reshape(ad_jacobian(f, X[0, :]), (1, m, n))
+                J = xp.reshape(ad_jacobian(f, _row0(xp, X)), (1, m, n))
         else:
             # complex step: a tiny relative step h = eps * |x_j| (eps where x_j = 0).
             # It never cancels, and it keeps the truncation error O((h/x)^2)
@@ -437,7 +473,7 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun",
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun",
                              where)
         return self._fix_f(f, X.shape[0])
 
@@ -454,7 +490,8 @@ class Problem:
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, lbx[0, :], ubx[0, :],
+            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel, _row0(xp, lbx),
+                            _row0(xp, ubx),
                             self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
@@ -508,26 +545,15 @@ class Problem:
         c = loss_cost(xp, self.loss, xp.where(fin[:, None], F, xp.zeros_like(F)), self.f_scale)
         return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
 
-    def free_mask(self, X, g):
-        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
-        xp = self.xp
-        if not self.bounded:
-            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
-        at_lb = (X <= self.lb) & (g > 0)
-        at_ub = (X >= self.ub) & (g < 0)
-        return ~(at_lb | at_ub)
-
-    def project(self, X):
-        """``clip(X, lb, ub)`` (X itself without bounds)."""
-        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+    def block_view(self):
+        """This problem's :class:`Box` (the bounds of the rows now solved), for the
+        engine's compiled blocks."""
+        return Box(self.xp, self.dev, self.bounded, self.lb, self.ub)
 
     def trial(self, Xt):
         """Residuals (k, m) at the trial points and their norms (k,)."""
         Ft = self.residual(Xt)
         return Ft, self.fnorm(Ft)
-
-    def select(self, acc, Ft, F):
-        return self.xp.where(acc[:, None], Ft, F)
 
     def persist(self, *arrs):
         return persist(self.xp, *arrs)

@@ -55,10 +55,13 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
             message=msgs, success=success,
         )
     else:
+        def row0(a):  # the one problem's row (a reshape: one operation on every backend)
+            return xp.reshape(a, tuple(a.shape[1:]))
+
         res = OptimizeResult(
-            x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
-            optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
-            njev=int(njev[0]), nit=int(out.nit[0]), status=st_host[0],
+            x=row0(X), cost=row0(cost), fun=row0(F), jac=row0(J), grad=row0(g),
+            optimality=row0(opt), active_mask=row0(am), nfev=int(row0(out.nfev)),
+            njev=int(row0(njev)), nit=int(row0(out.nit)), status=st_host[0],
             message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
         )
     if out.history:
