@@ -101,7 +101,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     ``ws`` a :class:`.batched.WorkingSet` when finished problems may leave
     the working set. Returns an :class:`.state.Outcome` (full batch).
     """
-    st = initial_state(xp, X, F, fnorm, D)
+    st = _initial_state(xp, X, F, fnorm, D)
     route: Any = None
     refactor = False
     hist = []
@@ -174,7 +174,10 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None) -> LMState:
         active = active & ~lin.bad
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, info=info, active=active,
                      njev=njev)
-    return _linearized(xp, ev if box is None else box, st, nj, lin.cn, jac_scale, gtol)
+    box = ev if box is None else box
+    if st.free is None:  # the first Jacobian: every problem's free variables are new
+        st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
+    return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)
 
 
 def linearized(xp, ev, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
@@ -426,6 +429,7 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
 
 
 # the blocks as compiled programs on JAX (as written on every other backend)
+_initial_state = compiled(initial_state)
 _linearized = compiled(linearized, static=("jac_scale",))
 _trial_step = compiled(trial_step)
 _judge = compiled(judge)

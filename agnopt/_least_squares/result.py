@@ -12,10 +12,16 @@ from __future__ import annotations
 
 from .._core.result import OptimizeResult
 from .._core.status import Status
+from .._core.backend import compiled
 from .outcome import messages, stuck_on_bound, to_status
 from .trf import final_fields
 
 __all__ = ["finish"]
+
+# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+_to_status = compiled(to_status, static=("cb_stop",))
+_final_fields = compiled(final_fields, static=("method", "loss", "f_scale", "bounded", "xtol",
+                                               "model_jac"))
 
 
 def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
@@ -35,8 +41,9 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
-    status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
+    status = _to_status(xp, out.info, out.active, out.cb_stop)
+    cost, J, g, opt, am = _final_fields(xp, prob.block_view(), X, F, J, method, loss, f_scale,
+                                        bounded, xtol,
                                        model_jac)
     # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
     # (divided twice: its square may be subnormal, flushed to 0 by XLA)
