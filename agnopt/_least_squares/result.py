@@ -3,7 +3,8 @@
 :func:`finish` turns the engine's :class:`.state.Outcome` into scipy's result
 fields: the Jacobian at the final point where the last accepted step made it
 stale (one evaluation, counted), the statuses and messages (with agnopt's
-``STUCK_ON_BOUND`` check for projected methods), the robust cost, gradient,
+``STUCK_ON_BOUND`` check for projected methods and the ``NOT_STATIONARY``
+check of ``xtol`` stops, :mod:`.stationarity`), the robust cost, gradient,
 optimality and active mask, and the residuals unscaled where the solver
 scaled them.
 """
@@ -14,6 +15,7 @@ from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._core.backend import compiled
 from .outcome import messages, stuck_on_bound, to_status
+from .stationarity import xtol_not_stationary
 from .trf import final_fields
 
 __all__ = ["finish"]
@@ -42,6 +44,9 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     status = _to_status(xp, out.info, out.active, out.cb_stop)
+    # an xtol stop is success only at a first-order stationary point (-6 otherwise)
+    status = xtol_not_stationary(xp, status, X, F, J, prob.lb, prob.ub, bounded, loss, f_scale,
+                                 xtol, model_jac)
     cost, J, g, opt, am = _final_fields(xp, prob.block_view(), X, F, J, method, loss, f_scale,
                                         bounded, xtol,
                                        model_jac)
