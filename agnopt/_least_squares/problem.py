@@ -12,8 +12,8 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._core.backend import compiled, pytree_class
-from .._derivatives.numdiff import fd_jacobian
+from .._core.backend import pytree_class
+from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
@@ -37,7 +37,7 @@ from .options import (  # noqa: F401  (re-exported: the drivers import them from
 )
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
-from .routes import CHOL_MAX_N, InMemoryRoute
+from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
 
 
@@ -45,65 +45,6 @@ def _row0(xp, a):
     """``a[0]`` of a one-problem stack (k = 1) as a reshape: one operation on every
     backend (JAX's indexing dispatches several)."""
     return xp.reshape(a, tuple(a.shape[1:]))
-
-
-# --------------------------------------------------------------------------- compiled blocks
-def cs_check_points(xp, X, lb, ub, w, h3, h2, dev):
-    """The points of :meth:`Problem._cs_disagrees`: ``X + h3 V``, ``X - h3 V``,
-    ``X + h2 V`` with ``V_j = w_j max(1, |X_j|)`` (``w`` a tuple of ``n``
-    numbers), and whether all three lie inside the bounds (0-d bool); ``dev``
-    the device of ``X``."""
-    V = xp.asarray(w, dtype=X.dtype, device=dev) * xp.maximum(xp.ones_like(X), xp.abs(X))
-    P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
-    inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= lb)
-                    & (xp.maximum(xp.maximum(P3, M3), P2) <= ub))
-    return P3, M3, P2, inside
-
-
-def cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
-    """0-d bool: the complex-step ``Jcs`` agrees with the central (``Fp3``,
-    ``Fm3``) and forward (``Fp2``) differences along ``V`` within their
-    error, for every problem (see :meth:`Problem._cs_disagrees`)."""
-    u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
-    u2 = (P2 - X) / h2
-    Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
-    r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
-    r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
-    d = xp.max(xp.abs(r3), axis=-1)
-    est = xp.max(xp.abs(r2 - r3), axis=-1)
-    ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
-    return xp.all(ok)
-
-
-def gram(xp, J, eye):
-    """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity."""
-    A0 = xp.matmul(xp.matrix_transpose(J), J)
-    return A0, xp.sum(A0 * eye, axis=-1)
-
-
-def normal_block(xp, Fm, Jn, J_old, nj, eye):
-    """The new Jacobians ``Jn`` (k, m, n) merged into ``J_old`` where ``nj`` (k,),
-    ``A0 = J^T J`` and its diagonal ``dA`` when ``eye`` (the (n, n) identity) is
-    given (the Cholesky route; else both ``None``), ``g = J^T Fm`` (k, n), the column norms ``cn`` (k, n) and
-    ``fine`` (0-d bool): no non-finite entry in the new Jacobians (tested
-    through ``diag(J^T J)`` on the Cholesky route: non-finite entries, or an
-    overflow of finite ones, make it non-finite)."""
-    J = xp.where(nj[:, None, None], Jn, J_old)
-    A0 = dA = None
-    if eye is not None:
-        A0, dA = gram(xp, J, eye)
-        fine = xp.all(xp.isfinite(dA) | ~nj[:, None])
-    else:
-        fine = xp.all(xp.isfinite(Jn))
-    g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
-    cn = xp.sqrt(dA) if eye is not None else xp.linalg.vector_norm(J, axis=-2)
-    return J, A0, dA, g, cn, fine
-
-
-# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
-_normal_block = compiled(normal_block)
-_cs_check_points = compiled(cs_check_points, static=("w", "h3", "h2", "dev"))
-_cs_check_verdict = compiled(cs_check_verdict, static=("h3", "h2"))
 
 
 # --------------------------------------------------------------------------- the in-memory problem
@@ -439,7 +380,7 @@ class Problem(Box):
         w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
                   for j in range(n))
         h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        P3, M3, P2, inside = _cs_check_points(xp, X, self.lb, self.ub, w, h3, h2,
+        P3, M3, P2, inside = cs_check_points(xp, X, self.lb, self.ub, w, h3, h2,
                                               self.dev)
         if not bool(inside):
             return self._cs_columns(X, F, Jcs)
@@ -447,7 +388,7 @@ class Problem(Box):
             Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
         except (RuntimeError, ValueError, TypeError):
             return None  # the differences cannot be formed: keep the complex step
-        ok = _cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+        ok = cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
         return None if bool(ok) else self._fd(X, F, "3-point", None)
 
     def _cs_columns(self, X, F, Jcs):
@@ -573,7 +514,7 @@ class Problem(Box):
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
         eye = self.eye(X.shape[1]) if self.use_chol else None
         # (the first Jacobian merges into itself: one program for every iteration)
-        J, A0, dA, g, cn, fine = _normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
                                                eye)
         A0 = st.A0 if A0 is None else A0
         bad = None

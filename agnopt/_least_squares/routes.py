@@ -118,8 +118,34 @@ def normal_equations(xp, A0, g, D, free, eye):
     return As, gs, Linv0, well
 
 
-# one compiled program on JAX (see agnopt._core.backend.compiled), as written elsewhere
+def gram(xp, J, eye):
+    """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity."""
+    A0 = xp.matmul(xp.matrix_transpose(J), J)
+    return A0, xp.sum(A0 * eye, axis=-1)
+
+
+def _normal_block(xp, Fm, Jn, J_old, nj, eye):
+    """The new Jacobians ``Jn`` (k, m, n) merged into ``J_old`` where ``nj`` (k,),
+    ``A0 = J^T J`` and its diagonal ``dA`` when ``eye`` (the (n, n) identity) is
+    given (the Cholesky route; else both ``None``), ``g = J^T Fm`` (k, n), the column norms ``cn`` (k, n) and
+    ``fine`` (0-d bool): no non-finite entry in the new Jacobians (tested
+    through ``diag(J^T J)`` on the Cholesky route: non-finite entries, or an
+    overflow of finite ones, make it non-finite)."""
+    J = xp.where(nj[:, None, None], Jn, J_old)
+    A0 = dA = None
+    if eye is not None:
+        A0, dA = gram(xp, J, eye)
+        fine = xp.all(xp.isfinite(dA) | ~nj[:, None])
+    else:
+        fine = xp.all(xp.isfinite(Jn))
+    g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
+    cn = xp.sqrt(dA) if eye is not None else xp.linalg.vector_norm(J, axis=-2)
+    return J, A0, dA, g, cn, fine
+
+
+# one compiled program each on JAX (see agnopt._core.backend.compiled), as written elsewhere
 _normal_equations = compiled(normal_equations)
+normal_block = compiled(_normal_block)
 
 
 # a route passes into and out of the engine's compiled blocks (its step sets Lf, par_s)
