@@ -375,22 +375,19 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     n = x0.shape[-1]
     cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    if method != "cs":
-        h = _absolute_step(xp, rel_step, abs_step, x0, rstep, dev=dev)
+    if method == "cs":
+        if "cdt" not in cache:
+            cache["cdt"] = _complex_dtype(xp, dtype)
+        return _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
+                           cache["cdt"])
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, dev=dev)
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
-    elif method == "3-point":
+    else:
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
     eye = cache.get("eye")
     if eye is None:
         eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
-
-    if method == "cs":
-        if "i1" not in cache:
-            cache["cdt"] = _complex_dtype(xp, dtype)
-            cache["i1"] = xp.asarray(1j, dtype=cache["cdt"], device=dev)
-        return _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
-                           eye, cache["i1"])
 
     cols = []
     for j in range(n):
@@ -434,7 +431,7 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     return J
 
 
-def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev, eye, i1):
+def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev, cdt):
     """The complex-step Jacobian: ``imag(f(x0 + i h_j e_j)) / h_j`` for the ``n`` columns.
 
     The points (and the steps ``h``, unless given as arrays) come from one
@@ -444,11 +441,10 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     """
     if abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
         # the steps follow from x0 and Python numbers: inside the points' block
-        pts, h = _cs_points(xp, x0, None, rel_step, rstep, eye, i1)
+        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev)
     else:
         h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=True, dev=dev)
-        pts, h = _cs_points(xp, x0, h, None, rstep, eye, i1)
-    cdt = i1.dtype
+        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev)
     fcs = []
     for pt in pts:
         fc = call(pt)
@@ -462,18 +458,21 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
 
 
-def cs_points(xp, x0, h, rel_step, rstep, eye, i1):
+def cs_points(xp, x0, h, rel_step, rstep, cdt, dev):
     """The complex-step points ``x0 + i h_j e_j`` (a tuple of ``n``, each of ``x0``'s
-    shape: ``(n,)`` or ``(B, n)``) and the steps ``h`` (``x0``'s shape); ``h``
-    ``None``: scipy's absolute step from ``rel_step`` (a number or ``None``)
-    and ``rstep``."""
+    shape: ``(n,)`` or ``(B, n)``, complex dtype ``cdt``) and the steps ``h``
+    (``x0``'s shape); ``h`` ``None``: scipy's absolute step from ``rel_step``
+    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device."""
     if h is None:
-        h = _absolute_step(xp, rel_step, None, x0, rstep, cs=True, dev=None)
-    xc = xp.astype(x0, i1.dtype)
+        h = _absolute_step(xp, rel_step, None, x0, rstep, cs=True, dev=dev)
+    n = x0.shape[-1]
+    eye = xp.eye(n, dtype=x0.dtype, device=dev)
+    i1 = xp.asarray(1j, dtype=cdt, device=dev)
+    xc = xp.astype(x0, cdt)
     pts = []
-    for j in range(x0.shape[-1]):
+    for j in range(n):
         hj = h[:, j:j + 1] * eye[j, :] if x0.ndim == 2 else h[j] * eye[j, :]
-        pts.append(xc + xp.astype(hj, i1.dtype) * i1)
+        pts.append(xc + xp.astype(hj, cdt) * i1)
     return tuple(pts), h
 
 
@@ -517,5 +516,5 @@ def _cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
 cs_check_points = compiled(_cs_check_points, static=("w", "h3", "h2", "dev"))
 cs_check_verdict = compiled(_cs_check_verdict, static=("h3", "h2"))
-_cs_points = compiled(cs_points, static=("rel_step", "rstep"))
+_cs_points = compiled(cs_points, static=("rel_step", "rstep", "cdt", "dev"))
 _cs_quotients = compiled(cs_quotients, static=("per_row",))

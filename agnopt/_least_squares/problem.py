@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._core.backend import pytree_class
+from .._core.backend import compiled, pytree_class
 from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
@@ -39,6 +39,19 @@ from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
+
+
+def fnorm(xp, F, loss, f_scale):
+    """:meth:`Problem.fnorm` (``loss`` ``None``: no robust loss)."""
+    if loss is None:
+        return xp.linalg.vector_norm(F, axis=-1)
+    fin = xp.all(xp.isfinite(F), axis=-1)
+    c = loss_cost(xp, loss, xp.where(fin[:, None], F, xp.zeros_like(F)), f_scale)
+    return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+
+
+# one compiled program on JAX (agnopt._core.backend.compiled), as written elsewhere
+_fnorm = compiled(fnorm, static=("loss", "f_scale"))
 
 
 def _row0(xp, a):
@@ -479,12 +492,7 @@ class Problem(Box):
     def fnorm(self, F):
         """``sqrt(2 cost)`` (k,) of residuals ``F`` (k, m): ``||F||`` without a loss;
         ``inf`` where a residual is not finite."""
-        xp = self.xp
-        if not self.robust:
-            return xp.linalg.vector_norm(F, axis=-1)
-        fin = xp.all(xp.isfinite(F), axis=-1)
-        c = loss_cost(xp, self.loss, xp.where(fin[:, None], F, xp.zeros_like(F)), self.f_scale)
-        return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+        return _fnorm(self.xp, F, self.loss if self.robust else None, self.f_scale)
 
     def block_view(self):
         """This problem's :class:`Box` (the bounds of the rows now solved), for the
