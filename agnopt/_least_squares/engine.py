@@ -19,6 +19,19 @@ block:
 6. :func:`stopping_tests` -- MINPACK's ``info`` 1-8 (and agnopt's -4);
 7. compaction of the working set (:class:`.batched.WorkingSet`).
 
+Between two evaluations of the user's functions the blocks are pure
+functions of arrays; groups of them run as one compiled program each on
+JAX (:func:`agnopt._core.backend.compiled`: ``jax.jit``, one program per
+problem shape, reused by later solves) and as written on every other
+backend: the end of :func:`linearize` (:func:`linearized`: free variables,
+:func:`scale_and_radius` and :func:`gtol_test`), the trial point
+(:func:`trial_step`), the verdict on it (:func:`judge`: :func:`model_step`,
+:func:`reductions`, :func:`update_radius`, :func:`accept`,
+:func:`stopping_tests`), and inside the evaluator and the route the
+normal equations and ``lmpar``'s Gauss-Newton step, bounds and iteration.
+The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
+early exits) stay between the blocks.
+
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
 The *evaluator* (:class:`.problem.Problem` in memory, :class:`.tall.TallProblem`
@@ -30,6 +43,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._core import lazy
+from .._core.backend import compiled
 from .arrays import device, machine_eps, on_scalars, scalar_namespace
 from .outcome import report_progress
 from .state import LMState, MinpackInfo, Outcome, Trial
@@ -88,7 +103,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     ``ws`` a :class:`.batched.WorkingSet` when finished problems may leave
     the working set. Returns an :class:`.state.Outcome` (full batch).
     """
-    st = initial_state(xp, X, F, fnorm, D)
+    st = _initial_state(xp, X, F, fnorm, D)
     # one float64 NumPy problem: its per-problem tests on NumPy scalars (same numbers)
     sx = scalar_namespace(xp, X) if ws is None else None
     route: Any = None
@@ -102,9 +117,11 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if ws is not None and it > 1:
             st, changed = ws.compact(st, ev, OUTCOME_FIELDS)
             refactor = refactor or changed
+        # what the compiled blocks take of the evaluator (in memory: its bounds, now)
+        box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
         if bool(xp.any(st.need_jac & st.active)):
-            st = linearize(xp, ev, st, jac_scale, gtol)
+            st = linearize(xp, ev, st, jac_scale, gtol, box)
             if not bool(xp.any(st.active)):
                 break
             refactor = True
@@ -121,21 +138,11 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         v, accel = p, None
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
-        tr, st = trial_point(xp, ev, st, p, accel, par)
-        pm, pmnorm = model_step(xp, st, tr, accel, v)
-        actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, pm, pmnorm)
+        tr, st = trial_point(xp, ev, st, p, accel, par, box)
         if sx is None:
-            delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, pmnorm)
+            st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
         else:
-            delta, par = on_scalars(sx, xp, update_radius, st, tr, actred, dirder, ratio, fn1s,
-                                    finite, pmnorm)
-        st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
-        if sx is None:
-            st = stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
-                                max_nfev)
-        else:
-            st = on_scalars(sx, xp, stopping_tests, st, actred, prered, ratio, finite, limited,
-                            ftol, xtol, max_nfev)
+            st = judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, sx)
         st = LMState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
@@ -155,13 +162,14 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                    cost=0.5 * (st.fnorm * st.fnorm))
 
 
-def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
+def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None) -> LMState:
     """``lmder``'s outer loop for the problems whose last step was accepted.
 
     The evaluator forms ``J``, ``J^T J`` (route permitting) and ``g = J^T f``
     where ``need_jac`` (and flags the non-finite Jacobians: status -3,
     batched only), then the free variables, scaling, initial radius and the
-    ``gtol`` test follow.
+    ``gtol`` test follow (one block: ``box``, the evaluator's
+    ``block_view()`` or the evaluator, gives the free variables).
     """
     nj = st.need_jac & st.active
     lin = ev.linearize(st, nj)
@@ -172,14 +180,26 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol) -> LMState:
         njev = njev + xp.astype(lin.bad, xp.int64)
         info = xp.where(lin.bad, _NONFINITE_JAC, info)
         active = active & ~lin.bad
-    njev = njev + xp.astype(nj, xp.int64)
-    free_n = ev.free_mask(st.X, lin.g)
+    st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, info=info, active=active,
+                     njev=njev)
+    box = ev if box is None else box
+    if st.free is None:  # the first Jacobian: every problem's free variables are new
+        st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
+    return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)
+
+
+def linearized(xp, ev, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
+    """The end of :func:`linearize` (one block), once ``st`` holds the new ``J``,
+    ``A0``, ``g``: the count of Jacobians, the free variables (``ev.free_mask``),
+    :func:`scale_and_radius` and :func:`gtol_test`. ``nj`` (k,) the problems
+    with a new Jacobian, ``cn`` (k, n) its column norms."""
+    njev = st.njev + xp.astype(nj, xp.int64)
+    free_n = ev.free_mask(st.X, st.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
-    cn = xp.where(free, lin.cn, 0.0) if ev.bounded else lin.cn  # free: all true unbounded
+    cn = xp.where(free, cn, 0.0) if ev.bounded else cn  # free: all true unbounded
     # the Jacobian of these problems is now current (a problem that stops here on
     # gtol must not have it evaluated again for the result)
-    st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, free=free, info=info,
-                     active=active, njev=njev, need_jac=st.need_jac & ~nj)
+    st = st._replace(free=free, njev=njev, need_jac=st.need_jac & ~nj)
     st = scale_and_radius(xp, st, nj, cn, jac_scale)
     return gtol_test(xp, st, nj, cn, jac_scale, gtol)
 
@@ -193,7 +213,7 @@ def scale_and_radius(xp, st: LMState, nj, cn, jac_scale) -> LMState:
         D0 = xp.where(cn == 0, 1.0, cn)
         D = xp.where((st.first & nj)[:, None], D0, D)
     init = st.first & nj & (st.delta == 0)
-    if not bool(xp.any(init)):  # no first Jacobian here: radius and ||D x|| stay
+    if lazy.known_none(xp, init):  # no first Jacobian here: radius and ||D x|| stay
         return st._replace(D=D)
     xn0 = xp.linalg.vector_norm(D * st.X, axis=-1)
     d0 = xp.where(xn0 == 0, float(FACTOR), FACTOR * xn0)
@@ -218,6 +238,30 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     if jac_scale:
         D = xp.where((nj & ~st.first)[:, None], xp.maximum(D, cn), D)
     return st._replace(gnorm=gnorm, info=info, active=st.active & ~conv_g, D=D)
+
+
+def judge(xp, ev, st: LMState, tr: Trial, route, accel, v, limited, ftol, xtol,
+          max_nfev, scalars=None) -> LMState:
+    """The verdict on the trial points: :func:`model_step`, :func:`reductions`,
+    :func:`update_radius`, :func:`accept` and :func:`stopping_tests`, in this
+    order (``accel``, ``v``: as :func:`model_step`; ``limited``: as
+    :func:`stopping_tests`). ``scalars``: one float64 NumPy problem's scalar
+    namespace (:func:`.arrays.scalar_namespace`): the two functions of
+    per-problem values only run on its NumPy scalars (:func:`.arrays.on_scalars`,
+    the same numbers)."""
+    pm, pmnorm = model_step(xp, st, tr, accel, v)
+    actred, prered, dirder, ratio, fn1s, finite = reductions(xp, st, tr, route, pm, pmnorm)
+    if scalars is None:
+        delta, par = update_radius(xp, st, tr, actred, dirder, ratio, fn1s, finite, pmnorm)
+    else:
+        delta, par = on_scalars(scalars, xp, update_radius, st, tr, actred, dirder, ratio, fn1s,
+                                finite, pmnorm)
+    st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
+    if scalars is None:
+        return stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
+                              max_nfev)
+    return on_scalars(scalars, xp, stopping_tests, st, actred, prered, ratio, finite, limited,
+                      ftol, xtol, max_nfev)
 
 
 def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
@@ -257,13 +301,24 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, accel, par):
+def trial_point(xp, ev, st: LMState, p, accel, par, box=None):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
     (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)`` with
-    ``st.par`` the step's LM parameter ``par`` (k,).
+    ``st.par`` the step's LM parameter ``par`` (k,). The point comes from one
+    block (:func:`trial_step`; ``box``: the evaluator's ``block_view()``, or
+    the evaluator), its residuals from ``ev.trial``.
     """
+    Xt, p, pnorm, clipped, projected, st = _trial_step(xp, ev if box is None else box, st, p,
+                                                       accel, par)
+    Ft, fnorm1 = ev.trial(Xt)
+    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped, projected), st
+
+
+def trial_step(xp, ev, st: LMState, p, accel, par):
+    """The trial point of :func:`trial_point` without its residuals:
+    ``(Xt, p, pnorm, clipped, projected, st)``."""
     X = st.X
     p_unc = p
     Xt = ev.project(X + p)
@@ -275,9 +330,8 @@ def trial_point(xp, ev, st: LMState, p, accel, par):
         clipped = accel if clipped is None else clipped | accel
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
-    Ft, fnorm1 = ev.trial(Xt)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
-    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped, projected), st
+    return Xt, p, pnorm, clipped, projected, st
 
 
 def model_step(xp, st: LMState, tr: Trial, accel, v):
@@ -425,3 +479,10 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     new = xp.where(st.active, new, 0)
     return st._replace(info=xp.where(new != _RUNNING, new, info),
                        active=st.active & (new == _RUNNING))
+
+
+# the blocks as compiled programs on JAX (as written on every other backend)
+_initial_state = compiled(initial_state)
+_linearized = compiled(linearized, static=("jac_scale",))
+_trial_step = compiled(trial_step)
+_judge = compiled(judge)

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._core import lazy
-from .._core.backend import native_namespace, on_device_of, resolve
+from .._core.backend import committed, native_namespace, on_device_of, resolve
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
@@ -519,6 +519,7 @@ def _start_point(x0, batched):
         x0 = array_api_compat.array_namespace(x0).astype(
             x0, array_api_compat.array_namespace(x0).float64)
     xp, dev = resolve(x0, "x0")
+    x0 = committed(x0, dev)  # JAX: one kind of input for the compiled blocks
     if batched:
         if x0.ndim != 2:
             raise ValueError(

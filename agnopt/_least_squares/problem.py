@@ -12,7 +12,8 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._derivatives.numdiff import fd_jacobian
+from .._core.backend import compiled, pytree_class
+from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import positions, rows_where, scatter
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
@@ -36,7 +37,7 @@ from .options import (  # noqa: F401  (re-exported: the drivers import them from
 )
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
-from .routes import CHOL_MAX_N, InMemoryRoute
+from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
 
 
@@ -44,8 +45,57 @@ from .state import Linearization
 _FSCALE_EXP: dict = {}
 
 
+def fnorm(xp, F, loss, f_scale):
+    """:meth:`Problem.fnorm` (``loss`` ``None``: no robust loss)."""
+    if loss is None:
+        return xp.linalg.vector_norm(F, axis=-1)
+    fin = xp.all(xp.isfinite(F), axis=-1)
+    c = loss_cost(xp, loss, xp.where(fin[:, None], F, xp.zeros_like(F)), f_scale)
+    return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+
+
+# one compiled program on JAX (agnopt._core.backend.compiled), as written elsewhere
+_fnorm = compiled(fnorm, static=("loss", "f_scale"))
+
+
+def _row0(xp, a):
+    """``a[0]`` of a one-problem stack (k = 1) as a reshape: one operation on every
+    backend (JAX's indexing dispatches several)."""
+    return xp.reshape(a, tuple(a.shape[1:]))
+
+
 # --------------------------------------------------------------------------- the in-memory problem
-class Problem:
+@pytree_class(data=("lb", "ub"), meta=("xp", "dev", "bounded"))
+class Box:
+    """The array operations the engine asks of an in-memory evaluator between
+    evaluations: bounds ``lb``, ``ub`` (k, n), ``bounded``, namespace and device.
+
+    :class:`Problem` inherits them (one implementation); a ``Box`` of its own
+    (:meth:`Problem.block_view`) passes into the engine's compiled blocks,
+    where only these attributes exist.
+    """
+
+    def __init__(self, xp, dev, bounded, lb, ub):
+        self.xp, self.dev, self.bounded, self.lb, self.ub = xp, dev, bounded, lb, ub
+
+    def free_mask(self, X, g):
+        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
+        xp = self.xp
+        if not self.bounded:
+            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
+        at_lb = (X <= self.lb) & (g > 0)
+        at_ub = (X >= self.ub) & (g < 0)
+        return ~(at_lb | at_ub)
+
+    def project(self, X):
+        """``clip(X, lb, ub)`` (X itself without bounds)."""
+        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+
+    def select(self, acc, Ft, F):
+        return self.xp.where(acc[:, None], Ft, F)
+
+
+class Problem(Box):
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
 
     ``lb``, ``ub`` (B, n) are the bounds of the rows currently evaluated;
@@ -211,7 +261,7 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun", where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
@@ -268,7 +318,7 @@ class Problem:
                 jr = self._jac_rows()
                 J = call_checked(lambda z: jr(z, *self.args, **self.kwargs), X, "jac", "")
             else:
-                J = call_checked(lambda z: jac(z[0, :], *self.args, **self.kwargs), X, "jac", "")
+                J = call_checked(lambda z: jac(_row0(self.xp, z), *self.args, **self.kwargs), X, "jac", "")
             check_jacobian_kind(J, "lm")
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 J = xp.asarray(J, dtype=self.dtype, device=self.dev)
@@ -290,7 +340,7 @@ class Problem:
             if self.batched:
                 J = ad_jacobian(f, X, batched=True)
             else:
-                J = xp.reshape(ad_jacobian(f, X[0, :]), (1, m, n))
+                J = xp.reshape(ad_jacobian(f, _row0(xp, X)), (1, m, n))
         else:
             # complex step: a tiny relative step h = eps * |x_j| (eps where x_j = 0).
             # It never cancels, and it keeps the truncation error O((h/x)^2)
@@ -348,32 +398,21 @@ class Problem:
         evaluations).
         """
         xp = self.xp
-        k, n = X.shape
+        n = X.shape[1]
         eps = float(xp.finfo(self.dtype).eps)
-        w = [(-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0]) for j in range(n)]
-        V = xp.asarray(w, dtype=self.dtype, device=self.dev) * xp.maximum(
-            xp.ones_like(X), xp.abs(X))
+        w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
+                  for j in range(n))
         h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
-        # (no finite bound: every point is inside, none of them NaN)
-        inside = not getattr(self, "bounded", True) or bool(xp.all(
-            (xp.minimum(xp.minimum(P3, M3), P2) >= self.lb)
-            & (xp.maximum(xp.maximum(P3, M3), P2) <= self.ub)))
-        if not inside:
+        P3, M3, P2, inside = cs_check_points(xp, X, self.lb, self.ub, w, h3, h2,
+                                              self.dev)
+        if not bool(inside):
             return self._cs_columns(X, F, Jcs)
         try:
             Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
         except (RuntimeError, ValueError, TypeError):
             return None  # the differences cannot be formed: keep the complex step
-        u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
-        u2 = (P2 - X) / h2
-        Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
-        r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
-        r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
-        d = xp.max(xp.abs(r3), axis=-1)
-        est = xp.max(xp.abs(r2 - r3), axis=-1)
-        ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
-        return None if bool(xp.all(ok)) else self._fd(X, F, "3-point", None)
+        ok = cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+        return None if bool(ok) else self._fd(X, F, "3-point", None)
 
     def _cs_columns(self, X, F, Jcs):
         """:meth:`_cs_disagrees` column by column (bounded problems near a bound):
@@ -398,7 +437,7 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun",
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun",
                              where)
         return self._fix_f(f, X.shape[0])
 
@@ -415,10 +454,9 @@ class Problem:
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            cs = jac == "cs"  # the complex step reads no bounds
-            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, None if cs else lbx[0, :],
-                            None if cs else ubx[0, :], self.args, self.kwargs, False, xp,
-                            self.dev, self._fd_cache)
+            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel, _row0(xp, lbx),
+                            _row0(xp, ubx),
+                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
@@ -464,33 +502,17 @@ class Problem:
     def fnorm(self, F):
         """``sqrt(2 cost)`` (k,) of residuals ``F`` (k, m): ``||F||`` without a loss;
         ``inf`` where a residual is not finite."""
-        xp = self.xp
-        if not self.robust:
-            return xp.linalg.vector_norm(F, axis=-1)
-        fin = xp.all(xp.isfinite(F), axis=-1)
-        c = loss_cost(xp, self.loss, xp.where(fin[:, None], F, xp.zeros_like(F)), self.f_scale)
-        return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+        return _fnorm(self.xp, F, self.loss if self.robust else None, self.f_scale)
 
-    def free_mask(self, X, g):
-        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
-        xp = self.xp
-        if not self.bounded:
-            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
-        at_lb = (X <= self.lb) & (g > 0)
-        at_ub = (X >= self.ub) & (g < 0)
-        return ~(at_lb | at_ub)
-
-    def project(self, X):
-        """``clip(X, lb, ub)`` (X itself without bounds)."""
-        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+    def block_view(self):
+        """This problem's :class:`Box` (the bounds of the rows now solved), for the
+        engine's compiled blocks."""
+        return Box(self.xp, self.dev, self.bounded, self.lb, self.ub)
 
     def trial(self, Xt):
         """Residuals (k, m) at the trial points and their norms (k,)."""
         Ft = self.residual(Xt)
         return Ft, self.fnorm(Ft)
-
-    def select(self, acc, Ft, F):
-        return self.xp.where(acc[:, None], Ft, F)
 
     def persist(self, *arrs):
         return persist(self.xp, *arrs)
@@ -507,22 +529,14 @@ class Problem:
         xp = self.xp
         X, F = st.X, st.F
         k = X.shape[0]
-        # one problem: the engine linearizes only problems that need it, so nj
-        # is true and every ``where(nj, new, old)`` below is ``new``
-        every = k == 1
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
-        J = Jn if st.J is None or every else xp.where(nj[:, None, None], Jn, st.J)
-        A0, dA = st.A0, None
-        if self.use_chol:
-            A0, dA = self._gram(J)
-            # non-finite J entries make diag(J^T J) non-finite (so does
-            # overflow of a finite J: then the entries are checked)
-            fin = xp.isfinite(dA)
-            check = not bool(xp.all(fin if every else fin | ~nj[:, None]))
-        else:
-            check = not bool(xp.all(xp.isfinite(Jn)))
+        eye = self.eye(X.shape[1]) if self.use_chol else None
+        # (the first Jacobian merges into itself: one program for every iteration)
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
+                                               eye)
+        A0 = st.A0 if A0 is None else A0
         bad = None
-        if check:
+        if not bool(fine):
             bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (k, -1))), axis=-1)
             if not bool(xp.any(bad)):
                 bad = None
@@ -534,16 +548,13 @@ class Problem:
                 J = xp.where(nj[:, None, None], Jn, J)
                 if self.use_chol:
                     A0, dA = self._gram(J)
-        g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
-        cn = xp.sqrt(dA) if self.use_chol else xp.linalg.vector_norm(J, axis=-2)
+                g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
+                cn = xp.sqrt(dA) if self.use_chol else xp.linalg.vector_norm(J, axis=-2)
         return Linearization(F=F, J=J, A0=A0, g=g, cn=cn, nj=nj, bad=bad)
 
     def _gram(self, J):
         """``J^T J`` (k, n, n) and its diagonal (k, n)."""
-        xp = self.xp
-        n = J.shape[-1]
-        A0 = xp.matmul(xp.matrix_transpose(J), J)
-        return A0, xp.sum(A0 * self.eye(n), axis=-1)
+        return gram(self.xp, J, self.eye(J.shape[-1]))
 
     def eye(self, n):
         """The ``(n, n)`` identity in the working dtype on the device, made once per solve."""
