@@ -542,6 +542,19 @@ def committed(x: Any, device: Any) -> Any:
     return jax.device_put(x, device)
 
 
+_JAX_NS: dict = {}  # namespace -> is it JAX's (asked once per namespace)
+
+
+def _is_jax_ns(xp: Any) -> bool:
+    try:
+        return _JAX_NS[xp]
+    except KeyError:
+        out = _JAX_NS[xp] = bool(array_api_compat.is_jax_namespace(xp))
+        return out
+    except TypeError:  # pragma: no cover - unhashable namespace
+        return bool(array_api_compat.is_jax_namespace(xp))
+
+
 def compiled(fn: _F, static: tuple = ()) -> _F:
     """``fn(xp, ...)`` as one compiled program where the backend compiles, else ``fn`` itself.
 
@@ -564,7 +577,7 @@ def compiled(fn: _F, static: tuple = ()) -> _F:
 
     @functools.wraps(fn)
     def call(xp: Any, *args: Any, **kwargs: Any) -> Any:
-        if not array_api_compat.is_jax_namespace(xp):
+        if not _is_jax_ns(xp):
             return fn(xp, *args, **kwargs)
         if not jitted:
             import jax

@@ -94,25 +94,26 @@ def _eps_uncached(xp: Any, x_dtype: Any, f_dtype: Any, method: str) -> float:
     return eps**0.5
 
 
-def _sign(xp: Any, x0: Any) -> Any:
-    one = xp.ones_like(x0)
-    return xp.where(x0 >= 0, one, -one)
-
-
 def _absolute_step(
     xp: Any, rel_step: Any, abs_step: Any, x0: Any, rstep: float, cs: bool = False,
     dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
-    sign_x0 = _sign(xp, x0)
-    default = rstep * sign_x0 * xp.maximum(xp.ones_like(x0), xp.abs(x0))
+    one = xp.ones_like(x0)
+    sign_x0 = xp.where(x0 >= 0, one, -one)
+    ax = xp.abs(x0)
+    default = rstep * sign_x0 * xp.maximum(one, ax)
     if abs_step is not None:
         h = _as_step(xp, abs_step, x0, "abs_step", dev)
     elif rel_step is None:
         return default
     else:
-        r = _as_step(xp, rel_step, x0, "rel_step", dev)
-        h = r * sign_x0 * xp.abs(x0)
+        # a power of 2 (the complex step's eps) is exact in every float dtype: as a
+        # Python float (weak scalar) it multiplies as its 0-d array would, one
+        # array creation fewer per Jacobian
+        exact = type(rel_step) is float and math.frexp(rel_step)[0] == 0.5
+        r = rel_step if exact else _as_step(xp, rel_step, x0, "rel_step", dev)
+        h = r * sign_x0 * ax
     if cs:
         # the complex step is not added to the real part: only h == 0 is unusable
         return xp.where(h == 0, default, h)
