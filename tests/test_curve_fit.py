@@ -261,3 +261,51 @@ def test_no_false_ftol_convergence_on_steps_cut_by_the_radius(xp, device):
 
 def curve_fit_full(f, x, y, method):
     return ao.curve_fit(f, x, y, method=method, full_output=True)
+
+
+def test_geodesic_evaluates_only_the_eligible_rows(xp, device, monkeypatch):
+    """The geodesic acceleration's extra evaluation runs on the problems that
+    take it alone (rows hook), with results bit for bit those of evaluating
+    every row (``SUBSET_FRACTION`` 0: never a subset)."""
+    from agnopt._least_squares import problem
+
+    B = 200
+    P, Yb = _peaks(B, seed=5)
+    p0 = arr(xp, device, [2.0, 0.0, 1.0, 0.5])
+    rows = []
+
+    def counted(x, a, mu, s, c):
+        rows.append(int(a.shape[0]))
+        return gauss(x, a, mu, s, c)
+
+    outs = {}
+    for frac in (0.0, 1.0):
+        monkeypatch.setattr(problem, "SUBSET_FRACTION", frac)
+        rows.clear()
+        popt, pcov, info, _, _ = ao.curve_fit(counted, arr(xp, device, X), arr(xp, device, Yb),
+                                              p0=p0, batched=True, full_output=True)
+        outs[frac] = (to_numpy(popt), to_numpy(pcov), to_numpy(info["nfev"]),
+                      to_numpy(info["nit"]), sum(rows))
+    full, sub = outs[0.0], outs[1.0]
+    for a, b in zip(full[:4], sub[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert sub[4] < full[4]  # fewer rows evaluated: the subset path ran
+
+
+def test_complex_step_residual_skips_only_the_real_part(xp, device):
+    """curve_fit's residual at a complex-step point leaves out the real ydata:
+    the imaginary part, all the complex step reads, is bit for bit the same."""
+    from agnopt._least_squares.curve_fit import _model
+
+    Yb = _peaks(3)[1]
+    xd, yd = arr(xp, device, X), arr(xp, device, Yb)
+    res, _ = _model(xp, device, gauss, xd, yd, None, 4, True, None, None, None)
+    cdt = xp.complex128
+    P = np.array([[2.0, 0.1, 1.0, 0.5], [1.5, -0.2, 0.8, 0.3], [2.5, 0.4, 1.2, 0.1]])
+    for j in range(4):
+        h = np.zeros_like(P)
+        h[:, j] = 1e-20
+        pc = xp.astype(arr(xp, device, P), cdt) + xp.astype(arr(xp, device, h), cdt) * 1j
+        cols = [pc[:, i:i + 1] if i == j else xp.real(pc[:, i:i + 1]) for i in range(4)]
+        ref = gauss(xd, *cols) - yd
+        np.testing.assert_array_equal(to_numpy(xp.imag(res(pc))), to_numpy(xp.imag(ref)))

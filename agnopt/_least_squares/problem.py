@@ -39,6 +39,10 @@ from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute
 from .state import Linearization
 
+# ``residual_where`` evaluates the masked rows alone when they are at most
+# this fraction of the working set (gathering them costs a copy of each)
+SUBSET_FRACTION = 0.5
+
 
 # --------------------------------------------------------------------------- the in-memory problem
 class Problem:
@@ -106,27 +110,42 @@ class Problem:
         self._pos = pos
         self._X_base = X_full
         self._sub = None
-        if self._hook is not None and self._hook_checked:
-            self._sub = self._hook(idx)
-        elif self._hook is not None:
-            try:
-                sub = self._hook(idx)
-                fr = sub[0]
-                Xr = xp.take(X_full, idx, axis=0)
-                f = fr(Xr, *self.args, **self.kwargs)
-                ok = (hasattr(f, "shape") and tuple(f.shape) == (k, self.m)
-                      and F_rows is not None)
-                if ok:
-                    err = xp.max(xp.abs(f - F_rows)) if k > 0 else 0.0
-                    scale = xp.max(xp.abs(F_rows)) if k > 0 else 0.0
-                    ok = bool(err <= 1e-10 * scale + 1e-300)
-            except Exception:
-                ok = False
+        if self._hook is not None:
+            self._sub = self._row_funcs(idx, X_full, F_rows, full=True)
+
+    def _row_funcs(self, idx, X, F_rows, full=False):
+        """The ``_agnopt_rows`` hook's ``(fun_rows, jac_rows)`` for the full row
+        indices ``idx`` (k,), or ``None`` (no hook, or the hook failed its check).
+
+        The first use checks the hook's residuals at ``X`` (the working rows,
+        or all ``B`` rows when ``full``) against ``F_rows``, the residuals of
+        these rows known from ``fun`` itself; a hook that raises, returns
+        another shape or other values (a model that closes over per-problem
+        data) is dropped for good.
+        """
+        if self._hook is None:
+            return None
+        if self._hook_checked:
+            return self._hook(idx)
+        xp = self.xp
+        k = idx.shape[0]
+        try:
+            sub = self._hook(idx)
+            Xr = xp.take(X, idx, axis=0) if full else X
+            f = sub[0](Xr, *self.args, **self.kwargs)
+            ok = (hasattr(f, "shape") and tuple(f.shape) == (k, self.m)
+                  and F_rows is not None)
             if ok:
-                self._sub = sub
-                self._hook_checked = True
-            else:
-                self._hook = None
+                err = xp.max(xp.abs(f - F_rows)) if k > 0 else 0.0
+                scale = xp.max(xp.abs(F_rows)) if k > 0 else 0.0
+                ok = bool(err <= 1e-10 * scale + 1e-300)
+        except Exception:
+            ok = False
+        if ok:
+            self._hook_checked = True
+            return sub
+        self._hook = None
+        return None
 
     def all_rows(self):
         self.rows = None
@@ -212,6 +231,36 @@ class Problem:
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
         return F if self.fscale == 1.0 else F * self.fscale
+
+    def residual_where(self, mask, Xt, X, F):
+        """Residuals (k, m) at ``Xt`` (k, n) where ``mask`` (k,), ``F`` (the residuals
+        at ``X``) elsewhere.
+
+        Evaluates ``fun`` on the masked rows alone when the rows hook allows it
+        (``curve_fit`` with a shared ``xdata``) and they are at most
+        ``SUBSET_FRACTION`` of the working set (and the working set may shrink:
+        not on JAX or Dask, see :func:`.batched.compactable`); else on every row, at ``Xt``
+        where ``mask`` and at ``X`` elsewhere (which gives ``F`` there). Used
+        by the geodesic acceleration, whose extra evaluation only a few
+        problems of a batch need.
+        """
+        xp = self.xp
+        k = X.shape[0]
+        if self.compact and self._hook is not None and self.fscale == 1.0:
+            idx = rows_where(xp, mask)
+            nr = int(idx.shape[0])
+            if 0 < nr <= SUBSET_FRACTION * k:
+                full = idx if self.rows is None else xp.take(self.rows, idx, axis=0)
+                Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
+                sub = self._row_funcs(full, Xr, Fr)
+                if sub is not None:
+                    Xtr = xp.take(Xt, idx, axis=0)
+                    fr = sub[0]
+                    f = call_checked(lambda z: fr(z, *self.args, **self.kwargs), Xtr, "fun",
+                                     "at a trial point")
+                    inside, pos = positions(xp, idx, k, self.dev)
+                    return scatter(xp, F, self._fix_f(f, nr), inside, pos)
+        return self.residual(xp.where(mask[:, None], Xt, X))
 
     def set_fscale(self, F):
         """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
@@ -494,7 +543,9 @@ class Problem:
         X, F = st.X, st.F
         k = X.shape[0]
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
-        J = Jn if st.J is None else xp.where(nj[:, None, None], Jn, st.J)
+        # (k, m, n) merge with the previous Jacobian only where some problem keeps it
+        keep = st.J is not None and (self.persist_all or not bool(xp.all(nj)))
+        J = xp.where(nj[:, None, None], Jn, st.J) if keep else Jn
         A0, dA = st.A0, None
         if self.use_chol:
             A0, dA = self._gram(J)
