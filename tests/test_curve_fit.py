@@ -309,3 +309,31 @@ def test_complex_step_residual_skips_only_the_real_part(xp, device):
         cols = [pc[:, i:i + 1] if i == j else xp.real(pc[:, i:i + 1]) for i in range(4)]
         ref = gauss(xd, *cols) - yd
         np.testing.assert_array_equal(to_numpy(xp.imag(res(pc))), to_numpy(xp.imag(ref)))
+
+
+@pytest.mark.parametrize("final_all", [0.0, 2.0])
+def test_batched_result_jacobian_is_the_one_at_x(xp, device, monkeypatch, final_all):
+    """After a compacted solve the result's Jacobian is the one at each final
+    ``x``, whether it is evaluated at every row (``FINAL_J_ALL`` 0) or only
+    at the rows whose last step was accepted, scattered into the kept ones."""
+    from agnopt._least_squares import problem
+
+    monkeypatch.setattr(problem, "FINAL_J_ALL", final_all)
+    B = 60
+    P, Yb = _peaks(B, seed=7)
+    xd, yd = arr(xp, device, X), arr(xp, device, Yb)
+
+    def jac_of(p):
+        a, mu, s = p[:, 0:1], p[:, 1:2], p[:, 2:3]
+        e = xp.exp(-((xd - mu) ** 2) / (2 * s**2))
+        return xp.stack([e, a * e * (xd - mu) / s**2, a * e * (xd - mu) ** 2 / s**3,
+                         xp.ones_like(e)], axis=-1)
+
+    def res(p):
+        return gauss(xd, p[:, 0:1], p[:, 1:2], p[:, 2:3], p[:, 3:4]) - yd
+
+    p0 = arr(xp, device, np.tile([2.0, 0.0, 1.0, 0.5], (B, 1)))
+    r = ao.least_squares(res, p0, jac=jac_of, method="lm", batched=True)
+    nit = to_numpy(r.nit)
+    assert nit.min() < nit.max()  # problems finished at different iterations: compaction
+    np.testing.assert_array_equal(to_numpy(r.jac), to_numpy(jac_of(r.x)))

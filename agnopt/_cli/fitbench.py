@@ -157,34 +157,50 @@ def _floor(xp, xd, popt, jac, nfev, njac, repeat):
 
 def _optimistix(x, Y, p0, dtype, repeat):
     """optimistix LM under ``jax.jit(jax.vmap(...))``: ``(first call s, best s, popt)``,
-    or a note (str) when optimistix is absent."""
+    or a note (str) when optimistix is absent.
+
+    Tolerances ``rtol = atol = 1e-8`` (float64) or ``1e-6`` (float32).
+    Runs under ``jax.enable_x64(dtype == "float64")``, so that a float32 case
+    keeps optimistix's own scalars (damping, tolerances) in float32 after a
+    float64 case in the same process.
+    """
     try:
         import optimistix as optx
     except ImportError:
         return "optimistix not installed (pip install optimistix): peer column skipped"
+    import contextlib
+
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    if dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    jdt = jnp.float64 if dtype == "float64" else jnp.float32
-    xj, Yj = jnp.asarray(x, dtype=jdt), jnp.asarray(Y, dtype=jdt)
-    P0 = jnp.broadcast_to(jnp.asarray(p0, dtype=jdt), (Y.shape[0], p0.shape[0]))
-    solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+    x64 = getattr(jax, "enable_x64", None)
+    if x64 is not None:
+        ctx = x64(dtype == "float64")
+    else:  # older JAX: the global switch (float64 only then)
+        jax.config.update("jax_enable_x64", dtype == "float64")
+        ctx = contextlib.nullcontext()
+    with ctx:
+        jdt = jnp.float64 if dtype == "float64" else jnp.float32
+        xj, Yj = jnp.asarray(x, dtype=jdt), jnp.asarray(Y, dtype=jdt)
+        P0 = jnp.broadcast_to(jnp.asarray(p0, dtype=jdt), (Y.shape[0], p0.shape[0]))
+        # 1e-8 (float64) is out of float32's reach (eps 1.2e-7): 1e-6 there (at
+        # 1e-7 some fits, and so the whole vmapped loop, run to max_steps)
+        tol = 1e-8 if dtype == "float64" else 1e-6
+        solver = optx.LevenbergMarquardt(rtol=tol, atol=tol)
 
-    def one(p, y):
-        def res(q, _):
-            d = xj - q[1]
-            return q[0] * jnp.exp((d * d) * (-0.5 / (q[2] * q[2]))) + q[3] - y
-        return optx.least_squares(res, solver, p, max_steps=300, throw=False).value
+        def one(p, y):
+            def res(q, _):
+                d = xj - q[1]
+                return q[0] * jnp.exp((d * d) * (-0.5 / (q[2] * q[2]))) + q[3] - y
+            return optx.least_squares(res, solver, p, max_steps=300, throw=False).value
 
-    solve = jax.jit(jax.vmap(one))
-    t0 = time.perf_counter()
-    solve(P0, Yj).block_until_ready()
-    first = time.perf_counter() - t0
-    best = _best(lambda: solve(P0, Yj).block_until_ready(), repeat)
-    return first, best, np.asarray(solve(P0, Yj))
+        solve = jax.jit(jax.vmap(one))
+        t0 = time.perf_counter()
+        solve(P0, Yj).block_until_ready()
+        first = time.perf_counter() - t0
+        best = _best(lambda: solve(P0, Yj).block_until_ready(), repeat)
+        return first, best, np.asarray(solve(P0, Yj)).astype(np.float64)
 
 
 def run_fit_benchmark(

@@ -92,12 +92,21 @@ class WorkingSet:
         self.k = n_act
         return st, True
 
-    def assemble(self, rows):
-        """The full-batch arrays (B, ...) of ``rows`` (the working set's outcome fields)."""
+    def assemble(self, rows, skip=()):
+        """The full-batch arrays (B, ...) of ``rows`` (the working set's outcome fields).
+
+        The fields whose positions are in ``skip`` come back as ``None`` (not
+        gathered); :meth:`field` gathers one of them later (e.g. the Jacobian,
+        a ``(B, m, n)`` copy, only when the caller needs the old one).
+        """
         xp = self.xp
         if self.W is None:
             return rows
         self.pieces.append((self.W, rows))
-        order = xp.argsort(xp.concat([pc[0] for pc in self.pieces]))
-        return tuple(xp.take(xp.concat([pc[1][i] for pc in self.pieces], axis=0), order, axis=0)
-                     for i in range(len(rows)))
+        self._order = xp.argsort(xp.concat([pc[0] for pc in self.pieces]))
+        return tuple(None if i in skip else self.field(i) for i in range(len(rows)))
+
+    def field(self, i):
+        """Field ``i`` of the outcome rows, full batch (B, ...), after :meth:`assemble`."""
+        xp = self.xp
+        return xp.take(xp.concat([pc[1][i] for pc in self.pieces], axis=0), self._order, axis=0)

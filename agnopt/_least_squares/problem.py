@@ -42,6 +42,8 @@ from .state import Linearization
 # ``residual_where`` evaluates the masked rows alone when they are at most
 # this fraction of the working set (gathering them costs a copy of each)
 SUBSET_FRACTION = 0.5
+# ``assemble``: the final Jacobian at every row when at least this fraction needs it
+FINAL_J_ALL = 0.9
 
 
 # --------------------------------------------------------------------------- the in-memory problem
@@ -576,7 +578,9 @@ class Problem:
         xp = self.xp
         n = J.shape[-1]
         A0 = xp.matmul(xp.matrix_transpose(J), J)
-        return A0, xp.sum(A0 * self.eye(n), axis=-1)
+        # the diagonal as a strided view of the flattened matrices (the same
+        # values as sum(A0 * I, -1) without a (k, n, n) product and reduction)
+        return A0, xp.reshape(A0, (A0.shape[0], n * n))[:, ::n + 1]
 
     def eye(self, n):
         """The ``(n, n)`` identity in the working dtype on the device, made once per solve."""
@@ -595,19 +599,34 @@ class Problem:
 
     def assemble(self, ws, rows):
         """Full-batch outcome rows after a compacted solve, with the Jacobian at
-        the final ``x`` of the problems whose last step was accepted."""
+        the final ``x`` of the problems whose last step was accepted.
+
+        When at least ``FINAL_J_ALL`` of the problems need it (the usual case:
+        most stop right after an accepted step), the Jacobian is evaluated at
+        every final ``x`` (the others' ``x`` had their Jacobian evaluated there
+        already, so this is the same evaluation again), instead of gathering
+        those rows and scattering them back into the old Jacobian, which is
+        then gathered only if some problem keeps it.
+        """
         xp = self.xp
-        X, F, J, info, nfev, njev, nit, need_jac, active = ws.assemble(rows)
+        X, F, J, info, nfev, njev, nit, need_jac, active = ws.assemble(rows, skip=(2,))
         B = X.shape[0]
+
+        def old_J():
+            return ws.field(2) if J is None else J
+
         n_nj = int(xp.sum(xp.astype(need_jac, xp.int64)))
         self.all_rows()
-        if n_nj == B:
-            J = self.model_residuals(F, self.jacobian(X, F))[1]
+        if n_nj > 0 and n_nj >= FINAL_J_ALL * B:
+            Jn = self.model_residuals(F, self.jacobian(X, F))[1]
+            Jf = Jn if n_nj == B else xp.where(need_jac[:, None, None], Jn, old_J())
         elif n_nj > 0:
             idx = rows_where(xp, need_jac)
             Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
             self.set_rows(idx, X, Fr)
             mask, pos = positions(xp, idx, B, self.dev)
-            J = scatter(xp, J, self.model_residuals(Fr, self.jacobian(Xr, Fr))[1], mask, pos)
+            Jf = scatter(xp, old_J(), self.model_residuals(Fr, self.jacobian(Xr, Fr))[1], mask, pos)
             self.all_rows()
-        return X, F, J, info, nfev, njev, nit, xp.zeros_like(need_jac), active
+        else:
+            Jf = old_J()
+        return X, F, Jf, info, nfev, njev, nit, xp.zeros_like(need_jac), active
