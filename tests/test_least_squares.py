@@ -7,6 +7,7 @@ scipy.optimize.least_squares (NumPy, float64) is the reference.
 from __future__ import annotations
 
 import math
+import warnings
 
 import array_api_compat
 import numpy as np
@@ -38,10 +39,11 @@ _SUBSET = {
         "test_approx_derivative_matches_scipy", "test_approx_derivative_errors",
         "test_autodiff_jacobian", "test_batched_equals_solo", "test_batched_errors",
         "test_bad_input", "test_default_jac_falls_back_when_fun_rejects_complex",
+        "test_ftol_stops_where_every_step_is_limited",
     },
     "dask": {
         "test_approx_derivative_errors", "test_batched_equals_solo", "test_batched_errors",
-        "test_bad_input", "test_autodiff_jacobian",
+        "test_bad_input", "test_autodiff_jacobian", "test_ftol_stops_where_every_step_is_limited",
     },
 }
 
@@ -375,6 +377,49 @@ def test_batched_equals_solo(xp, device, backend, method):
             assert int(to_numpy(res.status)[i]) == r.status
         nits.add(r.nit)
     assert len(nits) > 1  # the problems really stopped at different iterations
+
+
+def test_ftol_stops_where_every_step_is_limited(xp, device, backend):
+    """``x^2 + c`` has its least-squares minimum at ``x = 0`` (cost ``c^2 / 2``),
+    where ``J = 2x`` vanishes: every step there is cut short by the radius
+    (``par > 0``) and the ``ftol`` test must still end the solve, as MINPACK's
+    does (scipy's lm: ``x = -3e-10``, cost 12.5, 12 evaluations for ``c = 5``
+    from 2). Skipping ``ftol`` on every limited step (the first fix of issue
+    11, item 3) ran ``x^2 + 5`` to ``max_nfev`` (status 0). Variants: other
+    offsets and starts, ``x_scale`` 1 and ``"jac"``, and a batch, which must
+    equal its one-by-one solves."""
+    from agnopt._core.status import Status
+
+    r = ao.least_squares(lambda x: x**2 + 5, 2.0, method="lm", x_scale=1.0)  # the reported input
+    assert r.success and r.status == Status.FTOL and r.nfev < 30
+    assert abs(float(r.x[0])) < 1e-6 and float(r.cost) == pytest.approx(12.5, rel=1e-12)
+    cases = [(c, x0, xs) for c in (5.0, 1.0, 100.0) for x0 in (2.0, -3.0) for xs in (1.0, "jac")]
+    if backend[0].value in ("jax", "dask"):
+        cases = cases[:2]  # per-operation compile / task-graph cost
+    for c, x0, xs in cases:
+        r = ao.least_squares(lambda x, c=c: x**2 + c, arr(xp, device, [x0]), method="lm",
+                             x_scale=xs)
+        assert r.success and r.nfev < 40, (c, x0, xs, r.status, r.nfev)
+        assert abs(float(to_numpy(r.x)[0])) < 1e-6, (c, x0, xs, r.x)
+        assert float(r.cost) == pytest.approx(0.5 * c * c, rel=1e-12)
+    # curve_fit form: m residuals a^2 + 5 (curve_fit raises RuntimeError unless success;
+    # the covariance where J ~ 0 is meaningless: a possible OptimizeWarning is ignored)
+    t = arr(xp, device, np.linspace(0.0, 1.0, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ao.OptimizeWarning)
+        popt, _ = ao.curve_fit(lambda x, a: a * a + 5.0 + 0.0 * x, t, 0.0 * t,
+                               p0=arr(xp, device, [2.0]))
+    assert abs(float(to_numpy(popt)[0])) < 1e-6
+    C = arr(xp, device, [[5.0], [1.0], [100.0]])
+    X0 = [[2.0], [-3.0], [2.0]]
+    rb = ao.least_squares(lambda X: X**2 + C, arr(xp, device, X0), method="lm", x_scale=1.0,
+                          batched=True)
+    for i, c in enumerate((5.0, 1.0, 100.0)):
+        r = ao.least_squares(lambda x, c=c: x**2 + c, arr(xp, device, X0[i]), method="lm",
+                             x_scale=1.0)
+        np.testing.assert_allclose(to_numpy(rb.x)[i], to_numpy(r.x), rtol=1e-12, atol=1e-15)
+        assert int(to_numpy(rb.nfev)[i]) == r.nfev and int(to_numpy(rb.status)[i]) == r.status
+        assert bool(to_numpy(rb.success)[i])
 
 
 def test_batched_errors(xp, device):

@@ -1124,3 +1124,80 @@ def test_cholesky_fast_path_equals_generic(xp, device, n):
     if n > 1:
         S = asarr(xp, device, A - 2.0 * np.max(np.linalg.eigvalsh(A)) * np.eye(n) * (np.arange(n) == 0))
         assert cholesky(xp, S) is None and cholesky(xp, S, fast=False) is None
+
+
+# ---------------------------------------------------------------- per-iteration checks folded
+# The Newton iteration no longer scans H for non-finite entries before factorizing
+# it (an accepted checked factor proves H finite), the checked Cholesky no longer
+# scans L (the residual test rejects any non-finite entry of L or A), and the
+# symmetry test of H has a compiled NumPy path. Each must keep the old verdicts.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_is_symmetric_equals_the_elementwise_comparison(xp, device, dtype):
+    from agnopt._core.linalg import is_symmetric
+
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((6, 6))
+    S = M + M.T
+    cases = {"symmetric": S, "zero": np.zeros((6, 6))}
+    a = S.copy(); a[1, 4] += 1e-3; cases["one entry off"] = a
+    a = S.copy(); a[5, 0] = -a[0, 5]; cases["sign off"] = a
+    a = S.copy(); a[2, 2] = np.nan; cases["nan on the diagonal"] = a
+    a = S.copy(); a[1, 3] = a[3, 1] = np.nan; cases["nan pair"] = a
+    a = S.copy(); a[1, 3] = a[3, 1] = np.inf; a[0, 0] = -np.inf; cases["inf pair"] = a
+    a = S.copy(); a[1, 3], a[3, 1] = 0.0, -0.0; cases["signed zeros"] = a
+    a = S.copy(); a[4, 1] = np.inf; cases["inf one side"] = a
+    dt = getattr(xp, dtype)
+    for name, A in cases.items():
+        Ax = asarr(xp, device, A, dt)
+        want = bool(np.all(A.astype(dtype) == A.astype(dtype).T))
+        assert is_symmetric(xp, Ax) is want, name
+    assert is_symmetric(xp, asarr(xp, device, [[1.0]], dt))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("where", ["L off-diagonal inf", "L off-diagonal nan", "A upper inf", "A upper nan",
+                                   "A lower inf"])
+def test_checked_cholesky_rejects_non_finite_without_a_scan(monkeypatch, fast, where):
+    """A factor with a non-finite entry (finite positive pivots), or a matrix with a
+    non-finite entry anywhere (the factorization reads one triangle), is rejected."""
+    from agnopt._core import linalg as la
+    import array_api_compat.numpy as xn
+
+    A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+    bad = np.inf if "inf" in where else np.nan
+    if where.startswith("L"):
+        _generic_path(monkeypatch)
+
+        def fake(M):
+            L = np.linalg.cholesky(M)
+            L[2, 0] = bad
+            return L
+
+        monkeypatch.setattr(xn.linalg, "cholesky", fake)
+    elif "upper" in where:
+        A[0, 2] = bad
+    else:
+        A[2, 0] = bad
+    assert la.cholesky(xn, A, fast=fast) is None
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("solver", ["cholesky", "pinv"])
+def test_newton_non_finite_hessian_is_status_4(xp, device, bad, solver):
+    """A Hessian with one non-finite entry (positive diagonal, so the plain factorization
+    is tried first) ends the solve with status 4, as before the scan was folded."""
+
+    def f(x):
+        return xp.sum(x * x)
+
+    def hess(x):
+        H = np.diag([2.0, 2.0, 2.0])
+        H[0, 2] = H[2, 0] = bad
+        return asarr(xp, device, H)
+
+    res = ao.minimize(f, asarr(xp, device, [1.0, 2.0, 3.0]), jac=lambda x: 2.0 * x, hess=hess,
+                      method="newton", options={"solver": solver})
+    assert res.status == 4 and not res.success, res.message
+    np.testing.assert_array_equal(to_numpy(res.x), [1.0, 2.0, 3.0])

@@ -54,6 +54,15 @@ def test_bar_is_drawn_on_stderr(capsys):
     assert "least_squares" in err and "running=0/50" in err and "nfev=" in err
 
 
+def test_curve_fit_bar_names_curve_fit(capsys):
+    pytest.importorskip("tqdm")
+    y = 2.0 * np.exp(-1.5 * T)
+    popt, _ = ao.curve_fit(lambda t, a, b: a * np.exp(-b * t), T, y, p0=[1.0, 1.0], progress=True)
+    err = capsys.readouterr().err
+    assert "curve_fit" in err and "least_squares" not in err
+    np.testing.assert_allclose(popt, [2.0, 1.5], rtol=1e-8)
+
+
 def test_curve_fit_and_tall_take_progress(capsys):
     da = pytest.importorskip("dask.array")
     seen = []

@@ -16,6 +16,8 @@ import pytest
 
 import agnopt as ao
 from agnopt._kernels import cpu as _cpu
+from agnopt._kernels import multi as _multi
+from conftest import to_numpy
 
 MODES = ["numpy"] + (["numba"] if _cpu.HAVE_NUMBA else [])
 
@@ -172,3 +174,182 @@ def test_cache_does_not_outlive_the_optimizer(monkeypatch):
     gc.collect()
     assert ref() is None  # the parameters are freed with the optimizer
     assert len(_cpu._CACHE) <= n_before
+
+
+# ---------------------------------------------------------------- many small leaves
+# numba: the leaves of at most multi.SMALL elements are stepped by one call of the
+# multi-leaf kernel (gradients gathered into one buffer); the results must be those
+# of one kernel call per leaf and of the generic path, bit for bit.
+
+NUMBA = pytest.mark.skipif(not _cpu.HAVE_NUMBA, reason="numba is not installed")
+MANY = {
+    "adam": lambda: ao.adam(1e-2),
+    "adamw-amsgrad-schedule": lambda: ao.adamw(ao.exponential_decay(1e-2, 2, 0.8), amsgrad=True,
+                                               weight_decay=0.1),
+    "adam-eps_root-wd": lambda: ao.adam(1e-2, eps_root=1e-8, weight_decay=0.1),
+    "rmsprop-centered-momentum": lambda: ao.rmsprop(1e-2, centered=True, momentum=0.5, weight_decay=0.01),
+    "rmsprop-nesterov-eps_in_sqrt": lambda: ao.rmsprop(1e-2, momentum=0.5, nesterov=True, eps_in_sqrt=True),
+    "adagrad": lambda: ao.adagrad(0.1, initial_accumulator_value=0.1, weight_decay=0.05),
+    "sgd-dampening": lambda: ao.sgd(1e-2, momentum=0.8, dampening=0.3, weight_decay=0.1),
+    "sgd-nesterov": lambda: ao.sgd(1e-2, momentum=0.9, nesterov=True),
+    "sgd": lambda: ao.sgd(1e-2),
+    "sign_sgd": lambda: ao.sign_sgd(1e-2),
+}
+
+
+def _many_leaves(dt, rng, big=True, other_dtype=False):
+    """A tree of ~60 leaves: 0-d, 1-D, 2-D, 3-D, empty, and (``big``) one leaf over multi.SMALL."""
+    shapes = [(), (0,), (1,), (7,), (3, 5), (2, 3, 4), (100,), (17, 9)] * 7 + [(31,), (1, 1)]
+    tree = {f"k{i:02d}": rng.standard_normal(s).astype(dt) for i, s in enumerate(shapes)}
+    tree["nested"] = [rng.standard_normal(5).astype(dt), {"x": rng.standard_normal((4, 4)).astype(dt)}]
+    if big:
+        tree["big"] = rng.standard_normal(_multi.SMALL + 3).astype(dt)
+    if other_dtype:
+        tree["f64"] = rng.standard_normal(9)
+    return tree
+
+
+def _run_many(opt, p, grads, s, mode, monkeypatch):
+    monkeypatch.setenv("AGNOPT_FAST", mode)
+    for g in grads:
+        p, s = ao.step(opt, p, g, s)
+    return p, s
+
+
+@NUMBA
+@pytest.mark.parametrize("dt", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(MANY))
+def test_many_small_leaves_equal_per_leaf_and_generic_bitwise(name, dt, monkeypatch):
+    rng = np.random.default_rng(1)
+    p0 = _many_leaves(dt, rng, other_dtype=(dt == "float32"))
+    grads = [ao.tree_map(lambda x: rng.standard_normal(x.shape).astype(x.dtype), p0) for _ in range(5)]
+    for g in grads[1:3]:  # exact zeros: sign and first-step branches
+        g["k07"][...] = 0.0
+    opt = MANY[name]()
+    want, want_s = _run_many(opt, copy.deepcopy(p0), grads, opt.init(copy.deepcopy(p0)), "0", monkeypatch)
+    before = dict(_cpu.STATS)
+    got, got_s = _run_many(opt, copy.deepcopy(p0), grads, opt.init(copy.deepcopy(p0)), "numba", monkeypatch)
+    assert _cpu.STATS["numba"] - before["numba"] == 5 * len(ao.tree_leaves(p0))  # the fast path ran
+    e = _cpu._CACHE[id(opt.update)]
+    assert e.multi is not None and e.single  # small leaves grouped, the big one (and float64) apart
+    monkeypatch.setattr(_multi, "SMALL", -1)  # one kernel call per leaf
+    per_leaf, per_leaf_s = _run_many(opt, copy.deepcopy(p0), grads, opt.init(copy.deepcopy(p0)), "numba",
+                                     monkeypatch)
+    assert _cpu._CACHE[id(opt.update)].multi is None
+    for ref in (want, per_leaf):
+        for a, b in zip(ao.tree_leaves(got), ao.tree_leaves(ref)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+    for ref_s in (want_s, per_leaf_s):
+        assert ao.tree_structure(got_s) == ao.tree_structure(ref_s)
+        for a, b in zip(ao.tree_leaves(got_s), ao.tree_leaves(ref_s)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@NUMBA
+def test_many_small_leaves_odd_grads(monkeypatch):
+    """Gradients the gathering must take as the generic path does: strided, read-only,
+    a parameter itself, another dtype, a wrong shape (the generic path's error)."""
+    rng = np.random.default_rng(2)
+    p0 = {f"k{i}": rng.standard_normal((4, 6)) for i in range(10)}
+    opt = ao.adam(1e-2)
+
+    def grads(kind):
+        g = {k: rng.standard_normal(v.shape) for k, v in p0.items()}
+        if kind == "strided":
+            g["k3"] = rng.standard_normal((6, 4)).T
+        elif kind == "read-only":
+            g["k4"].flags.writeable = False
+        elif kind == "float32":
+            g["k5"] = g["k5"].astype(np.float32)
+        return g
+
+    gs = [grads(k) for k in ("plain", "strided", "read-only", "float32", "plain")]
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    q, s = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+    for g in gs:
+        q, s = ao.step(opt, q, g, s)
+    q, s = ao.step(opt, q, {**gs[0], "k6": q["k6"]}, s)  # a gradient that is a parameter
+    monkeypatch.setenv("AGNOPT_FAST", "numba")
+    p, t = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+    for g in gs:
+        p, t = ao.step(opt, p, g, t)
+    p, t = ao.step(opt, p, {**gs[0], "k6": p["k6"]}, t)
+    for k in p0:
+        np.testing.assert_array_equal(p[k], q[k])
+    with pytest.raises(ValueError, match="shape"):
+        ao.step(opt, p, {**gs[0], "k2": np.ones((6, 4))}, t)
+
+
+@NUMBA
+def test_many_small_leaves_state_edited_between_steps(monkeypatch):
+    """A state buffer replaced inside the state's dict between steps is seen (the kernel
+    reads the buffers by address: the cache must be rebuilt)."""
+    rng = np.random.default_rng(3)
+    p0 = {f"k{i}": rng.standard_normal(5) for i in range(8)}
+    g = {k: rng.standard_normal(5) for k in p0}
+    opt = ao.adam(1e-2)
+    out = []
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        p, s = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+        p, s = ao.step(opt, p, g, s)
+        _adam_state(s).mu["k2"] = np.full(5, 0.25)
+        p, s = ao.step(opt, p, g, s)
+        out.append(p)
+    for k in p0:
+        np.testing.assert_array_equal(out[1][k], out[0][k])
+
+
+def test_tree_step_equals_flat_array_step(backend, monkeypatch):
+    """An elementwise optimizer on a tree of many leaves gives, leaf by leaf, what it gives on
+    the same values as one flat array (every backend; the fast path where there is one)."""
+    case, xp, device = backend
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    rng = np.random.default_rng(4)
+    sizes = [1, 3, 10, 37, 100] * 6
+    flat0 = rng.standard_normal(sum(sizes))
+    gflat = [rng.standard_normal(flat0.size) for _ in range(4)]
+
+    def split(a):
+        parts = np.split(a, np.cumsum(sizes)[:-1])
+        return {f"l{i:02d}": xp.asarray(x.copy(), dtype=xp.float64, device=device) for i, x in enumerate(parts)}
+
+    for make in (lambda: ao.adam(1e-2, amsgrad=True), lambda: ao.rmsprop(1e-2, centered=True, momentum=0.5)):
+        opt = make()
+        f = xp.asarray(flat0.copy(), dtype=xp.float64, device=device)
+        t = split(flat0)
+        sf, st = opt.init(f), opt.init(t)
+        for g in gflat:
+            f, sf = ao.step(opt, f, xp.asarray(g.copy(), dtype=xp.float64, device=device), sf)
+            t, st = ao.step(opt, t, split(g), st)
+        got = np.concatenate([to_numpy(t[k]).reshape(-1) for k in sorted(t)])
+        np.testing.assert_array_equal(got, to_numpy(f))
+
+
+def test_optimizer_flat_gathers_grad_trees_like_copyto(monkeypatch):
+    """Optimizer(flat=True).step(grad tree) copies the gradients into its flat buffer in one
+    numpy.concatenate where it can; the same values as the per-leaf copyto (float64 grads
+    into float32 parameters, a broadcast leaf, a strided leaf, another key order)."""
+    monkeypatch.setenv("AGNOPT_FAST", "1")
+    rng = np.random.default_rng(5)
+    p0 = {f"k{i}": rng.standard_normal((3, 4)).astype(np.float32) for i in range(6)}
+    cases = [
+        {k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0},
+        {k: rng.standard_normal((3, 4)) for k in reversed(list(p0))},  # float64, another key order
+        {**{k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0}, "k2": np.float32(0.5)},
+        {**{k: rng.standard_normal((3, 4)).astype(np.float32) for k in p0},
+         "k3": rng.standard_normal((4, 3)).astype(np.float32).T},
+    ]
+    o = ao.Optimizer(ao.adam(1e-2), copy.deepcopy(p0), flat=True)
+    want = ao.Optimizer(ao.adam(1e-2), copy.deepcopy(p0), flat=True)
+    for g in cases:
+        o.step(g)
+        for k in p0:  # the reference: one copyto per leaf, then the step on opt.grads
+            np.copyto(want.grads[k], g[k], casting="same_kind")
+        want.step()
+        np.testing.assert_array_equal(o._flat_g, want._flat_g)
+        for k in p0:
+            np.testing.assert_array_equal(o.params[k], want.params[k])
+    with pytest.raises(ValueError):
+        o.step({**cases[0], "k1": np.ones((4, 3), np.float32)})

@@ -112,3 +112,30 @@ def test_device_scope_makes_the_arrays_device_current(xp, device):
         with device_scope(dev_of(x)):
             assert cupy.cuda.Device().id == dev_of(x).id
         assert cupy.cuda.Device().id == cur  # restored
+
+
+def test_leaves_like_matches_tree_flatten_or_says_none():
+    from typing import NamedTuple
+
+    from agnopt._core.tree import leaves_like, tree_flatten
+
+    class Pair(NamedTuple):
+        a: object
+        b: object
+
+    base = {"b": 2, "a": 1, "c": 3}
+    trees = [base, {"a": 1, "b": 2, "c": 3}, [1, 2, 3], (1, [2, {"z": 3, "y": 4}]), Pair(1, {"k": 2}), 7,
+             {"w": {"x": 1}, "v": [2, 3]}]
+    for t in trees:
+        leaves, td = tree_flatten(t)
+        assert leaves_like(t, td) == leaves
+    leaves, td = tree_flatten(base)
+    assert leaves_like({"c": 3, "a": 1, "b": 2}, td) == leaves  # insertion order does not matter
+    for other in ({"a": 1, "b": 2}, {"a": 1, "b": 2, "d": 3}, [1, 2, 3], 5, None):
+        assert leaves_like(other, td) is None
+    # the same keys: the objects at the leaf positions, not checked to be leaves (documented)
+    assert leaves_like({"a": 1, "b": 2, "c": None}, td) == [1, 2, None]
+    assert leaves_like([1, 2], tree_flatten([1, 2, 3])[1]) is None
+    assert leaves_like({"a": 1}, tree_flatten([1])[1]) is None
+    assert leaves_like(Pair(1, 2), tree_flatten((1, 2))[1]) is None
+    assert leaves_like([1, 2], tree_flatten(7)[1]) is None

@@ -296,7 +296,7 @@ def run_fit_benchmark(
     times, cpu = [], []
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
-        popt, pcov, info, _, _ = curve_fit(_gauss, xd, Yd, p0=p0d, batched=True, full_output=True,
+        popt, _, info, _, _ = curve_fit(_gauss, xd, Yd, p0=p0d, batched=True, full_output=True,
                                              jac=cjac)
         _sync(popt)
         times.append(time.perf_counter() - t0)
@@ -416,7 +416,7 @@ def run_fit_sweep(Bs=(1000, 10000), dtypes=("float64", "float32"), jacs=("analyt
     :func:`run_fit_benchmark`).
     """
     rows = []
-    default_threads = None
+    default_threads = 1
     if "torch" in backends:
         import torch
 
@@ -430,7 +430,7 @@ def run_fit_sweep(Bs=(1000, 10000), dtypes=("float64", "float32"), jacs=("analyt
                         if backend == "torch":
                             import torch
 
-                            torch.set_num_threads(default_threads if th is None else th)
+                            torch.set_num_threads(default_threads if th is None else int(th))
                         first = backend == backends[0] and th is None
                         key = (B, dtype)
                         want_peer = peers and first and key not in opt_cache

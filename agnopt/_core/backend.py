@@ -10,6 +10,9 @@
 * :func:`device_scope` makes a CuPy device current for code that creates
   arrays or launches kernels (array-api-compat's CuPy creation functions
   ignore ``device=``).
+* :func:`compiled` runs a block of array code as one compiled program where
+  the backend compiles (JAX: ``jax.jit``) and as written everywhere else;
+  :func:`pytree_class` lets such a block take and return objects of a class.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ __all__ = [
     "native_namespace",
     "tree_device_scope",
     "on_device_of",
+    "compiled",
+    "pytree_class",
+    "committed",
 ]
 
 
@@ -300,3 +306,104 @@ def on_device_of(pos: int, name: str) -> Callable[[_F], _F]:
         return cast(_F, wrapper)  # same signature as fn (functools.wraps)
 
     return deco
+
+
+# ----------------------------------------------------------------------------- compiled blocks
+_PYTREE_CLASSES: list = []  # classes declared by pytree_class, registered with JAX on first use
+_JAX_REGISTERED: set = set()
+
+
+def pytree_class(data: tuple, meta: tuple = ()) -> Callable[[type], type]:
+    """Class decorator: instances may pass into and out of a :func:`compiled` block.
+
+    ``data``: the attribute names holding arrays (or tuples / NamedTuples of
+    arrays, or ``None``); they are the traced inputs. ``meta``: attribute
+    names holding hashable Python values (namespaces, flags) that fix the
+    program; two instances with equal ``meta`` share one compiled program.
+    An attribute not set on an instance travels as ``None``. Registration
+    with JAX happens when :func:`compiled` first runs on JAX (no import of
+    JAX here); on every other backend the decorator changes nothing.
+    """
+
+    def deco(cls: type) -> type:
+        cls._agnopt_pytree = (tuple(data), tuple(meta))  # type: ignore[attr-defined]
+        _PYTREE_CLASSES.append(cls)
+        return cls
+
+    return deco
+
+
+def _register_jax_pytrees() -> None:
+    import jax
+
+    for cls in _PYTREE_CLASSES:
+        if cls in _JAX_REGISTERED:
+            continue
+        data, meta = cls._agnopt_pytree
+
+        def flatten(obj: Any, data: tuple = data, meta: tuple = meta) -> tuple:
+            return (tuple(getattr(obj, f, None) for f in data),
+                    tuple(getattr(obj, f, None) for f in meta))
+
+        def unflatten(aux: tuple, children: Any, cls: type = cls, data: tuple = data,
+                      meta: tuple = meta) -> Any:
+            obj: Any = object.__new__(cls)
+            for f, v in zip(meta, aux):
+                setattr(obj, f, v)
+            for f, v in zip(data, children):
+                setattr(obj, f, v)
+            return obj
+
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+        _JAX_REGISTERED.add(cls)
+
+
+def committed(x: Any, device: Any) -> Any:
+    """``x`` committed to ``device`` (JAX; every other array is returned as is).
+
+    JAX keeps one compiled program per kind of input, and an array placed
+    with ``jax.device_put`` (or created with ``device=``) is a different kind
+    from one left uncommitted (``jnp.asarray(values)``): a solver that mixes
+    both compiles its :func:`compiled` blocks twice. Committing the starting
+    point makes every array derived from it committed too.
+    """
+    if not array_api_compat.is_jax_array(x) or device is None:
+        return x
+    import jax
+
+    return jax.device_put(x, device)
+
+
+def compiled(fn: _F, static: tuple = ()) -> _F:
+    """``fn(xp, ...)`` as one compiled program where the backend compiles, else ``fn`` itself.
+
+    ``fn`` is a block of array code whose first argument is the namespace
+    ``xp``: a pure function of its arrays (no ``bool()`` / ``float()`` of an
+    array inside, no user callback) and of the Python values named in
+    ``static`` (hashable; ``xp`` always is). On JAX the returned function
+    calls ``jax.jit(fn, static_argnames=("xp",) + static)``, made once per
+    ``fn``: JAX compiles one program per combination of static values and
+    argument shapes / dtypes and reuses it on later calls, instead of
+    dispatching (and, on first use, compiling) every small operation
+    separately. Arguments may be arrays, ``None``, tuples / NamedTuples of
+    them and instances of :func:`pytree_class` classes. On every other
+    backend (and under ``jax.disable_jit()``) ``fn`` runs as written: one
+    implementation, the compilation is only a wrapper. Results agree with
+    the uncompiled ones to rounding (XLA may fuse or reorder operations).
+    """
+    names = ("xp",) + tuple(static)
+    jitted: list = []
+
+    @functools.wraps(fn)
+    def call(xp: Any, *args: Any, **kwargs: Any) -> Any:
+        if not array_api_compat.is_jax_namespace(xp):
+            return fn(xp, *args, **kwargs)
+        if not jitted:
+            import jax
+
+            _register_jax_pytrees()
+            jitted.append(jax.jit(fn, static_argnames=names))
+        return jitted[0](xp, *args, **kwargs)
+
+    call.uncompiled = fn  # type: ignore[attr-defined]
+    return cast(_F, call)

@@ -25,6 +25,10 @@ to_local(xp, a)
     dense linear algebra Dask lacks; ``(xp, a)`` for eager backends.
 host_floats(*arrays)
     Python floats of 0-d arrays, computed together for Dask.
+is_traced(a), known_all(xp, a), known_none(xp, a)
+    Whether ``a`` is a JAX tracer (inside a compiled block, see
+    :func:`agnopt._core.backend.compiled`), and the host tests of exact
+    shortcuts that such a block skips.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ __all__ = [
     "is_dask",
     "is_dask_namespace",
     "is_lazy",
+    "is_traced",
+    "known_all",
+    "known_none",
     "persist",
     "to_local",
 ]
@@ -103,3 +110,29 @@ def to_local(xp: Any, a: Any) -> tuple[Any, Any]:
 def host_floats(*arrays: Any) -> list[float]:
     """Python floats of 0-d arrays; for Dask, all in one ``dask.compute``."""
     return [float(v) for v in compute(*arrays)]
+
+
+def is_traced(a: Any) -> bool:
+    """True for a JAX tracer: an array inside a compiled block, whose values
+    cannot be read on the host (``bool()`` / ``float()`` would raise)."""
+    if not array_api_compat.is_jax_array(a):
+        return False
+    import jax
+
+    return isinstance(a, jax.core.Tracer)
+
+
+def known_all(xp: Any, a: Any) -> bool:
+    """``bool(xp.all(a))``, or ``False`` where ``a`` is traced (values unknown).
+
+    For shortcuts that are exact: the code after a ``False`` must give the
+    same result as the shortcut when every element is in fact true, so that
+    a compiled block (which cannot read ``a``) takes the general path and
+    agrees with the eager one.
+    """
+    return not is_traced(a) and bool(xp.all(a))
+
+
+def known_none(xp: Any, a: Any) -> bool:
+    """``not bool(xp.any(a))``, or ``False`` where ``a`` is traced (see :func:`known_all`)."""
+    return not is_traced(a) and not bool(xp.any(a))

@@ -17,9 +17,10 @@ The backends disagree on how a Cholesky factorization reports failure:
 out-of-memory or driver error of the device propagates (treating it as "not
 positive definite" turned Newton into steepest descent on a busy GPU).
 
-A factor is accepted only if every pivot :math:`L_{ii}` is finite and
-positive (checked on :math:`L_{ii}` itself, before any squaring, which would
-hide the sign), the pivots are not at rounding level (:math:`\min_i L_{ii}^2
+A factor is accepted only if every pivot :math:`L_{ii}` is positive
+(checked on :math:`L_{ii}` itself, before any squaring, which would hide the
+sign; a NaN pivot fails it), the pivots are not at rounding level (an
+infinite pivot fails this) (:math:`\min_i L_{ii}^2
 > 10\,n\,\epsilon \max_i L_{ii}^2`), and the factor reproduces the matrix on
 one vector: :math:`\|L(L^Tv) - Av\|_\infty \le 8 (n+1)\,n\,\epsilon
 \max_i A_{ii} \|v\|_\infty` with :math:`v_j = 1 + j/n` (a correct Cholesky
@@ -27,7 +28,10 @@ factor has backward error :math:`|LL^T - A| \le (n+1)\epsilon |L||L^T|`
 elementwise, and :math:`(|L||L^T|)_{ij} \le \sqrt{A_{ii}A_{jj}}`; Higham,
 *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Thm. 10.3). The
 last test costs two matrix-vector products and rejects a partial factor
-whatever the backend left in its unfactorized block.
+whatever the backend left in its unfactorized block. It also rejects any
+non-finite entry of :math:`L` or of :math:`A` (the entries of :math:`v` are
+positive, so a non-finite entry makes the residual non-finite): an accepted
+factor proves both finite, with no separate scan of either.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["cholesky", "cho_solve", "linalg_errors"]
+__all__ = ["cholesky", "cho_solve", "linalg_errors", "is_symmetric"]
 
 
 def linalg_errors() -> tuple[type[BaseException], ...]:
@@ -112,7 +116,8 @@ def cholesky(xl: Any, A: Any, *, fast: bool = True) -> Any | None:
         return None
     d = xl.linalg.diagonal(L)
     n = A.shape[0]
-    if not bool(xl.all(xl.isfinite(L))) or not float(xl.min(d)) > 0.0:
+    # (no isfinite(L) scan: a non-finite entry fails the residual test below)
+    if not float(xl.min(d)) > 0.0:
         return None
     d = d ** 2
     eps = float(xl.finfo(A.dtype).eps)
@@ -162,6 +167,22 @@ def cho_solve(xl: Any, L: Any, b: Any, *, fast: bool = True) -> Any | None:
         return xl.linalg.solve(xl.linalg.matrix_transpose(L), y)[:, 0]
     except linalg_errors():
         return None
+
+
+def is_symmetric(xl: Any, A: Any) -> bool:
+    """``all(A == A^T)`` for a square ``A``: exactly, NaN unequal to itself.
+
+    NumPy with SciPy: ``scipy.linalg.issymmetric`` (compiled, stops at the
+    first difference, no boolean temporary; about 2x faster at n = 500), plus
+    a look at the diagonal for NaN, which that function does not compare.
+    """
+    if (_fast_kind(xl) == "scipy" and getattr(A, "ndim", 0) == 2
+            and A.dtype in (xl.float32, xl.float64)):
+        import scipy.linalg
+
+        d = xl.linalg.diagonal(A)
+        return bool(scipy.linalg.issymmetric(A)) and not bool(xl.any(xl.isnan(d)))
+    return bool(xl.all(A == xl.linalg.matrix_transpose(A)))
 
 
 def _fast_kind(xl: Any) -> str | None:

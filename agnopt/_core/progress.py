@@ -78,6 +78,8 @@ def make_progress(progress: Any, desc: str, total: int | None = None) -> Progres
     """
     if progress is None or progress is False:
         return None
+    if isinstance(progress, Progress):  # made by a caller that names the display
+        return progress
     if callable(progress):
         return Progress(desc, total, progress, None)
     if progress is True:

@@ -2,8 +2,8 @@
 
 ``Status`` is what ``OptimizeResult.status`` holds for ``least_squares``,
 ``tall_least_squares`` and ``curve_fit``'s ``infodict["status"]``: the codes
-of ``scipy.optimize.least_squares`` (-2 ... 4) and two documented extra codes
-of agnopt (-3, -4, -5), each with a name. ``success`` is ``status > 0``.
+of ``scipy.optimize.least_squares`` (-2 ... 4) and documented extra codes
+of agnopt (-3 ... -6), each with a name. ``success`` is ``status > 0``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ __all__ = ["Status"]
 
 
 class Status(IntEnum):
-    """Termination status (scipy's ``least_squares`` values, plus agnopt's -3, -4 and -5)."""
+    """Termination status (scipy's ``least_squares`` values, plus agnopt's -3 ... -6)."""
+
+    #: agnopt: the ``xtol`` test fired (the step shrank, scipy's status 3) at a
+    #: point that is not first-order stationary: the residuals are not
+    #: orthogonal to the Jacobian's columns and the Gauss-Newton step is longer
+    #: than ``xtol`` allows (a wrong or inaccurate Jacobian, non-smooth or
+    #: noisy residuals, a saturated model); see ``least_squares``' notes.
+    NOT_STATIONARY = -6
 
     #: agnopt: lm / gauss-newton with bounds stopped with a variable on a bound
     #: whose Jacobian column vanishes there: a stationary point of the projected

@@ -20,6 +20,7 @@ __all__ = [
     "tree_flatten",
     "tree_unflatten",
     "tree_leaves",
+    "leaves_like",
     "tree_map",
     "tree_paths",
     "tree_structure",
@@ -132,6 +133,35 @@ def tree_flatten(tree: ArrayTree) -> tuple[list[Any], TreeDef]:
 
     treedef = rec(tree)
     return leaves, treedef
+
+
+def leaves_like(tree: ArrayTree, treedef: TreeDef) -> list[Any] | None:
+    """The objects at the leaf positions of ``tree`` if its containers are those of ``treedef``, else None.
+
+    A cheaper :func:`tree_flatten` for a tree expected to have a known
+    structure (the same optimizer stepped again): for a dict or list of
+    leaves it reads the entries by ``treedef``'s keys without sorting them
+    and **without checking that they are leaves**; the caller must check
+    the returned objects (by identity with known arrays, or by type). Any
+    other structure is flattened in full and compared.
+    """
+    if treedef.kind == "dict" and treedef.node_type is dict:
+        keys = treedef.keys
+        if (type(tree) is dict and len(tree) == len(keys)
+                and _FLAT_DEFS.get((dict, keys, len(keys))) is treedef):  # a dict of leaves
+            if tuple(tree) == keys:  # inserted in sorted order (as tree_unflatten and tree_map build them)
+                return list(tree.values())
+            try:
+                return [tree[k] for k in keys]
+            except KeyError:
+                return None
+    elif treedef.kind == "list" and type(tree) is list and len(tree) == len(treedef.children):
+        if _FLAT_DEFS.get((list, (), len(tree))) is treedef:
+            return list(tree)
+    elif treedef is _LEAF:
+        return None if tree is None or isinstance(tree, _NODES) else [tree]
+    leaves, td = tree_flatten(tree)
+    return leaves if td == treedef else None
 
 
 def tree_unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from .._core.backend import device_scope, namespace_name, resolve
+from .._core.backend import compiled, device_scope, namespace_name, resolve
 from .._core.typing import Array, ArrayLike
 
 __all__ = ["approx_derivative"]
@@ -375,21 +375,19 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     n = x0.shape[-1]
     cache = {} if cache is None else cache
     rstep = _eps_for_method(xp, dtype, f0.dtype, method)
-    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=method == "cs", dev=dev)
+    if method == "cs":
+        if "cdt" not in cache:
+            cache["cdt"] = _complex_dtype(xp, dtype)
+        return _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
+                           cache["cdt"])
+    h = _absolute_step(xp, rel_step, abs_step, x0, rstep, dev=dev)
     if method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
-    elif method == "3-point":
+    else:
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
     eye = cache.get("eye")
     if eye is None:
         eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
-
-    if method == "cs":
-        if "i1" not in cache:
-            cache["cdt"] = _complex_dtype(xp, dtype)
-            cache["i1"] = xp.asarray(1j, dtype=cache["cdt"], device=dev)
-        cdt, i1 = cache["cdt"], cache["i1"]
-        xc = xp.astype(x0, cdt)
 
     cols = []
     for j in range(n):
@@ -402,7 +400,7 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
             x1 = x0 + hj
             dx = x1[..., j] - x0[..., j]
             df = call(x1) - f0
-        elif method == "3-point":
+        else:  # 3-point
             xm = x0 - hj
             x1 = x0 + hj
             x2 = x0 + 2.0 * hj
@@ -423,16 +421,6 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
                 dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
                 sel = oj if scalar_f else oj[:, None]
                 df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
-        else:  # cs
-            fc = call(xc + xp.astype(hj, cdt) * i1)
-            if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
-                raise ValueError(
-                    "fun returned a real array for complex input, so the complex step "
-                    "cannot see the derivative; method='cs' needs fun to be written in "
-                    "complex-safe arithmetic (or use '2-point' / '3-point')"
-                )
-            df = xp.imag(fc)
-            dx = hj[..., j]
         if batched and not scalar_f:
             dx = dx[:, None]
         cols.append(df / dx)
@@ -441,3 +429,92 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
     else:
         J = xp.stack(cols, axis=-1)  # (m, n) or (B, m, n)
     return J
+
+
+def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev, cdt):
+    """The complex-step Jacobian: ``imag(f(x0 + i h_j e_j)) / h_j`` for the ``n`` columns.
+
+    The points (and the steps ``h``, unless given as arrays) come from one
+    block and the quotients from another (:func:`cs_points`,
+    :func:`cs_quotients`: one compiled program each on JAX), around the ``n``
+    evaluations of ``fun``.
+    """
+    if abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
+        # the steps follow from x0 and Python numbers: inside the points' block
+        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev)
+    else:
+        h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=True, dev=dev)
+        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev)
+    fcs = []
+    for pt in pts:
+        fc = call(pt)
+        if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
+            raise ValueError(
+                "fun returned a real array for complex input, so the complex step "
+                "cannot see the derivative; method='cs' needs fun to be written in "
+                "complex-safe arithmetic (or use '2-point' / '3-point')"
+            )
+        fcs.append(fc)
+    return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
+
+
+def cs_points(xp, x0, h, rel_step, rstep, cdt, dev):
+    """The complex-step points ``x0 + i h_j e_j`` (a tuple of ``n``, each of ``x0``'s
+    shape: ``(n,)`` or ``(B, n)``, complex dtype ``cdt``) and the steps ``h``
+    (``x0``'s shape); ``h`` ``None``: scipy's absolute step from ``rel_step``
+    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device."""
+    if h is None:
+        h = _absolute_step(xp, rel_step, None, x0, rstep, cs=True, dev=dev)
+    n = x0.shape[-1]
+    eye = xp.eye(n, dtype=x0.dtype, device=dev)
+    i1 = xp.asarray(1j, dtype=cdt, device=dev)
+    xc = xp.astype(x0, cdt)
+    pts = []
+    for j in range(n):
+        hj = h[:, j:j + 1] * eye[j, :] if x0.ndim == 2 else h[j] * eye[j, :]
+        pts.append(xc + xp.astype(hj, cdt) * i1)
+    return tuple(pts), h
+
+
+def cs_quotients(xp, fcs, h, per_row):
+    """``J[..., j] = imag(fcs[j]) / h[..., j]``, stacked on the last axis (``per_row``:
+    batched vector outputs, ``h`` (B, n) divides rows)."""
+    cols = []
+    for j, fc in enumerate(fcs):
+        dx = h[..., j]
+        cols.append(xp.imag(fc) / (dx[:, None] if per_row else dx))
+    return xp.stack(cols, axis=-1)
+
+
+def _cs_check_points(xp, X, lb, ub, w, h3, h2, dev):
+    """The points of the least-squares evaluator's check of its complex step: ``X + h3 V``, ``X - h3 V``,
+    ``X + h2 V`` with ``V_j = w_j max(1, |X_j|)`` (``w`` a tuple of ``n``
+    numbers), and whether all three lie inside the bounds (0-d bool); ``dev``
+    the device of ``X``."""
+    V = xp.asarray(w, dtype=X.dtype, device=dev) * xp.maximum(xp.ones_like(X), xp.abs(X))
+    P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
+    inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= lb)
+                    & (xp.maximum(xp.maximum(P3, M3), P2) <= ub))
+    return P3, M3, P2, inside
+
+
+def _cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
+    """0-d bool: the complex-step ``Jcs`` agrees with the central (``Fp3``,
+    ``Fm3``) and forward (``Fp2``) differences along ``V`` within their
+    error, for every problem (the least-squares evaluator's check of its default complex step)."""
+    u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
+    u2 = (P2 - X) / h2
+    Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
+    r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
+    r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
+    d = xp.max(xp.abs(r3), axis=-1)
+    est = xp.max(xp.abs(r2 - r3), axis=-1)
+    ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
+    return xp.all(ok)
+
+
+# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+cs_check_points = compiled(_cs_check_points, static=("w", "h3", "h2", "dev"))
+cs_check_verdict = compiled(_cs_check_verdict, static=("h3", "h2"))
+_cs_points = compiled(cs_points, static=("rel_step", "rstep", "cdt", "dev"))
+_cs_quotients = compiled(cs_quotients, static=("per_row",))

@@ -29,7 +29,8 @@ values, and the returned ``params``/``state`` hold the same arrays. Treat the
 ``params`` and ``state`` you passed as consumed (as JAX's buffer donation
 does); ``grads`` are never written. On NumPy the step counters are
 incremented in place too, and the very ``state`` object passed is returned
-(and ``params`` itself when it is one array). ``update`` and
+(and ``params`` itself when it is one array, or when the tree of arrays
+stepped last time comes back). ``update`` and
 ``apply_updates`` stay pure. JAX, Dask and array-api-strict arrays are never modified: ``step``
 runs the generic path there, as it does for user-built chains, read-only or
 non-contiguous arrays, mixed dtypes (e.g. ``mu_dtype`` other than the
@@ -54,8 +55,11 @@ compiled kernel and its flattened views; ``_Entry`` in
 :mod:`agnopt._kernels.cpu`). When the same parameter leaves and the same
 state come back (what donation produces), only the new gradients, the
 containers inside the state (a dict may have been edited) and the
-parameters' writeable flags are checked again. The entry is dropped with
-the optimizer.
+parameters' writeable flags are checked again, the trees are read by their
+known keys instead of flattened, and ``params`` itself is returned. With
+numba, the small leaves of a tree are stepped by one call for all of them
+(:mod:`agnopt._kernels.multi`; their gradients gathered into one buffer),
+bit for bit as one call per leaf. The entry is dropped with the optimizer.
 
 The fast path recognises an optimizer through a small registry: each alias
 registers its ``Transform.update`` function with its hyperparameters and the
@@ -68,13 +72,14 @@ registered (any user-built chain) takes the generic path.
 
 from __future__ import annotations
 
+import operator
 import os
 import weakref
 from typing import Any, Generic, NamedTuple
 
 from .._core.lazy import is_dask, persist
 from .base import Transform, apply_updates
-from .._core.tree import tree_flatten, tree_unflatten
+from .._core.tree import leaves_like, tree_flatten, tree_unflatten
 from .._core.typing import ArrayTree, TreeT
 
 __all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
@@ -137,6 +142,8 @@ try:
 except AttributeError:  # pragma: no cover - not CPython
     _ENV_DATA = None
 _MODES: dict = {}
+_SHAPE = operator.attrgetter("shape")
+_CPU: list = [None]  # agnopt._kernels.cpu once a NumPy step imported it
 
 
 def fast_mode() -> str:
@@ -223,14 +230,23 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
     if spec is not None:
         mode = fast_mode()
         if mode != "0":
+            cpu = _CPU[0]
+            # the very parameters the NumPy path stepped last time: no full flatten
+            hit = None if cpu is None else cpu.cached_leaves(update, params)
+            if hit is not None:
+                res = cpu.try_step(spec, params, hit[0], hit[1], grads, state, mode, owner=update)
+                if res is not None:
+                    return res
+                return _generic(transform, params, grads, state)
             p_leaves, td = tree_flatten(params)
             if p_leaves:
                 which = _backend_module(p_leaves[0])
                 res = None
                 if which == "numpy":
-                    from .._kernels.cpu import try_step
+                    from .._kernels import cpu
 
-                    res = try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
+                    _CPU[0] = cpu
+                    res = cpu.try_step(spec, params, p_leaves, td, grads, state, mode, owner=update)
                 elif which == "torch":
                     from .._kernels.torch_kernel import try_step as torch_try_step
 
@@ -276,6 +292,7 @@ class Optimizer(Generic[TreeT]):
             self._flat_p, views = _flat_buffer(leaves, copy=True)
             self._flat_g, gviews = _flat_buffer(leaves, copy=False)
             self._gviews = gviews
+            self._gshapes = [v.shape for v in gviews]
             self.params: TreeT = tree_unflatten(self._td, views)
             self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
@@ -292,14 +309,16 @@ class Optimizer(Generic[TreeT]):
             self.params, self.state = step(self.transform, self.params, grads, self.state)
             return self.params
         if grads is not None and grads is not self.grads:
-            g_leaves, td = tree_flatten(grads)
-            if td != self._td:
-                from .._core.tree import check_same_structure
+            fast = leaves_like(grads, self._td)
+            if fast is None or not _gather_numpy(self._flat_g, self._gshapes, fast):
+                g_leaves, td = tree_flatten(grads)
+                if td != self._td:
+                    from .._core.tree import check_same_structure
 
-                check_same_structure(grads, self.params, "grads", "params")
-            for dst, src in zip(self._gviews, g_leaves):
-                if src is not dst:
-                    _copy_into(dst, src)
+                    check_same_structure(grads, self.params, "grads", "params")
+                for dst, src in zip(self._gviews, g_leaves):
+                    if src is not dst:
+                        _copy_into(dst, src)
         new_p, self.state = step(self.transform, self._flat_p, self._flat_g, self.state)
         if new_p is not self._flat_p:  # generic path (e.g. AGNOPT_FAST=0): copy back into the buffer
             _copy_into(self._flat_p, new_p)
@@ -343,6 +362,26 @@ def _flat_buffer(leaves: list, copy: bool):
         views.append(v)
         off += n
     return buf, views
+
+
+def _gather_numpy(buf: Any, shapes: list, leaves: list) -> bool:
+    """Copy NumPy ``leaves`` into the flat ``buf`` at once (one ``numpy.concatenate``), where
+    each has exactly the shape of its view (``shapes``); False (nothing written) otherwise.
+
+    The same values as one ``numpy.copyto(view, leaf, casting="same_kind")`` per
+    leaf, without a Python call per leaf (a leaf to broadcast goes that way).
+    """
+    if _backend_module(buf) != "numpy":
+        return False
+    import numpy as np
+
+    if set(map(type, leaves)) != {np.ndarray} or list(map(_SHAPE, leaves)) != shapes:
+        return False
+    try:
+        np.concatenate(leaves, axis=None, out=buf, casting="same_kind")
+    except TypeError:  # a cast copyto would refuse too: let it raise its own error
+        return False
+    return True
 
 
 def _numel(x: Any) -> int:

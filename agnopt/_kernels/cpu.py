@@ -17,6 +17,10 @@ vectorise divisions and square roots).
   intermediate values stay in cache and no temporary has the size of the
   parameters. The same block programs run on torch tensors
   (:mod:`agnopt._kernels.torch_kernel`).
+
+With numba, the leaves of a tree that are small (at most
+``multi.SMALL`` elements, one dtype) are stepped by one call for all of
+them (:mod:`agnopt._kernels.multi`), bit for bit as one call per leaf.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from . import common as fc
+from . import multi
 from .blocks import BLOCK, PROGRAMS, run_blocked  # noqa: F401 (PROGRAMS, BLOCK: also used via this module)
-from .._core.tree import _LEAF, tree_flatten, tree_unflatten
+from .._core.tree import _LEAF, leaves_like, tree_flatten, tree_unflatten
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _tls = threading.local()
@@ -266,7 +271,8 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner", "cvecs", "sched")
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner", "cvecs", "sched",
+                 "multi", "single")
 
 
 _CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
@@ -274,17 +280,17 @@ _is = operator.is_
 
 
 def _same(a, b) -> bool:
-    return len(a) == len(b) and all(map(_is, a, b))
+    return a is b or (len(a) == len(b) and all(map(_is, a, b)))
 
 
 def _hit(e, spec, p_leaves, td, state, mode) -> bool:
-    if e.spec is not spec or e.state is not state or e.mode != mode or e.td != td:
+    if e.spec is not spec or e.state is not state or e.mode != mode or (e.td is not td and e.td != td):
         return False
     if not _same(p_leaves, e.p_leaves):
         return False
     for cont, leaves, ctd in e.containers:  # dicts/lists inside the state may have been edited
-        lv, t = tree_flatten(cont)
-        if t != ctd or not _same(lv, leaves):
+        lv = leaves_like(cont, ctd)
+        if lv is None or not _same(lv, leaves):
             return False
     for p in p_leaves:  # a parameter may have been made read-only since
         if not p.flags.writeable:
@@ -387,7 +393,25 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
         while len(views) < 4:
             views.append(None)
         e.calls.append((kernel, tuple(views), vec, dt))
+    multi.group_small(e, kernel)  # the small leaves of one dtype: one call for all of them
     return e
+
+
+def cached_leaves(owner, params):
+    """``(leaves, treedef)`` of ``params`` when they are the very leaves the cache of
+    ``owner`` (a registered ``transform.update``) holds, else None.
+
+    The leaves returned are the cache's own list: :func:`_run` then returns
+    ``params`` itself (its containers and leaves were just checked to be the
+    ones stepped last time) instead of a new tree of the same arrays.
+    """
+    e = _CACHE.get(id(owner))
+    if e is None:
+        return None
+    lv = leaves_like(params, e.td)
+    if lv is None or not _same(lv, e.p_leaves):
+        return None
+    return e.p_leaves, e.td
 
 
 def _xp():
@@ -408,14 +432,20 @@ def try_step(spec, params, p_leaves, td, grads, state, mode, owner=None):
     optimizer is garbage-collected, so the cache never outlives the optimizer.
     """
     nd = np.ndarray
+    key = id(spec) if owner is None else id(owner)
+    e = _CACHE.get(key)
     if type(grads) is nd:  # one array: nothing to flatten
         g_leaves, gtd = [grads], _LEAF
     else:
-        g_leaves, gtd = tree_flatten(grads)
+        # the structure cached for these parameters: read the grads by its keys (their
+        # types are checked in _run), else flatten them in full
+        g_leaves = leaves_like(grads, td) if e is not None and e.td is td else None
+        if g_leaves is not None:
+            gtd = td
+        else:
+            g_leaves, gtd = tree_flatten(grads)
     if gtd != td:
         return None
-    key = id(spec) if owner is None else id(owner)
-    e = _CACHE.get(key)
     if e is None or not _hit(e, spec, p_leaves, td, state, mode):
         e = _prepare(spec, p_leaves, td, g_leaves, state, mode)
         if e is None:
@@ -436,9 +466,21 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     """Check the grads, compute the constants, run the kernel per leaf; (params, state) or None."""
     nd = np.ndarray
     # the grads are new at every step: check each against its parameter
+    m = e.multi
+    if m is not None:  # the small leaves: copied into one buffer (so they may alias anything)
+        if not multi.gather(m, g_leaves):
+            return None
+        single = e.single
+        calls = [e.calls[i] for i in single]
+        rest = [g_leaves[i] for i in single]
+        dts = [e.dts[i] for i in single]
+        shapes = [e.shapes[i] for i in single]
+        strides = [e.strides[i] for i in single]
+    else:
+        calls, rest, dts, shapes, strides = e.calls, g_leaves, e.dts, e.shapes, e.strides
     gflat = []
     buf_ids = e.buf_ids
-    for g, dt, shape, strides in zip(g_leaves, e.dts, e.shapes, e.strides):
+    for g, dt, shape, strides in zip(rest, dts, shapes, strides):
         if type(g) is not nd or g.dtype is not dt or g.shape != shape:
             return None
         if g.strides != strides and not g.flags.c_contiguous:
@@ -460,7 +502,9 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
         if e.sched:
             vec[-1] = _np_scalar(dt, fc.lr_value(hp, _xp(), plan.sched_count, dt, "cpu"))
     if e.use_numba:
-        for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(e.calls, gflat):
+        if m is not None:
+            m.kernel(m.ptrs, m.gbuf, m.offs, m.vec)
+        for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(calls, gflat):
             kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, vec)
     else:
         cnames = CONST_ORDER[kind]
@@ -468,8 +512,8 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
             c = dict(zip(cnames, vec))  # NumPy scalars of the leaf's dtype
             c["first"] = e.flags.get("first", False)
             run_blocked(kind, e.flags, c, pf, g, [b1, b2, b3])
-    STATS["numba" if e.use_numba else "numpy"] += len(gflat)
-    new_params = params if type(params) is nd else tree_unflatten(td, p_leaves)
+    STATS["numba" if e.use_numba else "numpy"] += len(g_leaves)
+    new_params = params if type(params) is nd or p_leaves is e.p_leaves else tree_unflatten(td, p_leaves)
     if e.counts is not None:
         for c in e.counts:
             c0 = int(c)

@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, overload
 from .._core import lazy
 from .._core.backend import on_device_of, resolve
 from .._core.errors import OptimizeWarning
+from .._core.progress import make_progress
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .arrays import host_ints
@@ -261,6 +262,9 @@ def curve_fit(
     wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
     residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L)
     try:
+        if kwargs.get("progress") not in (None, False):
+            # the display names the function the user called
+            kwargs["progress"] = make_progress(kwargs["progress"], "curve_fit")
         res = least_squares(
             residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
         )

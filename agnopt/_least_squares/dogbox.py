@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .arrays import device, host_linalg
 from .bounds import dogleg_box_step, evaluate_quadratic, line_quadratic
 from .losses import robust_model
-from .trf import Trial, gradient
+from .trf import Trial, column_share, gradient
 
 __all__ = ["DOGBOX"]
 
@@ -41,7 +41,8 @@ class DogboxModel(NamedTuple):
     """dogbox's model: ``J_f`` (k, m, n) the (loss-scaled) Jacobian with the
     held columns zeroed, ``g_f`` (k, n) the gradient there, ``free`` (k, n),
     ``newton`` (k, n) the Gauss-Newton step, ``a``, ``b`` (k,) the model
-    ``a t^2 + b t`` along ``-g_f``, ``gnorm`` (k,) the first-order measure."""
+    ``a t^2 + b t`` along ``-g_f``, ``gnorm`` (k,) the first-order measure,
+    ``gn_share`` (k,) :func:`.trf.column_share` of ``J_f``."""
 
     J_f: Any
     g_f: Any
@@ -50,6 +51,7 @@ class DogboxModel(NamedTuple):
     a: Any
     b: Any
     gnorm: Any
+    gn_share: Any
 
 
 def min_norm_solution(xp, A, r):
@@ -76,7 +78,7 @@ def dogbox_model(xp, ev, st, loss, f_scale) -> DogboxModel:
     J_f = xp.where(free[:, None, :], Jl, xp.zeros_like(Jl))
     newton = xp.where(free, min_norm_solution(xp, J_f, -Fh), xp.zeros_like(g))
     a, b, _ = line_quadratic(xp, J_f, g_f, -g_f)
-    return DogboxModel(J_f, g_f, free, newton, a, b, gnorm)
+    return DogboxModel(J_f, g_f, free, newton, a, b, gnorm, column_share(xp, J_f, g_f, Fh))
 
 
 def dogbox_step(xp, ev, st, md: DogboxModel) -> Trial:

@@ -70,12 +70,18 @@ def gn_damping(xp, lam, scale, acc, active):
 
 
 def gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm, finite, nfev,
-             ftol, xtol, max_nfev):
+             ftol, xtol, max_nfev, growing=None):
     """scipy trf's tests, as MINPACK codes: ``ftol`` (``dF < ftol F`` and ratio
     > 0.25 on an accepted step), ``xtol`` (``||dx|| < xtol (xtol + ||x||)``),
     both, -4 (``xtol`` on a non-finite trial point), then ``max_nfev``.
+    ``growing`` (k,) or ``None``: steps the trust radius cut short whose
+    radius now grows (a good model); no ``ftol`` test on them, as their
+    reduction is small because the step was (issue 11: ``a t`` fitted to
+    ``1e9 t`` from ``a = 1`` stopped at ``a = 2``, as scipy's trf does).
     Returns ``(info, active)``."""
     ft = acc & (actual < ftol * cost) & (ratio > 0.25)
+    if growing is not None:
+        ft = ft & ~growing
     xt = active & (dx_norm < xtol * (xtol + x_norm))
     run = xp.full_like(info, _RUNNING)
     new = xp.where(ft, xp.full_like(info, _FTOL), run)

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._core import lazy
-from .._core.backend import native_namespace, on_device_of, resolve
+from .._core.backend import committed, native_namespace, on_device_of, resolve
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
@@ -235,9 +235,11 @@ def least_squares(
           where ``actred = 1 - (||f_new|| / ||f||)**2`` and ``prered`` is the
           same relative reduction predicted by the linear model (scipy:
           "``dF < ftol * F`` and an adequate agreement between the local
-          quadratic model and the true model"), tested only on steps the
-          trust radius did not cut short (``lambda = 0``): a short step's small
-          relative reduction says nothing about the reduction still possible;
+          quadratic model and the true model"), except on a step the trust
+          radius cut short (``lambda > 0``) with ``ratio >= 0.75`` (the radius
+          then doubles) while ``max_j cos^2(J_j, f) > ftol`` (the Gauss-Newton
+          step would remove more): such a step's small relative reduction
+          says nothing about the reduction still possible;
         * ``xtol``: ``Delta <= xtol * ||D x||`` (trust-region radius against
           the scaled ``x``);
         * ``gtol``: ``max_j |J_j . f| / (||f|| ||J_j||) <= gtol`` (the largest
@@ -252,7 +254,10 @@ def least_squares(
         same status is reported with a "machine precision" message.
         For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
-        accepted step; ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
+        accepted step (trf and dogbox: not on a step that reached the trust
+        region's boundary with ``dF / predicted dF > 0.75`` while
+        ``max_j cos^2(J_j, f) > ftol``, as for ``"lm"``; scipy's trf stops
+        there); ``xtol``: ``||dx|| < xtol * (xtol + ||x||)``;
         ``gtol``: ``||J^T f||_inf < gtol`` (trf and dogbox: ``optimality < gtol``).
     x_scale : None, "jac" or array
         ``D = 1 / x_scale``. ``"jac"``: MINPACK's ``mode=1``,
@@ -340,7 +345,8 @@ def least_squares(
         returned non-finite entries at the current point, a batched problem
         then stops there while the others go on (unbatched: ``ValueError``);
         -4: the step shrank to nothing on non-finite residuals at the trial
-        points, i.e. no finite trial point near ``x``),
+        points, i.e. no finite trial point near ``x``; -6: the ``xtol`` test
+        fired at a point that is not first-order stationary, see Notes),
         ``message``, ``success`` (``status > 0``), ``active_mask`` (-1/0/1
         per variable: at the lower bound / free / at the upper bound), and
         ``history`` when asked. Batched: every field has a leading ``B``
@@ -376,6 +382,22 @@ def least_squares(
     Non-finite residuals at a trial point reject the step (the trust region
     shrinks tenfold), as if the cost had increased; when the step tolerance
     is then met on a non-finite trial point the status is -4 (not 3).
+
+    An ``xtol`` stop is a success only at a converged point. Every method
+    stops when the step gets short, and a step is short either next to a
+    minimizer or because the trust region (damping) collapsed after failed
+    trial steps: a wrong or inaccurate Jacobian, non-smooth or noisy
+    residuals, or a saturated model (a plateau where a parameter's column
+    underflows, e.g. ``exp(-x b)`` with ``b`` large; dogbox from NIST's
+    MGH17 and Rat43 first starts). scipy reports both as status 3. Here a
+    status-3 stop becomes status -6 (``success=False``, ``x`` unchanged)
+    unless, at the final point, (1) the residual is orthogonal to every
+    Jacobian column of a variable not held at a bound to within ``100
+    sqrt(eps)`` (``|J_j . f| <= 100 sqrt(eps) ||J_j|| ||f||``, MINPACK's
+    scaled gradient; with a loss, of the loss's model), or (2) the
+    minimum-norm Gauss-Newton step on the free variables is within
+    ``10 t (t + ||x||)``, ``t = max(xtol, sqrt(eps))`` (a zero-residual
+    solution). See :mod:`agnopt._least_squares.stationarity`.
 
     Unbatched, when ``x0`` is in memory (not Dask) and ``fun(x0)`` is a Dask
     array with more than one row chunk (a tall problem), the solve is handed to
@@ -496,6 +518,7 @@ def _start_point(x0, batched):
         x0 = array_api_compat.array_namespace(x0).astype(
             x0, array_api_compat.array_namespace(x0).float64)
     xp, dev = resolve(x0, "x0")
+    x0 = committed(x0, dev)  # JAX: one kind of input for the compiled blocks
     if batched:
         if x0.ndim != 2:
             raise ValueError(

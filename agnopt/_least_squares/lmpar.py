@@ -41,6 +41,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._core import lazy
+from .._core.backend import compiled
 from .cholesky import chol_inv, chol_solve, mv
 
 
@@ -114,8 +116,40 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     step outside the region (scipy's ``solve_lsq_trust_region``, used by
     trf: a rank threshold can drop directions that badly scaled variables
     need, and the truncated step is then far too short).
+
+    The early exits (every Gauss-Newton step inside, every search done) are
+    exact shortcuts: where the values cannot be read (inside a bigger
+    compiled block, :func:`agnopt._core.backend.compiled`) all 10 iterations
+    run with the finished problems frozen, which gives the same numbers.
     """
-    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    # three blocks (one compiled program each on JAX: the Gauss-Newton step,
+    # the starting bounds, one safeguarded Newton iteration), with the host
+    # reads of the early exits between them
+    qn, s3, rhs, factor, dxnorm, fp, gn_ok, delta_s = _lmpar_gauss_newton(
+        xp, basis, delta, truncated_gn, rtol)
+    if lazy.known_all(xp, gn_ok):
+        # every Gauss-Newton step lies within the region (the usual case near
+        # a solution): par = 0 and q = q(0), exactly what the end of the
+        # search below returns for them; the bounds parl / paru are not needed
+        return xp.zeros_like(fp), qn, factor
+    par, parl, paru, done = _lmpar_bounds(xp, basis, s3, rhs, dxnorm, fp, gn_ok, delta,
+                                          delta_s, par0, active)
+    q = qn
+    if lazy.known_all(xp, done):
+        return xp.where(gn_ok, 0.0, par), q, factor
+    for it in range(10):
+        par, parl, paru, fp, q, factor, done = _lmpar_iteration(
+            xp, basis, par, parl, paru, fp, q, factor, done, delta, delta_s, it == 9, rtol)
+        if lazy.known_all(xp, done):  # frozen problems do not change: exiting is exact
+            break
+    par = xp.where(gn_ok, 0.0, par)
+    return par, q, factor
+
+
+def lmpar_gauss_newton(xp, basis, delta, truncated_gn, rtol):
+    """``lmpar``'s Gauss-Newton step ``qn`` (k, r), its ``q^T A^+ q`` ``s3``, the
+    right-hand side, the factor, ``||qn||``, ``fp = ||qn|| - delta``, ``gn_ok``
+    (inside ``(1 + rtol) delta``) and the safe radius ``delta_s`` (k,)."""
     # a finished problem of a batch may carry delta = 0: divide by 1 there (its
     # values are not used) instead of raising floating-point warnings
     delta_s = xp.where(delta > 0, delta, 1.0)
@@ -125,11 +159,14 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     gn_ok = fp <= rtol * delta
     if not truncated_gn and full_rank is not None:
         gn_ok = gn_ok & full_rank
-    if bool(xp.all(gn_ok)):
-        # every Gauss-Newton step lies within the region (the usual case near
-        # a solution): par = 0 and q = q(0), exactly what the end of the
-        # search below returns for them; the bounds parl / paru are not needed
-        return xp.zeros_like(fp), qn, factor
+    return qn, s3, rhs, factor, dxnorm, fp, gn_ok, delta_s
+
+
+def lmpar_bounds(xp, basis, s3, rhs, dxnorm, fp, gn_ok, delta, delta_s, par0, active):
+    """``lmpar``'s starting ``par`` and bounds ``parl``, ``paru`` (k,), and ``done``
+    (k,): the problems whose search is over before it starts."""
+    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    full_rank = getattr(basis, "full_rank", None)
     # lower bound parl: the Newton step on phi at 0 (0 where rank deficient)
     s3 = xp.where(s3 > 0, s3, 1.0)
     parl = (fp / delta_s) * dxnorm * dxnorm / s3
@@ -143,32 +180,37 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     par = xp.minimum(xp.maximum(par0, parl), paru)
     dx_safe = xp.where(dxnorm > 0, dxnorm, 1.0)
     par = xp.where(par == 0, gnorm / dx_safe, par)
-    done = gn_ok | ~active
-    q = qn
-    if bool(xp.all(done)):
-        return xp.where(gn_ok, 0.0, par), q, factor
-    for it in range(10):
-        par_t = xp.where(par == 0, xp.maximum(xp.full_like(paru, dwarf), 0.001 * paru), par)
-        par = xp.where(done, par, par_t)
-        qt, s3, fac_t = basis.solve(xp, par)
-        dxn_t = xp.linalg.vector_norm(qt, axis=-1)
-        temp = fp
-        fp_t = dxn_t - delta
-        q = xp.where(done[:, None], q, qt)
-        if factor is not None:
-            factor = xp.where(done[:, None, None], factor, fac_t)
-        fp = xp.where(done, fp, fp_t)
-        stop = (xp.abs(fp_t) <= rtol * delta) | ((parl == 0) & (fp_t <= temp) & (temp < 0))
-        if it == 9:
-            stop = xp.ones_like(stop)
-        done = done | stop
-        # Newton correction, then the safeguards
-        s3 = xp.where(s3 > 0, s3, 1.0)
-        parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
-        parl = xp.where(~done & (fp_t > 0), xp.maximum(parl, par), parl)
-        paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
-        par = xp.where(done, par, xp.maximum(parl, par + parc))
-        if bool(xp.all(done)):  # frozen problems do not change: exiting is exact
-            break
-    par = xp.where(gn_ok, 0.0, par)
-    return par, q, factor
+    return par, parl, paru, gn_ok | ~active
+
+
+def lmpar_iteration(xp, basis, par, parl, paru, fp, q, factor, done, delta, delta_s, last,
+                    rtol):
+    """One safeguarded Newton iteration of ``lmpar`` on the problems not ``done``
+    (the others frozen); ``last`` (the 10th): every problem is done after it.
+    Returns ``(par, parl, paru, fp, q, factor, done)``."""
+    dwarf = float(xp.finfo(delta.dtype).smallest_normal)
+    par_t = xp.where(par == 0, xp.maximum(xp.full_like(paru, dwarf), 0.001 * paru), par)
+    par = xp.where(done, par, par_t)
+    qt, s3, fac_t = basis.solve(xp, par)
+    dxn_t = xp.linalg.vector_norm(qt, axis=-1)
+    temp = fp
+    fp_t = dxn_t - delta
+    q = xp.where(done[:, None], q, qt)
+    if factor is not None:
+        factor = xp.where(done[:, None, None], factor, fac_t)
+    fp = xp.where(done, fp, fp_t)
+    stop = (xp.abs(fp_t) <= rtol * delta) | ((parl == 0) & (fp_t <= temp) & (temp < 0))
+    done = done | stop | last
+    # Newton correction, then the safeguards
+    s3 = xp.where(s3 > 0, s3, 1.0)
+    parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
+    parl = xp.where(~done & (fp_t > 0), xp.maximum(parl, par), parl)
+    paru = xp.where(~done & (fp_t < 0), xp.minimum(paru, par), paru)
+    par = xp.where(done, par, xp.maximum(parl, par + parc))
+    return par, parl, paru, fp, q, factor, done
+
+
+# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+_lmpar_gauss_newton = compiled(lmpar_gauss_newton, static=("truncated_gn", "rtol"))
+_lmpar_bounds = compiled(lmpar_bounds)
+_lmpar_iteration = compiled(lmpar_iteration, static=("rtol",))

@@ -46,6 +46,11 @@ TERMINATION_MESSAGES: dict[int, str] = {
     Status.STUCK_ON_BOUND: "Stopped with a variable on a bound where its Jacobian column vanishes: "
     "possibly a stationary point of the projection, not of the problem (use method='trf', which "
     "keeps iterates strictly inside the bounds).",
+    Status.NOT_STATIONARY: "The `xtol` test stopped the solve at a point that is not first-order "
+    "stationary (the residuals are not orthogonal to the Jacobian's columns and the Gauss-Newton "
+    "step is longer than `xtol` allows): the Jacobian may be wrong or inaccurate, the residuals "
+    "non-smooth or noisy, or the model saturated (a parameter whose Jacobian column nearly "
+    "vanishes).",
 }
 # MINPACK's info 6/7/8 ("tolerance too small, no further improvement possible")
 # are reported with the matching common status and this message.
@@ -72,8 +77,8 @@ def to_status(xp, info, active, cb_stop):
 
 def message(info: int, status: int) -> str:
     """scipy's message for one problem (the machine-precision wording for info 6/7/8)."""
-    if status == Status.STUCK_ON_BOUND:
-        return TERMINATION_MESSAGES[Status.STUCK_ON_BOUND]
+    if status in (Status.STUCK_ON_BOUND, Status.NOT_STATIONARY):
+        return TERMINATION_MESSAGES[status]
     if info in MACHINE_MESSAGES:
         return MACHINE_MESSAGES[MinpackInfo(info)]
     return TERMINATION_MESSAGES.get(status, "unknown status")

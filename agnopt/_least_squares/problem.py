@@ -12,9 +12,10 @@ import math
 from typing import Any
 
 from .._core import lazy
-from .._derivatives.numdiff import fd_jacobian
+from .._core.backend import compiled, pytree_class
+from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
-from .batched import positions, rows_where, scatter
+from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
     EPS64,
@@ -36,18 +37,61 @@ from .options import (  # noqa: F401  (re-exported: the drivers import them from
 )
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
-from .routes import CHOL_MAX_N, InMemoryRoute
+from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
 
-# ``residual_where`` evaluates the masked rows alone when they are at most
-# this fraction of the working set (gathering them costs a copy of each)
-SUBSET_FRACTION = 0.5
-# ``assemble``: the final Jacobian at every row when at least this fraction needs it
-FINAL_J_ALL = 0.9
+
+def fnorm(xp, F, loss, f_scale):
+    """:meth:`Problem.fnorm` (``loss`` ``None``: no robust loss)."""
+    if loss is None:
+        return xp.linalg.vector_norm(F, axis=-1)
+    fin = xp.all(xp.isfinite(F), axis=-1)
+    c = loss_cost(xp, loss, xp.where(fin[:, None], F, xp.zeros_like(F)), f_scale)
+    return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+
+
+# one compiled program on JAX (agnopt._core.backend.compiled), as written elsewhere
+_fnorm = compiled(fnorm, static=("loss", "f_scale"))
+
+
+def _row0(xp, a):
+    """``a[0]`` of a one-problem stack (k = 1) as a reshape: one operation on every
+    backend (JAX's indexing dispatches several)."""
+    return xp.reshape(a, tuple(a.shape[1:]))
 
 
 # --------------------------------------------------------------------------- the in-memory problem
-class Problem:
+@pytree_class(data=("lb", "ub"), meta=("xp", "dev", "bounded"))
+class Box:
+    """The array operations the engine asks of an in-memory evaluator between
+    evaluations: bounds ``lb``, ``ub`` (k, n), ``bounded``, namespace and device.
+
+    :class:`Problem` inherits them (one implementation); a ``Box`` of its own
+    (:meth:`Problem.block_view`) passes into the engine's compiled blocks,
+    where only these attributes exist.
+    """
+
+    def __init__(self, xp, dev, bounded, lb, ub):
+        self.xp, self.dev, self.bounded, self.lb, self.ub = xp, dev, bounded, lb, ub
+
+    def free_mask(self, X, g):
+        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
+        xp = self.xp
+        if not self.bounded:
+            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
+        at_lb = (X <= self.lb) & (g > 0)
+        at_ub = (X >= self.ub) & (g < 0)
+        return ~(at_lb | at_ub)
+
+    def project(self, X):
+        """``clip(X, lb, ub)`` (X itself without bounds)."""
+        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+
+    def select(self, acc, Ft, F):
+        return self.xp.where(acc[:, None], Ft, F)
+
+
+class Problem(RowSubsets, Box):
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
 
     ``lb``, ``ub`` (B, n) are the bounds of the rows currently evaluated;
@@ -86,108 +130,6 @@ class Problem:
         self._hook_checked = False
         self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
         self._eye = None  # the (n, n) identity of J^T J's diagonal
-
-    # ------------------------------------------------------------------ row subsets
-    def set_rows(self, idx, X_full, F_rows=None):
-        """Restrict evaluations to the rows ``idx`` (full indices, int array).
-
-        ``X_full`` (B, n) gives the values of the other rows for a ``fun``
-        without the ``_agnopt_rows`` hook: it is then evaluated on all B rows
-        (with these rows substituted) and the rows taken from its output. A
-        hook's row function is checked once against ``F_rows`` (the
-        residuals of these rows at ``X_full``): if it raises, returns another
-        shape or other values (a model that closes over per-problem data),
-        the hook is dropped for good and the full evaluation is used.
-        """
-        xp = self.xp
-        B = X_full.shape[0]
-        self.rows = idx
-        self.lb = xp.take(self.lb_full, idx, axis=0)
-        self.ub = xp.take(self.ub_full, idx, axis=0)
-        ar = xp.arange(B, dtype=idx.dtype, device=self.dev)
-        pos = xp.searchsorted(idx, ar)
-        k = idx.shape[0]
-        pos = xp.clip(pos, 0, k - 1) if k > 0 else pos
-        self._mask = xp.take(idx, pos, axis=0) == ar
-        self._pos = pos
-        self._X_base = X_full
-        self._sub = None
-        if self._hook is not None:
-            self._sub = self._row_funcs(idx, X_full, F_rows, full=True)
-
-    def _row_funcs(self, idx, X, F_rows, full=False):
-        """The ``_agnopt_rows`` hook's ``(fun_rows, jac_rows)`` for the full row
-        indices ``idx`` (k,), or ``None`` (no hook, or the hook failed its check).
-
-        The first use checks the hook's residuals at ``X`` (the working rows,
-        or all ``B`` rows when ``full``) against ``F_rows``, the residuals of
-        these rows known from ``fun`` itself; a hook that raises, returns
-        another shape or other values (a model that closes over per-problem
-        data) is dropped for good.
-        """
-        if self._hook is None:
-            return None
-        if self._hook_checked:
-            return self._hook(idx)
-        xp = self.xp
-        k = idx.shape[0]
-        try:
-            sub = self._hook(idx)
-            Xr = xp.take(X, idx, axis=0) if full else X
-            f = sub[0](Xr, *self.args, **self.kwargs)
-            ok = (hasattr(f, "shape") and tuple(f.shape) == (k, self.m)
-                  and F_rows is not None)
-            if ok:
-                err = xp.max(xp.abs(f - F_rows)) if k > 0 else 0.0
-                scale = xp.max(xp.abs(F_rows)) if k > 0 else 0.0
-                ok = bool(err <= 1e-10 * scale + 1e-300)
-        except Exception:
-            ok = False
-        if ok:
-            self._hook_checked = True
-            return sub
-        self._hook = None
-        return None
-
-    def all_rows(self):
-        self.rows = None
-        self.lb, self.ub = self.lb_full, self.ub_full
-        self._mask = self._pos = self._X_base = self._sub = None
-
-    def _scatter_full(self, Z):
-        xp = self.xp
-        base = self._X_base
-        if base.dtype != Z.dtype:
-            base = xp.astype(base, Z.dtype)
-        return xp.where(self._mask[:, None], xp.take(Z, self._pos, axis=0), base)
-
-    def _fun_rows(self):
-        """``fun`` for the current rows: ``(k, n) -> (k, m)``."""
-        if self.rows is None:
-            return self.fun
-        if self._sub is not None:
-            return self._sub[0]
-        xp, fun, rows = self.xp, self.fun, self.rows
-
-        def f(Z, *a, **kw):
-            out = fun(self._scatter_full(Z), *a, **kw)
-            if hasattr(out, "shape") and out.ndim >= 1:
-                out = xp.take(out, rows, axis=0)
-            return out
-
-        return f
-
-    def _jac_rows(self):
-        if self.rows is None:
-            return self.jac_arg
-        if self._sub is not None and len(self._sub) > 1 and self._sub[1] is not None:
-            return self._sub[1]
-        xp, jac, rows = self.xp, self.jac_arg, self.rows
-
-        def j(Z, *a, **kw):
-            return xp.take(jac(self._scatter_full(Z), *a, **kw), rows, axis=0)
-
-        return j
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
@@ -228,41 +170,11 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun", where)
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun", where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
         return F if self.fscale == 1.0 else F * self.fscale
-
-    def residual_where(self, mask, Xt, X, F):
-        """Residuals (k, m) at ``Xt`` (k, n) where ``mask`` (k,), ``F`` (the residuals
-        at ``X``) elsewhere.
-
-        Evaluates ``fun`` on the masked rows alone when the rows hook allows it
-        (``curve_fit`` with a shared ``xdata``) and they are at most
-        ``SUBSET_FRACTION`` of the working set (and the working set may shrink:
-        not on JAX or Dask, see :func:`.batched.compactable`); else on every row, at ``Xt``
-        where ``mask`` and at ``X`` elsewhere (which gives ``F`` there). Used
-        by the geodesic acceleration, whose extra evaluation only a few
-        problems of a batch need.
-        """
-        xp = self.xp
-        k = X.shape[0]
-        if self.compact and self._hook is not None and self.fscale == 1.0:
-            idx = rows_where(xp, mask)
-            nr = int(idx.shape[0])
-            if 0 < nr <= SUBSET_FRACTION * k:
-                full = idx if self.rows is None else xp.take(self.rows, idx, axis=0)
-                Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
-                sub = self._row_funcs(full, Xr, Fr)
-                if sub is not None:
-                    Xtr = xp.take(Xt, idx, axis=0)
-                    fr = sub[0]
-                    f = call_checked(lambda z: fr(z, *self.args, **self.kwargs), Xtr, "fun",
-                                     "at a trial point")
-                    inside, pos = positions(xp, idx, k, self.dev)
-                    return scatter(xp, F, self._fix_f(f, nr), inside, pos)
-        return self.residual(xp.where(mask[:, None], Xt, X))
 
     def set_fscale(self, F):
         """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
@@ -309,7 +221,7 @@ class Problem:
                 jr = self._jac_rows()
                 J = call_checked(lambda z: jr(z, *self.args, **self.kwargs), X, "jac", "")
             else:
-                J = call_checked(lambda z: jac(z[0, :], *self.args, **self.kwargs), X, "jac", "")
+                J = call_checked(lambda z: jac(_row0(self.xp, z), *self.args, **self.kwargs), X, "jac", "")
             check_jacobian_kind(J, "lm")
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 J = xp.asarray(J, dtype=self.dtype, device=self.dev)
@@ -331,7 +243,7 @@ class Problem:
             if self.batched:
                 J = ad_jacobian(f, X, batched=True)
             else:
-                J = xp.reshape(ad_jacobian(f, X[0, :]), (1, m, n))
+                J = xp.reshape(ad_jacobian(f, _row0(xp, X)), (1, m, n))
         else:
             # complex step: a tiny relative step h = eps * |x_j| (eps where x_j = 0).
             # It never cancels, and it keeps the truncation error O((h/x)^2)
@@ -389,30 +301,21 @@ class Problem:
         evaluations).
         """
         xp = self.xp
-        k, n = X.shape
+        n = X.shape[1]
         eps = float(xp.finfo(self.dtype).eps)
-        w = [(-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0]) for j in range(n)]
-        V = xp.asarray(w, dtype=self.dtype, device=self.dev) * xp.maximum(
-            xp.ones_like(X), xp.abs(X))
+        w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
+                  for j in range(n))
         h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
-        inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= self.lb)
-                        & (xp.maximum(xp.maximum(P3, M3), P2) <= self.ub))
+        P3, M3, P2, inside = cs_check_points(xp, X, self.lb, self.ub, w, h3, h2,
+                                              self.dev)
         if not bool(inside):
             return self._cs_columns(X, F, Jcs)
         try:
             Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
         except (RuntimeError, ValueError, TypeError):
             return None  # the differences cannot be formed: keep the complex step
-        u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
-        u2 = (P2 - X) / h2
-        Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
-        r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
-        r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
-        d = xp.max(xp.abs(r3), axis=-1)
-        est = xp.max(xp.abs(r2 - r3), axis=-1)
-        ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
-        return None if bool(xp.all(ok)) else self._fd(X, F, "3-point", None)
+        ok = cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+        return None if bool(ok) else self._fd(X, F, "3-point", None)
 
     def _cs_columns(self, X, F, Jcs):
         """:meth:`_cs_disagrees` column by column (bounded problems near a bound):
@@ -437,7 +340,7 @@ class Problem:
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(z[0, :], *self.args, **self.kwargs), X, "fun",
+            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun",
                              where)
         return self._fix_f(f, X.shape[0])
 
@@ -454,7 +357,8 @@ class Problem:
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, X[0, :], F[0, :], jac, rel, lbx[0, :], ubx[0, :],
+            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel, _row0(xp, lbx),
+                            _row0(xp, ubx),
                             self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
@@ -501,33 +405,17 @@ class Problem:
     def fnorm(self, F):
         """``sqrt(2 cost)`` (k,) of residuals ``F`` (k, m): ``||F||`` without a loss;
         ``inf`` where a residual is not finite."""
-        xp = self.xp
-        if not self.robust:
-            return xp.linalg.vector_norm(F, axis=-1)
-        fin = xp.all(xp.isfinite(F), axis=-1)
-        c = loss_cost(xp, self.loss, xp.where(fin[:, None], F, xp.zeros_like(F)), self.f_scale)
-        return xp.where(fin, xp.sqrt(2.0 * c), xp.full_like(c, float("inf")))
+        return _fnorm(self.xp, F, self.loss if self.robust else None, self.f_scale)
 
-    def free_mask(self, X, g):
-        """Variables (k, n) not frozen at a bound: frozen where on a bound and ``-g`` points outward."""
-        xp = self.xp
-        if not self.bounded:
-            return xp.ones(X.shape, dtype=xp.bool, device=self.dev)
-        at_lb = (X <= self.lb) & (g > 0)
-        at_ub = (X >= self.ub) & (g < 0)
-        return ~(at_lb | at_ub)
-
-    def project(self, X):
-        """``clip(X, lb, ub)`` (X itself without bounds)."""
-        return self.xp.clip(X, self.lb, self.ub) if self.bounded else X
+    def block_view(self):
+        """This problem's :class:`Box` (the bounds of the rows now solved), for the
+        engine's compiled blocks."""
+        return Box(self.xp, self.dev, self.bounded, self.lb, self.ub)
 
     def trial(self, Xt):
         """Residuals (k, m) at the trial points and their norms (k,)."""
         Ft = self.residual(Xt)
         return Ft, self.fnorm(Ft)
-
-    def select(self, acc, Ft, F):
-        return self.xp.where(acc[:, None], Ft, F)
 
     def persist(self, *arrs):
         return persist(self.xp, *arrs)
@@ -545,19 +433,13 @@ class Problem:
         X, F = st.X, st.F
         k = X.shape[0]
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
-        # (k, m, n) merge with the previous Jacobian only where some problem keeps it
-        keep = st.J is not None and (self.persist_all or not bool(xp.all(nj)))
-        J = xp.where(nj[:, None, None], Jn, st.J) if keep else Jn
-        A0, dA = st.A0, None
-        if self.use_chol:
-            A0, dA = self._gram(J)
-            # non-finite J entries make diag(J^T J) non-finite (so does
-            # overflow of a finite J: then the entries are checked)
-            check = not bool(xp.all(xp.isfinite(dA) | ~nj[:, None]))
-        else:
-            check = not bool(xp.all(xp.isfinite(Jn)))
+        eye = self.eye(X.shape[1]) if self.use_chol else None
+        # (the first Jacobian merges into itself: one program for every iteration)
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
+                                               eye)
+        A0 = st.A0 if A0 is None else A0
         bad = None
-        if check:
+        if not bool(fine):
             bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (k, -1))), axis=-1)
             if not bool(xp.any(bad)):
                 bad = None
@@ -569,18 +451,13 @@ class Problem:
                 J = xp.where(nj[:, None, None], Jn, J)
                 if self.use_chol:
                     A0, dA = self._gram(J)
-        g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
-        cn = xp.sqrt(dA) if self.use_chol else xp.linalg.vector_norm(J, axis=-2)
+                g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
+                cn = xp.sqrt(dA) if self.use_chol else xp.linalg.vector_norm(J, axis=-2)
         return Linearization(F=F, J=J, A0=A0, g=g, cn=cn, nj=nj, bad=bad)
 
     def _gram(self, J):
         """``J^T J`` (k, n, n) and its diagonal (k, n)."""
-        xp = self.xp
-        n = J.shape[-1]
-        A0 = xp.matmul(xp.matrix_transpose(J), J)
-        # the diagonal as a strided view of the flattened matrices (the same
-        # values as sum(A0 * I, -1) without a (k, n, n) product and reduction)
-        return A0, xp.reshape(A0, (A0.shape[0], n * n))[:, ::n + 1]
+        return gram(self.xp, J, self.eye(J.shape[-1]))
 
     def eye(self, n):
         """The ``(n, n)`` identity in the working dtype on the device, made once per solve."""
@@ -596,37 +473,3 @@ class Problem:
 
     def call_callback(self, callback, X, fnorm, nit) -> bool:
         return call_callback(callback, self.batched, X, fnorm, nit)
-
-    def assemble(self, ws, rows):
-        """Full-batch outcome rows after a compacted solve, with the Jacobian at
-        the final ``x`` of the problems whose last step was accepted.
-
-        When at least ``FINAL_J_ALL`` of the problems need it (the usual case:
-        most stop right after an accepted step), the Jacobian is evaluated at
-        every final ``x`` (the others' ``x`` had their Jacobian evaluated there
-        already, so this is the same evaluation again), instead of gathering
-        those rows and scattering them back into the old Jacobian, which is
-        then gathered only if some problem keeps it.
-        """
-        xp = self.xp
-        X, F, J, info, nfev, njev, nit, need_jac, active = ws.assemble(rows, skip=(2,))
-        B = X.shape[0]
-
-        def old_J():
-            return ws.field(2) if J is None else J
-
-        n_nj = int(xp.sum(xp.astype(need_jac, xp.int64)))
-        self.all_rows()
-        if n_nj > 0 and n_nj >= FINAL_J_ALL * B:
-            Jn = self.model_residuals(F, self.jacobian(X, F))[1]
-            Jf = Jn if n_nj == B else xp.where(need_jac[:, None, None], Jn, old_J())
-        elif n_nj > 0:
-            idx = rows_where(xp, need_jac)
-            Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
-            self.set_rows(idx, X, Fr)
-            mask, pos = positions(xp, idx, B, self.dev)
-            Jf = scatter(xp, old_J(), self.model_residuals(Fr, self.jacobian(Xr, Fr))[1], mask, pos)
-            self.all_rows()
-        else:
-            Jf = old_J()
-        return X, F, Jf, info, nfev, njev, nit, xp.zeros_like(need_jac), active

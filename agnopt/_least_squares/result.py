@@ -3,7 +3,8 @@
 :func:`finish` turns the engine's :class:`.state.Outcome` into scipy's result
 fields: the Jacobian at the final point where the last accepted step made it
 stale (one evaluation, counted), the statuses and messages (with agnopt's
-``STUCK_ON_BOUND`` check for projected methods), the robust cost, gradient,
+``STUCK_ON_BOUND`` check for projected methods and the ``NOT_STATIONARY``
+check of ``xtol`` stops, :mod:`.stationarity`), the robust cost, gradient,
 optimality and active mask, and the residuals unscaled where the solver
 scaled them.
 """
@@ -12,10 +13,17 @@ from __future__ import annotations
 
 from .._core.result import OptimizeResult
 from .._core.status import Status
+from .._core.backend import compiled
 from .outcome import messages, stuck_on_bound, to_status
+from .stationarity import xtol_not_stationary
 from .trf import final_fields
 
 __all__ = ["finish"]
+
+# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+_to_status = compiled(to_status, static=("cb_stop",))
+_final_fields = compiled(final_fields, static=("method", "loss", "f_scale", "bounded", "xtol",
+                                               "model_jac"))
 
 
 def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear", f_scale=1.0,
@@ -35,8 +43,12 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
-    status = to_status(xp, out.info, out.active, out.cb_stop)
-    cost, J, g, opt, am = final_fields(xp, prob, X, F, J, method, loss, f_scale, bounded, xtol,
+    status = _to_status(xp, out.info, out.active, out.cb_stop)
+    # an xtol stop is success only at a first-order stationary point (-6 otherwise)
+    status = xtol_not_stationary(xp, status, X, F, J, prob.lb, prob.ub, bounded, loss, f_scale,
+                                 xtol, model_jac)
+    cost, J, g, opt, am = _final_fields(xp, prob.block_view(), X, F, J, method, loss, f_scale,
+                                        bounded, xtol,
                                        model_jac)
     # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
     # (divided twice: its square may be subnormal, flushed to 0 by XLA)
@@ -55,10 +67,13 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
             message=msgs, success=success,
         )
     else:
+        def row0(a):  # the one problem's row (a reshape: one operation on every backend)
+            return xp.reshape(a, tuple(a.shape[1:]))
+
         res = OptimizeResult(
-            x=X[0, :], cost=cost[0], fun=F[0, :], jac=J[0, ...], grad=g[0, :],
-            optimality=opt[0], active_mask=am[0, :], nfev=int(out.nfev[0]),
-            njev=int(njev[0]), nit=int(out.nit[0]), status=st_host[0],
+            x=row0(X), cost=row0(cost), fun=row0(F), jac=row0(J), grad=row0(g),
+            optimality=row0(opt), active_mask=row0(am), nfev=int(row0(out.nfev)),
+            njev=int(row0(njev)), nit=int(row0(out.nit)), status=st_host[0],
             message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
         )
     if out.history:

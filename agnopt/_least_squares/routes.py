@@ -31,6 +31,7 @@ from __future__ import annotations
 import array_api_compat
 
 from .._core import lazy
+from .._core.backend import compiled, pytree_class
 from .batched import positions, rows_where, scatter
 from .cholesky import chol_inv, chol_solve, mv
 from .lmpar import CholeskyBasis, SpectralBasis, lmpar
@@ -101,6 +102,58 @@ def spectral(xp, J, D, F, free, force_svd=False):
 
 
 
+def normal_equations(xp, A0, g, D, free, eye):
+    """The scaled normal equations of :class:`InMemoryRoute`'s Cholesky route.
+
+    ``As = D^-1 A0 D^-1`` (k, n, n), ``gs = D^-1 g`` (k, n), ``Linv0`` the
+    inverse Cholesky factor of ``As`` and ``well`` (k,): factored, no frozen
+    column and ``trace(As) trace(As^-1) < 1 / GRAM_RCOND``.
+    """
+    As = A0 / (D[:, :, None] * D[:, None, :])
+    gs = g / D
+    Linv0, ok = chol_inv(xp, As)
+    tr = xp.sum(As * eye, axis=(-2, -1))
+    cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
+    well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
+    return As, gs, Linv0, well
+
+
+def gram(xp, J, eye):
+    """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity."""
+    A0 = xp.matmul(xp.matrix_transpose(J), J)
+    k, n = A0.shape[0], A0.shape[-1]
+    # the diagonal as a strided view of the flattened matrices: the values of
+    # sum(A0 * eye, -1) without a (k, n, n) product and reduction
+    return A0, xp.reshape(A0, (k, n * n))[:, ::n + 1]
+
+
+def _normal_block(xp, Fm, Jn, J_old, nj, eye):
+    """The new Jacobians ``Jn`` (k, m, n) merged into ``J_old`` where ``nj`` (k,),
+    ``A0 = J^T J`` and its diagonal ``dA`` when ``eye`` (the (n, n) identity) is
+    given (the Cholesky route; else both ``None``), ``g = J^T Fm`` (k, n), the column norms ``cn`` (k, n) and
+    ``fine`` (0-d bool): no non-finite entry in the new Jacobians (tested
+    through ``diag(J^T J)`` on the Cholesky route: non-finite entries, or an
+    overflow of finite ones, make it non-finite)."""
+    J = xp.where(nj[:, None, None], Jn, J_old)
+    A0 = dA = None
+    if eye is not None:
+        A0, dA = gram(xp, J, eye)
+        fine = xp.all(xp.isfinite(dA) | ~nj[:, None])
+    else:
+        fine = xp.all(xp.isfinite(Jn))
+    g = xp.matmul(Fm[:, None, :], J)[:, 0, :]  # J^T f  (k, n)
+    cn = xp.sqrt(dA) if eye is not None else xp.linalg.vector_norm(J, axis=-2)
+    return J, A0, dA, g, cn, fine
+
+
+# one compiled program each on JAX (see agnopt._core.backend.compiled), as written elsewhere
+_normal_equations = compiled(normal_equations)
+normal_block = compiled(_normal_block)
+
+
+# a route passes into and out of the engine's compiled blocks (its step sets Lf, par_s)
+@pytree_class(data=("J", "A0", "well", "chol", "svd", "Lf", "par_s"),
+              meta=("xp", "out_xp", "host", "chol_ok"))
 class InMemoryRoute:
     """Per-problem linear algebra of one Jacobian: normal equations or SVD.
 
@@ -137,12 +190,7 @@ class InMemoryRoute:
         if self.chol_ok:
             if eye is None or self.host:
                 eye = xp.eye(n, dtype=J.dtype, device=dev)
-            As = A0 / (D[:, :, None] * D[:, None, :])
-            gs = g / D
-            Linv0, ok = chol_inv(xp, As)
-            tr = xp.sum(As * eye, axis=(-2, -1))
-            cond = tr * xp.sum(Linv0 * Linv0, axis=(-2, -1))
-            well = ok & xp.all(free, axis=-1) & (cond < 1.0 / GRAM_RCOND)
+            As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
             self.well = well
             all_well = bool(xp.all(well))
             if all_well:  # every problem on this route (the where's below would keep all)

@@ -43,6 +43,7 @@ from array_api_compat import array_namespace
 from .._core import lazy
 from .._core.backend import on_device_of
 from .._core.result import OptimizeResult
+from .._core.status import Status
 from .._core.typing import Array, ArrayLike
 from .arrays import call_checked, device, to_namespace
 from .._core.progress import make_progress
@@ -61,6 +62,7 @@ from .options import (
     wrap_callback,
 )
 from .routes import GramRoute
+from .stationarity import xtol_not_stationary_gram
 from .state import Linearization
 
 __all__ = ["tall_least_squares"]
@@ -424,7 +426,10 @@ def tall_least_squares(
         (``J^T f``), ``optimality`` (``||grad||_inf``), ``nfev`` (points where
         ``f`` was evaluated), ``njev`` (Jacobian passes, speculative ones of
         Gauss-Newton included), ``nit``, ``status`` (0 max_nfev, 1 gtol,
-        2 ftol, 3 xtol, 4 ftol and xtol, -2 callback), ``message``,
+        2 ftol, 3 xtol, 4 ftol and xtol, -2 callback, -6 an ``xtol`` stop
+        at a point that is not first-order stationary, as
+        :func:`agnopt.least_squares`; that check takes one more pass, with
+        ``J^T J``, counted in ``njev``), ``message``,
         ``success``, ``active_mask`` (zeros: no bounds), and ``fun`` and
         ``jac`` at ``x`` as **lazy** Dask arrays (not computed: ``jac`` is
         ``m x n``). The number of passes over the data is ``njev`` for
@@ -530,7 +535,7 @@ def tall_least_squares(
     else:
         out = run_gn_gram(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev,
                           verbose, callback, _callback)
-    return _finish(hxp, prob, out, verbose)
+    return _finish(hxp, prob, out, verbose, xtol)
 
 
 def _scale_from(hxp, x_scale, x, dev):
@@ -544,17 +549,22 @@ def _scale_from(hxp, x_scale, x, dev):
     return 1.0 / xs
 
 
-def _finish(hxp, prob, out, verbose):
+def _finish(hxp, prob, out, verbose, xtol=None):
     """The result: ``x`` (n,) in memory, ``fun`` / ``jac`` lazy, scalars as Python numbers."""
     if prob.progress is not None:
         prob.progress.close()
     x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
     njev = int(out.njev[0])
-    if bool(out.need_jac[0]):
-        # gradient at the final point (LM after an accepted, final step): one pass
-        f, J, _, _, g = prob.one_pass(x, gram=False, grad_only=True, where="at the solution")
-        njev += 1
     status = int(to_status(hxp, out.info, out.active, out.cb_stop)[0])
+    xtol_stop = status == int(Status.XTOL)
+    if bool(out.need_jac[0]) or xtol_stop:
+        # gradient at the final point (LM after an accepted, final step), with J^T J
+        # after an xtol stop (is it stationary? stationarity.py): one pass
+        f, J, ff, A, g = prob.one_pass(x, gram=xtol_stop, grad_only=not xtol_stop,
+                                       where="at the solution")
+        njev += 1
+        if xtol_stop:
+            status = xtol_not_stationary_gram(hxp, status, x, A, g, ff, xtol)
     fs = prob.fscale  # residuals scaled by a power of 2 for the solve: report fun's own
     cost = float(out.cost[0]) / fs / fs
     if fs != 1.0:

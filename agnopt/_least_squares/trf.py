@@ -31,7 +31,10 @@ tr_solver="exact")`` runs it; without bounds it is scipy's ``trf_no_bounds``
 6. :func:`accept` -- a step is taken only when its residuals are finite
    and the cost went down;
 7. the stopping tests of scipy (:func:`.gauss_newton.gn_tests`: ``ftol``
-   only with ``ratio > 0.25``, ``xtol`` on the step length, ``max_nfev``);
+   only with ``ratio > 0.25``, and not on a step the radius cut short whose
+   radius doubles while the Gauss-Newton step would remove more than
+   ``ftol`` of the cost (:func:`column_share`), ``xtol`` on the step length,
+   ``max_nfev``);
    a problem that stops on an accepted step gets its Jacobian there and
    ``gtol``'s status if it holds there (:func:`final_gtol_test`, scipy's
    order of tests);
@@ -121,7 +124,8 @@ def run_trust_region(xp, ev, algo, X, F, scale_inv, jac_scale, loss, f_scale, ft
         dx_norm = xp.linalg.vector_norm(tr.step, axis=-1)
         x_norm = xp.linalg.vector_norm(st.X, axis=-1)
         info, active = gn_tests(xp, st.info, st.active, acc, actual, st.cost, ratio, dx_norm,
-                                x_norm, finite, st.nfev, ftol, xtol, max_nfev)
+                                x_norm, finite, st.nfev, ftol, xtol, max_nfev,
+                                growing=(ratio > 0.75) & tr.hit & (model.gn_share > ftol))
         st = accept(xp, ev, algo, st, tr, Ft, cost_t, acc)._replace(info=info, active=active)
         st = final_gtol_test(xp, ev, algo, st, acc & ~active, loss, f_scale, gtol)
         st = TRState._make(ev.persist(*st)) if ev.persist_all else st
@@ -261,7 +265,8 @@ class TRFModel(NamedTuple):
     ``p = d * p_h``: ``J_h`` (k, m, n) ``= J diag(d)``, ``diag_h`` (k, n),
     ``g_h`` (k, n) ``= d g``, ``d`` (k, n), the SVD basis of the augmented
     ``J_h`` (``w``, ``c``, ``good``, ``full_rank``, ``V``), ``theta`` (k,)
-    the step-back factor, ``gnorm`` (k,) the first-order measure."""
+    the step-back factor, ``gnorm`` (k,) the first-order measure, ``v`` (k, n)
+    Coleman-Li's vector, ``gn_share`` (k,) :func:`column_share` of ``J_h``."""
 
     J_h: Any
     diag_h: Any
@@ -275,11 +280,27 @@ class TRFModel(NamedTuple):
     theta: Any
     gnorm: Any
     v: Any
+    gn_share: Any
 
 
 def gradient(xp, F, J):
     """``J^T f`` (k, n) of ``F`` (k, m), ``J`` (k, m, n)."""
     return xp.matmul(F[:, None, :], J)[:, 0, :]
+
+
+def column_share(xp, J, g, F):
+    """``max_j cos^2(J_j, f)`` (k,): ``J`` (k, m, n), ``g = J^T f`` (k, n), ``F`` (k, m).
+
+    The share of ``||f||^2`` that the best single column of ``J`` removes, a
+    lower bound of the share the Gauss-Newton step removes (the projection
+    of ``f`` onto the span of all columns); 0 for zero columns or ``f = 0``.
+    Column scalings cancel, so a scaled ``J`` with its ``g`` gives the same.
+    """
+    cn = xp.linalg.vector_norm(J, axis=-2)
+    den = cn * xp.linalg.vector_norm(F, axis=-1)[:, None]
+    ok = den > 0
+    cos = xp.where(ok, xp.abs(g) / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(den))
+    return xp.max(cos, axis=-1) ** 2
 
 
 def trf_model(xp, ev, st: TRState, loss, f_scale) -> TRFModel:
@@ -310,7 +331,8 @@ def trf_model(xp, ev, st: TRState, loss, f_scale) -> TRFModel:
     else:
         w, c, V, good, full_rank, _ = spectral(xp, J_h, ones, Fh, all_free)
     theta = xp.maximum(xp.full_like(gnorm, 0.995), 1.0 - gnorm)
-    return TRFModel(J_h, diag_h, g_h, d, w, c, good, full_rank, V, theta, gnorm, v)
+    return TRFModel(J_h, diag_h, g_h, d, w, c, good, full_rank, V, theta, gnorm, v,
+                    column_share(xp, J_h, g_h, Fh))
 
 
 def trf_step(xp, ev, st: TRState, md: TRFModel) -> Trial:

@@ -72,7 +72,7 @@ def _after_step(P, state, x_new, f_new, xtol, history, extra, callback, alpha) -
     """Accept ``x_new``; return True when a stopping condition fired."""
     xp = P.xp
     x_old = state["x"]
-    f_new, g_new = P.value_and_grad(x_new)
+    f_new, g_new = P.value_and_grad(x_new, f=f_new)  # f_new: fun(x_new), from the trial
     f_new, g_new = _persist(f_new), _persist(g_new)
     state.update(x=x_new, f=f_new, g=g_new)
     state["nit"] += 1

@@ -50,10 +50,10 @@ def _hessian_direction(P: Any, x: Any, g: Any) -> tuple[Any, float] | str | None
     xp = P.xp
     H = P.hessian(x, g)
     xl, Hl = _local(xp, H)
+    if cholesky(xl, Hl) is not None:  # positive definite: the common case, one factorization
+        return None  # (an accepted factor proves H finite: see agnopt._core.linalg)
     if not bool(xl.all(xl.isfinite(Hl))):
         return _NONFINITE
-    if cholesky(xl, Hl) is not None:  # positive definite: the common case, one factorization
-        return None
     n = Hl.shape[0]
     hmax = float(xl.max(xl.abs(Hl)))
     delta = float(xl.finfo(Hl.dtype).eps) ** 0.5 * max(hmax, 1e-300)

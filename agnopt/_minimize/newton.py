@@ -25,13 +25,17 @@ def _newton_step(
     """The Newton direction and the shift ``tau`` used (see module docstring).
 
     Returns ``(p, tau, how)`` where ``how`` is ``"cholesky"``, ``"damped"``,
-    ``"pinv"`` or ``"steepest"`` (the last only if every factorization
-    failed, e.g. a Hessian with NaNs).
+    ``"pinv"``, ``"steepest"`` (the last only if every factorization
+    failed), or ``"nonfinite"`` with ``p = None`` where ``H`` has a
+    non-finite entry (checked only when the plain factorization fails: an
+    accepted factor proves ``H`` finite).
     """
-    xl, Hl = _local(xp, H)  # H is finite: the caller checked
+    xl, Hl = _local(xp, H)
     gl = _local(xp, g)[1]
     n = Hl.shape[0]
     if solver == "pinv":
+        if not bool(xl.all(xl.isfinite(Hl))):
+            return None, math.inf, "nonfinite"
         # The seed's step, used where H is positive semidefinite to within
         # sqrt(eps) max|H_ij| (tested by a Cholesky factorization of the
         # shifted matrix); on an indefinite H, -H^+ g heads for saddle
@@ -50,9 +54,12 @@ def _newton_step(
     dmin = float(xl.min(xl.linalg.diagonal(Hl)))
     tau = 0.0
     if dmin > 0:  # the common case: no shift, no identity matrix, no max|H|
+        # an accepted factor proves H finite (see agnopt._core.linalg): no scan of H first
         p = _cholesky_step(xl, Hl, gl)
         if p is not None:
             return _back(xp, p, dtype, device), 0.0, "cholesky"
+    if solver != "pinv" and not bool(xl.all(xl.isfinite(Hl))):
+        return None, math.inf, "nonfinite"
     hmax = float(xl.max(xl.abs(Hl)))
     eye = xl.eye(n, dtype=Hl.dtype, device=array_api_compat.device(Hl))
     tiny = float(xl.finfo(Hl.dtype).smallest_normal) ** 0.5
@@ -89,10 +96,10 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
     state["gtol"] = gtol
     for x, f, g in iterations(P, state, gtol, maxiter):
         H = P.hessian(x, g)
-        if not bool(xp.all(xp.isfinite(H))):
+        p, tau, how = _newton_step(xp, H, g, solver, pinv_rtol, P.dtype, P.device)
+        if how == "nonfinite":
             state["status"] = 4
             return
-        p, tau, _how = _newton_step(xp, H, g, solver, pinv_rtol, P.dtype, P.device)
         gp = float(xp.sum(g * p))
         if not (gp < 0):
             p, gp, tau = -g, -float(xp.sum(g * g)), math.inf

@@ -11,6 +11,7 @@ from array_api_compat import array_namespace
 
 from .._derivatives import autodiff as _autodiff
 from .._core.backend import namespace_name, scalar
+from .._core.linalg import is_symmetric
 from .._derivatives.numdiff import approx_derivative
 
 _FD = ("2-point", "3-point", "cs")
@@ -149,11 +150,22 @@ class _Problem:
             return f
         return self._as_scalar(f, "a finite-difference point")
 
-    def value_and_grad(self, x: Any, where: str = "x") -> tuple[Any, Any]:
+    def value_and_grad(self, x: Any, where: str = "x", f: Any = None) -> tuple[Any, Any]:
+        """``(f(x), g(x))``. ``f``: the value at ``x`` already computed by
+        :meth:`value` (the accepted trial point of a line search or trust
+        region), reused instead of calling ``fun`` at ``x`` a second time where
+        the gradient comes separately (a ``jac`` callable, finite differences)."""
         c = self._cache
         if c is not None and c[0] is x:
             return c[1], c[2]
         k = self.jac_kind
+        if f is not None and k not in ("combined", "autodiff"):
+            if k == "callable":
+                self.njev += 1
+                return f, self._as_vector(self.jac(x, *self.args), "jac")
+            if not bool(self.xp.isfinite(f)):
+                return f, self.xp.full((self.n,), math.nan, dtype=self.dtype, device=self.device)
+            return f, self._fd_grad(x, f, k)
         if k == "combined":
             f, g = self._split(self._call_fun(x))
             self.njev += 1
@@ -220,13 +232,12 @@ class _Problem:
         else:
             method = mode if mode in _FD else None
             H = self._fd_hessian(x, g, method)
-        Ht = xp.linalg.matrix_transpose(H)
-        if bool(xp.all(H == Ht)):
+        if is_symmetric(xp, H):
             # Already symmetric (the usual analytic or autodiff Hessian): no
             # copy; 0.5 * (H + H^T) would return the same values (it differs
             # only where h + h overflows).
             return H
-        return 0.5 * (H + Ht)
+        return 0.5 * (H + xp.linalg.matrix_transpose(H))
 
     def _fd_hessian(self, x: Any, g: Any, method: str | None) -> Any:
         """Finite differences of the gradient.

@@ -108,3 +108,24 @@ class StepOverhead:
         for _ in range(1000):
             o.step(g)
         self.sync(leaves_of(o.params))
+
+
+class TreeOverArray:
+    """The issue-14 target as one figure: ``ao.step`` (Adam, NumPy float32) on a dict of
+    100 leaves of 1000 elements over the same step on one array of 1e5 elements
+    (goal: 1.3), timed alternately in the same rounds (``agnopt bench``'s
+    ``step_overhead``)."""
+
+    unit = "ratio"
+    number = 1
+    repeat = 1
+    timeout = 300
+
+    def setup(self):
+        if not hasattr(ao, "step"):
+            raise NotImplementedError("agnopt.step is not available")
+
+    def track_tree100_over_array_N1e5(self):
+        from agnopt._cli.bench import tree_over_array
+
+        return tree_over_array(100_000)["ratio"]

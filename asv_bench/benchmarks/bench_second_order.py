@@ -111,3 +111,25 @@ class SingleFit:
 
     def time_single_fit(self, *args):
         self.sync(self.run())
+
+
+class NewtonIterationRatio:
+    """The issue-14 target as one figure: one Newton iteration at n = 500 (NumPy) over one
+    Cholesky factorization and solve of the same size (goal: 1.2; ``agnopt bench``'s
+    ``newton_vs_cholesky``, which also reports the one-step solve). Run with
+    ``OPENBLAS_NUM_THREADS=1``: with BLAS threads on a busy machine the difference of
+    two run times it is computed from is dominated by thread contention."""
+
+    unit = "ratio"
+    number = 1
+    repeat = 1
+    timeout = 300
+
+    def setup(self):
+        if not hasattr(ao, "minimize"):
+            raise NotImplementedError("agnopt.minimize is not available")
+
+    def track_newton_iteration_over_cholesky_n500(self):
+        from agnopt._cli.bench import newton_vs_cholesky
+
+        return newton_vs_cholesky(500)["ratio"]
