@@ -8,7 +8,10 @@
   ``bench --invariant``: one step of Adam, Shampoo, SOAP and Muon on a
   256 x 256 and a 1024 x 1024 matrix on every installed backend.
 * ``fitbench``: the batched curve-fit benchmark (agnopt's batched
-  Levenberg-Marquardt against a loop of ``scipy.optimize.curve_fit``);
+  Levenberg-Marquardt against its evaluation floor, a loop of
+  ``scipy.optimize.curve_fit`` and, with ``--peers``, optimistix under
+  ``jax.jit(jax.vmap)``); ``fitbench --sweep``: every case (B, dtype,
+  Jacobian, NumPy / torch) in one table;
   ``fitbench --single [--peers]``: one small fit against scipy's (and
   optimistix's under ``jax.jit``), best times and ratios.
 * ``nist``: the NIST StRD nonlinear regression table (LRE per problem and
@@ -43,12 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip the Newton / Levenberg-Marquardt part of the tour")
     tour.add_argument("--no-invariant", action="store_true",
                       help="skip the full-matrix / Kronecker / natural-gradient part of the tour")
-    fb = sub.add_parser("fitbench", help="batched curve_fit vs a scipy.optimize.curve_fit loop")
+    fb = sub.add_parser("fitbench", help="batched curve_fit vs its evaluation floor and a scipy loop")
     fb.add_argument("--B", type=int, default=10_000, help="number of independent fits")
     fb.add_argument("--m", type=int, default=50, help="points per fit")
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
     fb.add_argument("--backend", default="numpy")
+    fb.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    fb.add_argument("--repeat", type=int, default=3, help="batched runs timed (best of; default 3)")
+    fb.add_argument("--sweep", action="store_true",
+                    help="every case: B in --Bs, float64 and float32, analytic and default Jacobian, "
+                         "numpy and torch (1 thread and torch's default), one table")
+    fb.add_argument("--Bs", default="1000,10000", help="with --sweep: the batch sizes (default 1000,10000)")
+    fb.add_argument("--backends", default="numpy,torch", help="with --sweep: backends (default numpy,torch)")
     fb.add_argument("--jac", default=None,
                     help="'analytic' (closed form for both), or a jac string for agnopt (default: each one's default)")
     fb.add_argument("--threads", type=int, default=None,
@@ -57,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--single", action="store_true",
                     help="single small fits (curve_fit, least_squares) against scipy's, not the batch")
     fb.add_argument("--peers", action="store_true",
-                    help="with --single: also optimistix's LM under jax.jit (skipped when absent)")
+                    help="also optimistix's LM under jax.jit (batched: jax.jit(jax.vmap)); "
+                         "skipped with a note when absent")
     fb.add_argument("--repeats", type=int, default=50, help="with --single: timed calls (best of)")
     bench = sub.add_parser("bench", help="one optimizer step vs the memory roofline, torch.optim and optax")
     bench.add_argument("--sizes", default="1e5,1e7", help="comma-separated N (default 1e5,1e7)")
@@ -149,8 +160,17 @@ def _fitbench(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         except ImportError:
             pass
+    if args.sweep:
+        from ._cli.fitbench import run_fit_sweep
+
+        backends = tuple(args.backends.split(","))
+        threads = (args.threads,) if args.threads is not None else (1, None)
+        run_fit_sweep(Bs=tuple(int(float(b)) for b in args.Bs.split(",")), backends=backends,
+                      torch_threads=threads, peers=args.peers, repeat=args.repeat,
+                      scipy_subset=1000 if args.scipy_subset is None else args.scipy_subset)
+        return 0
     run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset,
-                      jac=args.jac)
+                      jac=args.jac, dtype=args.dtype, peers=args.peers, repeat=args.repeat)
     return 0
 
 

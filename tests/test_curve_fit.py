@@ -290,3 +290,79 @@ def test_no_false_ftol_convergence_on_steps_cut_by_the_radius(xp, device, backen
 
 def curve_fit_full(f, x, y, method):
     return ao.curve_fit(f, x, y, method=method, full_output=True)
+
+
+def test_geodesic_evaluates_only_the_eligible_rows(xp, device, monkeypatch):
+    """The geodesic acceleration's extra evaluation runs on the problems that
+    take it alone (rows hook), with results bit for bit those of evaluating
+    every row (``SUBSET_FRACTION`` 0: never a subset)."""
+    from agnopt._least_squares import batched
+
+    B = 200
+    Yb = _peaks(B, seed=5)[1]
+    p0 = arr(xp, device, [2.0, 0.0, 1.0, 0.5])
+    rows = []
+
+    def counted(x, a, mu, s, c):
+        rows.append(int(a.shape[0]))
+        return gauss(x, a, mu, s, c)
+
+    outs = {}
+    for frac in (0.0, 1.0):
+        monkeypatch.setattr(batched, "SUBSET_FRACTION", frac)
+        rows.clear()
+        popt, pcov, info, _, _ = ao.curve_fit(counted, arr(xp, device, X), arr(xp, device, Yb),
+                                              p0=p0, batched=True, full_output=True)
+        outs[frac] = (to_numpy(popt), to_numpy(pcov), to_numpy(info["nfev"]),
+                      to_numpy(info["nit"]), sum(rows))
+    full, sub = outs[0.0], outs[1.0]
+    for a, b in zip(full[:4], sub[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert sub[4] < full[4]  # fewer rows evaluated: the subset path ran
+
+
+def test_complex_step_residual_skips_only_the_real_part(xp, device):
+    """curve_fit's residual at a complex-step point leaves out the real ydata:
+    the imaginary part, all the complex step reads, is bit for bit the same."""
+    from agnopt._least_squares.curve_fit import _model
+
+    Yb = _peaks(3)[1]
+    xd, yd = arr(xp, device, X), arr(xp, device, Yb)
+    res, _ = _model(xp, device, gauss, xd, yd, None, 4, True, None, None, None)
+    cdt = xp.complex128
+    P = np.array([[2.0, 0.1, 1.0, 0.5], [1.5, -0.2, 0.8, 0.3], [2.5, 0.4, 1.2, 0.1]])
+    for j in range(4):
+        h = np.zeros_like(P)
+        h[:, j] = 1e-20
+        pc = xp.astype(arr(xp, device, P), cdt) + xp.astype(arr(xp, device, h), cdt) * 1j
+        cols = [pc[:, i:i + 1] if i == j else xp.real(pc[:, i:i + 1]) for i in range(4)]
+        ref = gauss(xd, *cols) - yd
+        np.testing.assert_array_equal(to_numpy(xp.imag(res(pc))), to_numpy(xp.imag(ref)))
+
+
+@pytest.mark.parametrize("final_all", [0.0, 2.0])
+def test_batched_result_jacobian_is_the_one_at_x(xp, device, monkeypatch, final_all):
+    """After a compacted solve the result's Jacobian is the one at each final
+    ``x``, whether it is evaluated at every row (``FINAL_J_ALL`` 0) or only
+    at the rows whose last step was accepted, scattered into the kept ones."""
+    from agnopt._least_squares import batched
+
+    monkeypatch.setattr(batched, "FINAL_J_ALL", final_all)
+    B = 60
+    Yb = _peaks(B, seed=7)[1]
+    xd, yd = arr(xp, device, X), arr(xp, device, Yb)
+
+    def jac_of(p):
+        a, mu, s = p[:, 0:1], p[:, 1:2], p[:, 2:3]
+        e = xp.exp(-((xd - mu) ** 2) / (2 * s**2))
+        return xp.stack([e, a * e * (xd - mu) / s**2, a * e * (xd - mu) ** 2 / s**3,
+                         xp.ones_like(e)], axis=-1)
+
+    def res(p):
+        return gauss(xd, p[:, 0:1], p[:, 1:2], p[:, 2:3], p[:, 3:4]) - yd
+
+    p0 = arr(xp, device, np.tile([2.0, 0.0, 1.0, 0.5], (B, 1)))
+    r = ao.least_squares(res, p0, jac=jac_of, method="lm", batched=True)
+    nit = to_numpy(r.nit)
+    assert nit.min() < nit.max()  # problems finished at different iterations: compaction
+    np.testing.assert_array_equal(to_numpy(r.jac), to_numpy(jac_of(r.x)))

@@ -655,7 +655,8 @@ def test_geodesic_acceleration_is_v_plus_half_a():
     v = np.asarray(z)[0] / D
     st = engine.initial_state(xp, xp.asarray(x[None]), F, xp.asarray([np.linalg.norm(f)]), D2)
     st = st._replace(J=J3, free=free, first=xp.asarray([False]))
-    ev = SimpleNamespace(project=lambda X: X, residual=fb)
+    ev = SimpleNamespace(project=lambda X: X, residual=fb,
+                         residual_where=lambda m, Xt, X, F: fb(xp.where(m[:, None], Xt, X)))
     p, accel, st2 = engine.geodesic_acceleration(xp, ev, st, route, xp.asarray(v[None]), z, par)
     rvv = np.array([2 * v[0] ** 2, 2 * v[1] ** 2, 2 * v[0] * v[1]])  # f'' [v, v]
     a = -np.linalg.solve(J.T @ J + lam * np.diag(D ** 2), J.T @ rvv)

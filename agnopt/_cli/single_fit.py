@@ -112,7 +112,7 @@ def _jax_rows(t, y, p0, repeats: int, peers: bool) -> tuple[list[dict], list[str
         notes.append("optimistix not installed (pip install optimistix): peer row skipped")
         return rows, notes
 
-    solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+    solver: Any = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
 
     @jax.jit
     def solve(p):

@@ -515,7 +515,7 @@ def _register_jax_pytrees() -> None:
 
         def unflatten(aux: tuple, children: Any, cls: type = cls, data: tuple = data,
                       meta: tuple = meta) -> Any:
-            obj = object.__new__(cls)
+            obj: Any = object.__new__(cls)
             for f, v in zip(meta, aux):
                 setattr(obj, f, v)
             for f, v in zip(data, children):

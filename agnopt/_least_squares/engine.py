@@ -286,7 +286,7 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     if not bool(xp.any(eligible)):
         return p, None, st
     Xh = ev.project(X + ACC_H * p)
-    Fh = ev.residual(xp.where(eligible[:, None], Xh, X))
+    Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)

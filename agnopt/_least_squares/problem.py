@@ -15,7 +15,7 @@ from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
-from .batched import positions, rows_where, scatter
+from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
     EPS64,
@@ -95,7 +95,7 @@ class Box:
         return self.xp.where(acc[:, None], Ft, F)
 
 
-class Problem(Box):
+class Problem(RowSubsets, Box):
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
 
     ``lb``, ``ub`` (B, n) are the bounds of the rows currently evaluated;
@@ -134,93 +134,6 @@ class Problem(Box):
         self._hook_checked = False
         self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
         self._eye = None  # the (n, n) identity of J^T J's diagonal
-
-    # ------------------------------------------------------------------ row subsets
-    def set_rows(self, idx, X_full, F_rows=None):
-        """Restrict evaluations to the rows ``idx`` (full indices, int array).
-
-        ``X_full`` (B, n) gives the values of the other rows for a ``fun``
-        without the ``_agnopt_rows`` hook: it is then evaluated on all B rows
-        (with these rows substituted) and the rows taken from its output. A
-        hook's row function is checked once against ``F_rows`` (the
-        residuals of these rows at ``X_full``): if it raises, returns another
-        shape or other values (a model that closes over per-problem data),
-        the hook is dropped for good and the full evaluation is used.
-        """
-        xp = self.xp
-        B = X_full.shape[0]
-        self.rows = idx
-        self.lb = xp.take(self.lb_full, idx, axis=0)
-        self.ub = xp.take(self.ub_full, idx, axis=0)
-        ar = xp.arange(B, dtype=idx.dtype, device=self.dev)
-        pos = xp.searchsorted(idx, ar)
-        k = idx.shape[0]
-        pos = xp.clip(pos, 0, k - 1) if k > 0 else pos
-        self._mask = xp.take(idx, pos, axis=0) == ar
-        self._pos = pos
-        self._X_base = X_full
-        self._sub = None
-        if self._hook is not None and self._hook_checked:
-            self._sub = self._hook(idx)
-        elif self._hook is not None:
-            try:
-                sub = self._hook(idx)
-                fr = sub[0]
-                Xr = xp.take(X_full, idx, axis=0)
-                f = fr(Xr, *self.args, **self.kwargs)
-                ok = (hasattr(f, "shape") and tuple(f.shape) == (k, self.m)
-                      and F_rows is not None)
-                if ok:
-                    err = xp.max(xp.abs(f - F_rows)) if k > 0 else 0.0
-                    scale = xp.max(xp.abs(F_rows)) if k > 0 else 0.0
-                    ok = bool(err <= 1e-10 * scale + 1e-300)
-            except Exception:
-                ok = False
-            if ok:
-                self._sub = sub
-                self._hook_checked = True
-            else:
-                self._hook = None
-
-    def all_rows(self):
-        self.rows = None
-        self.lb, self.ub = self.lb_full, self.ub_full
-        self._mask = self._pos = self._X_base = self._sub = None
-
-    def _scatter_full(self, Z):
-        xp = self.xp
-        base = self._X_base
-        if base.dtype != Z.dtype:
-            base = xp.astype(base, Z.dtype)
-        return xp.where(self._mask[:, None], xp.take(Z, self._pos, axis=0), base)
-
-    def _fun_rows(self):
-        """``fun`` for the current rows: ``(k, n) -> (k, m)``."""
-        if self.rows is None:
-            return self.fun
-        if self._sub is not None:
-            return self._sub[0]
-        xp, fun, rows = self.xp, self.fun, self.rows
-
-        def f(Z, *a, **kw):
-            out = fun(self._scatter_full(Z), *a, **kw)
-            if hasattr(out, "shape") and out.ndim >= 1:
-                out = xp.take(out, rows, axis=0)
-            return out
-
-        return f
-
-    def _jac_rows(self):
-        if self.rows is None:
-            return self.jac_arg
-        if self._sub is not None and len(self._sub) > 1 and self._sub[1] is not None:
-            return self._sub[1]
-        xp, jac, rows = self.xp, self.jac_arg, self.rows
-
-        def j(Z, *a, **kw):
-            return xp.take(jac(self._scatter_full(Z), *a, **kw), rows, axis=0)
-
-        return j
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
@@ -570,22 +483,3 @@ class Problem(Box):
 
     def call_callback(self, callback, X, fnorm, nit) -> bool:
         return call_callback(callback, self.batched, X, fnorm, nit)
-
-    def assemble(self, ws, rows):
-        """Full-batch outcome rows after a compacted solve, with the Jacobian at
-        the final ``x`` of the problems whose last step was accepted."""
-        xp = self.xp
-        X, F, J, info, nfev, njev, nit, need_jac, active = ws.assemble(rows)
-        B = X.shape[0]
-        n_nj = int(xp.sum(xp.astype(need_jac, xp.int64)))
-        self.all_rows()
-        if n_nj == B:
-            J = self.model_residuals(F, self.jacobian(X, F))[1]
-        elif n_nj > 0:
-            idx = rows_where(xp, need_jac)
-            Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)
-            self.set_rows(idx, X, Fr)
-            mask, pos = positions(xp, idx, B, self.dev)
-            J = scatter(xp, J, self.model_residuals(Fr, self.jacobian(Xr, Fr))[1], mask, pos)
-            self.all_rows()
-        return X, F, J, info, nfev, njev, nit, xp.zeros_like(need_jac), active

@@ -121,7 +121,10 @@ def normal_equations(xp, A0, g, D, free, eye):
 def gram(xp, J, eye):
     """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity."""
     A0 = xp.matmul(xp.matrix_transpose(J), J)
-    return A0, xp.sum(A0 * eye, axis=-1)
+    k, n = A0.shape[0], A0.shape[-1]
+    # the diagonal as a strided view of the flattened matrices: the values of
+    # sum(A0 * eye, -1) without a (k, n, n) product and reduction
+    return A0, xp.reshape(A0, (k, n * n))[:, ::n + 1]
 
 
 def _normal_block(xp, Fm, Jn, J_old, nj, eye):
