@@ -15,7 +15,8 @@ def test_single_fit_rows_and_ratios(monkeypatch):
     out = single_fit.run_single_fit_benchmark(repeats=2, verbose=False)
     assert [r["case"] for r in out["rows"]] == [
         "curve_fit, default Jacobian", "curve_fit, jac='2-point'",
-        "least_squares lm, default Jacobian", "least_squares lm, jac='2-point'"]
+        "least_squares lm, default Jacobian", "least_squares lm, jac='2-point'",
+        "least_squares trf (default method)"]
     for r in out["rows"]:
         assert r["agnopt"] > 0 and r["reference"] > 0
         assert r["ratio"] == pytest.approx(r["agnopt"] / r["reference"])

@@ -165,10 +165,13 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
          "scipy curve_fit (lm)", lambda: so.curve_fit(model, t, y, p0=p0)),
         ("curve_fit, jac='2-point'", lambda: ao.curve_fit(model, t, y, p0=p0, jac="2-point"),
          "scipy curve_fit (lm)", lambda: so.curve_fit(model, t, y, p0=p0)),
-        ("least_squares lm, default Jacobian", lambda: ao.least_squares(res, p0),
+        ("least_squares lm, default Jacobian", lambda: ao.least_squares(res, p0, method="lm"),
          "scipy least_squares lm", lambda: so.least_squares(res, p0, method="lm")),
-        ("least_squares lm, jac='2-point'", lambda: ao.least_squares(res, p0, jac="2-point"),
+        ("least_squares lm, jac='2-point'",
+         lambda: ao.least_squares(res, p0, method="lm", jac="2-point"),
          "scipy least_squares lm", lambda: so.least_squares(res, p0, method="lm")),
+        ("least_squares trf (default method)", lambda: ao.least_squares(res, p0),
+         "scipy least_squares trf", lambda: so.least_squares(res, p0)),
     ]
     rows: list[dict[str, Any]] = []
     for name, fa, rname, fr in cases:
