@@ -8,6 +8,7 @@ from ._core.backend import Backend, is_writeable, resolve
 from ._first_order.base import EmptyState, Transform, apply_updates, chain, identity
 from ._core.errors import AutodiffUnavailableError, OptimizeWarning
 from ._core.result import OptimizeResult
+from ._core.status import Status
 from ._first_order import schedules as schedules
 from ._first_order.schedules import (
     constant,

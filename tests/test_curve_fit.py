@@ -153,6 +153,24 @@ def test_full_output(xp, device):
     assert info["fvec"].shape == (X.size,) and info["nfev"] > 0
 
 
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+def test_full_output_ier_as_scipy(method):
+    # scipy's curve_fit: lm returns MINPACK's info, trf/dogbox the least_squares status
+    so = pytest.importorskip("scipy.optimize")
+    t = np.linspace(0.0, 3.0, 30)
+    y = 2.0 * np.exp(-1.3 * t) + 0.5 + 0.01 * np.cos(5.0 * t)
+
+    def model(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    out = ao.curve_fit(model, t, y, p0=[1.0, 1.0, 1.0], method=method, full_output=True)
+    ref = so.curve_fit(model, t, y, p0=[1.0, 1.0, 1.0], method=method, full_output=True)
+    assert out[4] == ref[4]
+    if method != "lm":
+        assert out[4] == int(out[2]["status"])
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-6)
+
+
 def test_bad_input(xp, device):
     with pytest.raises(ValueError, match="ydata"):
         ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y)[:, None], p0=arr(xp, device, P0))

@@ -171,8 +171,9 @@ def curve_fit(
         input).
     full_output : bool
         Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
-        ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (MINPACK's code
-        1-4 on success, as scipy's lm); unbatched with ``"lm"`` also
+        ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (as scipy: with
+        ``"lm"`` MINPACK's code, 1-4 on success; with ``"trf"`` and
+        ``"dogbox"`` the ``least_squares`` status, 1-4 on success); unbatched with ``"lm"`` also
         MINPACK's ``fjac`` ``(n, m)``, ``ipvt`` ``(n,)`` and ``qtf`` ``(n,)``
         of the Jacobian at ``popt`` (see
         :func:`agnopt._least_squares.covariance.minpack_factors`; below ``R``
@@ -215,7 +216,12 @@ def curve_fit(
     ------
     RuntimeError
         Unbatched: if the fit does not converge ("Optimal parameters not
-        found", as scipy).
+        found", as scipy, followed by the solver's message), i.e. any status
+        <= 0: the evaluation budget ran out, or a status of agnopt's that
+        scipy reports as success, such as -6 (the ``xtol`` test fired away
+        from a stationary point: most often a wrong ``jac``) or -5 (stuck on
+        a bound); see :func:`agnopt.least_squares` and :class:`agnopt.Status`.
+        Batched fits do not raise: ``infodict["status"]`` says which failed.
     ValueError
         Bad shapes (also found by calling ``f``: named), non-finite data
         (``check_finite``), NaN with ``nan_policy="raise"``, unknown
@@ -285,10 +291,12 @@ def curve_fit(
             "Covariance of the parameters could not be estimated", _warning_class(), stacklevel=3
         )
     if full_output:
+        # scipy: lm returns MINPACK's info, trf and dogbox their least_squares status
+        to_ier = (lambda s: _TO_IER.get(s, 0)) if method == "lm" else (lambda s: s)
         if batched:
-            ier: list[int] | int = [_TO_IER.get(s, 0) for s in host_ints(res.status)]
+            ier: list[int] | int = [to_ier(s) for s in host_ints(res.status)]
         else:
-            ier = _TO_IER.get(int(res.status), 0)
+            ier = to_ier(int(res.status))
         infodict = {
             "nfev": res.nfev, "fvec": res.fun, "status": res.status,
             "success": res.success, "nit": res.nit, "njev": res.njev,

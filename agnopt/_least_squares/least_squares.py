@@ -345,8 +345,11 @@ def least_squares(
         returned non-finite entries at the current point, a batched problem
         then stops there while the others go on (unbatched: ``ValueError``);
         -4: the step shrank to nothing on non-finite residuals at the trial
-        points, i.e. no finite trial point near ``x``; -6: the ``xtol`` test
-        fired at a point that is not first-order stationary, see Notes),
+        points, i.e. no finite trial point near ``x``; -5: lm or
+        gauss-newton with bounds stopped with a variable on a bound where its
+        Jacobian column vanishes (use ``method="trf"``); -6: the ``xtol`` test
+        fired at a point that is not first-order stationary, see Notes;
+        the codes are named by :class:`agnopt.Status`),
         ``message``, ``success`` (``status > 0``), ``active_mask`` (-1/0/1
         per variable: at the lower bound / free / at the upper bound), and
         ``history`` when asked. Batched: every field has a leading ``B``

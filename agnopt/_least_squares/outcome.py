@@ -50,7 +50,8 @@ TERMINATION_MESSAGES: dict[int, str] = {
     "stationary (the residuals are not orthogonal to the Jacobian's columns and the Gauss-Newton "
     "step is longer than `xtol` allows): the Jacobian may be wrong or inaccurate, the residuals "
     "non-smooth or noisy, or the model saturated (a parameter whose Jacobian column nearly "
-    "vanishes).",
+    "vanishes). To check a `jac` callable, compare it with `agnopt.approx_derivative(fun, x)` "
+    "or solve again with jac='2-point'.",
 }
 # MINPACK's info 6/7/8 ("tolerance too small, no further improvement possible")
 # are reported with the matching common status and this message.
