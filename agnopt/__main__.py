@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--m", type=int, default=50, help="points per fit")
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
-    fb.add_argument("--backend", default="numpy")
+    fb.add_argument("--backend", default="numpy",
+                    help="array backend of the batched fit: numpy, torch, jax, ... (default numpy)")
     fb.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     fb.add_argument("--repeat", type=int, default=3, help="batched runs timed (best of; default 3)")
     fb.add_argument("--sweep", action="store_true",

@@ -183,6 +183,7 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
     if verbose:
         print(f"Single fits: a exp(-b t) + c, 50 points, 3 parameters; best of {repeats}; "
               f"load average {load:.2f}")
+        print("  ratio = agnopt time / reference time (1 = as fast; above 1 = agnopt slower)")
         print(f"  {'case':38s} {'agnopt':>10s} {'reference':>10s} {'ratio':>7s}  reference")
         for r in rows:
             print(f"  {r['case']:38s} {r['agnopt'] * 1e3:8.3f}ms {r['reference'] * 1e3:8.3f}ms "
