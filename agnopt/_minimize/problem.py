@@ -159,13 +159,6 @@ class _Problem:
         if c is not None and c[0] is x:
             return c[1], c[2]
         k = self.jac_kind
-        if f is not None and k not in ("combined", "autodiff"):
-            if k == "callable":
-                self.njev += 1
-                return f, self._as_vector(self.jac(x, *self.args), "jac")
-            if not bool(self.xp.isfinite(f)):
-                return f, self.xp.full((self.n,), math.nan, dtype=self.dtype, device=self.device)
-            return f, self._fd_grad(x, f, k)
         if k == "combined":
             f, g = self._split(self._call_fun(x))
             self.njev += 1
@@ -175,7 +168,8 @@ class _Problem:
             self.njev += 1
             f, g = _autodiff.value_and_grad(self.fun, x, args=self.args)
             return self._as_scalar(f, where), self._as_vector(g, "the autodiff gradient")
-        f = self._as_scalar(self._call_fun(x), where)
+        if f is None:  # no accepted trial value to reuse
+            f = self._as_scalar(self._call_fun(x), where)
         if k == "callable":
             self.njev += 1
             return f, self._as_vector(self.jac(x, *self.args), "jac")
