@@ -133,3 +133,28 @@ class NewtonIterationRatio:
         from agnopt._cli.bench import newton_vs_cholesky
 
         return newton_vs_cholesky(500)["ratio"]
+
+
+class BatchedOverFloor:
+    """The issue-14 batched target as one figure: ``curve_fit(batched=True)`` (NumPy,
+    Gaussian peaks, 4 parameters, 50 points) over its evaluation floor, the model and
+    Jacobian evaluated as often as the fit did, in a tight loop (goal: 2;
+    ``python -m agnopt fitbench``'s ``total / floor``)."""
+
+    params = (grid(["float64", "float32"], ["float64"]), ["analytic", "default"])
+    param_names = ["dtype", "jac"]
+    unit = "ratio"
+    number = 1
+    repeat = 1
+    timeout = 300
+
+    def setup(self, dtype, jac):
+        if not hasattr(ao, "curve_fit"):
+            raise NotImplementedError("agnopt.curve_fit is not available")
+
+    def track_batched_over_floor_B1000(self, dtype, jac):
+        from agnopt._cli.fitbench import run_fit_benchmark
+
+        out = run_fit_benchmark(B=grid(1000, 100), m=50, scipy_subset=0, dtype=dtype,
+                                jac="analytic" if jac == "analytic" else None, verbose=False)
+        return out["floor_ratio"]
