@@ -106,6 +106,10 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     st = _initial_state(xp, X, F, fnorm, D)
     # one float64 NumPy problem: its per-problem tests on NumPy scalars (same numbers)
     sx = scalar_namespace(xp, X) if ws is None else None
+    # ... and its verdict on each step compiled by numba when installed (the same numbers;
+    # AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_cpu
+    fast = _fast_judge() if sx is not None and hasattr(ev, "block_view") and not ev.persist_all \
+        else None
     route: Any = None
     refactor = False
     hist = []
@@ -139,7 +143,10 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
         tr, st = trial_point(xp, ev, st, p, accel, par, box)
-        if sx is None:
+        if fast is not None:
+            st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
+                                machine_eps(xp, xp.float64), model_step)
+        elif sx is None:
             st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
         else:
             st = judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, sx)
@@ -160,6 +167,13 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         return Outcome(**dict(zip(OUTCOME_FIELDS, ev.assemble(ws, rows))), cb_stop=cb_stop, history=hist)
     return Outcome(**dict(zip(OUTCOME_FIELDS, rows)), cb_stop=cb_stop, history=hist,
                    cost=0.5 * (st.fnorm * st.fnorm))
+
+
+def _fast_judge():
+    """:mod:`agnopt._kernels.lm_cpu` when its numba judge is on, else ``None``."""
+    from .._kernels import lm_cpu
+
+    return lm_cpu if lm_cpu.enabled() else None
 
 
 def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None) -> LMState:

@@ -1,0 +1,166 @@
+"""numba fast path of the Levenberg-Marquardt engine's verdict on a step, for ONE float64 NumPy problem.
+
+The engine (:mod:`agnopt._least_squares.engine`) judges each trial step with
+:func:`~agnopt._least_squares.engine.judge`: :func:`reductions`,
+:func:`update_radius`, :func:`accept` and :func:`stopping_tests`, written
+once against ``xp`` for ``k`` problems. For one problem (``k = 1``, float64
+NumPy, the unbatched solve) these are a few dozen operations on scalars,
+each one a NumPy call on a ``(1,)`` array. Here the same arithmetic, in the
+same order, runs as two numba-compiled scalar functions (``fastmath=False``:
+IEEE double operations and a correctly rounded ``sqrt``, so the same
+numbers). The vector pieces (``||J p||^2`` from the route, ``g . p`` of a
+projected step, ``||D x||`` of the accepted point) stay NumPy calls, made
+as the generic path makes them.
+
+This is an optional accelerator (numba: ``pip install agnopt[numba]``);
+``AGNOPT_FAST=0`` (or ``numpy``) turns it off, ``AGNOPT_FAST=numba``
+requires it. ``tests/test_lm_fast.py`` checks it against the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+try:  # numba is optional (agnopt[numba])
+    import numba as _numba
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised without numba
+    _numba = None
+    HAVE_NUMBA = False
+
+# MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
+_FTOL_MACHINE, _XTOL_MACHINE, _GTOL_MACHINE, _MAX_NFEV = 6, 7, 8, 5
+_XTOL, _FTOL_XTOL, _NONFINITE_TRIAL = 2, 3, -4
+ACCEPT_RATIO = 1e-4
+
+
+def enabled() -> bool:
+    """Whether the fast judge runs: numba installed and ``AGNOPT_FAST`` not ``0``/``numpy``.
+    ``AGNOPT_FAST=numba`` without numba raises ``ImportError``."""
+    v = os.environ.get("AGNOPT_FAST", "")
+    if v in ("0", "numpy"):
+        return False
+    if v == "numba" and not HAVE_NUMBA:
+        raise ImportError("AGNOPT_FAST=numba but numba is not installed (pip install agnopt[numba])")
+    return HAVE_NUMBA
+
+
+def _minimum(a, b):
+    # np.minimum: NaN propagates
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a <= b else b
+
+
+def _verdict(fnorm, par, delta, active, fnorm1, jpn2, pmnorm, projected, gp):
+    """:func:`reductions`, :func:`update_radius` and the test of :func:`accept`
+    on one problem's scalars (``jpn2 = ||J pm||^2``, ``gp = g . p`` of a projected
+    step). Returns ``(actred, prered, ratio, delta, par, acc, finite)``."""
+    # reductions
+    finite = math.isfinite(fnorm1)
+    fn1s = fnorm1 if finite else fnorm * 1e10 + 1.0
+    fn_safe = 1.0 if fnorm == 0 else fnorm
+    if finite and 0.1 * fn1s < fnorm:
+        q = fn1s / fn_safe
+        actred = 1.0 - q * q
+    else:
+        actred = -1.0
+    t1 = math.sqrt(jpn2) / fn_safe
+    t2 = math.sqrt(par) * pmnorm / fn_safe
+    prered = t1 * t1 + 2.0 * t2 * t2
+    dirder = -(t1 * t1 + t2 * t2)
+    if projected:
+        fJp = gp / (fn_safe * fn_safe)
+        prered = -(2.0 * fJp + t1 * t1)
+        dirder = fJp
+    ratio = actred / prered if prered > 0 else 0.0
+    # update_radius
+    small = ratio <= 0.25
+    if actred >= 0:
+        temp = 0.5
+    else:
+        den = dirder + 0.5 * actred
+        temp = 0.5 * dirder / (1.0 if den == 0 else den)
+    if (0.1 * fn1s >= fnorm) or (temp < 0.1) or not finite:
+        temp = 0.1
+    big = (not small) and ((par == 0) or (ratio >= 0.75))
+    if small:
+        delta_n = temp * _minimum(delta, pmnorm / 0.1)
+        par_n = par / temp
+    elif big:
+        delta_n = pmnorm / 0.5
+        par_n = 0.5 * par
+    else:
+        delta_n, par_n = delta, par
+    if not active:
+        delta_n, par_n = delta, par
+    # accept's test
+    acc = active and finite and (actred > 0) and (ratio >= ACCEPT_RATIO)
+    return actred, prered, ratio, delta_n, par_n, acc, finite
+
+
+def _stop(info, active, actred, prered, ratio, finite, limited, gnorm, delta, xnorm, nfev,
+          ftol, xtol, max_nfev, eps):
+    """:func:`stopping_tests` on one problem's scalars: ``(info, active)``."""
+    aa = abs(actred)
+    full = 0.5 * ratio <= 1.0
+    grows = limited and (ratio >= 0.75)
+    gn2 = gnorm * gnorm
+    ft = (aa <= ftol) and (prered <= ftol) and full and not (grows and (gn2 > ftol))
+    xt = delta <= xtol * xnorm
+    new = (1 if ft else 0) + 2 * (1 if xt else 0)
+    if new == 0:
+        mach = _MAX_NFEV if nfev >= max_nfev else 0
+        if (aa <= eps) and (prered <= eps) and full and not (grows and (gn2 > eps)):
+            mach = max(mach, _FTOL_MACHINE)
+        if delta <= eps * xnorm:
+            mach = max(mach, _XTOL_MACHINE)
+        if gnorm <= eps:
+            mach = max(mach, _GTOL_MACHINE)
+        new = mach
+    if (not finite) and (new == _XTOL or new == _FTOL_XTOL or new == _XTOL_MACHINE):
+        new = _NONFINITE_TRIAL
+    if not active:
+        new = 0
+    return (new if new != 0 else info), active and new == 0
+
+
+if HAVE_NUMBA:
+    _opts = dict(error_model="numpy", fastmath=False, nogil=True, cache=True)
+    _minimum = _numba.njit(**_opts)(_minimum)
+    verdict = _numba.njit(**_opts)(_verdict)
+    stop = _numba.njit(**_opts)(_stop)
+else:  # pragma: no cover
+    verdict = stop = None
+
+
+def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, eps, model_step):
+    """The engine's :func:`judge` for one float64 NumPy problem, with the scalar
+    arithmetic in :func:`verdict` and :func:`stop`; ``model_step`` the engine's."""
+    pm, pmnorm = model_step(xp, st, tr, accel, v)
+    jpn2 = route.jp_norm2(pm)
+    projected = tr.projected is not None and bool(tr.projected[0])
+    gp = float(xp.sum(st.g * tr.p, axis=-1)[0]) if projected else 0.0
+    active = bool(st.active[0])
+    actred, prered, ratio, delta, par, acc, finite = verdict(
+        float(st.fnorm[0]), float(st.par[0]), float(st.delta[0]), active, float(tr.fnorm1[0]),
+        float(jpn2[0]), float(pmnorm[0]), projected, gp)
+    f64 = np.float64
+    if acc:
+        X = tr.Xt
+        xnorm = xp.linalg.vector_norm(st.D * X, axis=-1)
+        st = st._replace(X=X, F=tr.Ft, fnorm=tr.fnorm1, xnorm=xnorm, nit=st.nit + 1,
+                         first=np.zeros(1, dtype=bool))
+    need_jac = np.array([acc], dtype=bool) if active else st.need_jac
+    info, active_n = stop(int(st.info[0]), active, actred, prered, ratio, finite,
+                          bool(limited[0]), float(st.gnorm[0]), delta, float(st.xnorm[0]),
+                          int(st.nfev[0]), float(ftol), float(xtol), float(max_nfev), eps)
+    return st._replace(delta=np.array([delta], dtype=f64), par=np.array([par], dtype=f64),
+                       need_jac=need_jac, info=np.array([info], dtype=np.int64),
+                       active=np.array([active_n], dtype=bool))
