@@ -51,8 +51,9 @@ def _check(gen, fast, same_counts=True):
     assert fast.success == gen.success
     np.testing.assert_allclose(fast.x, gen.x, rtol=1e-10, atol=0)
     np.testing.assert_allclose(fast.cost, gen.cost, rtol=1e-10, atol=0)
-    if same_counts:
+    if same_counts:  # the same IEEE operations in the same order: the same numbers
         assert (fast.nfev, fast.njev) == (gen.nfev, gen.njev)
+        np.testing.assert_array_equal(fast.x, gen.x)
 
 
 def test_enabled_follows_agnopt_fast(monkeypatch):
@@ -112,6 +113,17 @@ def test_max_nfev_and_tolerances(monkeypatch):
     _check(gen, fast)
 
 
+@pytest.mark.parametrize("gtol", [1e-2, 1e-3, 1e-5])
+@pytest.mark.parametrize("x_scale", [1.0, "jac"])
+def test_gtol_stops(monkeypatch, gtol, x_scale):
+    # the gradient test decides these stops (status 1): gnorm must match
+    for fun, x0 in ((_exp, [1.0, 1.0, 1.0]), (_rosen, [-1.2, 1.0])):
+        gen, fast = _solve_both(monkeypatch, fun, x0, gtol=gtol, ftol=1e-15, xtol=1e-15,
+                                x_scale=x_scale)
+        _check(gen, fast)
+        assert gen.status == (1 if fun is _exp else 3)  # Rosenbrock: zero residual, xtol
+
+
 def test_curve_fit(monkeypatch):
     out = []
     for mode in ("0", "numba"):
@@ -136,3 +148,127 @@ def test_nist(monkeypatch, name, start):
     fun, _, _, _ = _nist.nist_problem(p, np)
     gen, fast = _solve_both(monkeypatch, fun, p[start], ftol=1e-15, xtol=1e-15, gtol=1e-15)
     _check(gen, fast, same_counts=False)
+
+
+# -- block level: the numba blocks against the engine's generic blocks on random one-problem states,
+# every field compared exactly (NaN where both are NaN), over the branches of each block
+
+
+def _xp():
+    import array_api_compat
+
+    from agnopt._core.backend import native_namespace
+
+    return native_namespace(array_api_compat.array_namespace(np.ones(1)))
+
+
+def _state(rng, n, m=5):
+    from agnopt._least_squares import engine
+
+    xp = _xp()
+    X = rng.standard_normal((1, n))
+    F = rng.standard_normal((1, m))
+    fnorm = np.array([rng.choice([0.0, 1.0, rng.uniform(0.1, 10)])])
+    D = rng.uniform(0.5, 2.0, (1, n))
+    st = engine.initial_state(xp, X, F, fnorm, D)
+    return xp, st._replace(
+        g=rng.standard_normal((1, n)), J=np.zeros((1, m, n)),
+        free=np.ones((1, n), dtype=bool),
+        delta=np.array([rng.choice([0.0, 1e-17, rng.uniform(0.01, 3)])]),
+        par=np.array([rng.choice([0.0, rng.uniform(1e-3, 10)])]),
+        gnorm=np.array([rng.choice([1e-17, 1e-9, rng.uniform(0, 1)])]),
+        xnorm=np.array([rng.uniform(0.1, 5)]), nfev=np.array([int(rng.integers(1, 30))]),
+        first=np.array([bool(rng.integers(2))]))
+
+
+def _box(xp, rng, st, bounded):
+    from agnopt._least_squares.problem import Box
+
+    if not bounded:
+        return Box(xp, None, False, None, None)
+    X = st.X
+    lb = np.where(rng.random(X.shape) < 0.4, X, X - 1.0)
+    ub = np.where(rng.random(X.shape) < 0.4, X, X + 1.0)
+    return Box(xp, None, True, lb, ub)
+
+
+def _same_state(a, b):
+    for name, u, w in zip(a._fields, a, b):
+        if u is None or w is None:
+            assert u is None and w is None, name
+            continue
+        u, w = np.asarray(u), np.asarray(w)
+        assert u.shape == w.shape and u.dtype == w.dtype, name
+        np.testing.assert_array_equal(u, w, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_linearized_block(seed):
+    from agnopt._least_squares import engine
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 5))
+    xp, st = _state(rng, n)
+    box = _box(xp, rng, st, bool(rng.integers(2)))
+    cn = np.abs(rng.standard_normal((1, n))) * (rng.random((1, n)) > 0.2)
+    if seed % 7 == 0:
+        cn[0, 0] = np.nan
+    nj = np.array([True])
+    jac_scale, gtol = bool(rng.integers(2)), float(rng.choice([1e-8, 0.1, 0.5, 2.0]))
+    want = engine.linearized(xp, box, st, nj, cn, jac_scale, gtol)
+    got = lm_cpu.linearized_one(xp, box, st, nj, cn, jac_scale, gtol, engine.FACTOR, None)
+    _same_state(got, want)
+
+
+class _Route:
+    def __init__(self, xp, A):
+        self.xp, self.A = xp, A
+
+    def jp_norm2(self, p):
+        return self.xp.sum(p * (p @ self.A), axis=-1)
+
+
+@pytest.mark.parametrize("seed", range(800))
+def test_judge_block(seed):
+    from agnopt._core.backend import numpy_scalar_namespace
+    from agnopt._least_squares import engine
+    from agnopt._least_squares.state import Trial
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 4))
+    xp, st = _state(rng, n)
+    box = _box(xp, rng, st, bool(rng.integers(2)))
+    p = rng.standard_normal((1, n)) * rng.choice([1e-9, 1e-3, 0.03, 0.1, 1.0])
+    fn1 = float(st.fnorm[0]) * rng.choice([0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0, 1.001, 2.0,
+                                           20.0])
+    fn1 = float(rng.choice([fn1, fn1, fn1, np.inf, np.nan]))
+    projected = None if not box.bounded else np.array([bool(rng.integers(2))])
+    tr = Trial(st.X + p, rng.standard_normal(st.F.shape), p,
+               xp.linalg.vector_norm(st.D * p, axis=-1), np.array([fn1]), projected, projected)
+    A = rng.standard_normal((n, n))
+    route = _Route(xp, A @ A.T * rng.choice([1e-6, 1.0, 1e3]))
+    ftol, xtol = (float(rng.choice([1e-300, 1e-15, 1e-8, 1e-2, 0.5])) for _ in range(2))
+    kind = seed % 4
+    if kind == 1:  # the tests at machine precision (info 6, 7, 8)
+        p = p * 1e-9 / np.max(np.abs(p))
+        st = st._replace(fnorm=np.array([1.0]), gnorm=np.array([rng.choice([1e-17, 0.5])]),
+                         delta=np.array([rng.choice([1e-17, 1.0])]))
+        ftol = xtol = 1e-300
+        tr = tr._replace(p=p, Xt=st.X + p, pnorm=xp.linalg.vector_norm(st.D * p, axis=-1),
+                         fnorm1=np.array([1.0]))
+    elif kind == 2:  # a limited step with a good ratio and a small reduction (the ftol exception)
+        st = st._replace(fnorm=np.array([1.0]), par=np.array([rng.uniform(0.01, 1.0)]),
+                         gnorm=np.array([rng.choice([0.1, 0.9])]))
+        tr = tr._replace(projected=None, clipped=None)
+        ftol = 0.5
+        pred = float(engine.reductions(xp, st, tr, route, p, tr.pnorm)[1][0])
+        if 0 < pred < 1:
+            r = rng.uniform(0.5, 1.5)
+            tr = tr._replace(fnorm1=np.array([np.sqrt(max(1.0 - r * pred, 0.0))]))
+    limited = st.par > 0
+    max_nfev = int(rng.integers(1, 40))
+    want = engine.judge(xp, box, st, tr, route, None, p, limited, ftol, xtol, max_nfev,
+                        numpy_scalar_namespace())
+    got = lm_cpu.judge_one(xp, box, st, tr, route, None, p, limited, ftol, xtol, max_nfev,
+                           engine.machine_eps(xp, xp.float64), engine.model_step)
+    _same_state(got, want)

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - exercised without numba
 
 # MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
 _FTOL_MACHINE, _XTOL_MACHINE, _GTOL_MACHINE, _MAX_NFEV = 6, 7, 8, 5
-_XTOL, _FTOL_XTOL, _NONFINITE_TRIAL = 2, 3, -4
+_XTOL, _FTOL_XTOL, _GTOL, _NONFINITE_TRIAL = 2, 3, 4, -4
 ACCEPT_RATIO = 1e-4
 
 
@@ -131,13 +131,71 @@ def _stop(info, active, actred, prered, ratio, finite, limited, gnorm, delta, xn
     return (new if new != 0 else info), active and new == 0
 
 
+def _scale_gtol(g, cn, D, free, bounded, fnorm, first, jac_scale):
+    """The elementwise part of :func:`linearized` for one problem with a new
+    Jacobian (``g``, ``cn``, ``D``, ``free`` (n,)): the column norms of the free
+    variables, the new scaling (:func:`scale_and_radius`'s ``D = ||J_j||`` on
+    the first Jacobian, :func:`gtol_test`'s ``max(D, ||J_j||)`` after it) and
+    ``gnorm``, the largest ``|cos|`` between a column and ``f``."""
+    n = g.shape[0]
+    Dn = np.empty(n)
+    fn_safe = 1.0 if fnorm == 0 else fnorm
+    gn = 0.0
+    nan = False
+    for j in range(n):
+        c = cn[j] if (not bounded or free[j]) else 0.0
+        if jac_scale and first:
+            Dn[j] = 1.0 if c == 0 else c
+        elif jac_scale:  # np.maximum: NaN propagates
+            d = D[j]
+            Dn[j] = d if d != d else (c if c != c else (d if d >= c else c))
+        else:
+            Dn[j] = D[j]
+        cs = 1.0 if c == 0 else c
+        cosv = 0.0 if c == 0 else abs(g[j]) / (fn_safe * cs)
+        if cosv != cosv:  # np.max: NaN propagates
+            nan = True
+        elif j == 0 or cosv > gn:
+            gn = cosv
+    if nan:
+        gn = math.nan
+    if fnorm == 0:
+        gn = 0.0
+    return Dn, gn
+
+
 if HAVE_NUMBA:
     _opts = dict(error_model="numpy", fastmath=False, nogil=True, cache=True)
     _minimum = _numba.njit(**_opts)(_minimum)
     verdict = _numba.njit(**_opts)(_verdict)
     stop = _numba.njit(**_opts)(_stop)
+    scale_gtol = _numba.njit(**_opts)(_scale_gtol)
 else:  # pragma: no cover
-    verdict = stop = None
+    verdict = stop = scale_gtol = None
+
+
+def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
+    """The engine's :func:`linearized` for one float64 NumPy problem with a new
+    Jacobian (``nj[0]`` true; else ``generic``, the engine's own), the
+    elementwise arithmetic in :func:`scale_gtol`; ``||D x0||`` stays NumPy's."""
+    if not bool(nj[0]):
+        return generic(xp, box, st, nj, cn, jac_scale, gtol)
+    free = box.free_mask(st.X, st.g)
+    first = bool(st.first[0])
+    Dn, gn = scale_gtol(st.g[0], cn[0], st.D[0], free[0], bool(box.bounded), float(st.fnorm[0]),
+                        first, bool(jac_scale))
+    D = Dn[None, :]
+    xnorm, delta = st.xnorm, st.delta
+    if first and float(st.delta[0]) == 0:
+        xnorm = xp.linalg.vector_norm(D * st.X, axis=-1)
+        xn0 = float(xnorm[0])
+        delta = np.array([factor if xn0 == 0 else factor * xn0], dtype=np.float64)
+    conv = gn <= gtol
+    active = bool(st.active[0]) and not conv
+    return st._replace(free=free, njev=st.njev + 1, need_jac=np.zeros(1, dtype=bool), D=D,
+                       xnorm=xnorm, delta=delta, gnorm=np.array([gn], dtype=np.float64),
+                       info=np.array([_GTOL], dtype=np.int64) if conv else st.info,
+                       active=np.array([active], dtype=bool))
 
 
 def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, eps, model_step):

@@ -125,7 +125,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
         if bool(xp.any(st.need_jac & st.active)):
-            st = linearize(xp, ev, st, jac_scale, gtol, box)
+            st = linearize(xp, ev, st, jac_scale, gtol, box, fast)
             if not bool(xp.any(st.active)):
                 break
             refactor = True
@@ -176,7 +176,7 @@ def _fast_judge():
     return lm_cpu if lm_cpu.enabled() else None
 
 
-def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None) -> LMState:
+def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMState:
     """``lmder``'s outer loop for the problems whose last step was accepted.
 
     The evaluator forms ``J``, ``J^T J`` (route permitting) and ``g = J^T f``
@@ -199,6 +199,8 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None) -> LMState:
     box = ev if box is None else box
     if st.free is None:  # the first Jacobian: every problem's free variables are new
         st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
+    if fast is not None:  # one float64 NumPy problem, numba (agnopt._kernels.lm_cpu)
+        return fast.linearized_one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
     return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)
 
 
