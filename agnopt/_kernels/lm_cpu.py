@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ try:  # numba is optional (agnopt[numba])
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised without numba
-    _numba = None
+    _numba = None  # type: ignore[assignment]
     HAVE_NUMBA = False
 
 # MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
@@ -51,11 +52,11 @@ def enabled() -> bool:
 
 def _minimum(a, b):
     # np.minimum: NaN propagates
-    if a != a:
+    if math.isnan(a):
         return a
-    if b != b:
+    if math.isnan(b):
         return b
-    return a if a <= b else b
+    return min(a, b)
 
 
 def _verdict(fnorm, par, delta, active, fnorm1, jpn2, pmnorm, projected, gp):
@@ -148,12 +149,12 @@ def _scale_gtol(g, cn, D, free, bounded, fnorm, first, jac_scale):
             Dn[j] = 1.0 if c == 0 else c
         elif jac_scale:  # np.maximum: NaN propagates
             d = D[j]
-            Dn[j] = d if d != d else (c if c != c else (d if d >= c else c))
+            Dn[j] = d if math.isnan(d) else (c if math.isnan(c) else max(d, c))
         else:
             Dn[j] = D[j]
         cs = 1.0 if c == 0 else c
         cosv = 0.0 if c == 0 else abs(g[j]) / (fn_safe * cs)
-        if cosv != cosv:  # np.max: NaN propagates
+        if math.isnan(cosv):  # np.max: NaN propagates
             nan = True
         elif j == 0 or cosv > gn:
             gn = cosv
@@ -165,7 +166,8 @@ def _scale_gtol(g, cn, D, free, bounded, fnorm, first, jac_scale):
 
 
 if HAVE_NUMBA:
-    _opts = dict(error_model="numpy", fastmath=False, nogil=True, cache=True)
+    _opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                             "cache": True}
     _minimum = _numba.njit(**_opts)(_minimum)
     verdict = _numba.njit(**_opts)(_verdict)
     stop = _numba.njit(**_opts)(_stop)
