@@ -30,7 +30,10 @@ backend: the end of :func:`linearize` (:func:`linearized`: free variables,
 :func:`stopping_tests`), and inside the evaluator and the route the
 normal equations and ``lmpar``'s Gauss-Newton step, bounds and iteration.
 The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
-early exits) stay between the blocks.
+early exits) stay between the blocks. For one float64 NumPy problem with
+numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
+scalar functions instead (:mod:`agnopt._kernels.lm_cpu`: the same arithmetic,
+tested equal; ``AGNOPT_FAST=0`` turns it off).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
