@@ -105,6 +105,18 @@ def test_rosenbrock(monkeypatch, x_scale, bounds):
     _check(gen, fast)
 
 
+@pytest.mark.parametrize("loss", ["soft_l1", "cauchy"])
+def test_robust_loss(monkeypatch, loss):
+    y = Y.copy()
+    y[5] += 3.0  # an outlier
+
+    def fun(p):
+        return p[0] * np.exp(-p[1] * T) + p[2] - y
+
+    gen, fast = _solve_both(monkeypatch, fun, [1.0, 1.0, 1.0], loss=loss)
+    _check(gen, fast)
+
+
 def test_max_nfev_and_tolerances(monkeypatch):
     gen, fast = _solve_both(monkeypatch, _rosen, [-1.2, 1.0], max_nfev=7)
     _check(gen, fast)
@@ -267,8 +279,11 @@ def test_judge_block(seed):
             tr = tr._replace(fnorm1=np.array([np.sqrt(max(1.0 - r * pred, 0.0))]))
     limited = st.par > 0
     max_nfev = int(rng.integers(1, 40))
-    want = engine.judge(xp, box, st, tr, route, None, p, limited, ftol, xtol, max_nfev,
+    # an accelerated step is judged by the model of its LM step v (engine.model_step)
+    accel = [None, None, np.array([True]), np.array([False])][int(rng.integers(4))]
+    v = p if accel is None else p * rng.uniform(0.5, 1.5)
+    want = engine.judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                         numpy_scalar_namespace())
-    got = lm_cpu.judge_one(xp, box, st, tr, route, None, p, limited, ftol, xtol, max_nfev,
+    got = lm_cpu.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                            engine.machine_eps(xp, xp.float64), engine.model_step)
     _same_state(got, want)
