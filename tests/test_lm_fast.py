@@ -67,6 +67,18 @@ def test_enabled_follows_agnopt_fast(monkeypatch):
     assert lm_cpu.enabled()
 
 
+def test_default_starts_after_warmup(monkeypatch):
+    # unset AGNOPT_FAST: a process's first WARMUP - 1 fits stay on the generic path (no
+    # numba import or compile for a script of a few fits), later ones are compiled
+    monkeypatch.delenv("AGNOPT_FAST", raising=False)
+    compiled = []
+    monkeypatch.setattr(lm_cpu, "_compile", lambda: compiled.append(1))
+    monkeypatch.setattr(lm_cpu, "verdict", None)
+    monkeypatch.setattr(lm_cpu, "_solves", 0)
+    seen = [lm_cpu.enabled() for _ in range(lm_cpu.WARMUP)]
+    assert not any(seen[:-1]) and seen[-1] and compiled == [1]
+
+
 def test_fast_judge_is_used(monkeypatch):
     calls = []
     real = lm_cpu.judge_one

@@ -19,19 +19,23 @@ requires it. ``tests/test_lm_fast.py`` checks it against the generic path.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-try:  # numba is optional (agnopt[numba])
-    import numba as _numba
+# numba is optional (agnopt[numba]) and imported only when the fast judge first runs
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised without numba
-    _numba = None  # type: ignore[assignment]
-    HAVE_NUMBA = False
+# The numba functions cost about 0.25 s on their first use in a process (numba's
+# import and its on-disk cache; about 1 s where the cache cannot be written) and
+# save about 0.3 ms per fit: by default they start with the WARMUP-th unbatched
+# fit of a process, so a script with a few fits never pays for them.
+# ``AGNOPT_FAST=numba`` uses them from the first fit.
+WARMUP = 50
+_solves = 0
 
 # MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
 _FTOL_MACHINE, _XTOL_MACHINE, _GTOL_MACHINE, _MAX_NFEV = 6, 7, 8, 5
@@ -42,12 +46,20 @@ ACCEPT_RATIO = 1e-4
 def enabled() -> bool:
     """Whether the fast judge runs: numba installed and ``AGNOPT_FAST`` not ``0``/``numpy``.
     ``AGNOPT_FAST=numba`` without numba raises ``ImportError``."""
+    global _solves
     v = os.environ.get("AGNOPT_FAST", "")
-    if v in ("0", "numpy"):
+    if v in ("0", "numpy") or not (HAVE_NUMBA or v == "numba"):
         return False
-    if v == "numba" and not HAVE_NUMBA:
-        raise ImportError("AGNOPT_FAST=numba but numba is not installed (pip install agnopt[numba])")
-    return HAVE_NUMBA
+    if v == "numba":
+        if not HAVE_NUMBA:
+            raise ImportError("AGNOPT_FAST=numba but numba is not installed "
+                              "(pip install agnopt[numba])")
+    else:
+        _solves += 1
+        if _solves < WARMUP and verdict is None:
+            return False
+    _compile()
+    return True
 
 
 def _minimum(a, b):
@@ -165,15 +177,25 @@ def _scale_gtol(g, cn, D, free, bounded, fnorm, first, jac_scale):
     return Dn, gn
 
 
-if HAVE_NUMBA:
-    _opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
-                             "cache": True}
-    _minimum = _numba.njit(**_opts)(_minimum)
-    verdict = _numba.njit(**_opts)(_verdict)
-    stop = _numba.njit(**_opts)(_stop)
-    scale_gtol = _numba.njit(**_opts)(_scale_gtol)
-else:  # pragma: no cover
-    verdict = stop = scale_gtol = None
+verdict: Any = None
+stop: Any = None
+scale_gtol: Any = None
+
+
+def _compile() -> None:
+    """The numba versions of :func:`_verdict`, :func:`_stop` and :func:`_scale_gtol`
+    (made once per process; compiled on first call, cached on disk)."""
+    global _minimum, verdict, stop, scale_gtol
+    if verdict is not None:
+        return
+    import numba
+
+    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                            "cache": True}
+    _minimum = numba.njit(**opts)(_minimum)
+    verdict = numba.njit(**opts)(_verdict)
+    stop = numba.njit(**opts)(_stop)
+    scale_gtol = numba.njit(**opts)(_scale_gtol)
 
 
 def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
