@@ -60,6 +60,7 @@ def test_curve_fit_bar_names_curve_fit(capsys):
     popt, _ = ao.curve_fit(lambda t, a, b: a * np.exp(-b * t), T, y, p0=[1.0, 1.0], progress=True)
     err = capsys.readouterr().err
     assert "curve_fit" in err and "least_squares" not in err
+    assert "running=" not in err  # one problem: no count of running problems
     np.testing.assert_allclose(popt, [2.0, 1.5], rtol=1e-8)
 
 

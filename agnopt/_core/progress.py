@@ -48,7 +48,7 @@ class Progress:
             self._sink(info)
         if self._bar is not None:
             post = {"nfev": info["nfev"], "cost": f"{info['cost']:.4g}"}
-            if active is not None:
+            if active is not None and info["problems"] not in (None, 1):  # a batch: how many run
                 post["running"] = f"{info['active']}/{info['problems']}"
                 self._problems = info["problems"]
             self._post = post
