@@ -268,7 +268,7 @@ def test_judge_block(seed):
     fn1 = float(rng.choice([fn1, fn1, fn1, np.inf, np.nan]))
     projected = None if not box.bounded else np.array([bool(rng.integers(2))])
     tr = Trial(st.X + p, rng.standard_normal(st.F.shape), p,
-               xp.linalg.vector_norm(st.D * p, axis=-1), np.array([fn1]), projected, projected)
+               xp.linalg.vector_norm(st.D * p, axis=-1), np.array([fn1]), projected)
     A = rng.standard_normal((n, n))
     route = _Route(xp, A @ A.T * rng.choice([1e-6, 1.0, 1e3]))
     ftol, xtol = (float(rng.choice([1e-300, 1e-15, 1e-8, 1e-2, 0.5])) for _ in range(2))
@@ -283,7 +283,7 @@ def test_judge_block(seed):
     elif kind == 2:  # a limited step with a good ratio and a small reduction (the ftol exception)
         st = st._replace(fnorm=np.array([1.0]), par=np.array([rng.uniform(0.01, 1.0)]),
                          gnorm=np.array([rng.choice([0.1, 0.9])]))
-        tr = tr._replace(projected=None, clipped=None)
+        tr = tr._replace(projected=None)
         ftol = 0.5
         pred = float(engine.reductions(xp, st, tr, route, p, tr.pnorm)[1][0])
         if 0 < pred < 1:

@@ -707,7 +707,7 @@ def test_per_problem_tests_on_scalars_equal_the_array_path():
                          nfev=np.array([rng.integers(1, 50)]), njev=np.ones(1, np.int64),
                          nit=np.ones(1, np.int64), active=b(), need_jac=b(), first=b())
             tr = Trial(np.ones((1, 3)), np.ones((1, 5)), np.ones((1, 3)), np.abs(val()),
-                       np.abs(val()), None, None)
+                       np.abs(val()), None)
             red = (val(), val(), val(), val(), np.abs(val()), b())  # actred, prered/dirder, ...
             actred, prered, dirder, ratio, fn1s, finite = red
             pn = np.abs(val())

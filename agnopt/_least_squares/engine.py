@@ -145,7 +145,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         v, accel = p, None
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
-        tr, st = trial_point(xp, ev, st, p, accel, par, box)
+        tr, st = trial_point(xp, ev, st, p, par, box)
         if fast is not None:
             st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                                 machine_eps(xp, xp.float64), model_step)
@@ -320,7 +320,7 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, accel, par, box=None):
+def trial_point(xp, ev, st: LMState, p, par, box=None):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
@@ -329,28 +329,24 @@ def trial_point(xp, ev, st: LMState, p, accel, par, box=None):
     block (:func:`trial_step`; ``box``: the evaluator's ``block_view()``, or
     the evaluator), its residuals from ``ev.trial``.
     """
-    Xt, p, pnorm, clipped, projected, st = _trial_step(xp, ev if box is None else box, st, p,
-                                                       accel, par)
+    Xt, p, pnorm, projected, st = _trial_step(xp, ev if box is None else box, st, p, par)
     Ft, fnorm1 = ev.trial(Xt)
-    return Trial(Xt, Ft, p, pnorm, fnorm1, clipped, projected), st
+    return Trial(Xt, Ft, p, pnorm, fnorm1, projected), st
 
 
-def trial_step(xp, ev, st: LMState, p, accel, par):
+def trial_step(xp, ev, st: LMState, p, par):
     """The trial point of :func:`trial_point` without its residuals:
-    ``(Xt, p, pnorm, clipped, projected, st)``."""
+    ``(Xt, p, pnorm, projected, st)``."""
     X = st.X
     p_unc = p
     Xt = ev.project(X + p)
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
     projected = xp.any(p != p_unc, axis=-1) if ev.bounded else None
-    clipped = projected  # the step differs from the LM step: projected or accelerated
-    if accel is not None:
-        clipped = accel if clipped is None else clipped | accel
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
-    return Xt, p, pnorm, clipped, projected, st
+    return Xt, p, pnorm, projected, st
 
 
 def model_step(xp, st: LMState, tr: Trial, accel, v):

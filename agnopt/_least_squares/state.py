@@ -63,16 +63,14 @@ class LMState(NamedTuple):
 
 class Trial(NamedTuple):
     """One trial step of every problem: ``Xt``, ``Ft``, ``p`` (k, n) the step
-    taken, ``pnorm`` ``||D p||``, ``fnorm1`` ``||f(Xt)||``, ``clipped`` (the
-    step differs from the LM step: projected or accelerated) (k,),
-    ``projected`` (the bounds cut the step) (k,) or None when unbounded."""
+    taken, ``pnorm`` ``||D p||``, ``fnorm1`` ``||f(Xt)||``, ``projected``
+    (the bounds cut the step) (k,) or None when unbounded."""
 
     Xt: Any
     Ft: Any
     p: Any
     pnorm: Any
     fnorm1: Any
-    clipped: Any
     projected: Any = None
 
 
