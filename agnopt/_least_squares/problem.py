@@ -312,11 +312,13 @@ class Problem(RowSubsets, Box):
         """
         xp = self.xp
         n = X.shape[1]
-        eps = float(xp.finfo(self.dtype).eps)
+        eps = machine_eps(xp, self.dtype)
         w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
                   for j in range(n))
         h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        P3, M3, P2, inside = cs_check_points(xp, X, self.lb, self.ub, w, h3, h2,
+        bounded = getattr(self, "bounded", True)
+        P3, M3, P2, inside = cs_check_points(xp, X, self.lb if bounded else None,
+                                              self.ub if bounded else None, w, h3, h2,
                                               self.dev)
         if not bool(inside):
             return self._cs_columns(X, F, Jcs)
