@@ -406,16 +406,20 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     # of the Jacobian).
     def residual(p):
         r = f(xdata, *split(p))
-        if not (hasattr(r, "shape") and hasattr(r, "dtype")):
+        try:
+            shape, rdt = r.shape, r.dtype
+        except AttributeError:  # not an array: as scipy, converted
             r = xp.asarray(r, dtype=dtype, device=dev)
-        if tuple(r.shape) != yshape:  # (ydata has at least one axis: a 0-d r lands here)
+            shape, rdt = r.shape, r.dtype
+        if shape != yshape and tuple(shape) != yshape:
+            # (ydata has at least one axis: a 0-d r lands here)
             try:
                 r = xp.broadcast_to(r, ydata.shape)
             except Exception as e:
                 raise ValueError(
-                    f"f: returned shape {tuple(r.shape)}, expected ydata's shape {yshape}"
+                    f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
                 ) from e
-        if r.dtype == dtype or not _complex_step_point(p):
+        if rdt == dtype or not _complex_step_point(p):
             r = r - ydata
         return r if wfun is None else wfun(r)
 

@@ -137,6 +137,13 @@ class Problem(RowSubsets, Box):
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
+        if not self.batched:
+            # the common case once m is known: (m,) residuals of the working dtype
+            try:
+                if f.ndim == 1 and f.shape[0] == self.m and f.dtype == self.dtype:
+                    return xp.reshape(f, (1, self.m))
+            except AttributeError:  # not an array: converted below
+                pass
         if not (hasattr(f, "shape") and hasattr(f, "dtype")):
             f = xp.asarray(f, dtype=self.dtype, device=self.dev)
         if self.batched:
