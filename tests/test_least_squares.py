@@ -190,6 +190,34 @@ def test_complex_step_blocks_equal_the_column_by_column_formulas(xp, device):
             assert np.array_equal(to_numpy(J), to_numpy(xp.stack(cols, axis=-1)))
 
 
+def test_differences_without_bounds_equal_infinite_bounds(xp, device):
+    """The evaluator's finite differences without bounds (``lb = ub = None``: the
+    steps' bound rules skipped) give the numbers of infinite bounds, bit for bit
+    (forward and central, one problem and a batch, vector and scalar output)."""
+    from agnopt._derivatives.numdiff import fd_jacobian
+
+    def f(z):
+        ns = _ns(z)
+        return ns.stack([ns.exp(z[..., 0]) * z[..., 1], z[..., 1] ** 3 - z[..., 2],
+                         ns.sin(z[..., 2] * z[..., 0])], axis=-1)
+
+    def g(z):
+        return _ns(z).sum(z * z * z, axis=-1)
+
+    x = arr(xp, device, [0.7, -1.3, 0.0])
+    X = arr(xp, device, [[0.7, -1.3, 0.0], [2.0, 1e-9, -4.5]])
+    for fun in (f, g):
+        for z, batched in ((x, False), (X, True)):
+            inf = xp.full(z.shape, float("inf"), dtype=z.dtype, device=device)
+            for method in ("2-point", "3-point"):
+                ref = fd_jacobian(fun, z, fun(z), method, None, -inf, inf, (), {}, batched, xp,
+                                  device)
+                got = fd_jacobian(fun, z, fun(z), method, None, None, None, (), {}, batched, xp,
+                                  device)
+                assert got.dtype == ref.dtype and tuple(got.shape) == tuple(ref.shape)
+                assert np.array_equal(to_numpy(got), to_numpy(ref)), (fun, method, batched)
+
+
 def test_approx_derivative_errors(xp, device):
     x = arr(xp, device, [1.0, 2.0])
     with pytest.raises(ValueError, match="method"):

@@ -360,7 +360,8 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
 
     The least-squares evaluator calls this once per Jacobian: ``x0`` is
     ``(n,)`` (``(B, n)`` batched) inside the bounds ``lb``, ``ub`` (arrays of
-    ``x0``'s shape, dtype and device; not read for ``"cs"``), ``f0 =
+    ``x0``'s shape, dtype and device; not read for ``"cs"``; both ``None``
+    when every bound is infinite, which skips the steps' bound rules), ``f0 =
     fun(x0)`` is an array of shape ``(m,)`` (``(B, m)``), and ``xp``,
     ``dev`` are ``x0``'s namespace and device. Same arithmetic as
     :func:`approx_derivative`, without re-resolving the backend, re-building
@@ -392,54 +393,71 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
         return _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
                            cache["cdt"], cache)
     h = _absolute_step(xp, rel_step, abs_step, x0, rstep, dev=dev)
-    if method == "2-point":
+    one_sided = None
+    if lb is None:
+        # no bounds (the caller's word): what _adjust_scheme_to_bounds returns for
+        # infinite bounds, without its dozen operations: the forward step as it
+        # is, the central step |h|, no one-sided step
+        if method != "2-point":
+            h = xp.abs(h)
+    elif method == "2-point":
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "1-sided", lb, ub)
     else:
         h, one_sided = _adjust_scheme_to_bounds(xp, x0, h, 1, "2-sided", lb, ub)
     eye = cache.get("eye")
     if eye is None:
         eye = cache["eye"] = xp.eye(n, dtype=dtype, device=dev)
+    if method == "2-point":
+        return _forward_columns(call, x0, f0, h, eye, batched, scalar_f, xp)
 
-    cols = []
+    cols = []  # 3-point (2-point: _forward_columns)
     for j in range(n):
         ej = eye[j, :]
         if batched:
             hj = h[:, j : j + 1] * ej  # (B, n), zero off column j
         else:
             hj = h[j] * ej
-        if method == "2-point":
-            x1 = x0 + hj
-            dx = x1[..., j] - x0[..., j]
-            df = call(x1) - f0
-        else:  # 3-point
-            xm = x0 - hj
-            x1 = x0 + hj
-            x2 = x0 + 2.0 * hj
-            oj = one_sided[..., j]
-            # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
-            if bool(xp.all(~oj)):
-                dx = x1[..., j] - xm[..., j]
-                df = call(x1) - call(xm)
-            elif bool(xp.all(oj)):
-                f1 = call(x1)
-                f2 = call(x2)
-                dx = x2[..., j] - x0[..., j]
-                df = -3.0 * f0 + 4.0 * f1 - f2
-            else:  # batched, mixed: evaluate both schemes and pick per problem
-                fm = call(xm)
-                f1 = call(x1)
-                f2 = call(x2)
-                dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
-                sel = oj if scalar_f else oj[:, None]
-                df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
+        xm = x0 - hj
+        x1 = x0 + hj
+        x2 = x0 + 2.0 * hj
+        oj = None if one_sided is None else one_sided[..., j]
+        # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
+        if oj is None or bool(xp.all(~oj)):
+            dx = x1[..., j] - xm[..., j]
+            df = call(x1) - call(xm)
+        elif bool(xp.all(oj)):
+            f1 = call(x1)
+            f2 = call(x2)
+            dx = x2[..., j] - x0[..., j]
+            df = -3.0 * f0 + 4.0 * f1 - f2
+        else:  # batched, mixed: evaluate both schemes and pick per problem
+            fm = call(xm)
+            f1 = call(x1)
+            f2 = call(x2)
+            dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
+            sel = oj if scalar_f else oj[:, None]
+            df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
         if batched and not scalar_f:
             dx = dx[:, None]
         cols.append(df / dx)
-    if scalar_f:
-        J = xp.stack(cols, axis=-1)  # (n,) or (B, n)
+    return xp.stack(cols, axis=-1)  # (m, n) or (B, m, n); scalar f: (n,) or (B, n)
+
+
+def _forward_columns(call, x0, f0, h, eye, batched, scalar_f, xp):
+    """The ``"2-point"`` quotients ``(f(x0 + h_j e_j) - f0) / ((x0 + h_j e_j)_j - x0_j)``
+    of :func:`_columns`: the ``n`` points as one array (``(n, n)``, ``(n, B, n)``
+    batched) whose slice ``j`` is ``x0 + h_j e_j``, and one division of the
+    stacked differences (the same sums and quotients, entry by entry, as one
+    column at a time)."""
+    n = x0.shape[-1]
+    if batched:
+        X1 = x0 + xp.matrix_transpose(h)[:, :, None] * eye[:, None, :]  # X1[j] = x0 + h[:, j:j+1] e_j
     else:
-        J = xp.stack(cols, axis=-1)  # (m, n) or (B, m, n)
-    return J
+        X1 = x0 + h[:, None] * eye  # X1[j] = x0 + h_j e_j
+    pts = [X1[j, ...] for j in range(n)]
+    dx = xp.stack([pt[..., j] for j, pt in enumerate(pts)], axis=-1) - x0
+    J = xp.stack([call(pt) - f0 for pt in pts], axis=-1)
+    return J / (dx[:, None, :] if batched and not scalar_f else dx)
 
 
 def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev, cdt, cache):

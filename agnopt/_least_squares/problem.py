@@ -367,17 +367,20 @@ class Problem(RowSubsets, Box):
         xp = self.xp
         B, n = X.shape
         m = F.shape[1]
-        lbx, ubx = self.lb, self.ub
         # the engine's points are feasible and F is fun's (checked) output at X:
-        # the trusted entry skips approx_derivative's per-call checks
+        # the trusted entry skips approx_derivative's per-call checks (and, with
+        # no finite bound, the steps' bound rules: lb = ub = None)
+        bounded = getattr(self, "bounded", True)
+        lbx, ubx = (self.lb, self.ub) if bounded else (None, None)
         if self.batched:
             J = fd_jacobian(self._fun_rows(), X, F, jac, rel, lbx, ubx, self.args, self.kwargs,
                             True, xp, self.dev, self._fd_cache)
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel, _row0(xp, lbx),
-                            _row0(xp, ubx),
+            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
+                            None if lbx is None else _row0(xp, lbx),
+                            None if ubx is None else _row0(xp, ubx),
                             self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
