@@ -515,14 +515,31 @@ def least_squares(
             "fun or x (x_scale)") from e
 
 
+_KIND: dict = {}  # dtype -> "complex", "int" (integer or bool) or "" (str of a dtype is slow)
+
+
+def _dtype_kind(dt) -> str:
+    try:
+        return _KIND[dt]
+    except (KeyError, TypeError):
+        pass
+    sdt = "" if dt is None else str(dt)
+    kind = ("complex" if "complex" in sdt
+            else "int" if any(k in sdt for k in ("int", "bool")) else "")
+    try:
+        _KIND[dt] = kind
+    except TypeError:  # pragma: no cover - unhashable dtype objects
+        pass
+    return kind
+
+
 def _start_point(x0, batched):
     """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
     x0 = as_array(x0, "x0")
-    dt = getattr(x0, "dtype", None)
-    sdt = "" if dt is None else str(dt)  # (str of a dtype is slow: once)
-    if "complex" in sdt:
+    kind = _dtype_kind(getattr(x0, "dtype", None))
+    if kind == "complex":
         raise ValueError("x0: must be real, got a complex array")
-    if any(k in sdt for k in ("int", "bool")):
+    if kind == "int":
         # scipy casts integer starting points to float64
         x0 = array_api_compat.array_namespace(x0).astype(
             x0, array_api_compat.array_namespace(x0).float64)
