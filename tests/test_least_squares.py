@@ -629,3 +629,18 @@ def test_multi_chunk_dask_residuals_dispatch_to_tall():
         ao.least_squares(fun, x0, bounds=(0.0, 10.0), method="lm")
     with pytest.raises(ValueError, match="history"):
         ao.least_squares(fun, x0, history=True, method="lm")
+
+
+def test_no_cross_library_dtype_comparison_warning():
+    """Set-up caches keyed by dtype never compare a NumPy dtype with array_api_strict's
+    (array_api_strict warns on that comparison; the tour printed four such warnings)."""
+    xs = pytest.importorskip("array_api_strict")
+    t = np.linspace(0, 4, 50)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5
+    ao.least_squares(lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, np.array([1.0, 1, 1]), method="lm")
+    ts, ys = xs.asarray(t), xs.asarray(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = ao.least_squares(lambda p: p[0] * xs.exp(-p[1] * ts) + p[2] - ys,
+                             xs.asarray([1.0, 1, 1]), method="lm")
+    np.testing.assert_allclose(np.asarray(r.x), [2.5, 1.3, 0.5], rtol=1e-10)

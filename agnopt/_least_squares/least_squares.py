@@ -515,19 +515,21 @@ def least_squares(
             "fun or x (x_scale)") from e
 
 
-_KIND: dict = {}  # dtype -> "complex", "int" (integer or bool) or "" (str of a dtype is slow)
+# (type(dtype), dtype) -> "complex", "int" (integer or bool) or "" (str of a dtype is slow);
+# the type first, so a lookup never compares two libraries' dtypes (array_api_strict warns)
+_KIND: dict = {}
 
 
 def _dtype_kind(dt) -> str:
     try:
-        return _KIND[dt]
+        return _KIND[type(dt), dt]
     except (KeyError, TypeError):
         pass
     sdt = "" if dt is None else str(dt)
     kind = ("complex" if "complex" in sdt
             else "int" if any(k in sdt for k in ("int", "bool")) else "")
     try:
-        _KIND[dt] = kind
+        _KIND[type(dt), dt] = kind
     except TypeError:  # pragma: no cover - unhashable dtype objects
         pass
     return kind

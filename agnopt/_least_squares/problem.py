@@ -202,11 +202,11 @@ class Problem(RowSubsets, Box):
         """
         xp = self.xp
         try:
-            e = _FSCALE_EXP[F.dtype]
+            e = _FSCALE_EXP[type(F.dtype), F.dtype]  # type first: no cross-library dtype compare
         except (KeyError, TypeError):
             e = int(math.frexp(float(xp.finfo(F.dtype).max))[1]) // 4
             try:
-                _FSCALE_EXP[F.dtype] = e
+                _FSCALE_EXP[type(F.dtype), F.dtype] = e
             except TypeError:  # pragma: no cover - unhashable dtype objects
                 pass
         amax = float(xp.max(xp.abs(F)))
