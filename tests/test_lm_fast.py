@@ -145,7 +145,9 @@ def test_gtol_stops(monkeypatch, gtol, x_scale):
         gen, fast = _solve_both(monkeypatch, fun, x0, gtol=gtol, ftol=1e-15, xtol=1e-15,
                                 x_scale=x_scale)
         _check(gen, fast)
-        assert gen.status == (1 if fun is _exp else 3)  # Rosenbrock: zero residual, xtol
+        # Rosenbrock has a zero residual: xtol (3), or gtol (1) where an iterate hits
+        # f = 0 exactly (gnorm = 0)
+        assert gen.status in ((1,) if fun is _exp else (1, 3))
 
 
 def test_curve_fit(monkeypatch):

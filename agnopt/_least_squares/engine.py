@@ -133,7 +133,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                 break
             refactor = True
         if refactor:
-            route = ev.route(st)
+            route = ev.route(st) if fast is None else _fast_route(xp, ev, st)
             refactor = False
             if ev.persist_all:  # Dask: keep the graph from growing
                 st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
@@ -177,6 +177,16 @@ def _fast_judge():
     from .._kernels import lm_cpu
 
     return lm_cpu if lm_cpu.enabled() else None
+
+
+def _fast_route(xp, ev, st):
+    """The step route of one float64 NumPy problem with the numba judge on: its
+    Cholesky route compiled by numba where it applies (:mod:`agnopt._kernels.lm_route`:
+    the same numbers), else ``ev.route(st)``."""
+    from .._kernels import lm_route
+    from .routes import GRAM_RCOND
+
+    return lm_route.route_one(xp, ev, st, machine_eps(xp, xp.float64), 1.0 / GRAM_RCOND)
 
 
 def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMState:
