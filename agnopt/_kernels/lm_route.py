@@ -262,17 +262,42 @@ def _jp_norm2(A0, p):
     return _pw(y, n)
 
 
+def _trial(X, p, D, lb, ub, bounded, active):
+    """:func:`agnopt._least_squares.engine.trial_step`'s arithmetic for one problem:
+    ``Xt = clip(X + p, lb, ub)`` (``X`` where not ``active``), the step ``Xt - X``,
+    ``||D p||`` and whether the bounds changed the step: ``(Xt, p, pnorm, projected)``."""
+    n = X.shape[0]
+    Xt = np.empty(n)
+    pt = np.empty(n)
+    tmp = np.empty(n)
+    projected = False
+    for i in range(n):
+        x = X[i] + p[i]
+        if bounded:  # np.clip: minimum(maximum(x, lb), ub), NaN propagating
+            x = _min(_max(x, lb[i]), ub[i])
+        if not active:
+            x = X[i]
+        Xt[i] = x
+        pt[i] = x - X[i]
+        if pt[i] != p[i]:
+            projected = True
+        d = D[i] * pt[i]
+        tmp[i] = d * d
+    return Xt, pt, math.sqrt(_pw(tmp, n)), projected
+
+
 normal: Any = None
 lmpar: Any = None
 chol_solve: Any = None
 jp_norm2: Any = None
+trial: Any = None
 
 
 def _compile() -> None:
     """The numba versions of :func:`_normal`, :func:`_lmpar`, :func:`_chol_solve`
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm, _max, _min
-    global normal, lmpar, chol_solve, jp_norm2
+    global normal, lmpar, chol_solve, jp_norm2, trial
     if normal is not None:
         return
     import numba
@@ -284,7 +309,7 @@ def _compile() -> None:
     _chol_inv, _max, _min = jit(_chol_inv), jit(_max), jit(_min)
     _solve_norm = jit(_solve_norm)
     normal, lmpar = jit(_normal), jit(_lmpar)
-    chol_solve, jp_norm2 = jit(_chol_solve), jit(_jp_norm2)
+    chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
 
 
 class FastRoute:
@@ -325,3 +350,26 @@ def route_one(xp, ev, st, eps, rcond_inv):
     if not well:
         return ev.route(st)
     return FastRoute(A0, As, gs, Linv0, eps, DWARF)
+
+
+def trial_step_one(xp, box, st, p, par):
+    """The engine's :func:`~agnopt._least_squares.engine.trial_step` for one
+    float64 NumPy problem (``box`` its bounds), the arithmetic in :func:`trial`:
+    ``(Xt, p, pnorm, projected, st)``."""
+    if normal is None:
+        _compile()
+    active = bool(st.active[0])
+    bounded = bool(box.bounded)
+    X = st.X
+    if bounded:
+        Xt, pt, pnorm, projected = trial(X[0], p[0], st.D[0], box.lb[0], box.ub[0], True, active)
+    else:
+        Xt, pt, pnorm, projected = trial(X[0], p[0], st.D[0], X[0], X[0], False, active)
+    delta = st.delta
+    if active and bool(st.first[0]):
+        d = float(delta[0])  # np.minimum: NaN propagates
+        delta = np.array([pnorm if not math.isnan(d) and (math.isnan(pnorm) or pnorm < d)
+                          else d])
+    st = st._replace(delta=delta, par=par, nfev=st.nfev + (1 if active else 0))
+    return (Xt[None, :], pt[None, :], np.array([pnorm]),
+            np.array([projected]) if bounded else None, st)

@@ -145,7 +145,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         v, accel = p, None
         if ev.accelerate:
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
-        tr, st = trial_point(xp, ev, st, p, par, box)
+        tr, st = trial_point(xp, ev, st, p, par, box, fast is not None)
         if fast is not None:
             st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                                 machine_eps(xp, xp.float64), model_step)
@@ -330,16 +330,21 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, par, box=None):
+def trial_point(xp, ev, st: LMState, p, par, box=None, fast=False):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
     (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)`` with
     ``st.par`` the step's LM parameter ``par`` (k,). The point comes from one
     block (:func:`trial_step`; ``box``: the evaluator's ``block_view()``, or
-    the evaluator), its residuals from ``ev.trial``.
+    the evaluator), its residuals from ``ev.trial``. ``fast``: one float64 NumPy
+    problem with the numba judge on (:func:`agnopt._kernels.lm_route.trial_step_one`,
+    the same numbers).
     """
-    Xt, p, pnorm, projected, st = _trial_step(xp, ev if box is None else box, st, p, par)
+    step = _trial_step
+    if fast:
+        from .._kernels.lm_route import trial_step_one as step
+    Xt, p, pnorm, projected, st = step(xp, ev if box is None else box, st, p, par)
     Ft, fnorm1 = ev.trial(Xt)
     return Trial(Xt, Ft, p, pnorm, fnorm1, projected), st
 
