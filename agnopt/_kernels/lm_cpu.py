@@ -234,15 +234,17 @@ def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, ep
         float(st.fnorm[0]), float(st.par[0]), float(st.delta[0]), active, float(tr.fnorm1[0]),
         float(jpn2[0]), float(pmnorm[0]), projected, gp)
     f64 = np.float64
-    if acc:
+    xnorm = st.xnorm
+    new: dict[str, Any] = {}
+    if acc:  # accept's step: one _replace with the verdict's fields below
         X = tr.Xt
         xnorm = xp.linalg.vector_norm(st.D * X, axis=-1)
-        st = st._replace(X=X, F=tr.Ft, fnorm=tr.fnorm1, xnorm=xnorm, nit=st.nit + 1,
-                         first=np.zeros(1, dtype=bool))
+        new = {"X": X, "F": tr.Ft, "fnorm": tr.fnorm1, "xnorm": xnorm, "nit": st.nit + 1,
+               "first": np.zeros(1, dtype=bool)}
     need_jac = np.array([acc], dtype=bool) if active else st.need_jac
     info, active_n = stop(int(st.info[0]), active, actred, prered, ratio, finite,
-                          bool(limited[0]), float(st.gnorm[0]), delta, float(st.xnorm[0]),
+                          bool(limited[0]), float(st.gnorm[0]), delta, float(xnorm[0]),
                           int(st.nfev[0]), float(ftol), float(xtol), float(max_nfev), eps)
     return st._replace(delta=np.array([delta], dtype=f64), par=np.array([par], dtype=f64),
                        need_jac=need_jac, info=np.array([info], dtype=np.int64),
-                       active=np.array([active_n], dtype=bool))
+                       active=np.array([active_n], dtype=bool), **new)

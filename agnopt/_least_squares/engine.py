@@ -127,9 +127,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         # what the compiled blocks take of the evaluator (in memory: its bounds, now)
         box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
-        if bool(xp.any(st.need_jac & st.active)):
+        if _any(xp, st.need_jac & st.active, fast):
             st = linearize(xp, ev, st, jac_scale, gtol, box, fast)
-            if not bool(xp.any(st.active)):
+            if not _any(xp, st.active, fast):
                 break
             refactor = True
         if refactor:
@@ -143,7 +143,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
         p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
         v, accel = p, None
-        if ev.accelerate:
+        # (one problem on the numba path: its eligibility read first, as three scalars)
+        if ev.accelerate and (fast is None or (bool(st.active[0]) and bool(par[0] > 0)
+                                               and not bool(st.first[0]))):
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
         tr, st = trial_point(xp, ev, st, p, par, box, fast is not None)
         if fast is not None:
@@ -163,13 +165,18 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
             cb_stop = True
             break
-        if not bool(xp.any(st.active)):
+        if not _any(xp, st.active, fast):
             break
     rows = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
     if ws is not None and ws.W is not None:
         return Outcome(**dict(zip(OUTCOME_FIELDS, ev.assemble(ws, rows))), cb_stop=cb_stop, history=hist)
     return Outcome(**dict(zip(OUTCOME_FIELDS, rows)), cb_stop=cb_stop, history=hist,
                    cost=0.5 * (st.fnorm * st.fnorm))
+
+
+def _any(xp, a, one):
+    """``bool(xp.any(a))``; ``a[0]`` for one problem (``one``: the numba path is on)."""
+    return bool(a[0]) if one is not None else bool(xp.any(a))
 
 
 def _fast_judge():
