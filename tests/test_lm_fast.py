@@ -314,8 +314,8 @@ class _Ev:
 
     use_chol = True
 
-    def __init__(self, xp, eye):
-        self.xp, self.eye = xp, eye
+    def __init__(self, xp, eye, bounded=False):
+        self.xp, self.eye, self.bounded = xp, eye, bounded
 
     def route(self, st):
         from agnopt._least_squares.routes import InMemoryRoute
@@ -344,12 +344,16 @@ def _route_case(seed):
     A0, _ = gram(xp, J, eye)
     g = xp.matmul(F[:, None, :], J)[:, 0, :]
     st = engine.initial_state(xp, rng.standard_normal((1, n)), F, np.array([1.0]), D)
-    st = st._replace(J=J, A0=A0, g=g, free=np.ones((1, n), dtype=bool),
+    bounded = bool(rng.integers(2))
+    free = np.ones((1, n), dtype=bool)
+    if kind == 3 and bounded:  # a variable frozen at a bound: the generic (SVD) route
+        free[0, -1] = False
+    st = st._replace(J=J, A0=A0, g=g, free=free,
                      active=np.array([kind != 4 or bool(rng.integers(2))]))
     # radii from far inside to far outside the Gauss-Newton step; previous parameters 0 or not
     delta = np.array([float(rng.choice([1e-8, 1e-3, 0.1, 1.0, 10.0, 1e6]))])
     par = np.array([float(rng.choice([0.0, 0.0, 1e-6, 0.3, 10.0, 1e4]))])
-    return xp, _Ev(xp, eye), st, delta, par, rng
+    return xp, _Ev(xp, eye, bounded), st, delta, par, rng
 
 
 @pytest.mark.parametrize("seed", range(400))
@@ -499,3 +503,18 @@ def test_route_condition_threshold(side, n):
     assert want == (side < 0)
     got = lm_route.route_one(xp, ev, st, engine.machine_eps(xp, xp.float64), 1.0 / GRAM_RCOND)
     assert isinstance(got, lm_route.FastRoute) == want
+
+
+@pytest.mark.parametrize("x_scale", [1.0, "jac"])
+def test_far_start_accelerated_steps(monkeypatch, x_scale):
+    # from far away the radius limits the steps: lmpar's Newton iterations and geodesic
+    # acceleration (FastRoute.solve) run on the numba route, with the generic numbers
+    from agnopt._kernels import lm_route
+
+    solves = []
+    real = lm_route.FastRoute.solve
+    monkeypatch.setattr(lm_route.FastRoute, "solve",
+                        lambda self, h, par: solves.append(1) or real(self, h, par))
+    gen, fast = _solve_both(monkeypatch, _exp, [10.0, 0.05, -3.0], x_scale=x_scale)
+    _check(gen, fast)
+    assert gen.success and solves

@@ -204,7 +204,8 @@ def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
     elementwise arithmetic in :func:`scale_gtol`; ``||D x0||`` stays NumPy's."""
     if not bool(nj[0]):
         return generic(xp, box, st, nj, cn, jac_scale, gtol)
-    free = box.free_mask(st.X, st.g)
+    # (no bounds: every variable stays free, the mask made at the first Jacobian)
+    free = box.free_mask(st.X, st.g) if box.bounded or st.free is None else st.free
     first = bool(st.first[0])
     Dn, gn = scale_gtol(st.g[0], cn[0], st.D[0], free[0], bool(box.bounded), float(st.fnorm[0]),
                         first, bool(jac_scale))

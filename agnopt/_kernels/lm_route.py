@@ -341,7 +341,8 @@ def route_one(xp, ev, st, eps, rcond_inv):
     a :class:`FastRoute` on the Cholesky route of a small, well-conditioned
     problem with every variable free, else ``ev.route(st)`` (the generic one)."""
     n = st.X.shape[1]
-    if not (ev.use_chol and n <= ENTRYWISE_N and bool(st.free.all())):
+    if not (ev.use_chol and n <= ENTRYWISE_N
+            and (not ev.bounded or bool(np.logical_and.reduce(st.free[0])))):
         return ev.route(st)
     if normal is None:
         _compile()
