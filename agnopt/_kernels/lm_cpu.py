@@ -29,9 +29,10 @@ import numpy as np
 # numba is optional (agnopt[numba]) and imported only when the fast judge first runs
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-# The numba functions cost about 0.25 s on their first use in a process (numba's
-# import and its on-disk cache; about 1 s where the cache cannot be written) and
-# save about 0.3 ms per fit: by default they start with the WARMUP-th unbatched
+# The numba functions (with the route's, agnopt._kernels.lm_route) cost about 0.3 s
+# on their first use in a process (numba's import and its on-disk cache; about 4 s
+# where the cache cannot be written) and save about 0.5 ms per fit (issue 14's
+# 3-parameter exponential): by default they start with the WARMUP-th unbatched
 # fit of a process, so a script with a few fits never pays for them.
 # ``AGNOPT_FAST=numba`` uses them from the first fit.
 WARMUP = 50
