@@ -397,13 +397,13 @@ def test_route_block_covers_lmpar():
     lmpar_mod._lmpar_iteration = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         for seed in range(400):
-            xp, ev, st, delta, par, _ = _route_case(seed)
+            _, ev, st, delta, par, _ = _route_case(seed)
             route = ev.route(st)
             if not bool(route.well[0]):
                 seen["svd"] += 1
                 continue
             calls.clear()
-            p, _ = route.step(delta, par, st.active)
+            route.step(delta, par, st.active)
             seen["iter" if calls else "gn"] += 1
     finally:
         lmpar_mod._lmpar_iteration = real

@@ -227,7 +227,7 @@ def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
         temp = fp
         fp_t = dxn_t - delta
         q, factor, fp = qt, Li, fp_t
-        stop = (abs(fp_t) <= rtol * delta) or ((parl == 0) and (fp_t <= temp) and (temp < 0))
+        stop = (abs(fp_t) <= rtol * delta) or ((parl == 0) and (fp_t <= temp < 0))
         done = stop or it == 9
         s3 = s3 if s3 > 0 else 1.0
         parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
@@ -317,7 +317,7 @@ class FastRoute:
     :class:`~agnopt._least_squares.routes.InMemoryRoute` interface (``step``,
     ``solve``, ``jp_norm2``; arrays with the leading axis ``k = 1``)."""
 
-    __slots__ = ("A0", "As", "gs", "Linv0", "Lf", "eps", "dwarf")
+    __slots__ = ("A0", "As", "Lf", "Linv0", "dwarf", "eps", "gs")
 
     def __init__(self, A0, As, gs, Linv0, eps, dwarf):
         self.A0, self.As, self.gs, self.Linv0 = A0, As, gs, Linv0

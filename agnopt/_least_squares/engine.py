@@ -119,7 +119,10 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     fast = _fast_judge() if sx is not None and hasattr(ev, "block_view") and not ev.persist_all \
         else None
     # ... and its Cholesky step route and trial point too: agnopt._kernels.lm_route
-    fast_route, fast_trial = _fast_route() if fast is not None else (None, None)
+    fast_route: Any = None
+    fast_trial: Any = None
+    if fast is not None:
+        fast_route, fast_trial = _fast_route()
     route: Any = None
     refactor = False
     hist = []
