@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
+
 from .._core import lazy
 from .._core.backend import compiled
 from .arrays import device, machine_eps, on_scalars, scalar_namespace
@@ -113,6 +115,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     # AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_cpu
     fast = _fast_judge() if sx is not None and hasattr(ev, "block_view") and not ev.persist_all \
         else None
+    # a NumPy batch: its verdict on each step as a numba loop over the rows (the same
+    # arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
+    rows = _fast_rows(X) if sx is None and not ev.persist_all else None
     route: Any = None
     refactor = False
     hist = []
@@ -149,6 +154,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if fast is not None:
             st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                                 machine_eps(xp, xp.float64), model_step)
+        elif rows is not None:
+            st = rows.judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
+                            model_step)
         elif sx is None:
             st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
         else:
@@ -177,6 +185,16 @@ def _fast_judge():
     from .._kernels import lm_cpu
 
     return lm_cpu if lm_cpu.enabled() else None
+
+
+def _fast_rows(X):
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy batch
+    ``X`` (k, n), else ``None``."""
+    if not array_api_compat.is_numpy_array(X):
+        return None
+    from .._kernels import lm_batched_cpu
+
+    return lm_batched_cpu if lm_batched_cpu.applies(X) else None
 
 
 def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMState:

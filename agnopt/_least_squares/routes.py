@@ -187,13 +187,20 @@ class InMemoryRoute:
         self.J, self.A0 = J, A0
         self.chol_ok = A0 is not None
         dev = None if eye is not None and not self.host else device(J)
+        # a NumPy batch: the normal equations and lmpar as numba loops over the rows
+        # (the same arithmetic; agnopt._kernels.lm_batched_cpu, AGNOPT_FAST=0 turns it off)
+        self.fast = _fast_rows(J) if self.chol_ok and not self.host else None
         if self.chol_ok:
             if eye is None or self.host:
                 eye = xp.eye(n, dtype=J.dtype, device=dev)
-            As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
+            if self.fast is not None:  # (the rows not well already carry the identity basis)
+                As, gs, Linv0, well = self.fast.normal_equations(A0, g, D, free)
+            else:
+                As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
             self.well = well
             all_well = bool(xp.all(well))
-            if all_well:  # every problem on this route (the where's below would keep all)
+            if all_well or self.fast is not None:  # every problem on this route (the where's
+                # below would keep all)
                 self.chol = CholeskyBasis(As, gs, Linv0, eye)
             else:
                 self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
@@ -257,7 +264,9 @@ class InMemoryRoute:
 
     def _step(self, delta, par, active):
         xp = self.xp
-        if self.chol_ok:
+        if self.fast is not None:
+            par_c, z, self.Lf = self.fast.lmpar(self.chol, delta, par, active & self.well)
+        elif self.chol_ok:
             par_c, q, self.Lf = lmpar(xp, self.chol, delta, par, active & self.well)
             z = -q
         else:
@@ -291,6 +300,16 @@ class InMemoryRoute:
             o_s = xp.matmul(V, aq[:, :, None])[:, :, 0]
             out = o_s if out is None else self._merge(out, o_s)
         return out
+
+
+def _fast_rows(J):
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy
+    Jacobians ``J`` (k, m, n), else ``None``."""
+    if not array_api_compat.is_numpy_array(J):
+        return None
+    from .._kernels import lm_batched_cpu
+
+    return lm_batched_cpu if lm_batched_cpu.applies(J[:, 0, :]) else None
 
 
 def gram_spectral(xp, A, g, D):
