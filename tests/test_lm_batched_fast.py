@@ -49,8 +49,9 @@ def test_applies_follows_agnopt_fast(monkeypatch):
     assert not K.applies(X[:K.MIN_ROWS - 1])  # a small batch: not worth numba's first use
     assert not K.applies(np.zeros((100, K.MAX_N + 1)))
     assert not K.applies(X.astype(np.float16))
+    assert K.applies(X[:3], batch=K.MIN_ROWS)  # a compacted working set of a batch
     monkeypatch.setenv("AGNOPT_FAST", "numba")
-    assert K.applies(X[:2])
+    assert K.applies(X[:2]) and not K.applies(X[:1])  # (one problem: lm_cpu)
 
 
 def test_kernels_are_used(monkeypatch):

@@ -79,16 +79,19 @@ def mode() -> str:
     return "auto" if HAVE_NUMBA else "off"
 
 
-def applies(X, k=None) -> bool:
+def applies(X, batch=None) -> bool:
     """Whether the kernels run for the point stack ``X`` (k, n): a NumPy float32 / float64
-    array, ``n <= MAX_N``, numba on (``AGNOPT_FAST``) and at least ``MIN_ROWS`` rows
-    (any number under ``AGNOPT_FAST=numba``)."""
+    array, ``n <= MAX_N``, numba on (``AGNOPT_FAST``) and a batch (``batch`` problems,
+    default ``k``; the working set of a compacted solve may be smaller) of at least
+    ``MIN_ROWS`` problems (two under ``AGNOPT_FAST=numba``; one problem alone has
+    :mod:`agnopt._kernels.lm_cpu`)."""
     if type(X) is not np.ndarray or X.dtype not in (np.float32, np.float64) or X.ndim != 2:
         return False
     if X.shape[1] > MAX_N:
         return False
     m = mode()
-    if m == "off" or (m == "auto" and X.shape[0] < MIN_ROWS):
+    B = X.shape[0] if batch is None else batch
+    if m == "off" or B < (MIN_ROWS if m == "auto" else 2):
         return False
     _compile()
     return True
