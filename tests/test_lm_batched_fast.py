@@ -430,3 +430,96 @@ def test_broken_kernel_caught_in_a_solve(monkeypatch):
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(fast[2]["nfev"], gen[2]["nfev"])
         np.testing.assert_allclose(fast[0], gen[0], rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- geodesic acceleration
+class _Ev:
+    def __init__(self, Fh):
+        self.Fh = Fh
+
+    def project(self, X):
+        return X
+
+    def residual_where(self, mask, Xt, X, F):
+        return np.where(mask[:, None], self.Fh, F)
+
+
+class _CholRoute:
+    """The Cholesky route's ``solve`` at its factor ``Lf``; ``fast``: the kernels or ``None``."""
+
+    svd = None
+
+    def __init__(self, Lf, fast):
+        self.Lf, self.fast = Lf, fast
+
+    def solve(self, h, par):
+        from agnopt._least_squares.cholesky import chol_solve
+
+        return chol_solve(_xp(), self.Lf, h)
+
+
+def _accel_case(seed, dt):
+    from agnopt._least_squares import engine
+
+    rng = np.random.default_rng(seed)
+    xp = _xp()
+    k, m, n = 200, 30, int(rng.integers(1, 6))
+    X = rng.standard_normal((k, n)).astype(dt)
+    F = rng.standard_normal((k, m)).astype(dt)
+    st = engine.initial_state(xp, X, F, np.linalg.norm(F, axis=1), np.ones((k, n), dt))
+    J = rng.standard_normal((k, m, n)).astype(dt)
+    D = rng.uniform(0.5, 2, (k, n)).astype(dt)
+    free = rng.random((k, n)) > 0.1
+    st = st._replace(J=J, D=D, free=free, first=rng.random(k) < 0.2,
+                     active=rng.random(k) < 0.9)
+    Lf = np.linalg.inv(np.linalg.cholesky(_spd(rng, k, n, np.float64, 100.0))).astype(dt)
+    z = rng.standard_normal((k, n)).astype(dt)
+    p = (z / D).astype(dt)
+    par = np.where(rng.random(k) < 0.3, 0, rng.uniform(0.1, 2, k)).astype(dt)
+    # curvature of every size against the step (some accelerations pass the bound, some not)
+    scale = rng.choice([1e-4, 1e-3, 0.01, 0.1, 1.0], k)[:, None]
+    Fh = (F + 0.1 * np.einsum("kmn,kn->km", J, p) + scale * rng.standard_normal((k, m))).astype(dt)
+    Fh[::23, 0] = np.nan
+    return xp, _Ev(Fh), st, Lf, p, z, par
+
+
+def _accel_both(seed, dt):
+    from agnopt._least_squares import engine
+
+    xp, ev, st, Lf, p, z, par = _accel_case(seed, dt)
+    with np.errstate(all="ignore"):
+        pw, aw, _ = engine.geodesic_acceleration(xp, ev, st, _CholRoute(Lf, None), p, z, par)
+        pg, ag, _ = engine.geodesic_acceleration(xp, ev, st, _CholRoute(Lf, K), p, z, par)
+    return (pg, ag), (pw, aw)
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("seed", range(6))
+def test_acceleration_block(seed, dt):
+    (pg, ag), (pw, aw) = _accel_both(seed, dt)
+    _check_accel(pg, ag, pw, aw, dt)
+
+
+def _check_accel(pg, ag, pw, aw, dt):
+    assert pg.dtype == pw.dtype == np.dtype(dt)
+    # the bound 2 ||a|| <= alpha ||v|| may be decided differently within rounding of equality
+    assert np.mean(ag != aw) < 0.01
+    same = ag == aw
+    assert 0.03 < np.mean(aw) < 0.97  # (both kinds of rows are tested)
+    tol = 1e-12 if dt == np.float64 else 1e-4
+    err = np.linalg.norm(pg - pw, axis=1)[same]
+    assert np.all(err <= tol * np.linalg.norm(pw, axis=1)[same])
+
+
+def test_broken_acceleration_is_caught(monkeypatch):
+    (pw, aw) = _accel_both(0, np.float64)[1]
+    K._compile()
+    fn = K.accel_rows
+
+    def broken(J, p, Fh, F, D, free, Lf, z, el, c, h, two_h, alpha, p_out, accel):
+        fn(J, p, Fh, F, D, free, Lf, z, el, c, h, two_h * 1.001, alpha, p_out, accel)
+
+    monkeypatch.setattr(K, "accel_rows", broken)
+    pg, ag = _accel_both(0, np.float64)[0]
+    with pytest.raises(AssertionError):
+        _check_accel(pg, ag, pw, aw, np.float64)

@@ -456,16 +456,66 @@ def _judge_rows(fnorm, par, delta, active, first, gnorm, xnorm, info, nfev, nit,
     return acc
 
 
+def _accel_rows(J, p, Fh, F, D, free, Lf, z, eligible, c, h, two_h, alpha, p_out, accel):
+    """The end of :func:`~agnopt._least_squares.engine.geodesic_acceleration` (from
+    ``r_vv``) on the Cholesky route, row by row: ``p_out`` (k, n) the step (``v + a/2``
+    where ``accel``), ``accel`` (k,) bool. ``Fh`` the residuals at ``x + h v``
+    (``F`` on the rows not ``eligible``), ``Lf`` the route's factor at ``par``,
+    ``z`` the scaled LM step; ``h``, ``2 / h``, ``alpha`` in the working dtype."""
+    k, m, n = J.shape
+    zero, half, two = c[C_ZERO], c[C_HALF], c[C_TWO]
+    rvv = np.empty(m, dtype=J.dtype)
+    hv = np.empty(n, dtype=J.dtype)
+    y = np.empty(n, dtype=J.dtype)
+    az = np.empty(n, dtype=J.dtype)
+    buf = np.empty(n, dtype=J.dtype)
+    for r in range(k):
+        for j in range(n):
+            p_out[r, j] = p[r, j]
+        accel[r] = False
+        if not eligible[r]:
+            continue
+        for t in range(m):
+            jv = zero
+            for j in range(n):
+                jv += J[r, t, j] * p[r, j]
+            v = two_h * ((Fh[r, t] - F[r, t]) / h - jv)
+            rvv[t] = v if np.isfinite(v) else zero
+        for j in range(n):
+            s = zero
+            for t in range(m):
+                s += rvv[t] * J[r, t, j]
+            hv[j] = s / D[r, j] if free[r, j] else zero
+        _mv(Lf[r], hv, n, y, zero)
+        _mtv(Lf[r], y, n, az, zero)
+        fin = True
+        for j in range(n):
+            az[j] = -az[j]
+            if free[r, j]:
+                a = az[j] / D[r, j]
+                fin = fin and np.isfinite(a)
+            else:
+                az[j] = zero
+        vn = _norm(z[r], n, buf)
+        an = _norm(az, n, buf)
+        if (two * an <= alpha * vn) and fin:
+            accel[r] = True
+            for j in range(n):
+                a = az[j] / D[r, j] if free[r, j] else zero
+                p_out[r, j] = p[r, j] + half * a
+
+
 normal_rows: Any = None
 lmpar_rows: Any = None
 judge_rows: Any = None
+accel_rows: Any = None
 
 
 def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows
+    global normal_rows, lmpar_rows, judge_rows, accel_rows
     if normal_rows is not None:
         return
     import numba
@@ -478,6 +528,7 @@ def _compile() -> None:
     _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
     _mv, _mtv = jit(_mv), jit(_mtv)
     normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
+    accel_rows = jit(_accel_rows)
 
 
 # --------------------------------------------------------------------------- the engine's calls
@@ -534,3 +585,20 @@ def judge(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, model_
     return st._replace(X=X, F=ev.select(acc, tr.Ft, st.F), fnorm=fnorm, xnorm=xnorm, delta=delta,
                        par=par, nit=nit, need_jac=need_jac, first=first, info=info,
                        active=active)
+
+
+def acceleration(J, p, Fh, F, D, free, Lf, z, eligible, h, alpha):
+    """The end of the engine's :func:`~agnopt._least_squares.engine.geodesic_acceleration`
+    (:func:`_accel_rows`), for a route whose every running problem is on the Cholesky
+    route: ``(p, accel)``, (k, n) and (k,)."""
+    _compile()
+    k, n = p.shape
+    dt = p.dtype
+    p_out = np.empty((k, n), dtype=dt)
+    accel = np.empty(k, dtype=np.bool_)
+    c = constants(dt)
+    accel_rows(np.ascontiguousarray(J), np.ascontiguousarray(p), np.ascontiguousarray(Fh),
+               np.ascontiguousarray(F), np.ascontiguousarray(D), np.ascontiguousarray(free),
+               Lf, np.ascontiguousarray(z), np.ascontiguousarray(eligible), c, dt.type(h),
+               dt.type(2.0 / h), dt.type(alpha), p_out, accel)
+    return p_out, accel

@@ -325,6 +325,11 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     Xh = ev.project(X + ACC_H * p)
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
+    fast = getattr(route, "fast", None)
+    if fast is not None and route.svd is None:  # a NumPy batch, every running problem on the
+        # Cholesky route: the rest as a numba loop over the rows (agnopt._kernels.lm_batched_cpu)
+        p, accel = fast.acceleration(J, p, Fh, F, D, free, route.Lf, z, eligible, ACC_H, ACC_ALPHA)
+        return p, accel, st
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
     rvv = xp.where(xp.isfinite(rvv), rvv, 0.0)
