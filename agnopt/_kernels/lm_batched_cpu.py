@@ -136,7 +136,8 @@ def _psum(a, n):
 
 
 def _pw(a, lo, n):
-    # numpy's pairwise_sum for n <= 128 (PW_BLOCKSIZE): 8 accumulators
+    # numpy's pairwise_sum for n <= 128 (PW_BLOCKSIZE): 8 accumulators (for a longer
+    # run the same 8 accumulators over all of it, not numpy's halving)
     if n < 8:
         res = a[lo]  # (numpy starts from -0.0: the same sum)
         for i in range(1, n):
@@ -505,6 +506,35 @@ def _accel_rows(J, p, Fh, F, D, free, Lf, z, eligible, c, h, two_h, alpha, p_out
                 p_out[r, j] = p[r, j] + half * a
 
 
+def _gram_rows(Fm, Jn, J_old, nj, J, A0, g):
+    """:func:`agnopt._least_squares.routes._normal_block` row by row: ``J`` the rows of
+    ``Jn`` where ``nj`` (of ``J_old`` elsewhere), ``A0 = J^T J`` and ``g = J^T Fm``
+    (sums over the ``m`` residuals with eight partial sums, :func:`_pw`). Returns ``fine``: no non-finite diagonal
+    entry of ``A0`` on the rows with a new Jacobian."""
+    k, m, n = J.shape
+    fine = True
+    buf = np.empty(m, dtype=J.dtype)
+    for r in range(k):
+        src = Jn[r] if nj[r] else J_old[r]
+        Jr = J[r]
+        for t in range(m):
+            for j in range(n):
+                Jr[t, j] = src[t, j]
+        for i in range(n):
+            for j in range(i + 1):
+                for t in range(m):
+                    buf[t] = Jr[t, i] * Jr[t, j]
+                s = _pw(buf, 0, m)
+                A0[r, i, j] = s
+                A0[r, j, i] = s
+            for t in range(m):
+                buf[t] = Fm[r, t] * Jr[t, i]
+            g[r, i] = _pw(buf, 0, m)
+            if nj[r] and not np.isfinite(A0[r, i, i]):
+                fine = False
+    return fine
+
+
 normal_rows: Any = None
 lmpar_rows: Any = None
 judge_rows: Any = None
@@ -515,7 +545,7 @@ def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows, accel_rows
+    global normal_rows, lmpar_rows, judge_rows, accel_rows, gram_rows
     if normal_rows is not None:
         return
     import numba
@@ -528,10 +558,25 @@ def _compile() -> None:
     _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
     _mv, _mtv = jit(_mv), jit(_mtv)
     normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
-    accel_rows = jit(_accel_rows)
+    accel_rows, gram_rows = jit(_accel_rows), jit(_gram_rows)
 
 
 # --------------------------------------------------------------------------- the engine's calls
+def normal_block(Fm, Jn, J_old, nj):
+    """:func:`agnopt._least_squares.routes._normal_block` with the Cholesky route's
+    ``J^T J`` (:func:`_gram_rows`): ``(J, A0, dA, g, cn, fine)``."""
+    _compile()
+    k, m, n = Jn.shape
+    dt = Jn.dtype
+    J = np.empty((k, m, n), dtype=dt)
+    A0 = np.empty((k, n, n), dtype=dt)
+    g = np.empty((k, n), dtype=dt)
+    fine = gram_rows(np.ascontiguousarray(Fm, dtype=dt), np.ascontiguousarray(Jn),
+                     np.ascontiguousarray(J_old, dtype=dt), np.ascontiguousarray(nj), J, A0, g)
+    dA = np.reshape(A0, (k, n * n))[:, ::n + 1]
+    return J, A0, dA, g, np.sqrt(dA), fine
+
+
 def normal_equations(A0, g, D, free):
     """:func:`agnopt._least_squares.routes.normal_equations` and the route's substitution
     for the rows not ``well``: ``(As, gs, Linv0, well)``."""
