@@ -10,7 +10,7 @@ the verdict on the trial points (:func:`agnopt._least_squares.engine.judge`).
 Each is a few hundred NumPy calls on small arrays per iteration; with a
 closed-form Jacobian they cost several times the evaluations themselves.
 
-Here the same arithmetic runs as three numba-compiled loops over the rows
+Here the same arithmetic runs as four numba-compiled loops over the rows
 (problems) of the working set:
 
 * :func:`normal_rows`: ``As = D^-1 A0 D^-1``, ``gs = D^-1 g``, the inverse
@@ -20,6 +20,9 @@ Here the same arithmetic runs as three numba-compiled loops over the rows
 * :func:`lmpar_rows`: ``lmpar`` with the Cholesky basis, row by row (a row
   leaves the safeguarded Newton iteration when it is done, which is exact:
   the generic code freezes finished rows with ``where``);
+* :func:`accel_rows`: the geodesic acceleration from ``r_vv`` on (its products
+  with ``J``, the damped solve with the route's factor, the bound on ``||D a||``),
+  when every running problem is on the Cholesky route;
 * :func:`judge_rows`: :func:`~agnopt._least_squares.engine.reductions`,
   :func:`~agnopt._least_squares.engine.update_radius`, the test and state
   update of :func:`~agnopt._least_squares.engine.accept` (but ``F``) and
@@ -29,10 +32,16 @@ The arithmetic is the generic blocks', operation for operation, in the
 working dtype (``fastmath=False``; constants are passed in that dtype, as
 NumPy applies a Python float to a float32 array; reductions over ``n``
 follow NumPy's pairwise summation, :func:`_psum`). The generic path's
-matrix-vector products (``numpy.matmul``, which may call BLAS) are plain
-loops here, so the two agree to rounding, not bit for bit:
-``tests/test_lm_batched_fast.py`` compares them (a few ulps per block; the
-same iterations, statuses and solutions on every case it runs).
+matrix-vector products (``numpy.matmul``, which may call BLAS: its order of
+summation depends on the machine, ``n`` and the dtype) are plain loops
+here, so the two agree to rounding, not bit for bit:
+``tests/test_lm_batched_fast.py`` compares them (the normal equations for
+``n <= 6`` and the verdict bit for bit, ``lmpar`` and the acceleration to a
+few ulps; whole float64 solves to 1e-9 with the same iterations and
+statuses; float32 solves, which end at rounding noise, as accurate as the
+generic path's). A consequence: a batch on these kernels agrees with the
+same problems solved one by one to rounding (1e-7 at tight tolerances),
+where the generic engine gives them bit for bit.
 
 An optional accelerator (numba: ``pip install agnopt[numba]``) for NumPy
 arrays of float32 / float64 with ``n <= MAX_N`` on the Cholesky route,
@@ -136,8 +145,7 @@ def _psum(a, n):
 
 
 def _pw(a, lo, n):
-    # numpy's pairwise_sum for n <= 128 (PW_BLOCKSIZE): 8 accumulators (for a longer
-    # run the same 8 accumulators over all of it, not numpy's halving)
+    # numpy's pairwise_sum for n <= 128 (PW_BLOCKSIZE): 8 accumulators
     if n < 8:
         res = a[lo]  # (numpy starts from -0.0: the same sum)
         for i in range(1, n):
@@ -506,35 +514,6 @@ def _accel_rows(J, p, Fh, F, D, free, Lf, z, eligible, c, h, two_h, alpha, p_out
                 p_out[r, j] = p[r, j] + half * a
 
 
-def _gram_rows(Fm, Jn, J_old, nj, J, A0, g):
-    """:func:`agnopt._least_squares.routes._normal_block` row by row: ``J`` the rows of
-    ``Jn`` where ``nj`` (of ``J_old`` elsewhere), ``A0 = J^T J`` and ``g = J^T Fm``
-    (sums over the ``m`` residuals with eight partial sums, :func:`_pw`). Returns ``fine``: no non-finite diagonal
-    entry of ``A0`` on the rows with a new Jacobian."""
-    k, m, n = J.shape
-    fine = True
-    buf = np.empty(m, dtype=J.dtype)
-    for r in range(k):
-        src = Jn[r] if nj[r] else J_old[r]
-        Jr = J[r]
-        for t in range(m):
-            for j in range(n):
-                Jr[t, j] = src[t, j]
-        for i in range(n):
-            for j in range(i + 1):
-                for t in range(m):
-                    buf[t] = Jr[t, i] * Jr[t, j]
-                s = _pw(buf, 0, m)
-                A0[r, i, j] = s
-                A0[r, j, i] = s
-            for t in range(m):
-                buf[t] = Fm[r, t] * Jr[t, i]
-            g[r, i] = _pw(buf, 0, m)
-            if nj[r] and not np.isfinite(A0[r, i, i]):
-                fine = False
-    return fine
-
-
 normal_rows: Any = None
 lmpar_rows: Any = None
 judge_rows: Any = None
@@ -545,7 +524,7 @@ def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows, accel_rows, gram_rows
+    global normal_rows, lmpar_rows, judge_rows, accel_rows
     if normal_rows is not None:
         return
     import numba
@@ -558,25 +537,10 @@ def _compile() -> None:
     _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
     _mv, _mtv = jit(_mv), jit(_mtv)
     normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
-    accel_rows, gram_rows = jit(_accel_rows), jit(_gram_rows)
+    accel_rows = jit(_accel_rows)
 
 
 # --------------------------------------------------------------------------- the engine's calls
-def normal_block(Fm, Jn, J_old, nj):
-    """:func:`agnopt._least_squares.routes._normal_block` with the Cholesky route's
-    ``J^T J`` (:func:`_gram_rows`): ``(J, A0, dA, g, cn, fine)``."""
-    _compile()
-    k, m, n = Jn.shape
-    dt = Jn.dtype
-    J = np.empty((k, m, n), dtype=dt)
-    A0 = np.empty((k, n, n), dtype=dt)
-    g = np.empty((k, n), dtype=dt)
-    fine = gram_rows(np.ascontiguousarray(Fm, dtype=dt), np.ascontiguousarray(Jn),
-                     np.ascontiguousarray(J_old, dtype=dt), np.ascontiguousarray(nj), J, A0, g)
-    dA = np.reshape(A0, (k, n * n))[:, ::n + 1]
-    return J, A0, dA, g, np.sqrt(dA), fine
-
-
 def normal_equations(A0, g, D, free):
     """:func:`agnopt._least_squares.routes.normal_equations` and the route's substitution
     for the rows not ``well``: ``(As, gs, Linv0, well)``."""

@@ -33,7 +33,10 @@ The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
 early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`: the same arithmetic,
-tested equal; ``AGNOPT_FAST=0`` turns it off).
+tested equal; ``AGNOPT_FAST=0`` turns it off); for a NumPy batch (float32 or
+float64, ``n <= 16``, the Cholesky route) the normal equations, ``lmpar``,
+the geodesic acceleration and :func:`judge` run as numba loops over the rows
+(:mod:`agnopt._kernels.lm_batched_cpu`, tested equal to rounding).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.

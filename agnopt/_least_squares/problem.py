@@ -37,7 +37,7 @@ from .options import (  # noqa: F401  (re-exported: the drivers import them from
 )
 from .outcome import call_callback, history_entry, print_iter
 from .losses import loss_cost, robust_model
-from .routes import CHOL_MAX_N, InMemoryRoute, _fast_rows, gram, normal_block
+from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
 
 
@@ -446,12 +446,8 @@ class Problem(RowSubsets, Box):
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
         eye = self.eye(X.shape[1]) if self.use_chol else None
         # (the first Jacobian merges into itself: one program for every iteration)
-        J_old = Jn if st.J is None else st.J
-        fast = _fast_rows(Jn, self.n_problems) if eye is not None and self.batched else None
-        if fast is not None:  # a NumPy batch: one numba loop over the rows (lm_batched_cpu)
-            J, A0, dA, g, cn, fine = fast.normal_block(Fm, Jn, J_old, nj)
-        else:
-            J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, J_old, nj, eye)
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
+                                               eye)
         A0 = st.A0 if A0 is None else A0
         bad = None
         if not bool(fine):
