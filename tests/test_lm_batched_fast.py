@@ -546,3 +546,66 @@ def test_batch_with_kernels_equals_solo_to_rounding(monkeypatch):
         np.testing.assert_allclose(res.x[i], r.x, rtol=1e-7, atol=1e-10)
         assert res.status[i] == r.status or (res.success[i] and r.success)
         assert abs(int(res.nfev[i]) - r.nfev) <= 2
+
+
+# --------------------------------------------------------------------------- float32 stopping
+def _stop_case(dt, prered, limited, projected, finite=True):
+    from agnopt._least_squares import engine
+
+    xp = _xp()
+    k = 1
+    st = engine.initial_state(xp, np.ones((k, 2), dt), np.ones((k, 3), dt), np.ones(k, dt),
+                              np.ones((k, 2), dt))
+    st = st._replace(delta=np.ones(k, dt), xnorm=np.ones(k, dt), gnorm=np.full(k, 0.5, dt),
+                     nfev=np.full(k, 3))
+    a = np.full(k, -3e-7, dt)  # a rounding-noise "increase" of the cost
+    return engine.stopping_tests(xp, st, a, np.full(k, prered, dt), a / prered,
+                                 np.array([finite]), np.array([limited]), 1e-8, 1e-8, 100,
+                                 np.array([projected]))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_low_precision_stationary_stop(dt):
+    eps = float(np.finfo(dt).eps)
+    st = _stop_case(dt, 0.9 * eps, False, False)
+    # float32: a full Gauss-Newton step predicting less than one rounding stops (info 6);
+    # float64 keeps MINPACK's tests (|actred| <= eps too)
+    assert int(st.info[0]) == (6 if dt == np.float32 else 0)
+    assert bool(st.active[0]) == (dt == np.float64)
+    for kw in ({"limited": True, "projected": False}, {"limited": False, "projected": True},
+               {"limited": False, "projected": False, "finite": False}):
+        st = _stop_case(dt, 0.9 * eps, **kw)  # no statement on the Gauss-Newton step
+        assert int(st.info[0]) == 0 and bool(st.active[0])
+    st = _stop_case(dt, 4 * eps, False, False)  # a reduction above rounding is still possible
+    assert int(st.info[0]) == 0
+
+
+def test_float32_success_is_right(monkeypatch):
+    # every float32 fit reported successful is the float64 solution to float32 accuracy
+    # (on the kernels and on the generic path), bounded fits (projected steps) included,
+    # and a fit stopped by max_nfev before it converged is not reported successful
+    B = 300
+    x, Y = _data(B, seed=7)
+    X0 = np.tile([2.0, 0.0, 1.0, 0.5], (B, 1))
+
+    def fun(X):
+        return _gauss(x, *(X[:, j:j + 1] for j in range(4))) - Y.astype(X.dtype)
+
+    def jac(X):
+        return _gauss_jac(x.astype(X.dtype), *(X[:, j:j + 1] for j in range(4)))
+
+    for bounds in ((-np.inf, np.inf), ([0.5, -2, 0.3, 0.45], [5, 2, 1.0, 2])):
+        ref = ao.least_squares(fun, X0, jac=jac, bounds=bounds, method="lm", batched=True)
+        assert np.all(ref.success)
+        for mode in ("0", "numba"):
+            monkeypatch.setenv("AGNOPT_FAST", mode)
+            r = ao.least_squares(fun, X0.astype(np.float32), jac=jac, bounds=bounds,
+                                 method="lm", batched=True)
+            assert r.x.dtype == np.float32 and np.all(r.success)
+            err = np.abs(r.x - ref.x) / np.maximum(np.abs(ref.x), 1e-2)
+            assert np.max(err) < 1e-2 and np.quantile(err, 0.99) < 2e-3
+            assert np.all(np.abs(r.cost - ref.cost) <= 1e-4 * ref.cost)
+            short = ao.least_squares(fun, X0.astype(np.float32), jac=jac, bounds=bounds,
+                                     method="lm", batched=True, max_nfev=3)
+            far = np.max(np.abs(short.x - ref.x) / np.maximum(np.abs(ref.x), 1e-2), axis=1) > 1e-2
+            assert np.any(far) and not np.any(short.success[far])

@@ -66,13 +66,14 @@ MIN_ROWS = 32  # problems in a batch before the kernels are used (unless AGNOPT_
 RTOL = 0.1
 GRAM_RCOND = 1e-8
 ACCEPT_RATIO = 1e-4
+LOW_PRECISION_EPS = 1e-10
 # MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
 _FTOL_MACHINE, _XTOL_MACHINE, _GTOL_MACHINE, _MAX_NFEV = 6, 7, 8, 5
 _XTOL, _FTOL_XTOL, _NONFINITE_TRIAL = 2, 3, -4
 
 # the constants vector ``c`` (in the working dtype): its entries
 (C_ZERO, C_ONE, C_HALF, C_TWO, C_RTOL, C_P001, C_DWARF, C_EPS, C_RCOND_INV, C_TENTH,
- C_1E10, C_ACCEPT, C_FTOL, C_XTOL, C_LEN) = range(15)
+ C_1E10, C_ACCEPT, C_FTOL, C_XTOL, C_LOWP, C_LEN) = range(16)
 
 
 def mode() -> str:
@@ -113,6 +114,7 @@ def constants(dtype, ftol=0.0, xtol=0.0):
     c[C_ONE], c[C_HALF], c[C_TWO], c[C_RTOL], c[C_P001] = 1.0, 0.5, 2.0, RTOL, 0.001
     c[C_DWARF], c[C_EPS], c[C_RCOND_INV], c[C_TENTH] = fi.smallest_normal, fi.eps, 1.0 / GRAM_RCOND, 0.1
     c[C_1E10], c[C_ACCEPT], c[C_FTOL], c[C_XTOL] = 1e10, ACCEPT_RATIO, ftol, xtol
+    c[C_LOWP] = 1.0 if fi.eps > LOW_PRECISION_EPS else 0.0
     return c
 
 
@@ -372,6 +374,7 @@ def _judge_rows(fnorm, par, delta, active, first, gnorm, xnorm, info, nfev, nit,
     zero, one, half, two = c[C_ZERO], c[C_ONE], c[C_HALF], c[C_TWO]
     tenth, e10, acc_r, eps = c[C_TENTH], c[C_1E10], c[C_ACCEPT], c[C_EPS]
     ftol, xtol = c[C_FTOL], c[C_XTOL]
+    lowp = c[C_LOWP] != 0
     q075, q025 = half + half * half, half * half
     acc = np.zeros(k, dtype=np.bool_)
     buf = np.empty(n, dtype=X.dtype)
@@ -454,6 +457,9 @@ def _judge_rows(fnorm, par, delta, active, first, gnorm, xnorm, info, nfev, nit,
                 mach = max(mach, _XTOL_MACHINE)
             if gn <= eps:
                 mach = max(mach, _GTOL_MACHINE)
+            if (lowp and not limited[r] and finite and prered <= eps
+                    and not (has_proj and projected[r])):
+                mach = max(mach, _FTOL_MACHINE)  # low precision: stationary to rounding
             new = mach
         if (not finite) and (new == _XTOL or new == _FTOL_XTOL or new == _XTOL_MACHINE):
             new = _NONFINITE_TRIAL

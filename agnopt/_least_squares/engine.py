@@ -83,6 +83,9 @@ ACC_H = 0.1
 ACC_ALPHA = 0.75
 # MINPACK: a step is accepted when actual / predicted reduction >= 1e-4
 ACCEPT_RATIO = 1e-4
+# dtypes with a larger machine epsilon (float32, float16) also stop on a full
+# Gauss-Newton step that predicts less than one rounding (stopping_tests)
+LOW_PRECISION_EPS = 1e-10
 
 # state fields handed back (and set aside by a compaction) for the result
 OUTCOME_FIELDS = ("X", "F", "J", "info", "nfev", "njev", "nit", "need_jac", "active")
@@ -299,9 +302,9 @@ def judge(xp, ev, st: LMState, tr: Trial, route, accel, v, limited, ftol, xtol,
     st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
     if scalars is None:
         return stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
-                              max_nfev)
+                              max_nfev, tr.projected)
     return on_scalars(scalars, xp, stopping_tests, st, actred, prered, ratio, finite, limited,
-                      ftol, xtol, max_nfev)
+                      ftol, xtol, max_nfev, tr.projected)
 
 
 def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
@@ -469,7 +472,7 @@ def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par, actred, finite) ->
 
 
 def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol, xtol,
-                   max_nfev) -> LMState:
+                   max_nfev, projected=None) -> LMState:
     """MINPACK's convergence tests, in its order.
 
     info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``,
@@ -491,6 +494,20 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     near a stationary point (``gnorm^2 <= ftol``), is judged as MINPACK does
     (``x^2 + 5`` from ``x = 2`` ends on ``ftol`` at its minimum ``x = 0``,
     where every step is limited).
+
+    Low precision (float32: ``eps > LOW_PRECISION_EPS``): info 6 also when a
+    full Gauss-Newton step (not ``limited``, not ``projected`` (k,) by the
+    bounds, finite trial residuals) predicts ``prered <= eps``, whatever
+    ``actred``. There ``prered = ||J p||^2 / ||f||^2`` is the share of
+    ``||f||^2`` in the range of ``J`` (the first-order optimality condition,
+    scaled) and it is below one rounding of the cost: the point is stationary
+    to the working precision. MINPACK also asks ``|actred| <= eps``, which
+    float32 residuals rarely give (``||f||^2`` of ``m`` rounded residuals is
+    itself uncertain by several ``eps``), so such fits rejected steps of
+    rounding noise until the radius collapsed on info 7 (about 4 more
+    evaluations per fit). A limited or projected step, whose small model
+    reduction says nothing about the Gauss-Newton step, is judged as before;
+    float64 keeps MINPACK's tests exactly.
     """
     info, delta, xnorm = st.info, st.delta, st.xnorm
     eps = machine_eps(xp, delta.dtype)
@@ -513,6 +530,10 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
         (aa <= eps) & (prered <= eps) & full & ~(grows & (gn2 > eps)), i64))
     mach = xp.maximum(mach, _XTOL_MACHINE * xp.astype(delta <= eps * xnorm, i64))
     mach = xp.maximum(mach, _GTOL_MACHINE * xp.astype(st.gnorm <= eps, i64))
+    if eps > LOW_PRECISION_EPS:  # float32: a stationary point to rounding (see above)
+        flat = ~limited & finite & (prered <= eps)
+        flat = flat if projected is None else flat & ~projected
+        mach = xp.maximum(mach, _FTOL_MACHINE * xp.astype(flat, i64))
     new = xp.where(new == _RUNNING, mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
     collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL) | (new == _XTOL_MACHINE))
