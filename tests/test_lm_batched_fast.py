@@ -609,3 +609,32 @@ def test_float32_success_is_right(monkeypatch):
                                      method="lm", batched=True, max_nfev=3)
             far = np.max(np.abs(short.x - ref.x) / np.maximum(np.abs(ref.x), 1e-2), axis=1) > 1e-2
             assert np.any(far) and not np.any(short.success[far])
+
+
+def test_kernel_rows_do_not_depend_on_the_other_rows(monkeypatch):
+    # each problem of a batch gets the same numbers whatever the other problems are: here
+    # the extra problems start on a bound that freezes a variable (the SVD route), which
+    # must not move the others off the kernels (the geodesic acceleration of the rows on
+    # the Cholesky route included)
+    monkeypatch.setenv("AGNOPT_FAST", "numba")
+    B, extra = 40, 4
+    x, Y = _data(B + extra, seed=11)
+
+    def fun(X, Yr):
+        return _gauss(x, *(X[:, j:j + 1] for j in range(4))) - Yr
+
+    def jac(X, Yr):
+        return _gauss_jac(x, *(X[:, j:j + 1] for j in range(4)))
+
+    # a far start: trust-region limited steps, with geodesic acceleration
+    X0 = np.tile([1.0, 0.8, 2.5, 0.0], (B + extra, 1))
+    lb = np.tile([-np.inf, -np.inf, -np.inf, -np.inf], (B + extra, 1))
+    X0[B:, 3] = lb[B:, 3] = 2.0  # the offset held up at a bound above its solution
+    ub = np.full_like(lb, np.inf)
+    kw = {"method": "lm", "batched": True, "jac": jac}
+    alone = ao.least_squares(fun, X0[:B], bounds=(lb[:B], ub[:B]), args=(Y[:B],), **kw)
+    mixed = ao.least_squares(fun, X0, bounds=(lb, ub), args=(Y,), **kw)
+    assert np.all(mixed.x[B:, 3] == 2.0)  # (held at the bound: frozen)
+    np.testing.assert_array_equal(mixed.x[:B], alone.x)
+    np.testing.assert_array_equal(mixed.nfev[:B], alone.nfev)
+    np.testing.assert_array_equal(mixed.status[:B], alone.status)

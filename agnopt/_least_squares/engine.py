@@ -332,10 +332,13 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
     fast = getattr(route, "fast", None)
-    if fast is not None and route.svd is None:  # a NumPy batch, every running problem on the
-        # Cholesky route: the rest as a numba loop over the rows (agnopt._kernels.lm_batched_cpu)
-        p, accel = fast.acceleration(J, p, Fh, F, D, free, route.Lf, z, eligible, ACC_H, ACC_ALPHA)
-        return p, accel, st
+    if fast is not None:  # a NumPy batch: the rest as a numba loop over the rows on the
+        # Cholesky route (agnopt._kernels.lm_batched_cpu); those on the SVD route below
+        p_f, acc_f = fast.acceleration(J, p, Fh, F, D, free, route.Lf, z, eligible, ACC_H,
+                                       ACC_ALPHA)
+        if route.svd is None:
+            return p_f, acc_f, st
+        on_chol = ~route.svd[1]
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
     rvv = xp.where(xp.isfinite(rvv), rvv, 0.0)
@@ -346,7 +349,10 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     vn = xp.linalg.vector_norm(z, axis=-1)
     an = xp.linalg.vector_norm(xp.where(free, az, 0.0), axis=-1)
     accel = eligible & (2.0 * an <= ACC_ALPHA * vn) & xp.all(xp.isfinite(a), axis=-1)
-    return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
+    p = xp.where(accel[:, None], p + 0.5 * a, p)
+    if fast is not None:
+        return xp.where(on_chol[:, None], p_f, p), xp.where(on_chol, acc_f, accel), st
+    return p, accel, st
 
 
 def trial_point(xp, ev, st: LMState, p, par, box=None):
