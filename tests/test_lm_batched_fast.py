@@ -641,3 +641,28 @@ def test_kernel_rows_do_not_depend_on_the_other_rows(monkeypatch):
     np.testing.assert_array_equal(mixed.x[:B], alone.x)
     np.testing.assert_array_equal(mixed.nfev[:B], alone.nfev)
     np.testing.assert_array_equal(mixed.status[:B], alone.status)
+
+
+@pytest.mark.parametrize("mode", ["0", "numba"])
+def test_bounds_that_never_bind_change_nothing(monkeypatch, mode):
+    # a step the bounds do not cut is the LM step, whether the problem has bounds or not:
+    # only a step whose x + p the bounds moved is "projected" (before, any step whose
+    # (x + p) - x rounded differently from p was judged as a projected step, so a batch
+    # with one bounded problem gave the others other iterates than they get alone)
+    monkeypatch.setenv("AGNOPT_FAST", mode)
+    B = 40
+    x, Y = _data(B, seed=11)
+
+    def fun(X):
+        return _gauss(x, *(X[:, j:j + 1] for j in range(4))) - Y
+
+    def jac(X):
+        return _gauss_jac(x, *(X[:, j:j + 1] for j in range(4)))
+
+    X0 = np.tile([1.0, 0.8, 2.5, 0.0], (B, 1))
+    kw = {"method": "lm", "batched": True, "jac": jac}
+    free = ao.least_squares(fun, X0, **kw)
+    far = ao.least_squares(fun, X0, bounds=([-50, -50, -50, -50], [50, 50, 50, 50]), **kw)
+    np.testing.assert_array_equal(far.x, free.x)
+    np.testing.assert_array_equal(far.nfev, free.nfev)
+    np.testing.assert_array_equal(far.status, free.status)

@@ -373,11 +373,14 @@ def trial_step(xp, ev, st: LMState, p, par):
     """The trial point of :func:`trial_point` without its residuals:
     ``(Xt, p, pnorm, projected, st)``."""
     X = st.X
-    p_unc = p
-    Xt = ev.project(X + p)
+    X1 = X + p
+    Xt = ev.project(X1)
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
-    projected = xp.any(p != p_unc, axis=-1) if ev.bounded else None
+    # the steps the bounds cut (not those whose (x + p) - x merely rounds differently from p:
+    # they are LM steps, judged as on an unbounded problem, so a problem with bounds that
+    # never bind takes the iterates it takes without bounds)
+    projected = xp.any(Xt != X1, axis=-1) if ev.bounded else None
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
