@@ -666,3 +666,24 @@ def test_bounds_that_never_bind_change_nothing(monkeypatch, mode):
     np.testing.assert_array_equal(far.x, free.x)
     np.testing.assert_array_equal(far.nfev, free.nfev)
     np.testing.assert_array_equal(far.status, free.status)
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("seed", range(30))
+def test_linearized_block(seed, dt):
+    from agnopt._least_squares import engine
+
+    case = _judge_case(seed, dt)
+    xp, box, st = case[0], case[1], case[2]
+    rng = np.random.default_rng(seed + 1000)
+    k, n = st.X.shape
+    cn = (np.abs(rng.standard_normal((k, n))) * (rng.random((k, n)) > 0.2)).astype(dt)
+    cn[::11, 0] = np.nan
+    nj = rng.random(k) < 0.7
+    st = st._replace(free=None if seed % 3 == 0 else rng.random((k, n)) > 0.2,
+                     D=np.where(rng.random((k, n)) < 0.1, np.nan, st.D).astype(dt))
+    jac_scale, gtol = bool(seed % 2), float(rng.choice([1e-8, 0.1, 0.5, 2.0]))
+    with np.errstate(all="ignore"):
+        want = engine.linearized(xp, box, st, nj, cn, jac_scale, gtol)
+        got = K.linearized_rows(xp, box, st, nj, cn, jac_scale, gtol, engine.FACTOR, None)
+    _same_state(got, want)

@@ -69,7 +69,7 @@ ACCEPT_RATIO = 1e-4
 LOW_PRECISION_EPS = 1e-10
 # MINPACK's codes (agnopt._least_squares.state.MinpackInfo), as the engine's ints
 _FTOL_MACHINE, _XTOL_MACHINE, _GTOL_MACHINE, _MAX_NFEV = 6, 7, 8, 5
-_XTOL, _FTOL_XTOL, _NONFINITE_TRIAL = 2, 3, -4
+_XTOL, _FTOL_XTOL, _GTOL, _NONFINITE_TRIAL = 2, 3, 4, -4
 
 # the constants vector ``c`` (in the working dtype): its entries
 (C_ZERO, C_ONE, C_HALF, C_TWO, C_RTOL, C_P001, C_DWARF, C_EPS, C_RCOND_INV, C_TENTH,
@@ -520,17 +520,68 @@ def _accel_rows(J, p, Fh, F, D, free, Lf, z, eligible, c, h, two_h, alpha, p_out
                 p_out[r, j] = p[r, j] + half * a
 
 
+def _linearized_rows(g, cn, X, fnorm, first, nj, bounded, jac_scale, gtol, factor, c, free,
+                     D, xnorm, delta, gnorm, info, active):
+    """The elementwise part of :func:`~agnopt._least_squares.engine.linearized` row by row
+    (rows with a new Jacobian, ``nj``): the column norms of the free variables, the
+    scaling (:func:`~.engine.scale_and_radius`'s ``D = ||J_j||`` and initial radius on the
+    first Jacobian, :func:`~.engine.gtol_test`'s ``max(D, ||J_j||)`` after it), ``gnorm``
+    and the ``gtol`` test. Updates ``D``, ``xnorm``, ``delta``, ``gnorm``, ``info``,
+    ``active`` (the caller's copies) in place; ``free`` (k, n) the merged free mask."""
+    k, n = g.shape
+    zero, one = c[C_ZERO], c[C_ONE]
+    buf = np.empty(n, dtype=g.dtype)
+    for r in range(k):
+        if not nj[r]:
+            continue
+        fn = fnorm[r]
+        fn_safe = one if fn == 0 else fn
+        gn = zero
+        nan = False
+        fr = first[r]
+        for j in range(n):
+            c = cn[r, j] if (not bounded or free[r, j]) else zero
+            if jac_scale and fr:
+                D[r, j] = one if c == 0 else c
+            cs = one if c == 0 else c
+            cosv = zero if c == 0 else abs(g[r, j]) / (fn_safe * cs)
+            if cosv != cosv:  # np.max: NaN propagates
+                nan = True
+            elif j == 0 or cosv > gn:
+                gn = cosv
+        if fr and delta[r] == 0:  # the initial radius FACTOR * ||D x0||
+            for j in range(n):
+                t = D[r, j] * X[r, j]
+                buf[j] = t * t
+            xn0 = np.sqrt(_psum(buf, n))
+            xnorm[r] = xn0
+            delta[r] = factor if xn0 == 0 else factor * xn0
+        if nan:
+            gn = zero / zero
+        if fn == 0:
+            gn = zero
+        gnorm[r] = gn
+        if gn <= gtol:
+            info[r] = _GTOL
+            active[r] = False
+        if jac_scale and not fr:
+            for j in range(n):
+                c = cn[r, j] if (not bounded or free[r, j]) else zero
+                D[r, j] = _maximum(D[r, j], c)
+
+
 normal_rows: Any = None
 lmpar_rows: Any = None
 judge_rows: Any = None
 accel_rows: Any = None
+lin_rows: Any = None
 
 
 def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows, accel_rows
+    global normal_rows, lmpar_rows, judge_rows, accel_rows, lin_rows
     if normal_rows is not None:
         return
     import numba
@@ -543,7 +594,7 @@ def _compile() -> None:
     _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
     _mv, _mtv = jit(_mv), jit(_mtv)
     normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
-    accel_rows = jit(_accel_rows)
+    accel_rows, lin_rows = jit(_accel_rows), jit(_linearized_rows)
 
 
 # --------------------------------------------------------------------------- the engine's calls
@@ -617,3 +668,21 @@ def acceleration(J, p, Fh, F, D, free, Lf, z, eligible, h, alpha):
                Lf, np.ascontiguousarray(z), np.ascontiguousarray(eligible), c, dt.type(h),
                dt.type(2.0 / h), dt.type(alpha), p_out, accel)
     return p_out, accel
+
+
+def linearized_rows(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
+    """The engine's :func:`~agnopt._least_squares.engine.linearized` for a NumPy batch:
+    the free variables (``box.free_mask``) and the count of Jacobians as the generic
+    path forms them, the rest in :func:`_linearized_rows`. ``generic``: unused (the
+    signature of :func:`agnopt._kernels.lm_cpu.linearized_one`)."""
+    _compile()
+    dt = st.X.dtype
+    free_n = box.free_mask(st.X, st.g)
+    free = free_n if st.free is None else np.where(nj[:, None], free_n, st.free)
+    D, xnorm, delta = st.D.copy(), st.xnorm.copy(), st.delta.copy()
+    gnorm, info, active = st.gnorm.copy(), st.info.copy(), st.active.copy()
+    lin_rows(st.g, np.ascontiguousarray(cn, dtype=dt), st.X, st.fnorm, st.first, nj,
+             bool(box.bounded), bool(jac_scale), dt.type(gtol), dt.type(factor), constants(dt),
+             np.ascontiguousarray(free), D, xnorm, delta, gnorm, info, active)
+    return st._replace(free=free, njev=st.njev + nj.astype(np.int64), need_jac=st.need_jac & ~nj,
+                       D=D, xnorm=xnorm, delta=delta, gnorm=gnorm, info=info, active=active)

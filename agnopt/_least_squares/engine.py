@@ -139,7 +139,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
         if bool(xp.any(st.need_jac & st.active)):
-            st = linearize(xp, ev, st, jac_scale, gtol, box, fast)
+            st = linearize(xp, ev, st, jac_scale, gtol, box, fast or rows)
             if not bool(xp.any(st.active)):
                 break
             refactor = True
@@ -226,8 +226,10 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     box = ev if box is None else box
     if st.free is None:  # the first Jacobian: every problem's free variables are new
         st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
-    if fast is not None:  # one float64 NumPy problem, numba (agnopt._kernels.lm_cpu)
-        return fast.linearized_one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
+    if fast is not None:  # numba: one float64 NumPy problem (agnopt._kernels.lm_cpu) or a
+        # NumPy batch (agnopt._kernels.lm_batched_cpu)
+        one = getattr(fast, "linearized_rows", None) or fast.linearized_one
+        return one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
     return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)
 
 
