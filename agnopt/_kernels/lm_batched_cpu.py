@@ -10,8 +10,12 @@ the verdict on the trial points (:func:`agnopt._least_squares.engine.judge`).
 Each is a few hundred NumPy calls on small arrays per iteration; with a
 closed-form Jacobian they cost several times the evaluations themselves.
 
-Here the same arithmetic runs as four numba-compiled loops over the rows
+Here the same arithmetic runs as five numba-compiled loops over the rows
 (problems) of the working set:
+
+* :func:`linearized_rows`: the end of
+  :func:`~agnopt._least_squares.engine.linearized` after a Jacobian (the
+  scaling, the initial radius, ``gnorm`` and the ``gtol`` test);
 
 * :func:`normal_rows`: ``As = D^-1 A0 D^-1``, ``gs = D^-1 g``, the inverse
   Cholesky factor ``Linv0`` of ``As`` and ``well`` (the rows whose step takes
@@ -36,7 +40,7 @@ matrix-vector products (``numpy.matmul``, which may call BLAS: its order of
 summation depends on the machine, ``n`` and the dtype) are plain loops
 here, so the two agree to rounding, not bit for bit:
 ``tests/test_lm_batched_fast.py`` compares them (the normal equations for
-``n <= 6`` and the verdict bit for bit, ``lmpar`` and the acceleration to a
+``n <= 6``, the end of ``linearized`` and the verdict bit for bit, ``lmpar`` and the acceleration to a
 few ulps; whole float64 solves to 1e-9 with the same iterations and
 statuses; float32 solves, which end at rounding noise, as accurate as the
 generic path's). A consequence: a batch on these kernels agrees with the
