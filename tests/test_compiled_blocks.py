@@ -145,9 +145,13 @@ def test_lm_fit_on_jax_equals_numpy_and_eager_jax(case):
     with jax.disable_jit():
         eager = ao.least_squares(res_j, jnp.asarray(p0), **kw)
     assert ref.success and got.success
+    # "2-point": the forward differences divide an ulp of difference between JAX's and
+    # NumPy's exp by h ~ 1.5e-8, so the two Jacobians differ by ~1e-8 relative, and the
+    # points where the fit stops on ftol (status 2) by about that times the last step
+    rtol = 1e-9 if case == "2-point" else 1e-10
     for r in (got, eager):
         assert (r.nfev, r.njev, r.status) == (ref.nfev, ref.njev, ref.status)
-        np.testing.assert_allclose(np.asarray(r.x), ref.x, rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(r.x), ref.x, rtol=rtol)
         np.testing.assert_allclose(np.asarray(r.cost), ref.cost, rtol=1e-9)
     if case == "bounded":
         assert np.asarray(got.x)[1] == 1.4  # the bound is active: the test means something
