@@ -265,21 +265,22 @@ def _jp_norm2(A0, p):
 def _trial(X, p, D, lb, ub, bounded, active):
     """:func:`agnopt._least_squares.engine.trial_step`'s arithmetic for one problem:
     ``Xt = clip(X + p, lb, ub)`` (``X`` where not ``active``), the step ``Xt - X``,
-    ``||D p||`` and whether the bounds changed the step: ``(Xt, p, pnorm, projected)``."""
+    ``||D p||`` and whether the bounds moved ``X + p``: ``(Xt, p, pnorm, projected)``."""
     n = X.shape[0]
     Xt = np.empty(n)
     pt = np.empty(n)
     tmp = np.empty(n)
     projected = False
     for i in range(n):
-        x = X[i] + p[i]
+        x1 = X[i] + p[i]
+        x = x1
         if bounded:  # np.clip: minimum(maximum(x, lb), ub), NaN propagating
             x = _min(_max(x, lb[i]), ub[i])
         if not active:
             x = X[i]
         Xt[i] = x
         pt[i] = x - X[i]
-        if pt[i] != p[i]:
+        if x != x1:  # the bounds moved x + p (not a rounding of (x + p) - x)
             projected = True
         d = D[i] * pt[i]
         tmp[i] = d * d

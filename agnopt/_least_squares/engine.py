@@ -34,7 +34,11 @@ early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`), and so do the
 Cholesky step route and :func:`trial_step` (:mod:`agnopt._kernels.lm_route`):
-the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off.
+the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. For a
+NumPy batch (float32 or float64, ``n <= 16``, the Cholesky route) the
+normal equations, ``lmpar``, the geodesic acceleration, the end of
+:func:`linearized` and :func:`judge` run as numba loops over the rows
+(:mod:`agnopt._kernels.lm_batched_cpu`, tested equal to rounding).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
@@ -46,6 +50,8 @@ reports; the engine never looks at how they are formed.
 from __future__ import annotations
 
 from typing import Any
+
+import array_api_compat
 
 from .._core import lazy
 from .._core.backend import compiled
@@ -85,6 +91,9 @@ ACC_H = 0.1
 ACC_ALPHA = 0.75
 # MINPACK: a step is accepted when actual / predicted reduction >= 1e-4
 ACCEPT_RATIO = 1e-4
+# dtypes with a larger machine epsilon (float32, float16) also stop on a full
+# Gauss-Newton step that predicts less than one rounding (stopping_tests)
+LOW_PRECISION_EPS = 1e-10
 
 # the numba route's well-conditioned bound (routes.normal_equations)
 _RCOND_INV = 1.0 / GRAM_RCOND
@@ -128,6 +137,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     fast_trial: Any = None
     if fast is not None:
         fast_route, fast_trial = _fast_route()
+    # a NumPy batch: its verdict on each step as a numba loop over the rows (the same
+    # arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
+    fast_rows = _fast_rows(X) if sx is None and not ev.persist_all else None
     route: Any = None
     refactor = False
     hist = []
@@ -143,7 +155,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
         if _any(xp, st.need_jac & st.active, fast):
-            st = linearize(xp, ev, st, jac_scale, gtol, box, fast)
+            st = linearize(xp, ev, st, jac_scale, gtol, box, fast or fast_rows)
             if not _any(xp, st.active, fast):
                 break
             refactor = True
@@ -167,6 +179,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if fast is not None:
             st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                                 machine_eps(xp, xp.float64), model_step)
+        elif fast_rows is not None:
+            st = fast_rows.judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
+                            model_step)
         elif sx is None:
             st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
         else:
@@ -202,6 +217,16 @@ def _fast_judge():
     return lm_cpu if lm_cpu.enabled() else None
 
 
+def _fast_rows(X):
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy batch
+    ``X`` (k, n), else ``None``."""
+    if not array_api_compat.is_numpy_array(X):
+        return None
+    from .._kernels import lm_batched_cpu
+
+    return lm_batched_cpu if lm_batched_cpu.applies(X) else None
+
+
 def _fast_route():
     """For one float64 NumPy problem with the numba judge on: ``(route_one,
     trial_step_one)`` of :mod:`agnopt._kernels.lm_route`, its Cholesky route
@@ -235,8 +260,10 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     box = ev if box is None else box
     if st.free is None:  # the first Jacobian: every problem's free variables are new
         st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
-    if fast is not None:  # one float64 NumPy problem, numba (agnopt._kernels.lm_cpu)
-        return fast.linearized_one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
+    if fast is not None:  # numba: one float64 NumPy problem (agnopt._kernels.lm_cpu) or a
+        # NumPy batch (agnopt._kernels.lm_batched_cpu)
+        one = getattr(fast, "linearized_rows", None) or fast.linearized_one
+        return one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
     return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)
 
 
@@ -311,9 +338,9 @@ def judge(xp, ev, st: LMState, tr: Trial, route, accel, v, limited, ftol, xtol,
     st = accept(xp, ev, st, tr, ratio, delta, par, actred, finite)
     if scalars is None:
         return stopping_tests(xp, st, actred, prered, ratio, finite, limited, ftol, xtol,
-                              max_nfev)
+                              max_nfev, tr.projected)
     return on_scalars(scalars, xp, stopping_tests, st, actred, prered, ratio, finite, limited,
-                      ftol, xtol, max_nfev)
+                      ftol, xtol, max_nfev, tr.projected)
 
 
 def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
@@ -340,6 +367,14 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     Xh = ev.project(X + ACC_H * p)
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can
     st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
+    fast = getattr(route, "fast", None)
+    if fast is not None:  # a NumPy batch: the rest as a numba loop over the rows on the
+        # Cholesky route (agnopt._kernels.lm_batched_cpu); those on the SVD route below
+        p_f, acc_f = fast.acceleration(J, p, Fh, F, D, free, route.Lf, z, eligible, ACC_H,
+                                       ACC_ALPHA)
+        if route.svd is None:
+            return p_f, acc_f, st
+        on_chol = ~route.svd[1]
     Jv = xp.matmul(J, p[:, :, None])[:, :, 0]
     rvv = (2.0 / ACC_H) * ((Fh - F) / ACC_H - Jv)
     rvv = xp.where(xp.isfinite(rvv), rvv, 0.0)
@@ -350,7 +385,10 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     vn = xp.linalg.vector_norm(z, axis=-1)
     an = xp.linalg.vector_norm(xp.where(free, az, 0.0), axis=-1)
     accel = eligible & (2.0 * an <= ACC_ALPHA * vn) & xp.all(xp.isfinite(a), axis=-1)
-    return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
+    p = xp.where(accel[:, None], p + 0.5 * a, p)
+    if fast is not None:
+        return xp.where(on_chol[:, None], p_f, p), xp.where(on_chol, acc_f, accel), st
+    return p, accel, st
 
 
 def trial_point(xp, ev, st: LMState, p, par, box=None, step=None):
@@ -374,11 +412,14 @@ def trial_step(xp, ev, st: LMState, p, par):
     """The trial point of :func:`trial_point` without its residuals:
     ``(Xt, p, pnorm, projected, st)``."""
     X = st.X
-    p_unc = p
-    Xt = ev.project(X + p)
+    X1 = X + p
+    Xt = ev.project(X1)
     Xt = xp.where(st.active[:, None], Xt, X)
     p = Xt - X
-    projected = xp.any(p != p_unc, axis=-1) if ev.bounded else None
+    # the steps the bounds cut (not those whose (x + p) - x merely rounds differently from p:
+    # they are LM steps, judged as on an unbounded problem, so a problem with bounds that
+    # never bind takes the iterates it takes without bounds)
+    projected = xp.any(Xt != X1, axis=-1) if ev.bounded else None
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
     st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
@@ -479,7 +520,7 @@ def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par, actred, finite) ->
 
 
 def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol, xtol,
-                   max_nfev) -> LMState:
+                   max_nfev, projected=None) -> LMState:
     """MINPACK's convergence tests, in its order.
 
     info 1 (``ftol``: ``|actred| <= ftol``, ``prered <= ftol``, ``ratio <= 2``,
@@ -501,6 +542,20 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
     near a stationary point (``gnorm^2 <= ftol``), is judged as MINPACK does
     (``x^2 + 5`` from ``x = 2`` ends on ``ftol`` at its minimum ``x = 0``,
     where every step is limited).
+
+    Low precision (float32: ``eps > LOW_PRECISION_EPS``): info 6 also when a
+    full Gauss-Newton step (not ``limited``, not ``projected`` (k,) by the
+    bounds, finite trial residuals) predicts ``prered <= eps``, whatever
+    ``actred``. There ``prered = ||J p||^2 / ||f||^2`` is the share of
+    ``||f||^2`` in the range of ``J`` (the first-order optimality condition,
+    scaled) and it is below one rounding of the cost: the point is stationary
+    to the working precision. MINPACK also asks ``|actred| <= eps``, which
+    float32 residuals rarely give (``||f||^2`` of ``m`` rounded residuals is
+    itself uncertain by several ``eps``), so such fits rejected steps of
+    rounding noise until the radius collapsed on info 7 (about 4 more
+    evaluations per fit). A limited or projected step, whose small model
+    reduction says nothing about the Gauss-Newton step, is judged as before;
+    float64 keeps MINPACK's tests exactly.
     """
     info, delta, xnorm = st.info, st.delta, st.xnorm
     eps = machine_eps(xp, delta.dtype)
@@ -523,6 +578,10 @@ def stopping_tests(xp, st: LMState, actred, prered, ratio, finite, limited, ftol
         (aa <= eps) & (prered <= eps) & full & ~(grows & (gn2 > eps)), i64))
     mach = xp.maximum(mach, _XTOL_MACHINE * xp.astype(delta <= eps * xnorm, i64))
     mach = xp.maximum(mach, _GTOL_MACHINE * xp.astype(st.gnorm <= eps, i64))
+    if eps > LOW_PRECISION_EPS:  # float32: a stationary point to rounding (see above)
+        flat = ~limited & finite & (prered <= eps)
+        flat = flat if projected is None else flat & ~projected
+        mach = xp.maximum(mach, _FTOL_MACHINE * xp.astype(flat, i64))
     new = xp.where(new == _RUNNING, mach, new)
     # the step bound collapsed on a non-finite trial point: say so (status -4)
     collapsed = ~finite & ((new == _XTOL) | (new == _FTOL_XTOL) | (new == _XTOL_MACHINE))

@@ -253,7 +253,12 @@ def least_squares(
         draws a ``UserWarning``. When a test
         holds with ``eps`` of the working dtype in place of the tolerance
         (MINPACK's info 6/7/8, e.g. float32 with default tolerances) the
-        same status is reported with a "machine precision" message.
+        same status is reported with a "machine precision" message. In
+        float32 (``"lm"``) the ``ftol`` test at machine precision also holds
+        when a full Gauss-Newton step (not cut by the trust radius or the
+        bounds) predicts ``prered <= eps``, however ``actred`` came out: the
+        rounding noise of the float32 cost would otherwise reject such steps
+        until the radius collapsed (about 4 more evaluations per fit).
         For ``"gauss-newton"``, ``"trf"`` and ``"dogbox"`` (scipy's trf conditions):
         ``ftol``: ``dF < ftol * F`` and ``dF / predicted dF > 0.25`` on an
         accepted step (trf and dogbox: not on a step that reached the trust

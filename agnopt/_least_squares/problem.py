@@ -445,7 +445,8 @@ class Problem(RowSubsets, Box):
     def route(self, st):
         return InMemoryRoute(self.xp, st.J, st.A0 if self.use_chol else None, st.g, st.D,
                              self.model_residuals(st.F)[0], st.free, st.active, self.compact,
-                             eye=self.eye(st.X.shape[1]) if self.use_chol else None)
+                             eye=self.eye(st.X.shape[1]) if self.use_chol else None,
+                             batch=getattr(self, "n_problems", None))
 
     def linearize(self, st, nj) -> Linearization:
         """``J`` (k, m, n) where ``nj`` (merged with ``st.J`` elsewhere), ``J^T J``

@@ -160,7 +160,7 @@ class InMemoryRoute:
     ``J`` (k, m, n), ``A0`` (k, n, n) ``= J^T J`` or ``None`` (no Cholesky
     route: ``n > CHOL_MAX_N`` or ``m < n``), ``g`` (k, n) ``= J^T f``, ``D``
     (k, n), ``F`` (k, m), ``free`` (k, n) (variables not frozen at a bound),
-    ``active`` (k,).
+    ``active`` (k,); ``batch``: the number of problems of the solve (default ``k``).
 
     ``well`` (k,): problems solved through the Cholesky factor of
     ``A = Js^T Js`` (no frozen column and a certified condition bound
@@ -175,7 +175,7 @@ class InMemoryRoute:
     iteration would cost far more than the math.
     """
 
-    def __init__(self, xp, J, A0, g, D, F, free, active, compact, eye=None):
+    def __init__(self, xp, J, A0, g, D, F, free, active, compact, eye=None, batch=None):
         k, m, n = J.shape
         self.out_xp = xp
         self.host = lazy.is_dask_namespace(xp)
@@ -187,13 +187,20 @@ class InMemoryRoute:
         self.J, self.A0 = J, A0
         self.chol_ok = A0 is not None
         dev = None if eye is not None and not self.host else device(J)
+        # a NumPy batch: the normal equations and lmpar as numba loops over the rows
+        # (the same arithmetic; agnopt._kernels.lm_batched_cpu, AGNOPT_FAST=0 turns it off)
+        self.fast = _fast_rows(J, batch) if self.chol_ok and not self.host else None
         if self.chol_ok:
             if eye is None or self.host:
                 eye = xp.eye(n, dtype=J.dtype, device=dev)
-            As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
+            if self.fast is not None:  # (the rows not well already carry the identity basis)
+                As, gs, Linv0, well = self.fast.normal_equations(A0, g, D, free)
+            else:
+                As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
             self.well = well
             all_well = bool(xp.all(well))
-            if all_well:  # every problem on this route (the where's below would keep all)
+            if all_well or self.fast is not None:  # every problem on this route (the where's
+                # below would keep all)
                 self.chol = CholeskyBasis(As, gs, Linv0, eye)
             else:
                 self.chol = CholeskyBasis(xp.where(well[:, None, None], As, eye),
@@ -257,7 +264,9 @@ class InMemoryRoute:
 
     def _step(self, delta, par, active):
         xp = self.xp
-        if self.chol_ok:
+        if self.fast is not None:
+            par_c, z, self.Lf = self.fast.lmpar(self.chol, delta, par, active & self.well)
+        elif self.chol_ok:
             par_c, q, self.Lf = lmpar(xp, self.chol, delta, par, active & self.well)
             z = -q
         else:
@@ -291,6 +300,16 @@ class InMemoryRoute:
             o_s = xp.matmul(V, aq[:, :, None])[:, :, 0]
             out = o_s if out is None else self._merge(out, o_s)
         return out
+
+
+def _fast_rows(J, batch=None):
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy
+    Jacobians ``J`` (k, m, n) of a batch of ``batch`` problems (default ``k``), else ``None``."""
+    if not array_api_compat.is_numpy_array(J) or J.shape[1] == 0:
+        return None
+    from .._kernels import lm_batched_cpu
+
+    return lm_batched_cpu if lm_batched_cpu.applies(J[:, 0, :], batch) else None
 
 
 def gram_spectral(xp, A, g, D):
