@@ -17,9 +17,10 @@ def covariance(xp, J):
     of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
     problem: for ``n <= 16`` the Cholesky factor of the column-scaled
     ``J^T J`` gives the inverse when its certified condition bound
-    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4``, far from
-    the singular threshold, and the inverse is accurate to about 1e-8
-    relative); all other problems get ``V diag(1/s^2) V^T`` from the SVD of
+    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4`` after
+    column scaling, and the inverse is accurate to about 1e-8 relative) and
+    the column norms certify that the unscaled ``J`` is far (a factor 100)
+    above the singular threshold; all other problems get ``V diag(1/s^2) V^T`` from the SVD of
     ``J`` itself (gathered into a sub-batch where the backend allows it).
     """
     B, m, n = J.shape
@@ -32,8 +33,18 @@ def covariance(xp, J):
         dd = d[:, :, None] * d[:, None, :]
         As = A / dd
         Li, ok = chol_inv(xp, As)
-        cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
-        well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
+        tr_inv = xp.sum(Li * Li, axis=(-2, -1))  # trace(As^{-1}) >= 1 / lambda_min(As)
+        cond = xp.sum(As * eye, axis=(-2, -1)) * tr_inv
+        # scipy's rank rule is on J itself, not on the column-scaled J: with
+        # d_j the column norms, s_min(J)^2 >= min(d^2) / trace(As^{-1}) and
+        # s_max(J)^2 <= sum(d^2), so J is certified of full rank (with a margin
+        # of 100 on the threshold) when the first exceeds (100 eps max(m, n))^2
+        # times the second; otherwise the SVD decides. (Columns ~1e-17 of a
+        # Gaussian of amplitude ~0 are well conditioned once scaled.)
+        d2 = d * d
+        tol = (100.0 * float(xp.finfo(J.dtype).eps) * max(m, n)) ** 2
+        full_rank = xp.min(d2, axis=-1) > tol * xp.sum(d2, axis=-1) * tr_inv
+        well = ok & (cond < 1e8) & full_rank & xp.all(xp.isfinite(A), axis=(-2, -1))
         all_well = bool(xp.all(well))  # (then Li needs no masking)
         if not all_well:
             Li = xp.where(well[:, None, None], Li, eye)
