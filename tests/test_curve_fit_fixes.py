@@ -91,3 +91,17 @@ def test_covariance_rank_rule_is_on_the_unscaled_jacobian(xp, device):
             assert np.all(np.isinf(to_numpy(pcov)))
         else:
             np.testing.assert_allclose(to_numpy(pcov)[0], np.linalg.inv(J.T @ J), rtol=1e-7)
+
+
+# -- 7: no "invalid value encountered in multiply" from inf * (zero chi-square) -----------
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_plateau_fit_leaks_no_runtime_warning(xp, device, method, batched):
+    y = np.ones(50) if not batched else np.stack([np.ones(50), 2.0 * np.ones(50)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", OptimizeWarning)
+        _, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, y),
+                               p0=arr(xp, device, [2.0, 0.0, 1.0, 0.5]), method=method,
+                               batched=batched)
+    assert np.all(np.isinf(to_numpy(pcov)))  # inf, not NaN

@@ -501,6 +501,8 @@ def _pcov(xp, res, batched, absolute_sigma, m, n):
     if not absolute_sigma:
         if m > n:
             s_sq = 2.0 * cost / (m - n)
+            if warn:  # (inf * a zero cost is NaN, with a RuntimeWarning: those rows are kept)
+                s_sq = xp.where(singular, xp.ones_like(s_sq), s_sq)
             scaled = pcov * s_sq[:, None, None]
             # (where no fit is singular the selection below would keep every entry)
             pcov = xp.where(singular[:, None, None], pcov, scaled) if warn else scaled
