@@ -105,3 +105,89 @@ def test_plateau_fit_leaks_no_runtime_warning(xp, device, method, batched):
                                p0=arr(xp, device, [2.0, 0.0, 1.0, 0.5]), method=method,
                                batched=batched)
     assert np.all(np.isinf(to_numpy(pcov)))  # inf, not NaN
+
+
+# -- 2: batched nan_policy="omit": NaN points get zero weight ------------------------------
+def _nan_batch():
+    rng = np.random.default_rng(0)
+    P = np.array([[2.0, 0.3, 1.1, 0.5], [1.0, -0.5, 0.7, 0.2], [1.5, 0.0, 1.0, 0.0]])
+    Y = np.stack([p[0] * np.exp(-(X - p[1]) ** 2 / (2 * p[2] ** 2)) + p[3] for p in P])
+    Y += 0.02 * rng.standard_normal(Y.shape)
+    Y[2, 4] = np.nan
+    Y[1, [0, 10, 20]] = np.nan
+    sig = 0.02 + 0.01 * np.abs(X)[None, :] * np.array([[1.0], [2.0], [0.5]])
+    return Y, sig
+
+
+def test_batched_nan_policy_omit_equals_solo_fits(xp, device):
+    Y, sig = _nan_batch()
+    p0 = [1.0, 0.0, 1.0, 0.3]
+    popt, pcov, info, _, _ = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y),
+                                          p0=arr(xp, device, p0), sigma=arr(xp, device, sig),
+                                          batched=True, nan_policy="omit", full_output=True)
+    popt, pcov = to_numpy(popt), to_numpy(pcov)
+    assert bool(np.all(to_numpy(info["success"])))
+    for b in range(3):
+        k = ~np.isnan(Y[b])
+        p1, c1 = ao.curve_fit(gauss, arr(xp, device, X[k]), arr(xp, device, Y[b, k]),
+                              p0=arr(xp, device, p0), sigma=arr(xp, device, sig[b, k]))
+        np.testing.assert_allclose(popt[b], to_numpy(p1), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(pcov[b], to_numpy(c1), rtol=1e-8, atol=1e-18)
+
+
+@pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+def test_batched_nan_policy_omit_methods(xp, device, method, absolute_sigma):
+    Y, _ = _nan_batch()
+    Xb = np.broadcast_to(X, Y.shape).copy()  # per-fit xdata, one NaN x
+    Xb[0, 7] = np.nan
+    p0 = [1.0, 0.0, 1.0, 0.3]
+    popt, pcov = ao.curve_fit(gauss, arr(xp, device, Xb), arr(xp, device, Y),
+                              p0=arr(xp, device, p0), batched=True, nan_policy="omit",
+                              method=method, absolute_sigma=absolute_sigma)
+    for b in range(3):
+        k = ~(np.isnan(Y[b]) | np.isnan(Xb[b]))
+        p1, c1 = ao.curve_fit(gauss, arr(xp, device, X[k]), arr(xp, device, Y[b, k]),
+                              p0=arr(xp, device, p0), method=method,
+                              absolute_sigma=absolute_sigma)
+        np.testing.assert_allclose(to_numpy(popt)[b], to_numpy(p1), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(to_numpy(pcov)[b], to_numpy(c1), rtol=1e-8, atol=1e-18)
+
+
+def test_batched_nan_policy_shared_x_and_errors(xp, device):
+    Y, _ = _nan_batch()
+    x = X.copy()
+    x[5] = np.nan  # shared xdata: point 5 of every fit is omitted
+    p0 = [1.0, 0.0, 1.0, 0.3]
+    popt, _ = ao.curve_fit(gauss, arr(xp, device, x), arr(xp, device, Y), p0=arr(xp, device, p0),
+                           batched=True, nan_policy="omit")
+    k = ~(np.isnan(Y[1]) | np.isnan(x))
+    p1, _ = ao.curve_fit(gauss, arr(xp, device, X[k]), arr(xp, device, Y[1, k]),
+                         p0=arr(xp, device, p0))
+    np.testing.assert_allclose(to_numpy(popt)[1], to_numpy(p1), rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="nan values"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, p0),
+                     batched=True, nan_policy="raise")
+    with pytest.raises(ValueError, match="ydata: contains non-finite"):  # check_finite default
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, p0),
+                     batched=True)
+    with pytest.raises(ValueError, match=r"at the initial point p0 \(problems \[1, 2\]\)"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y), p0=arr(xp, device, p0),
+                     batched=True, check_finite=False)
+    Ye = Y.copy()
+    Ye[0] = np.nan
+    with pytest.raises(ValueError, match=r"fits \(rows\) \[0\] have no data point"):
+        ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Ye), p0=arr(xp, device, p0),
+                     batched=True, nan_policy="omit")
+
+
+def test_batched_nan_policy_too_few_points_pcov_inf(xp, device):
+    Y, _ = _nan_batch()
+    Y[0, 4:] = np.nan  # fit 0: 4 points for 4 parameters (m_b - n = 0)
+    with pytest.warns(OptimizeWarning):
+        popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, Y),
+                                  p0=arr(xp, device, [1.0, 0.0, 1.0, 0.3]), batched=True,
+                                  nan_policy="omit")
+    pcov = to_numpy(pcov)
+    assert np.all(np.isinf(pcov[0]))
+    assert np.all(np.isfinite(pcov[1:]))

@@ -10,8 +10,12 @@ from .cholesky import chol_inv
 from .routes import CHOL_MAX_N
 
 
-def covariance(xp, J):
+def covariance(xp, J, m_fit=None):
     """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
+
+    ``m_fit`` (B,) integer, optional: the number of data points of each
+    problem when some rows of ``J`` are zero (omitted points); the threshold
+    then uses ``max(m_fit, n)`` per problem, as the fit without those rows.
 
     scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
     of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
@@ -55,20 +59,25 @@ def covariance(xp, J):
         if compactable(xp):
             idx = rows_where(xp, ~well)
             mask, pos = positions(xp, idx, B, dev)
-            pc_s, sg_s = _covariance_svd(xp, xp.take(J, idx, axis=0))
+            pc_s, sg_s = _covariance_svd(
+                xp, xp.take(J, idx, axis=0), None if m_fit is None else xp.take(m_fit, idx, axis=0))
             return scatter(xp, pcov, pc_s, mask, pos), scatter(xp, singular, sg_s, mask, pos)
-        pc_s, sg_s = _covariance_svd(xp, J)
+        pc_s, sg_s = _covariance_svd(xp, J, m_fit)
         return (xp.where(well[:, None, None], pcov, pc_s),
                 xp.where(well, singular, sg_s))
-    return _covariance_svd(xp, J)
+    return _covariance_svd(xp, J, m_fit)
 
 
-def _covariance_svd(xp, J):
+def _covariance_svd(xp, J, m_fit=None):
     """``(J^T J)^{-1}`` (B, n, n) from the SVD of ``J`` (B, m, n); ``singular`` (B,) where rank deficient (pcov inf)."""
     B, m, n = J.shape
     U, s, Vt = host_linalg(xp, "svd", J, full_matrices=False)
     eps = float(xp.finfo(J.dtype).eps)
-    thr = eps * max(m, n) * s[:, 0:1]
+    if m_fit is None:
+        thr = eps * max(m, n) * s[:, 0:1]
+    else:
+        rows = xp.astype(xp.where(m_fit > n, m_fit, xp.full_like(m_fit, n)), J.dtype)
+        thr = eps * rows[:, None] * s[:, 0:1]
     k = s.shape[-1]
     singular = xp.any(s <= thr, axis=-1) if k == n else xp.ones((B,), dtype=xp.bool, device=device(J))
     s_safe = xp.where(s > thr, s, xp.ones_like(s))
