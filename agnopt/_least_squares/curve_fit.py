@@ -160,7 +160,12 @@ def curve_fit(
         raises ``ValueError`` naming those fits ("residuals are not finite
         at the initial point p0 (problems [...])"); use ``nan_policy="omit"``.
     bounds : (lb, ub) or Bounds
-        Parameter bounds; any object with ``lb`` / ``ub``.
+        Parameter bounds; any object with ``lb`` / ``ub``. A deliberate
+        difference from scipy, whose ``curve_fit`` raises ``ValueError`` for
+        ``method="lm"`` with bounds: agnopt's ``"lm"`` accepts them and keeps
+        every iterate in the box by projecting its steps onto it (an active
+        set; see ``bounds`` of :func:`agnopt.least_squares`). To get scipy's
+        error, check ``method="lm"`` and ``bounds`` before calling.
     method : {None, "lm", "trf", "dogbox", "gauss-newton"}
         ``None``: ``"lm"`` without bounds and ``"trf"`` (trust-region
         reflective, iterates strictly inside the bounds) with finite bounds,
