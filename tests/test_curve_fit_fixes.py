@@ -191,3 +191,38 @@ def test_batched_nan_policy_too_few_points_pcov_inf(xp, device):
     pcov = to_numpy(pcov)
     assert np.all(np.isinf(pcov[0]))
     assert np.all(np.isfinite(pcov[1:]))
+
+
+# -- 4: nfev / maxfev count evaluations of f that are not Jacobian evaluations ------------
+@pytest.mark.parametrize("method", ["lm", "trf"])
+def test_nfev_and_maxfev_leave_out_jacobian_evaluations(method):
+    import scipy.optimize as so
+
+    calls = {"f": 0, "jac": 0}
+
+    def g(x, a, mu, s, c):
+        calls["f"] += 1
+        return a * np.exp(-(x - mu) ** 2 / (2 * s * s)) + c
+
+    def jac(x, a, mu, s, c):
+        calls["jac"] += 1
+        e = np.exp(-(x - mu) ** 2 / (2 * s * s))
+        return np.stack([e, a * e * (x - mu) / s**2, a * e * (x - mu) ** 2 / s**3,
+                         np.ones_like(x)], axis=1)
+
+    y = 2 * np.exp(-(X - 0.3) ** 2 / (2 * 1.21)) + 0.5 \
+        + 0.05 * np.random.default_rng(0).standard_normal(X.size)
+    p0 = [1.5, 0.0, 1.0, 0.3]
+    info = ao.curve_fit(g, X, y, p0=p0, jac=jac, method=method, full_output=True)[2]
+    assert (calls["f"], calls["jac"]) == (info["nfev"], info["njev"])
+    calls.update(f=0, jac=0)
+    info = ao.curve_fit(g, X, y, p0=p0, method=method, full_output=True)[2]
+    # complex step: n calls per Jacobian, and 3 once to check it (least_squares' doc)
+    assert calls["f"] == info["nfev"] + 4 * info["njev"] + 3
+    nfev = int(info["nfev"])
+    ao.curve_fit(g, X, y, p0=p0, method=method, maxfev=nfev)
+    with pytest.raises(RuntimeError, match="Optimal parameters not found"):
+        ao.curve_fit(g, X, y, p0=p0, method=method, maxfev=nfev - 1)
+    if method == "lm":  # scipy's lm counts its forward-difference Jacobians too
+        ref = so.curve_fit(lambda x, *p: g(x, *p), X, y, p0=p0, full_output=True)[2]
+        assert ref["nfev"] > nfev

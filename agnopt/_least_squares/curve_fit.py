@@ -180,7 +180,8 @@ def curve_fit(
         replaced by "3-point" where they disagree or ``f`` rejects complex
         input).
     full_output : bool
-        Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
+        Also return ``infodict`` (``nfev``: evaluations of ``f`` not
+        counting Jacobian ones, see ``**kwargs``; ``fvec``, ``status``,
         ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (as scipy: with
         ``"lm"`` MINPACK's code, 1-4 on success; with ``"trf"`` and
         ``"dogbox"`` the ``least_squares`` status, 1-4 on success); unbatched with ``"lm"`` also
@@ -217,7 +218,14 @@ def curve_fit(
     **kwargs
         Passed to :func:`agnopt.least_squares` (``ftol``, ``xtol``,
         ``gtol``, ``max_nfev``, ``x_scale``, ...). scipy's ``maxfev`` is
-        accepted as ``max_nfev``.
+        accepted as ``max_nfev``: a budget of evaluations of ``f`` that are
+        not Jacobian evaluations (those of the complex step or finite
+        differences are not counted; ``njev`` counts the Jacobians). scipy's ``"lm"`` (MINPACK's ``leastsq``) also counts the
+        ``n`` evaluations of each forward-difference Jacobian in ``maxfev``
+        and ``nfev``, so the same fit reports fewer evaluations here (e.g.
+        6 vs scipy's 26 for a 4-parameter Gaussian) and a ``maxfev`` that
+        stops scipy's ``"lm"`` may be enough here; scipy's ``"trf"`` and
+        ``"dogbox"`` count as agnopt does.
 
     Returns
     -------
