@@ -226,3 +226,17 @@ def test_nfev_and_maxfev_leave_out_jacobian_evaluations(method):
     if method == "lm":  # scipy's lm counts its forward-difference Jacobians too
         ref = so.curve_fit(lambda x, *p: g(x, *p), X, y, p0=p0, full_output=True)[2]
         assert ref["nfev"] > nfev
+
+
+# -- 5: a p0 of another backend: the message names curve_fit's arguments --------------------
+def test_p0_of_another_backend_names_p0_and_ydata():
+    torch = pytest.importorskip("torch")
+    x = torch.linspace(0.0, 1.0, 20, dtype=torch.float64)
+    for y, batched in ((2 * x + 1, False), (torch.stack([2 * x + 1, 3 * x]), True)):
+        with pytest.raises(TypeError) as e:
+            ao.curve_fit(lambda x, a, b: a * x + b, x, y, p0=np.array([1.0, 1.0]), batched=batched)
+        assert str(e.value) == ("p0: got a numpy array but ydata is a torch array; "
+                                "convert it to ydata's backend")
+    with pytest.raises(TypeError, match="convert it to x0's backend"):  # least_squares: x0
+        ao.least_squares(lambda p: p - 1.0, torch.ones(2, dtype=torch.float64),
+                         bounds=(np.zeros(2), np.full(2, 3.0)))
