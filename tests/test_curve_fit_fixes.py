@@ -240,3 +240,28 @@ def test_p0_of_another_backend_names_p0_and_ydata():
     with pytest.raises(TypeError, match="convert it to x0's backend"):  # least_squares: x0
         ao.least_squares(lambda p: p - 1.0, torch.ones(2, dtype=torch.float64),
                          bounds=(np.zeros(2), np.full(2, 3.0)))
+
+
+# -- 6: batched least_squares takes a shared x0 (n,) --------------------------------------
+def test_batched_least_squares_shared_x0(xp, device):
+    rng = np.random.default_rng(2)
+    P = np.array([[2.0, 0.7], [1.0, 1.5], [0.5, 0.3]])
+    Y = P[:, :1] * np.exp(-P[:, 1:] * X[None, :]) + 0.01 * rng.standard_normal((3, X.size))
+    x, y = arr(xp, device, X), arr(xp, device, Y)
+
+    def fun(p):
+        return p[:, 0:1] * xp.exp(-p[:, 1:2] * x) - y
+
+    shared = ao.least_squares(fun, arr(xp, device, [1.0, 1.0]), batched=True, method="lm")
+    full = ao.least_squares(fun, arr(xp, device, [[1.0, 1.0]] * 3), batched=True, method="lm")
+    assert tuple(shared.x.shape) == (3, 2)
+    np.testing.assert_array_equal(to_numpy(shared.x), to_numpy(full.x))
+    np.testing.assert_array_equal(to_numpy(shared.nfev), to_numpy(full.nfev))
+    assert bool(np.all(to_numpy(shared.success)))
+    for b in range(3):
+        solo = ao.least_squares(lambda p: p[0] * xp.exp(-p[1] * x) - y[b, :],
+                                arr(xp, device, [1.0, 1.0]), method="lm")
+        np.testing.assert_allclose(to_numpy(shared.x)[b], to_numpy(solo.x), rtol=1e-10)
+    with pytest.raises(ValueError, match=r"must return residuals \(B, m\)"):
+        ao.least_squares(lambda p: xp.reshape(fun(p), (-1,)), arr(xp, device, [1.0, 1.0]),
+                         batched=True)
