@@ -312,7 +312,8 @@ def c_ls_x0_outside(xp, dev):
 
 
 def c_ls_batched_1d(xp, dev):
-    x0 = _mk(xp, dev, [0.0, 0.0])
+    # (a 1-D x0 is shared by the problems; a 3-D one is refused)
+    x0 = xp.reshape(_mk(xp, dev, [0.0, 0.0, 0.0, 0.0]), (1, 2, 2))
     return (lambda: ao.least_squares(_res, x0, batched=True)), x0
 
 
@@ -500,7 +501,7 @@ CASES = [
     Case("least_squares-fun-2d", c_ls_fun_2d, ValueError, r"fun: expected residuals of shape \(m,\)"),
     Case("least_squares-bounds-order", c_ls_bounds_order, ValueError, r"bounds: each lower bound must be strictly less"),
     Case("least_squares-x0-outside", c_ls_x0_outside, ValueError, r"x0 is infeasible"),
-    Case("least_squares-batched-1d", c_ls_batched_1d, ValueError, r"x0: with batched=True expected shape \(B, n\)"),
+    Case("least_squares-batched-1d", c_ls_batched_1d, ValueError, r"x0: with batched=True expected shape \(B, n\) or \(n,\), got shape \(1, 2, 2\)"),
     Case("least_squares-x0-empty", c_ls_x0_empty, ValueError, r"x0: empty array"),
     Case("least_squares-x0-nan", c_ls_x0_nan, ValueError, r"x0: contains non-finite values"),
     Case("least_squares-x0-complex", c_ls_x0_complex, ValueError, r"x0: must be real"),

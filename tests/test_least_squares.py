@@ -494,7 +494,7 @@ def test_ftol_stops_where_every_step_is_limited(xp, device, backend):
 def test_batched_errors(xp, device):
     fb, _, X0 = _batched_problem(xp, device)
     with pytest.raises(ValueError, match="x0"):
-        ao.least_squares(fb, arr(xp, device, X0[0]), batched=True)
+        ao.least_squares(fb, xp.reshape(arr(xp, device, X0), (1,) + tuple(X0.shape)), batched=True)
     with pytest.raises(ValueError, match="fun"):
         ao.least_squares(lambda b: b[0, :], arr(xp, device, X0), batched=True)
 

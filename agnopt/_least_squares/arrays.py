@@ -167,3 +167,25 @@ def on_scalars(sx: Any, xp: Any, fn: Any, *args: Any) -> Any:
     if isinstance(out, tuple):
         return tuple(_array_of(xp, v) for v in out)
     return _array_of(xp, out)
+
+
+def shared_x0(fun: Any, x0: Any, args: tuple, kwargs: dict) -> Any:
+    """A batched ``x0`` of shape ``(n,)``, shared by every problem, as ``(B, n)``.
+
+    ``B`` is read from ``fun`` (``least_squares`` has no other input with a
+    problem axis): ``fun`` is called once at ``x0[None, :]`` ``(1, n)``, and
+    the number of rows of its residuals ``(B, m)`` is ``B`` (a ``fun`` that
+    broadcasts its parameters against per-problem data returns all ``B``
+    rows). Returns a new ``(B, n)`` array of ``x0``'s backend.
+    """
+    xp = array_api_compat.array_namespace(x0)
+    n = x0.shape[0]
+    X1 = xp.reshape(x0, (1, n))
+    F1 = call_checked(lambda z: fun(z, *args, **kwargs), X1, "fun",
+                      "at x0[None, :] (a shared x0 of shape (n,) with batched=True)")
+    shape = tuple(getattr(F1, "shape", ()))
+    if len(shape) != 2:
+        raise ValueError(f"fun: with batched=True and x0 of shape (n,) = ({n},), fun(x0[None, :]) "
+                         f"must return residuals (B, m), got shape {shape}")
+    B = int(shape[0])
+    return X1 + xp.zeros((B, n), dtype=x0.dtype, device=array_api_compat.device(x0))

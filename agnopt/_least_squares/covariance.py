@@ -10,16 +10,21 @@ from .cholesky import chol_inv
 from .routes import CHOL_MAX_N
 
 
-def covariance(xp, J):
+def covariance(xp, J, m_fit=None):
     """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
+
+    ``m_fit`` (B,) integer, optional: the number of data points of each
+    problem when some rows of ``J`` are zero (omitted points); the threshold
+    then uses ``max(m_fit, n)`` per problem, as the fit without those rows.
 
     scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
     of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
     problem: for ``n <= 16`` the Cholesky factor of the column-scaled
     ``J^T J`` gives the inverse when its certified condition bound
-    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4``, far from
-    the singular threshold, and the inverse is accurate to about 1e-8
-    relative); all other problems get ``V diag(1/s^2) V^T`` from the SVD of
+    ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4`` after
+    column scaling, and the inverse is accurate to about 1e-8 relative) and
+    the column norms certify that the unscaled ``J`` is far (a factor 100)
+    above the singular threshold; all other problems get ``V diag(1/s^2) V^T`` from the SVD of
     ``J`` itself (gathered into a sub-batch where the backend allows it).
     """
     B, m, n = J.shape
@@ -32,8 +37,18 @@ def covariance(xp, J):
         dd = d[:, :, None] * d[:, None, :]
         As = A / dd
         Li, ok = chol_inv(xp, As)
-        cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
-        well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
+        tr_inv = xp.sum(Li * Li, axis=(-2, -1))  # trace(As^{-1}) >= 1 / lambda_min(As)
+        cond = xp.sum(As * eye, axis=(-2, -1)) * tr_inv
+        # scipy's rank rule is on J itself, not on the column-scaled J: with
+        # d_j the column norms, s_min(J)^2 >= min(d^2) / trace(As^{-1}) and
+        # s_max(J)^2 <= sum(d^2), so J is certified of full rank (with a margin
+        # of 100 on the threshold) when the first exceeds (100 eps max(m, n))^2
+        # times the second; otherwise the SVD decides. (Columns ~1e-17 of a
+        # Gaussian of amplitude ~0 are well conditioned once scaled.)
+        d2 = d * d
+        tol = (100.0 * float(xp.finfo(J.dtype).eps) * max(m, n)) ** 2
+        full_rank = xp.min(d2, axis=-1) > tol * xp.sum(d2, axis=-1) * tr_inv
+        well = ok & (cond < 1e8) & full_rank & xp.all(xp.isfinite(A), axis=(-2, -1))
         all_well = bool(xp.all(well))  # (then Li needs no masking)
         if not all_well:
             Li = xp.where(well[:, None, None], Li, eye)
@@ -44,20 +59,25 @@ def covariance(xp, J):
         if compactable(xp):
             idx = rows_where(xp, ~well)
             mask, pos = positions(xp, idx, B, dev)
-            pc_s, sg_s = _covariance_svd(xp, xp.take(J, idx, axis=0))
+            pc_s, sg_s = _covariance_svd(
+                xp, xp.take(J, idx, axis=0), None if m_fit is None else xp.take(m_fit, idx, axis=0))
             return scatter(xp, pcov, pc_s, mask, pos), scatter(xp, singular, sg_s, mask, pos)
-        pc_s, sg_s = _covariance_svd(xp, J)
+        pc_s, sg_s = _covariance_svd(xp, J, m_fit)
         return (xp.where(well[:, None, None], pcov, pc_s),
                 xp.where(well, singular, sg_s))
-    return _covariance_svd(xp, J)
+    return _covariance_svd(xp, J, m_fit)
 
 
-def _covariance_svd(xp, J):
+def _covariance_svd(xp, J, m_fit=None):
     """``(J^T J)^{-1}`` (B, n, n) from the SVD of ``J`` (B, m, n); ``singular`` (B,) where rank deficient (pcov inf)."""
     B, m, n = J.shape
     U, s, Vt = host_linalg(xp, "svd", J, full_matrices=False)
     eps = float(xp.finfo(J.dtype).eps)
-    thr = eps * max(m, n) * s[:, 0:1]
+    if m_fit is None:
+        thr = eps * max(m, n) * s[:, 0:1]
+    else:
+        rows = xp.astype(xp.where(m_fit > n, m_fit, xp.full_like(m_fit, n)), J.dtype)
+        thr = eps * rows[:, None] * s[:, 0:1]
     k = s.shape[-1]
     singular = xp.any(s <= thr, axis=-1) if k == n else xp.ones((B,), dtype=xp.bool, device=device(J))
     s_safe = xp.where(s > thr, s, xp.ones_like(s))

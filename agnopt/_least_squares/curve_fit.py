@@ -20,6 +20,7 @@ from .covariance import covariance, minpack_factors
 from .fit_data import (
     apply_nan_policy,
     as_data,
+    batched_nan_mask,
     broadcast_scalar_y,
     check_finite_data,
     check_fit_method,
@@ -154,8 +155,17 @@ def curve_fit(
     check_finite : bool, optional
         Raise ``ValueError`` when ``ydata`` or an array ``xdata`` holds NaN or
         inf. Default: ``True`` unless ``nan_policy`` is given (scipy's rule).
+        ``False`` skips the check; a batched fit whose residuals at ``p0``
+        are then non-finite is not run as a failed fit: the whole call
+        raises ``ValueError`` naming those fits ("residuals are not finite
+        at the initial point p0 (problems [...])"); use ``nan_policy="omit"``.
     bounds : (lb, ub) or Bounds
-        Parameter bounds; any object with ``lb`` / ``ub``.
+        Parameter bounds; any object with ``lb`` / ``ub``. A deliberate
+        difference from scipy, whose ``curve_fit`` raises ``ValueError`` for
+        ``method="lm"`` with bounds: agnopt's ``"lm"`` accepts them and keeps
+        every iterate in the box by projecting its steps onto it (an active
+        set; see ``bounds`` of :func:`agnopt.least_squares`). To get scipy's
+        error, check ``method="lm"`` and ``bounds`` before calling.
     method : {None, "lm", "trf", "dogbox", "gauss-newton"}
         ``None``: ``"lm"`` without bounds and ``"trf"`` (trust-region
         reflective, iterates strictly inside the bounds) with finite bounds,
@@ -170,7 +180,8 @@ def curve_fit(
         replaced by "3-point" where they disagree or ``f`` rejects complex
         input).
     full_output : bool
-        Also return ``infodict`` (``nfev``, ``fvec``, ``status``,
+        Also return ``infodict`` (``nfev``: evaluations of ``f`` not
+        counting Jacobian ones, see ``**kwargs``; ``fvec``, ``status``,
         ``success``, ``nit``, ``njev``), ``mesg`` and ``ier`` (as scipy: with
         ``"lm"`` MINPACK's code, 1-4 on success; with ``"trf"`` and
         ``"dogbox"`` the ``least_squares`` status, 1-4 on success); unbatched with ``"lm"`` also
@@ -183,7 +194,17 @@ def curve_fit(
         ``"omit"``: drop the data points where ``ydata[i]`` or any
         ``xdata[..., i]`` is NaN (and their ``sigma`` rows / columns);
         ``None``: only ``check_finite``. ``"propagate"`` is refused, as
-        scipy. Unbatched only.
+        scipy. Batched, ``"omit"`` masks instead of dropping (the fits keep
+        the rectangular ``(B, m)`` shape): point ``(b, i)`` is omitted where
+        ``ydata[b, i]`` is NaN or ``xdata`` is NaN there (an ``xdata`` of
+        ``ydata``'s shape per fit, any other array ``xdata[..., i]`` for
+        every fit); its residual and Jacobian row are exactly 0 (``f`` is
+        still called there, with NaN ``xdata`` entries replaced by 0, and its
+        value ignored; ``infodict["fvec"]`` holds 0), and ``pcov`` uses
+        ``m_b - n`` degrees of freedom, ``m_b`` the points left to fit ``b``
+        (``inf`` with an :class:`OptimizeWarning` where ``m_b <= n``). Each
+        fit then equals its own fit on its finite points. A fit left with
+        no point is a ``ValueError``.
     batched : bool
         ``B`` independent fits at once (see above). Failed fits do not raise
         in batched mode: check ``infodict["success"]`` (``full_output=True``);
@@ -197,7 +218,14 @@ def curve_fit(
     **kwargs
         Passed to :func:`agnopt.least_squares` (``ftol``, ``xtol``,
         ``gtol``, ``max_nfev``, ``x_scale``, ...). scipy's ``maxfev`` is
-        accepted as ``max_nfev``.
+        accepted as ``max_nfev``: a budget of evaluations of ``f`` that are
+        not Jacobian evaluations (those of the complex step or finite
+        differences are not counted; ``njev`` counts the Jacobians). scipy's ``"lm"`` (MINPACK's ``leastsq``) also counts the
+        ``n`` evaluations of each forward-difference Jacobian in ``maxfev``
+        and ``nfev``, so the same fit reports fewer evaluations here (e.g.
+        6 vs scipy's 26 for a 4-parameter Gaussian) and a ``maxfev`` that
+        stops scipy's ``"lm"`` may be enough here; scipy's ``"trf"`` and
+        ``"dogbox"`` count as agnopt does.
 
     Returns
     -------
@@ -247,17 +275,19 @@ def curve_fit(
     if batched and is_chunked_batch(ydata):  # a Dask batch: one in-memory fit per row chunk
         return chunked_curve_fit(
             f, xdata, ydata, *chunked_p0(f, p0, ydata), sigma, full_output,
-            dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
+            dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma,
+                 check_finite=check_finite, nan_policy=nan_policy))
     ydata = as_data(as_array(ydata, "ydata"))
     xp, dev = resolve(ydata, "ydata")
     xdata = convert_xdata(xp, dev, xdata, ydata.dtype, like=ydata)
     if check_finite:
         check_finite_data(xp, xdata, ydata)
+    omit = None  # batched nan_policy="omit": (B, m) points of zero weight
     if nan_policy is not None:
-        if batched:
-            raise ValueError("nan_policy: not supported with batched=True (fits of different "
-                             "lengths); remove the NaNs per fit")
-        xdata, ydata, sigma = apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma)
+        if batched and ydata.ndim == 2:
+            xdata, ydata, omit = batched_nan_mask(xp, nan_policy, xdata, ydata)
+        elif not batched:
+            xdata, ydata, sigma = apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma)
     if not batched and ydata.ndim == 0:
         ydata = broadcast_scalar_y(xp, dev, f, xdata, ydata, p0)
     B, m = check_ydata(xp, ydata, batched)
@@ -266,7 +296,7 @@ def curve_fit(
         raise TypeError(f"The number of func parameters={n} must not exceed the number "
                         f"of data points={m}")
     wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
-    residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L)
+    residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit)
     try:
         if kwargs.get("progress") not in (None, False):
             # the display names the function the user called
@@ -283,7 +313,8 @@ def curve_fit(
         if new == msg:
             raise
         raise type(e)(new) from (e.__cause__ or e)
-    pcov, warn = _pcov(xp, res, batched, absolute_sigma, m, n)
+    m_fit = None if omit is None else xp.sum(xp.astype(~omit, xp.int64), axis=-1)
+    pcov, warn = _pcov(xp, res, batched, absolute_sigma, m, n, m_fit)
     if not batched and not res.success:
         raise RuntimeError("Optimal parameters not found: " + res.message)
     if warn:
@@ -356,9 +387,11 @@ def _weights(xp, dev, sigma, ydata, batched, m):
     return wfun, inv, None
 
 
-def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
+def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
     """``(residual, jac)`` for ``least_squares``: weighted residuals ``(f(xdata, *p) - y)``
-    of ``p`` (n,) or (B, n), with the row hook of a shared ``xdata`` (batched)."""
+    of ``p`` (n,) or (B, n), with the row hook of a shared ``xdata`` (batched).
+    ``omit`` (B, m) bool: points whose residual (and Jacobian row) is exactly 0
+    (batched ``nan_policy="omit"``), so each fit is its fit on the other points."""
     dtype = ydata.dtype
     yshape = tuple(ydata.shape)
     xp = native_namespace(xp)  # the per-call arithmetic below: NumPy's own functions
@@ -421,7 +454,8 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
                 ) from e
         if rdt == dtype or not _complex_step_point(p):
             r = r - ydata
-        return r if wfun is None else wfun(r)
+        r = r if wfun is None else wfun(r)
+        return r if omit is None else xp.where(omit, xp.zeros_like(r), r)
 
     # rows hook: least_squares may evaluate a subset of the problems (those
     # still running) when xdata is shared by all of them (not an array with
@@ -432,6 +466,7 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
         def rows_hook(idx):
             y_r = xp.take(ydata, idx, axis=0)
             inv_r = None if wfun is None else xp.take(inv, idx, axis=0)
+            omit_r = None if omit is None else xp.take(omit, idx, axis=0)
 
             def res_r(p):
                 r = f(xdata, *split(p))
@@ -440,7 +475,8 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
                 if (r.dtype == dtype or not _complex_step_point(p)
                         or tuple(r.shape) != tuple(y_r.shape)):
                     r = r - y_r
-                return r if inv_r is None else r * inv_r
+                r = r if inv_r is None else r * inv_r
+                return r if omit_r is None else xp.where(omit_r, xp.zeros_like(r), r)
 
             jac_r = None
             if callable(jac):
@@ -448,7 +484,8 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
                     J = jac(xdata, *split(p))
                     if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                         J = xp.asarray(J, dtype=dtype, device=dev)
-                    return J if inv_r is None else J * inv_r[..., None]
+                    J = J if inv_r is None else J * inv_r[..., None]
+                    return J if omit_r is None else xp.where(omit_r[..., None], xp.zeros_like(J), J)
             return res_r, jac_r
 
         residual._agnopt_rows = rows_hook
@@ -460,11 +497,9 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
             J = user_jac(xdata, *split(p))
             if not (hasattr(J, "shape") and hasattr(J, "dtype")):
                 J = xp.asarray(J, dtype=dtype, device=dev)
-            if wfun is None:
-                return J
-            if L is not None:
-                return xp.linalg.solve(L, J)
-            return J * inv[..., None]
+            if wfun is not None:
+                J = xp.linalg.solve(L, J) if L is not None else J * inv[..., None]
+            return J if omit is None else xp.where(omit[..., None], xp.zeros_like(J), J)
 
         ls_jac = jac_w
     elif jac is None:
@@ -475,9 +510,10 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     return residual, ls_jac
 
 
-def _pcov(xp, res, batched, absolute_sigma, m, n):
+def _pcov(xp, res, batched, absolute_sigma, m, n, m_fit=None):
     """``(pcov, warn)``: ``(J^T J)^{-1}`` at the solution, scaled by the reduced
-    chi-square unless ``absolute_sigma``; NaN for failed batched fits."""
+    chi-square unless ``absolute_sigma``; NaN for failed batched fits. ``m_fit``
+    (B,): the number of data points of each fit (batched ``nan_policy="omit"``)."""
     xp = native_namespace(xp)  # NumPy's own functions (a few dozen small operations)
     Jf = res.jac
     if not batched:
@@ -495,12 +531,22 @@ def _pcov(xp, res, batched, absolute_sigma, m, n):
         jfin = xp.all(xp.isfinite(xp.reshape(Jf, (Jf.shape[0], -1))), axis=-1)
         if not bool(xp.all(jfin)):
             Jf = xp.where(jfin[:, None, None], Jf, xp.zeros_like(Jf))
-        pcov, singular = covariance(xp, Jf)
+        pcov, singular = covariance(xp, Jf, m_fit)
         singular = singular & jfin
         warn = bool(xp.any(singular))
-    if not absolute_sigma:
+    if not absolute_sigma and m_fit is not None:  # per-fit degrees of freedom m_b - n
+        few = m_fit <= n
+        singular = singular | few
+        warn = bool(xp.any(singular))
+        dof = xp.astype(xp.where(few, xp.ones_like(m_fit), m_fit - n), pcov.dtype)
+        s_sq = xp.where(singular, xp.ones_like(dof), 2.0 * cost / dof)
+        pcov = xp.where(singular[:, None, None], xp.full_like(pcov, math.inf),
+                        pcov * s_sq[:, None, None])
+    elif not absolute_sigma:
         if m > n:
             s_sq = 2.0 * cost / (m - n)
+            if warn:  # (inf * a zero cost is NaN, with a RuntimeWarning: those rows are kept)
+                s_sq = xp.where(singular, xp.ones_like(s_sq), s_sq)
             scaled = pcov * s_sq[:, None, None]
             # (where no fit is singular the selection below would keep every entry)
             pcov = xp.where(singular[:, None, None], pcov, scaled) if warn else scaled

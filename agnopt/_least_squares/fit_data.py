@@ -254,3 +254,43 @@ def initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.in
     elif p0a.ndim != 1:
         raise ValueError(f"p0: expected shape (n,), got {tuple(p0a.shape)}")
     return p0a, n
+
+
+def batched_nan_mask(xp, nan_policy, xdata, ydata) -> tuple[Any, Array, Any]:
+    """``nan_policy`` for a batch ``ydata`` (B, m): ``(xdata, ydata, omit)``.
+
+    A data point ``(b, i)`` is omitted where ``ydata[b, i]`` is NaN, or where
+    ``xdata`` is NaN at it: an array ``xdata`` of ``ydata``'s shape is per fit
+    (entry ``(b, i)``), any other floating array of ``xdata``'s backend is
+    shared (point ``i`` of every fit when any ``xdata[..., i]`` is NaN).
+    ``"raise"``: ``ValueError`` if any point would be omitted. ``"omit"``:
+    the NaN entries of ``ydata`` and of ``xdata`` are replaced by 0 (new
+    arrays) and ``omit`` (B, m) bool, or ``None`` when nothing is omitted,
+    says which points get zero weight; a fit left with no point is a
+    ``ValueError`` (scipy's "`ydata` must not be empty!" for one fit).
+    """
+    omit = xp.isnan(ydata)
+    x_nan = None
+    if _is_xp_float_array(xp, xdata):
+        x_nan = xp.isnan(xdata)
+        if tuple(x_nan.shape) == tuple(ydata.shape):
+            omit = omit | x_nan
+        elif x_nan.ndim >= 1 and x_nan.shape[-1] == ydata.shape[-1]:
+            cols = xp.any(x_nan, axis=tuple(range(x_nan.ndim - 1))) if x_nan.ndim > 1 else x_nan
+            omit = omit | cols[None, :]
+        elif bool(xp.any(x_nan)):
+            raise ValueError("xdata: with nan_policy and batched=True the last axis of xdata "
+                             "must match ydata's length m")
+    if not bool(xp.any(omit)):
+        return xdata, ydata, None
+    if nan_policy == "raise":
+        raise ValueError("The input contains nan values")
+    empty = xp.all(omit, axis=-1)
+    if bool(xp.any(empty)):
+        rows = [int(i) for i in xp.nonzero(empty)[0]]
+        raise ValueError(f"ydata: with nan_policy='omit' the fits (rows) {rows} have no data "
+                         "point left; `ydata` must not be empty!")
+    ydata = xp.where(omit, xp.zeros_like(ydata), ydata)
+    if x_nan is not None and bool(xp.any(x_nan)):
+        xdata = xp.where(x_nan, xp.zeros_like(xdata), xdata)
+    return xdata, ydata, omit

@@ -47,7 +47,7 @@ from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._derivatives.numdiff import prepare_bounds
-from .arrays import call_checked, device, indices
+from .arrays import call_checked, device, indices, shared_x0
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
@@ -294,7 +294,11 @@ def least_squares(
         Extra arguments of ``fun`` and ``jac``.
     batched : bool
         ``B`` independent problems: ``x0`` ``(B, n)``, ``fun`` maps
-        ``(B, n) -> (B, m)``, ``jac`` gives ``(B, m, n)``. Each problem has its
+        ``(B, n) -> (B, m)``, ``jac`` gives ``(B, m, n)``. An ``x0`` of shape
+        ``(n,)`` is shared by all problems (as ``curve_fit``'s ``p0``): ``B``
+        is then the number of rows of ``fun(x0[None, :])`` (one extra call,
+        not counted in ``nfev``; ``fun`` must broadcast a ``(1, n)`` input
+        against its per-problem data), and ``x0`` is broadcast to ``(B, n)``. Each problem has its
         own scaling, damping, trust region, stopping test and status;
         finished problems keep their ``x``. Results equal solving each
         problem alone (same iterates up to rounding). ``fun`` always
@@ -436,6 +440,10 @@ def least_squares(
     f_scale = float(f_scale)
     bounds = as_bounds_pair(bounds)
     user_callback, callback = callback, wrap_callback(callback)
+    if batched and getattr(x0, "ndim", None) != 2:
+        x0 = as_array(x0, "x0")
+        if x0.ndim == 1 and x0.shape[0] > 0:  # shared by all problems: B from fun's rows
+            x0 = shared_x0(fun, x0, tuple(args), kwargs)
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
@@ -555,7 +563,7 @@ def _start_point(x0, batched):
     if batched:
         if x0.ndim != 2:
             raise ValueError(
-                f"x0: with batched=True expected shape (B, n), got shape {tuple(x0.shape)}"
+                f"x0: with batched=True expected shape (B, n) or (n,), got shape {tuple(x0.shape)}"
             )
         X = x0
     else:

@@ -231,5 +231,5 @@ def check_backend(a: Any, xp: Any, what: str, ref: str = "x0") -> None:
     if xa is not xp and namespace_name(xa) != namespace_name(xp):
         raise TypeError(
             f"{what}: got a {namespace_name(xa)} array but {ref} is a {namespace_name(xp)} "
-            "array; convert it to x0's backend"
+            f"array; convert it to {ref}'s backend"
         )
