@@ -555,6 +555,22 @@ def _is_jax_ns(xp: Any) -> bool:
         return bool(array_api_compat.is_jax_namespace(xp))
 
 
+_INLINE: list = []  # non-empty while a whole solve is traced (inlined_blocks)
+
+
+@contextlib.contextmanager
+def inlined_blocks() -> Any:
+    """While tracing one bigger JAX program (the whole least-squares solve), the
+    :func:`compiled` blocks run as written, inlined into it, instead of as nested
+    ``jax.jit`` calls (the same operations; fewer computations for XLA to compile)."""
+    _register_jax_pytrees()
+    _INLINE.append(True)
+    try:
+        yield
+    finally:
+        _INLINE.pop()
+
+
 def compiled(fn: _F, static: tuple = ()) -> _F:
     """``fn(xp, ...)`` as one compiled program where the backend compiles, else ``fn`` itself.
 
@@ -577,7 +593,7 @@ def compiled(fn: _F, static: tuple = ()) -> _F:
 
     @functools.wraps(fn)
     def call(xp: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _is_jax_ns(xp):
+        if _INLINE or not _is_jax_ns(xp):
             return fn(xp, *args, **kwargs)
         if not jitted:
             import jax

@@ -302,7 +302,7 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     """
     X, F, J, D, free = st.X, st.F, st.J, st.D, st.free
     eligible = st.active & (par > 0) & ~st.first
-    if not bool(xp.any(eligible)):
+    if lazy.known_none(xp, eligible):  # (traced, :mod:`.jax_solve`: no accelerated problem is exact)
         return p, None, st
     Xh = ev.project(X + ACC_H * p)
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can

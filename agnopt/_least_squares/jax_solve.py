@@ -1,0 +1,439 @@
+r"""The whole Levenberg-Marquardt solve as one compiled JAX program.
+
+On JAX the engine (:func:`.engine.run_lm`) runs its blocks between two
+evaluations of ``fun`` as compiled programs (:func:`agnopt._core.backend.compiled`),
+but ``fun`` itself, the host reads that steer the loop and the dispatch of a
+dozen programs per iteration stay in Python: about 10 ms for a 3-parameter
+fit that NumPy solves in 1 ms. When ``fun`` (and ``jac``) can be traced by
+JAX, :func:`run_lm_jax` instead runs the whole solve as one ``jax.jit``
+program: ``jax.lax.while_loop`` over the *same* block functions of the
+engine (:func:`.engine.linearize`, :func:`.engine.geodesic_acceleration`,
+:func:`.engine.trial_point`, :func:`.engine.judge`, the route of
+:mod:`.routes` with Moré's ``lmpar``), traced rather than rewritten:
+
+* the shortcuts that read values on the host (``lmpar``'s early exits, "every
+  problem well conditioned", "no accelerated problem", a finite-difference
+  scheme that is one-sided everywhere) are exact, so under tracing the
+  general path runs (every ``lmpar`` iteration with the finished problems
+  frozen, both routes merged by ``where``), which gives the same numbers;
+* the Jacobian is evaluated (with the route built) where the engine would:
+  ``jax.lax.cond`` on "a running problem's last step was accepted"; the
+  default complex step is verified at ``x0`` as in :class:`.problem.Problem`
+  and the switch to central differences is a flag carried by the loop;
+* the Jacobian at the final point (which :func:`.result.finish` would
+  evaluate when the last step was accepted) is evaluated in the program.
+
+The program is made once per ``fun`` (with ``jac``, ``loss``, ``args``,
+``kwargs``, the closure and the globals that ``fun`` names, compared by
+identity; NumPy arrays among them also by content), shapes, dtype and
+options, and reused by later calls (:data:`_CACHE`). Array leaves of
+``args`` / ``kwargs`` are inputs of the program, not constants.
+
+Not taken (the engine runs as before, same results): a ``fun`` or ``jac``
+that cannot be traced (a concretization error while tracing: ``float(x)``,
+Python branches on values, NumPy calls on ``x``; tried once per cache key,
+then remembered), a callback, ``history``, ``verbose=2``, a progress
+display, an array ``diff_step``, and a non-finite Jacobian (the program
+stops and the engine re-runs the solve, which raises or, batched, flags
+the problem as it always does).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import array_api_compat
+
+from .._core.backend import inlined_blocks
+
+from .engine import (
+    OUTCOME_FIELDS,
+    geodesic_acceleration,
+    initial_state,
+    judge,
+    linearize,
+    trial_point,
+)
+from .problem import Problem
+from .routes import normal_block
+from .state import Linearization, Outcome
+
+__all__ = ["run_lm_jax", "eligible"]
+
+_CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
+_CACHE_SIZE = 64
+# XLA's CPU compiler options for the program: no LLVM optimization passes and the
+# classic (not the MLIR "fusion emitter") kernel generation. For the small
+# solves this program is for, they cut its compilation (measured: 2.5 s -> 0.4 s
+# of CPU for a 3-parameter fit) for a program that runs 20% slower (0.20 ->
+# 0.24 ms), and a first fit is dominated by its compilation. Dropped where
+# the compiler does not know them (other XLA versions, other platforms).
+_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+class _Untraceable(Exception):
+    """``fun`` or ``jac`` cannot be traced: the engine runs eagerly."""
+
+
+def eligible(xp, prob, ws, callback, history, verbose) -> bool:
+    """Whether the whole-solve program may be tried for this lm solve."""
+    return (ws is None and callback is None and not history and verbose < 2
+            and getattr(prob, "progress", None) is None and _is_jax(xp) and (prob.diff_step is None
+                                 or isinstance(prob.diff_step, (int, float))))
+
+
+def _is_jax(xp) -> bool:
+    try:
+        return bool(array_api_compat.is_jax_namespace(xp))
+    except Exception:  # pragma: no cover
+        return False
+
+
+# ----------------------------------------------------------------------------- cache keys
+def _content(v):
+    """A writeable NumPy array's content digest (it may change in place); else ``None``."""
+    if type(v).__module__ == "numpy" and getattr(getattr(v, "flags", None), "writeable", False):
+        return hashlib.blake2b(memoryview(v.tobytes()), digest_size=16).digest()
+    return None
+
+
+def _function_refs(f, out: list, depth: int = 0) -> None:
+    """The objects ``f``'s result depends on besides its arguments: ``f``, the
+    closure cells and the globals its code names (unwrapping ``__wrapped__``,
+    ``functools.partial``, bound methods)."""
+    if depth > 4 or f is None:
+        return
+    out.append(f)
+    inner = getattr(f, "__wrapped__", None) or getattr(f, "func", None) \
+        or getattr(f, "__func__", None)
+    if inner is not None and inner is not f:
+        _function_refs(inner, out, depth + 1)
+    for a in (getattr(f, "args", None) or ()) if hasattr(f, "keywords") else ():
+        out.append(a)
+    if hasattr(f, "__self__"):
+        out.append(f.__self__)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return
+    for cell in getattr(f, "__closure__", None) or ():
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            out.append(None)
+    g = getattr(f, "__globals__", {})
+    for name in code.co_names:
+        if name in g:
+            out.append(g[name])
+
+
+def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
+    """``(key, refs, leaves, rebuild)``: the cache key, the objects compared by
+    identity, the array leaves of ``args`` / ``kwargs`` (inputs) and how to
+    rebuild ``(args, kwargs)`` from them; ``None`` when not hashable."""
+    import jax
+
+    flat, treedef = jax.tree_util.tree_flatten((prob.args, prob.kwargs))
+    is_arr = tuple(hasattr(v, "shape") and hasattr(v, "dtype") for v in flat)
+    leaves = [v for v, a in zip(flat, is_arr) if a]
+    statics = tuple(v for v, a in zip(flat, is_arr) if not a)
+    refs: list = []
+    for f in (prob.fun, prob.jac_arg if callable(prob.jac_arg) else None,
+              prob.loss if callable(prob.loss) else None):
+        _function_refs(f, refs)
+    jac = prob.jac_arg if isinstance(prob.jac_arg, str) else id(prob.jac_arg)
+    loss = prob.loss if isinstance(prob.loss, str) else id(prob.loss)
+    try:
+        key = (id(prob.fun), jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
+               tuple(X.shape), tuple(F.shape), str(X.dtype), prob.batched, prob.bounded,
+               bool(jac_scale), ftol, xtol, gtol, max_nfev, treedef,
+               tuple((type(v), v) for v in statics),
+               tuple((tuple(v.shape), str(v.dtype)) for v in leaves))
+        hash(key)
+    except TypeError:
+        return None
+    contents = tuple(_content(r) for r in refs)
+    flags = is_arr
+
+    def rebuild(arrs):
+        it, st = iter(arrs), iter(statics)
+        vals = [next(it) if a else next(st) for a in flags]
+        return jax.tree_util.tree_unflatten(treedef, vals)
+
+    return key, (refs, contents), leaves, rebuild
+
+
+def _same_refs(a, b) -> bool:
+    (ra, ca), (rb, cb) = a, b
+    return len(ra) == len(rb) and all(x is y for x, y in zip(ra, rb)) and ca == cb
+
+
+# ----------------------------------------------------------------------------- the program
+def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
+    """The lm solve of :func:`.engine.run_lm` as one compiled program, or ``None``
+    (not traceable, or a non-finite Jacobian: the caller runs the engine).
+
+    Returns an :class:`.state.Outcome` whose Jacobian is current at the final
+    point (``need_jac`` all false), with the state of ``prob`` (the complex
+    step's verdict) as the engine leaves it.
+    """
+    k = _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev)
+    if k is None:
+        return None
+    key, refs, leaves, rebuild = k
+    hit = _CACHE.get(key)
+    if hit is not None and _same_refs(hit[0], refs):
+        _CACHE.move_to_end(key)
+        entry = hit[1]
+        if entry is None:
+            return None
+    else:
+        entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev)
+        _CACHE[key] = (refs, entry)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    try:
+        out, fine = entry[0](X, F, D, prob.lb, prob.ub, leaves)
+    except _Untraceable:
+        _CACHE[key] = (refs, None)
+        return None
+    except Exception as e:  # a tracer error inside fun, wrapped by the evaluator
+        if _is_trace_error(e):
+            _CACHE[key] = (refs, None)
+            return None
+        raise
+    if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
+        return None
+    if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
+        prob.jac_arg, prob.auto_cs = "3-point", False
+    return Outcome(**dict(zip(OUTCOME_FIELDS, out)), cb_stop=False, history=[])
+
+
+def _is_trace_error(e) -> bool:
+    import jax
+
+    kinds = tuple(getattr(jax.errors, n) for n in (
+        "ConcretizationTypeError", "TracerArrayConversionError", "TracerBoolConversionError",
+        "TracerIntegerConversionError", "UnexpectedTracerError") if hasattr(jax.errors, n))
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, kinds):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
+def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
+    """The ``jax.jit`` program of one solve kind (traced at its first call)."""
+    import jax
+    from jax import lax
+
+    snap = dict(prob.__dict__)  # the problem as set up (not as a solve leaves it)
+    traced: dict = {}  # what tracing found out (the default complex step lost: cs_lost)
+
+    def program(X, F, D, lb, ub, leaves):
+        with inlined_blocks():
+            return solve(X, F, D, lb, ub, leaves)
+
+    def solve(X, F, D, lb, ub, leaves):
+        args, kwargs = rebuild(leaves)
+        ev = _traced_problem(snap, lb, ub, args, kwargs)
+        k, n = X.shape
+        m = F.shape[1]
+        dev, dt = snap["dev"], X.dtype
+        # the constants the evaluator makes once per solve, made here (outside the
+        # loop's and the branches' scopes, which must not keep their values)
+        ev._eye = xp.eye(n, dtype=dt, device=dev)
+        ev._fd_cache["eye"] = ev._eye
+        ev.zeros_J = xp.zeros((k, m, n), dtype=dt, device=dev)
+        st = initial_state(xp, X, F, ev.fnorm(F), D)
+        # the fields the first Jacobian sets, as placeholders of their shapes (it
+        # overwrites them all: every problem needs it), and a placeholder route
+        st = st._replace(J=ev.zeros_J, g=xp.zeros((k, n), dtype=dt, device=dev),
+                         A0=xp.zeros((k, n, n), dtype=dt, device=dev) if ev.use_chol else None,
+                         free=xp.ones((k, n), dtype=xp.bool, device=dev))
+        route = jax.tree_util.tree_map(lambda a: xp.zeros(a.shape, dtype=a.dtype),
+                                       jax.eval_shape(ev.route, st))
+        carry = (st, route, xp.asarray(True), xp.asarray(False))
+
+        def cond(c):
+            st, fine = c[0], c[2]
+            return (xp.any(st.active) | xp.any(st.need_jac)) & fine
+
+        def body(c):
+            st, route, fine, checked = c
+            # one evaluation site of the Jacobian: for the running problems whose
+            # last step was accepted (engine.linearize), or, once none runs, at the
+            # final point of those whose last step was accepted (result.finish)
+            lin = xp.any(st.need_jac & st.active)
+            fin = ~xp.any(st.active) & xp.any(st.need_jac)
+
+            def evaluate(op):
+                st, ev.checked = op
+                ev.cs_ok = xp.asarray(True)
+                Fm, Jm = ev.model_residuals(st.F, ev.jacobian(st.X, st.F))
+                return Fm, Jm, ev.checked, ev.cs_ok
+
+            def skip(op):
+                st, checked = op
+                return st.F, st.J, checked, xp.asarray(True)
+
+            Fm, Jm, checked, cs_ok = lax.cond(lin | fin, evaluate, skip, (st, checked))
+            ev.model_lin = (Fm, Jm)
+            fine = fine & cs_ok  # a rejected complex step: the engine takes over
+
+            def relin(st):
+                return _linearize(xp, ev, st, jac_scale, gtol)
+
+            st, route, fine = lax.cond(lin, relin, lambda st: (st, route, fine), st)
+
+            def final(st):
+                nj = st.need_jac
+                return st._replace(J=xp.where(nj[:, None, None], Jm, st.J),
+                                   njev=st.njev + xp.astype(nj, st.njev.dtype),
+                                   need_jac=xp.zeros_like(nj))
+
+            st = lax.cond(fin, final, lambda st: st, st)
+
+            def step(st):
+                return _iteration(xp, ev, st, route, ftol, xtol, max_nfev)
+
+            st = lax.cond(xp.any(st.active) & fine, step, lambda st: st, st)
+            return _like(c, (st, route, fine, checked))
+
+        st, route, fine, checked = lax.while_loop(cond, body, _like(carry, carry))
+        out = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
+        traced["cs_lost"] = not ev.auto and bool(snap["auto_cs"])
+        return out, fine
+
+    cpu = getattr(snap["dev"], "platform", None) == "cpu"
+    if cpu:
+        fast = jax.jit(program, compiler_options=_CPU_OPTIONS)
+        plain: list = []
+
+        def run(*a):
+            if plain:
+                return plain[0](*a)
+            try:
+                return fast(*a)
+            except Exception as e:  # an XLA without these options: compile as usual
+                if "compile option" not in str(e):
+                    raise
+                plain.append(jax.jit(program))
+                return plain[0](*a)
+
+        return run, traced
+    return jax.jit(program), traced
+
+
+def _like(ref, new):
+    """``new`` with the dtypes of ``ref`` (a loop's carry keeps its types)."""
+    import jax
+
+    return jax.tree_util.tree_map(
+        lambda r, v: v if getattr(v, "dtype", None) == r.dtype else v.astype(r.dtype), ref, new)
+
+
+def _iteration(xp, ev, st, route, ftol, xtol, max_nfev):
+    """The inner loop of ``lmder`` (:func:`.engine.run_lm`): the step, its trial point
+    and the verdict on it (the engine's blocks, traced)."""
+    box = ev.block_view()
+    route = copy.copy(route)  # its step keeps the factor for the acceleration
+    par, z = route.step(st.delta, st.par, st.active)
+    limited = par > 0
+    p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
+    v, accel = p, None
+    if ev.accelerate:
+        p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
+    tr, st = trial_point(xp, ev, st, p, par, box)
+    return judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
+
+
+def _linearize(xp, ev, st, jac_scale, gtol):
+    """:func:`.engine.linearize` (the Jacobian: ``ev.model_lin``) and the new route;
+    ``fine``: the Jacobian is finite."""
+    st = linearize(xp, ev, st, jac_scale, gtol, ev.block_view(), None)
+    return st, ev.route(st), ev.fine
+
+
+def _traced_problem(snap, lb, ub, args, kwargs):
+    ev: Any = object.__new__(_TracedProblem)
+    ev.__dict__.update(snap)
+    ev.lb = ev.lb_full = lb
+    ev.ub = ev.ub_full = ub
+    ev.args, ev.kwargs = args, kwargs
+    ev._fd_cache, ev._eye = {}, None
+    ev.auto = bool(snap["auto_cs"])
+    ev.checked = ev.cs_ok = ev.fine = ev.model_lin = None
+    return ev
+
+
+class _TracedProblem(Problem):
+    """:class:`.problem.Problem` inside the program: the same evaluations, with
+    the host reads that steer the default complex step turned into flags
+    (``use3``: central differences from now on; ``checked``: the complex step
+    was verified) and the Jacobian of :meth:`linearize` evaluated by the
+    program's one evaluation site (``model_lin``)."""
+
+    def linearize(self, st, nj) -> Linearization:
+        xp = self.xp
+        Fm, Jn = self.model_lin
+        eye = self.eye(st.X.shape[1]) if self.use_chol else None
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, st.J, nj, eye)
+        self.fine = fine
+        return Linearization(F=st.F, J=J, A0=st.A0 if A0 is None else A0, g=g, cn=cn, nj=nj,
+                             bad=None)
+
+    def _jacobian(self, X, F):
+        if not self.auto:
+            return _trace_guard(Problem._jacobian, self, X, F)
+        from jax import lax
+
+        xp = self.xp
+        rel = self.diff_step
+        if rel is None:
+            from .arrays import machine_eps
+            rel = machine_eps(xp, self.dtype)
+        # the default complex step (Problem._jacobian), verified the first time;
+        # where the check rejects it the program stops (``cs_ok`` false) and the
+        # engine solves the problem (central differences from there): the
+        # program holds one way of forming the Jacobian
+        try:
+            Jcs = self._fd(X, F, "cs", rel)
+        except (RuntimeError, ValueError, TypeError) as e:
+            if _is_trace_error(e):
+                raise _Untraceable() from e
+            # fun takes no complex input: central differences for good
+            self.auto, self.jac_arg, self.auto_cs = False, "3-point", False
+            return self._fd(X, F, "3-point", self.diff_step)
+        true = xp.asarray(True)
+
+        def check():
+            ok = self._cs_ok(X, F, Jcs)
+            return true if ok is None else ok
+
+        self.cs_ok = lax.cond(self.checked, lambda: true, check)
+        self.checked = true
+        return Jcs
+
+    def _cs_ok(self, X, F, Jcs):
+        """:meth:`Problem._cs_disagrees` as a traced 0-d bool (``None``: keep ``Jcs``);
+        false also where a difference point would leave the bounds (the engine
+        then checks column by column)."""
+        P3, M3, P2, inside = self._cs_check_points(X)
+        ok = self._cs_directional(X, F, Jcs, P3, M3, P2)
+        if not self.bounded:  # the points cannot leave an infinite box
+            return ok
+        return inside if ok is None else inside & ok
+
+
+def _trace_guard(fn, *a):
+    try:
+        return fn(*a)
+    except Exception as e:
+        if _is_trace_error(e):
+            raise _Untraceable() from e
+        raise
