@@ -86,8 +86,14 @@ def eligible(xp, prob, ws, callback, history, verbose) -> bool:
 
 
 def _is_jax(xp) -> bool:
+    """A JAX namespace, with ``jax.jit`` on (under ``jax.disable_jit()`` the
+    engine runs as written)."""
     try:
-        return bool(array_api_compat.is_jax_namespace(xp))
+        if not array_api_compat.is_jax_namespace(xp):
+            return False
+        import jax
+
+        return not jax.config.jax_disable_jit
     except Exception:  # pragma: no cover
         return False
 
@@ -288,7 +294,8 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
             def relin(st):
                 return _linearize(xp, ev, st, jac_scale, gtol)
 
-            st, route, fine = lax.cond(lin, relin, lambda st: (st, route, fine), st)
+            st, route, fine_j = lax.cond(lin, relin, lambda st: (st, route, fine), st)
+            fine = fine & fine_j
 
             def final(st):
                 nj = st.need_jac
