@@ -258,3 +258,54 @@ def test_rebound_closure_array_is_seen():
                            np.asarray(p0), method="lm")
     np.testing.assert_allclose(np.asarray(b.x), ref.x, rtol=1e-9)
     assert abs(float(b.x[0]) - float(a.x[0])) > 1.0
+
+
+def test_fresh_lambda_over_new_data_reuses_the_program():
+    """``least_squares(lambda p: model(p) - y, ...)`` in a loop over data sets: the
+    JAX arrays a closure holds are inputs of the program, so every fit after the
+    first runs the same program (fun's Python body: once, the set-up's call)."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    tj = jnp.asarray(T)
+    calls = [0]
+
+    def model(p):
+        calls[0] += 1
+        return p[0] * jnp.exp(-p[1] * tj) + p[2]
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    for i, scale in enumerate((1.0, 2.0, 0.5)):
+        y = jnp.asarray(scale * Y)
+        calls[0] = 0
+        got = ao.least_squares(lambda p: model(p) - y, p0, method="lm")
+        if i > 0:
+            assert calls[0] == 1
+        ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - scale * Y,
+                               np.asarray(p0), method="lm")
+        np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
+        assert (got.nfev, got.status) == (ref.nfev, ref.status)
+
+
+def test_a_fun_made_anew_around_new_objects_stops_compiling():
+    """A closure over a new Python object each fit cannot reuse a program: after
+    a few, the engine solves (right answers throughout)."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    ref = ao.least_squares(res_np, np.asarray(p0), method="lm")
+
+    def make(opts):
+        def res(p):
+            return opts["a"] * p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+        return res
+
+    n0 = len(jax_solve._CACHE)
+    for _ in range(jax_solve._MAX_UNUSED + 3):
+        got = ao.least_squares(make({"a": 1.0}), p0, method="lm")
+        np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
+    assert len(jax_solve._CACHE) - n0 <= jax_solve._MAX_UNUSED

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import types
 from collections import OrderedDict
 from typing import Any
 
@@ -65,6 +66,8 @@ __all__ = ["run_lm_jax", "eligible"]
 
 _CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
 _CACHE_SIZE = 64
+_UNUSED: dict = {}  # fun's code (or fun) -> programs made for it and never reused
+_MAX_UNUSED = 4
 # XLA's CPU compiler options for the program: no LLVM optimization passes and the
 # classic (not the MLIR "fusion emitter") kernel generation. For the small
 # solves this program is for, they cut its compilation (measured: 2.5 s -> 0.4 s
@@ -81,6 +84,7 @@ class _Untraceable(Exception):
 def eligible(xp, prob, ws, callback, history, verbose) -> bool:
     """Whether the whole-solve program may be tried for this lm solve."""
     return (ws is None and callback is None and not history and verbose < 2
+            and getattr(prob.fun, "_agnopt_whole_solve", True)
             and getattr(prob, "progress", None) is None and _is_jax(xp) and (prob.diff_step is None
                                  or isinstance(prob.diff_step, (int, float))))
 
@@ -106,6 +110,22 @@ def _content(v):
     return None
 
 
+_NAMES: dict = {}  # code object -> the global names it and its nested code read
+
+
+def _global_names(code) -> tuple:
+    try:
+        return _NAMES[code]
+    except KeyError:
+        pass
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names.update(_global_names(c))
+    out = _NAMES[code] = tuple(sorted(names))
+    return out
+
+
 def _function_refs(f, out: list, depth: int = 0) -> None:
     """The objects ``f``'s result depends on besides its arguments: ``f``, the
     closure cells and the globals its code names (unwrapping ``__wrapped__``,
@@ -129,30 +149,77 @@ def _function_refs(f, out: list, depth: int = 0) -> None:
             out.append(cell.cell_contents)
         except ValueError:  # an empty cell
             out.append(None)
+    _code_refs(f, code, out)
+
+
+def _code_refs(f, code, out: list) -> None:
+    """The defaults of ``f`` and the globals its code names."""
+    out.extend(getattr(f, "__defaults__", None) or ())
+    out.extend((getattr(f, "__kwdefaults__", None) or {}).values())
     g = getattr(f, "__globals__", {})
-    for name in code.co_names:
+    for name in _global_names(code):
         if name in g:
             out.append(g[name])
 
 
+_EMPTY = object()  # an empty closure cell
+
+
+def _split_fun(fun, refs: list):
+    """``fun`` as ``(identity, arrays, rebuild)``: a plain Python function is
+    identified by its code, globals and closure, whose JAX arrays become inputs
+    of the program (``rebuild(arrays)`` makes the function again around them:
+    a lambda made anew for each fit over a new data array reuses the program);
+    anything else by itself (``rebuild`` returns it)."""
+    if type(fun) is not types.FunctionType:
+        _function_refs(fun, refs)
+        return id(fun), [], lambda arrs: fun
+    cells = []
+    for c in fun.__closure__ or ():
+        try:
+            cells.append(c.cell_contents)
+        except ValueError:
+            cells.append(_EMPTY)
+    hoist = tuple(array_api_compat.is_jax_array(v) for v in cells)
+    arrays = [v for v, h in zip(cells, hoist) if h]
+    statics = [v for v, h in zip(cells, hoist) if not h]
+    refs.extend(statics)
+    _code_refs(fun, fun.__code__, refs)
+    code, glb, name, dfl, kwd = (fun.__code__, fun.__globals__, fun.__name__, fun.__defaults__,
+                                 fun.__kwdefaults__)
+
+    def rebuild(arrs):
+        it, st = iter(arrs), iter(statics)
+        vals = [next(it) if h else next(st) for h in hoist]
+        closure = tuple(types.CellType() if v is _EMPTY else types.CellType(v) for v in vals)
+        g = types.FunctionType(code, glb, name, dfl, closure or None)
+        g.__kwdefaults__ = kwd
+        return g
+
+    ident = (code, id(glb), hoist, tuple((tuple(v.shape), str(v.dtype)) for v in arrays))
+    return ident, arrays, rebuild
+
+
 def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
     """``(key, refs, leaves, rebuild)``: the cache key, the objects compared by
-    identity, the array leaves of ``args`` / ``kwargs`` (inputs) and how to
-    rebuild ``(args, kwargs)`` from them; ``None`` when not hashable."""
+    identity, the arrays that are inputs of the program (``fun``'s closure,
+    ``args`` / ``kwargs``) and how to rebuild ``(fun, args, kwargs)`` from them;
+    ``None`` when not hashable."""
     import jax
 
+    refs: list = []
+    fun_id, fun_arrays, fun_rebuild = _split_fun(prob.fun, refs)
     flat, treedef = jax.tree_util.tree_flatten((prob.args, prob.kwargs))
     is_arr = tuple(hasattr(v, "shape") and hasattr(v, "dtype") for v in flat)
     leaves = [v for v, a in zip(flat, is_arr) if a]
     statics = tuple(v for v, a in zip(flat, is_arr) if not a)
-    refs: list = []
-    for f in (prob.fun, prob.jac_arg if callable(prob.jac_arg) else None,
+    for f in (prob.jac_arg if callable(prob.jac_arg) else None,
               prob.loss if callable(prob.loss) else None):
         _function_refs(f, refs)
     jac = prob.jac_arg if isinstance(prob.jac_arg, str) else id(prob.jac_arg)
     loss = prob.loss if isinstance(prob.loss, str) else id(prob.loss)
     try:
-        key = (id(prob.fun), jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
+        key = (fun_id, jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
                tuple(X.shape), tuple(F.shape), str(X.dtype), prob.batched, prob.bounded,
                bool(jac_scale), ftol, xtol, gtol, max_nfev, treedef,
                tuple((type(v), v) for v in statics),
@@ -162,13 +229,15 @@ def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
         return None
     contents = tuple(_content(r) for r in refs)
     flags = is_arr
+    nf = len(fun_arrays)
 
     def rebuild(arrs):
-        it, st = iter(arrs), iter(statics)
+        it, st = iter(arrs[nf:]), iter(statics)
         vals = [next(it) if a else next(st) for a in flags]
-        return jax.tree_util.tree_unflatten(treedef, vals)
+        args, kwargs = jax.tree_util.tree_unflatten(treedef, vals)
+        return fun_rebuild(arrs[:nf]), args, kwargs
 
-    return key, (refs, contents), leaves, rebuild
+    return key, (refs, contents), fun_arrays + leaves, rebuild
 
 
 def _same_refs(a, b) -> bool:
@@ -190,12 +259,22 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
         return None
     key, refs, leaves, rebuild = k
     hit = _CACHE.get(key)
+    kind = key[0][0] if isinstance(key[0], tuple) else key[0]  # fun's code (or fun)
     if hit is not None and _same_refs(hit[0], refs):
         _CACHE.move_to_end(key)
         entry = hit[1]
         if entry is None:
             return None
+        if not entry[1].get("reused"):
+            entry[1]["reused"] = True
+            _UNUSED[kind] -= 1
     else:
+        # a fun made anew for each fit around new objects (other than JAX arrays)
+        # would compile a program per fit: after a few programs never reused, the
+        # engine solves for that code
+        if _UNUSED.get(kind, 0) >= _MAX_UNUSED:
+            return None
+        _UNUSED[kind] = _UNUSED.get(kind, 0) + 1
         entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev)
         _CACHE[key] = (refs, entry)
         while len(_CACHE) > _CACHE_SIZE:
@@ -245,8 +324,9 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
             return solve(X, F, D, lb, ub, leaves)
 
     def solve(X, F, D, lb, ub, leaves):
-        args, kwargs = rebuild(leaves)
+        fun, args, kwargs = rebuild(leaves)
         ev = _traced_problem(snap, lb, ub, args, kwargs)
+        ev.fun = fun
         k, n = X.shape
         m = F.shape[1]
         dev, dt = snap["dev"], X.dtype
