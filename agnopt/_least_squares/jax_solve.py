@@ -284,11 +284,14 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     except _Untraceable:
         _CACHE[key] = (refs, None)
         return None
-    except Exception as e:  # a tracer error inside fun, wrapped by the evaluator
-        if _is_trace_error(e):
+    except Exception as e:
+        # a tracer error inside fun (wrapped by the evaluator), or anything else
+        # while tracing: the engine solves (and raises what it raises)
+        if _is_trace_error(e) or not entry[1].get("ran"):
             _CACHE[key] = (refs, None)
             return None
         raise
+    entry[1]["ran"] = True
     if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
         return None
     if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
