@@ -102,7 +102,7 @@ def test_whole_solve_equals_engine_and_numpy(case):
 def test_analytic_jacobian_and_array_args_are_inputs():
     """A callable ``jac`` traced too; arrays in ``args`` are the program's inputs
     (new data, same program, right answer)."""
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     calls = [0]
@@ -179,7 +179,7 @@ def test_untraceable_fun_falls_back_to_the_engine():
 
 @pytest.mark.parametrize("opt", ["callback", "verbose", "history", "progress"])
 def test_reports_take_the_engine(opt, capsys):
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     res, calls = _counted(jnp)
@@ -223,7 +223,7 @@ def test_rejected_complex_step_takes_the_engine():
 
 
 def test_nonfinite_jacobian_raises_as_the_engine():
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     tj, yj = jnp.asarray(T), jnp.asarray(Y)
@@ -241,7 +241,7 @@ def test_nonfinite_jacobian_raises_as_the_engine():
 def test_rebound_closure_array_is_seen():
     """A program bakes in the arrays ``fun`` closes over: rebinding one (a new
     data set in the same variable) makes a new program, not a stale answer."""
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     tj = jnp.asarray(T)
@@ -252,7 +252,7 @@ def test_rebound_closure_array_is_seen():
 
     p0 = jnp.asarray([1.0, 1.0, 1.0])
     a = ao.least_squares(res, p0, method="lm")
-    yj = jnp.asarray(2.0 * Y)  # noqa: F841  (read by res through its closure)
+    yj = jnp.asarray(2.0 * Y)
     b = ao.least_squares(res, p0, method="lm")
     ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - 2.0 * Y,
                            np.asarray(p0), method="lm")
@@ -264,7 +264,7 @@ def test_fresh_lambda_over_new_data_reuses_the_program():
     """``least_squares(lambda p: model(p) - y, ...)`` in a loop over data sets: the
     JAX arrays a closure holds are inputs of the program, so every fit after the
     first runs the same program (fun's Python body: once, the set-up's call)."""
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     tj = jnp.asarray(T)
@@ -290,7 +290,7 @@ def test_fresh_lambda_over_new_data_reuses_the_program():
 def test_a_fun_made_anew_around_new_objects_stops_compiling():
     """A closure over a new Python object each fit cannot reuse a program: after
     a few, the engine solves (right answers throughout)."""
-    jax = _jax()
+    _jax()
     import jax.numpy as jnp
 
     from agnopt._least_squares import jax_solve

@@ -48,8 +48,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._core.backend import inlined_blocks
-
+from .._core.backend import cheap_jit, inlined_blocks
 from .engine import (
     OUTCOME_FIELDS,
     geodesic_acceleration,
@@ -62,19 +61,12 @@ from .problem import Problem
 from .routes import normal_block
 from .state import Linearization, Outcome
 
-__all__ = ["run_lm_jax", "eligible"]
+__all__ = ["eligible", "run_lm_jax"]
 
 _CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
 _CACHE_SIZE = 64
 _UNUSED: dict = {}  # fun's code (or fun) -> programs made for it and never reused
 _MAX_UNUSED = 4
-# XLA's CPU compiler options for the program: no LLVM optimization passes and the
-# classic (not the MLIR "fusion emitter") kernel generation. For the small
-# solves this program is for, they cut its compilation (measured: 2.5 s -> 0.4 s
-# of CPU for a 3-parameter fit) for a program that runs 20% slower (0.20 ->
-# 0.24 ms), and a first fit is dominated by its compilation. Dropped where
-# the compiler does not know them (other XLA versions, other platforms).
-_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 class _Untraceable(Exception):
@@ -394,29 +386,13 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
             st = lax.cond(xp.any(st.active) & fine, step, lambda st: st, st)
             return _like(c, (st, route, fine, checked))
 
-        st, route, fine, checked = lax.while_loop(cond, body, _like(carry, carry))
+        st, _, fine, _ = lax.while_loop(cond, body, _like(carry, carry))
         out = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
         traced["cs_lost"] = not ev.auto and bool(snap["auto_cs"])
         return out, fine
 
-    cpu = getattr(snap["dev"], "platform", None) == "cpu"
-    if cpu:
-        fast = jax.jit(program, compiler_options=_CPU_OPTIONS)
-        plain: list = []
-
-        def run(*a):
-            if plain:
-                return plain[0](*a)
-            try:
-                return fast(*a)
-            except Exception as e:  # an XLA without these options: compile as usual
-                if "compile option" not in str(e):
-                    raise
-                plain.append(jax.jit(program))
-                return plain[0](*a)
-
-        return run, traced
-    return jax.jit(program), traced
+    # (on the CPU with XLA's cheaper settings: backend.CPU_COMPILER_OPTIONS)
+    return cheap_jit(program), traced
 
 
 def _like(ref, new):
@@ -472,7 +448,7 @@ class _TracedProblem(Problem):
         xp = self.xp
         Fm, Jn = self.model_lin
         eye = self.eye(st.X.shape[1]) if self.use_chol else None
-        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, st.J, nj, eye)
+        J, A0, _, g, cn, fine = normal_block(xp, Fm, Jn, st.J, nj, eye)
         self.fine = fine
         return Linearization(F=st.F, J=J, A0=st.A0 if A0 is None else A0, g=g, cn=cn, nj=nj,
                              bad=None)
