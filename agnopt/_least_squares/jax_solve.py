@@ -89,7 +89,7 @@ def _is_jax(xp) -> bool:
             return False
         import jax
 
-        return not jax.config.jax_disable_jit
+        return not getattr(jax.config, "jax_disable_jit", False)
     except Exception:  # pragma: no cover
         return False
 
@@ -443,6 +443,13 @@ class _TracedProblem(Problem):
     (``use3``: central differences from now on; ``checked``: the complex step
     was verified) and the Jacobian of :meth:`linearize` evaluated by the
     program's one evaluation site (``model_lin``)."""
+
+    auto = False  # the default complex step, verified (not an explicit jac)
+    model_lin: Any = None  # (F, J) of the loss's model at the current point
+    fine: Any = None  # 0-d bool: the last Jacobian is finite
+    checked: Any = None  # 0-d bool: the complex step was verified
+    cs_ok: Any = None  # 0-d bool: the complex step passed its check
+    zeros_J: Any = None  # (k, m, n) zeros
 
     def linearize(self, st, nj) -> Linearization:
         xp = self.xp
