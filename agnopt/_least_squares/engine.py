@@ -33,7 +33,9 @@ The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
 early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`: the same arithmetic,
-tested equal; ``AGNOPT_FAST=0`` turns it off).
+tested equal; ``AGNOPT_FAST=0`` turns it off). On JAX, when ``fun`` can be
+traced, the whole loop runs as one compiled program over these same blocks
+(:mod:`.jax_solve`).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.

@@ -14,28 +14,41 @@ engine (:func:`.engine.linearize`, :func:`.engine.geodesic_acceleration`,
 * the shortcuts that read values on the host (``lmpar``'s early exits, "every
   problem well conditioned", "no accelerated problem", a finite-difference
   scheme that is one-sided everywhere) are exact, so under tracing the
-  general path runs (every ``lmpar`` iteration with the finished problems
-  frozen, both routes merged by ``where``), which gives the same numbers;
-* the Jacobian is evaluated (with the route built) where the engine would:
-  ``jax.lax.cond`` on "a running problem's last step was accepted"; the
-  default complex step is verified at ``x0`` as in :class:`.problem.Problem`
-  and the switch to central differences is a flag carried by the loop;
-* the Jacobian at the final point (which :func:`.result.finish` would
-  evaluate when the last step was accepted) is evaluated in the program.
+  general path runs (``lmpar``'s iterations as one loop, :func:`agnopt._core.lazy.bounded_loop`,
+  with the finished problems frozen; both routes merged by ``where``), which
+  gives the same numbers;
+* the Jacobian is evaluated where the engine would, at one site of the loop
+  (``jax.lax.cond``): for the running problems whose last step was
+  accepted (:func:`.engine.linearize`, then the route), and once none runs,
+  at the final point of those whose last step was accepted (what
+  :func:`.result.finish` evaluates); the default complex step is verified
+  at ``x0`` as in :class:`.problem.Problem`.
 
-The program is made once per ``fun`` (with ``jac``, ``loss``, ``args``,
-``kwargs``, the closure and the globals that ``fun`` names, compared by
-identity; NumPy arrays among them also by content), shapes, dtype and
-options, and reused by later calls (:data:`_CACHE`). Array leaves of
-``args`` / ``kwargs`` are inputs of the program, not constants.
+The program is made once per ``fun``, shapes, dtype and options and reused
+by later calls (:data:`_CACHE`): a plain function is identified by its code,
+its globals, the globals its code names and its closure (compared by
+identity; writeable NumPy arrays also by content), and the JAX arrays of its
+closure and of ``args`` / ``kwargs`` are inputs of the program, not
+constants, so a new ``lambda`` over a new data array reuses it. A code that
+made :data:`_MAX_UNUSED` programs never reused (a function made anew around
+new objects for each fit) gets no more. On the CPU the program is compiled
+with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
 
 Not taken (the engine runs as before, same results): a ``fun`` or ``jac``
-that cannot be traced (a concretization error while tracing: ``float(x)``,
-Python branches on values, NumPy calls on ``x``; tried once per cache key,
-then remembered), a callback, ``history``, ``verbose=2``, a progress
-display, an array ``diff_step``, and a non-finite Jacobian (the program
-stops and the engine re-runs the solve, which raises or, batched, flags
-the problem as it always does).
+that cannot be traced (``float(x)``, Python branches on values, NumPy calls
+on ``x``: any error while tracing; remembered per cache key), a callback,
+``history``, ``verbose=2``, a progress display, an array ``diff_step``,
+``jax.disable_jit()``, ``curve_fit`` (its residual is made anew per call),
+and, found while running, a non-finite Jacobian or a complex step that the
+check at ``x0`` rejects (the program stops and the engine solves the
+problem again: it raises, flags the problem (batched) or switches to
+central differences, as it always does).
+
+Results equal the engine's to rounding: the same iterations, evaluations
+and statuses; the point to ~1e-10 relative with the complex step or an
+analytic Jacobian (XLA fuses and rounds the operations differently, ~1 ulp
+each), to ~1e-8 with finite differences (which divide fun's rounding by
+their step). ``method="trf"`` / ``"dogbox"`` are not compiled this way.
 """
 
 from __future__ import annotations
