@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--backend", default="numpy",
                     help="array backend of the batched fit: numpy, torch, jax, ... (default numpy)")
     fb.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    fb.add_argument("--repeat", type=int, default=3, help="batched runs timed (best of; default 3)")
+    fb.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=None,
+                    help="timed runs, best of (default 3 batched runs; with --single, 50 calls)")
     fb.add_argument("--sweep", action="store_true",
                     help="every case: B in --Bs, float64 and float32, analytic and default Jacobian, "
                          "numpy and torch (1 thread and torch's default), one table")
@@ -70,7 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--peers", action="store_true",
                     help="also optimistix's LM under jax.jit (batched: jax.jit(jax.vmap)); "
                          "skipped with a note when absent")
-    fb.add_argument("--repeats", type=int, default=50, help="with --single: timed calls (best of)")
     bench = sub.add_parser("bench", help="one optimizer step vs the memory roofline, torch.optim and optax")
     bench.add_argument("--sizes", default="1e5,1e7", help="comma-separated N (default 1e5,1e7)")
     bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -150,10 +150,11 @@ def _fitbench(args: argparse.Namespace) -> int:
     if args.single:
         from ._cli.single_fit import run_single_fit_benchmark
 
-        run_single_fit_benchmark(repeats=args.repeats, peers=args.peers)
+        run_single_fit_benchmark(repeats=50 if args.repeat is None else args.repeat, peers=args.peers)
         return 0
     from ._cli.fitbench import run_fit_benchmark
 
+    repeat = 3 if args.repeat is None else args.repeat
     if args.threads is not None:
         try:
             import torch
@@ -167,11 +168,11 @@ def _fitbench(args: argparse.Namespace) -> int:
         backends = tuple(args.backends.split(","))
         threads = (args.threads,) if args.threads is not None else (1, None)
         run_fit_sweep(Bs=tuple(int(float(b)) for b in args.Bs.split(",")), backends=backends,
-                      torch_threads=threads, peers=args.peers, repeat=args.repeat,
+                      torch_threads=threads, peers=args.peers, repeat=repeat,
                       scipy_subset=1000 if args.scipy_subset is None else args.scipy_subset)
         return 0
     run_fit_benchmark(B=args.B, m=args.m, backend=args.backend, scipy_subset=args.scipy_subset,
-                      jac=args.jac, dtype=args.dtype, peers=args.peers, repeat=args.repeat)
+                      jac=args.jac, dtype=args.dtype, peers=args.peers, repeat=repeat)
     return 0
 
 

@@ -490,6 +490,34 @@ def test_chol_inv_one_matrix_equals_its_row_of_a_stack():
                 assert np.array_equal(np.signbit(a[fin]), np.signbit(b[fin]))
 
 
+
+def test_small_products_are_the_matrix_products(xp, device):
+    """The Cholesky route's n x n products as product and sum (small_mv, small_mtv,
+    chol_solve; NumPy's fixed order, which the numba route repeats) are the matrix
+    products to rounding on every backend, and a stack gives each matrix what it
+    gives alone."""
+    from conftest import to_numpy
+
+    from agnopt._least_squares.cholesky import chol_solve, small_mtv, small_mv
+
+    rng = np.random.default_rng(11)
+    for n in (1, 3, 6, 9, 16):
+        A = rng.standard_normal((4, n, n))
+        v = rng.standard_normal((4, n))
+        L = np.tril(A) + 3 * n * np.eye(n)
+        Ax, vx, Lx = (xp.asarray(a.tolist(), dtype=xp.float64, device=device) for a in (A, v, L))
+        got = [to_numpy(small_mv(xp, Ax, vx)), to_numpy(small_mtv(xp, Ax, vx)),
+               to_numpy(chol_solve(xp, Lx, vx))]
+        want = [np.einsum("kij,kj->ki", A, v), np.einsum("kji,kj->ki", A, v),
+                np.einsum("kji,kj->ki", L, np.einsum("kij,kj->ki", L, v))]
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12 * np.abs(w).max())
+        one = to_numpy(small_mv(xp, Ax[1:2, ...], vx[1:2, ...]))
+        if type(Ax).__module__.startswith("numpy"):
+            np.testing.assert_array_equal(one[0], got[0][1])
+
+
 # --------------------------------------------------------------------------- strict acceptance (issue 11, item 1)
 def _mgh10():
     """NIST's MGH10 (``y = b1 exp(b2 / (x + b3))``) from the packaged data: ``(x, y, p)``."""

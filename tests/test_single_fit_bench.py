@@ -40,7 +40,7 @@ def test_single_fit_same_problem_as_scipy():
 def test_peers_absent_says_so(monkeypatch, capsys):
     monkeypatch.setattr(single_fit, "_best_pair", lambda a, b, r: (1e-3, 5e-4))
     monkeypatch.setattr(single_fit, "_first_and_best", lambda fn, r: (1.0, 1e-3))
-    assert main(["fitbench", "--single", "--peers", "--repeats", "1"]) == 0
+    assert main(["fitbench", "--single", "--peers", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "optimistix not installed" in out
     assert "2.00x" in out

@@ -173,6 +173,12 @@ def test_native_numpy_namespace_is_numpy_bit_for_bit():
     x = rng.standard_normal((2, 3, 4))
     same(nx.reshape(x, (6, 4)), np.reshape(x, (6, 4)))
     same(nx.matrix_transpose(x), np.matrix_transpose(x))
+    # a list holding a NumPy scalar goes to numpy.stack (not the ndarray-only path)
+    same(nx.stack([np.ones(()), np.float64(2.0)]), np.stack([np.ones(()), np.float64(2.0)]))
+    z = rng.standard_normal((2, 3)) + 1j * rng.standard_normal((2, 3))
+    for a in (z, z.astype(np.complex64), x, np.complex128(1 + 2j), 3.0):
+        same(nx.real(a), np.real(a))
+        same(nx.imag(a), np.imag(a))
     same(nx.linalg.matrix_transpose(x), np.linalg.matrix_transpose(x))
 
 

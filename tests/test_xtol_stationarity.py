@@ -205,3 +205,93 @@ def test_tall_path_flags_the_same_stops(method):
     r = ao.tall_least_squares(fun, x0, method=method, ftol=1e-15, gtol=1e-15, xtol=1e-12)
     assert int(r.status) == Status.XTOL and r.success
     np.testing.assert_allclose(np.asarray(r.x), [2.0, 1.5], rtol=1e-12)
+
+
+# -- status 4 (ftol and xtol): an xtol stop too, with the same check -------------------
+# BoxBOD (NIST): y = b1 (1 - exp(-b2 x)); from b = [1, 5] lm's first steps take b2 to
+# ~100, where exp(-b2 x) underflows next to 0 for every x: the model is the constant b1,
+# b1 goes to mean(y) = 172.5 and the damped step in b2 (its column ~1e-40, its scale
+# D = max ||J_2|| seen) predicts no reduction: ftol and xtol fire together (status 4).
+# The certified minimum is b = [213.80940889, 0.54723748542], cost 584.0044 (start 2).
+BOXBOD_PLATEAU = (172.5, 4885.75)  # mean(y) and 0.5 sum((y - mean(y))^2)
+
+
+def _boxbod(xp):
+    fun, _, _, _ = _nist.nist_problem(PROBLEMS["BoxBOD"], xp)
+    return fun
+
+
+def test_ftol_xtol_stop_on_a_saturated_model_is_not_success(backend):
+    case, xp, dev = backend
+    y = np.asarray(PROBLEMS["BoxBOD"]["y"], dtype=np.float64)
+    np.testing.assert_allclose(BOXBOD_PLATEAU, (y.mean(), 0.5 * np.sum((y - y.mean()) ** 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = ao.least_squares(_boxbod(xp), xp.asarray([1.0, 5.0], dtype=xp.float64), method="lm")
+    assert int(r.status) == Status.NOT_STATIONARY and not r.success, r.message
+    x = to_numpy(r.x)
+    np.testing.assert_allclose(x[0], BOXBOD_PLATEAU[0], rtol=1e-9)
+    np.testing.assert_allclose(float(r.cost), BOXBOD_PLATEAU[1], rtol=1e-9)
+    assert x[1] > 50.0  # exp(-b2 x) < 1e-21 at every data point
+    # scipy's lm stops on the same plateau and calls it success (gtol there)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r_sp = so.least_squares(_boxbod(np), np.array([1.0, 5.0]), method="lm")
+    assert r_sp.success and r_sp.cost == pytest.approx(BOXBOD_PLATEAU[1], rel=1e-9)
+    # the minimum is far below: lm reaches it from NIST's start 1
+    r1 = ao.least_squares(_boxbod(np), np.array([1.0, 1.0]), method="lm")
+    assert r1.success and float(r1.cost) == pytest.approx(584.0044, rel=1e-6)
+
+
+def test_batched_and_tall_ftol_xtol_plateau_stops_are_flagged():
+    """A batch flags only its stuck problem (as alone); the tall path (Dask
+    rows, analytic Jacobian) flags the same stop from J^T J and J^T f."""
+    da = pytest.importorskip("dask.array")
+    p = PROBLEMS["BoxBOD"]
+    t = np.asarray(p["x"], dtype=np.float64).reshape(-1)
+    y = np.asarray(p["y"], dtype=np.float64)
+
+    def fb(X):
+        return X[:, :1] * (1.0 - np.exp(-X[:, 1:] * t)) - y
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rb = ao.least_squares(fb, np.array([[1.0, 5.0], [1.0, 1.0]]), method="lm", batched=True)
+    assert [int(s) for s in to_numpy(rb.status)] == [Status.NOT_STATIONARY, Status.FTOL]
+    np.testing.assert_allclose(to_numpy(rb.x)[0, 0], BOXBOD_PLATEAU[0], rtol=1e-9)
+    assert _nist.lre(list(to_numpy(rb.x)[1]), p["certified_values"]) >= 5
+    td, yd = da.from_array(t, chunks=3), da.from_array(y, chunks=3)
+
+    def fun(b):
+        return b[0] * (1.0 - da.exp(-b[1] * td)) - yd
+
+    def jac(b):
+        e = da.exp(-b[1] * td)
+        return da.stack([1.0 - e, b[0] * td * e], axis=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = ao.tall_least_squares(fun, np.array([1.0, 5.0]), jac=jac, method="lm")
+    assert int(r.status) == Status.NOT_STATIONARY and not r.success
+    np.testing.assert_allclose(float(r.cost), BOXBOD_PLATEAU[1], rtol=1e-9)
+
+
+def test_minpack_initial_radius_on_boxbod_start1_is_not_success(monkeypatch):
+    """With MINPACK's initial radius (factor 100; agnopt uses 1, engine.FACTOR)
+    lm's first step from NIST's BoxBOD start 1 lands on the plateau (b2 ~ 111)
+    and stops there with status 4 (scipy's lm: status 1 or 2, LRE -2.2): the
+    check says -6, on the generic and the numba paths alike."""
+    from agnopt._least_squares import engine
+
+    monkeypatch.setattr(engine, "FACTOR", 100.0)
+    for fast in ("0", "numba"):
+        if fast == "numba":
+            pytest.importorskip("numba")
+        monkeypatch.setenv("AGNOPT_FAST", fast)
+        r = _solve("BoxBOD", np, "start1", "lm")
+        assert int(r.status) == Status.NOT_STATIONARY and not r.success, (fast, r.message)
+        np.testing.assert_allclose(r.x[0], BOXBOD_PLATEAU[0], rtol=1e-9)
+        np.testing.assert_allclose(float(r.cost), BOXBOD_PLATEAU[1], rtol=1e-9)
+    monkeypatch.setattr(engine, "FACTOR", 1.0)
+    r = _solve("BoxBOD", np, "start1", "lm")  # agnopt's radius: the certified values
+    assert r.success and _nist.lre(list(r.x), PROBLEMS["BoxBOD"]["certified_values"]) >= 6

@@ -179,6 +179,10 @@ def format_table(rows: list[dict], title: str = "") -> str:
     lines.append(f"LRE >= 6: {ok} of {len(rows)} runs; LRE >= 4: "
                  f"{sum(1 for r in rows if r['lre'] >= 4)}; errors: "
                  f"{sum(1 for r in rows if r['error'])}")
+    lines.append("LRE: digits agreeing with NIST's certified values, -log10(|est - cert| / |cert|) "
+                 "of the worst parameter; 6 or more counts as solved.")
+    lines.append("st: the status (agnopt.Status): 1 gtol, 2 ftol, 3 xtol, 4 ftol and xtol are "
+                 "success; 0 (max_nfev) and negatives are failures. nfev: residual evaluations.")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 from typing import Any, Callable, NamedTuple, TypeVar, cast
@@ -244,10 +245,11 @@ def _lean_numpy(np: Any) -> Any:
     ``linalg.vector_norm`` are Python too. On the ``(1,)`` and ``(1, n)``
     arrays of one small solve that wrapping costs 2-3 times the operation.
     So are ``stack``, ``reshape`` and ``matrix_transpose`` (dispatch and
-    argument checks around one ``concatenate`` / method call). This module
-    is NumPy's own (``__name__ == "numpy"``, every other name NumPy's
-    object) with those ten replaced by functions that make the same
-    ``ufunc.reduce`` / ``ndarray`` method / ``concatenate`` call NumPy itself
+    argument checks around one ``concatenate`` / method call), and ``real``
+    and ``imag`` (around one attribute read). This module is NumPy's own
+    (``__name__ == "numpy"``, every other name NumPy's object) with those
+    replaced by functions that make the same ``ufunc.reduce`` / ``ndarray``
+    method or attribute / ``concatenate`` call NumPy itself
     makes for an ``ndarray`` (same results, bit for bit) and defer to NumPy's
     function for anything else (scalars, subclasses, other ``ord`` /
     ``axis`` / ``copy`` forms).
@@ -310,17 +312,31 @@ def _lean_numpy(np: Any) -> Any:
         return np_vnorm(x, axis=axis, keepdims=keepdims, ord=ord)
 
     np_stack, np_reshape, np_mT, concat = np.stack, np.reshape, np.matrix_transpose, np.concat
+    py_all = builtins.all  # (``all`` below is this module's reduction)
 
     def stack(arrays, /, *, axis=0):
         # numpy.stack's own steps (a new axis on each, one concatenate) without its
         # dispatch and checks; a mismatch of shapes still raises (in concatenate)
-        if type(arrays) in (list, tuple) and arrays and all(type(a) is nd for a in arrays):
+        if type(arrays) in (list, tuple) and arrays and py_all(type(a) is nd for a in arrays):
             nd1 = arrays[0].ndim + 1
             if -nd1 <= axis < nd1:
                 ax = axis + nd1 if axis < 0 else axis
                 idx = (slice(None),) * ax + (None,)
                 return concat([a[idx] for a in arrays], axis=ax)
         return np_stack(arrays, axis=axis)
+
+    np_real, np_imag = np.real, np.imag
+
+    def real(x, /):
+        # numpy.real / imag: a Python function around the ndarray attribute (a view)
+        if type(x) is nd:
+            return x.real
+        return np_real(x)
+
+    def imag(x, /):
+        if type(x) is nd:
+            return x.imag
+        return np_imag(x)
 
     def reshape(x, /, shape, *, copy=None):
         if type(x) is nd and copy is None:
@@ -339,7 +355,8 @@ def _lean_numpy(np: Any) -> Any:
     mod: Any = types.ModuleType("numpy", np.__doc__)
     mod.__dict__.update({k: v for k, v in vars(np).items() if not k.startswith("__")})
     mod.__version__ = np.__version__
-    for f in (sum, any, all, max, min, astype, isdtype, stack, reshape, matrix_transpose):
+    for f in (sum, any, all, max, min, astype, isdtype, stack, reshape, matrix_transpose, real,
+              imag):
         setattr(mod, f.__name__, f)
     mod.linalg = linalg
     return mod

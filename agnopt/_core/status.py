@@ -16,8 +16,8 @@ __all__ = ["Status"]
 class Status(IntEnum):
     """Termination status (scipy's ``least_squares`` values, plus agnopt's -3 ... -6)."""
 
-    #: agnopt: the ``xtol`` test fired (the step shrank, scipy's status 3) at a
-    #: point that is not first-order stationary: the residuals are not
+    #: agnopt: the ``xtol`` test fired (the step shrank, scipy's status 3, or
+    #: 4 with ``ftol``) at a point that is not first-order stationary: the residuals are not
     #: orthogonal to the Jacobian's columns and the Gauss-Newton step is longer
     #: than ``xtol`` allows (a wrong or inaccurate Jacobian, non-smooth or
     #: noisy residuals, a saturated model); see ``least_squares``' notes.

@@ -29,9 +29,10 @@ import numpy as np
 # numba is optional (agnopt[numba]) and imported only when the fast judge first runs
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
-# The numba functions cost about 0.25 s on their first use in a process (numba's
-# import and its on-disk cache; about 1 s where the cache cannot be written) and
-# save about 0.3 ms per fit: by default they start with the WARMUP-th unbatched
+# The numba functions (with the route's, agnopt._kernels.lm_route) cost about 0.3 s
+# on their first use in a process (numba's import and its on-disk cache; about 4 s
+# where the cache cannot be written) and save about 0.5 ms per fit (issue 14's
+# 3-parameter exponential): by default they start with the WARMUP-th unbatched
 # fit of a process, so a script with a few fits never pays for them.
 # ``AGNOPT_FAST=numba`` uses them from the first fit.
 WARMUP = 50
@@ -204,7 +205,8 @@ def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
     elementwise arithmetic in :func:`scale_gtol`; ``||D x0||`` stays NumPy's."""
     if not bool(nj[0]):
         return generic(xp, box, st, nj, cn, jac_scale, gtol)
-    free = box.free_mask(st.X, st.g)
+    # (no bounds: every variable stays free, the mask made at the first Jacobian)
+    free = box.free_mask(st.X, st.g) if box.bounded or st.free is None else st.free
     first = bool(st.first[0])
     Dn, gn = scale_gtol(st.g[0], cn[0], st.D[0], free[0], bool(box.bounded), float(st.fnorm[0]),
                         first, bool(jac_scale))
@@ -234,15 +236,17 @@ def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, ep
         float(st.fnorm[0]), float(st.par[0]), float(st.delta[0]), active, float(tr.fnorm1[0]),
         float(jpn2[0]), float(pmnorm[0]), projected, gp)
     f64 = np.float64
-    if acc:
+    xnorm = st.xnorm
+    new: dict[str, Any] = {}
+    if acc:  # accept's step: one _replace with the verdict's fields below
         X = tr.Xt
         xnorm = xp.linalg.vector_norm(st.D * X, axis=-1)
-        st = st._replace(X=X, F=tr.Ft, fnorm=tr.fnorm1, xnorm=xnorm, nit=st.nit + 1,
-                         first=np.zeros(1, dtype=bool))
+        new = {"X": X, "F": tr.Ft, "fnorm": tr.fnorm1, "xnorm": xnorm, "nit": st.nit + 1,
+               "first": np.zeros(1, dtype=bool)}
     need_jac = np.array([acc], dtype=bool) if active else st.need_jac
     info, active_n = stop(int(st.info[0]), active, actred, prered, ratio, finite,
-                          bool(limited[0]), float(st.gnorm[0]), delta, float(st.xnorm[0]),
+                          bool(limited[0]), float(st.gnorm[0]), delta, float(xnorm[0]),
                           int(st.nfev[0]), float(ftol), float(xtol), float(max_nfev), eps)
     return st._replace(delta=np.array([delta], dtype=f64), par=np.array([par], dtype=f64),
                        need_jac=need_jac, info=np.array([info], dtype=np.int64),
-                       active=np.array([active_n], dtype=bool))
+                       active=np.array([active_n], dtype=bool), **new)

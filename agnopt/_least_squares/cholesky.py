@@ -21,9 +21,20 @@ def mv(xp, A, v):
     return xp.matmul(A, v[..., None])[..., 0]
 
 
-def mtv(xp, A, v):
-    """``A^T v`` for stacks: (k, p, q) x (k, p) -> (k, q)."""
-    return xp.matmul(xp.matrix_transpose(A), v[..., None])[..., 0]
+def small_mv(xp, A, v):
+    """``A v`` for stacks of small matrices (k, n, n) x (k, n) -> (k, n), as a
+    product and a sum over the last axis, not a matrix product: on NumPy that
+    is a pairwise sum in a fixed order (a BLAS ``gemv`` may fuse and reorder),
+    so the numba route of one problem (:mod:`agnopt._kernels.lm_route`)
+    repeats it bit for bit. Used for the ``n x n`` factors of the Cholesky
+    route (``n <= CHOL_MAX_N``)."""
+    return xp.sum(A * v[..., None, :], axis=-1)
+
+
+def small_mtv(xp, A, v):
+    """``A^T v`` for stacks of small matrices, as :func:`small_mv` (a sum over
+    the second-last axis: NumPy adds the rows in order)."""
+    return xp.sum(A * v[..., :, None], axis=-2)
 
 
 def chol_inv(xp, A):
@@ -152,6 +163,6 @@ def _entries(ops, a, n, eps):
 
 
 def chol_solve(xp, Linv, b):
-    """``A^{-1} b`` from the inverse Cholesky factor."""
-    return mtv(xp, Linv, mv(xp, Linv, b))
+    """``A^{-1} b`` from the inverse Cholesky factor (:func:`small_mv`, :func:`small_mtv`)."""
+    return small_mtv(xp, Linv, small_mv(xp, Linv, b))
 

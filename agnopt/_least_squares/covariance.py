@@ -29,14 +29,17 @@ def covariance(xp, J):
         A = xp.matmul(xp.matrix_transpose(J), J)
         d = xp.sqrt(xp.sum(A * eye, axis=-1))
         d = xp.where(d > 0, d, xp.ones_like(d))
-        As = A / (d[:, :, None] * d[:, None, :])
+        dd = d[:, :, None] * d[:, None, :]
+        As = A / dd
         Li, ok = chol_inv(xp, As)
         cond = xp.sum(As * eye, axis=(-2, -1)) * xp.sum(Li * Li, axis=(-2, -1))
         well = ok & (cond < 1e8) & xp.all(xp.isfinite(A), axis=(-2, -1))
-        Li = xp.where(well[:, None, None], Li, eye)
-        pcov = xp.matmul(xp.matrix_transpose(Li), Li) / (d[:, :, None] * d[:, None, :])
+        all_well = bool(xp.all(well))  # (then Li needs no masking)
+        if not all_well:
+            Li = xp.where(well[:, None, None], Li, eye)
+        pcov = xp.matmul(xp.matrix_transpose(Li), Li) / dd
         singular = xp.zeros((B,), dtype=xp.bool, device=dev)
-        if bool(xp.all(well)):
+        if all_well:
             return pcov, singular
         if compactable(xp):
             idx = rows_where(xp, ~well)

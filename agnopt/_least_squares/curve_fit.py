@@ -250,7 +250,7 @@ def curve_fit(
             dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma))
     ydata = as_data(as_array(ydata, "ydata"))
     xp, dev = resolve(ydata, "ydata")
-    xdata = convert_xdata(xp, dev, xdata, ydata.dtype)
+    xdata = convert_xdata(xp, dev, xdata, ydata.dtype, like=ydata)
     if check_finite:
         check_finite_data(xp, xdata, ydata)
     if nan_policy is not None:
@@ -364,44 +364,40 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     xp = native_namespace(xp)  # the per-call arithmetic below: NumPy's own functions
     complex_kind: dict = {}  # dtype -> is it complex (isdtype once per dtype)
 
+    cols = range(n)
+
+    def _is_complex(pd):
+        try:
+            return complex_kind[pd]
+        except KeyError:
+            is_c = complex_kind[pd] = bool(xp.isdtype(pd, "complex floating"))
+            return is_c
+        except TypeError:  # pragma: no cover - unhashable dtype objects
+            return bool(xp.isdtype(pd, "complex floating"))
+
     # Complex-step Jacobians perturb one parameter at a time: the others are
     # passed to f as real arrays (their imaginary parts are exactly zero), so
     # only the part of the model that depends on the perturbed parameter runs
     # in complex arithmetic (e.g. an additive offset costs one complex add).
     # Complex arithmetic with zero imaginary parts gives the same real values,
     # so this changes nothing but the cost.
-    def _real_where_possible(p, cols):
+    def split(p):
+        """``f``'s parameters: ``p[j]`` ((B, 1) columns batched), real where ``p``'s
+        imaginary part is zero."""
         pd = p.dtype
-        if pd == dtype:
-            return cols  # real parameters (the common case: no dtype test)
-        try:
-            is_c = complex_kind[pd]
-        except KeyError:
-            is_c = complex_kind[pd] = bool(xp.isdtype(pd, "complex floating"))
-        except TypeError:  # pragma: no cover - unhashable dtype objects
-            is_c = bool(xp.isdtype(pd, "complex floating"))
-        if not is_c:
-            return cols
+        if pd == dtype or not _is_complex(pd):  # real parameters: the common case
+            return [p[:, j : j + 1] for j in cols] if batched else [p[j] for j in cols]
         im = xp.imag(p)
-        nz = xp.any(im != 0, axis=0) if batched else im != 0
-        nz = host_bools(nz)  # one transfer for all n flags
+        nz = host_bools(xp.any(im != 0, axis=0) if batched else im != 0)  # one transfer
         re = xp.real(p)
         if batched:
-            return [c if nz[j] else re[:, j : j + 1] for j, c in enumerate(cols)]
-        return [c if nz[j] else re[j] for j, c in enumerate(cols)]
+            return [p[:, j : j + 1] if nz[j] else re[:, j : j + 1] for j in cols]
+        return [p[j] if nz[j] else re[j] for j in cols]
 
     def _complex_step_point(p):
         # (not with a 2-D sigma: its solve mixes the real and imaginary parts'
         # arithmetic in the library's complex division)
-        return L is None and p.dtype != dtype and xp.isdtype(p.dtype, "complex floating")
-
-    if batched:
-        def split(p):
-            return _real_where_possible(p, [p[:, j : j + 1] for j in range(n)])
-    else:
-        def split(p):
-            return _real_where_possible(p, [p[j] for j in range(n)])
-
+        return L is None and p.dtype != dtype and _is_complex(p.dtype)
 
     # A complex p is the complex-step Jacobian's point, which reads only the
     # imaginary part of the residuals: subtracting the real ydata changes the
@@ -410,16 +406,20 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L):
     # of the Jacobian).
     def residual(p):
         r = f(xdata, *split(p))
-        if not (hasattr(r, "shape") and hasattr(r, "dtype")):
+        try:
+            shape, rdt = r.shape, r.dtype
+        except AttributeError:  # not an array: as scipy, converted
             r = xp.asarray(r, dtype=dtype, device=dev)
-        if r.ndim == 0 or tuple(r.shape) != yshape:
+            shape, rdt = r.shape, r.dtype
+        if shape != yshape and tuple(shape) != yshape:
+            # (ydata has at least one axis: a 0-d r lands here)
             try:
                 r = xp.broadcast_to(r, ydata.shape)
             except Exception as e:
                 raise ValueError(
-                    f"f: returned shape {tuple(r.shape)}, expected ydata's shape {yshape}"
+                    f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
                 ) from e
-        if r.dtype == dtype or not _complex_step_point(p):
+        if rdt == dtype or not _complex_step_point(p):
             r = r - ydata
         return r if wfun is None else wfun(r)
 
@@ -487,20 +487,27 @@ def _pcov(xp, res, batched, absolute_sigma, m, n):
     if not batched:
         Jf = xp.reshape(Jf, (1,) + tuple(Jf.shape))
         cost = xp.reshape(res.cost, (1,))
+        pcov, singular = covariance(xp, Jf)
+        warn = bool(xp.any(singular))
+        if warn:  # (a non-finite Jacobian is not reported as singular)
+            singular = singular & xp.all(xp.isfinite(xp.reshape(Jf, (1, -1))), axis=-1)
+            warn = bool(xp.any(singular))
     else:
         cost = res.cost
-    # a batched fit stopped on a non-finite Jacobian (status -3): covariance of
-    # the others only (that fit's pcov is NaN below, as for any failed fit)
-    jfin = xp.all(xp.isfinite(xp.reshape(Jf, (Jf.shape[0], -1))), axis=-1)
-    if batched and not bool(xp.all(jfin)):
-        Jf = xp.where(jfin[:, None, None], Jf, xp.zeros_like(Jf))
-    pcov, singular = covariance(xp, Jf)
-    singular = singular & jfin
-    warn = bool(xp.any(singular))
+        # a batched fit stopped on a non-finite Jacobian (status -3): covariance of
+        # the others only (that fit's pcov is NaN below, as for any failed fit)
+        jfin = xp.all(xp.isfinite(xp.reshape(Jf, (Jf.shape[0], -1))), axis=-1)
+        if not bool(xp.all(jfin)):
+            Jf = xp.where(jfin[:, None, None], Jf, xp.zeros_like(Jf))
+        pcov, singular = covariance(xp, Jf)
+        singular = singular & jfin
+        warn = bool(xp.any(singular))
     if not absolute_sigma:
         if m > n:
             s_sq = 2.0 * cost / (m - n)
-            pcov = xp.where(singular[:, None, None], pcov, pcov * s_sq[:, None, None])
+            scaled = pcov * s_sq[:, None, None]
+            # (where no fit is singular the selection below would keep every entry)
+            pcov = xp.where(singular[:, None, None], pcov, scaled) if warn else scaled
         else:
             pcov = xp.full_like(pcov, math.inf)
             warn = True

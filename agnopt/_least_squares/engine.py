@@ -32,10 +32,11 @@ normal equations and ``lmpar``'s Gauss-Newton step, bounds and iteration.
 The host reads that decide the flow (``bool(xp.any(active))``, ``lmpar``'s
 early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
-scalar functions instead (:mod:`agnopt._kernels.lm_cpu`: the same arithmetic,
-tested equal; ``AGNOPT_FAST=0`` turns it off). On JAX, when ``fun`` can be
-traced, the whole loop runs as one compiled program over these same blocks
-(:mod:`.jax_solve`).
+scalar functions instead (:mod:`agnopt._kernels.lm_cpu`), and so do the
+Cholesky step route and :func:`trial_step` (:mod:`agnopt._kernels.lm_route`):
+the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. On JAX,
+when ``fun`` can be traced, the whole loop runs as one compiled program over
+these same blocks (:mod:`.jax_solve`).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
@@ -52,6 +53,7 @@ from .._core import lazy
 from .._core.backend import compiled
 from .arrays import device, machine_eps, on_scalars, scalar_namespace
 from .outcome import report_progress
+from .routes import GRAM_RCOND
 from .state import LMState, MinpackInfo, Outcome, Trial
 
 # MINPACK's codes as plain ints (array-api-strict takes no IntEnum operands;
@@ -72,6 +74,11 @@ _XTOL_MACHINE = int(MinpackInfo.XTOL_MACHINE)
 # ``factor``; MINPACK recommends a value in [0.1, 100] and defaults to 100;
 # 1 is scipy trf's choice and keeps the first steps from jumping to the
 # spurious stationary regions of BoxBOD and MGH09 from NIST's start 1).
+# Measured (NIST, 54 runs, tolerances 1e-15, default Jacobian): factor 1 2363
+# evaluations, 54 with LRE >= 6; 10: 2618, 54; 100: 2608, 53 (BoxBOD start 1
+# ends on the plateau b2 -> inf after 4 evaluations, status -6; MGH09 start 1
+# takes 387 evaluations instead of 147). The single-fit benchmark (a exp(-b t)
+# + c) takes 6 evaluations with every factor, as scipy's lm.
 FACTOR = 1.0
 # Geodesic acceleration constants: the finite-difference step along v and the
 # bound 2||a|| <= alpha ||v|| on the acceleration (Transtrum & Sethna 2012's
@@ -80,6 +87,9 @@ ACC_H = 0.1
 ACC_ALPHA = 0.75
 # MINPACK: a step is accepted when actual / predicted reduction >= 1e-4
 ACCEPT_RATIO = 1e-4
+
+# the numba route's well-conditioned bound (routes.normal_equations)
+_RCOND_INV = 1.0 / GRAM_RCOND
 
 # state fields handed back (and set aside by a compaction) for the result
 OUTCOME_FIELDS = ("X", "F", "J", "info", "nfev", "njev", "nit", "need_jac", "active")
@@ -115,6 +125,11 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     # AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_cpu
     fast = _fast_judge() if sx is not None and hasattr(ev, "block_view") and not ev.persist_all \
         else None
+    # ... and its Cholesky step route and trial point too: agnopt._kernels.lm_route
+    fast_route: Any = None
+    fast_trial: Any = None
+    if fast is not None:
+        fast_route, fast_trial = _fast_route()
     route: Any = None
     refactor = False
     hist = []
@@ -129,13 +144,14 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         # what the compiled blocks take of the evaluator (in memory: its bounds, now)
         box = ev.block_view() if hasattr(ev, "block_view") else ev
         # -- outer loop of lmder: Jacobian, scaling, gtol test
-        if bool(xp.any(st.need_jac & st.active)):
+        if _any(xp, st.need_jac & st.active, fast):
             st = linearize(xp, ev, st, jac_scale, gtol, box, fast)
-            if not bool(xp.any(st.active)):
+            if not _any(xp, st.active, fast):
                 break
             refactor = True
         if refactor:
-            route = ev.route(st)
+            route = ev.route(st) if fast is None else fast_route(xp, ev, st, machine_eps(xp, xp.float64),
+                                                               _RCOND_INV)
             refactor = False
             if ev.persist_all:  # Dask: keep the graph from growing
                 st = st._replace(**dict(zip(("J", "D", "free", "gnorm", "delta", "xnorm"), ev.persist(
@@ -145,9 +161,11 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         limited = par > 0  # the trust radius cut the Gauss-Newton step short
         p = xp.where(st.free, z / st.D, 0.0) if ev.bounded else z / st.D
         v, accel = p, None
-        if ev.accelerate:
+        # (one problem on the numba path: its eligibility read first, as three scalars)
+        if ev.accelerate and (fast is None or (bool(st.active[0]) and bool(par[0] > 0)
+                                               and not bool(st.first[0]))):
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
-        tr, st = trial_point(xp, ev, st, p, par, box)
+        tr, st = trial_point(xp, ev, st, p, par, box, fast_trial)
         if fast is not None:
             st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
                                 machine_eps(xp, xp.float64), model_step)
@@ -165,7 +183,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
             cb_stop = True
             break
-        if not bool(xp.any(st.active)):
+        if not _any(xp, st.active, fast):
             break
     rows = tuple(getattr(st, f) for f in OUTCOME_FIELDS)
     if ws is not None and ws.W is not None:
@@ -174,11 +192,26 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                    cost=0.5 * (st.fnorm * st.fnorm))
 
 
+def _any(xp, a, one):
+    """``bool(xp.any(a))``; ``a[0]`` for one problem (``one``: the numba path is on)."""
+    return bool(a[0]) if one is not None else bool(xp.any(a))
+
+
 def _fast_judge():
     """:mod:`agnopt._kernels.lm_cpu` when its numba judge is on, else ``None``."""
     from .._kernels import lm_cpu
 
     return lm_cpu if lm_cpu.enabled() else None
+
+
+def _fast_route():
+    """For one float64 NumPy problem with the numba judge on: ``(route_one,
+    trial_step_one)`` of :mod:`agnopt._kernels.lm_route`, its Cholesky route
+    compiled by numba where it applies (else ``ev.route(st)``) and its trial
+    step (the same numbers)."""
+    from .._kernels import lm_route
+
+    return lm_route.route_one, lm_route.trial_step_one
 
 
 def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMState:
@@ -322,16 +355,19 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     return xp.where(accel[:, None], p + 0.5 * a, p), accel, st
 
 
-def trial_point(xp, ev, st: LMState, p, par, box=None):
+def trial_point(xp, ev, st: LMState, p, par, box=None, step=None):
     """The trial point ``clip(x + p)`` (running problems only) and its residuals.
 
     On the first iteration the radius is cut to the step length
     (``Delta = min(Delta, ||D p||)``, MINPACK). Returns ``(Trial, st)`` with
     ``st.par`` the step's LM parameter ``par`` (k,). The point comes from one
     block (:func:`trial_step`; ``box``: the evaluator's ``block_view()``, or
-    the evaluator), its residuals from ``ev.trial``.
+    the evaluator), its residuals from ``ev.trial``. ``step``: that block
+    (:func:`trial_step` when ``None``; one float64 NumPy problem with the numba
+    judge on passes :func:`agnopt._kernels.lm_route.trial_step_one`, the same numbers).
     """
-    Xt, p, pnorm, projected, st = _trial_step(xp, ev if box is None else box, st, p, par)
+    step = _trial_step if step is None else step
+    Xt, p, pnorm, projected, st = step(xp, ev if box is None else box, st, p, par)
     Ft, fnorm1 = ev.trial(Xt)
     return Trial(Xt, Ft, p, pnorm, fnorm1, projected), st
 

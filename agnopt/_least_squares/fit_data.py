@@ -15,6 +15,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._core import lazy
+from .._core.backend import native_namespace
 from .._core.typing import Array
 from .._derivatives.numdiff import prepare_bounds
 from .options import METHODS, as_array, check_backend, to_backend
@@ -83,18 +84,36 @@ def check_fit_method(method, kwargs, bounded):
     return method
 
 
+_FLOATING: dict = {}  # (array type, dtype) -> is the dtype floating (asked once)
+
+
 def as_data(y: Array) -> Array:
     """``ydata`` of an integer or boolean dtype as float64 of its backend (scipy casts)."""
-    xy = array_api_compat.array_namespace(y)
-    if not xy.isdtype(y.dtype, ("real floating", "complex floating")):
+    key = (type(y), y.dtype)
+    try:
+        floating = _FLOATING[key]
+    except (KeyError, TypeError):
+        xy = array_api_compat.array_namespace(y)
+        floating = bool(xy.isdtype(y.dtype, ("real floating", "complex floating")))
+        try:
+            _FLOATING[key] = floating
+        except TypeError:  # pragma: no cover - unhashable dtype objects
+            pass
+    if not floating:
+        xy = array_api_compat.array_namespace(y)
         return xy.astype(y, xy.float64)
     return y
 
 
-def convert_xdata(xp, dev, xdata, dtype):
+def convert_xdata(xp, dev, xdata, dtype, like=None):
     """``xdata`` as scipy converts it: lists / tuples become arrays of ``ydata``'s backend
     and dtype; an integer array of that backend becomes ``dtype``; anything else is
-    passed to ``f`` unchanged."""
+    passed to ``f`` unchanged. ``like``: ``ydata`` (an array of its type is of
+    ``xp``, without asking array-api-compat)."""
+    if like is not None and type(xdata) is type(like):
+        if native_namespace(xp).isdtype(xdata.dtype, ("integral", "bool")):
+            return xp.astype(xdata, dtype)
+        return xdata
     if isinstance(xdata, (list, tuple)):
         try:
             return xp.asarray(xdata, dtype=dtype, device=dev)
@@ -111,7 +130,9 @@ def convert_xdata(xp, dev, xdata, dtype):
     return xdata
 
 
-def _is_xp_float_array(xp, a):
+def _is_xp_float_array(xp, a, like=None):
+    if like is not None and type(a) is type(like):  # ydata's array type: of xp
+        return bool(native_namespace(xp).isdtype(a.dtype, "real floating"))
     if not (hasattr(a, "shape") and hasattr(a, "dtype") and array_api_compat.is_array_api_obj(a)):
         return False
     try:
@@ -122,10 +143,11 @@ def _is_xp_float_array(xp, a):
 
 def check_finite_data(xp, xdata, ydata):
     """``check_finite``: ``ydata`` and an array ``xdata`` free of NaN and inf (``ValueError``)."""
-    if not bool(xp.all(xp.isfinite(ydata))):
+    nx = native_namespace(xp)  # NumPy: its own functions (same answer, fewer wrappers)
+    if not bool(nx.all(nx.isfinite(ydata))):
         raise ValueError("ydata: contains non-finite values (NaN or inf); pass "
                          "nan_policy='omit' to drop NaN data points")
-    if _is_xp_float_array(xp, xdata) and not bool(xp.all(xp.isfinite(xdata))):
+    if _is_xp_float_array(xp, xdata, ydata) and not bool(nx.all(nx.isfinite(xdata))):
         raise ValueError("xdata: contains non-finite values (NaN or inf); pass "
                          "nan_policy='omit' to drop NaN data points")
 

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from .._core import lazy
 from .._core.backend import compiled
-from .cholesky import chol_inv, chol_solve, mv
+from .cholesky import chol_inv, chol_solve, small_mv
 
 
 class SpectralBasis(NamedTuple):
@@ -86,13 +86,13 @@ class CholeskyBasis(NamedTuple):
 
     def gauss_newton(self, xp):
         qn = chol_solve(xp, self.Linv0, self.gs)
-        s3 = xp.linalg.vector_norm(mv(xp, self.Linv0, qn), axis=-1) ** 2
+        s3 = xp.linalg.vector_norm(small_mv(xp, self.Linv0, qn), axis=-1) ** 2
         return qn, s3, None, self.gs, self.Linv0
 
     def solve(self, xp, par):
         Li, _ = chol_inv(xp, self.As + par[:, None, None] * self.eye)
         q = chol_solve(xp, Li, self.gs)
-        return q, xp.linalg.vector_norm(mv(xp, Li, q), axis=-1) ** 2, Li
+        return q, xp.linalg.vector_norm(small_mv(xp, Li, q), axis=-1) ** 2, Li
 
 
 def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):

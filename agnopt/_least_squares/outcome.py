@@ -46,7 +46,8 @@ TERMINATION_MESSAGES: dict[int, str] = {
     Status.STUCK_ON_BOUND: "Stopped with a variable on a bound where its Jacobian column vanishes: "
     "possibly a stationary point of the projection, not of the problem (use method='trf', which "
     "keeps iterates strictly inside the bounds).",
-    Status.NOT_STATIONARY: "The `xtol` test stopped the solve at a point that is not first-order "
+    Status.NOT_STATIONARY: "The `xtol` test (alone or with `ftol`) stopped the solve at a point "
+    "that is not first-order "
     "stationary (the residuals are not orthogonal to the Jacobian's columns and the Gauss-Newton "
     "step is longer than `xtol` allows): the Jacobian may be wrong or inaccurate, the residuals "
     "non-smooth or noisy, or the model saturated (a parameter whose Jacobian column nearly "

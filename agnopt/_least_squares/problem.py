@@ -137,6 +137,13 @@ class Problem(RowSubsets, Box):
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
+        if not self.batched:
+            # the common case once m is known: (m,) residuals of the working dtype
+            try:
+                if f.ndim == 1 and f.shape[0] == self.m and f.dtype == self.dtype:
+                    return xp.reshape(f, (1, self.m))
+            except AttributeError:  # not an array: converted below
+                pass
         if not (hasattr(f, "shape") and hasattr(f, "dtype")):
             f = xp.asarray(f, dtype=self.dtype, device=self.dev)
         if self.batched:
@@ -195,11 +202,11 @@ class Problem(RowSubsets, Box):
         """
         xp = self.xp
         try:
-            e = _FSCALE_EXP[F.dtype]
+            e = _FSCALE_EXP[type(F.dtype), F.dtype]  # type first: no cross-library dtype compare
         except (KeyError, TypeError):
             e = int(math.frexp(float(xp.finfo(F.dtype).max))[1]) // 4
             try:
-                _FSCALE_EXP[F.dtype] = e
+                _FSCALE_EXP[type(F.dtype), F.dtype] = e
             except TypeError:  # pragma: no cover - unhashable dtype objects
                 pass
         amax = float(xp.max(xp.abs(F)))
@@ -321,11 +328,13 @@ class Problem(RowSubsets, Box):
         """The points ``X + h3 V``, ``X - h3 V``, ``X + h2 V`` of :meth:`_cs_disagrees`
         and whether they lie inside the bounds (0-d bool)."""
         n = X.shape[1]
-        eps = float(self.xp.finfo(self.dtype).eps)
+        eps = machine_eps(self.xp, self.dtype)
         w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
                   for j in range(n))
         self._cs_h = h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        return cs_check_points(self.xp, X, self.lb, self.ub, w, h3, h2, self.dev)
+        bounded = getattr(self, "bounded", True)
+        return cs_check_points(self.xp, X, self.lb if bounded else None,
+                               self.ub if bounded else None, w, h3, h2, self.dev)
 
     def _cs_directional(self, X, F, Jcs, P3, M3, P2):
         """The directional check of :meth:`_cs_disagrees`: 0-d bool (the complex step
@@ -370,17 +379,20 @@ class Problem(RowSubsets, Box):
         xp = self.xp
         B, n = X.shape
         m = F.shape[1]
-        lbx, ubx = self.lb, self.ub
         # the engine's points are feasible and F is fun's (checked) output at X:
-        # the trusted entry skips approx_derivative's per-call checks
+        # the trusted entry skips approx_derivative's per-call checks (and, with
+        # no finite bound, the steps' bound rules: lb = ub = None)
+        bounded = getattr(self, "bounded", True)
+        lbx, ubx = (self.lb, self.ub) if bounded else (None, None)
         if self.batched:
             J = fd_jacobian(self._fun_rows(), X, F, jac, rel, lbx, ubx, self.args, self.kwargs,
                             True, xp, self.dev, self._fd_cache)
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel, _row0(xp, lbx),
-                            _row0(xp, ubx),
+            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
+                            None if lbx is None else _row0(xp, lbx),
+                            None if ubx is None else _row0(xp, ubx),
                             self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:

@@ -33,7 +33,7 @@ import array_api_compat
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .batched import positions, rows_where, scatter
-from .cholesky import chol_inv, chol_solve, mv
+from .cholesky import chol_inv, chol_solve, mv, small_mv
 from .lmpar import CholeskyBasis, SpectralBasis, lmpar
 from .arrays import device, host_linalg
 
@@ -275,7 +275,7 @@ class InMemoryRoute:
         xp = self.xp
         if not self.chol_ok:
             return xp.sum(mv(xp, self.J, p) ** 2, axis=-1)
-        out = xp.sum(p * mv(xp, self.A0, p), axis=-1)
+        out = xp.sum(p * small_mv(xp, self.A0, p), axis=-1)
         if self.svd is not None:
             o_s = xp.sum(mv(xp, self._sub(self.J), self._sub(p)) ** 2, axis=-1)
             out = self._merge(out, o_s)

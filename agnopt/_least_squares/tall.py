@@ -556,7 +556,7 @@ def _finish(hxp, prob, out, verbose, xtol=None):
     x, f, J, g = out.X[0, :], out.F, out.J, prob.last_g
     njev = int(out.njev[0])
     status = int(to_status(hxp, out.info, out.active, out.cb_stop)[0])
-    xtol_stop = status == int(Status.XTOL)
+    xtol_stop = status in (int(Status.XTOL), int(Status.FTOL_XTOL))
     if bool(out.need_jac[0]) or xtol_stop:
         # gradient at the final point (LM after an accepted, final step), with J^T J
         # after an xtol stop (is it stationary? stationarity.py): one pass

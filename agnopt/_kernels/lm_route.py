@@ -1,0 +1,376 @@
+"""numba fast path of the Levenberg-Marquardt step route, for ONE float64 NumPy problem.
+
+The engine's step route (:class:`agnopt._least_squares.routes.InMemoryRoute`)
+forms the scaled normal equations ``As = D^-1 J^T J D^-1``, ``gs = D^-1 J^T f``
+and the inverse Cholesky factor of ``As`` (:func:`~agnopt._least_squares.routes.normal_equations`),
+then Moré's ``lmpar`` (:func:`agnopt._least_squares.lmpar.lmpar` on a
+:class:`~agnopt._least_squares.lmpar.CholeskyBasis`) for the LM parameter and
+the scaled step ``z``; the geodesic acceleration solves the damped system
+again and the predicted reduction needs ``||J p||^2 = p^T J^T J p``. Written
+once against ``xp`` for ``k`` problems, for one problem (``k = 1``) these are
+a few hundred NumPy calls on ``(1, n, n)`` arrays per iteration. Here the
+same arithmetic, in the same order, runs as numba-compiled loops
+(``fastmath=False``: IEEE double operations, a correctly rounded ``sqrt``):
+
+* the entry-by-entry Cholesky recurrence of
+  :func:`agnopt._least_squares.cholesky.chol_inv_entries` (``n <= ENTRYWISE_N``;
+  larger ``n`` keeps the generic route);
+* the small products :func:`~agnopt._least_squares.cholesky.small_mv` /
+  ``small_mtv`` and every sum over ``n`` entries in NumPy's order (a pairwise
+  sum along the last axis, :func:`_pw`; rows added in order along the
+  second-last axis), so the numbers are the generic path's bit for bit.
+
+``J^T J`` and ``J^T f`` (sums over the ``m`` residuals, BLAS on NumPy) stay
+the evaluator's NumPy calls. A problem whose normal equations are not well
+conditioned (the SVD route) gets the generic route. Switched with the numba
+judge (:func:`agnopt._kernels.lm_cpu.enabled`, ``AGNOPT_FAST``);
+``tests/test_lm_fast.py`` checks it against the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+# the Cholesky recurrence runs entry by entry for n <= ENTRYWISE_N
+from .._least_squares.cholesky import ENTRYWISE_N
+
+# lmpar's smallest positive magnitude (finfo(float64).smallest_normal)
+DWARF = float(np.finfo(np.float64).smallest_normal)
+
+
+def _pw(a, n):
+    """``numpy.add.reduce`` of ``a[:n]`` (contiguous, ``n <= 128``): ``0 +`` NumPy's
+    pairwise sum (sequential below 8 entries, else 8 accumulators)."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res = res + a[i]
+        return 0.0 + res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    i = 8
+    top = n - (n % 8)
+    while i < top:
+        r0 = r0 + a[i]
+        r1 = r1 + a[i + 1]
+        r2 = r2 + a[i + 2]
+        r3 = r3 + a[i + 3]
+        r4 = r4 + a[i + 4]
+        r5 = r5 + a[i + 5]
+        r6 = r6 + a[i + 6]
+        r7 = r7 + a[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res = res + a[i]
+        i += 1
+    return 0.0 + res
+
+
+def _mv(A, v, out, tmp):
+    """``small_mv``: ``out_i = sum_j A_ij v_j`` (the products, then :func:`_pw`)."""
+    n = v.shape[0]
+    for i in range(n):
+        for j in range(n):
+            tmp[j] = A[i, j] * v[j]
+        out[i] = _pw(tmp, n)
+
+
+def _mtv(A, v, out):
+    """``small_mtv``: ``out_j = sum_i A_ij v_i``, the rows added in order."""
+    n = v.shape[0]
+    for j in range(n):
+        s = A[0, j] * v[0]
+        for i in range(1, n):
+            s = s + A[i, j] * v[i]
+        out[j] = s
+
+
+def _sumsq(v, tmp):
+    """``sum(v * v)`` over the last axis, as NumPy (``vector_norm`` is its ``sqrt``)."""
+    n = v.shape[0]
+    for i in range(n):
+        tmp[i] = v[i] * v[i]
+    return _pw(tmp, n)
+
+
+def _chol_inv(a, eps, Li):
+    """:func:`agnopt._least_squares.cholesky._entries` on the lower triangle of
+    ``a`` (n, n): ``Li`` (n, n) gets ``L^-1`` (zero above the diagonal); returns ``ok``."""
+    n = a.shape[0]
+    L = np.zeros((n, n))
+    invd = np.empty(n)
+    ok = True
+    for j in range(n):
+        d = a[j, j]
+        for t in range(j):
+            d = d - L[j, t] * L[j, t]
+        okj = d > eps * a[j, j]
+        ok = ok and okj
+        ljj = math.sqrt(d if okj else 1.0)
+        L[j, j] = ljj
+        inv = 1.0 / ljj if ljj != 0.0 else math.copysign(math.inf, ljj)
+        invd[j] = inv
+        for i in range(j + 1, n):
+            v = a[i, j]
+            for t in range(j):
+                v = v - L[i, t] * L[j, t]
+            L[i, j] = v * inv
+    for i in range(n):
+        dinv = invd[i]
+        for j in range(n):
+            Li[i, j] = 0.0
+        Li[i, i] = dinv
+        for j in range(i):
+            v = L[i, j] * Li[j, j]
+            for t in range(j + 1, i):
+                v = v + L[i, t] * Li[t, j]
+            Li[i, j] = -v * dinv
+    return ok
+
+
+def _normal(A0, g, D, eps, rcond_inv):
+    """:func:`agnopt._least_squares.routes.normal_equations` for one problem with
+    every variable free: ``(As, gs, Linv0, well)``."""
+    n = g.shape[0]
+    As = np.empty((n, n))
+    gs = np.empty(n)
+    for i in range(n):
+        for j in range(n):
+            As[i, j] = A0[i, j] / (D[i] * D[j])
+        gs[i] = g[i] / D[i]
+    Li = np.empty((n, n))
+    ok = _chol_inv(As, eps, Li)
+    tmp = np.empty(n * n)
+    for i in range(n):
+        for j in range(n):
+            tmp[i * n + j] = As[i, j] * (1.0 if i == j else 0.0)
+    tr = _pw(tmp, n * n)
+    for i in range(n):
+        for j in range(n):
+            tmp[i * n + j] = Li[i, j] * Li[i, j]
+    cond = tr * _pw(tmp, n * n)
+    return As, gs, Li, ok and (cond < rcond_inv)
+
+
+def _solve_norm(Li, b, q, tmp, y):
+    """``q = chol_solve(Li, b)`` and ``||Li q||^2`` (the ``sqrt`` squared, as NumPy)."""
+    _mv(Li, b, y, tmp)
+    _mtv(Li, y, q)
+    _mv(Li, q, y, tmp)
+    s = math.sqrt(_sumsq(y, tmp))
+    return s * s
+
+
+def _max(a, b):  # np.maximum: NaN propagates
+    if math.isnan(a):
+        return a
+    if math.isnan(b):
+        return b
+    return max(a, b)
+
+
+def _min(a, b):  # np.minimum: NaN propagates
+    if math.isnan(a):
+        return a
+    if math.isnan(b):
+        return b
+    return min(a, b)
+
+
+def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
+    """:func:`agnopt._least_squares.lmpar.lmpar` on one problem's
+    :class:`~agnopt._least_squares.lmpar.CholeskyBasis`: ``(par, q, factor)``."""
+    n = gs.shape[0]
+    tmp = np.empty(n)
+    y = np.empty(n)
+    qn = np.empty(n)
+    # lmpar_gauss_newton
+    delta_s = delta if delta > 0 else 1.0
+    s3 = _solve_norm(Linv0, gs, qn, tmp, y)
+    dxnorm = math.sqrt(_sumsq(qn, tmp))
+    fp = dxnorm - delta
+    gn_ok = fp <= rtol * delta
+    if gn_ok:
+        return 0.0, qn, Linv0
+    # lmpar_bounds (a Cholesky basis: full rank)
+    s3 = s3 if s3 > 0 else 1.0
+    parl = (fp / delta_s) * dxnorm * dxnorm / s3
+    parl = _max(parl, 0.0)
+    gnorm = math.sqrt(_sumsq(gs, tmp))
+    paru = gnorm / delta_s
+    if paru == 0:
+        paru = dwarf / _min(delta_s, 0.1)
+    par = _min(_max(par0, parl), paru)
+    dx_safe = dxnorm if dxnorm > 0 else 1.0
+    if par == 0:
+        par = gnorm / dx_safe
+    q = qn
+    factor = Linv0
+    if not active:
+        return par, q, factor
+    # lmpar_iteration, at most 10 times
+    a = np.empty((n, n))
+    for it in range(10):
+        if par == 0:
+            par = _max(dwarf, 0.001 * paru)
+        for i in range(n):
+            for j in range(n):
+                a[i, j] = As[i, j] + par * (1.0 if i == j else 0.0)
+        Li = np.empty((n, n))
+        _chol_inv(a, eps, Li)
+        qt = np.empty(n)
+        s3 = _solve_norm(Li, gs, qt, tmp, y)
+        dxn_t = math.sqrt(_sumsq(qt, tmp))
+        temp = fp
+        fp_t = dxn_t - delta
+        q, factor, fp = qt, Li, fp_t
+        stop = (abs(fp_t) <= rtol * delta) or ((parl == 0) and (fp_t <= temp < 0))
+        done = stop or it == 9
+        s3 = s3 if s3 > 0 else 1.0
+        parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
+        if not done and fp_t > 0:
+            parl = _max(parl, par)
+        if not done and fp_t < 0:
+            paru = _min(paru, par)
+        if done:
+            break
+        par = _max(parl, par + parc)
+    return par, q, factor
+
+
+def _chol_solve(Li, h):
+    n = h.shape[0]
+    tmp = np.empty(n)
+    y = np.empty(n)
+    out = np.empty(n)
+    _mv(Li, h, y, tmp)
+    _mtv(Li, y, out)
+    return out
+
+
+def _jp_norm2(A0, p):
+    """``sum(p * small_mv(A0, p))``: ``||J p||^2`` of the Cholesky route."""
+    n = p.shape[0]
+    tmp = np.empty(n)
+    y = np.empty(n)
+    _mv(A0, p, y, tmp)
+    for i in range(n):
+        y[i] = p[i] * y[i]
+    return _pw(y, n)
+
+
+def _trial(X, p, D, lb, ub, bounded, active):
+    """:func:`agnopt._least_squares.engine.trial_step`'s arithmetic for one problem:
+    ``Xt = clip(X + p, lb, ub)`` (``X`` where not ``active``), the step ``Xt - X``,
+    ``||D p||`` and whether the bounds changed the step: ``(Xt, p, pnorm, projected)``."""
+    n = X.shape[0]
+    Xt = np.empty(n)
+    pt = np.empty(n)
+    tmp = np.empty(n)
+    projected = False
+    for i in range(n):
+        x = X[i] + p[i]
+        if bounded:  # np.clip: minimum(maximum(x, lb), ub), NaN propagating
+            x = _min(_max(x, lb[i]), ub[i])
+        if not active:
+            x = X[i]
+        Xt[i] = x
+        pt[i] = x - X[i]
+        if pt[i] != p[i]:
+            projected = True
+        d = D[i] * pt[i]
+        tmp[i] = d * d
+    return Xt, pt, math.sqrt(_pw(tmp, n)), projected
+
+
+normal: Any = None
+lmpar: Any = None
+chol_solve: Any = None
+jp_norm2: Any = None
+trial: Any = None
+
+
+def _compile() -> None:
+    """The numba versions of :func:`_normal`, :func:`_lmpar`, :func:`_chol_solve`
+    and :func:`_jp_norm2` (made once per process; cached on disk)."""
+    global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm, _max, _min
+    global normal, lmpar, chol_solve, jp_norm2, trial
+    if normal is not None:
+        return
+    import numba
+
+    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                            "cache": True}
+    jit = numba.njit(**opts)
+    _pw, _mv, _mtv, _sumsq = jit(_pw), jit(_mv), jit(_mtv), jit(_sumsq)
+    _chol_inv, _max, _min = jit(_chol_inv), jit(_max), jit(_min)
+    _solve_norm = jit(_solve_norm)
+    normal, lmpar = jit(_normal), jit(_lmpar)
+    chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
+
+
+class FastRoute:
+    """The Cholesky step route of one float64 NumPy problem, with the
+    :class:`~agnopt._least_squares.routes.InMemoryRoute` interface (``step``,
+    ``solve``, ``jp_norm2``; arrays with the leading axis ``k = 1``)."""
+
+    __slots__ = ("A0", "As", "Lf", "Linv0", "dwarf", "eps", "gs")
+
+    def __init__(self, A0, As, gs, Linv0, eps, dwarf):
+        self.A0, self.As, self.gs, self.Linv0 = A0, As, gs, Linv0
+        self.Lf = Linv0
+        self.eps, self.dwarf = eps, dwarf
+
+    def step(self, delta, par, active):
+        par_n, q, self.Lf = lmpar(self.As, self.gs, self.Linv0, float(delta[0]), float(par[0]),
+                                  bool(active[0]), self.eps, self.dwarf, 0.1)
+        return np.array([par_n]), -q[None, :]
+
+    def solve(self, h, par):
+        return chol_solve(self.Lf, h[0])[None, :]
+
+    def jp_norm2(self, p):
+        return np.array([jp_norm2(self.A0, p[0])])
+
+
+def route_one(xp, ev, st, eps, rcond_inv):
+    """The step route of ``ev`` (one float64 NumPy problem) at the state ``st``:
+    a :class:`FastRoute` on the Cholesky route of a small, well-conditioned
+    problem with every variable free, else ``ev.route(st)`` (the generic one)."""
+    n = st.X.shape[1]
+    if not (ev.use_chol and n <= ENTRYWISE_N
+            and (not ev.bounded or bool(np.logical_and.reduce(st.free[0])))):
+        return ev.route(st)
+    if normal is None:
+        _compile()
+    A0 = st.A0[0]
+    As, gs, Linv0, well = normal(A0, st.g[0], st.D[0], eps, rcond_inv)
+    if not well:
+        return ev.route(st)
+    return FastRoute(A0, As, gs, Linv0, eps, DWARF)
+
+
+def trial_step_one(xp, box, st, p, par):
+    """The engine's :func:`~agnopt._least_squares.engine.trial_step` for one
+    float64 NumPy problem (``box`` its bounds), the arithmetic in :func:`trial`:
+    ``(Xt, p, pnorm, projected, st)``."""
+    if normal is None:
+        _compile()
+    active = bool(st.active[0])
+    bounded = bool(box.bounded)
+    X = st.X
+    if bounded:
+        Xt, pt, pnorm, projected = trial(X[0], p[0], st.D[0], box.lb[0], box.ub[0], True, active)
+    else:
+        Xt, pt, pnorm, projected = trial(X[0], p[0], st.D[0], X[0], X[0], False, active)
+    delta = st.delta
+    if active and bool(st.first[0]):
+        d = float(delta[0])  # np.minimum: NaN propagates
+        delta = np.array([pnorm if not math.isnan(d) and (math.isnan(pnorm) or pnorm < d)
+                          else d])
+    st = st._replace(delta=delta, par=par, nfev=st.nfev + (1 if active else 0))
+    return (Xt[None, :], pt[None, :], np.array([pnorm]),
+            np.array([projected]) if bounded else None, st)
