@@ -4,7 +4,8 @@ When ``fun`` (and ``jac``) can be traced, ``least_squares(method="lm")`` on JAX
 runs the engine's blocks inside one ``jax.lax.while_loop``. These tests check
 that it gives the engine's results (the engine itself: ``jax.disable_jit()``,
 and NumPy), that it is the program that ran (``fun``'s Python body runs once
-per call: the set-up's evaluation at ``x0``; the program calls no Python),
+per call: the set-up's evaluation at ``x0``; the program calls no Python;
+here a spy on ``run_lm_jax`` says which ran),
 and that everything it cannot do falls back to the engine with the same
 results: a ``fun`` that cannot be traced, callbacks and reports, a rejected
 complex step, a non-finite Jacobian.
@@ -17,6 +18,8 @@ their step).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -34,16 +37,35 @@ T = np.linspace(0.0, 4.0, 40)
 Y = 2.5 * np.exp(-1.3 * T) + 0.5 + 0.02 * np.sin(7.0 * T)
 
 
-def _counted(jnp):
-    """``fun`` on JAX arrays with a count of its Python calls."""
+def _res(jnp):
+    """``fun`` on JAX arrays (pure: it reads only JAX arrays besides its argument)."""
     tj, yj = jnp.asarray(T), jnp.asarray(Y)
-    calls = [0]
 
     def res(p):
-        calls[0] += 1
         return p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
 
-    return res, calls
+    return res
+
+
+@contextlib.contextmanager
+def _program_runs():
+    """Records, for each lm solve on JAX, whether the compiled whole-solve program
+    gave its result (``True``) or the engine solved (``False``)."""
+    from agnopt._least_squares import jax_solve
+
+    runs: list = []
+    orig = jax_solve.run_lm_jax
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        runs.append(out is not None)
+        return out
+
+    jax_solve.run_lm_jax = spy
+    try:
+        yield runs
+    finally:
+        jax_solve.run_lm_jax = orig
 
 
 def res_np(p):
@@ -75,15 +97,15 @@ def test_whole_solve_equals_engine_and_numpy(case):
     import jax.numpy as jnp
 
     p0, kw = CASES[case]
-    res, calls = _counted(jnp)
+    res = _res(jnp)
     kw_np = {k: v for k, v in kw.items() if not (isinstance(v, str) and v == "autodiff")}  # NumPy: the complex step
     ref = ao.least_squares(res_np, np.asarray(p0), method="lm", **kw_np)
     with jax.disable_jit():  # the engine, op by op
         eager = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
     got = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
-    calls[0] = 0
-    again = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
-    assert calls[0] == 1  # the set-up's fun(x0): the solve is the compiled program
+    with _program_runs() as runs:
+        again = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
+    assert runs == [True]  # the solve is the compiled program
     # finite differences amplify fun's rounding; a solve stopped far from the
     # solution (max_nfev) carries the rounding of steps through ill-conditioned
     # Jacobians (cond ~1e6 at that start)
@@ -105,10 +127,9 @@ def test_analytic_jacobian_and_array_args_are_inputs():
     _jax()
     import jax.numpy as jnp
 
-    calls = [0]
+    from agnopt._least_squares import jax_solve
 
     def res(p, t, y):
-        calls[0] += 1
         return p[0] * jnp.exp(-p[1] * t) + p[2] - y
 
     def jac(p, t, y):
@@ -122,11 +143,13 @@ def test_analytic_jacobian_and_array_args_are_inputs():
                                method="lm", jac=lambda p: np.stack(
                                    [np.exp(-p[1] * T), -p[0] * T * np.exp(-p[1] * T),
                                     np.ones_like(T)], axis=-1))
-        calls[0] = 0
-        got = ao.least_squares(res, p0, jac=jac, method="lm", args=(jnp.asarray(T),
-                                                                    jnp.asarray(y)))
+        n0 = len(jax_solve._CACHE)
+        with _program_runs() as runs:
+            got = ao.least_squares(res, p0, jac=jac, method="lm", args=(jnp.asarray(T),
+                                                                        jnp.asarray(y)))
+        assert runs == [True]
         if scale == 3.0:
-            assert calls[0] == 1  # the same program, new data
+            assert len(jax_solve._CACHE) == n0  # the same program, new data
         _same(got, ref, 1e-9)
 
 
@@ -159,10 +182,7 @@ def test_untraceable_fun_falls_back_to_the_engine():
     from agnopt._least_squares import jax_solve
 
     tj, yj = jnp.asarray(T), jnp.asarray(Y)
-    calls = [0]
-
     def res(p):
-        calls[0] += 1
         a = float(p[0])  # needs a concrete value
         return a * jnp.exp(-p[1] * tj) + p[2] - yj
 
@@ -172,9 +192,9 @@ def test_untraceable_fun_falls_back_to_the_engine():
         eager = ao.least_squares(res, p0, method="lm", jac="3-point")
     _same(got, eager)
     assert any(v[1] is None for v in jax_solve._CACHE.values())  # remembered
-    calls[0] = 0
-    ao.least_squares(res, p0, method="lm", jac="3-point")
-    assert calls[0] > 10  # the engine, evaluation by evaluation
+    with _program_runs() as runs:
+        ao.least_squares(res, p0, method="lm", jac="3-point")
+    assert runs == [False]  # the engine, evaluation by evaluation
 
 
 @pytest.mark.parametrize("opt", ["callback", "verbose", "history", "progress"])
@@ -182,16 +202,16 @@ def test_reports_take_the_engine(opt, capsys):
     _jax()
     import jax.numpy as jnp
 
-    res, calls = _counted(jnp)
+    res = _res(jnp)
     p0 = jnp.asarray([1.0, 1.0, 1.0])
     seen = []
     kw = {"callback": lambda *a, **k: seen.append(1), "verbose": 2, "history": True,
           "progress": lambda info: seen.append(info)}[opt]
     kw = {opt: kw}
-    ref = ao.least_squares(res, p0, method="lm")  # the program (fun traced: few calls)
-    calls[0] = 0
-    got = ao.least_squares(res, p0, method="lm", **kw)
-    assert calls[0] > 5  # every iteration's evaluation: the engine ran, with its reports
+    with _program_runs() as runs:
+        ref = ao.least_squares(res, p0, method="lm")  # the program
+    assert runs == [True]
+    got = ao.least_squares(res, p0, method="lm", **kw)  # the engine, with its reports
     _same(got, ref)
     if opt in ("callback", "progress"):
         assert seen
@@ -267,20 +287,22 @@ def test_fresh_lambda_over_new_data_reuses_the_program():
     _jax()
     import jax.numpy as jnp
 
+    from agnopt._least_squares import jax_solve
+
     tj = jnp.asarray(T)
-    calls = [0]
 
     def model(p):
-        calls[0] += 1
         return p[0] * jnp.exp(-p[1] * tj) + p[2]
 
     p0 = jnp.asarray([1.0, 1.0, 1.0])
     for i, scale in enumerate((1.0, 2.0, 0.5)):
         y = jnp.asarray(scale * Y)
-        calls[0] = 0
-        got = ao.least_squares(lambda p: model(p) - y, p0, method="lm")
+        n0 = len(jax_solve._CACHE)
+        with _program_runs() as runs:
+            got = ao.least_squares(lambda p: model(p) - y, p0, method="lm")
+        assert runs == [True]
         if i > 0:
-            assert calls[0] == 1
+            assert len(jax_solve._CACHE) == n0  # the same program
         ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - scale * Y,
                                np.asarray(p0), method="lm")
         np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
@@ -301,11 +323,73 @@ def test_a_fun_made_anew_around_new_objects_stops_compiling():
 
     def make(opts):
         def res(p):
-            return opts["a"] * p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+            return opts[0] * p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
         return res
 
     n0 = len(jax_solve._CACHE)
     for _ in range(jax_solve._MAX_UNUSED + 3):
-        got = ao.least_squares(make({"a": 1.0}), p0, method="lm")
+        got = ao.least_squares(make(tuple([1.0])), p0, method="lm")  # a new tuple each time
         np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
     assert len(jax_solve._CACHE) - n0 <= jax_solve._MAX_UNUSED
+
+
+def test_mutable_objects_read_by_fun_take_the_engine():
+    """A program compiled around a dict, a list or an object would keep their old
+    contents: a ``fun`` that reads one is solved by the engine, so changing the
+    data between two fits gives the new answer (right values: the linear fits)."""
+    _jax()
+    import jax.numpy as jnp
+
+    t = jnp.linspace(0.0, 1.0, 20)
+    p0 = jnp.asarray([0.0, 0.0])
+
+    d = {"y": 2.0 * t + 1.0}
+    np.testing.assert_allclose(np.asarray(ao.least_squares(
+        lambda p: p[0] * t + p[1] - d["y"], p0, method="lm").x), [2.0, 1.0], atol=1e-10)
+    f = lambda p: p[0] * t + p[1] - d["y"]  # noqa: E731
+    ao.least_squares(f, p0, method="lm")
+    d["y"] = -t
+    np.testing.assert_allclose(np.asarray(ao.least_squares(f, p0, method="lm").x), [-1.0, 0.0],
+                               atol=1e-10)
+
+    class Data:
+        pass
+
+    m = Data()
+    m.y = 2.0 * t + 1.0
+    g = lambda p: p[0] * t + p[1] - m.y  # noqa: E731
+    ao.least_squares(g, p0, method="lm")
+    m.y = 5.0 * t
+    np.testing.assert_allclose(np.asarray(ao.least_squares(g, p0, method="lm").x), [5.0, 0.0],
+                               atol=1e-10)
+
+    s = [1.0]
+    h = lambda p: p[0] * t + p[1] - s[0] * t  # noqa: E731
+    ao.least_squares(h, p0, method="lm")
+    s[0] = 7.0
+    np.testing.assert_allclose(np.asarray(ao.least_squares(h, p0, method="lm").x), [7.0, 0.0],
+                               atol=1e-10)
+
+    # a NumPy array changed in place: its content is part of the program's key
+    yn = np.array(2.0 * t + 1.0)
+    k = lambda p: p[0] * t + p[1] - yn  # noqa: E731
+    ao.least_squares(k, p0, method="lm")
+    yn[:] = np.asarray(3.0 * t)
+    np.testing.assert_allclose(np.asarray(ao.least_squares(k, p0, method="lm").x), [3.0, 0.0],
+                               atol=1e-10)
+
+
+def test_pure_references():
+    from agnopt._least_squares import jax_solve
+
+    _jax()
+    import jax
+    import jax.numpy as jnp
+
+    assert jax_solve._pure_ref(jnp.ones(3)) and jax_solve._pure_ref((1.0, "a", jnp))
+    assert jax_solve._pure_ref(jax.jit(lambda p: p))
+    assert not jax_solve._pure_ref({"a": 1.0}) and not jax_solve._pure_ref([1.0])
+    assert not jax_solve._pure_ref((1.0, [2.0]))
+    box = {"y": 1.0}
+    assert not jax_solve._pure_ref(lambda p: p * box["y"])  # a function reading a dict
+    assert not jax_solve._pure_ref(jax.jit(lambda p: p * box["y"]))

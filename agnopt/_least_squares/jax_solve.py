@@ -29,7 +29,15 @@ by later calls (:data:`_CACHE`): a plain function is identified by its code,
 its globals, the globals its code names and its closure (compared by
 identity; writeable NumPy arrays also by content), and the JAX arrays of its
 closure and of ``args`` / ``kwargs`` are inputs of the program, not
-constants, so a new ``lambda`` over a new data array reuses it. A code that
+constants, so a new ``lambda`` over a new data array reuses it. Everything
+else ``fun`` (``jac``, ``loss``) reads besides its arguments must be
+immutable (numbers, strings, tuples, JAX arrays, modules, functions reading
+only such; NumPy arrays, by content): a program compiled around a dict, a
+list or an object (``self`` of a bound method) would keep their old contents
+after ``d["y"] = new_data``, so such a ``fun`` is solved by the engine
+(:func:`_pure_ref`). As with ``jax.jit`` itself, an attribute of a module
+reassigned between two fits is not seen: pass data as arguments or
+closures. A code that
 made :data:`_MAX_UNUSED` programs never reused (a function made anew around
 new objects for each fit) gets no more. On the CPU the program is compiled
 with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
@@ -54,6 +62,7 @@ their step). ``method="trf"`` / ``"dogbox"`` are not compiled this way.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import types
 from collections import OrderedDict
@@ -245,6 +254,54 @@ def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
     return key, (refs, contents), fun_arrays + leaves, rebuild
 
 
+# values that cannot change behind a reference (so identity is the value)
+_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), type(Ellipsis), range,
+              types.ModuleType, types.BuiltinFunctionType, types.CodeType)
+
+
+def _is_jitted(v) -> bool:
+    """A ``jax.jit`` function: its author took on JAX's contract that it is pure."""
+    return callable(getattr(v, "lower", None)) and callable(getattr(v, "eval_shape", None))
+
+
+def _pure_ref(v, depth: int = 0, top: bool = False) -> bool:
+    """Whether ``v`` (an object ``fun`` reads besides its arguments) cannot
+    change while it stays the same object, so that a program compiled around it
+    stays right: numbers, strings, modules, JAX arrays, NumPy arrays at the top
+    (their content is compared, :func:`_content`) and NumPy scalars/ufuncs,
+    tuples of such, and functions whose own closure and globals are such. A
+    dict, list, set or any other object (``self`` of a bound method, a class)
+    may be mutated between two fits (``d["y"] = new_data``): ``fun`` reading
+    one is solved by the engine, evaluation by evaluation."""
+    if depth > 4:
+        return False
+    if isinstance(v, _IMMUTABLE) or v is _EMPTY or array_api_compat.is_jax_array(v):
+        return True
+    mod = type(v).__module__
+    if mod == "numpy":  # an ndarray (content compared only at the top), a scalar, a ufunc
+        return top or not hasattr(v, "flags")
+    if mod.startswith("numpy.") and not hasattr(v, "flags"):  # dtypes
+        return True
+    if isinstance(v, (tuple, frozenset)):
+        return all(_pure_ref(x, depth + 1) for x in v)
+    if isinstance(v, types.FunctionType):
+        inner: list = []
+        for c in v.__closure__ or ():
+            try:
+                inner.append(c.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        _code_refs(v, v.__code__, inner)
+        return all(x is v or _pure_ref(x, depth + 1) for x in inner)
+    if _is_jitted(v):
+        wrapped = getattr(v, "__wrapped__", None)
+        return wrapped is None or _pure_ref(wrapped, depth + 1)
+    if isinstance(v, functools.partial):
+        return (_pure_ref(v.func, depth + 1) and all(_pure_ref(a, depth + 1) for a in v.args)
+                and all(_pure_ref(a, depth + 1) for a in v.keywords.values()))
+    return False
+
+
 def _same_refs(a, b) -> bool:
     (ra, ca), (rb, cb) = a, b
     return len(ra) == len(rb) and all(x is y for x, y in zip(ra, rb)) and ca == cb
@@ -263,6 +320,10 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     if k is None:
         return None
     key, refs, leaves, rebuild = k
+    # what fun (jac, loss) reads besides its arguments must not be mutable: a
+    # program compiled around a dict or an object would keep its old contents
+    if not all(_pure_ref(r, top=True) for r in refs[0]):
+        return None
     hit = _CACHE.get(key)
     kind = key[0][0] if isinstance(key[0], tuple) else key[0]  # fun's code (or fun)
     if hit is not None and _same_refs(hit[0], refs):
