@@ -148,6 +148,8 @@ def test_lm_fit_on_jax_equals_numpy_and_eager_jax(case):
     # "2-point": the forward differences divide an ulp of difference between JAX's and
     # NumPy's exp by h ~ 1.5e-8, so the two Jacobians differ by ~1e-8 relative, and the
     # points where the fit stops on ftol (status 2) by about that times the last step
+    # (also with fun compiled into the whole-solve program, agnopt._least_squares.jax_solve,
+    # which rounds an ulp differently from fun run op by op)
     rtol = 1e-9 if case == "2-point" else 1e-10
     for r in (got, eager):
         assert (r.nfev, r.njev, r.status) == (ref.nfev, ref.njev, ref.status)

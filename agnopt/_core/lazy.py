@@ -136,3 +136,36 @@ def known_all(xp: Any, a: Any) -> bool:
 def known_none(xp: Any, a: Any) -> bool:
     """``not bool(xp.any(a))``, or ``False`` where ``a`` is traced (see :func:`known_all`)."""
     return not is_traced(a) and not bool(xp.any(a))
+
+
+def bounded_loop(xp: Any, body: Any, carry: Any, n: int, done: Any) -> Any:
+    """``for it in range(n): carry = body(it, carry)``, ending early once every
+    element of ``done(carry)`` is true (read on the host).
+
+    For loops whose finished elements are frozen by ``body`` (so that the early
+    exit is exact): where ``done(carry)`` is traced (inside a compiled JAX
+    program) the loop is one ``jax.lax.while_loop`` (``it`` then a traced
+    integer; its exit test ``~all(done)`` on the device) instead of ``n``
+    unrolled copies of ``body``, which gives the same numbers.
+    """
+    d = done(carry)
+    if is_traced(d):
+        import jax
+
+        def cond(c: Any) -> Any:
+            it, inner = c
+            return (it < n) & ~xp.all(done(inner))
+
+        def step(c: Any) -> Any:
+            it, inner = c
+            new = body(it, inner)
+            new = jax.tree_util.tree_map(lambda r, v: v.astype(r.dtype) if v.dtype != r.dtype
+                                         else v, inner, new)
+            return it + 1, new
+
+        return jax.lax.while_loop(cond, step, (xp.asarray(0), carry))[1]
+    for it in range(n):
+        carry = body(it, carry)
+        if known_all(xp, done(carry)):
+            break
+    return carry

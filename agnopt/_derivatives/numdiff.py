@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from .._core import lazy
 from .._core.backend import compiled, device_scope, namespace_name, resolve
 from .._core.typing import Array, ArrayLike
 
@@ -422,10 +423,11 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
         x2 = x0 + 2.0 * hj
         oj = None if one_sided is None else one_sided[..., j]
         # central: (f(x+h) - f(x-h)) / (x+h - (x-h)); one-sided: (-3f0+4f1-f2)/(x+2h - x)
-        if oj is None or bool(xp.all(~oj)):
+        # (traced, agnopt._least_squares.jax_solve: the mixed branch, same numbers)
+        if oj is None or lazy.known_all(xp, ~oj):
             dx = x1[..., j] - xm[..., j]
             df = call(x1) - call(xm)
-        elif bool(xp.all(oj)):
+        elif lazy.known_all(xp, oj):
             f1 = call(x1)
             f2 = call(x2)
             dx = x2[..., j] - x0[..., j]
@@ -435,7 +437,7 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
             f1 = call(x1)
             f2 = call(x2)
             dx = xp.where(oj, x2[..., j] - x0[..., j], x1[..., j] - xm[..., j])
-            sel = oj if scalar_f else oj[:, None]
+            sel = oj if (scalar_f or oj.ndim == 0) else oj[:, None]
             df = xp.where(sel, -3.0 * f0 + 4.0 * f1 - f2, f1 - fm)
         if batched and not scalar_f:
             dx = dx[:, None]

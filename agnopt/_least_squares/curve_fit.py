@@ -490,6 +490,10 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
 
         residual._agnopt_rows = rows_hook
 
+    # made anew for each call (around its data and weights): no whole-solve
+    # program on JAX (agnopt._least_squares.jax_solve could not reuse it)
+    residual._agnopt_whole_solve = False
+
     if callable(jac):
         user_jac = jac
 

@@ -38,7 +38,9 @@ the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. For a
 NumPy batch (float32 or float64, ``n <= 16``, the Cholesky route) the
 normal equations, ``lmpar``, the geodesic acceleration, the end of
 :func:`linearized` and :func:`judge` run as numba loops over the rows
-(:mod:`agnopt._kernels.lm_batched_cpu`, tested equal to rounding).
+(:mod:`agnopt._kernels.lm_batched_cpu`, tested equal to rounding). On JAX,
+when ``fun`` can be traced, the whole loop runs as one compiled program over
+these same blocks (:mod:`.jax_solve`).
 
 Every problem has its own state (:class:`LMState`, arrays with a leading
 axis ``k``) and stops on its own; a stopped problem is frozen by ``where``.
@@ -362,7 +364,7 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
     """
     X, F, J, D, free = st.X, st.F, st.J, st.D, st.free
     eligible = st.active & (par > 0) & ~st.first
-    if not bool(xp.any(eligible)):
+    if lazy.known_none(xp, eligible):  # (traced, :mod:`.jax_solve`: no accelerated problem is exact)
         return p, None, st
     Xh = ev.project(X + ACC_H * p)
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can

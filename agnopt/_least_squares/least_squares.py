@@ -53,6 +53,7 @@ from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
 from .bounds import strictly_feasible
 from .dogbox import DOGBOX
+from . import jax_solve
 from .engine import run_lm
 from .losses import check_loss
 from .trf import TRF, run_trust_region
@@ -513,8 +514,14 @@ def least_squares(
                                    xtol, gtol, max_nfev, verbose, callback, history, ws)
         elif method == "lm":
             ws = WorkingSet(xp, B, dev) if compact else None
-            out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
-                         xtol, gtol, max_nfev, verbose, callback, history, ws)
+            out = None
+            if jax_solve.eligible(xp, prob, ws, callback, history, verbose):
+                # JAX, fun traceable: the whole solve as one compiled program
+                out = jax_solve.run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol,
+                                           max_nfev)
+            if out is None:
+                out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
+                             xtol, gtol, max_nfev, verbose, callback, history, ws)
         else:
             out = run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
                          history)

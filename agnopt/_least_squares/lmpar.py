@@ -137,11 +137,14 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     q = qn
     if lazy.known_all(xp, done):
         return xp.where(gn_ok, 0.0, par), q, factor
-    for it in range(10):
-        par, parl, paru, fp, q, factor, done = _lmpar_iteration(
-            xp, basis, par, parl, paru, fp, q, factor, done, delta, delta_s, it == 9, rtol)
-        if lazy.known_all(xp, done):  # frozen problems do not change: exiting is exact
-            break
+
+    def iteration(it, s):
+        return _lmpar_iteration(xp, basis, *s, delta, delta_s, it == 9, rtol)
+
+    # at most 10 iterations; frozen problems do not change, so exiting when all are
+    # done is exact (one loop program inside a compiled solve: lazy.bounded_loop)
+    par, parl, paru, fp, q, factor, done = lazy.bounded_loop(
+        xp, iteration, (par, parl, paru, fp, q, factor, done), 10, lambda s: s[-1])
     par = xp.where(gn_ok, 0.0, par)
     return par, q, factor
 

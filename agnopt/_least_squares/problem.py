@@ -317,40 +317,52 @@ class Problem(RowSubsets, Box):
         columns are checked one by one instead (:meth:`_cs_columns`, ``3n``
         evaluations).
         """
-        xp = self.xp
+        P3, M3, P2, inside = self._cs_check_points(X)
+        if not bool(inside):
+            ok, J3 = self._cs_columns(X, F, Jcs)
+            return None if ok is None or bool(ok) else J3
+        ok = self._cs_directional(X, F, Jcs, P3, M3, P2)
+        return None if ok is None or bool(ok) else self._fd(X, F, "3-point", None)
+
+    def _cs_check_points(self, X):
+        """The points ``X + h3 V``, ``X - h3 V``, ``X + h2 V`` of :meth:`_cs_disagrees`
+        and whether they lie inside the bounds (0-d bool)."""
         n = X.shape[1]
-        eps = machine_eps(xp, self.dtype)
+        eps = machine_eps(self.xp, self.dtype)
         w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
                   for j in range(n))
-        h3, h2 = eps ** (1.0 / 3.0), eps**0.5
+        self._cs_h = h3, h2 = eps ** (1.0 / 3.0), eps**0.5
         bounded = getattr(self, "bounded", True)
-        P3, M3, P2, inside = cs_check_points(xp, X, self.lb if bounded else None,
-                                              self.ub if bounded else None, w, h3, h2,
-                                              self.dev)
-        if not bool(inside):
-            return self._cs_columns(X, F, Jcs)
+        return cs_check_points(self.xp, X, self.lb if bounded else None,
+                               self.ub if bounded else None, w, h3, h2, self.dev)
+
+    def _cs_directional(self, X, F, Jcs, P3, M3, P2):
+        """The directional check of :meth:`_cs_disagrees`: 0-d bool (the complex step
+        agrees), or ``None`` where the differences cannot be formed (keep it)."""
+        h3, h2 = self._cs_h
         try:
             Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
         except (RuntimeError, ValueError, TypeError):
             return None  # the differences cannot be formed: keep the complex step
-        ok = cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
-        return None if bool(ok) else self._fd(X, F, "3-point", None)
+        return cs_check_verdict(self.xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
 
     def _cs_columns(self, X, F, Jcs):
         """:meth:`_cs_disagrees` column by column (bounded problems near a bound):
         ``|Jcs_j - J3_j| <= 10 |J2_j - J3_j| + 1e-6 max(|J3_j|, |Jcs_j|)`` (max-norms),
-        ``J3`` / ``J2`` central / forward differences kept inside the bounds."""
+        ``J3`` / ``J2`` central / forward differences kept inside the bounds.
+        Returns ``(ok, J3)``: ``ok`` a 0-d bool (``None``, with ``J3``, where the
+        differences cannot be formed: keep the complex step)."""
         xp = self.xp
         try:
             J3 = self._fd(X, F, "3-point", None)
             J2 = self._fd(X, F, "2-point", None)
         except (RuntimeError, ValueError, TypeError):
-            return None
+            return None, None
         d = xp.max(xp.abs(Jcs - J3), axis=-2)
         est = xp.max(xp.abs(J2 - J3), axis=-2)
         scale = xp.maximum(xp.max(xp.abs(J3), axis=-2), xp.max(xp.abs(Jcs), axis=-2))
         ok = (d <= 10.0 * est + 1e-6 * scale) | ~xp.isfinite(d)
-        return None if bool(xp.all(ok)) else J3
+        return xp.all(ok), J3
 
     def _raw(self, X):
         """``fun`` at ``X`` (k, n) -> (k, m), unscaled (finite-difference points)."""

@@ -14,13 +14,22 @@ from __future__ import annotations
 from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._core.backend import compiled
+from .arrays import host_ints
 from .outcome import messages, stuck_on_bound, to_status
 from .stationarity import xtol_not_stationary
 from .trf import final_fields
 
 __all__ = ["finish"]
 
+def rows0(xp, arrays, counts):
+    """The one problem's rows of a one-problem result's ``arrays`` (reshapes: one
+    operation each on every backend) and its ``counts`` (each (1,)) as one (c,)
+    array (one transfer); one program for all on JAX."""
+    return tuple(xp.reshape(a, tuple(a.shape[1:])) for a in arrays), xp.concat(counts)
+
+
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+_rows0 = compiled(rows0)
 _to_status = compiled(to_status, static=("cb_stop",))
 _final_fields = compiled(final_fields, static=("method", "loss", "f_scale", "bounded", "xtol",
                                                "model_jac"))
@@ -67,13 +76,13 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
             message=msgs, success=success,
         )
     else:
-        def row0(a):  # the one problem's row (a reshape: one operation on every backend)
-            return xp.reshape(a, tuple(a.shape[1:]))
-
+        (x, cost, F, J, g, opt, am), counts = _rows0(xp, (X, cost, F, J, g, opt, am),
+                                                     (out.nfev, njev, out.nit))
+        nfev, njev_, nit = host_ints(counts)
         res = OptimizeResult(
-            x=row0(X), cost=row0(cost), fun=row0(F), jac=row0(J), grad=row0(g),
-            optimality=row0(opt), active_mask=row0(am), nfev=int(row0(out.nfev)),
-            njev=int(row0(njev)), nit=int(row0(out.nit)), status=st_host[0],
+            x=x, cost=cost, fun=F, jac=J, grad=g,
+            optimality=opt, active_mask=am, nfev=nfev,
+            njev=njev_, nit=nit, status=st_host[0],
             message=msgs[0], success=st_host[0] > Status.MAX_NFEV,
         )
     if out.history:

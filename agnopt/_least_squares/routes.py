@@ -74,7 +74,7 @@ def spectral(xp, J, D, F, free, force_svd=False):
         ev, Ve = host_linalg(xp, "eigh", G)  # ascending
         wmax = ev[:, n - 1]
         well = (wmax > 0) & (ev[:, 0] > GRAM_RCOND * wmax)
-        need_svd = not bool(xp.all(well))
+        need_svd = not lazy.known_all(xp, well)  # traced (jax_solve): both, merged below
     else:
         need_svd = True
     if need_svd:
@@ -198,7 +198,7 @@ class InMemoryRoute:
             else:
                 As, gs, Linv0, well = _normal_equations(xp, A0, g, D, free, eye)
             self.well = well
-            all_well = bool(xp.all(well))
+            all_well = lazy.known_all(xp, well)  # traced (jax_solve): both routes, merged
             if all_well or self.fast is not None:  # every problem on this route (the where's
                 # below would keep all)
                 self.chol = CholeskyBasis(As, gs, Linv0, eye)
@@ -213,7 +213,7 @@ class InMemoryRoute:
         if all_well:
             return
         need = active & ~self.well if self.chol_ok else xp.ones_like(active)
-        if bool(xp.any(need)):
+        if not lazy.known_none(xp, need):
             if compact:
                 idx = rows_where(xp, need)
                 mask, pos = positions(xp, idx, k, device(J))

@@ -62,6 +62,7 @@ dropped, which drops more than the SVD and so flags less, never more).
 
 from __future__ import annotations
 
+from .._core.backend import compiled
 from .._core.status import Status
 from .arrays import host_linalg
 from .losses import robust_model
@@ -109,12 +110,25 @@ def xtol_not_stationary(xp, status, X, F, J, lb, ub, bounded, loss, f_scale, xto
     """``status`` (k,) with ``Status.NOT_STATIONARY`` where an ``XTOL`` or
     ``FTOL_XTOL`` stop is not a converged point (module notes). ``X`` (k, n), ``F`` (k, m) the true
     residuals, ``J`` (k, m, n) the Jacobian (the loss's model Jacobian when
-    ``model_jac``), ``lb``, ``ub`` broadcast to ``X`` (used when ``bounded``)."""
+    ``model_jac``), ``lb``, ``ub`` broadcast to ``X`` (used when ``bounded``).
+    Two blocks (one compiled program each on JAX), with the host reads that
+    skip them between."""
     # status 4 (ftol and xtol) is an xtol stop too: BoxBOD's saturated model
     # from NIST's start 1 with MINPACK's initial radius (factor 100)
     check = (status == int(Status.XTOL)) | (status == int(Status.FTOL_XTOL))
     if not bool(xp.any(check)):
         return status
+    bad, Fh, Jl, free = _first_order_test(xp, check, X, F, J, lb, ub, bounded, loss, f_scale,
+                                          xtol, model_jac)
+    if bool(xp.any(bad)):
+        bad = _near_test(xp, bad, X, Fh, Jl, free, xtol)
+    return xp.where(bad, xp.full_like(status, int(Status.NOT_STATIONARY)), status)
+
+
+def first_order_test(xp, check, X, F, J, lb, ub, bounded, loss, f_scale, xtol, model_jac):
+    """The first test of :func:`xtol_not_stationary`: ``bad`` (k,), the ``XTOL``
+    stops (``check``) whose residual is not orthogonal to the free columns, and
+    the loss's model ``Fh``, ``Jl`` and the free variables for the second."""
     Fh, Jl = robust_model(xp, loss, F, None if model_jac else J, f_scale)
     Jl = J if model_jac else Jl
     g = xp.matmul(Fh[:, None, :], Jl)[:, 0, :]
@@ -130,13 +144,23 @@ def xtol_not_stationary(xp, status, X, F, J, lb, ub, bounded, loss, f_scale, xto
         at_ub = xp.isfinite(ub) & (ubf - X <= rt * xp.maximum(one, xp.abs(ubf))) & (g < 0)
         free = ~(at_lb | at_ub)
     first_order = _cosines(xp, Fh, Jl, free) <= 100.0 * eps ** 0.5
-    bad = check & ~first_order
-    if bool(xp.any(bad)):
-        xnorm = xp.linalg.vector_norm(X, axis=-1)
-        xg = max(xt, eps ** 0.5)
-        near = _gauss_newton_norm(xp, Fh, Jl, free) <= 10.0 * xg * (xg + xnorm)
-        bad = bad & ~near
-    return xp.where(bad, xp.full_like(status, int(Status.NOT_STATIONARY)), status)
+    return check & ~first_order, Fh, Jl, free
+
+
+def near_test(xp, bad, X, Fh, Jl, free, xtol):
+    """The second test of :func:`xtol_not_stationary`: ``bad`` (k,) without the
+    stops within ``10 t (t + ||x||)`` of the Gauss-Newton point."""
+    eps = float(xp.finfo(X.dtype).eps)
+    xnorm = xp.linalg.vector_norm(X, axis=-1)
+    xg = max(0.0 if xtol is None else float(xtol), eps, eps ** 0.5)
+    near = _gauss_newton_norm(xp, Fh, Jl, free) <= 10.0 * xg * (xg + xnorm)
+    return bad & ~near
+
+
+# one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
+_first_order_test = compiled(first_order_test, static=("bounded", "loss", "f_scale", "xtol",
+                                                       "model_jac"))
+_near_test = compiled(near_test, static=("xtol",))
 
 
 def xtol_not_stationary_gram(xp, status: int, x, A, g, ff: float, xtol) -> int:

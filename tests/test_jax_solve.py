@@ -1,0 +1,395 @@
+"""The whole lm solve as one JAX program (``agnopt._least_squares.jax_solve``).
+
+When ``fun`` (and ``jac``) can be traced, ``least_squares(method="lm")`` on JAX
+runs the engine's blocks inside one ``jax.lax.while_loop``. These tests check
+that it gives the engine's results (the engine itself: ``jax.disable_jit()``,
+and NumPy), that it is the program that ran (``fun``'s Python body runs once
+per call: the set-up's evaluation at ``x0``; the program calls no Python;
+here a spy on ``run_lm_jax`` says which ran),
+and that everything it cannot do falls back to the engine with the same
+results: a ``fun`` that cannot be traced, callbacks and reports, a rejected
+complex step, a non-finite Jacobian.
+
+Tolerances: same ``nfev``, ``njev``, ``nit``, ``status``; ``x`` and ``cost`` to
+1e-10 relative with the complex step or an analytic Jacobian (the engine's
+own blocks, compiled together: XLA may fuse and round differently, ~1e-16 per
+operation), 1e-8 with finite differences (which divide fun's rounding by
+their step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import agnopt as ao
+
+
+def _jax():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+T = np.linspace(0.0, 4.0, 40)
+Y = 2.5 * np.exp(-1.3 * T) + 0.5 + 0.02 * np.sin(7.0 * T)
+
+
+def _res(jnp):
+    """``fun`` on JAX arrays (pure: it reads only JAX arrays besides its argument)."""
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+
+    def res(p):
+        return p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    return res
+
+
+@contextlib.contextmanager
+def _program_runs():
+    """Records, for each lm solve on JAX, whether the compiled whole-solve program
+    gave its result (``True``) or the engine solved (``False``)."""
+    from agnopt._least_squares import jax_solve
+
+    runs: list = []
+    orig = jax_solve.run_lm_jax
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        runs.append(out is not None)
+        return out
+
+    jax_solve.run_lm_jax = spy
+    try:
+        yield runs
+    finally:
+        jax_solve.run_lm_jax = orig
+
+
+def res_np(p):
+    return p[0] * np.exp(-p[1] * T) + p[2] - Y
+
+
+def _same(got, ref, rtol=1e-10):
+    assert (got.nfev, got.njev, got.nit, got.status) == (ref.nfev, ref.njev, ref.nit, ref.status)
+    np.testing.assert_allclose(np.asarray(got.x), np.asarray(ref.x), rtol=rtol)
+    np.testing.assert_allclose(np.asarray(got.cost), np.asarray(ref.cost), rtol=rtol)
+    np.testing.assert_allclose(np.asarray(got.jac), np.asarray(ref.jac), rtol=1e-6, atol=1e-12)
+
+
+CASES = {
+    "near": ([1.0, 1.0, 1.0], {}),
+    "far": ([10.0, 0.05, -3.0], {}),  # radius-limited steps, geodesic acceleration
+    "bounded": ([1.0, 2.0, 1.0], {"bounds": ([0.0, 1.4, 0.0], [10.0, 10.0, 10.0])}),
+    "loss": ([1.0, 1.0, 1.0], {"loss": "soft_l1", "f_scale": 0.05}),
+    "x_scale": ([1.0, 1.0, 1.0], {"x_scale": np.array([1.0, 0.5, 2.0])}),
+    "max_nfev": ([10.0, 0.05, -3.0], {"max_nfev": 5}),
+    "3-point": ([1.0, 1.0, 1.0], {"jac": "3-point"}),
+    "autodiff": ([1.0, 1.0, 1.0], {"jac": "autodiff"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_whole_solve_equals_engine_and_numpy(case):
+    jax = _jax()
+    import jax.numpy as jnp
+
+    p0, kw = CASES[case]
+    res = _res(jnp)
+    kw_np = {k: v for k, v in kw.items() if not (isinstance(v, str) and v == "autodiff")}  # NumPy: the complex step
+    ref = ao.least_squares(res_np, np.asarray(p0), method="lm", **kw_np)
+    with jax.disable_jit():  # the engine, op by op
+        eager = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
+    got = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
+    with _program_runs() as runs:
+        again = ao.least_squares(res, jnp.asarray(p0), method="lm", **kw)
+    assert runs == [True]  # the solve is the compiled program
+    # finite differences amplify fun's rounding; a solve stopped far from the
+    # solution (max_nfev) carries the rounding of steps through ill-conditioned
+    # Jacobians (cond ~1e6 at that start)
+    rtol = 1e-8 if kw.get("jac") == "3-point" or case == "max_nfev" else 1e-10
+    for r in (got, again):
+        _same(r, eager, rtol)
+        _same(r, ref, max(rtol, 1e-9))
+    if case == "max_nfev":
+        assert got.status == 0 and got.nfev >= 5  # (an acceleration's evaluation counts)
+    if case == "bounded":
+        assert np.asarray(got.x)[1] == 1.4
+    if case == "far":
+        assert got.nfev > got.njev + 3  # rejected steps and accelerations happened
+
+
+def test_analytic_jacobian_and_array_args_are_inputs():
+    """A callable ``jac`` traced too; arrays in ``args`` are the program's inputs
+    (new data, same program, right answer)."""
+    _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    def res(p, t, y):
+        return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+
+    def jac(p, t, y):
+        e = jnp.exp(-p[1] * t)
+        return jnp.stack([e, -p[0] * t * e, jnp.ones_like(t)], axis=-1)
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    for scale in (1.0, 3.0):
+        y = scale * Y
+        ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - y, np.asarray(p0),
+                               method="lm", jac=lambda p: np.stack(
+                                   [np.exp(-p[1] * T), -p[0] * T * np.exp(-p[1] * T),
+                                    np.ones_like(T)], axis=-1))
+        n0 = len(jax_solve._CACHE)
+        with _program_runs() as runs:
+            got = ao.least_squares(res, p0, jac=jac, method="lm", args=(jnp.asarray(T),
+                                                                        jnp.asarray(y)))
+        assert runs == [True]
+        if scale == 3.0:
+            assert len(jax_solve._CACHE) == n0  # the same program, new data
+        _same(got, ref, 1e-9)
+
+
+def test_batched_whole_solve_equals_engine():
+    jax = _jax()
+    import jax.numpy as jnp
+
+    tj = jnp.asarray(T[:30])
+    Yb = np.array([1.0, 2.0, 0.5])[:, None] * Y[None, :30]
+    Yj = jnp.asarray(Yb)
+    P0 = np.array([[1.0, 1.0, 1.0], [5.0, 0.1, 0.0], [0.2, 3.0, 0.3]])
+
+    def res(P):
+        return P[:, 0:1] * jnp.exp(-P[:, 1:2] * tj) + P[:, 2:3] - Yj
+
+    got = ao.least_squares(res, jnp.asarray(P0), method="lm", batched=True)
+    with jax.disable_jit():
+        eager = ao.least_squares(res, jnp.asarray(P0), method="lm", batched=True)
+    for f in ("nfev", "njev", "nit", "status"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, f)), np.asarray(getattr(eager, f)))
+    np.testing.assert_allclose(np.asarray(got.x), np.asarray(eager.x), rtol=1e-10)
+
+
+def test_untraceable_fun_falls_back_to_the_engine():
+    """``float()`` of an element: the tracing fails, the engine solves (same
+    result as op by op), and the next call goes straight to the engine."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+    def res(p):
+        a = float(p[0])  # needs a concrete value
+        return a * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    got = ao.least_squares(res, p0, method="lm", jac="3-point")
+    with jax.disable_jit():
+        eager = ao.least_squares(res, p0, method="lm", jac="3-point")
+    _same(got, eager)
+    assert any(v[1] is None for v in jax_solve._CACHE.values())  # remembered
+    with _program_runs() as runs:
+        ao.least_squares(res, p0, method="lm", jac="3-point")
+    assert runs == [False]  # the engine, evaluation by evaluation
+
+
+@pytest.mark.parametrize("opt", ["callback", "verbose", "history", "progress"])
+def test_reports_take_the_engine(opt, capsys):
+    _jax()
+    import jax.numpy as jnp
+
+    res = _res(jnp)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    seen = []
+    kw = {"callback": lambda *a, **k: seen.append(1), "verbose": 2, "history": True,
+          "progress": lambda info: seen.append(info)}[opt]
+    kw = {opt: kw}
+    with _program_runs() as runs:
+        ref = ao.least_squares(res, p0, method="lm")  # the program
+    assert runs == [True]
+    got = ao.least_squares(res, p0, method="lm", **kw)  # the engine, with its reports
+    _same(got, ref)
+    if opt in ("callback", "progress"):
+        assert seen
+    if opt == "history":
+        assert len(got.history) > 0
+    if opt == "verbose":
+        assert "Function evaluations" in capsys.readouterr().out
+
+
+def test_rejected_complex_step_takes_the_engine():
+    """``fun`` drops the imaginary part of one term (``jnp.real``): the check at
+    ``x0`` rejects the complex step inside the program, and the engine solves
+    with central differences, as without the program."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+
+    def res(p):
+        return p[0] * jnp.exp(-jnp.real(p[1]) * tj) + p[2] - yj
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    got = ao.least_squares(res, p0, method="lm")
+    with jax.disable_jit():
+        eager = ao.least_squares(res, p0, method="lm")
+    ref = ao.least_squares(res_np, np.asarray(p0), method="lm", jac="3-point")
+    _same(got, eager)
+    assert got.success and (got.nfev, got.status) == (ref.nfev, ref.status)
+
+
+def test_nonfinite_jacobian_raises_as_the_engine():
+    _jax()
+    import jax.numpy as jnp
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+
+    def res(p):
+        return p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    def jac(p):
+        return jnp.full((T.shape[0], 3), jnp.nan)
+
+    with pytest.raises(ValueError, match="non-finite"):
+        ao.least_squares(res, jnp.asarray([1.0, 1.0, 1.0]), jac=jac, method="lm")
+
+
+def test_rebound_closure_array_is_seen():
+    """A program bakes in the arrays ``fun`` closes over: rebinding one (a new
+    data set in the same variable) makes a new program, not a stale answer."""
+    _jax()
+    import jax.numpy as jnp
+
+    tj = jnp.asarray(T)
+    yj = jnp.asarray(Y)
+
+    def res(p):
+        return p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    a = ao.least_squares(res, p0, method="lm")
+    yj = jnp.asarray(2.0 * Y)
+    b = ao.least_squares(res, p0, method="lm")
+    ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - 2.0 * Y,
+                           np.asarray(p0), method="lm")
+    np.testing.assert_allclose(np.asarray(b.x), ref.x, rtol=1e-9)
+    assert abs(float(b.x[0]) - float(a.x[0])) > 1.0
+
+
+def test_fresh_lambda_over_new_data_reuses_the_program():
+    """``least_squares(lambda p: model(p) - y, ...)`` in a loop over data sets: the
+    JAX arrays a closure holds are inputs of the program, so every fit after the
+    first runs the same program (fun's Python body: once, the set-up's call)."""
+    _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    tj = jnp.asarray(T)
+
+    def model(p):
+        return p[0] * jnp.exp(-p[1] * tj) + p[2]
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    for i, scale in enumerate((1.0, 2.0, 0.5)):
+        y = jnp.asarray(scale * Y)
+        n0 = len(jax_solve._CACHE)
+        with _program_runs() as runs:
+            got = ao.least_squares(lambda p: model(p) - y, p0, method="lm")
+        assert runs == [True]
+        if i > 0:
+            assert len(jax_solve._CACHE) == n0  # the same program
+        ref = ao.least_squares(lambda p: p[0] * np.exp(-p[1] * T) + p[2] - scale * Y,
+                               np.asarray(p0), method="lm")
+        np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
+        assert (got.nfev, got.status) == (ref.nfev, ref.status)
+
+
+def test_a_fun_made_anew_around_new_objects_stops_compiling():
+    """A closure over a new Python object each fit cannot reuse a program: after
+    a few, the engine solves (right answers throughout)."""
+    _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    ref = ao.least_squares(res_np, np.asarray(p0), method="lm")
+
+    def make(opts):
+        def res(p):
+            return opts[0] * p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+        return res
+
+    n0 = len(jax_solve._CACHE)
+    for _ in range(jax_solve._MAX_UNUSED + 3):
+        got = ao.least_squares(make(tuple([1.0])), p0, method="lm")  # a new tuple each time
+        np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
+    assert len(jax_solve._CACHE) - n0 <= jax_solve._MAX_UNUSED
+
+
+def test_mutable_objects_read_by_fun_take_the_engine():
+    """A program compiled around a dict, a list or an object would keep their old
+    contents: a ``fun`` that reads one is solved by the engine, so changing the
+    data between two fits gives the new answer (right values: the linear fits)."""
+    _jax()
+    import jax.numpy as jnp
+
+    t = jnp.linspace(0.0, 1.0, 20)
+    p0 = jnp.asarray([0.0, 0.0])
+
+    d = {"y": 2.0 * t + 1.0}
+    np.testing.assert_allclose(np.asarray(ao.least_squares(
+        lambda p: p[0] * t + p[1] - d["y"], p0, method="lm").x), [2.0, 1.0], atol=1e-10)
+    f = lambda p: p[0] * t + p[1] - d["y"]  # noqa: E731
+    ao.least_squares(f, p0, method="lm")
+    d["y"] = -t
+    np.testing.assert_allclose(np.asarray(ao.least_squares(f, p0, method="lm").x), [-1.0, 0.0],
+                               atol=1e-10)
+
+    class Data:
+        pass
+
+    m = Data()
+    m.y = 2.0 * t + 1.0
+    g = lambda p: p[0] * t + p[1] - m.y  # noqa: E731
+    ao.least_squares(g, p0, method="lm")
+    m.y = 5.0 * t
+    np.testing.assert_allclose(np.asarray(ao.least_squares(g, p0, method="lm").x), [5.0, 0.0],
+                               atol=1e-10)
+
+    s = [1.0]
+    h = lambda p: p[0] * t + p[1] - s[0] * t  # noqa: E731
+    ao.least_squares(h, p0, method="lm")
+    s[0] = 7.0
+    np.testing.assert_allclose(np.asarray(ao.least_squares(h, p0, method="lm").x), [7.0, 0.0],
+                               atol=1e-10)
+
+    # a NumPy array changed in place: its content is part of the program's key
+    yn = np.array(2.0 * t + 1.0)
+    k = lambda p: p[0] * t + p[1] - yn  # noqa: E731
+    ao.least_squares(k, p0, method="lm")
+    yn[:] = np.asarray(3.0 * t)
+    np.testing.assert_allclose(np.asarray(ao.least_squares(k, p0, method="lm").x), [3.0, 0.0],
+                               atol=1e-10)
+
+
+def test_pure_references():
+    from agnopt._least_squares import jax_solve
+
+    _jax()
+    import jax
+    import jax.numpy as jnp
+
+    assert jax_solve._pure_ref(jnp.ones(3)) and jax_solve._pure_ref((1.0, "a", jnp))
+    assert jax_solve._pure_ref(jax.jit(lambda p: p))
+    assert not jax_solve._pure_ref({"a": 1.0}) and not jax_solve._pure_ref([1.0])
+    assert not jax_solve._pure_ref((1.0, [2.0]))
+    box = {"y": 1.0}
+    assert not jax_solve._pure_ref(lambda p: p * box["y"])  # a function reading a dict
+    assert not jax_solve._pure_ref(jax.jit(lambda p: p * box["y"]))
