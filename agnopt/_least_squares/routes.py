@@ -153,7 +153,7 @@ normal_block = compiled(_normal_block)
 
 # a route passes into and out of the engine's compiled blocks (its step sets Lf, par_s)
 @pytree_class(data=("J", "A0", "well", "chol", "svd", "Lf", "par_s"),
-              meta=("xp", "out_xp", "host", "chol_ok"))
+              meta=("xp", "out_xp", "host", "chol_ok", "fast"))
 class InMemoryRoute:
     """Per-problem linear algebra of one Jacobian: normal equations or SVD.
 
