@@ -96,8 +96,8 @@ from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
 from .._core.typing import Array, ArrayLike
 from .common import _gnorm, _is_dask, _nonnegative, _persist
-from .newton import _run_newton
-from .newton_cg import _run_newton_cg_ls
+from .newton import _run_newton, full_step as _newton_full_step
+from .newton_cg import _run_newton_cg_ls, full_step as _cg_full_step
 from .problem import _Problem
 from .trust_region import _run_newton_cg_tr
 
@@ -126,6 +126,10 @@ _MESSAGES = {
     4: "The gradient or Hessian became non-finite.",
     5: "Trust region radius shrank below xtol without sufficient decrease "
        "(precision loss, or an inaccurate gradient).",
+    6: "Step size <= xtol only because the line search or trust region shortened "
+       "the step: the full Newton step at x is longer than xtol allows and the "
+       "gradient norm > gtol, so x is not a stationary point (precision loss, or an "
+       "inaccurate gradient or Hessian); the result may not be a minimizer.",
     99: "`callback` raised `StopIteration`.",
 }
 
@@ -325,6 +329,11 @@ def minimize(
         mode="hessian" if method == "newton" else "hvp", maxiter=maxiter, c1=c1, max_bt=max_bt,
         xtol=xtol, history=history, callback=callback,
         cg_maxiter=int(options.get("cg_maxiter", 20 * n)),
+    )
+    cg_maxiter = state["ctx"]["cg_maxiter"]
+    state["ctx"]["full_step"] = (
+        (lambda P_, x_, g_: _newton_full_step(P_, x_, g_, options)) if method == "newton"
+        else (lambda P_, x_, g_: _cg_full_step(P_, x_, g_, cg_maxiter))
     )
     if method == "newton":
         _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback)
