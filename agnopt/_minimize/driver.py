@@ -231,7 +231,8 @@ def minimize(
     -------
     OptimizeResult
         ``x`` (n,), ``fun`` (0-d array), ``jac`` (the gradient at ``x``), ``nit``,
-        ``nfev``, ``njev``, ``nhev``, ``status``, ``message``, ``success``, and
+        ``nfev``, ``njev``, ``nhev``, ``status`` (0 or 2: success; 1, 3, 4,
+        5, 6, 99: not; see Notes), ``message``, ``success``, and
         with ``options={"history": True}`` a ``history`` dict of lists:
         ``x`` (iterates, ``x[0]`` is ``x0``), ``fun``, ``grad_norm`` (floats),
         ``alpha`` (step lengths; the trust radius for the trust region),
@@ -264,7 +265,16 @@ def minimize(
     * status 1, not success: ``maxiter`` iterations done.
     * status 2, success: the accepted step satisfies
       :math:`\|x_{k+1} - x_k\|_\infty \le` ``xtol`` :math:`\cdot \max(1,
-      \|x_{k+1}\|_\infty)`.
+      \|x_{k+1}\|_\infty)` at a point that is stationary to the tolerance
+      :math:`t = 10\,x_g \max(1, \|x_{k+1}\|_\infty)`, :math:`x_g =
+      \max(\text{xtol}, \sqrt\epsilon, \sqrt\delta)` (:math:`\delta` the
+      gradient's relative error: :math:`\epsilon` exact, :math:`\sqrt\epsilon`
+      ``"2-point"``, :math:`\epsilon^{2/3}` ``"3-point"``): the method's full
+      step (before the line search or trust region shortened it) from
+      :math:`x_k`, or else the one computed at :math:`x_{k+1}` (one more
+      Hessian, or CG products; the modified Newton step for newton, the
+      truncated-CG step for newton-cg), has :math:`\|p\|_\infty \le t`.
+      (Where the gradient test holds too, the status is 0.)
     * status 3, not success: the line search found no decrease in
       ``max_backtracks`` trials (or the step shrank below rounding), or
       no decrease was found along a direction of negative curvature.
@@ -272,7 +282,22 @@ def minimize(
       accepted point.
     * status 5, not success (trust region): the radius fell below
       ``xtol * max(1, ||x||)`` with no acceptable step.
+    * status 6, not success: the step test fired, but only because the line
+      search or the trust region shortened the step: the gradient test fails
+      and the full step is longer than :math:`t` (status 2 above), so ``x``
+      is not a stationary point (a wrong or inaccurate gradient or Hessian, a
+      non-smooth ``fun``, precision loss). scipy's ``Newton-CG`` reports
+      such stops as "precision loss" (its status 2, ``success=False``);
+      ``x`` and the other fields are where the solver stopped.
     * status 99, not success: ``callback`` raised ``StopIteration``.
+
+    A stop of status 2 is thus as reliable as the gradient: with a
+    finite-difference gradient on an ill-conditioned problem (condition
+    number near :math:`1/\sqrt\delta` or above) the gradient's noise can
+    move the answer far along the flat directions while every step is
+    short (use an exact gradient there). A gradient inconsistent with
+    ``fun`` that vanishes at some point ends there with status 0 (the
+    gradient test cannot see it).
 
     Saddle points and maxima are not minima. Statuses 0 and 2 are reported
     only where the curvature is non-negative: newton factorizes
