@@ -216,3 +216,37 @@ def test_the_check_is_free_when_the_full_step_was_short(xp, device):
     assert res.status == 2 and res.success
     assert res.history["alpha"][-1] == 1.0
     assert res.nhev == res.nit + 1
+
+
+# ---------------------------------------------------------------------------
+# fisher_scoring: the same step test, the same check (batched)
+
+
+def test_fisher_scoring_short_step_far_from_a_minimum_is_not_success(xp, device):
+    """Gaussian NLL of ``th0 t + |th1 - 1| + 1`` (minimum 0 at th0 = 0.1,
+    |th1 - 1| = 1). Problem 0 gets the right Jacobian; problem 1 a second
+    column 10 times too small (the scoring step in th1 10 times too long):
+    its line search halves the step until the step test fires at th =
+    (0.0596, -0.0176), NLL 5.3e-4 > 0. Formerly status 2, success=True."""
+    t = asarr(xp, device, np.linspace(0.0, 1.0, 5))
+    y = asarr(xp, device, np.stack([np.full(5, 2.0) + 0.1 * np.linspace(0.0, 1.0, 5)] * 2))
+    scale = asarr(xp, device, [1.0, 0.1])
+
+    def mean_fn(th):
+        return th[:, 0:1] * t + _ns(th).abs(th[:, 1:2] - 1) + 1.0
+
+    def jac(th):
+        xp_ = _ns(th)
+        c0 = xp_.broadcast_to(t, (th.shape[0], t.shape[0]))
+        c1 = xp_.broadcast_to((scale * xp_.sign(th[:, 1] - 1))[:, None], c0.shape)
+        return xp_.stack([c0, c1], axis=-1)
+
+    x0 = asarr(xp, device, [[0.0, 3.0], [0.0, 3.0]])
+    res = ao.fisher_scoring(mean_fn, x0, y, family="gaussian", jac=jac, batched=True)
+    status = to_numpy(res.status).tolist()
+    assert status[0] == 0 and status[1] == 6, res.message
+    assert to_numpy(res.success).tolist() == [True, False]
+    x = to_numpy(res.x)
+    np.testing.assert_allclose(x[0], [0.1, 2.0], atol=1e-9)
+    np.testing.assert_allclose(x[1], [0.05962524, -0.01757812], atol=1e-6)
+    assert abs(float(to_numpy(res.fun)[1]) - 5.26433287e-4) < 1e-9
