@@ -57,6 +57,10 @@ MESSAGES = {
     4: "The Jacobian or the Fisher matrix became non-finite.",
     5: "Optimization terminated successfully: the predicted decrease g^T (F + damping I)^+ g "
        "<= ftol * max(1, |f|); the last full step was taken without a line search.",
+    6: "Step size <= xtol only because the line search shortened the step: the full "
+       "scoring step at x is longer than xtol allows and the gradient norm > gtol, so x "
+       "is not a stationary point (precision loss, or an inaccurate Jacobian); the result "
+       "may not be a maximum of the likelihood.",
     99: "`callback` raised `StopIteration`.",
 }
 
@@ -247,6 +251,27 @@ def _line_search(xp, model, fam, Y, Wt, X, f, O, p, dec, active, small, c1, max_
     return X_new, f_new, O_new, accepted, pending, ntrial
 
 
+def _stop_on_step(xp, stop, xstop, p, F, g, damping, xscale, xtol, eps, jac):
+    """The step test's rows ``xstop``: status 2 where the point is stationary
+    to ``t = 10 max(xtol, sqrt(eps), sqrt(delta)) max(1, ||x||_inf)``
+    (``delta`` the Jacobian's relative error: eps^(2/3) for "3-point",
+    sqrt(eps) for "2-point", eps otherwise), i.e. the full scoring step from
+    the previous point (``p``, before the line search halved it) or the one
+    at the new point has ``||p||_inf <= t``; status 6 (not success) elsewhere:
+    the step was short only because the line search shortened it (as
+    :func:`agnopt.minimize`; an inaccurate Jacobian, precision loss)."""
+    if not bool(xp.any(xstop)):
+        return
+    delta = {"2-point": eps ** 0.5, "3-point": eps ** (2 / 3)}.get(jac, eps) if isinstance(jac, str) else eps
+    tol = 10.0 * max(xtol, eps ** 0.5, delta ** 0.5) * xscale
+    short = xp.max(xp.abs(p), axis=1) <= tol
+    if not bool(xp.all(short | ~xstop)):
+        p_new, _ = _direction(xp, F, g, damping)
+        short = short | (xp.max(xp.abs(p_new), axis=1) <= tol)
+    stop(xstop & short, 2)
+    stop(xstop & ~short, 6)
+
+
 def _device(a):
     return array_api_compat.device(a)
 
@@ -308,7 +333,12 @@ def fisher_scoring(
         Stop (success) when :math:`\|g\|_\infty \le` ``gtol`` (status 0;
         default :math:`\sqrt\epsilon`), when an accepted step has
         :math:`\|\alpha p\|_\infty \le` ``xtol`` :math:`\max(1,
-        \|\theta\|_\infty)` (status 2; default :math:`\epsilon^{2/3}`), or
+        \|\theta\|_\infty)` (status 2; default :math:`\epsilon^{2/3}`; only
+        where the full scoring step, from the previous point or at the new
+        one, is within :math:`10\max(\text{xtol}, \sqrt\epsilon,
+        \sqrt\delta)\max(1, \|\theta\|_\infty)`, :math:`\delta` the
+        Jacobian's relative error; elsewhere the line search shortened the step
+        away from a stationary point: status 6, not success), or
         when the predicted decrease :math:`-g^Tp \le` ``ftol``
         :math:`\max(1,|f|)` (status 5; default :math:`10\epsilon`, the
         rounding level of :math:`f`, below which no line search can
@@ -337,7 +367,8 @@ def fisher_scoring(
         its inverse estimates the covariance of ``x``), ``nit``, ``nfev``
         (calls of ``mean_fn``, not counting finite differences), ``njev``
         (Jacobian evaluations), ``status`` (0, 2, 5 success; 1 maxiter; 3 line
-        search failed; 4 non-finite Jacobian; 99 callback), ``success``,
+        search failed; 4 non-finite Jacobian; 6 the step test fired away from
+        a stationary point; 99 callback), ``success``,
         ``message``. Batched: a leading ``B`` axis on each field (``nit``,
         ``nfev``, ``njev``, ``status``, ``success`` are arrays, ``message``
         a list).
@@ -466,7 +497,8 @@ def fisher_scoring(
         F = xp.where(upd[:, None, None], Fn, F)
         stop(accepted & ~fin, 4)
         stop(xp.max(xp.abs(g), axis=1) <= gtol, 0)
-        stop(accepted & (step <= xtol * xscale), 2)
+        _stop_on_step(xp, stop, accepted & (step <= xtol * xscale) & active, p, F, g,
+                      damping, xscale, xtol, eps, jac)
         stop(accepted & small, 5)
         # Dask: every piece of state, so that no graph grows with the iterations
         X, f, g, F, O, nit, nfev, njev, status, active = persist(

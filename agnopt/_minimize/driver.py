@@ -96,8 +96,8 @@ from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
 from .._core.typing import Array, ArrayLike
 from .common import _gnorm, _is_dask, _nonnegative, _persist
-from .newton import _run_newton
-from .newton_cg import _run_newton_cg_ls
+from .newton import _run_newton, full_step as _newton_full_step
+from .newton_cg import _run_newton_cg_ls, full_step as _cg_full_step
 from .problem import _Problem
 from .trust_region import _run_newton_cg_tr
 
@@ -126,6 +126,10 @@ _MESSAGES = {
     4: "The gradient or Hessian became non-finite.",
     5: "Trust region radius shrank below xtol without sufficient decrease "
        "(precision loss, or an inaccurate gradient).",
+    6: "Step size <= xtol only because the line search or trust region shortened "
+       "the step: the full Newton step at x is longer than xtol allows and the "
+       "gradient norm > gtol, so x is not a stationary point (precision loss, or an "
+       "inaccurate gradient or Hessian); the result may not be a minimizer.",
     99: "`callback` raised `StopIteration`.",
 }
 
@@ -227,7 +231,8 @@ def minimize(
     -------
     OptimizeResult
         ``x`` (n,), ``fun`` (0-d array), ``jac`` (the gradient at ``x``), ``nit``,
-        ``nfev``, ``njev``, ``nhev``, ``status``, ``message``, ``success``, and
+        ``nfev``, ``njev``, ``nhev``, ``status`` (0 or 2: success; 1, 3, 4,
+        5, 6, 99: not; see Notes), ``message``, ``success``, and
         with ``options={"history": True}`` a ``history`` dict of lists:
         ``x`` (iterates, ``x[0]`` is ``x0``), ``fun``, ``grad_norm`` (floats),
         ``alpha`` (step lengths; the trust radius for the trust region),
@@ -260,7 +265,16 @@ def minimize(
     * status 1, not success: ``maxiter`` iterations done.
     * status 2, success: the accepted step satisfies
       :math:`\|x_{k+1} - x_k\|_\infty \le` ``xtol`` :math:`\cdot \max(1,
-      \|x_{k+1}\|_\infty)`.
+      \|x_{k+1}\|_\infty)` at a point that is stationary to the tolerance
+      :math:`t = 10\,x_g \max(1, \|x_{k+1}\|_\infty)`, :math:`x_g =
+      \max(\text{xtol}, \sqrt\epsilon, \sqrt\delta)` (:math:`\delta` the
+      gradient's relative error: :math:`\epsilon` exact, :math:`\sqrt\epsilon`
+      ``"2-point"``, :math:`\epsilon^{2/3}` ``"3-point"``): the method's full
+      step (before the line search or trust region shortened it) from
+      :math:`x_k`, or else the one computed at :math:`x_{k+1}` (one more
+      Hessian, or CG products; the modified Newton step for newton, the
+      truncated-CG step for newton-cg), has :math:`\|p\|_\infty \le t`.
+      (Where the gradient test holds too, the status is 0.)
     * status 3, not success: the line search found no decrease in
       ``max_backtracks`` trials (or the step shrank below rounding), or
       no decrease was found along a direction of negative curvature.
@@ -268,7 +282,22 @@ def minimize(
       accepted point.
     * status 5, not success (trust region): the radius fell below
       ``xtol * max(1, ||x||)`` with no acceptable step.
+    * status 6, not success: the step test fired, but only because the line
+      search or the trust region shortened the step: the gradient test fails
+      and the full step is longer than :math:`t` (status 2 above), so ``x``
+      is not a stationary point (a wrong or inaccurate gradient or Hessian, a
+      non-smooth ``fun``, precision loss). scipy's ``Newton-CG`` reports
+      such stops as "precision loss" (its status 2, ``success=False``);
+      ``x`` and the other fields are where the solver stopped.
     * status 99, not success: ``callback`` raised ``StopIteration``.
+
+    A stop of status 2 is thus as reliable as the gradient: with a
+    finite-difference gradient on an ill-conditioned problem (condition
+    number near :math:`1/\sqrt\delta` or above) the gradient's noise can
+    move the answer far along the flat directions while every step is
+    short (use an exact gradient there). A gradient inconsistent with
+    ``fun`` that vanishes at some point ends there with status 0 (the
+    gradient test cannot see it).
 
     Saddle points and maxima are not minima. Statuses 0 and 2 are reported
     only where the curvature is non-negative: newton factorizes
@@ -325,6 +354,11 @@ def minimize(
         mode="hessian" if method == "newton" else "hvp", maxiter=maxiter, c1=c1, max_bt=max_bt,
         xtol=xtol, history=history, callback=callback,
         cg_maxiter=int(options.get("cg_maxiter", 20 * n)),
+    )
+    cg_maxiter = state["ctx"]["cg_maxiter"]
+    state["ctx"]["full_step"] = (
+        (lambda P_, x_, g_: _newton_full_step(P_, x_, g_, options)) if method == "newton"
+        else (lambda P_, x_, g_: _cg_full_step(P_, x_, g_, cg_maxiter))
     )
     if method == "newton":
         _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback)

@@ -87,6 +87,22 @@ def _cholesky_step(xl: Any, A: Any, g: Any) -> Any | None:
     return -p
 
 
+def full_step(P, x, g, options) -> Any | None:
+    """The full step the iteration would take at ``x`` (before any line
+    search), or None where the Hessian there is not finite: the stationarity
+    check of an ``xtol`` stop (:func:`agnopt._minimize.common._xtol_status`)."""
+    xp = P.xp
+    H = P.hessian(x, g)
+    p, _, how = _newton_step(
+        xp, H, g, options.get("solver", "cholesky"), options.get("pinv_rtol"), P.dtype, P.device
+    )
+    if how == "nonfinite":
+        return None
+    if not (float(xp.sum(g * p)) < 0):
+        return -g
+    return p
+
+
 def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback):
     xp = P.xp
     solver = options.get("solver", "cholesky")
@@ -108,6 +124,6 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
             state["status"] = 3
             return
         alpha, x_new, f_new = ls
-        stop = _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha)
+        stop = _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha, p)
         if stop and _settled(P, state):
             return

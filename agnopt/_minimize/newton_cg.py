@@ -46,6 +46,18 @@ def _cg_truncated(P, x, g, cg_maxiter):
     return z, it
 
 
+def full_step(P, x, g, cg_maxiter):
+    """The truncated-CG step at ``x`` before any line search or trust region
+    (``-g`` where it is not a descent direction): the stationarity check of an
+    ``xtol`` stop (:func:`agnopt._minimize.common._xtol_status`)."""
+    xp = P.xp
+    p, _ = _cg_truncated(P, x, g, cg_maxiter)
+    gp = float(xp.sum(g * p))
+    if not (gp < 0) or not math.isfinite(gp):
+        return -g
+    return p
+
+
 def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, callback):
     xp = P.xp
     cg_maxiter = int(options.get("cg_maxiter", 20 * P.n))
@@ -60,6 +72,6 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
             state["status"] = 3
             return
         alpha, x_new, f_new = ls
-        stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, alpha)
+        stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, alpha, p)
         if stop and _settled(P, state):
             return

@@ -84,7 +84,9 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
         elif rho > 0.75 and boundary:
             delta = min(2.0 * delta, dmax)
         if rho > eta:
-            stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, delta)
+            # A step on the boundary was cut by the region: not the full step.
+            stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback,
+                               delta, None if boundary else p)
             if stop and _settled(P, state):
                 return
         else:
