@@ -39,9 +39,10 @@ _HEAVY_OK = {"test_covariance_rank_rule_is_on_the_unscaled_jacobian",
 
 
 # -- 1: a zero-residual fit with unidentifiable parameters --------------------------------
+@pytest.mark.parametrize("sigma", [0.5, 0.1])
 @pytest.mark.parametrize("method", ["lm", "trf", "dogbox"])
 @pytest.mark.parametrize("absolute_sigma", [False, True])
-def test_plateau_fit_unidentifiable_pcov_is_inf(xp, device, method, absolute_sigma):
+def test_plateau_fit_unidentifiable_pcov_is_inf(xp, device, method, absolute_sigma, sigma):
     # y = 1 everywhere: the amplitude ends at ~0, so the columns of mu and s are
     # ~1e-17 (J numerically rank 2 of 4). scipy's lm: inf and the warning. The
     # column-scaled Cholesky route once returned 0 (relative) / 1e32 (absolute).
@@ -49,7 +50,9 @@ def test_plateau_fit_unidentifiable_pcov_is_inf(xp, device, method, absolute_sig
         popt, pcov = ao.curve_fit(gauss, arr(xp, device, X), arr(xp, device, np.ones(50)),
                                   p0=arr(xp, device, [2.0, 0.0, 1.0, 0.5]), method=method,
                                   absolute_sigma=absolute_sigma,
-                                  sigma=arr(xp, device, np.full(50, 0.5)))
+                                  sigma=arr(xp, device, np.full(50, sigma)))
+    # sigma = 0.1 on torch: the residuals end at ~1e-15, not 0, and the xtol stop was
+    # called not stationary (curve_fit raised) until the zero-residual test (stationarity)
     np.testing.assert_allclose(to_numpy(popt)[[0, 3]], [0.0, 1.0], atol=1e-8)
     assert np.all(np.isinf(to_numpy(pcov)))
 

@@ -12,7 +12,7 @@ problem that stopped with status ``XTOL`` or ``FTOL_XTOL`` (the ``ftol``
 test fired with it: on a collapsed radius the damped step predicts no
 reduction either; lm from NIST BoxBOD's ``b = [1, 5]``, or from its start 1
 with MINPACK's initial radius, factor 100, stops so on the plateau
-``b2 -> inf``); a stop is kept as converged when one of the two holds:
+``b2 -> inf``); a stop is kept as converged when one of the three holds:
 
 1. **first-order**: the residual ``f`` is orthogonal to every Jacobian
    column ``J_j`` of a variable not held at a bound, to within
@@ -31,6 +31,12 @@ with MINPACK's initial radius, factor 100, stops so on the plateau
    accuracy to which a minimizer is determined in general, is the floor,
    as at the rounding level of ``f`` the step is rounding noise amplified
    by the Jacobian's condition number).
+
+3. **a zero residual**: ``||f|| <= 10 eps ||J x||``, the residuals at the
+   rounding level of the model's linear part: a global minimum whatever the
+   Jacobian's rank (a Gaussian peak fitted to flat data: the amplitude goes
+   to 0, the centre and width columns with it, and the Gauss-Newton step in
+   them is rounding noise divided by those columns).
 
 Otherwise the status becomes ``Status.NOT_STATIONARY`` (-6, ``success =
 False``); ``x`` and the other fields are unchanged. With bounds, a variable
@@ -154,7 +160,13 @@ def near_test(xp, bad, X, Fh, Jl, free, xtol):
     xnorm = xp.linalg.vector_norm(X, axis=-1)
     xg = max(0.0 if xtol is None else float(xtol), eps, eps ** 0.5)
     near = _gauss_newton_norm(xp, Fh, Jl, free) <= 10.0 * xg * (xg + xnorm)
-    return bad & ~near
+    # a zero residual to working precision, ||f|| <= 10 eps ||J x|| (the residuals at
+    # the rounding level of the model's linear part): a global minimum, whatever the
+    # Jacobian's rank (there the Gauss-Newton step is rounding noise divided by a
+    # nearly vanishing column: a Gaussian whose amplitude fitted to 0)
+    jx = xp.linalg.vector_norm(xp.matmul(Jl, X[:, :, None])[:, :, 0], axis=-1)
+    zero = xp.linalg.vector_norm(Fh, axis=-1) <= 10.0 * eps * jx
+    return bad & ~(near | zero)
 
 
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
@@ -175,6 +187,8 @@ def xtol_not_stationary_gram(xp, status: int, x, A, g, ff: float, xtol) -> int:
     cn = xp.sqrt(xp.where(live, cn2, xp.ones_like(cn2)))
     cos = xp.where(live, xp.abs(g) / (cn * ff ** 0.5), xp.zeros_like(g))
     if float(xp.max(cos)) <= 100.0 * eps ** 0.5:
+        return status
+    if ff <= (10.0 * eps) ** 2 * float(xp.sum(x * xp.matmul(A, x))):  # zero residual (near_test)
         return status
     sc = xp.where(live, 1.0 / cn, xp.zeros_like(cn))
     w, V = xp.linalg.eigh(A * sc[:, None] * sc[None, :])
