@@ -39,15 +39,14 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import array_api_compat
 
 from .._core import lazy
-from .._core.backend import committed, native_namespace, on_device_of, resolve
+from .._core.backend import native_namespace, on_device_of
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._derivatives.numdiff import prepare_bounds
-from .arrays import call_checked, device, indices, shared_x0
+from .arrays import call_checked, indices, shared_x0
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
@@ -63,7 +62,6 @@ from .options import (
     JAC_STRINGS,
     as_array,
     as_bounds_pair,
-    check_backend,
     check_m_ge_n,
     check_max_nfev,
     check_method,
@@ -71,10 +69,10 @@ from .options import (
     check_tolerances,
     check_verbose,
     resolve_x_scale,
-    to_backend,
     wrap_callback,
 )
 from .problem import Problem
+from .start import checked_bounds, scale_from, start_point
 from .tall import tall_least_squares
 
 __all__ = ["least_squares"]
@@ -451,7 +449,7 @@ def least_squares(
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
                  f_scale=f_scale, diff_step=diff_step))
-    xp, dev, x0, X = _start_point(x0, batched)
+    xp, dev, x0, X = start_point(x0, batched)
     xp = native_namespace(xp)  # NumPy >= 2.1: its own namespace (no wrapper calls per iteration)
     B, n = X.shape
 
@@ -476,7 +474,7 @@ def least_squares(
                                args=tuple(args), kwargs=kwargs, verbose=verbose,
                                callback=user_callback)
 
-    lb, ub, bounded = _bounds(xp, bounds, X, x0, batched)
+    lb, ub, bounded = checked_bounds(xp, bounds, X, x0, batched)
     if method == "trf" and bounded:
         # trf's iterates are strictly feasible (scipy's make_strictly_feasible)
         Xs = strictly_feasible(xp, X, lb, ub)
@@ -485,7 +483,7 @@ def least_squares(
     max_nfev = check_max_nfev(max_nfev, n)
     x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
-    D = xp.ones_like(X) if jac_scale else _scale_from(xp, x_scale, X, dev)
+    D = xp.ones_like(X) if jac_scale else scale_from(xp, x_scale, X, dev)
 
     prob = Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
     prob.diff_step = diff_step
@@ -535,62 +533,6 @@ def least_squares(
             "fun or x (x_scale)") from e
 
 
-# (type(dtype), dtype) -> "complex", "int" (integer or bool) or "" (str of a dtype is slow);
-# the type first, so a lookup never compares two libraries' dtypes (array_api_strict warns)
-_KIND: dict = {}
-
-
-def _dtype_kind(dt) -> str:
-    try:
-        return _KIND[type(dt), dt]
-    except (KeyError, TypeError):
-        pass
-    sdt = "" if dt is None else str(dt)
-    kind = ("complex" if "complex" in sdt
-            else "int" if any(k in sdt for k in ("int", "bool")) else "")
-    try:
-        _KIND[type(dt), dt] = kind
-    except TypeError:  # pragma: no cover - unhashable dtype objects
-        pass
-    return kind
-
-
-def _start_point(x0, batched):
-    """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
-    x0 = as_array(x0, "x0")
-    kind = _dtype_kind(getattr(x0, "dtype", None))
-    if kind == "complex":
-        raise ValueError("x0: must be real, got a complex array")
-    if kind == "int":
-        # scipy casts integer starting points to float64
-        x0 = array_api_compat.array_namespace(x0).astype(
-            x0, array_api_compat.array_namespace(x0).float64)
-    xp, dev = resolve(x0, "x0")
-    x0 = committed(x0, dev)  # JAX: one kind of input for the compiled blocks
-    if batched:
-        if x0.ndim != 2:
-            raise ValueError(
-                f"x0: with batched=True expected shape (B, n) or (n,), got shape {tuple(x0.shape)}"
-            )
-        X = x0
-    else:
-        if x0.ndim == 0:
-            x0 = xp.reshape(x0, (1,))
-        if x0.ndim != 1:
-            raise ValueError(
-                f"x0: expected a 1-D array of shape (n,), got shape {tuple(x0.shape)} "
-                "(pass batched=True for a batch of problems)"
-            )
-        X = xp.reshape(x0, (1, x0.shape[0]))
-    B, n = X.shape
-    if n == 0 or B == 0:
-        raise ValueError(f"x0: empty array of shape {tuple(x0.shape)}")
-    nx = native_namespace(xp)
-    if not bool(nx.all(nx.isfinite(X))):
-        raise ValueError("x0: contains non-finite values")
-    return xp, dev, x0, X
-
-
 def _is_tall(xp, f0) -> bool:
     """An in-memory ``x0`` whose residuals are a Dask array of several row chunks."""
     if not lazy.is_dask(f0) or lazy.is_dask_namespace(xp):
@@ -614,48 +556,3 @@ def _solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
         )
     return tall_least_squares(fun, x0, jac="2-point" if jac in (None, "cs", "2-point") else jac,
                               **kw)
-
-
-def _bounds(xp, bounds, X, x0, batched):
-    """``(lb, ub, bounded)``: bounds (B, n) checked against ``X``."""
-    lo, hi = bounds
-    if (type(lo) is float and type(hi) is float and lo == -math.inf and hi == math.inf):
-        # the default (-inf, inf): nothing to check (X is finite)
-        dev = device(X)
-        return (xp.full(X.shape, -math.inf, dtype=X.dtype, device=dev),
-                xp.full(X.shape, math.inf, dtype=X.dtype, device=dev), False)
-    if isinstance(bounds, (tuple, list)):
-        for b in bounds:
-            check_backend(b, xp, "bounds")
-    if not batched:
-        # scipy's rule: a bound is a scalar or has x0's shape (a (1,) bound is not
-        # broadcast to n > 1 variables, nor an (n,) bound to a scalar x0)
-        for name, b in zip(("lb", "ub"), bounds):
-            shp = tuple(getattr(b, "shape", ())) if hasattr(b, "shape") else (
-                (len(b),) if isinstance(b, (list, tuple)) else ())
-            if len(shp) > 0 and shp != tuple(x0.shape):
-                raise ValueError(f"bounds: Inconsistent shapes between bounds and `x0` "
-                                 f"({name} {shp}, x0 {tuple(x0.shape)})")
-    lb, ub = prepare_bounds(xp, bounds, X if batched else x0)
-    lb = xp.reshape(xp.broadcast_to(lb, X.shape), X.shape) if not batched else lb
-    ub = xp.reshape(xp.broadcast_to(ub, X.shape), X.shape) if not batched else ub
-    if bool(xp.any(lb >= ub)):
-        raise ValueError("bounds: each lower bound must be strictly less than each upper bound")
-    if bool(xp.any((X < lb) | (X > ub))):
-        raise ValueError("x0 is infeasible: Initial guess is outside of provided bounds")
-    return lb, ub, bool(xp.any(xp.isfinite(lb) | xp.isfinite(ub)))
-
-
-def _scale_from(xp, x_scale, X, dev):
-    """``D = 1 / x_scale`` (B, n) from a positive array (or number) ``x_scale``."""
-    xs = x_scale if hasattr(x_scale, "shape") else as_array(x_scale, "x_scale")
-    xs = to_backend(xp, xs, X.dtype, dev)
-    try:
-        xs = xp.broadcast_to(xs, X.shape)
-    except Exception as e:
-        raise ValueError(
-            f"x_scale: shape {tuple(xs.shape)} does not broadcast to x0's shape"
-        ) from e
-    if not bool(xp.all(xp.isfinite(xs) & (xs > 0))):
-        raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
-    return 1.0 / xs

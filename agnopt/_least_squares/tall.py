@@ -58,10 +58,10 @@ from .options import (
     check_tolerances,
     check_verbose,
     resolve_x_scale,
-    to_backend,
     wrap_callback,
 )
 from .routes import GramRoute
+from .start import scale_from
 from .stationarity import xtol_not_stationary_gram
 from .state import Linearization
 
@@ -517,7 +517,7 @@ def tall_least_squares(
     max_nfev = check_max_nfev(max_nfev, n)
     x_scale = resolve_x_scale(x_scale, method)
     jac_scale = isinstance(x_scale, str)
-    D = hxp.ones_like(x) if jac_scale else _scale_from(hxp, x_scale, x, dev)
+    D = hxp.ones_like(x) if jac_scale else scale_from(hxp, x_scale, x, dev)
 
     prob = TallProblem(fun, jac, hxp, dtype, dev, tuple(args), kwargs)
     f, ff, A = prob.start(x)
@@ -536,17 +536,6 @@ def tall_least_squares(
         out = run_gn_gram(hxp, prob, X, f, ff, D, jac_scale, ftol, xtol, gtol, max_nfev,
                           verbose, callback, _callback)
     return _finish(hxp, prob, out, verbose, xtol)
-
-
-def _scale_from(hxp, x_scale, x, dev):
-    """``D = 1 / x_scale`` (n,) on ``x``'s device."""
-    try:
-        xs = hxp.broadcast_to(to_backend(hxp, x_scale, x.dtype, dev), x.shape)
-    except Exception as e:
-        raise ValueError(f"x_scale: does not broadcast to x0's shape {tuple(x.shape)}") from e
-    if not bool(hxp.all(hxp.isfinite(xs) & (xs > 0))):
-        raise ValueError("x_scale: must be 'jac' or an array of positive finite numbers")
-    return 1.0 / xs
 
 
 def _finish(hxp, prob, out, verbose, xtol=None):
