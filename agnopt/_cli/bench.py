@@ -33,6 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .newton_bench import newton_vs_cholesky, newton_vs_trust_exact
+
 ARRAYS = {"adam": 7, "adamw": 7, "rmsprop": 5, "adagrad": 5, "sgd-momentum": 5}
 
 
@@ -304,88 +306,7 @@ def tree_over_array(N: int, dtype: str = "float32", rounds: int = 7) -> dict:
 
 
 # ------------------------------------------------------------------ second order
-
-def newton_vs_cholesky(n: int, repeats: int = 15) -> dict:
-    """One Newton iteration at size ``n`` against one Cholesky factorization and solve.
-
-    * ``per_iteration``: ``minimize(method="newton")`` on :math:`f(x) =
-      \tfrac12 x^TAx - b^Tx + \tfrac{c}{4}\sum_i x_i^4` (A symmetric positive
-      definite, a new Hessian :math:`A + 3c\,\mathrm{diag}(x^2)` at every
-      iterate) from :math:`x_0 = 10`, which takes 8 full steps: the time per
-      iteration is :math:`(t_K - t_1)/(K - 1)` with ``maxiter`` K = 5 and 1
-      (neither run converges, so neither makes the second-order test at a
-      solution). The reference is SciPy's ``cho_factor`` + ``cho_solve``
-      (LAPACK potrf + potrs) of the Hessian at :math:`x_0`. The iteration
-      also calls the user's ``hess``, ``fun`` (the line search's trial) and
-      ``jac`` once each; ``callbacks_s`` is their own time per iteration, and
-      ``ratio_solver`` leaves it out.
-    * ``one_step``: ``minimize(method="newton", maxiter=1)`` on the quadratic
-      :math:`\tfrac12 x^TAx - b^Tx` from 0: one Newton step that lands on the
-      solution, then the second-order test there (a second Hessian and a
-      second factorization: success must mean a minimum), against one
-      factorization and solve.
-
-    Best of ``repeats`` rounds, the agnopt runs and the reference alternated
-    in each round. BLAS threads are whatever the environment set.
-    """
-    import agnopt as ao
-
-    try:
-        import scipy.linalg as sl
-
-        def factor_solve(H, g):  # the fair LAPACK reference: potrf + potrs
-            return sl.cho_solve(sl.cho_factor(H, check_finite=False), g, check_finite=False)
-    except ImportError:
-        def factor_solve(H, g):
-            L = np.linalg.cholesky(H)
-            return np.linalg.solve(L.T, np.linalg.solve(L, g))
-
-    rng = np.random.default_rng(0)
-    M = rng.standard_normal((n, n))
-    A = M @ M.T / n + np.eye(n)
-    b = rng.standard_normal(n)
-    c = 0.1
-    di = np.diag_indices(n)
-
-    def fun(x):
-        return 0.5 * x @ (A @ x) - b @ x + 0.25 * c * (x ** 4).sum()
-
-    def jac(x):
-        return A @ x - b + c * x ** 3
-
-    def hess(x):
-        H = A.copy()
-        H[di] += 3.0 * c * x * x
-        return H
-
-    x0 = np.full(n, 10.0)
-    K = 5
-    H0, g0 = hess(x0), jac(x0)
-    runs = {
-        "t1": lambda: ao.minimize(fun, x0, method="newton", jac=jac, hess=hess, maxiter=1),
-        "tK": lambda: ao.minimize(fun, x0, method="newton", jac=jac, hess=hess, maxiter=K),
-        "ref": lambda: factor_solve(H0, g0),
-        "callbacks": lambda: (hess(x0), fun(x0), jac(x0)),
-        "one_step": lambda: ao.minimize(lambda x: 0.5 * x @ (A @ x) - b @ x, np.zeros(n), method="newton",
-                                        jac=lambda x: A @ x - b, hess=lambda x: A, maxiter=1),
-        "one_step_ref": lambda: factor_solve(A, b),
-    }
-    res_K = runs["tK"]()
-    if res_K.status != 1 or res_K.nit != K:  # pragma: no cover - the problem is fixed
-        raise RuntimeError(f"per-iteration problem: expected {K} unconverged iterations, got {res_K.nit}")
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for k, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    per_it = (best["tK"] - best["t1"]) / (K - 1)
-    return {"n": n, "t_iteration": per_it, "t_cholesky_solve": best["ref"], "ratio": per_it / best["ref"],
-            "callbacks_s": best["callbacks"],
-            "ratio_solver": (per_it - best["callbacks"]) / best["ref"],
-            "t_one_step": best["one_step"], "t_one_step_ref": best["one_step_ref"],
-            "ratio_one_step": best["one_step"] / best["one_step_ref"]}
-
+# (the Newton cases: agnopt._cli.newton_bench)
 
 def batched_lm(B: int, scipy_subset: int = 500) -> dict:
     from .fitbench import run_fit_benchmark
@@ -471,6 +392,16 @@ def run_bench(sizes=(100_000, 10_000_000), dtype="float32",
                 f"{r['ratio_solver']:.2f} without the user's fun/jac/hess, {r['callbacks_s'] * 1e3:.3f} ms)")
             out(f"  one-step solve n={n} (step + second-order test: 2 factorizations): "
                 f"{r['t_one_step'] * 1e3:.3f} ms; ratio {r['ratio_one_step']:.2f}")
+        for n in (2, 10):
+            try:
+                r = newton_vs_trust_exact(n)
+            except Exception as e:  # pragma: no cover - report, not crash
+                out(f"Newton on Rosenbrock n={n}: not measured ({type(e).__name__}: {e})")
+                continue
+            res["second_order"][f"rosenbrock_n{n}"] = r
+            out(f"minimize newton on Rosenbrock n={n}: {r['t_agnopt'] * 1e3:.3f} ms ({r['nit_agnopt']} "
+                f"iterations); scipy trust-exact {r['t_scipy'] * 1e3:.3f} ms ({r['nit_scipy']}); ratio "
+                f"{r['ratio']:.2f} (goal 1){'' if r['same_point'] else ' [different end points]'}")
         try:
             r = batched_lm(10_000)
             res["second_order"]["batched_lm_B10000"] = r

@@ -130,9 +130,29 @@ class NewtonIterationRatio:
             raise NotImplementedError("agnopt.minimize is not available")
 
     def track_newton_iteration_over_cholesky_n500(self):
-        from agnopt._cli.bench import newton_vs_cholesky
+        from agnopt._cli.newton_bench import newton_vs_cholesky
 
         return newton_vs_cholesky(500)["ratio"]
+
+
+class NewtonRosenbrockRatio:
+    """The issue-14 target: ``minimize(method="newton")`` on 2-D Rosenbrock with exact
+    derivatives over scipy's ``trust-exact`` on the same problem, in one process
+    (goal: at most 1; ``agnopt bench`` also prints n = 10)."""
+
+    unit = "ratio"
+    number = 1
+    repeat = 1
+    timeout = 120
+
+    def setup(self):
+        if not hasattr(ao, "minimize"):
+            raise NotImplementedError("agnopt.minimize is not available")
+
+    def track_newton_over_trust_exact_rosenbrock(self):
+        from agnopt._cli.newton_bench import newton_vs_trust_exact
+
+        return newton_vs_trust_exact(2, repeats=grid(20, 3))["ratio"]
 
 
 class BatchedOverFloor:
