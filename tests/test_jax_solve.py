@@ -393,3 +393,70 @@ def test_pure_references():
     box = {"y": 1.0}
     assert not jax_solve._pure_ref(lambda p: p * box["y"])  # a function reading a dict
     assert not jax_solve._pure_ref(jax.jit(lambda p: p * box["y"]))
+
+
+_DATA_Y = None  # a module global read by a helper function (test below)
+_DMOD = __import__("types").ModuleType("dmod")  # a module whose attribute holds the data
+
+
+def _helper_data():
+    return _DATA_Y
+
+
+def test_what_helpers_and_modules_read_is_part_of_the_key():
+    """Rebinding a global that a function called by ``fun`` reads, a closure cell
+    of an inner function, a module attribute, or changing the array a read-only
+    NumPy view shows: the next fit sees the new data (right values: y = a exp(-b t))."""
+    global _DATA_Y
+    _jax()
+    import jax.numpy as jnp
+
+    t = jnp.linspace(0.0, 4.0, 25)
+    p0 = jnp.asarray([1.0, 1.0])
+
+    def check(fun, new_data, want):
+        ao.least_squares(fun, p0, method="lm")
+        new_data()
+        r = ao.least_squares(fun, p0, method="lm")
+        np.testing.assert_allclose(np.asarray(r.x), want, rtol=1e-8)
+
+    _DATA_Y = jnp.exp(-t)
+
+    def rebind_global():
+        global _DATA_Y
+        _DATA_Y = 3.0 * jnp.exp(-2.0 * t)
+
+    check(lambda p: p[0] * jnp.exp(-p[1] * t) - _helper_data(), rebind_global, [3.0, 2.0])
+
+    def outer():
+        y = jnp.exp(-t)
+
+        def data():
+            return y
+
+        def fun(p):
+            return p[0] * jnp.exp(-p[1] * t) - data()
+
+        def change():
+            nonlocal y
+            y = 2.0 * jnp.exp(-0.5 * t)
+
+        return fun, change
+
+    fun, change = outer()
+    check(fun, change, [2.0, 0.5])
+
+    _DMOD.y = jnp.exp(-t)
+
+    def set_attr():
+        _DMOD.y = 4.0 * jnp.exp(-3.0 * t)
+
+    check(lambda p: p[0] * jnp.exp(-p[1] * t) - _DMOD.y, set_attr, [4.0, 3.0])
+
+    buf = np.exp(-np.asarray(t))
+    view = np.broadcast_to(buf, buf.shape)  # read-only, but its base may change
+
+    def refill():
+        buf[:] = 5.0 * np.exp(-1.5 * np.asarray(t))
+
+    check(lambda p: p[0] * jnp.exp(-p[1] * t) - view, refill, [5.0, 1.5])

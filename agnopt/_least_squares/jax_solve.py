@@ -35,9 +35,11 @@ immutable (numbers, strings, tuples, JAX arrays, modules, functions reading
 only such; NumPy arrays, by content): a program compiled around a dict, a
 list or an object (``self`` of a bound method) would keep their old contents
 after ``d["y"] = new_data``, so such a ``fun`` is solved by the engine
-(:func:`_pure_ref`). As with ``jax.jit`` itself, an attribute of a module
-reassigned between two fits is not seen: pass data as arguments or
-closures. A code that
+(:func:`_pure_ref`). What the functions ``fun`` calls read (recursively),
+and the data attributes of modules its code names (``data.y``), are part of
+the key as well: rebinding any of them makes a new program. A ``jax.jit``
+function keeps what it read when JAX first traced it (JAX's own rule, the
+same when you call it yourself): pass changing data as arguments. A code that
 made :data:`_MAX_UNUSED` programs never reused (a function made anew around
 new objects for each fit) gets no more. On the CPU the program is compiled
 with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
@@ -118,8 +120,11 @@ def _is_jax(xp) -> bool:
 
 # ----------------------------------------------------------------------------- cache keys
 def _content(v):
-    """A writeable NumPy array's content digest (it may change in place); else ``None``."""
-    if type(v).__module__ == "numpy" and getattr(getattr(v, "flags", None), "writeable", False):
+    """A NumPy array's content digest (it, or the array it views, may change in
+    place); ``None`` for anything else and for a read-only array owning its data."""
+    flags = getattr(v, "flags", None)
+    if type(v).__module__ == "numpy" and flags is not None and (
+            flags.writeable or getattr(v, "base", None) is not None):
         return hashlib.blake2b(memoryview(v.tobytes()), digest_size=16).digest()
     return None
 
@@ -171,9 +176,18 @@ def _code_refs(f, code, out: list) -> None:
     out.extend(getattr(f, "__defaults__", None) or ())
     out.extend((getattr(f, "__kwdefaults__", None) or {}).values())
     g = getattr(f, "__globals__", {})
-    for name in _global_names(code):
+    names = _global_names(code)
+    for name in names:
         if name in g:
-            out.append(g[name])
+            v = g[name]
+            out.append(v)
+            if isinstance(v, types.ModuleType):
+                # a module's data attributes the code names (``data.y``): compared like
+                # the globals (its functions, ``jnp.exp``, are taken as fixed)
+                for attr in names:
+                    a = getattr(v, attr, None)
+                    if a is not None and not callable(a) and not isinstance(a, types.ModuleType):
+                        out.append(a)
 
 
 _EMPTY = object()  # an empty closure cell
@@ -264,7 +278,7 @@ def _is_jitted(v) -> bool:
     return callable(getattr(v, "lower", None)) and callable(getattr(v, "eval_shape", None))
 
 
-def _pure_ref(v, depth: int = 0, top: bool = False) -> bool:
+def _pure_ref(v, depth: int = 0, top: bool = False, seen: list | None = None) -> bool:
     """Whether ``v`` (an object ``fun`` reads besides its arguments) cannot
     change while it stays the same object, so that a program compiled around it
     stays right: numbers, strings, modules, JAX arrays, NumPy arrays at the top
@@ -292,13 +306,16 @@ def _pure_ref(v, depth: int = 0, top: bool = False) -> bool:
             except ValueError:  # an empty cell
                 pass
         _code_refs(v, v.__code__, inner)
-        return all(x is v or _pure_ref(x, depth + 1) for x in inner)
+        if seen is not None:  # what a helper function reads is part of the program's key too
+            seen.extend(x for x in inner if x is not v)
+        return all(x is v or _pure_ref(x, depth + 1, seen=seen) for x in inner)
     if _is_jitted(v):
         wrapped = getattr(v, "__wrapped__", None)
-        return wrapped is None or _pure_ref(wrapped, depth + 1)
+        return wrapped is None or _pure_ref(wrapped, depth + 1, seen=seen)
     if isinstance(v, functools.partial):
-        return (_pure_ref(v.func, depth + 1) and all(_pure_ref(a, depth + 1) for a in v.args)
-                and all(_pure_ref(a, depth + 1) for a in v.keywords.values()))
+        return (_pure_ref(v.func, depth + 1, seen=seen)
+                and all(_pure_ref(a, depth + 1, seen=seen) for a in v.args)
+                and all(_pure_ref(a, depth + 1, seen=seen) for a in v.keywords.values()))
     return False
 
 
@@ -322,8 +339,12 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     key, refs, leaves, rebuild = k
     # what fun (jac, loss) reads besides its arguments must not be mutable: a
     # program compiled around a dict or an object would keep its old contents
-    if not all(_pure_ref(r, top=True) for r in refs[0]):
+    # (and everything the functions it calls read, recursively: compared by identity
+    # with the cached program's, so a rebound global read by a helper makes a new one)
+    seen: list = []
+    if not all(_pure_ref(r, top=True, seen=seen) for r in refs[0]):
         return None
+    refs = (list(refs[0]) + seen, tuple(refs[1]) + tuple(_content(r) for r in seen))
     hit = _CACHE.get(key)
     kind = key[0][0] if isinstance(key[0], tuple) else key[0]  # fun's code (or fun)
     if hit is not None and _same_refs(hit[0], refs):
