@@ -268,3 +268,30 @@ def test_batched_least_squares_shared_x0(xp, device):
     with pytest.raises(ValueError, match=r"must return residuals \(B, m\)"):
         ao.least_squares(lambda p: xp.reshape(fun(p), (-1,)), arr(xp, device, [1.0, 1.0]),
                          batched=True)
+
+
+def test_batched_omit_lm_fit_with_fewer_points_than_parameters_raises(xp, device):
+    # scipy's curve_fit (lm) raises TypeError for a fit with fewer points than
+    # parameters; a batched fit left so by nan_policy='omit' was reported converged
+    t = np.linspace(0.0, 4.0, 20)
+    Y = np.stack([2.0 * np.exp(-t) + 0.5, 3.0 * np.exp(-2.0 * t), np.exp(-0.5 * t) + 1.0])
+    Y[1, 2:] = np.nan
+    f = (lambda x, a, b, c: a * xp.exp(-b * x) + c)
+    with pytest.raises(TypeError, match=r"rows\) \[1\] keep fewer \(\[2\]\)"):
+        ao.curve_fit(f, arr(xp, device, t), arr(xp, device, Y), p0=arr(xp, device, [1.0, 1, 1]),
+                     batched=True, nan_policy="omit")
+
+
+def test_batched_rank_deficient_fit_raises_no_runtime_warning(xp, device):
+    # the geodesic acceleration's SVD-route solve divided 0/0 in rows it does not use
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 3.0, 30)
+    Y = np.stack([2.0 * np.exp(-0.7 * t) + 0.02 * rng.standard_normal(30),
+                  2.0 * np.exp(-0.7 * t) + 0.1 * t + 0.02 * rng.standard_normal(30)])
+    f = (lambda x, a, b, c: a * xp.exp(-b * x) + 0.0 * c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warnings.simplefilter("ignore", OptimizeWarning)  # pcov inf: c is not identifiable
+        popt, _ = ao.curve_fit(f, arr(xp, device, t), arr(xp, device, Y),
+                               p0=arr(xp, device, [1.0, 1, 1]), batched=True)
+    assert np.all(np.isfinite(to_numpy(popt)))

@@ -295,6 +295,14 @@ def curve_fit(
     if method == "lm" and not batched and m != 1 and n > m:
         raise TypeError(f"The number of func parameters={n} must not exceed the number "
                         f"of data points={m}")
+    if method == "lm" and omit is not None:  # scipy's rule, fit by fit, on the points kept
+        m_b = m - xp.sum(xp.astype(omit, xp.int32), axis=-1)
+        few = m_b < n
+        if bool(xp.any(few)):
+            rows = [int(i) for i in xp.nonzero(few)[0]]
+            raise TypeError(f"The number of func parameters={n} must not exceed the number "
+                            f"of data points of a fit: with nan_policy='omit' the fits (rows) "
+                            f"{rows} keep fewer ({[int(m_b[i]) for i in rows]})")
     wfun, inv, L = _weights(xp, dev, sigma, ydata, batched, m)
     residual, ls_jac = _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit)
     try:

@@ -296,7 +296,10 @@ class InMemoryRoute:
         if self.svd is not None:
             basis, V = self.svd[3], self.svd[4]
             hv = xp.matmul(self._sub(h)[:, None, :], V)[:, 0, :]
-            aq = hv / (basis.w + self.par_s[:, None])
+            den = basis.w + self.par_s[:, None]
+            # (w = 0 with par = 0 only in rows whose result is not used: the acceleration
+            # takes par > 0; a safe 1 there keeps 0/0 and its warning out)
+            aq = hv / xp.where(den == 0, xp.ones_like(den), den)
             o_s = xp.matmul(V, aq[:, :, None])[:, :, 0]
             out = o_s if out is None else self._merge(out, o_s)
         return out
