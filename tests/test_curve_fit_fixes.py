@@ -295,3 +295,13 @@ def test_batched_rank_deficient_fit_raises_no_runtime_warning(xp, device):
         popt, _ = ao.curve_fit(f, arr(xp, device, t), arr(xp, device, Y),
                                p0=arr(xp, device, [1.0, 1, 1]), batched=True)
     assert np.all(np.isfinite(to_numpy(popt)))
+
+
+def test_check_finite_with_nan_policy_message_says_how():
+    t = np.linspace(0.0, 1.0, 10)
+    y = t.copy()
+    y[3] = np.nan
+    with pytest.raises(ValueError, match="leave check_finite unset"):
+        ao.curve_fit(lambda x, a: a * x, t, y, p0=[1.0], check_finite=True, nan_policy="omit")
+    np.testing.assert_allclose(ao.curve_fit(lambda x, a: a * x, t, y, p0=[1.0],
+                                            nan_policy="omit")[0], [1.0])

@@ -281,7 +281,7 @@ def curve_fit(
     xp, dev = resolve(ydata, "ydata")
     xdata = convert_xdata(xp, dev, xdata, ydata.dtype, like=ydata)
     if check_finite:
-        check_finite_data(xp, xdata, ydata)
+        check_finite_data(xp, xdata, ydata, nan_policy)
     omit = None  # batched nan_policy="omit": (B, m) points of zero weight
     if nan_policy is not None:
         if batched and ydata.ndim == 2:

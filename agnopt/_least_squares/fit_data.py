@@ -141,15 +141,16 @@ def _is_xp_float_array(xp, a, like=None):
         return False
 
 
-def check_finite_data(xp, xdata, ydata):
+def check_finite_data(xp, xdata, ydata, nan_policy=None):
     """``check_finite``: ``ydata`` and an array ``xdata`` free of NaN and inf (``ValueError``)."""
     nx = native_namespace(xp)  # NumPy: its own functions (same answer, fewer wrappers)
+    hint = ("pass nan_policy='omit' to drop NaN data points" if nan_policy is None else
+            f"check_finite=True checks before nan_policy={nan_policy!r}: leave check_finite "
+            "unset (None) or False to let nan_policy handle NaN")
     if not bool(nx.all(nx.isfinite(ydata))):
-        raise ValueError("ydata: contains non-finite values (NaN or inf); pass "
-                         "nan_policy='omit' to drop NaN data points")
+        raise ValueError(f"ydata: contains non-finite values (NaN or inf); {hint}")
     if _is_xp_float_array(xp, xdata, ydata) and not bool(nx.all(nx.isfinite(xdata))):
-        raise ValueError("xdata: contains non-finite values (NaN or inf); pass "
-                         "nan_policy='omit' to drop NaN data points")
+        raise ValueError(f"xdata: contains non-finite values (NaN or inf); {hint}")
 
 
 def apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma) -> tuple[Any, Array, Any]:
