@@ -460,3 +460,28 @@ def test_what_helpers_and_modules_read_is_part_of_the_key():
         buf[:] = 5.0 * np.exp(-1.5 * np.asarray(t))
 
     check(lambda p: p[0] * jnp.exp(-p[1] * t) - view, refill, [5.0, 1.5])
+
+
+def test_float32_without_x64_warns_nothing():
+    """JAX's default (``jax_enable_x64`` off): the counters are int32, so no
+    "Explicitly requested dtype int64 ... truncated" warnings (eleven of them
+    before), whole-solve program and engine alike; the right values."""
+    import warnings
+
+    jax = _jax()
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", False)
+    try:
+        t = jnp.linspace(0.0, 4.0, 50, dtype=jnp.float32)
+        y = 2.5 * jnp.exp(-1.3 * t) + 0.5
+        p0 = jnp.asarray([1.0, 1.0, 1.0], dtype=jnp.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for method in ("lm", "trf"):
+                r = ao.least_squares(lambda p: p[0] * jnp.exp(-p[1] * t) + p[2] - y, p0,
+                                     method=method)
+                np.testing.assert_allclose(np.asarray(r.x), [2.5, 1.3, 0.5], rtol=1e-4)
+                assert r.success
+    finally:
+        jax.config.update("jax_enable_x64", True)

@@ -104,6 +104,30 @@ def to_namespace(xp: Any, a: Any, dtype: Any, dev: Any) -> Any:
 _EPS: dict = {}
 
 
+_COUNT: dict = {}
+
+
+def count_dtype(xp: Any) -> Any:
+    """The integer dtype of the solvers' counters and codes (``nfev``, ``njev``,
+    ``nit``, ``info``, statuses): int64, but int32 on JAX without
+    ``jax_enable_x64`` (JAX's default), where an int64 request is truncated to
+    int32 with a warning."""
+    try:
+        return _COUNT[xp]
+    except (KeyError, TypeError):
+        pass
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        return xp.int64 if jax.config.jax_enable_x64 else xp.int32  # (not cached: a setting)
+    dt = xp.int64
+    try:
+        _COUNT[xp] = dt
+    except TypeError:  # pragma: no cover
+        pass
+    return dt
+
+
 def machine_eps(xp: Any, dtype: Any) -> float:
     """``finfo(dtype).eps`` as a Python float, remembered per namespace and dtype
     (``finfo`` costs as much as several small array operations)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .._core import lazy
 from .._core.backend import namespace_name
-from .arrays import call_checked
+from .arrays import call_checked, count_dtype
 
 # gather the running problems into a smaller working set when at most this
 # fraction of the current one is still running
@@ -81,11 +81,11 @@ class WorkingSet:
         xp = self.xp
         if self.k <= 1:
             return st, False
-        n_act = int(xp.sum(xp.astype(st.active, xp.int64)))
+        n_act = int(xp.sum(xp.astype(st.active, count_dtype(xp))))
         if not (0 < n_act <= COMPACT * self.k):
             return st, False
         if self.W is None:
-            self.W = xp.arange(self.B, dtype=xp.int64, device=self.dev)
+            self.W = xp.arange(self.B, dtype=count_dtype(xp), device=self.dev)
             self.X_all = st.X
         done_sel = rows_where(xp, ~st.active)
         self.pieces.append((xp.take(self.W, done_sel, axis=0),
@@ -280,7 +280,7 @@ class RowSubsets:
         def old_J():
             return ws.field(2) if J is None else J
 
-        n_nj = int(xp.sum(xp.astype(need_jac, xp.int64)))
+        n_nj = int(xp.sum(xp.astype(need_jac, count_dtype(xp))))
         self.all_rows()
         if n_nj > 0 and n_nj >= FINAL_J_ALL * B:
             Jn = self.model_residuals(F, self.jacobian(X, F))[1]

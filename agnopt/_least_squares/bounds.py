@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .arrays import count_dtype
+
 __all__ = [
     "active_constraints",
     "coleman_li",
@@ -98,7 +100,7 @@ def active_constraints(xp: Any, X: Any, lb: Any, ub: Any, rtol: float = 1e-10) -
     else:
         lower = xp.isfinite(lb) & (lower_dist <= xp.minimum(upper_dist, rtol * xp.maximum(xp.ones_like(X), xp.abs(lb))))
         upper = xp.isfinite(ub) & (upper_dist <= xp.minimum(lower_dist, rtol * xp.maximum(xp.ones_like(X), xp.abs(ub))))
-    zeros = xp.zeros(X.shape, dtype=xp.int64, device=getattr(X, "device", None))
+    zeros = xp.zeros(X.shape, dtype=count_dtype(xp), device=getattr(X, "device", None))
     out = xp.where(lower, zeros - 1, zeros)
     return xp.where(upper & ~lower, zeros + 1, out)
 
@@ -297,7 +299,7 @@ def dogleg_box_step(xp: Any, X: Any, newton: Any, G: Any, a: Any, b: Any, tr_bou
     orig_l, orig_u = lo == lb_c, hi == ub_c
     tr_l, tr_u = lo == -tr_bounds, hi == tr_bounds
     zeros = xp.zeros_like(X)
-    izeros = xp.zeros(X.shape, dtype=xp.int64, device=getattr(X, "device", None))
+    izeros = xp.zeros(X.shape, dtype=count_dtype(xp), device=getattr(X, "device", None))
     inside = in_bounds(xp, newton, lo, hi)
     to_b, _ = step_to_bound(xp, zeros, -G, lo, hi)
     to_b = xp.where(xp.isfinite(to_b), to_b, xp.zeros_like(to_b))

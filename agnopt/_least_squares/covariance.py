@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .arrays import device, host_linalg
+from .arrays import count_dtype, device, host_linalg
 from .batched import compactable, positions, rows_where, scatter
 from .cholesky import chol_inv
 from .routes import CHOL_MAX_N
@@ -117,7 +117,7 @@ def minpack_factors(xp, J, f):
         if nc > 0.0:
             q = c / nc
             Rc = Rc - q[:, None] * xp.matmul(q[None, :], Rc)
-    perm = xp.asarray(order, dtype=xp.int64, device=dev)
+    perm = xp.asarray(order, dtype=count_dtype(xp), device=dev)
     Q, R = xp.linalg.qr(xp.take(J, perm, axis=1))
     qtf = xp.matmul(xp.matrix_transpose(Q), f[:, None])[:, 0]
     full = xp.concat([R, xp.zeros((m - n, n), dtype=J.dtype, device=dev)], axis=0)

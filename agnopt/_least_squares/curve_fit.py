@@ -14,7 +14,7 @@ from .._core.errors import OptimizeWarning
 from .._core.progress import make_progress
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
-from .arrays import host_bools, host_ints
+from .arrays import count_dtype, host_bools, host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance, minpack_factors
 from .fit_data import (
@@ -321,7 +321,7 @@ def curve_fit(
         if new == msg:
             raise
         raise type(e)(new) from (e.__cause__ or e)
-    m_fit = None if omit is None else xp.sum(xp.astype(~omit, xp.int64), axis=-1)
+    m_fit = None if omit is None else xp.sum(xp.astype(~omit, count_dtype(xp)), axis=-1)
     pcov, warn = _pcov(xp, res, batched, absolute_sigma, m, n, m_fit)
     if not batched and not res.success:
         raise RuntimeError("Optimal parameters not found: " + res.message)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .arrays import device, host_linalg
+from .arrays import count_dtype, device, host_linalg
 from .bounds import dogleg_box_step, evaluate_quadratic, line_quadratic
 from .losses import robust_model
 from .trf import Trial, column_share, gradient
@@ -107,7 +107,7 @@ class _Dogbox:
     @staticmethod
     def initial_on_bound(xp, ev, X):
         """-1 / 1 where ``x0`` equals its lower / upper bound."""
-        z = xp.zeros(X.shape, dtype=xp.int64, device=device(X))
+        z = xp.zeros(X.shape, dtype=count_dtype(xp), device=device(X))
         return xp.where(X == ev.lb, z - 1, xp.where(X == ev.ub, z + 1, z))
 
     @staticmethod

@@ -57,7 +57,7 @@ import array_api_compat
 
 from .._core import lazy
 from .._core.backend import compiled
-from .arrays import device, machine_eps, on_scalars, scalar_namespace
+from .arrays import count_dtype, device, machine_eps, on_scalars, scalar_namespace
 from .outcome import report_progress
 from .routes import GRAM_RCOND
 from .state import LMState, MinpackInfo, Outcome, Trial
@@ -109,7 +109,7 @@ def initial_state(xp, X, F, fnorm, D) -> LMState:
     B = X.shape[0]
     dev = device(X)
     zeros_b = xp.zeros((B,), dtype=X.dtype, device=dev)
-    izeros = xp.zeros((B,), dtype=xp.int64, device=dev)
+    izeros = xp.zeros((B,), dtype=count_dtype(xp), device=dev)
     true_b = xp.ones((B,), dtype=xp.bool, device=dev)
     return LMState(X=X, F=F, J=None, A0=None, g=None, D=D, free=None, fnorm=fnorm,
                    xnorm=zeros_b, delta=zeros_b, par=zeros_b, gnorm=zeros_b,
@@ -254,7 +254,7 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     nj = lin.nj
     if lin.bad is not None:
         # batched: these problems stop here (status -3), the others go on
-        njev = njev + xp.astype(lin.bad, xp.int64)
+        njev = njev + xp.astype(lin.bad, count_dtype(xp))
         info = xp.where(lin.bad, _NONFINITE_JAC, info)
         active = active & ~lin.bad
     st = st._replace(F=lin.F, J=lin.J, A0=lin.A0, g=lin.g, info=info, active=active,
@@ -274,7 +274,7 @@ def linearized(xp, ev, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     ``A0``, ``g``: the count of Jacobians, the free variables (``ev.free_mask``),
     :func:`scale_and_radius` and :func:`gtol_test`. ``nj`` (k,) the problems
     with a new Jacobian, ``cn`` (k, n) its column norms."""
-    njev = st.njev + xp.astype(nj, xp.int64)
+    njev = st.njev + xp.astype(nj, count_dtype(xp))
     free_n = ev.free_mask(st.X, st.g)
     free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
     cn = xp.where(free, cn, 0.0) if ev.bounded else cn  # free: all true unbounded
@@ -368,7 +368,7 @@ def geodesic_acceleration(xp, ev, st: LMState, route, p, z, par):
         return p, None, st
     Xh = ev.project(X + ACC_H * p)
     Fh = ev.residual_where(eligible, Xh, X, F)  # only the eligible rows where it can
-    st = st._replace(nfev=st.nfev + xp.astype(eligible, xp.int64))
+    st = st._replace(nfev=st.nfev + xp.astype(eligible, count_dtype(xp)))
     fast = getattr(route, "fast", None)
     if fast is not None:  # a NumPy batch: the rest as a numba loop over the rows on the
         # Cholesky route (agnopt._kernels.lm_batched_cpu); those on the SVD route below
@@ -424,7 +424,7 @@ def trial_step(xp, ev, st: LMState, p, par):
     projected = xp.any(Xt != X1, axis=-1) if ev.bounded else None
     pnorm = xp.linalg.vector_norm(st.D * p, axis=-1)
     delta = xp.where(st.first & st.active, xp.minimum(st.delta, pnorm), st.delta)
-    st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, xp.int64))
+    st = st._replace(delta=delta, par=par, nfev=st.nfev + xp.astype(st.active, count_dtype(xp)))
     return Xt, p, pnorm, projected, st
 
 
@@ -516,7 +516,7 @@ def accept(xp, ev, st: LMState, tr: Trial, ratio, delta, par, actred, finite) ->
     return st._replace(
         X=X, delta=delta, par=par, F=ev.select(acc, tr.Ft, st.F), fnorm=xp.where(acc, tr.fnorm1, st.fnorm),
         xnorm=xp.where(acc, xp.linalg.vector_norm(st.D * X, axis=-1), st.xnorm),
-        nit=st.nit + xp.astype(acc, xp.int64),
+        nit=st.nit + xp.astype(acc, count_dtype(xp)),
         need_jac=xp.where(st.active, acc, st.need_jac),  # finished problems keep theirs
         first=st.first & ~acc)
 

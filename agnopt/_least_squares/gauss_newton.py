@@ -17,7 +17,7 @@ reduced :math:`J^TJ` instead.
 
 from __future__ import annotations
 
-from .arrays import device
+from .arrays import count_dtype, device
 from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import gram_spectral, spectral
 from .state import MinpackInfo, Outcome
@@ -106,14 +106,14 @@ def checked_jacobian(xp, prob, X, F, J, nj, info, active, njev):
             raise ValueError("jac: the Jacobian has non-finite entries at the current point")
         # batched: these problems stop here (status -3), the others go on
         bad = nj & ~xp.all(xp.isfinite(xp.reshape(Jn, (B, -1))), axis=-1)
-        njev = njev + xp.astype(bad, xp.int64)
+        njev = njev + xp.astype(bad, count_dtype(xp))
         info = xp.where(bad, xp.full_like(info, _NONFINITE_JAC), info)
         active = active & ~bad
         nj = nj & ~bad
         Jn = xp.where(bad[:, None, None], xp.zeros_like(Jn), Jn)
         if J is None:
             J = Jn
-    njev = njev + xp.astype(nj, xp.int64)
+    njev = njev + xp.astype(nj, count_dtype(xp))
     J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
     return J, nj, info, active, njev
 
@@ -125,7 +125,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
     B, n = X.shape
     dev = device(X)
     cost = prob.cost(F)
-    izeros = xp.zeros((B,), dtype=xp.int64, device=dev)
+    izeros = xp.zeros((B,), dtype=count_dtype(xp), device=dev)
     nfev, njev, nit, info = izeros + 1, izeros, izeros, izeros
     active = xp.ones((B,), dtype=xp.bool, device=dev)
     need_jac = xp.ones((B,), dtype=xp.bool, device=dev)
@@ -159,7 +159,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
         Xt = xp.where(active[:, None], prob.project(X + p), X)
         p = Xt - X
         Ft = prob.residual(Xt)
-        nfev = nfev + xp.astype(active, xp.int64)
+        nfev = nfev + xp.astype(active, count_dtype(xp))
         cost_t = prob.cost(Ft)
         Jp = xp.matmul(Jm, p[:, :, None])[:, :, 0]
         pred = -(xp.sum(Fm * Jp, axis=-1) + 0.5 * xp.sum(Jp * Jp, axis=-1))
@@ -172,7 +172,7 @@ def run_gn(xp, prob, X, F, D, ftol, xtol, gtol, max_nfev, verbose, callback,
         info, active_n = gn_tests(xp, info, active, acc, actual, cost, ratio, dx_norm, x_norm,
                                   finite, nfev, ftol, xtol, max_nfev)
         cost = xp.where(acc, cost_t, cost)
-        nit = nit + xp.astype(acc, xp.int64)
+        nit = nit + xp.astype(acc, count_dtype(xp))
         need_jac = xp.where(active, acc, need_jac)  # finished problems keep theirs
         active = active_n
         X, F, cost, lam, info, active, need_jac, nfev, nit = prob.persist(

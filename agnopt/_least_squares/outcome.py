@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .._core.result import OptimizeResult
 from .._core.status import Status
-from .arrays import device, host_ints
+from .arrays import count_dtype, device, host_ints
 from .state import MinpackInfo
 
 
@@ -141,7 +141,7 @@ def report_progress(xp, ev, it, fnorm, nfev, active) -> None:
     prog = getattr(ev, "progress", None)
     if prog is None:
         return
-    running = int(xp.sum(xp.astype(active, xp.int64)))
+    running = int(xp.sum(xp.astype(active, count_dtype(xp))))
     # the largest cost among the running problems; once none runs, among all
     cost = 0.5 * (xp.where(active, fnorm, xp.zeros_like(fnorm)) if running else fnorm) ** 2
     prog.update(it, int(xp.max(nfev)), float(xp.max(cost)),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._core.backend import compiled
-from .arrays import host_ints
+from .arrays import count_dtype, host_ints
 from .outcome import messages, stuck_on_bound, to_status
 from .stationarity import xtol_not_stationary
 from .trf import final_fields
@@ -89,7 +89,7 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         res["history"] = out.history
     if verbose >= 1:
         if batched:
-            ns = int(xp.sum(xp.astype(success, xp.int64)))
+            ns = int(xp.sum(xp.astype(success, count_dtype(xp))))
             print(f"{ns} of {B} problems converged; total nfev {int(xp.sum(out.nfev))}")
         else:
             print(res.message)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .arrays import device
+from .arrays import count_dtype, device
 from .bounds import (
     active_constraints,
     coleman_li,
@@ -152,7 +152,7 @@ def initial_state(xp, ev, algo, X, F, scale_inv, loss, f_scale) -> TRState:
     k = X.shape[0]
     dev = device(X)
     zeros = xp.zeros((k,), dtype=X.dtype, device=dev)
-    izeros = xp.zeros((k,), dtype=xp.int64, device=dev)
+    izeros = xp.zeros((k,), dtype=count_dtype(xp), device=dev)
     true_k = xp.ones((k,), dtype=xp.bool, device=dev)
     return TRState(X=X, F=F, J=None, cost=loss_cost(xp, loss, F, f_scale),
                    scale_inv=scale_inv, delta=zeros, alpha=zeros, info=izeros,
@@ -210,7 +210,7 @@ def final_gtol_test(xp, ev, algo, st: TRState, stopped, loss, f_scale, gtol) -> 
     J = xp.where(nj[:, None, None], Jn, st.J)
     opt = final_fields(xp, ev, st.X, st.F, J, algo.name, loss, f_scale, ev.bounded, None)[3]
     info = xp.where(nj & (opt < gtol), xp.full_like(st.info, int(MinpackInfo.GTOL)), st.info)
-    return st._replace(J=J, info=info, njev=st.njev + xp.astype(nj, xp.int64),
+    return st._replace(J=J, info=info, njev=st.njev + xp.astype(nj, count_dtype(xp)),
                        need_jac=st.need_jac & ~nj)
 
 
@@ -221,7 +221,7 @@ def evaluate_trial(xp, ev, st: TRState, tr: Trial, loss, f_scale):
     acc, ratio, finite)``: ``ratio`` is actual over predicted reduction (0
     for a non-positive prediction, 1 when both are 0, as scipy)."""
     Ft = ev.residual(tr.Xt)
-    st = st._replace(nfev=st.nfev + xp.astype(st.active, xp.int64))
+    st = st._replace(nfev=st.nfev + xp.astype(st.active, count_dtype(xp)))
     fin_f = xp.all(xp.isfinite(Ft), axis=-1)
     Fs = xp.where(fin_f[:, None], Ft, xp.zeros_like(Ft))
     cost_t = xp.where(fin_f, loss_cost(xp, loss, Fs, f_scale),
@@ -255,7 +255,7 @@ def accept(xp, ev, algo, st: TRState, tr: Trial, Ft, cost_t, acc) -> TRState:
     X, on_bound = algo.accepted_point(xp, ev, st, tr, acc)
     return st._replace(
         X=X, F=xp.where(acc[:, None], Ft, st.F), cost=xp.where(acc, cost_t, st.cost),
-        nit=st.nit + xp.astype(acc, xp.int64), on_bound=on_bound,
+        nit=st.nit + xp.astype(acc, count_dtype(xp)), on_bound=on_bound,
         need_jac=xp.where(st.active, acc, st.need_jac))
 
 
@@ -405,14 +405,14 @@ def final_fields(xp, ev, X, F, J, method, loss, f_scale, bounded, xtol, model_ja
     g = gradient(xp, Fh, Jl)
     opt = xp.max(xp.abs(g), axis=-1)
     if not bounded:
-        return cost, Jl, g, opt, xp.zeros(X.shape, dtype=xp.int64, device=device(X))
+        return cost, Jl, g, opt, xp.zeros(X.shape, dtype=count_dtype(xp), device=device(X))
     lb, ub = ev.lb, ev.ub
     if method == "trf":
         v, _ = coleman_li(xp, X, g, lb, ub)
         opt = xp.max(xp.abs(g * v), axis=-1)
         return cost, Jl, g, opt, active_constraints(xp, X, lb, ub, 0.0 if xtol is None else xtol)
     one = xp.ones_like(X)
-    am = xp.astype(xp.where(X <= lb, -one, xp.where(X >= ub, one, xp.zeros_like(X))), xp.int64)
+    am = xp.astype(xp.where(X <= lb, -one, xp.where(X >= ub, one, xp.zeros_like(X))), count_dtype(xp))
     if method == "dogbox":
         held = (xp.astype(am, X.dtype) * g) < 0
         opt = xp.max(xp.abs(xp.where(held, xp.zeros_like(g), g)), axis=-1)
