@@ -119,7 +119,8 @@ def count_dtype(xp: Any) -> Any:
     if array_api_compat.is_jax_namespace(xp):
         import jax
 
-        return xp.int64 if jax.config.jax_enable_x64 else xp.int32  # (not cached: a setting)
+        x64 = bool(getattr(jax.config, "jax_enable_x64", True))
+        return xp.int64 if x64 else xp.int32  # (not cached: a setting)
     dt = xp.int64
     try:
         _COUNT[xp] = dt
