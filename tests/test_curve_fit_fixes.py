@@ -305,3 +305,19 @@ def test_check_finite_with_nan_policy_message_says_how():
         ao.curve_fit(lambda x, a: a * x, t, y, p0=[1.0], check_finite=True, nan_policy="omit")
     np.testing.assert_allclose(ao.curve_fit(lambda x, a: a * x, t, y, p0=[1.0],
                                             nan_policy="omit")[0], [1.0])
+
+
+def test_indefinite_2d_sigma_is_refused_on_every_backend(xp, device):
+    # the covariance is factorized by agnopt._core.linalg.cholesky (checked pivots and
+    # backward error), not the backend's raw one: CuPy's returns a partial factor of an
+    # indefinite matrix without raising; scipy raises ValueError here
+    t = np.linspace(0.0, 1.0, 5)
+    S = np.eye(5)
+    S[0, 1] = S[1, 0] = 2.0  # symmetric, eigenvalue -1
+    with pytest.raises(ValueError, match="positive definite"):
+        ao.curve_fit(lambda x, a, b: a * x + b, arr(xp, device, t), arr(xp, device, 2 * t + 1),
+                     p0=arr(xp, device, [1.0, 1.0]), sigma=arr(xp, device, S))
+    popt, _ = ao.curve_fit(lambda x, a, b: a * x + b, arr(xp, device, t),
+                           arr(xp, device, 2 * t + 1), p0=arr(xp, device, [1.0, 1.0]),
+                           sigma=arr(xp, device, np.diag([1.0, 2, 3, 4, 5])))
+    np.testing.assert_allclose(to_numpy(popt), [2.0, 1.0], rtol=1e-10)

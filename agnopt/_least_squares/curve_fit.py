@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, overload
 from .._core import lazy
 from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
+from .._core.linalg import cholesky, linalg_errors
 from .._core.progress import make_progress
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
@@ -374,13 +375,22 @@ def _weights(xp, dev, sigma, ydata, batched, m):
     if not batched and sig.ndim == 2:
         if tuple(sig.shape) != (m, m):
             raise ValueError("`sigma` has incorrect shape.")
-        L = xp.linalg.cholesky(sig)
-        if not bool(xp.all(xp.triu(L, k=1) == 0)):
-            # array-api-compat's Dask cholesky returns the upper factor U
-            # (sigma = U^T U); the lower one is its transpose
-            L = xp.matrix_transpose(L)
-        if not bool(xp.all(xp.isfinite(L))):
-            raise ValueError("`sigma` must be positive definite.")
+        if lazy.is_dask_namespace(xp):
+            L = xp.linalg.cholesky(sig)
+            if not bool(xp.all(xp.triu(L, k=1) == 0)):
+                # array-api-compat's Dask cholesky returns the upper factor U
+                # (sigma = U^T U); the lower one is its transpose
+                L = xp.matrix_transpose(L)
+            ok = bool(xp.all(xp.isfinite(L)))
+        else:
+            # the checked factor (agnopt._core.linalg): CuPy returns a partial factor of
+            # an indefinite matrix without raising, JAX one of NaNs
+            L = cholesky(xp, sig)
+            ok = L is not None
+        if not ok:
+            err = (linalg_errors() or (ValueError,))[0]  # scipy's LinAlgError (a ValueError)
+            raise err("`sigma` must be positive definite (a covariance matrix): its "
+                      "Cholesky factorization failed")
 
         def wfun(r, L=L):
             return xp.linalg.solve(L, r[..., None])[..., 0]
