@@ -100,8 +100,6 @@ def _absolute_step(
     dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
-    one = xp.ones_like(x0)
-    sign_x0 = xp.where(x0 >= 0, one, -one)
     if (cs and abs_step is None and type(rel_step) is float
             and math.frexp(rel_step)[0] == 0.5):
         # The complex step's relative step, a power of 2 (eps): the same numbers
@@ -109,9 +107,14 @@ def _absolute_step(
         # power of 2, and rounding is symmetric in the sign) except for the sign
         # of a zero, and a zero step gets the default step, which there is
         # ``rstep * sign(x)``: ``r |x| == 0`` needs ``|x| < 1``, where
-        # ``max(1, |x|) = 1``.
+        # ``max(1, |x|) = 1``. ``sign(x)`` is +1 where ``x >= 0`` (-0 included)
+        # and -1 elsewhere: the sign bit of ``x + 0`` (``-0 + 0`` is ``+0``;
+        # a NaN ``x`` gives a NaN ``h``, kept), so ``rstep * sign(x)`` is
+        # ``copysign(rstep, x + 0)``, ``rstep`` rounded to ``x``'s dtype either way.
         h = rel_step * x0
-        return xp.where(h == 0, rstep * sign_x0, h)
+        return xp.where(h == 0, xp.copysign(xp.full_like(x0, rstep), x0 + 0.0), h)
+    one = xp.ones_like(x0)
+    sign_x0 = xp.where(x0 >= 0, one, -one)
     ax = xp.abs(x0)
     default = rstep * sign_x0 * xp.maximum(one, ax)
     if abs_step is not None:
