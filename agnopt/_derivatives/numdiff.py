@@ -530,7 +530,8 @@ def cs_quotients(xp, fcs, h, per_row):
     """``J[..., j] = imag(fcs[j]) / h[..., j]``, stacked on the last axis (``per_row``:
     batched vector outputs, ``h`` (B, n) divides rows). One stack and one division
     (the same quotients, entry by entry, as one column at a time)."""
-    im = xp.stack([xp.imag(fc) for fc in fcs], axis=-1)
+    # (a concatenation of the columns: the same array as their stack, made faster)
+    im = xp.concat([xp.imag(fc)[..., None] for fc in fcs], axis=-1)
     return im / (h[:, None, :] if per_row else h)
 
 
