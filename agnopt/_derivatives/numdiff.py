@@ -460,8 +460,11 @@ def _forward_columns(call, x0, f0, h, eye, batched, scalar_f, xp):
     else:
         X1 = x0 + h[:, None] * eye  # X1[j] = x0 + h_j e_j
     pts = [X1[j, ...] for j in range(n)]
-    dx = xp.stack([pt[..., j] for j, pt in enumerate(pts)], axis=-1) - x0
-    J = xp.stack([call(pt) - f0 for pt in pts], axis=-1)
+    # entry j of point j is x0_j + h_j (h_j * 1 is exact): the steps taken are
+    # (x0 + h) - x0, the same numbers as read from the points, in two operations
+    dx = (x0 + h) - x0
+    # one subtraction of f0 from the concatenated columns: the same differences
+    J = xp.concat([call(pt)[..., None] for pt in pts], axis=-1) - f0[..., None]
     return J / (dx[:, None, :] if batched and not scalar_f else dx)
 
 
