@@ -477,18 +477,15 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     evaluations of ``fun``. ``cache``: the caller's dict of constants (the
     identity and the complex unit are made once there).
     """
-    n = x0.shape[-1]
-    if "i1" not in cache:
-        cache["i1"] = xp.asarray(1j, dtype=cdt, device=dev)
-    if cache.get("eye") is None:
-        cache["eye"] = xp.eye(n, dtype=x0.dtype, device=dev)
-    eye, i1 = cache["eye"], cache["i1"]
+    if cache.get("ieye") is None:
+        cache["ieye"] = imaginary_identity(xp, x0.shape[-1], x0.dtype, cdt, dev)
+    ieye = cache["ieye"]
     if abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
         # the steps follow from x0 and Python numbers: inside the points' block
-        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev, eye, i1)
+        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev, ieye)
     else:
         h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=True, dev=dev)
-        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev, eye, i1)
+        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev, ieye)
     fcs = []
     for pt in pts:
         fc = call(pt)
@@ -502,30 +499,37 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
 
 
-def cs_points(xp, x0, h, rel_step, rstep, cdt, dev, eye=None, i1=None):
+def imaginary_identity(xp, n, dtype, cdt, dev):
+    """``i I``: the ``(n, n)`` identity of the real ``dtype`` as complex ``cdt``, times
+    ``1j`` (entries ``+0 + 1j`` on the diagonal, ``+0 + 0j`` elsewhere)."""
+    return (xp.astype(xp.eye(n, dtype=dtype, device=dev), cdt)
+            * xp.asarray(1j, dtype=cdt, device=dev))
+
+
+def cs_points(xp, x0, h, rel_step, rstep, cdt, dev, ieye=None):
     """The complex-step points ``x0 + i h_j e_j`` (a tuple of ``n``, each of ``x0``'s
     shape: ``(n,)`` or ``(B, n)``, complex dtype ``cdt``) and the steps ``h``
     (``x0``'s shape); ``h`` ``None``: scipy's absolute step from ``rel_step``
-    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device; ``eye``
-    (``(n, n)``, ``x0``'s dtype) and ``i1`` (``1j``, 0-d of ``cdt``): made
-    here when not given.
+    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device; ``ieye``
+    (:func:`imaginary_identity`, ``(n, n)`` of ``cdt``): made here when not
+    given.
 
     All ``n`` points come from one array ``(n, n)`` (``(n, B, n)``) whose
-    slice ``j`` is ``x0 + i (h_j e_j)``: the same products and sums, entry by
-    entry, as forming each point on its own, in three operations instead of
-    four per column."""
+    slice ``j`` is ``x0 + (h_j + 0i) (i e_j)``: the same numbers, entry by
+    entry, as forming each point on its own (every product in the complex
+    multiplication is by 0 or 1, so exact, with the signs of zero of
+    ``(h_j e_j + 0i) (0 + 1i)``), in a few operations for all columns."""
     if h is None:
         h = _absolute_step(xp, rel_step, None, x0, rstep, cs=True, dev=dev)
     n = x0.shape[-1]
-    if eye is None:
-        eye = xp.eye(n, dtype=x0.dtype, device=dev)
-    if i1 is None:
-        i1 = xp.asarray(1j, dtype=cdt, device=dev)
+    if ieye is None:
+        ieye = imaginary_identity(xp, n, x0.dtype, cdt, dev)
+    hc = xp.astype(h, cdt)
     if x0.ndim == 2:
-        H = xp.matrix_transpose(h)[:, :, None] * eye[:, None, :]  # H[j] = h[:, j:j+1] e_j
+        IH = xp.matrix_transpose(hc)[:, :, None] * ieye[:, None, :]  # IH[j] = i h[:, j:j+1] e_j
     else:
-        H = h[:, None] * eye  # H[j] = h_j e_j
-    P = xp.astype(x0, cdt) + xp.astype(H, cdt) * i1
+        IH = hc[:, None] * ieye  # IH[j] = i h_j e_j
+    P = xp.astype(x0, cdt) + IH
     return tuple(P[j, ...] for j in range(n)), h
 
 
