@@ -100,8 +100,6 @@ def _absolute_step(
     dev: Any = None,
 ) -> Any:
     """scipy's ``_compute_absolute_step`` (and its ``abs_step`` branch)."""
-    one = xp.ones_like(x0)
-    sign_x0 = xp.where(x0 >= 0, one, -one)
     if (cs and abs_step is None and type(rel_step) is float
             and math.frexp(rel_step)[0] == 0.5):
         # The complex step's relative step, a power of 2 (eps): the same numbers
@@ -109,9 +107,14 @@ def _absolute_step(
         # power of 2, and rounding is symmetric in the sign) except for the sign
         # of a zero, and a zero step gets the default step, which there is
         # ``rstep * sign(x)``: ``r |x| == 0`` needs ``|x| < 1``, where
-        # ``max(1, |x|) = 1``.
+        # ``max(1, |x|) = 1``. ``sign(x)`` is +1 where ``x >= 0`` (-0 included)
+        # and -1 elsewhere: the sign bit of ``x + 0`` (``-0 + 0`` is ``+0``;
+        # a NaN ``x`` gives a NaN ``h``, kept), so ``rstep * sign(x)`` is
+        # ``copysign(rstep, x + 0)``, ``rstep`` rounded to ``x``'s dtype either way.
         h = rel_step * x0
-        return xp.where(h == 0, rstep * sign_x0, h)
+        return xp.where(h == 0, xp.copysign(xp.full_like(x0, rstep), x0 + 0.0), h)
+    one = xp.ones_like(x0)
+    sign_x0 = xp.where(x0 >= 0, one, -one)
     ax = xp.abs(x0)
     default = rstep * sign_x0 * xp.maximum(one, ax)
     if abs_step is not None:
@@ -457,8 +460,11 @@ def _forward_columns(call, x0, f0, h, eye, batched, scalar_f, xp):
     else:
         X1 = x0 + h[:, None] * eye  # X1[j] = x0 + h_j e_j
     pts = [X1[j, ...] for j in range(n)]
-    dx = xp.stack([pt[..., j] for j, pt in enumerate(pts)], axis=-1) - x0
-    J = xp.stack([call(pt) - f0 for pt in pts], axis=-1)
+    # entry j of point j is x0_j + h_j (h_j * 1 is exact): the steps taken are
+    # (x0 + h) - x0, the same numbers as read from the points, in two operations
+    dx = (x0 + h) - x0
+    # one subtraction of f0 from the concatenated columns: the same differences
+    J = xp.concat([call(pt)[..., None] for pt in pts], axis=-1) - f0[..., None]
     return J / (dx[:, None, :] if batched and not scalar_f else dx)
 
 
@@ -471,18 +477,15 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     evaluations of ``fun``. ``cache``: the caller's dict of constants (the
     identity and the complex unit are made once there).
     """
-    n = x0.shape[-1]
-    if "i1" not in cache:
-        cache["i1"] = xp.asarray(1j, dtype=cdt, device=dev)
-    if cache.get("eye") is None:
-        cache["eye"] = xp.eye(n, dtype=x0.dtype, device=dev)
-    eye, i1 = cache["eye"], cache["i1"]
+    if cache.get("ieye") is None:
+        cache["ieye"] = imaginary_identity(xp, x0.shape[-1], x0.dtype, cdt, dev)
+    ieye = cache["ieye"]
     if abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
         # the steps follow from x0 and Python numbers: inside the points' block
-        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev, eye, i1)
+        pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev, ieye)
     else:
         h = _absolute_step(xp, rel_step, abs_step, x0, rstep, cs=True, dev=dev)
-        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev, eye, i1)
+        pts, h = _cs_points(xp, x0, h, None, rstep, cdt, dev, ieye)
     fcs = []
     for pt in pts:
         fc = call(pt)
@@ -496,30 +499,37 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
 
 
-def cs_points(xp, x0, h, rel_step, rstep, cdt, dev, eye=None, i1=None):
+def imaginary_identity(xp, n, dtype, cdt, dev):
+    """``i I``: the ``(n, n)`` identity of the real ``dtype`` as complex ``cdt``, times
+    ``1j`` (entries ``+0 + 1j`` on the diagonal, ``+0 + 0j`` elsewhere)."""
+    return (xp.astype(xp.eye(n, dtype=dtype, device=dev), cdt)
+            * xp.asarray(1j, dtype=cdt, device=dev))
+
+
+def cs_points(xp, x0, h, rel_step, rstep, cdt, dev, ieye=None):
     """The complex-step points ``x0 + i h_j e_j`` (a tuple of ``n``, each of ``x0``'s
     shape: ``(n,)`` or ``(B, n)``, complex dtype ``cdt``) and the steps ``h``
     (``x0``'s shape); ``h`` ``None``: scipy's absolute step from ``rel_step``
-    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device; ``eye``
-    (``(n, n)``, ``x0``'s dtype) and ``i1`` (``1j``, 0-d of ``cdt``): made
-    here when not given.
+    (a number or ``None``) and ``rstep``. ``dev``: ``x0``'s device; ``ieye``
+    (:func:`imaginary_identity`, ``(n, n)`` of ``cdt``): made here when not
+    given.
 
     All ``n`` points come from one array ``(n, n)`` (``(n, B, n)``) whose
-    slice ``j`` is ``x0 + i (h_j e_j)``: the same products and sums, entry by
-    entry, as forming each point on its own, in three operations instead of
-    four per column."""
+    slice ``j`` is ``x0 + (h_j + 0i) (i e_j)``: the same numbers, entry by
+    entry, as forming each point on its own (every product in the complex
+    multiplication is by 0 or 1, so exact, with the signs of zero of
+    ``(h_j e_j + 0i) (0 + 1i)``), in a few operations for all columns."""
     if h is None:
         h = _absolute_step(xp, rel_step, None, x0, rstep, cs=True, dev=dev)
     n = x0.shape[-1]
-    if eye is None:
-        eye = xp.eye(n, dtype=x0.dtype, device=dev)
-    if i1 is None:
-        i1 = xp.asarray(1j, dtype=cdt, device=dev)
+    if ieye is None:
+        ieye = imaginary_identity(xp, n, x0.dtype, cdt, dev)
+    hc = xp.astype(h, cdt)
     if x0.ndim == 2:
-        H = xp.matrix_transpose(h)[:, :, None] * eye[:, None, :]  # H[j] = h[:, j:j+1] e_j
+        IH = xp.matrix_transpose(hc)[:, :, None] * ieye[:, None, :]  # IH[j] = i h[:, j:j+1] e_j
     else:
-        H = h[:, None] * eye  # H[j] = h_j e_j
-    P = xp.astype(x0, cdt) + xp.astype(H, cdt) * i1
+        IH = hc[:, None] * ieye  # IH[j] = i h_j e_j
+    P = xp.astype(x0, cdt) + IH
     return tuple(P[j, ...] for j in range(n)), h
 
 
@@ -527,7 +537,8 @@ def cs_quotients(xp, fcs, h, per_row):
     """``J[..., j] = imag(fcs[j]) / h[..., j]``, stacked on the last axis (``per_row``:
     batched vector outputs, ``h`` (B, n) divides rows). One stack and one division
     (the same quotients, entry by entry, as one column at a time)."""
-    im = xp.stack([xp.imag(fc) for fc in fcs], axis=-1)
+    # (a concatenation of the columns: the same array as their stack, made faster)
+    im = xp.concat([xp.imag(fc)[..., None] for fc in fcs], axis=-1)
     return im / (h[:, None, :] if per_row else h)
 
 

@@ -439,7 +439,13 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
         if pd == dtype or not _is_complex(pd):  # real parameters: the common case
             return [p[:, j : j + 1] for j in cols] if batched else [p[j] for j in cols]
         im = xp.imag(p)
-        nz = host_bools(xp.any(im != 0, axis=0) if batched else im != 0)  # one transfer
+        if batched:
+            nz = host_bools(xp.any(im != 0, axis=0))  # one transfer
+        else:
+            # one transfer of the n imaginary parts (compared on the host: the
+            # same truth values as ``im != 0``, one array operation fewer)
+            tolist = getattr(im, "tolist", None)
+            nz = [v != 0 for v in tolist()] if tolist is not None else host_bools(im != 0)
         re = xp.real(p)
         if batched:
             return [p[:, j : j + 1] if nz[j] else re[:, j : j + 1] for j in cols]
