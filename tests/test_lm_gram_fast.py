@@ -124,3 +124,17 @@ def test_broken_kernel_is_caught(monkeypatch):
     A0 = G.normal_block(F, Jn, Jn, nj)[1]
     A0r = _generic(monkeypatch, F, Jn, Jn, nj, np.eye(4))[1]
     assert np.abs(A0 - A0r).max() > 1e-8
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 2, 4, 7, 8, 9, MAX_N])
+def test_jp_norm2_bit_for_bit(dt, n):
+    from agnopt._least_squares.cholesky import small_mv
+
+    rng = np.random.default_rng(n)
+    J = rng.standard_normal((50, 2 * n + 1, n)).astype(dt)
+    A0 = np.matmul(np.swapaxes(J, 1, 2), J)
+    p = (rng.standard_normal((50, n)) * 10.0 ** rng.uniform(-3, 3, (50, n))).astype(dt)
+    ref = np.sum(p * small_mv(np, A0, p), axis=-1)
+    out = G.jp_norm2(A0, p)
+    assert out.dtype == dt and np.array_equal(out, ref)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import lm_batched_cpu as K
 from .lm_batched_cpu import MAX_N, mode
 
 
@@ -89,18 +90,34 @@ def _gram_rows(Fm, Jn, Jold, nj, merge, with_g, J, A0, g):
     return fine
 
 
+def _jp_rows(A0, p, out, buf, y):
+    """``out[r] = sum(p[r] * small_mv(A0[r], p[r]))`` (``||J p||^2`` of the Cholesky
+    route, :meth:`agnopt._least_squares.routes.InMemoryRoute.jp_norm2`): the same
+    products and NumPy's pairwise sums (:func:`.lm_batched_cpu._psum`), so bit for bit."""
+    k, n = p.shape
+    for r in range(k):
+        for i in range(n):
+            for j in range(n):
+                buf[j] = A0[r, i, j] * p[r, j]
+            y[i] = p[r, i] * K._psum(buf, n)
+        out[r] = K._psum(y, n)
+
+
 gram_rows: Any = None
+jp_rows: Any = None
 
 
 def _compile() -> None:
-    """The numba version of the kernel (made once per process; compiled on first call for
+    """The numba versions of the kernels (made once per process; compiled on first call for
     each dtype, cached on disk)."""
-    global gram_rows
+    global gram_rows, jp_rows
     if gram_rows is not None:
         return
     import numba
 
-    gram_rows = numba.njit(error_model="numpy", fastmath=False, nogil=True, cache=True)(_gram_rows)
+    K._compile()  # (its _psum, which jp_rows calls)
+    jit = numba.njit(error_model="numpy", fastmath=False, nogil=True, cache=True)
+    gram_rows, jp_rows = jit(_gram_rows), jit(_jp_rows)
 
 
 def normal_block(Fm, Jn, J_old, nj):
@@ -133,3 +150,14 @@ def gram(J):
     nj = np.ones(k, dtype=np.bool_)
     gram_rows(np.empty((k, 0), dtype=dt), J, J, nj, False, False, J, A0, g)
     return A0, np.reshape(A0, (k, n * n))[:, ::n + 1]
+
+
+def jp_norm2(A0, p):
+    """``sum(p * small_mv(A0, p), axis=-1)`` (k,) by :func:`_jp_rows` (bit for bit)."""
+    _compile()
+    k, n = p.shape
+    dt = A0.dtype
+    out = np.empty(k, dtype=dt)
+    jp_rows(np.ascontiguousarray(A0), np.ascontiguousarray(p, dtype=dt), out,
+            np.empty(n, dtype=dt), np.empty(n, dtype=dt))
+    return out
