@@ -119,11 +119,7 @@ def normal_equations(xp, A0, g, D, free, eye):
 
 
 def gram(xp, J, eye):
-    """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity.
-    (NumPy with numba: :func:`agnopt._kernels.lm_gram_cpu.gram`, the same to rounding.)"""
-    fast = _fast_gram(J)
-    if fast is not None:
-        return fast.gram(J)
+    """``J^T J`` (k, n, n) and its diagonal (k, n); ``eye`` the (n, n) identity."""
     A0 = xp.matmul(xp.matrix_transpose(J), J)
     k, n = A0.shape[0], A0.shape[-1]
     # the diagonal as a strided view of the flattened matrices: the values of
@@ -137,13 +133,9 @@ def _normal_block(xp, Fm, Jn, J_old, nj, eye):
     given (the Cholesky route; else both ``None``), ``g = J^T Fm`` (k, n), the column norms ``cn`` (k, n) and
     ``fine`` (0-d bool): no non-finite entry in the new Jacobians (tested
     through ``diag(J^T J)`` on the Cholesky route: non-finite entries, or an
-    overflow of finite ones, make it non-finite). NumPy with numba, Cholesky
-    route: one pass over the Jacobians, :func:`agnopt._kernels.lm_gram_cpu.normal_block`
-    (the same to rounding; every NumPy solve takes it, whatever its batch)."""
-    fast = _fast_gram(Jn) if eye is not None else None
-    if fast is not None:
-        return fast.normal_block(Fm, Jn, J_old, nj)
-    J = xp.where(nj[:, None, None], Jn, J_old)
+    overflow of finite ones, make it non-finite). ``J_old`` is ``Jn`` itself
+    when every problem has a new Jacobian (no merge, no copy)."""
+    J = Jn if J_old is Jn else xp.where(nj[:, None, None], Jn, J_old)
     A0 = dA = None
     if eye is not None:
         A0, dA = gram(xp, J, eye)
@@ -293,7 +285,8 @@ class InMemoryRoute:
         xp = self.xp
         if not self.chol_ok:
             return xp.sum(mv(xp, self.J, p) ** 2, axis=-1)
-        if self.fast is not None:  # a NumPy batch: numba, bit for bit (lm_gram_cpu.jp_norm2)
+        if self.fast is not None:  # a NumPy batch: a numba row loop, bit for bit
+            # (agnopt._kernels.lm_gram_cpu.jp_norm2)
             from .._kernels import lm_gram_cpu
 
             out = lm_gram_cpu.jp_norm2(self.A0, p)
@@ -314,17 +307,6 @@ class InMemoryRoute:
             o_s = xp.matmul(V, aq[:, :, None])[:, :, 0]
             out = o_s if out is None else self._merge(out, o_s)
         return out
-
-
-def _fast_gram(J):
-    """:mod:`agnopt._kernels.lm_gram_cpu` when its kernel applies to the NumPy
-    Jacobians ``J`` (k, m, n) (any ``k``: a problem's numbers do not depend on its
-    batch), else ``None``."""
-    if not array_api_compat.is_numpy_array(J):
-        return None
-    from .._kernels import lm_gram_cpu
-
-    return lm_gram_cpu if lm_gram_cpu.applies(J) else None
 
 
 def _fast_rows(J, batch=None):
