@@ -285,13 +285,7 @@ class InMemoryRoute:
         xp = self.xp
         if not self.chol_ok:
             return xp.sum(mv(xp, self.J, p) ** 2, axis=-1)
-        if self.fast is not None:  # a NumPy batch: a numba row loop, bit for bit
-            # (agnopt._kernels.lm_gram_cpu.jp_norm2)
-            from .._kernels import lm_gram_cpu
-
-            out = lm_gram_cpu.jp_norm2(self.A0, p)
-        else:
-            out = xp.sum(p * small_mv(xp, self.A0, p), axis=-1)
+        out = xp.sum(p * small_mv(xp, self.A0, p), axis=-1)
         if self.svd is not None:
             o_s = xp.sum(mv(xp, self._sub(self.J), self._sub(p)) ** 2, axis=-1)
             out = self._merge(out, o_s)
