@@ -119,7 +119,9 @@ def xtol_not_stationary(xp, status, X, F, J, lb, ub, bounded, loss, f_scale, xto
     residuals, ``J`` (k, m, n) the Jacobian (the loss's model Jacobian when
     ``model_jac``), ``lb``, ``ub`` broadcast to ``X`` (used when ``bounded``).
     Two blocks (one compiled program each on JAX), with the host reads that
-    skip them between."""
+    skip them between. A batch checks its ``XTOL`` / ``FTOL_XTOL`` rows alone,
+    gathered where the backend allows it (:func:`.batched.compactable`; each row's
+    tests read that row only, so the verdicts are the same)."""
     # status 4 (ftol and xtol) is an xtol stop too: BoxBOD's saturated model
     # from NIST's start 1 with MINPACK's initial radius (factor 100)
     check = (status == int(Status.XTOL)) | (status == int(Status.FTOL_XTOL))
