@@ -13,12 +13,13 @@ import agnopt as ao
 from agnopt._kernels import lm_batched_cpu as K
 from agnopt._kernels.lm_batched_cpu import HAVE_NUMBA
 
+
 def _fit(B, dt, seed=3):
     rng = np.random.default_rng(seed)
     x = np.linspace(-3, 3, 50)
     P = np.column_stack([rng.uniform(1, 3, B), rng.uniform(-1, 1, B), rng.uniform(0.5, 1.5, B),
                          rng.uniform(0, 1, B)])
-    f = lambda x, a, mu, s, c: a * np.exp(-(x - mu) ** 2 / (2 * s * s)) + c  # noqa: E731
+    f = lambda x, a, mu, s, c: a * np.exp(-(x - mu) ** 2 / (2 * s * s)) + c
 
     def jac(x, a, mu, s, c):
         e = np.exp(-(x - mu) ** 2 / (2 * s * s))

@@ -18,7 +18,7 @@ def test_field_where_gathers_the_masked_rows_alone(xp, device):
     vals = rng.standard_normal((B, 3, 2))
     # three pieces (the last one the final working set), indices out of order overall
     parts = [np.array([0, 4, 7]), np.array([2, 3, 9, 10]), np.array([1, 5, 6, 8])]
-    a = lambda v, dt=xp.float64: xp.asarray(v, dtype=dt, device=device)  # noqa: E731
+    a = lambda v, dt=xp.float64: xp.asarray(v, dtype=dt, device=device)
     ws = WorkingSet(xp, B, device)
     ws.pieces = [(a(W, xp.int64), (a(vals[W]),)) for W in parts[:-1]]
     ws.W = a(parts[-1], xp.int64)

@@ -317,7 +317,7 @@ def test_batched_check_runs_on_the_xtol_rows_alone(xp, device, bounded):
     lb, ub = np.full((k, n), -np.inf), np.full((k, n), np.inf)
     lb[0, 1] = X[0, 1]  # row 0: held at its lower bound
     ub[8, :] = X[8, :] + 1.0
-    a = lambda v, dt=xp.float64: xp.asarray(v, dtype=dt, device=device)  # noqa: E731
+    a = lambda v, dt=xp.float64: xp.asarray(v, dtype=dt, device=device)
     args = (bounded, "linear", 1.0, 1e-8)
     out = to_numpy(xtol_not_stationary(xp, a(status, xp.int64), a(X), a(F), a(J), a(lb), a(ub),
                                        *args))
