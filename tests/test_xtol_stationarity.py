@@ -295,3 +295,36 @@ def test_minpack_initial_radius_on_boxbod_start1_is_not_success(monkeypatch):
     monkeypatch.setattr(engine, "FACTOR", 1.0)
     r = _solve("BoxBOD", np, "start1", "lm")  # agnopt's radius: the certified values
     assert r.success and _nist.lre(list(r.x), PROBLEMS["BoxBOD"]["certified_values"]) >= 6
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_batched_check_runs_on_the_xtol_rows_alone(xp, device, bounded):
+    """A batch checks only its xtol stops' rows (gathered where the backend allows):
+    each row's verdict is what that row alone gets, the other statuses unchanged."""
+    from agnopt._least_squares.stationarity import xtol_not_stationary
+
+    rng = np.random.default_rng(5)
+    k, m, n = 9, 6, 3
+    X = rng.standard_normal((k, n))
+    J = rng.standard_normal((k, m, n))
+    F = rng.standard_normal((k, m))
+    # rows 1 and 6: stationary (f orthogonal to J's columns); row 4: a zero residual
+    for r in (1, 6):
+        q, _ = np.linalg.qr(J[r], mode="complete")
+        F[r] = q[:, n:] @ rng.standard_normal(m - n)
+    F[4] = 0.0
+    status = np.array([3, 3, 2, 4, 3, 1, 4, 2, 3])
+    lb, ub = np.full((k, n), -np.inf), np.full((k, n), np.inf)
+    lb[0, 1] = X[0, 1]  # row 0: held at its lower bound
+    ub[8, :] = X[8, :] + 1.0
+    a = lambda v, dt=xp.float64: xp.asarray(v, dtype=dt, device=device)
+    args = (bounded, "linear", 1.0, 1e-8)
+    out = to_numpy(xtol_not_stationary(xp, a(status, xp.int64), a(X), a(F), a(J), a(lb), a(ub),
+                                       *args))
+    alone = [int(to_numpy(xtol_not_stationary(
+        xp, a(status[r:r + 1], xp.int64), a(X[r:r + 1]), a(F[r:r + 1]), a(J[r:r + 1]),
+        a(lb[r:r + 1]), a(ub[r:r + 1]), *args))[0]) for r in range(k)]
+    assert out.tolist() == alone
+    not_checked = ~np.isin(status, (3, 4))
+    assert np.array_equal(out[not_checked], status[not_checked])
+    assert out[1] == 3 and out[4] == 3 and out[6] == 4 and out[8] == Status.NOT_STATIONARY

@@ -36,6 +36,7 @@ import numpy as np
 
 # the Cholesky recurrence runs entry by entry for n <= ENTRYWISE_N
 from .._least_squares.cholesky import ENTRYWISE_N
+from . import lm_batched_cpu as K
 
 # lmpar's smallest positive magnitude (finfo(float64).smallest_normal)
 DWARF = float(np.finfo(np.float64).smallest_normal)
@@ -98,36 +99,12 @@ def _sumsq(v, tmp):
 
 def _chol_inv(a, eps, Li):
     """:func:`agnopt._least_squares.cholesky._entries` on the lower triangle of
-    ``a`` (n, n): ``Li`` (n, n) gets ``L^-1`` (zero above the diagonal); returns ``ok``."""
+    ``a`` (n, n): ``Li`` (n, n) gets ``L^-1`` (zero above the diagonal); returns ``ok``.
+    The batched kernels' recurrence (:func:`.lm_batched_cpu._chol_inv`, one
+    implementation), in float64."""
     n = a.shape[0]
-    L = np.zeros((n, n))
-    invd = np.empty(n)
-    ok = True
-    for j in range(n):
-        d = a[j, j]
-        for t in range(j):
-            d = d - L[j, t] * L[j, t]
-        okj = d > eps * a[j, j]
-        ok = ok and okj
-        ljj = math.sqrt(d if okj else 1.0)
-        L[j, j] = ljj
-        inv = 1.0 / ljj if ljj != 0.0 else math.copysign(math.inf, ljj)
-        invd[j] = inv
-        for i in range(j + 1, n):
-            v = a[i, j]
-            for t in range(j):
-                v = v - L[i, t] * L[j, t]
-            L[i, j] = v * inv
-    for i in range(n):
-        dinv = invd[i]
-        for j in range(n):
-            Li[i, j] = 0.0
-        Li[i, i] = dinv
-        for j in range(i):
-            v = L[i, j] * Li[j, j]
-            for t in range(j + 1, i):
-                v = v + L[i, t] * Li[t, j]
-            Li[i, j] = -v * dinv
+    ok = K._chol_inv(a, n, eps, 1.0, np.empty((n, n)), np.empty(n), Li)
+    K._zero_upper(Li, n, 0.0)
     return ok
 
 
@@ -302,6 +279,8 @@ def _compile() -> None:
     if normal is not None:
         return
     import numba
+
+    K._compile()  # (its _chol_inv, which _chol_inv calls)
 
     opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
                             "cache": True}

@@ -118,6 +118,24 @@ class WorkingSet:
         xp = self.xp
         return xp.take(xp.concat([pc[1][i] for pc in self.pieces], axis=0), self._order, axis=0)
 
+    def field_where(self, i, mask, base):
+        """``base`` (B, ...) with the rows where ``mask`` (B,) replaced by those of field
+        ``i`` (after :meth:`assemble`): only these rows are gathered from the pieces (not
+        the whole field, as :meth:`field`)."""
+        xp = self.xp
+        idxs, vals = [], []
+        for W, rows in self.pieces:
+            sel = rows_where(xp, xp.take(mask, W, axis=0))
+            if sel.shape[0] > 0:
+                idxs.append(xp.take(W, sel, axis=0))
+                vals.append(xp.take(rows[i], sel, axis=0))
+        if not idxs:
+            return base
+        idx, val = xp.concat(idxs), xp.concat(vals, axis=0)
+        order = xp.argsort(idx)
+        inside, pos = positions(xp, xp.take(idx, order, axis=0), self.B, self.dev)
+        return scatter(xp, base, xp.take(val, order, axis=0), inside, pos)
+
 
 class RowSubsets:
     """The evaluations of a :class:`.problem.Problem` restricted to the working set.
@@ -284,7 +302,12 @@ class RowSubsets:
         self.all_rows()
         if n_nj > 0 and n_nj >= FINAL_J_ALL * B:
             Jn = self.model_residuals(F, self.jacobian(X, F))[1]
-            Jf = Jn if n_nj == B else xp.where(need_jac[:, None, None], Jn, old_J())
+            if n_nj == B:
+                Jf = Jn
+            elif J is None:  # (the few rows that keep theirs, gathered alone)
+                Jf = ws.field_where(2, ~need_jac, Jn)
+            else:
+                Jf = xp.where(need_jac[:, None, None], Jn, J)
         elif n_nj > 0:
             idx = rows_where(xp, need_jac)
             Xr, Fr = xp.take(X, idx, axis=0), xp.take(F, idx, axis=0)

@@ -469,9 +469,10 @@ class Problem(RowSubsets, Box):
         k = X.shape[0]
         Fm, Jn = self.model_residuals(F, self.jacobian(X, F))
         eye = self.eye(X.shape[1]) if self.use_chol else None
-        # (the first Jacobian merges into itself: one program for every iteration)
-        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if st.J is None else st.J, nj,
-                                               eye)
+        # the first Jacobian, or a new one for every problem: no merge (one program for
+        # every iteration)
+        new_all = st.J is None or (not lazy.is_dask_namespace(xp) and lazy.known_all(xp, nj))
+        J, A0, dA, g, cn, fine = normal_block(xp, Fm, Jn, Jn if new_all else st.J, nj, eye)
         A0 = st.A0 if A0 is None else A0
         bad = None
         if not bool(fine):

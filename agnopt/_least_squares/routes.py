@@ -133,8 +133,9 @@ def _normal_block(xp, Fm, Jn, J_old, nj, eye):
     given (the Cholesky route; else both ``None``), ``g = J^T Fm`` (k, n), the column norms ``cn`` (k, n) and
     ``fine`` (0-d bool): no non-finite entry in the new Jacobians (tested
     through ``diag(J^T J)`` on the Cholesky route: non-finite entries, or an
-    overflow of finite ones, make it non-finite)."""
-    J = xp.where(nj[:, None, None], Jn, J_old)
+    overflow of finite ones, make it non-finite). ``J_old`` is ``Jn`` itself
+    when every problem has a new Jacobian (no merge, no copy)."""
+    J = Jn if J_old is Jn else xp.where(nj[:, None, None], Jn, J_old)
     A0 = dA = None
     if eye is not None:
         A0, dA = gram(xp, J, eye)

@@ -70,7 +70,8 @@ from __future__ import annotations
 
 from .._core.backend import compiled
 from .._core.status import Status
-from .arrays import host_linalg
+from .arrays import device, host_linalg
+from .batched import compactable, positions, rows_where, scatter
 from .losses import robust_model
 
 __all__ = ["xtol_not_stationary", "xtol_not_stationary_gram"]
@@ -118,12 +119,28 @@ def xtol_not_stationary(xp, status, X, F, J, lb, ub, bounded, loss, f_scale, xto
     residuals, ``J`` (k, m, n) the Jacobian (the loss's model Jacobian when
     ``model_jac``), ``lb``, ``ub`` broadcast to ``X`` (used when ``bounded``).
     Two blocks (one compiled program each on JAX), with the host reads that
-    skip them between."""
+    skip them between. A batch checks its ``XTOL`` / ``FTOL_XTOL`` rows alone,
+    gathered where the backend allows it (:func:`.batched.compactable`; each row's
+    tests read that row only, so the verdicts are the same)."""
     # status 4 (ftol and xtol) is an xtol stop too: BoxBOD's saturated model
     # from NIST's start 1 with MINPACK's initial radius (factor 100)
     check = (status == int(Status.XTOL)) | (status == int(Status.FTOL_XTOL))
     if not bool(xp.any(check)):
         return status
+    k = status.shape[0]
+    if k > 1 and compactable(xp):
+        # the xtol stops' rows alone (usually a few of a batch: most stop on ftol);
+        # each row's tests use that row only, so its numbers do not change
+        idx = rows_where(xp, check)
+        if idx.shape[0] < k:
+            def sub(a):
+                return xp.take(a, idx, axis=0)
+            if bounded:
+                lb, ub = sub(xp.broadcast_to(lb, X.shape)), sub(xp.broadcast_to(ub, X.shape))
+            s = xtol_not_stationary(xp, sub(status), sub(X), sub(F), sub(J), lb, ub, bounded,
+                                    loss, f_scale, xtol, model_jac)
+            mask, pos = positions(xp, idx, k, device(status))
+            return scatter(xp, status, s, mask, pos)
     bad, Fh, Jl, free = _first_order_test(xp, check, X, F, J, lb, ub, bounded, loss, f_scale,
                                           xtol, model_jac)
     if bool(xp.any(bad)):
@@ -137,11 +154,11 @@ def first_order_test(xp, check, X, F, J, lb, ub, bounded, loss, f_scale, xtol, m
     the loss's model ``Fh``, ``Jl`` and the free variables for the second."""
     Fh, Jl = robust_model(xp, loss, F, None if model_jac else J, f_scale)
     Jl = J if model_jac else Jl
-    g = xp.matmul(Fh[:, None, :], Jl)[:, 0, :]
     eps = float(xp.finfo(X.dtype).eps)
     xt = max(0.0 if xtol is None else float(xtol), eps)
     free = xp.ones(X.shape, dtype=xp.bool, device=getattr(X, "device", None))
     if bounded:
+        g = xp.matmul(Fh[:, None, :], Jl)[:, 0, :]
         rt = max(xt, eps ** 0.5)
         one = xp.ones_like(X)
         lbf = xp.where(xp.isfinite(lb), lb, xp.zeros_like(X))
