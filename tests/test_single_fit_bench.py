@@ -38,7 +38,7 @@ def test_single_fit_same_problem_as_scipy():
 @pytest.mark.skipif(importlib.util.find_spec("optimistix") is not None,
                     reason="optimistix installed: the note does not apply")
 def test_peers_absent_says_so(monkeypatch, capsys):
-    monkeypatch.setattr(single_fit, "_best_pair", lambda a, b, r: (1e-3, 5e-4))
+    monkeypatch.setattr(single_fit, "best_pair", lambda a, b, r: (1e-3, 5e-4))
     monkeypatch.setattr(single_fit, "_first_and_best", lambda fn, r: (1.0, 1e-3))
     assert main(["fitbench", "--single", "--peers", "--repeat", "1"]) == 0
     out = capsys.readouterr().out

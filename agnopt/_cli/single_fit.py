@@ -41,7 +41,7 @@ def _data(m: int = 50, seed: int = 0):
     return t, y, np.array([1.0, 1.0, 1.0])
 
 
-def _best_pair(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
+def best_pair(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> tuple[float, float]:
     """Best wall times of ``a`` and ``b``, interleaved, after one warm-up call each."""
     a()
     b()
@@ -184,14 +184,14 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
     if lm_cpu.HAVE_NUMBA and lm_cpu._solves < lm_cpu.WARMUP and \
             os.environ.get("AGNOPT_FAST", "") not in ("0", "numpy", "numba"):
         fa = cases[0][1]
-        early = min(_best_pair(fa, fa, max(1, min(repeats, lm_cpu.WARMUP // 2 - 2))))
+        early = min(best_pair(fa, fa, max(1, min(repeats, lm_cpu.WARMUP // 2 - 2))))
         for _ in range(lm_cpu.WARMUP):
             if lm_cpu._solves >= lm_cpu.WARMUP:
                 break
             fa()
     rows: list[dict[str, Any]] = []
     for name, fa, rname, fr in cases:
-        ta, tr = _best_pair(fa, fr, repeats)
+        ta, tr = best_pair(fa, fr, repeats)
         rows.append({"case": name, "agnopt": ta, "reference": tr, "ratio": ta / tr,
                      "reference_name": rname})
     jax_rows, notes = _jax_rows(t, y, p0, repeats, peers)
