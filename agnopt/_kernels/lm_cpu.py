@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from . import lm_batched_cpu as K
+
 # numba is optional (agnopt[numba]) and imported only when the fast judge first runs
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
@@ -63,15 +65,6 @@ def enabled() -> bool:
     return True
 
 
-def _minimum(a, b):
-    # np.minimum: NaN propagates
-    if math.isnan(a):
-        return a
-    if math.isnan(b):
-        return b
-    return min(a, b)
-
-
 def _verdict(fnorm, par, delta, active, fnorm1, jpn2, pmnorm, projected, gp):
     """:func:`reductions`, :func:`update_radius` and the test of :func:`accept`
     on one problem's scalars (``jpn2 = ||J pm||^2``, ``gp = g . p`` of a projected
@@ -105,7 +98,7 @@ def _verdict(fnorm, par, delta, active, fnorm1, jpn2, pmnorm, projected, gp):
         temp = 0.1
     big = (not small) and ((par == 0) or (ratio >= 0.75))
     if small:
-        delta_n = temp * _minimum(delta, pmnorm / 0.1)
+        delta_n = temp * K._minimum(delta, pmnorm / 0.1)  # np.minimum
         par_n = par / temp
     elif big:
         delta_n = pmnorm / 0.5
@@ -186,14 +179,14 @@ scale_gtol: Any = None
 def _compile() -> None:
     """The numba versions of :func:`_verdict`, :func:`_stop` and :func:`_scale_gtol`
     (made once per process; compiled on first call, cached on disk)."""
-    global _minimum, verdict, stop, scale_gtol
+    global verdict, stop, scale_gtol
     if verdict is not None:
         return
     import numba
 
     opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
                             "cache": True}
-    _minimum = numba.njit(**opts)(_minimum)
+    K._compile()  # (its _minimum, which _verdict calls)
     verdict = numba.njit(**opts)(_verdict)
     stop = numba.njit(**opts)(_stop)
     scale_gtol = numba.njit(**opts)(_scale_gtol)

@@ -141,22 +141,6 @@ def _solve_norm(Li, b, q, tmp, y):
     return s * s
 
 
-def _max(a, b):  # np.maximum: NaN propagates
-    if math.isnan(a):
-        return a
-    if math.isnan(b):
-        return b
-    return max(a, b)
-
-
-def _min(a, b):  # np.minimum: NaN propagates
-    if math.isnan(a):
-        return a
-    if math.isnan(b):
-        return b
-    return min(a, b)
-
-
 def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
     """:func:`agnopt._least_squares.lmpar.lmpar` on one problem's
     :class:`~agnopt._least_squares.lmpar.CholeskyBasis`: ``(par, q, factor)``."""
@@ -175,12 +159,12 @@ def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
     # lmpar_bounds (a Cholesky basis: full rank)
     s3 = s3 if s3 > 0 else 1.0
     parl = (fp / delta_s) * dxnorm * dxnorm / s3
-    parl = _max(parl, 0.0)
+    parl = K._maximum(parl, 0.0)
     gnorm = math.sqrt(_sumsq(gs, tmp))
     paru = gnorm / delta_s
     if paru == 0:
-        paru = dwarf / _min(delta_s, 0.1)
-    par = _min(_max(par0, parl), paru)
+        paru = dwarf / K._minimum(delta_s, 0.1)
+    par = K._minimum(K._maximum(par0, parl), paru)
     dx_safe = dxnorm if dxnorm > 0 else 1.0
     if par == 0:
         par = gnorm / dx_safe
@@ -192,7 +176,7 @@ def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
     a = np.empty((n, n))
     for it in range(10):
         if par == 0:
-            par = _max(dwarf, 0.001 * paru)
+            par = K._maximum(dwarf, 0.001 * paru)
         for i in range(n):
             for j in range(n):
                 a[i, j] = As[i, j] + par * (1.0 if i == j else 0.0)
@@ -209,12 +193,12 @@ def _lmpar(As, gs, Linv0, delta, par0, active, eps, dwarf, rtol):
         s3 = s3 if s3 > 0 else 1.0
         parc = (fp_t / delta_s) * dxn_t * dxn_t / s3
         if not done and fp_t > 0:
-            parl = _max(parl, par)
+            parl = K._maximum(parl, par)
         if not done and fp_t < 0:
-            paru = _min(paru, par)
+            paru = K._minimum(paru, par)
         if done:
             break
-        par = _max(parl, par + parc)
+        par = K._maximum(parl, par + parc)
     return par, q, factor
 
 
@@ -252,7 +236,7 @@ def _trial(X, p, D, lb, ub, bounded, active):
         x1 = X[i] + p[i]
         x = x1
         if bounded:  # np.clip: minimum(maximum(x, lb), ub), NaN propagating
-            x = _min(_max(x, lb[i]), ub[i])
+            x = K._minimum(K._maximum(x, lb[i]), ub[i])
         if not active:
             x = X[i]
         Xt[i] = x
@@ -274,19 +258,19 @@ trial: Any = None
 def _compile() -> None:
     """The numba versions of :func:`_normal`, :func:`_lmpar`, :func:`_chol_solve`
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
-    global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm, _max, _min
+    global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
     global normal, lmpar, chol_solve, jp_norm2, trial
     if normal is not None:
         return
     import numba
 
-    K._compile()  # (its _chol_inv, which _chol_inv calls)
+    K._compile()  # (its _chol_inv, _maximum and _minimum, which these call)
 
     opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
                             "cache": True}
     jit = numba.njit(**opts)
     _pw, _mv, _mtv, _sumsq = jit(_pw), jit(_mv), jit(_mtv), jit(_sumsq)
-    _chol_inv, _max, _min = jit(_chol_inv), jit(_max), jit(_min)
+    _chol_inv = jit(_chol_inv)
     _solve_norm = jit(_solve_norm)
     normal, lmpar = jit(_normal), jit(_lmpar)
     chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
