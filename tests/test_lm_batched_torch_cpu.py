@@ -256,3 +256,20 @@ def test_autograd_keeps_the_generic_path(monkeypatch, where):
     assert used_ref and not calls
     assert r.x.requires_grad
     _same64(r, ref)
+
+
+def test_take_rows_is_take():
+    # the working set's row gathers (torch: index_select, without array-api-compat's
+    # mapping of negative indices) give xp.take's rows
+    import array_api_compat.torch as tx
+
+    from agnopt._least_squares.batched import take_rows
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.sort(torch.randperm(50, generator=g)[:17]).values
+    for shape in ((50,), (50, 4), (50, 7, 4)):
+        a = torch.randn(shape, generator=g, dtype=torch.float64)
+        assert torch.equal(take_rows(tx, a, idx), tx.take(a, idx, axis=0))
+    assert torch.equal(take_rows(tx, a > 0, idx), tx.take(a > 0, idx, axis=0))
+    an = a.numpy()
+    np.testing.assert_array_equal(take_rows(np, an, idx.numpy()), np.take(an, idx.numpy(), axis=0))

@@ -32,7 +32,7 @@ import array_api_compat
 
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
-from .batched import positions, rows_where, scatter
+from .batched import positions, rows_where, scatter, take_rows
 from .cholesky import chol_inv, chol_solve, mv, small_mv
 from .lmpar import CholeskyBasis, SpectralBasis, lmpar
 from .arrays import device, host_linalg
@@ -219,7 +219,7 @@ class InMemoryRoute:
             if compact:
                 idx = rows_where(xp, need)
                 mask, pos = positions(xp, idx, k, device(J))
-                sub = lambda a: xp.take(a, idx, axis=0)  # noqa: E731
+                sub = lambda a: take_rows(xp, a, idx)  # noqa: E731
                 Js_in = (sub(J), sub(D), sub(F), sub(free))
             else:
                 idx, mask, pos = None, need, None
@@ -229,7 +229,7 @@ class InMemoryRoute:
 
     def _sub(self, a):
         idx = self.svd[0]
-        return a if idx is None else self.xp.take(a, idx, axis=0)
+        return a if idx is None else take_rows(self.xp, a, idx)
 
     def _merge(self, a, b):
         idx, mask, pos = self.svd[:3]
