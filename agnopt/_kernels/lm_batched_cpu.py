@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -629,20 +630,29 @@ def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows, accel_rows, lin_rows
-    if normal_rows is not None:
+    global normal_rows, lmpar_rows, judge_rows, accel_rows, lin_rows, _ready
+    if _ready:
         return
-    import numba
+    with _compile_lock:  # threads (a Dask scheduler's) may get here together
+        if _ready:
+            return
+        import numba
 
-    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
-                            "cache": True}
-    jit = numba.njit(**opts)
-    _maximum, _minimum, _pw = jit(_maximum), jit(_minimum), jit(_pw)
-    _psum = jit(_psum)
-    _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
-    _mv, _mtv = jit(_mv), jit(_mtv)
-    normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
-    accel_rows, lin_rows = jit(_accel_rows), jit(_linearized_rows)
+        opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                                "cache": True}
+        jit = numba.njit(**opts)
+        _maximum, _minimum, _pw = jit(_maximum), jit(_minimum), jit(_pw)
+        _psum = jit(_psum)
+        _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
+        _mv, _mtv = jit(_mv), jit(_mtv)
+        normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
+        accel_rows, lin_rows = jit(_accel_rows), jit(_linearized_rows)
+        _ready = True  # last: a thread that sees it sees every kernel
+
+
+# _compile's guard: its body runs once per process, in one thread at a time
+_compile_lock = threading.Lock()
+_ready = False
 
 
 # --------------------------------------------------------------------------- the engine's calls
