@@ -294,7 +294,7 @@ class RowSubsets:
         """
         xp = self.xp
         k = X.shape[0]
-        if self.compact and self._hook is not None and self.fscale == 1.0:
+        if self.compact and self._hook is not None and not self.scaled:
             idx = rows_where(xp, mask)
             nr = int(idx.shape[0])
             if 0 < nr <= SUBSET_FRACTION * k:
