@@ -43,8 +43,6 @@ def _fun(xp):
 @pytest.mark.parametrize("dtype,big", [("float64", 1e90), ("float32", 1e10)])
 def test_one_huge_row_leaves_the_others_alone(backend, method, dtype, big):
     case, xp, dev = backend
-    if str(case) in ("dask",):
-        pytest.skip("dask: batched least_squares takes NumPy/chunked curve_fit (test_dask_batched)")
     Y, x_true = _data(dtype, big)
     rtol = 1e-8 if dtype == "float64" else 2e-3
     t = xp.asarray(T.astype(dtype), device=dev)
