@@ -16,6 +16,8 @@ def test_floor_columns_and_ratio():
     assert out["t_floor"] == pytest.approx(out["nfev_mean"] * out["t_f"]
                                            + (out["nit_mean"] + 1) * out["t_J"])
     assert out["floor_ratio"] == pytest.approx(out["t_batched"] / out["t_floor"])
+    # the user's functions timed inside the best run: a part of it
+    assert 0 < out["t_evals"] < out["t_batched"]
     # every evaluation the run made was counted (rows / B): at least the counts
     ev = out["evals"]
     assert ev["fun_complex"] == 0 and ev["fun"] >= out["nfev_mean"] - 1e-9
@@ -48,15 +50,16 @@ def test_cli_sweep_table(capsys):
     head = next(i for i, ln in enumerate(lines) if ln.startswith("| B |"))
     assert lines[head].split("|")[1:-1] == [
         " B ", " dtype ", " J ", " backend ", " agnopt ", " floor ", " total/floor ",
-        " scipy loop ", " optimistix ", " vs numpy ", " nfev ", " nit "]
+        " evals in solve / floor ", " scipy loop ", " optimistix ", " vs numpy ", " nfev ", " nit "]
     rows = [ln.split("|")[1:-1] for ln in lines[head + 2:] if ln.startswith("|")]
     # 2 dtypes x 2 Jacobians x backends (torch: one thread count)
     assert len(rows) == 4 * len(backends.split(","))
     for r in rows:
         assert r[6].strip().endswith("x") and float(r[6].strip()[:-1]) > 0
+        assert r[7].strip().endswith("x") and float(r[7].strip()[:-1]) > 0
     numpy_rows = [r for r in rows if r[3].strip() == "numpy"]
-    assert all(r[9].strip() == "1.00x" for r in numpy_rows)
-    assert all(r[7].strip() != "-" for r in numpy_rows)  # scipy loop on the first backend
+    assert all(r[10].strip() == "1.00x" for r in numpy_rows)
+    assert all(r[8].strip() != "-" for r in numpy_rows)  # scipy loop on the first backend
 
 
 @pytest.mark.skipif(importlib.util.find_spec("optimistix") is not None,
