@@ -162,9 +162,12 @@ class WorkingSet:
         if not idxs:
             return base
         idx, val = xp.concat(idxs), xp.concat(vals, axis=0)
-        order = xp.argsort(idx)
-        inside, pos = positions(xp, take_rows(xp, idx, order), self.B, self.dev)
-        return scatter(xp, base, take_rows(xp, val, order), inside, pos)
+        # these rows are mask's true rows (the pieces hold each problem once): in index
+        # order, a boolean-mask assignment into a copy of base (a scatter by positions
+        # would gather a full-size array and select from it: two more passes over it)
+        out = xp.asarray(base, copy=True)
+        out[mask] = take_rows(xp, val, xp.argsort(idx))
+        return out
 
 
 class RowSubsets:

@@ -334,7 +334,9 @@ def curve_fit(
         # scipy: lm returns MINPACK's info, trf and dogbox their least_squares status
         to_ier = (lambda s: _TO_IER.get(s, 0)) if method == "lm" else (lambda s: s)
         if batched:
-            ier: list[int] | int = [to_ier(s) for s in host_ints(res.status)]
+            sts = host_ints(res.status)
+            codes = {s: to_ier(s) for s in set(sts)}  # (a few distinct statuses)
+            ier: list[int] | int = [codes[s] for s in sts]
         else:
             ier = to_ier(int(res.status))
         infodict = {
