@@ -391,7 +391,9 @@ def least_squares(
     are representable; the reported ``fun``, ``jac``, ``cost``, ``grad``
     and ``optimality`` are those of ``fun`` itself. ``"lm"`` is invariant
     under this scaling; the other methods' absolute ``gtol`` then applies
-    to the scaled gradient.
+    to the scaled gradient. In a batch each problem gets its own power of
+    2, the one it gets alone (a ``ValueError`` with a robust loss when the
+    problems need different ones).
 
     Non-finite residuals at a trial point reject the step (the trust region
     shrinks tenfold), as if the cost had increased; when the step tolerance
