@@ -518,3 +518,38 @@ def test_far_start_accelerated_steps(monkeypatch, x_scale):
     gen, fast = _solve_both(monkeypatch, _exp, [10.0, 0.05, -3.0], x_scale=x_scale)
     _check(gen, fast)
     assert gen.success and solves
+
+
+def test_linearize_one_is_used(monkeypatch):
+    # one float64 NumPy problem: its linearization in one update (lm_cpu.linearize_one),
+    # the same numbers as the generic layers
+    calls = []
+    real = lm_cpu.linearize_one
+    monkeypatch.setattr(lm_cpu, "linearize_one", lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0])
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)
+
+
+def test_linearize_one_nonfinite_jacobian(monkeypatch):
+    def jac(p):
+        J = _exp_jac(p)
+        J[3, 1] = np.nan
+        return J
+
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        with pytest.raises(ValueError, match="non-finite entries"):
+            ao.least_squares(_exp, np.ones(3), jac=jac, method="lm")
+
+
+def test_linearize_one_gram_overflow(monkeypatch):
+    # a finite Jacobian whose J^T J overflows is not a non-finite Jacobian: both paths
+    # go on with it (and agree)
+    def jac(p):
+        return 1e160 * _exp_jac(p)
+
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac=jac)
+    assert fast.status == gen.status and (fast.nfev, fast.njev) == (gen.nfev, gen.njev)
+    np.testing.assert_array_equal(fast.x, gen.x)

@@ -217,6 +217,45 @@ def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
                        active=np.array([active], dtype=bool))
 
 
+def linearize_one(xp, ev, st, jac_scale, gtol, factor):
+    """The engine's :func:`~agnopt._least_squares.engine.linearize` for one float64
+    NumPy problem without bounds or robust loss, on the Cholesky route, whose last
+    step was accepted: the Jacobian, ``J^T J`` and ``g = J^T f`` (the evaluator's
+    :func:`~agnopt._least_squares.routes.normal_block` operations, NumPy's), then
+    :func:`linearized_one`'s arithmetic, in one state update instead of the
+    generic path's layers (the same numbers). ``None`` where it does not apply
+    (the caller takes the generic path)."""
+    if ev.bounded or ev.robust or not ev.use_chol or not (
+            bool(st.need_jac[0]) and bool(st.active[0])):
+        return None
+    X, F = st.X, st.F
+    J = ev.jacobian(X, F)
+    n = X.shape[1]
+    A0 = xp.matmul(xp.matrix_transpose(J), J)  # routes.gram
+    dA = xp.reshape(A0, (1, n * n))[:, ::n + 1]
+    if not bool(xp.all(xp.isfinite(dA))) and not bool(xp.all(xp.isfinite(J))):
+        # (a finite J whose J^T J overflows goes on, as on the generic path)
+        raise ValueError("jac: the Jacobian has non-finite entries at the current point")
+    g = xp.matmul(F[:, None, :], J)[:, 0, :]  # J^T f  (1, n)
+    cn = xp.sqrt(dA)
+    free = xp.ones((1, n), dtype=xp.bool) if st.free is None else st.free
+    first = bool(st.first[0])
+    Dn, gn = scale_gtol(g[0], cn[0], st.D[0], free[0], False, float(st.fnorm[0]), first,
+                        bool(jac_scale))
+    D = Dn[None, :]
+    xnorm, delta = st.xnorm, st.delta
+    if first and float(delta[0]) == 0:
+        xnorm = xp.linalg.vector_norm(D * X, axis=-1)
+        xn0 = float(xnorm[0])
+        delta = np.array([factor if xn0 == 0 else factor * xn0], dtype=np.float64)
+    conv = gn <= gtol
+    return st._replace(J=J, A0=A0, g=g, free=free, njev=st.njev + 1,
+                       need_jac=np.zeros(1, dtype=bool), D=D, xnorm=xnorm, delta=delta,
+                       gnorm=np.array([gn], dtype=np.float64),
+                       info=np.array([_GTOL], dtype=np.int64) if conv else st.info,
+                       active=np.array([not conv], dtype=bool))
+
+
 def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, eps, model_step):
     """The engine's :func:`judge` for one float64 NumPy problem, with the scalar
     arithmetic in :func:`verdict` and :func:`stop`; ``model_step`` the engine's."""

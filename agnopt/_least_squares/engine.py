@@ -248,6 +248,11 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     ``gtol`` test follow (one block: ``box``, the evaluator's
     ``block_view()`` or the evaluator, gives the free variables).
     """
+    if fast is not None and getattr(fast, "linearize_one", None) is not None:
+        # numba: one float64 NumPy problem (agnopt._kernels.lm_cpu), in one update
+        out = fast.linearize_one(xp, ev, st, jac_scale, gtol, FACTOR)
+        if out is not None:
+            return out
     nj = st.need_jac & st.active
     lin = ev.linearize(st, nj)
     info, active, njev = st.info, st.active, st.njev
