@@ -79,16 +79,21 @@ def test_default_starts_after_warmup(monkeypatch):
     assert not any(seen[:-1]) and seen[-1] and compiled == [1]
 
 
-def test_fast_judge_is_used(monkeypatch):
+@pytest.mark.parametrize("bounded", [False, True])
+def test_fast_judge_is_used(monkeypatch, bounded):
+    # the verdict: judge_one, or with the trial point in one update without bounds
     calls = []
-    real = lm_cpu.judge_one
-    monkeypatch.setattr(lm_cpu, "judge_one", lambda *a: calls.append(1) or real(*a))
+    for name in ("judge_one", "trial_judge_one"):
+        real = getattr(lm_cpu, name)
+        monkeypatch.setattr(lm_cpu, name,
+                            lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    kw = {"bounds": ([0.0, 0.0, 0.0], [10.0, 10.0, 10.0])} if bounded else {}
     monkeypatch.setenv("AGNOPT_FAST", "numba")
-    ao.least_squares(_exp, np.ones(3), method="lm")
-    assert calls
+    ao.least_squares(_exp, np.ones(3), method="lm", **kw)
+    assert set(calls) == {"judge_one" if bounded else "trial_judge_one"}
     calls.clear()
     monkeypatch.setenv("AGNOPT_FAST", "0")
-    ao.least_squares(_exp, np.ones(3), method="lm")
+    ao.least_squares(_exp, np.ones(3), method="lm", **kw)
     assert not calls
 
 
@@ -520,12 +525,13 @@ def test_far_start_accelerated_steps(monkeypatch, x_scale):
     assert gen.success and solves
 
 
-def test_linearize_one_is_used(monkeypatch):
-    # one float64 NumPy problem: its linearization in one update (lm_cpu.linearize_one),
-    # the same numbers as the generic layers
+@pytest.mark.parametrize("name", ["linearize_one", "trial_judge_one"])
+def test_one_update_blocks_are_used(monkeypatch, name):
+    # one float64 NumPy problem without bounds: its linearization and its trial step
+    # with the verdict, each in one update (lm_cpu), the same numbers as the generic layers
     calls = []
-    real = lm_cpu.linearize_one
-    monkeypatch.setattr(lm_cpu, "linearize_one", lambda *a: calls.append(1) or real(*a))
+    real = getattr(lm_cpu, name)
+    monkeypatch.setattr(lm_cpu, name, lambda *a: calls.append(1) or real(*a))
     gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0])
     assert calls
     _check(gen, fast)

@@ -282,3 +282,53 @@ def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, ep
     return st._replace(delta=np.array([delta], dtype=f64), par=np.array([par], dtype=f64),
                        need_jac=need_jac, info=np.array([info], dtype=np.int64),
                        active=np.array([active_n], dtype=bool), **new)
+
+
+def trial_judge_one(xp, ev, st, p, par, route, accel, v, limited, ftol, xtol, max_nfev, eps,
+                    model_step):
+    """The engine's :func:`~agnopt._least_squares.engine.trial_point` and
+    :func:`judge_one` for one float64 NumPy problem without bounds, in one state
+    update: the trial point (:func:`agnopt._kernels.lm_route.trial`), its residuals
+    (``ev.trial``) and the verdict (the same numbers). Returns ``(st, pnorm)``,
+    ``pnorm`` (1,) the step's ``||D p||``."""
+    from . import lm_route
+
+    if lm_route.trial is None:
+        lm_route._compile()
+    X = st.X
+    x0 = X[0]
+    active = bool(st.active[0])
+    Xt1, pt1, pn, _ = lm_route.trial(x0, p[0], st.D[0], x0, x0, False, active)
+    d = float(st.delta[0])
+    if active and bool(st.first[0]):  # np.minimum(delta, pnorm): NaN propagates
+        d = pn if not math.isnan(d) and (math.isnan(pn) or pn < d) else d
+    nfev = st.nfev + 1 if active else st.nfev
+    Xt = Xt1[None, :]
+    Ft, fnorm1 = ev.trial(Xt)
+    pnorm = np.array([pn])
+    if accel is None:
+        pm, pmn = pt1[None, :], pn
+    else:  # (model_step's reading of an accelerated step)
+        from .._least_squares.state import Trial
+
+        pm, pmnorm = model_step(xp, st, Trial(Xt, Ft, pt1[None, :], pnorm, fnorm1, None),
+                                accel, v)
+        pmn = float(pmnorm[0])
+    jpn2 = route.jp_norm2(pm)
+    actred, prered, ratio, delta, par_n, acc, finite = verdict(
+        float(st.fnorm[0]), float(par[0]), d, active, float(fnorm1[0]), float(jpn2[0]), pmn,
+        False, 0.0)
+    xnorm = st.xnorm
+    new: dict[str, Any] = {}
+    if acc:
+        xnorm = xp.linalg.vector_norm(st.D * Xt, axis=-1)
+        new = {"X": Xt, "F": Ft, "fnorm": fnorm1, "xnorm": xnorm, "nit": st.nit + 1,
+               "first": np.zeros(1, dtype=bool)}
+    need_jac = np.array([acc], dtype=bool) if active else st.need_jac
+    info, active_n = stop(int(st.info[0]), active, actred, prered, ratio, finite,
+                          bool(limited[0]), float(st.gnorm[0]), delta, float(xnorm[0]),
+                          int(nfev[0]), float(ftol), float(xtol), float(max_nfev), eps)
+    return st._replace(nfev=nfev, delta=np.array([delta], dtype=np.float64),
+                       par=np.array([par_n], dtype=np.float64), need_jac=need_jac,
+                       info=np.array([info], dtype=np.int64),
+                       active=np.array([active_n], dtype=bool), **new), pnorm
