@@ -559,3 +559,123 @@ def test_linearize_one_gram_overflow(monkeypatch):
     gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac=jac)
     assert fast.status == gen.status and (fast.nfev, fast.njev) == (gen.nfev, gen.njev)
     np.testing.assert_array_equal(fast.x, gen.x)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_covariance_one(monkeypatch, seed):
+    # curve_fit's covariance of one float64 NumPy problem on the numba route equals the
+    # generic one bit for bit (well conditioned, scaled badly, near rank deficient, with
+    # a zero column or an overflowing J^T J: the certificate's failures go to the generic
+    # routes)
+    from agnopt._kernels import lm_route
+    from agnopt._least_squares.covariance import covariance
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 7))
+    m = n + int(rng.integers(0, 30))
+    J = rng.standard_normal((1, m, n)) * 10.0 ** rng.integers(-8, 9, size=n)
+    kind = seed % 5
+    if kind == 1 and n > 1:
+        J[0, :, -1] = J[0, :, 0] * 3.0 + 1e-12 * rng.standard_normal(m)
+    elif kind == 2:
+        J[0, :, int(rng.integers(n))] = 0.0
+    elif kind == 3:  # J^T J overflows (J finite)
+        J[0, int(rng.integers(m)), int(rng.integers(n))] = 1e160
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = covariance(np, J)
+        monkeypatch.setenv("AGNOPT_FAST", "numba")
+        got = covariance(np, J)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_covariance_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+    from agnopt._least_squares import covariance as cov
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.cov_one
+    monkeypatch.setattr(lm_route, "cov_one", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("AGNOPT_FAST", "numba")
+    J = np.random.default_rng(0).standard_normal((1, 20, 3))
+    pcov, singular = cov.covariance(np, J)
+    assert calls and not singular[0]
+    np.testing.assert_allclose(pcov[0], np.linalg.inv(J[0].T @ J[0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_cs_points_one(seed):
+    # the compiled complex-step points of one float64 point are numdiff.cs_points' bit
+    # for bit, signs of zero included (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, size=n)
+    x0[rng.random(n) < 0.3] = 0.0
+    x0[rng.random(n) < 0.2] = -0.0
+    eps = float(np.finfo(np.float64).eps)
+    rstep = numdiff._eps_for_method(np, np.float64, np.float64, "cs")
+    want_pts, want_h = numdiff.cs_points(np, x0, None, eps, rstep, np.complex128, None)
+    P, h = lm_route.cs_points(x0, eps, rstep)
+    assert h.view(np.int64).tolist() == want_h.view(np.int64).tolist()
+    for j in range(n):
+        assert P[j].view(np.int64).tolist() == want_pts[j].view(np.int64).tolist()
+
+
+def test_cs_points_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.cs_points
+    monkeypatch.setattr(lm_route, "cs_points", lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac="cs")
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fd_points_one(monkeypatch, seed):
+    # the compiled forward-difference points of one float64 point give numdiff's
+    # "2-point" Jacobian bit for bit (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, size=n)
+    x0[rng.random(n) < 0.3] = 0.0
+    x0[rng.random(n) < 0.2] = -0.0
+    w = rng.standard_normal((5, n))
+
+    def fun(x):
+        return np.sin(w @ x) + (w @ x) ** 2
+
+    out = []
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        out.append(numdiff.fd_jacobian(fun, x0, fun(x0), "2-point", None, None, None, (), {},
+                                       False, np, None))
+    assert out[1].view(np.int64).tolist() == out[0].view(np.int64).tolist()
+
+
+def test_fd_points_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.fd_points
+    monkeypatch.setattr(lm_route, "fd_points", lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac="2-point")
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)
