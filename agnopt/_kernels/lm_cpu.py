@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import lm_batched_cpu as K
+from . import lm_route
 
 # numba is optional (agnopt[numba]) and imported only when the fast judge first runs
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -291,8 +292,6 @@ def trial_judge_one(xp, ev, st, p, par, route, accel, v, limited, ftol, xtol, ma
     update: the trial point (:func:`agnopt._kernels.lm_route.trial`), its residuals
     (``ev.trial``) and the verdict (the same numbers). Returns ``(st, pnorm)``,
     ``pnorm`` (1,) the step's ``||D p||``."""
-    from . import lm_route
-
     if lm_route.trial is None:
         lm_route._compile()
     X = st.X
