@@ -73,7 +73,7 @@ def test_default_starts_after_warmup(monkeypatch):
     monkeypatch.delenv("AGNOPT_FAST", raising=False)
     compiled = []
     monkeypatch.setattr(lm_cpu, "_compile", lambda: compiled.append(1))
-    monkeypatch.setattr(lm_cpu, "verdict", None)
+    monkeypatch.setattr(lm_cpu, "_ready", False)
     monkeypatch.setattr(lm_cpu, "_solves", 0)
     seen = [lm_cpu.enabled() for _ in range(lm_cpu.WARMUP)]
     assert not any(seen[:-1]) and seen[-1] and compiled == [1]

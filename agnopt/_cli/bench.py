@@ -138,11 +138,11 @@ def _agnopt_rows(name, N, dtype, repeats, budget, leaves=1):
             p, g = make()
             box = [p, opt.init(p)]
 
-            def run():
+            def run(box=box, opt=opt, g=g):
                 box[0], box[1] = ao.step(opt, box[0], g, box[1])
 
             rows[label] = _median_time(run, repeats, budget if mode != "0" else budget / 2)
-            del box, p, g
+            del box, p, g, run
         if leaves > 1:  # the stateful optimizer with flat buffers
             os.environ["AGNOPT_FAST"] = "1"
             p, g = make()

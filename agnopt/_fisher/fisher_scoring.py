@@ -103,7 +103,6 @@ class _Model:
         self.jac = "callable" if callable(jac) else jac
 
     def out(self, X: Any, where: str) -> Any:
-        xp = self.xp
         try:
             o = self.mean_fn(X if self.batched else X[0, :], *self.args, **self.kwargs)
         except Exception as e:

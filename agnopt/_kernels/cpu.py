@@ -480,10 +480,10 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
         calls, rest, dts, shapes, strides = e.calls, g_leaves, e.dts, e.shapes, e.strides
     gflat = []
     buf_ids = e.buf_ids
-    for g, dt, shape, strides in zip(rest, dts, shapes, strides):
+    for g, dt, shape, st in zip(rest, dts, shapes, strides):
         if type(g) is not nd or g.dtype is not dt or g.shape != shape:
             return None
-        if g.strides != strides and not g.flags.c_contiguous:
+        if g.strides != st and not g.flags.c_contiguous:
             return None
         if id(g) in buf_ids:  # a gradient that is a parameter or a state buffer
             return None

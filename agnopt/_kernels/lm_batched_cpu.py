@@ -47,8 +47,20 @@ generic path's). A consequence: a batch on these kernels agrees with the
 same problems solved one by one to rounding (1e-7 at tight tolerances),
 where the generic engine gives them bit for bit.
 
+The same kernels serve a torch batch on the CPU: a float32 / float64 CPU tensor
+that does not require grad shares its memory with its ``numpy()`` view
+(:func:`host_view`), so the engine's calls below view their torch inputs as NumPy
+arrays, run the kernels, and wrap the kernels' fresh outputs back with
+``torch.from_numpy`` (:func:`_back`): no copies, and no kernel writes into a
+tensor it was given (only into fresh arrays or copies). A tensor that requires
+grad (a start, residuals or a Jacobian in an autograd graph) keeps the generic
+path, which records the graph (the engine and the route check). The torch
+solve's other blocks (evaluations, ``J^T J``, the trial point, compaction) stay
+torch operations, so it agrees with the generic torch path to rounding
+(``tests/test_lm_batched_torch_cpu.py``), as a NumPy batch does with NumPy's.
+
 An optional accelerator (numba: ``pip install agnopt[numba]``) for NumPy
-arrays of float32 / float64 with ``n <= MAX_N`` on the Cholesky route,
+arrays (or torch CPU tensors) of float32 / float64 with ``n <= MAX_N`` on the Cholesky route,
 batches of at least ``MIN_ROWS`` problems (a smaller batch does not repay
 numba's first use in a process); ``AGNOPT_FAST=0`` (or ``numpy``) turns it
 off, ``AGNOPT_FAST=numba`` uses it for every batch (and requires numba).
@@ -58,6 +70,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -95,11 +108,16 @@ def mode() -> str:
 
 def applies(X, batch=None) -> bool:
     """Whether the kernels run for the point stack ``X`` (k, n): a NumPy float32 / float64
-    array, ``n <= MAX_N``, numba on (``AGNOPT_FAST``) and a batch (``batch`` problems,
-    default ``k``; the working set of a compacted solve may be smaller) of at least
-    ``MIN_ROWS`` problems (two under ``AGNOPT_FAST=numba``; one problem alone has
+    array (or a torch CPU tensor of those dtypes that does not require grad,
+    :func:`host_view`), ``n <= MAX_N``, numba on (``AGNOPT_FAST``) and a batch (``batch``
+    problems, default ``k``; the working set of a compacted solve may be smaller) of at
+    least ``MIN_ROWS`` problems (two under ``AGNOPT_FAST=numba``; one problem alone has
     :mod:`agnopt._kernels.lm_cpu`)."""
-    if type(X) is not np.ndarray or X.dtype not in (np.float32, np.float64) or X.ndim != 2:
+    if type(X) is not np.ndarray:
+        if not _torch_cpu(X):
+            return False
+        X = X.numpy()
+    if X.dtype not in (np.float32, np.float64) or X.ndim != 2:
         return False
     if X.shape[1] > MAX_N:
         return False
@@ -109,6 +127,33 @@ def applies(X, batch=None) -> bool:
         return False
     _compile()
     return True
+
+
+def _torch_cpu(a) -> bool:
+    """``a`` is a plain torch tensor on the CPU that does not require grad (its
+    ``numpy()`` is a view of its memory; a tensor in an autograd graph keeps the
+    generic path, which records it)."""
+    if type(a).__module__ != "torch" or type(a).__name__ != "Tensor":
+        return False
+    return a.device.type == "cpu" and not a.requires_grad and not a.is_neg() \
+        and not a.is_conj()
+
+
+def host_view(a):
+    """``a`` as a NumPy array: ``a`` itself, or a torch CPU tensor's ``numpy()`` (no
+    copy: the kernels only read their inputs and write into fresh arrays or copies,
+    never into a caller's tensor)."""
+    return a if type(a) is np.ndarray else a.numpy()
+
+
+def _back(like, *arrs):
+    """The kernels' NumPy results as arrays of the kind of ``like`` (a torch CPU
+    tensor: ``torch.from_numpy``, no copy; fresh arrays nobody else holds)."""
+    if type(like) is not np.ndarray:
+        import torch
+
+        arrs = tuple(torch.from_numpy(a) for a in arrs)
+    return arrs
 
 
 def constants(dtype, ftol=0.0, xtol=0.0):
@@ -585,20 +630,29 @@ def _compile() -> None:
     """The numba versions of the row kernels (made once per process; compiled on first
     call for each dtype, cached on disk)."""
     global _maximum, _minimum, _psum, _pw, _norm, _chol_inv, _zero_upper, _mv, _mtv
-    global normal_rows, lmpar_rows, judge_rows, accel_rows, lin_rows
-    if normal_rows is not None:
+    global normal_rows, lmpar_rows, judge_rows, accel_rows, lin_rows, _ready
+    if _ready:
         return
-    import numba
+    with _compile_lock:  # threads (a Dask scheduler's) may get here together
+        if _ready:
+            return
+        import numba
 
-    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
-                            "cache": True}
-    jit = numba.njit(**opts)
-    _maximum, _minimum, _pw = jit(_maximum), jit(_minimum), jit(_pw)
-    _psum = jit(_psum)
-    _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
-    _mv, _mtv = jit(_mv), jit(_mtv)
-    normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
-    accel_rows, lin_rows = jit(_accel_rows), jit(_linearized_rows)
+        opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                                "cache": True}
+        jit = numba.njit(**opts)
+        _maximum, _minimum, _pw = jit(_maximum), jit(_minimum), jit(_pw)
+        _psum = jit(_psum)
+        _norm, _chol_inv, _zero_upper = jit(_norm), jit(_chol_inv), jit(_zero_upper)
+        _mv, _mtv = jit(_mv), jit(_mtv)
+        normal_rows, lmpar_rows, judge_rows = jit(_normal_rows), jit(_lmpar_rows), jit(_judge_rows)
+        accel_rows, lin_rows = jit(_accel_rows), jit(_linearized_rows)
+        _ready = True  # last: a thread that sees it sees every kernel
+
+
+# _compile's guard: its body runs once per process, in one thread at a time
+_compile_lock = threading.Lock()
+_ready = False
 
 
 # --------------------------------------------------------------------------- the engine's calls
@@ -606,6 +660,8 @@ def normal_equations(A0, g, D, free):
     """:func:`agnopt._least_squares.routes.normal_equations` and the route's substitution
     for the rows not ``well``: ``(As, gs, Linv0, well)``."""
     _compile()
+    like = g
+    A0, g, D, free = host_view(A0), host_view(g), host_view(D), host_view(free)
     k, n = g.shape
     dt = g.dtype
     As = np.empty((k, n, n), dtype=dt)
@@ -614,44 +670,52 @@ def normal_equations(A0, g, D, free):
     well = np.empty(k, dtype=np.bool_)
     normal_rows(np.ascontiguousarray(A0), np.ascontiguousarray(g), np.ascontiguousarray(D),
                 np.ascontiguousarray(free), constants(dt), As, gs, Linv0, well)
-    return As, gs, Linv0, well
+    return _back(like, As, gs, Linv0, well)
 
 
 def lmpar(basis, delta, par0, active):
     """:func:`agnopt._least_squares.lmpar.lmpar` of a Cholesky basis (from
     :func:`normal_equations`): ``(par, z, Lf)`` with ``z = -q`` the scaled step."""
     _compile()
-    k, n = basis.gs.shape
-    dt = basis.gs.dtype
+    like = basis.gs
+    gs = host_view(basis.gs)
+    k, n = gs.shape
+    dt = gs.dtype
     par = np.empty(k, dtype=dt)
     z = np.empty((k, n), dtype=dt)
     Lf = np.empty((k, n, n), dtype=dt)
-    lmpar_rows(basis.As, basis.gs, basis.Linv0, np.ascontiguousarray(delta, dtype=dt),
-               np.ascontiguousarray(par0, dtype=dt), np.ascontiguousarray(active),
-               constants(dt), par, z, Lf)
-    return par, z, Lf
+    lmpar_rows(host_view(basis.As), gs, host_view(basis.Linv0),
+               np.ascontiguousarray(host_view(delta), dtype=dt),
+               np.ascontiguousarray(host_view(par0), dtype=dt),
+               np.ascontiguousarray(host_view(active)), constants(dt), par, z, Lf)
+    return _back(like, par, z, Lf)
 
 
 def judge(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, model_step):
-    """The engine's :func:`~agnopt._least_squares.engine.judge` for a NumPy batch:
-    ``model_step``, ``||J pm||^2`` (the route's) and ``g . p`` of projected steps as
+    """The engine's :func:`~agnopt._least_squares.engine.judge` for a NumPy (or torch CPU)
+    batch: ``model_step``, ``||J pm||^2`` (the route's) and ``g . p`` of projected steps as
     the generic path forms them, the rest in :func:`judge_rows`."""
     _compile()
     pm, pmnorm = model_step(xp, st, tr, accel, v)
     jpn2 = route.jp_norm2(pm)
-    dt = st.X.dtype
     has_proj = tr.projected is not None
     gp = xp.sum(st.g * tr.p, axis=-1) if has_proj else pmnorm
-    proj = tr.projected if has_proj else st.active
-    X, fnorm, xnorm = st.X.copy(), st.fnorm.copy(), st.xnorm.copy()
-    delta, par = st.delta.astype(dt, copy=True), st.par.astype(dt, copy=True)
-    nit, need_jac, first = st.nit.copy(), st.need_jac.copy(), st.first.copy()
-    info, active = st.info.copy(), st.active.copy()
-    acc = judge_rows(fnorm, par, delta, active, first, st.gnorm, xnorm, info, st.nfev, nit,
-                     need_jac, np.ascontiguousarray(tr.fnorm1, dtype=dt),
-                     np.ascontiguousarray(jpn2, dtype=dt), np.ascontiguousarray(pmnorm, dtype=dt),
-                     proj, has_proj, np.ascontiguousarray(gp, dtype=dt), limited, st.D, tr.Xt, X,
+    h = host_view
+    proj = h(tr.projected if has_proj else st.active)
+    X0 = h(st.X)
+    dt = X0.dtype
+    X, fnorm, xnorm = X0.copy(), h(st.fnorm).copy(), h(st.xnorm).copy()
+    delta, par = h(st.delta).astype(dt, copy=True), h(st.par).astype(dt, copy=True)
+    nit, need_jac, first = h(st.nit).copy(), h(st.need_jac).copy(), h(st.first).copy()
+    info, active = h(st.info).copy(), h(st.active).copy()
+    acc = judge_rows(fnorm, par, delta, active, first, h(st.gnorm), xnorm, info, h(st.nfev), nit,
+                     need_jac, np.ascontiguousarray(h(tr.fnorm1), dtype=dt),
+                     np.ascontiguousarray(h(jpn2), dtype=dt),
+                     np.ascontiguousarray(h(pmnorm), dtype=dt), proj, has_proj,
+                     np.ascontiguousarray(h(gp), dtype=dt), h(limited), h(st.D), h(tr.Xt), X,
                      constants(dt, ftol, xtol), float(max_nfev))
+    acc, X, fnorm, xnorm, delta, par, nit, need_jac, first, info, active = _back(
+        st.X, acc, X, fnorm, xnorm, delta, par, nit, need_jac, first, info, active)
     return st._replace(X=X, F=ev.select(acc, tr.Ft, st.F), fnorm=fnorm, xnorm=xnorm, delta=delta,
                        par=par, nit=nit, need_jac=need_jac, first=first, info=info,
                        active=active)
@@ -660,8 +724,12 @@ def judge(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, model_
 def acceleration(J, p, Fh, F, D, free, Lf, z, eligible, h, alpha):
     """The end of the engine's :func:`~agnopt._least_squares.engine.geodesic_acceleration`
     (:func:`_accel_rows`), for a route whose every running problem is on the Cholesky
-    route: ``(p, accel)``, (k, n) and (k,)."""
+    route: ``(p, accel)``, (k, n) and (k,), arrays of the kind of ``p`` (NumPy or torch
+    CPU)."""
     _compile()
+    like = p
+    J, p, Fh, F, D = host_view(J), host_view(p), host_view(Fh), host_view(F), host_view(D)
+    free, Lf, z, eligible = host_view(free), host_view(Lf), host_view(z), host_view(eligible)
     k, n = p.shape
     dt = p.dtype
     p_out = np.empty((k, n), dtype=dt)
@@ -669,24 +737,30 @@ def acceleration(J, p, Fh, F, D, free, Lf, z, eligible, h, alpha):
     c = constants(dt)
     accel_rows(np.ascontiguousarray(J), np.ascontiguousarray(p), np.ascontiguousarray(Fh),
                np.ascontiguousarray(F), np.ascontiguousarray(D), np.ascontiguousarray(free),
-               Lf, np.ascontiguousarray(z), np.ascontiguousarray(eligible), c, dt.type(h),
-               dt.type(2.0 / h), dt.type(alpha), p_out, accel)
-    return p_out, accel
+               np.ascontiguousarray(Lf), np.ascontiguousarray(z),
+               np.ascontiguousarray(eligible), c, dt.type(h), dt.type(2.0 / h), dt.type(alpha),
+               p_out, accel)
+    return _back(like, p_out, accel)
 
 
 def linearized_rows(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
-    """The engine's :func:`~agnopt._least_squares.engine.linearized` for a NumPy batch:
-    the free variables (``box.free_mask``) and the count of Jacobians as the generic
-    path forms them, the rest in :func:`_linearized_rows`. ``generic``: unused (the
+    """The engine's :func:`~agnopt._least_squares.engine.linearized` for a NumPy (or torch
+    CPU) batch: the free variables (``box.free_mask``) and the count of Jacobians as the
+    generic path forms them, the rest in :func:`_linearized_rows`. ``generic``: unused (the
     signature of :func:`agnopt._kernels.lm_cpu.linearized_one`)."""
     _compile()
-    dt = st.X.dtype
     free_n = box.free_mask(st.X, st.g)
-    free = free_n if st.free is None else np.where(nj[:, None], free_n, st.free)
-    D, xnorm, delta = st.D.copy(), st.xnorm.copy(), st.delta.copy()
-    gnorm, info, active = st.gnorm.copy(), st.info.copy(), st.active.copy()
-    lin_rows(st.g, np.ascontiguousarray(cn, dtype=dt), st.X, st.fnorm, st.first, nj,
-             bool(box.bounded), bool(jac_scale), dt.type(gtol), dt.type(factor), constants(dt),
-             np.ascontiguousarray(free), D, xnorm, delta, gnorm, info, active)
-    return st._replace(free=free, njev=st.njev + nj.astype(np.int64), need_jac=st.need_jac & ~nj,
-                       D=D, xnorm=xnorm, delta=delta, gnorm=gnorm, info=info, active=active)
+    free = free_n if st.free is None else xp.where(nj[:, None], free_n, st.free)
+    h = host_view
+    X = h(st.X)
+    dt = X.dtype
+    D, xnorm, delta = h(st.D).copy(), h(st.xnorm).copy(), h(st.delta).copy()
+    gnorm, info, active = h(st.gnorm).copy(), h(st.info).copy(), h(st.active).copy()
+    lin_rows(np.ascontiguousarray(h(st.g)), np.ascontiguousarray(h(cn), dtype=dt), X,
+             h(st.fnorm), h(st.first), h(nj), bool(box.bounded), bool(jac_scale), dt.type(gtol),
+             dt.type(factor), constants(dt), np.ascontiguousarray(h(free)), D, xnorm, delta,
+             gnorm, info, active)
+    D, xnorm, delta, gnorm, info, active = _back(st.X, D, xnorm, delta, gnorm, info, active)
+    return st._replace(free=free, njev=st.njev + xp.astype(nj, st.njev.dtype),
+                       need_jac=st.need_jac & ~nj, D=D, xnorm=xnorm, delta=delta, gnorm=gnorm,
+                       info=info, active=active)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def enabled() -> bool:
                               "(pip install agnopt[numba])")
     else:
         _solves += 1
-        if _solves < WARMUP and verdict is None:
+        if _solves < WARMUP and not _ready:
             return False
     _compile()
     return True
@@ -180,17 +181,25 @@ scale_gtol: Any = None
 def _compile() -> None:
     """The numba versions of :func:`_verdict`, :func:`_stop` and :func:`_scale_gtol`
     (made once per process; compiled on first call, cached on disk)."""
-    global verdict, stop, scale_gtol
-    if verdict is not None:
+    global verdict, stop, scale_gtol, _ready
+    if _ready:
         return
-    import numba
+    with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
+        if _ready:
+            return
+        import numba
 
-    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
-                            "cache": True}
-    K._compile()  # (its _minimum, which _verdict calls)
-    verdict = numba.njit(**opts)(_verdict)
-    stop = numba.njit(**opts)(_stop)
-    scale_gtol = numba.njit(**opts)(_scale_gtol)
+        opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                                "cache": True}
+        K._compile()  # (its _minimum, which _verdict calls)
+        verdict = numba.njit(**opts)(_verdict)
+        stop = numba.njit(**opts)(_stop)
+        scale_gtol = numba.njit(**opts)(_scale_gtol)
+        _ready = True
+
+
+_compile_lock = threading.Lock()
+_ready = False
 
 
 def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
@@ -292,7 +301,7 @@ def trial_judge_one(xp, ev, st, p, par, route, accel, v, limited, ftol, xtol, ma
     update: the trial point (:func:`agnopt._kernels.lm_route.trial`), its residuals
     (``ev.trial``) and the verdict (the same numbers). Returns ``(st, pnorm)``,
     ``pnorm`` (1,) the step's ``||D p||``."""
-    if lm_route.trial is None:
+    if not lm_route._ready:
         lm_route._compile()
     X = st.X
     x0 = X[0]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -343,7 +344,7 @@ def _fd_points(x0, rstep):
 def on() -> bool:
     """Whether this process's numba blocks for one float64 NumPy problem are on
     (compiled, by the first fit that used them, and ``AGNOPT_FAST`` not ``0``/``numpy``)."""
-    return normal is not None and os.environ.get("AGNOPT_FAST", "") not in ("0", "numpy")
+    return _ready and os.environ.get("AGNOPT_FAST", "") not in ("0", "numpy")
 
 
 normal: Any = None
@@ -360,22 +361,30 @@ def _compile() -> None:
     """The numba versions of :func:`_normal`, :func:`_lmpar`, :func:`_chol_solve`
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
-    global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points
-    if normal is not None:
+    global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
+    if _ready:
         return
-    import numba
+    with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
+        if _ready:
+            return
+        import numba
 
-    K._compile()  # (its _chol_inv, _maximum and _minimum, which these call)
+        K._compile()  # (its _chol_inv, _maximum and _minimum, which these call)
 
-    opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
-                            "cache": True}
-    jit = numba.njit(**opts)
-    _pw, _mv, _mtv, _sumsq = jit(_pw), jit(_mv), jit(_mtv), jit(_sumsq)
-    _chol_inv = jit(_chol_inv)
-    _solve_norm = jit(_solve_norm)
-    normal, lmpar = jit(_normal), jit(_lmpar)
-    chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
-    cov_one, cs_points, fd_points = jit(_cov_one), jit(_cs_points), jit(_fd_points)
+        opts: dict[str, Any] = {"error_model": "numpy", "fastmath": False, "nogil": True,
+                                "cache": True}
+        jit = numba.njit(**opts)
+        _pw, _mv, _mtv, _sumsq = jit(_pw), jit(_mv), jit(_mtv), jit(_sumsq)
+        _chol_inv = jit(_chol_inv)
+        _solve_norm = jit(_solve_norm)
+        normal, lmpar = jit(_normal), jit(_lmpar)
+        chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
+        cov_one, cs_points, fd_points = jit(_cov_one), jit(_cs_points), jit(_fd_points)
+        _ready = True
+
+
+_compile_lock = threading.Lock()
+_ready = False
 
 
 class FastRoute:
@@ -410,7 +419,7 @@ def route_one(xp, ev, st, eps, rcond_inv):
     if not (ev.use_chol and n <= ENTRYWISE_N
             and (not ev.bounded or bool(np.logical_and.reduce(st.free[0])))):
         return ev.route(st)
-    if normal is None:
+    if not _ready:
         _compile()
     A0 = st.A0[0]
     As, gs, Linv0, well = normal(A0, st.g[0], st.D[0], eps, rcond_inv)
@@ -423,7 +432,7 @@ def trial_step_one(xp, box, st, p, par):
     """The engine's :func:`~agnopt._least_squares.engine.trial_step` for one
     float64 NumPy problem (``box`` its bounds), the arithmetic in :func:`trial`:
     ``(Xt, p, pnorm, projected, st)``."""
-    if normal is None:
+    if not _ready:
         _compile()
     active = bool(st.active[0])
     bounded = bool(box.bounded)

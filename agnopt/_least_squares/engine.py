@@ -35,8 +35,9 @@ numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`), and so do the
 Cholesky step route and :func:`trial_step` (:mod:`agnopt._kernels.lm_route`):
 the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. For a
-NumPy batch (float32 or float64, ``n <= 16``, the Cholesky route) the
-normal equations, ``lmpar``, the geodesic acceleration, the end of
+NumPy batch, or a torch batch on the CPU through NumPy views of its tensors
+(float32 or float64, ``n <= 16``, the Cholesky route, no tensor in an autograd
+graph) the normal equations, ``lmpar``, the geodesic acceleration, the end of
 :func:`linearized` and :func:`judge` run as numba loops over the rows
 (:mod:`agnopt._kernels.lm_batched_cpu`, tested equal to rounding). On JAX,
 when ``fun`` can be traced, the whole loop runs as one compiled program over
@@ -139,9 +140,9 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     fast_trial: Any = None
     if fast is not None:
         fast_route, fast_trial = _fast_route()
-    # a NumPy batch: its verdict on each step as a numba loop over the rows (the same
-    # arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
-    fast_rows = _fast_rows(X) if sx is None and not ev.persist_all else None
+    # a NumPy (or torch CPU) batch: its verdict on each step as a numba loop over the rows
+    # (the same arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
+    fast_rows = _fast_rows(X, F) if sx is None and not ev.persist_all else None
     route: Any = None
     refactor = False
     hist = []
@@ -158,6 +159,8 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         # -- outer loop of lmder: Jacobian, scaling, gtol test
         if _any(xp, st.need_jac & st.active, fast):
             st = linearize(xp, ev, st, jac_scale, gtol, box, fast or fast_rows)
+            if fast_rows is not None and _in_graph(st.g):  # (a Jacobian that requires grad)
+                fast_rows = None
             if not _any(xp, st.active, fast):
                 break
             refactor = True
@@ -219,6 +222,11 @@ def _any(xp, a, one):
     return bool(a[0]) if one is not None else bool(xp.any(a))
 
 
+def _in_graph(a) -> bool:
+    """``a`` is a torch tensor that requires grad (left to the generic path)."""
+    return bool(getattr(a, "requires_grad", False))
+
+
 def _fast_judge():
     """:mod:`agnopt._kernels.lm_cpu` when its numba judge is on, else ``None``."""
     from .._kernels import lm_cpu
@@ -226,13 +234,15 @@ def _fast_judge():
     return lm_cpu if lm_cpu.enabled() else None
 
 
-def _fast_rows(X):
-    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy batch
-    ``X`` (k, n), else ``None``."""
-    if not array_api_compat.is_numpy_array(X):
+def _fast_rows(X, F):
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy (or torch
+    CPU) batch ``X`` (k, n) with residuals ``F`` (k, m) not in an autograd graph."""
+    if not (array_api_compat.is_numpy_array(X) or array_api_compat.is_torch_array(X)):
         return None
     from .._kernels import lm_batched_cpu
 
+    if _in_graph(F):
+        return None
     return lm_batched_cpu if lm_batched_cpu.applies(X) else None
 
 
@@ -274,8 +284,8 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     box = ev if box is None else box
     if st.free is None:  # the first Jacobian: every problem's free variables are new
         st = st._replace(free=box.free_mask(st.X, st.g))  # (one program for every call)
-    if fast is not None:  # numba: one float64 NumPy problem (agnopt._kernels.lm_cpu) or a
-        # NumPy batch (agnopt._kernels.lm_batched_cpu)
+    if fast is not None and not _in_graph(lin.g):  # numba: one float64 NumPy problem
+        # (agnopt._kernels.lm_cpu) or a NumPy / torch CPU batch (.lm_batched_cpu)
         one = getattr(fast, "linearized_rows", None) or fast.linearized_one
         return one(xp, box, st, nj, lin.cn, jac_scale, gtol, FACTOR, _linearized)
     return _linearized(xp, box, st, nj, lin.cn, jac_scale, gtol)

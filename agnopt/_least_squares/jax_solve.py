@@ -246,6 +246,8 @@ def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
         _function_refs(f, refs)
     jac = prob.jac_arg if isinstance(prob.jac_arg, str) else id(prob.jac_arg)
     loss = prob.loss if isinstance(prob.loss, str) else id(prob.loss)
+    if prob.row_scaled:  # per-row residual scales (an array): the engine
+        return None
     try:
         key = (fun_id, jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
                tuple(X.shape), tuple(F.shape), str(X.dtype), prob.batched, prob.bounded,

@@ -501,7 +501,15 @@ def least_squares(
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
                and callback is None and verbose < 2)
-    prob.set_loss(loss, f_scale * prob.fscale)  # the loss's margin scales with f
+    if prob.row_scaled and not (isinstance(loss, str) and loss == "linear"):
+        raise ValueError(
+            "fun: with a robust loss the residuals at x0 of every problem must need the same "
+            "scaling: some problems' max |f| lie beyond the dtype's safe range for squares "
+            "and differ from the others by more than a power of 2; solve them in a batch "
+            "of their own, or rescale fun"
+        )
+    # the loss's margin scales with f (the linear loss has none: per-row scales are fine)
+    prob.set_loss(loss, f_scale if prob.row_scaled else f_scale * prob.fscale)
     prob.configure(n, m, bounded, compact)
     prob.progress, prob.n_problems = make_progress(progress, "least_squares"), B
     try:

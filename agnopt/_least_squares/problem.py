@@ -45,6 +45,20 @@ from .state import Linearization
 _FSCALE_EXP: dict = {}
 
 
+def _pow2_scales(xp, rmax, lo, hi):
+    """Per-row powers of 2 ``s`` (B, 1) of ``rmax``'s dtype: ``2^-k`` with ``rmax s`` in
+    [0.5, 1) (``math.frexp``'s exponent ``k``, what a problem solved alone gets) where
+    ``rmax`` lies outside ``[lo, hi]``; 1 elsewhere (``rmax`` 0 included)."""
+    one = xp.ones_like(rmax)
+    out = (rmax > 0) & ((rmax < lo) | (rmax > hi))
+    r = xp.where(out, rmax, one)
+    s = xp.pow(xp.full_like(r, 2.0), -(xp.floor(xp.log2(r)) + 1.0))  # exact powers of 2
+    # log2 rounds: one halving or doubling puts r s into [0.5, 1)
+    s = xp.where(r * s >= 1.0, s * 0.5, s)
+    s = xp.where(r * s < 0.5, s * 2.0, s)
+    return xp.where(out, s, one)
+
+
 def fnorm(xp, F, loss, f_scale):
     """:meth:`Problem.fnorm` (``loss`` ``None``: no robust loss)."""
     if loss is None:
@@ -119,7 +133,10 @@ class Problem(RowSubsets, Box):
         self.auto_cs = jac is None
         self.diff_step = None  # scipy's diff_step (relative step of the differences)
         self._cs_checked = False  # the default complex step verified once (_cs_disagrees)
-        self.fscale = 1.0  # power of 2 applied to residuals and Jacobian (set_fscale)
+        # powers of 2 applied to residuals and Jacobian (set_fscale): one float for
+        # every row, or (row_scaled) one per row, a (B, 1) array
+        self.fscale: Any = 1.0
+        self.scaled = self.row_scaled = False
         if jac is None:
             self.jac_arg = "cs"
         # row subsets (the working set of a compacted batched solve): ``rows``
@@ -185,20 +202,30 @@ class Problem(RowSubsets, Box):
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
-        return F if self.fscale == 1.0 else F * self.fscale
+        return F * self._row_fscale() if self.scaled else F
+
+    def _row_fscale(self):
+        """``fscale`` of the rows evaluated now (the working set's, in a compacted solve)."""
+        if self.row_scaled and self.rows is not None:
+            return self.xp.take(self.fscale, self.rows, axis=0)
+        return self.fscale
 
     def set_fscale(self, F):
         """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
 
-        ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` lies outside
-        ``[2^-e, 2^e]`` with ``e`` a quarter of the dtype's exponent range
-        (float64: about 1e-77 .. 1e77; float32: 2e-10 .. 4e9), squares and
-        ``J^T J`` would overflow or underflow; the solver then works on
-        ``s f`` and ``s J`` with ``s = 2^-k`` bringing ``max |F|`` to [0.5, 1).
-        The scaling is exact (a power of 2) and Levenberg-Marquardt is
-        invariant under it (every test is relative: ratio, cosine, radius);
-        :meth:`unscale` restores the reported ``fun``, ``jac``. Returns the
-        scaled ``F``.
+        ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` of a
+        problem (a row) lies outside ``[2^-e, 2^e]`` with ``e`` a quarter of
+        the dtype's exponent range (float64: about 1e-77 .. 1e77; float32:
+        2e-10 .. 4e9), squares and ``J^T J`` would overflow or underflow; the
+        solver then works on ``s f`` and ``s J`` with ``s = 2^-k`` bringing
+        that row's ``max |F|`` to [0.5, 1). Each problem of a batch gets its
+        own ``s`` (1 for the rows in the range), the one it gets when solved
+        alone: one scale for the whole batch made the other problems'
+        residuals underflow to rounding noise, and they stopped at ``x0``
+        with ``success=True``. The scaling is exact (a power of 2) and
+        Levenberg-Marquardt is invariant under it (every test is relative:
+        ratio, cosine, radius); :meth:`unscale` restores the reported
+        ``fun``, ``jac``. Returns the scaled ``F``.
         """
         xp = self.xp
         try:
@@ -209,23 +236,43 @@ class Problem(RowSubsets, Box):
                 _FSCALE_EXP[type(F.dtype), F.dtype] = e
             except TypeError:  # pragma: no cover - unhashable dtype objects
                 pass
+        lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         amax = float(xp.max(xp.abs(F)))
-        if not math.isfinite(amax) or amax == 0.0 or math.ldexp(1.0, -e) <= amax <= math.ldexp(1.0, e):
+        if not math.isfinite(amax) or amax == 0.0:
             return F
-        self.fscale = math.ldexp(1.0, -math.frexp(amax)[1])
+        if F.shape[0] > 1:  # a batch: each row by its own max |f|
+            rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1)
+            pos = rmax > 0
+            rmin = float(xp.min(xp.where(pos, rmax, xp.full_like(rmax, amax))))
+            if lo <= rmin and amax <= hi:
+                return F
+            s = _pow2_scales(xp, rmax, lo, hi)
+            if bool(xp.all(s == s[0, 0])):  # one scale for every row
+                self.fscale, self.scaled = float(s[0, 0]), True
+                return F * self.fscale
+            self.fscale, self.scaled, self.row_scaled = s, True, True
+            return F * s
+        if lo <= amax <= hi:
+            return F
+        self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
         return F * self.fscale
 
+    def _jac_fscale(self, fs):
+        return fs[:, :, None] if self.row_scaled else fs
+
     def unscale(self, F, J):
-        """``(F, J)`` of the user's ``fun`` from the solver's scaled ones."""
-        if self.fscale == 1.0:
+        """``(F, J)`` of the user's ``fun`` from the solver's scaled ones (every row)."""
+        if not self.scaled:
             return F, J
-        return F / self.fscale, (None if J is None else J / self.fscale)
+        fs = self.fscale
+        return F / fs, (None if J is None else J / self._jac_fscale(fs))
 
     def jacobian(self, X, F):
         """``J`` (B, m, n) at ``X`` with ``F = residual(X)`` (both scaled by ``fscale``)."""
-        if self.fscale == 1.0:
+        if not self.scaled:
             return self._jacobian(X, F)
-        return self._jacobian(X, F / self.fscale) * self.fscale
+        fs = self._row_fscale()
+        return self._jacobian(X, F / fs) * self._jac_fscale(fs)
 
     def _jacobian(self, X, F):
         """``J`` (B, m, n) of ``fun`` at ``X`` with ``F = fun(X)`` (unscaled)."""

@@ -61,9 +61,10 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
                                        model_jac)
     # the solver's residuals were scaled by a power of 2 (set_fscale): report fun's own
     # (divided twice: its square may be subnormal, flushed to 0 by XLA)
-    fs = prob.fscale
-    if fs != 1.0:
-        cost, g, opt = cost / fs / fs, g / fs / fs, opt / fs / fs
+    if prob.scaled:
+        fs = prob.fscale  # a float, or (B, 1) per-row scales
+        fr = fs[:, 0] if prob.row_scaled else fs
+        cost, g, opt = cost / fr / fr, g / fs / fs, opt / fr / fr
         F, J = prob.unscale(F, J)
     if bounded and method in ("lm", "gauss-newton"):
         status = stuck_on_bound(xp, J, am, status)

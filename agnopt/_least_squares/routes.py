@@ -32,7 +32,7 @@ import array_api_compat
 
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
-from .batched import positions, rows_where, scatter
+from .batched import positions, rows_where, scatter, take_rows
 from .cholesky import chol_inv, chol_solve, mv, small_mv
 from .lmpar import CholeskyBasis, SpectralBasis, lmpar
 from .arrays import device, host_linalg
@@ -188,9 +188,10 @@ class InMemoryRoute:
         self.J, self.A0 = J, A0
         self.chol_ok = A0 is not None
         dev = None if eye is not None and not self.host else device(J)
-        # a NumPy batch: the normal equations and lmpar as numba loops over the rows
+        # a NumPy (or torch CPU) batch: the normal equations and lmpar as numba loops over the rows
         # (the same arithmetic; agnopt._kernels.lm_batched_cpu, AGNOPT_FAST=0 turns it off)
-        self.fast = _fast_rows(J, batch) if self.chol_ok and not self.host else None
+        self.fast = _fast_rows(J, batch) if self.chol_ok and not self.host \
+            and not getattr(g, "requires_grad", False) else None  # (torch: in a graph)
         if self.chol_ok:
             if eye is None or self.host:
                 eye = xp.eye(n, dtype=J.dtype, device=dev)
@@ -218,7 +219,7 @@ class InMemoryRoute:
             if compact:
                 idx = rows_where(xp, need)
                 mask, pos = positions(xp, idx, k, device(J))
-                sub = lambda a: xp.take(a, idx, axis=0)  # noqa: E731
+                sub = lambda a: take_rows(xp, a, idx)  # noqa: E731
                 Js_in = (sub(J), sub(D), sub(F), sub(free))
             else:
                 idx, mask, pos = None, need, None
@@ -228,7 +229,7 @@ class InMemoryRoute:
 
     def _sub(self, a):
         idx = self.svd[0]
-        return a if idx is None else self.xp.take(a, idx, axis=0)
+        return a if idx is None else take_rows(self.xp, a, idx)
 
     def _merge(self, a, b):
         idx, mask, pos = self.svd[:3]
@@ -307,9 +308,11 @@ class InMemoryRoute:
 
 
 def _fast_rows(J, batch=None):
-    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy
-    Jacobians ``J`` (k, m, n) of a batch of ``batch`` problems (default ``k``), else ``None``."""
-    if not array_api_compat.is_numpy_array(J) or J.shape[1] == 0:
+    """:mod:`agnopt._kernels.lm_batched_cpu` when its kernels apply to the NumPy (or torch
+    CPU) Jacobians ``J`` (k, m, n) of a batch of ``batch`` problems (default ``k``), else
+    ``None``."""
+    if not (array_api_compat.is_numpy_array(J) or array_api_compat.is_torch_array(J)) \
+            or J.shape[1] == 0:
         return None
     from .._kernels import lm_batched_cpu
 
