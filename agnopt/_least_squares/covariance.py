@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import array_api_compat
 
@@ -81,9 +82,10 @@ def _covariance_one(xp, J):
     certificate and the factor in between run compiled (the same numbers). ``None``
     where it does not apply or the certificate fails (then :func:`covariance`
     decides, as always)."""
-    from .._kernels import lm_route
-
-    if not (lm_route.on() and array_api_compat.is_numpy_array(J) and J.dtype == xp.float64):
+    # (compiled, so imported, by the process's first fit that used them)
+    lm_route = sys.modules.get("agnopt._kernels.lm_route")
+    if not (lm_route is not None and lm_route.on() and array_api_compat.is_numpy_array(J)
+            and J.dtype == xp.float64):
         return None
     m, n = J.shape[1], J.shape[2]
     A = xp.matmul(xp.matrix_transpose(J), J)
