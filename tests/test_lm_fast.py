@@ -79,16 +79,21 @@ def test_default_starts_after_warmup(monkeypatch):
     assert not any(seen[:-1]) and seen[-1] and compiled == [1]
 
 
-def test_fast_judge_is_used(monkeypatch):
+@pytest.mark.parametrize("bounded", [False, True])
+def test_fast_judge_is_used(monkeypatch, bounded):
+    # the verdict: judge_one, or with the trial point in one update without bounds
     calls = []
-    real = lm_cpu.judge_one
-    monkeypatch.setattr(lm_cpu, "judge_one", lambda *a: calls.append(1) or real(*a))
+    for name in ("judge_one", "trial_judge_one"):
+        real = getattr(lm_cpu, name)
+        monkeypatch.setattr(lm_cpu, name,
+                            lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    kw = {"bounds": ([0.0, 0.0, 0.0], [10.0, 10.0, 10.0])} if bounded else {}
     monkeypatch.setenv("AGNOPT_FAST", "numba")
-    ao.least_squares(_exp, np.ones(3), method="lm")
-    assert calls
+    ao.least_squares(_exp, np.ones(3), method="lm", **kw)
+    assert set(calls) == {"judge_one" if bounded else "trial_judge_one"}
     calls.clear()
     monkeypatch.setenv("AGNOPT_FAST", "0")
-    ao.least_squares(_exp, np.ones(3), method="lm")
+    ao.least_squares(_exp, np.ones(3), method="lm", **kw)
     assert not calls
 
 
@@ -518,3 +523,159 @@ def test_far_start_accelerated_steps(monkeypatch, x_scale):
     gen, fast = _solve_both(monkeypatch, _exp, [10.0, 0.05, -3.0], x_scale=x_scale)
     _check(gen, fast)
     assert gen.success and solves
+
+
+@pytest.mark.parametrize("name", ["linearize_one", "trial_judge_one"])
+def test_one_update_blocks_are_used(monkeypatch, name):
+    # one float64 NumPy problem without bounds: its linearization and its trial step
+    # with the verdict, each in one update (lm_cpu), the same numbers as the generic layers
+    calls = []
+    real = getattr(lm_cpu, name)
+    monkeypatch.setattr(lm_cpu, name, lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0])
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)
+
+
+def test_linearize_one_nonfinite_jacobian(monkeypatch):
+    def jac(p):
+        J = _exp_jac(p)
+        J[3, 1] = np.nan
+        return J
+
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        with pytest.raises(ValueError, match="non-finite entries"):
+            ao.least_squares(_exp, np.ones(3), jac=jac, method="lm")
+
+
+def test_linearize_one_gram_overflow(monkeypatch):
+    # a finite Jacobian whose J^T J overflows is not a non-finite Jacobian: both paths
+    # go on with it (and agree)
+    def jac(p):
+        return 1e160 * _exp_jac(p)
+
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac=jac)
+    assert fast.status == gen.status and (fast.nfev, fast.njev) == (gen.nfev, gen.njev)
+    np.testing.assert_array_equal(fast.x, gen.x)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_covariance_one(monkeypatch, seed):
+    # curve_fit's covariance of one float64 NumPy problem on the numba route equals the
+    # generic one bit for bit (well conditioned, scaled badly, near rank deficient, with
+    # a zero column or an overflowing J^T J: the certificate's failures go to the generic
+    # routes)
+    from agnopt._kernels import lm_route
+    from agnopt._least_squares.covariance import covariance
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 7))
+    m = n + int(rng.integers(0, 30))
+    J = rng.standard_normal((1, m, n)) * 10.0 ** rng.integers(-8, 9, size=n)
+    kind = seed % 5
+    if kind == 1 and n > 1:
+        J[0, :, -1] = J[0, :, 0] * 3.0 + 1e-12 * rng.standard_normal(m)
+    elif kind == 2:
+        J[0, :, int(rng.integers(n))] = 0.0
+    elif kind == 3:  # J^T J overflows (J finite)
+        J[0, int(rng.integers(m)), int(rng.integers(n))] = 1e160
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = covariance(np, J)
+        monkeypatch.setenv("AGNOPT_FAST", "numba")
+        got = covariance(np, J)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_covariance_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+    from agnopt._least_squares import covariance as cov
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.cov_one
+    monkeypatch.setattr(lm_route, "cov_one", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("AGNOPT_FAST", "numba")
+    J = np.random.default_rng(0).standard_normal((1, 20, 3))
+    pcov, singular = cov.covariance(np, J)
+    assert calls and not singular[0]
+    np.testing.assert_allclose(pcov[0], np.linalg.inv(J[0].T @ J[0]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_cs_points_one(seed):
+    # the compiled complex-step points of one float64 point are numdiff.cs_points' bit
+    # for bit, signs of zero included (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, size=n)
+    x0[rng.random(n) < 0.3] = 0.0
+    x0[rng.random(n) < 0.2] = -0.0
+    eps = float(np.finfo(np.float64).eps)
+    rstep = numdiff._eps_for_method(np, np.float64, np.float64, "cs")
+    want_pts, want_h = numdiff.cs_points(np, x0, None, eps, rstep, np.complex128, None)
+    P, h = lm_route.cs_points(x0, eps, rstep)
+    assert h.view(np.int64).tolist() == want_h.view(np.int64).tolist()
+    for j in range(n):
+        assert P[j].view(np.int64).tolist() == want_pts[j].view(np.int64).tolist()
+
+
+def test_cs_points_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.cs_points
+    monkeypatch.setattr(lm_route, "cs_points", lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac="cs")
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fd_points_one(monkeypatch, seed):
+    # the compiled forward-difference points of one float64 point give numdiff's
+    # "2-point" Jacobian bit for bit (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, size=n)
+    x0[rng.random(n) < 0.3] = 0.0
+    x0[rng.random(n) < 0.2] = -0.0
+    w = rng.standard_normal((5, n))
+
+    def fun(x):
+        return np.sin(w @ x) + (w @ x) ** 2
+
+    out = []
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        out.append(numdiff.fd_jacobian(fun, x0, fun(x0), "2-point", None, None, None, (), {},
+                                       False, np, None))
+    assert out[1].view(np.int64).tolist() == out[0].view(np.int64).tolist()
+
+
+def test_fd_points_one_is_used(monkeypatch):
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    calls = []
+    real = lm_route.fd_points
+    monkeypatch.setattr(lm_route, "fd_points", lambda *a: calls.append(1) or real(*a))
+    gen, fast = _solve_both(monkeypatch, _exp, [1.0, 1.0, 1.0], jac="2-point")
+    assert calls
+    _check(gen, fast)
+    np.testing.assert_array_equal(fast.jac, gen.jac)

@@ -9,6 +9,7 @@ recomputation, and the same one-sided / shrunken steps near bounds.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 from .._core import lazy
@@ -396,6 +397,13 @@ def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched
             cache["cdt"] = _complex_dtype(xp, dtype)
         return _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
                            cache["cdt"], cache)
+    if (method == "2-point" and lb is None and x0.ndim == 1 and rel_step is None
+            and abs_step is None and not scalar_f and _cs_points_one(x0)):
+        # one float64 NumPy point without bounds, numba on: the same points and
+        # steps, compiled (agnopt._kernels.lm_route.fd_points)
+        X1, dx = sys.modules["agnopt._kernels.lm_route"].fd_points(x0, rstep)
+        J = xp.concat([call(X1[j, ...])[..., None] for j in range(n)], axis=-1) - f0[..., None]
+        return J / dx
     h = _absolute_step(xp, rel_step, abs_step, x0, rstep, dev=dev)
     one_sided = None
     if lb is None:
@@ -480,7 +488,13 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     if cache.get("ieye") is None:
         cache["ieye"] = imaginary_identity(xp, x0.shape[-1], x0.dtype, cdt, dev)
     ieye = cache["ieye"]
-    if abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
+    if (x0.ndim == 1 and abs_step is None and type(rel_step) is float
+            and math.frexp(rel_step)[0] == 0.5 and _cs_points_one(x0)):
+        # one float64 NumPy point with numba on: the same points, compiled
+        # (agnopt._kernels.lm_route.cs_points)
+        P, h = sys.modules["agnopt._kernels.lm_route"].cs_points(x0, rel_step, rstep)
+        pts = tuple(P[j, ...] for j in range(x0.shape[0]))
+    elif abs_step is None and (rel_step is None or isinstance(rel_step, (int, float))):
         # the steps follow from x0 and Python numbers: inside the points' block
         pts, h = _cs_points(xp, x0, None, rel_step, rstep, cdt, dev, ieye)
     else:
@@ -497,6 +511,16 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
             )
         fcs.append(fc)
     return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
+
+
+def _cs_points_one(x0) -> bool:
+    """Whether :func:`_columns` takes the compiled points of one float64 NumPy
+    point ``x0`` (n,): numba's blocks for one problem are on in this process
+    (they are compiled, so imported, by the process's first fit that used them)."""
+    if type(x0).__module__ != "numpy" or x0.dtype.char != "d":
+        return False
+    lm_route = sys.modules.get("agnopt._kernels.lm_route")
+    return lm_route is not None and lm_route.on()
 
 
 def imaginary_identity(xp, n, dtype, cdt, dev):

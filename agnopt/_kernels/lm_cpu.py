@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import lm_batched_cpu as K
+from . import lm_route
 
 # numba is optional (agnopt[numba]) and imported only when the fast judge first runs
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -226,6 +227,45 @@ def linearized_one(xp, box, st, nj, cn, jac_scale, gtol, factor, generic):
                        active=np.array([active], dtype=bool))
 
 
+def linearize_one(xp, ev, st, jac_scale, gtol, factor):
+    """The engine's :func:`~agnopt._least_squares.engine.linearize` for one float64
+    NumPy problem without bounds or robust loss, on the Cholesky route, whose last
+    step was accepted: the Jacobian, ``J^T J`` and ``g = J^T f`` (the evaluator's
+    :func:`~agnopt._least_squares.routes.normal_block` operations, NumPy's), then
+    :func:`linearized_one`'s arithmetic, in one state update instead of the
+    generic path's layers (the same numbers). ``None`` where it does not apply
+    (the caller takes the generic path)."""
+    if ev.bounded or ev.robust or not ev.use_chol or not (
+            bool(st.need_jac[0]) and bool(st.active[0])):
+        return None
+    X, F = st.X, st.F
+    J = ev.jacobian(X, F)
+    n = X.shape[1]
+    A0 = xp.matmul(xp.matrix_transpose(J), J)  # routes.gram
+    dA = xp.reshape(A0, (1, n * n))[:, ::n + 1]
+    if not bool(xp.all(xp.isfinite(dA))) and not bool(xp.all(xp.isfinite(J))):
+        # (a finite J whose J^T J overflows goes on, as on the generic path)
+        raise ValueError("jac: the Jacobian has non-finite entries at the current point")
+    g = xp.matmul(F[:, None, :], J)[:, 0, :]  # J^T f  (1, n)
+    cn = xp.sqrt(dA)
+    free = xp.ones((1, n), dtype=xp.bool) if st.free is None else st.free
+    first = bool(st.first[0])
+    Dn, gn = scale_gtol(g[0], cn[0], st.D[0], free[0], False, float(st.fnorm[0]), first,
+                        bool(jac_scale))
+    D = Dn[None, :]
+    xnorm, delta = st.xnorm, st.delta
+    if first and float(delta[0]) == 0:
+        xnorm = xp.linalg.vector_norm(D * X, axis=-1)
+        xn0 = float(xnorm[0])
+        delta = np.array([factor if xn0 == 0 else factor * xn0], dtype=np.float64)
+    conv = gn <= gtol
+    return st._replace(J=J, A0=A0, g=g, free=free, njev=st.njev + 1,
+                       need_jac=np.zeros(1, dtype=bool), D=D, xnorm=xnorm, delta=delta,
+                       gnorm=np.array([gn], dtype=np.float64),
+                       info=np.array([_GTOL], dtype=np.int64) if conv else st.info,
+                       active=np.array([not conv], dtype=bool))
+
+
 def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, eps, model_step):
     """The engine's :func:`judge` for one float64 NumPy problem, with the scalar
     arithmetic in :func:`verdict` and :func:`stop`; ``model_step`` the engine's."""
@@ -252,3 +292,51 @@ def judge_one(xp, ev, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, ep
     return st._replace(delta=np.array([delta], dtype=f64), par=np.array([par], dtype=f64),
                        need_jac=need_jac, info=np.array([info], dtype=np.int64),
                        active=np.array([active_n], dtype=bool), **new)
+
+
+def trial_judge_one(xp, ev, st, p, par, route, accel, v, limited, ftol, xtol, max_nfev, eps,
+                    model_step):
+    """The engine's :func:`~agnopt._least_squares.engine.trial_point` and
+    :func:`judge_one` for one float64 NumPy problem without bounds, in one state
+    update: the trial point (:func:`agnopt._kernels.lm_route.trial`), its residuals
+    (``ev.trial``) and the verdict (the same numbers). Returns ``(st, pnorm)``,
+    ``pnorm`` (1,) the step's ``||D p||``."""
+    if not lm_route._ready:
+        lm_route._compile()
+    X = st.X
+    x0 = X[0]
+    active = bool(st.active[0])
+    Xt1, pt1, pn, _ = lm_route.trial(x0, p[0], st.D[0], x0, x0, False, active)
+    d = float(st.delta[0])
+    if active and bool(st.first[0]):  # np.minimum(delta, pnorm): NaN propagates
+        d = pn if not math.isnan(d) and (math.isnan(pn) or pn < d) else d
+    nfev = st.nfev + 1 if active else st.nfev
+    Xt = Xt1[None, :]
+    Ft, fnorm1 = ev.trial(Xt)
+    pnorm = np.array([pn])
+    if accel is None:
+        pm, pmn = pt1[None, :], pn
+    else:  # (model_step's reading of an accelerated step)
+        from .._least_squares.state import Trial
+
+        pm, pmnorm = model_step(xp, st, Trial(Xt, Ft, pt1[None, :], pnorm, fnorm1, None),
+                                accel, v)
+        pmn = float(pmnorm[0])
+    jpn2 = route.jp_norm2(pm)
+    actred, prered, ratio, delta, par_n, acc, finite = verdict(
+        float(st.fnorm[0]), float(par[0]), d, active, float(fnorm1[0]), float(jpn2[0]), pmn,
+        False, 0.0)
+    xnorm = st.xnorm
+    new: dict[str, Any] = {}
+    if acc:
+        xnorm = xp.linalg.vector_norm(st.D * Xt, axis=-1)
+        new = {"X": Xt, "F": Ft, "fnorm": fnorm1, "xnorm": xnorm, "nit": st.nit + 1,
+               "first": np.zeros(1, dtype=bool)}
+    need_jac = np.array([acc], dtype=bool) if active else st.need_jac
+    info, active_n = stop(int(st.info[0]), active, actred, prered, ratio, finite,
+                          bool(limited[0]), float(st.gnorm[0]), delta, float(xnorm[0]),
+                          int(nfev[0]), float(ftol), float(xtol), float(max_nfev), eps)
+    return st._replace(nfev=nfev, delta=np.array([delta], dtype=np.float64),
+                       par=np.array([par_n], dtype=np.float64), need_jac=need_jac,
+                       info=np.array([info], dtype=np.int64),
+                       active=np.array([active_n], dtype=bool), **new), pnorm

@@ -30,6 +30,7 @@ judge (:func:`agnopt._kernels.lm_cpu.enabled`, ``AGNOPT_FAST``);
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Any
 
@@ -249,18 +250,118 @@ def _trial(X, p, D, lb, ub, bounded, active):
     return Xt, pt, math.sqrt(_pw(tmp, n)), projected
 
 
+def _cov_one(A, tol, eps):
+    """:func:`agnopt._least_squares.covariance.covariance`'s Cholesky route for one
+    problem, from ``A = J^T J`` (n, n): ``(Li, dd, well)``, ``Li`` the inverse
+    Cholesky factor of the column-scaled ``A / dd`` (``dd_ij = d_i d_j``, ``d``
+    the column norms, 1 where zero) and ``well`` its certificate (factored,
+    condition bound below 1e8, ``J`` certified of full rank with the margin
+    ``tol``, ``A`` finite); the same operations in the same order."""
+    n = A.shape[0]
+    d = np.empty(n)
+    row = np.empty(n)
+    finite = True
+    for i in range(n):
+        for j in range(n):
+            row[j] = A[i, j] * (1.0 if i == j else 0.0)
+            if not np.isfinite(A[i, j]):
+                finite = False
+        di = np.sqrt(_pw(row, n))
+        d[i] = di if di > 0 else 1.0
+    dd = np.empty((n, n))
+    As = np.empty((n, n))
+    for i in range(n):
+        for j in range(n):
+            dd[i, j] = d[i] * d[j]
+            As[i, j] = A[i, j] / dd[i, j]
+    Li = np.empty((n, n))
+    ok = _chol_inv(As, eps, Li)
+    tmp = np.empty(n * n)
+    for i in range(n):
+        for j in range(n):
+            tmp[i * n + j] = Li[i, j] * Li[i, j]
+    tr_inv = _pw(tmp, n * n)
+    for i in range(n):
+        for j in range(n):
+            tmp[i * n + j] = As[i, j] * (1.0 if i == j else 0.0)
+    cond = _pw(tmp, n * n) * tr_inv
+    d2 = np.empty(n)
+    for i in range(n):
+        d2[i] = d[i] * d[i]
+    mn = d2[0]  # (d is positive: no NaN for the minimum to propagate)
+    for i in range(1, n):
+        mn = min(mn, d2[i])
+    full_rank = mn > tol * _pw(d2, n) * tr_inv
+    return Li, dd, ok and (cond < 1e8) and full_rank and finite
+
+
+def _cs_points(x0, rel, rstep):
+    """:func:`agnopt._derivatives.numdiff.cs_points` of one float64 point ``x0`` (n,)
+    with a relative step ``rel`` that is a power of 2 (the complex step's ``eps``):
+    ``(P, h)``, ``P`` (n, n) complex128 with row ``j`` the point ``x0 + i h_j e_j``.
+    The same numbers: ``h = rel x0`` (``copysign(rstep, x0 + 0)`` where that is
+    zero, :func:`~agnopt._derivatives.numdiff._absolute_step`), and each entry as
+    NumPy forms ``x0 + (h_j + 0i) (i e_j)`` (products by 0 and 1, exact, with
+    their signs of zero)."""
+    n = x0.shape[0]
+    h = np.empty(n)
+    for j in range(n):
+        hj = rel * x0[j]
+        if hj == 0:
+            hj = math.copysign(rstep, x0[j] + 0.0)
+        h[j] = hj
+    P = np.empty((n, n), dtype=np.complex128)
+    for j in range(n):
+        for k in range(n):
+            e = 1.0 if j == k else 0.0
+            re = x0[k] + (h[j] * 0.0 - 0.0 * e)
+            im = 0.0 + (h[j] * e + 0.0 * 0.0)
+            P[j, k] = complex(re, im)
+    return P, h
+
+
+def _fd_points(x0, rstep):
+    """The forward-difference points of one float64 point ``x0`` (n,) without
+    bounds (:func:`agnopt._derivatives.numdiff._columns`' ``"2-point"`` with the
+    default step): ``(X1, dx)``, row ``j`` of ``X1`` (n, n) the point
+    ``x0 + h_j e_j`` with scipy's step ``h_j = rstep sign(x0_j) max(1, |x0_j|)``,
+    ``dx_j = (x0_j + h_j) - x0_j``; the same operations as NumPy's, in order."""
+    n = x0.shape[0]
+    h = np.empty(n)
+    dx = np.empty(n)
+    for j in range(n):
+        x = x0[j]
+        sign = 1.0 if x >= 0 else -1.0
+        h[j] = (rstep * sign) * K._maximum(1.0, abs(x))
+        dx[j] = (x + h[j]) - x
+    X1 = np.empty((n, n))
+    for j in range(n):
+        for k in range(n):
+            X1[j, k] = x0[k] + h[j] * (1.0 if j == k else 0.0)
+    return X1, dx
+
+
+def on() -> bool:
+    """Whether this process's numba blocks for one float64 NumPy problem are on
+    (compiled, by the first fit that used them, and ``AGNOPT_FAST`` not ``0``/``numpy``)."""
+    return _ready and os.environ.get("AGNOPT_FAST", "") not in ("0", "numpy")
+
+
 normal: Any = None
 lmpar: Any = None
 chol_solve: Any = None
 jp_norm2: Any = None
 trial: Any = None
+cov_one: Any = None
+cs_points: Any = None
+fd_points: Any = None
 
 
 def _compile() -> None:
     """The numba versions of :func:`_normal`, :func:`_lmpar`, :func:`_chol_solve`
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
-    global normal, lmpar, chol_solve, jp_norm2, trial, _ready
+    global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
     if _ready:
         return
     with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
@@ -278,6 +379,7 @@ def _compile() -> None:
         _solve_norm = jit(_solve_norm)
         normal, lmpar = jit(_normal), jit(_lmpar)
         chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
+        cov_one, cs_points, fd_points = jit(_cov_one), jit(_cs_points), jit(_fd_points)
         _ready = True
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 
-from .arrays import count_dtype, device, host_linalg
+import array_api_compat
+
+from .arrays import count_dtype, device, host_linalg, machine_eps
 from .batched import compactable, positions, rows_where, scatter
-from .cholesky import chol_inv
+from .cholesky import ENTRYWISE_N, chol_inv
 from .routes import CHOL_MAX_N
 
 
@@ -29,6 +32,10 @@ def covariance(xp, J, m_fit=None):
     """
     B, m, n = J.shape
     dev = device(J)
+    if B == 1 and m >= n and n <= ENTRYWISE_N:
+        fast = _covariance_one(xp, J)
+        if fast is not None:
+            return fast
     if n <= CHOL_MAX_N and m >= n:
         eye = xp.eye(n, dtype=J.dtype, device=dev)
         A = xp.matmul(xp.matrix_transpose(J), J)
@@ -68,10 +75,33 @@ def covariance(xp, J, m_fit=None):
     return _covariance_svd(xp, J, m_fit)
 
 
+def _covariance_one(xp, J):
+    """:func:`covariance` of one float64 NumPy problem with the numba route on
+    (:mod:`agnopt._kernels.lm_route`, whose blocks a process compiles for its unbatched
+    fits): ``J^T J`` and the final product are NumPy's, as in :func:`covariance`, the
+    certificate and the factor in between run compiled (the same numbers). ``None``
+    where it does not apply or the certificate fails (then :func:`covariance`
+    decides, as always)."""
+    # (compiled, so imported, by the process's first fit that used them)
+    lm_route = sys.modules.get("agnopt._kernels.lm_route")
+    if not (lm_route is not None and lm_route.on() and array_api_compat.is_numpy_array(J)
+            and J.dtype == xp.float64):
+        return None
+    m, n = J.shape[1], J.shape[2]
+    A = xp.matmul(xp.matrix_transpose(J), J)
+    tol = (100.0 * machine_eps(xp, J.dtype) * max(m, n)) ** 2
+    Li, dd, well = lm_route.cov_one(A[0], tol, machine_eps(xp, J.dtype))
+    if not well:
+        return None
+    Li = Li[None, ...]
+    pcov = xp.matmul(xp.matrix_transpose(Li), Li) / dd[None, ...]
+    return pcov, xp.zeros((1,), dtype=xp.bool)
+
+
 def _covariance_svd(xp, J, m_fit=None):
     """``(J^T J)^{-1}`` (B, n, n) from the SVD of ``J`` (B, m, n); ``singular`` (B,) where rank deficient (pcov inf)."""
     B, m, n = J.shape
-    U, s, Vt = host_linalg(xp, "svd", J, full_matrices=False)
+    _U, s, Vt = host_linalg(xp, "svd", J, full_matrices=False)
     eps = float(xp.finfo(J.dtype).eps)
     if m_fit is None:
         thr = eps * max(m, n) * s[:, 0:1]

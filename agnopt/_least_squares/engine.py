@@ -180,23 +180,30 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if ev.accelerate and (fast is None or (bool(st.active[0]) and bool(par[0] > 0)
                                                and not bool(st.first[0]))):
             p, accel, st = geodesic_acceleration(xp, ev, st, route, p, z, par)
-        tr, st = trial_point(xp, ev, st, p, par, box, fast_trial)
-        if fast is not None:
-            st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
-                                machine_eps(xp, xp.float64), model_step)
-        elif fast_rows is not None:
-            st = fast_rows.judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev,
-                            model_step)
-        elif sx is None:
-            st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
+        if fast is not None and not ev.bounded:
+            # numba, one problem without bounds: trial point and verdict in one update
+            st, pnorm = fast.trial_judge_one(xp, ev, st, p, par, route, accel, v, limited, ftol,
+                                             xtol, max_nfev, machine_eps(xp, xp.float64),
+                                             model_step)
         else:
-            st = judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, sx)
+            tr, st = trial_point(xp, ev, st, p, par, box, fast_trial)
+            pnorm = tr.pnorm
+            if fast is not None:
+                st = fast.judge_one(xp, box, st, tr, route, accel, v, limited, ftol, xtol,
+                                    max_nfev, machine_eps(xp, xp.float64), model_step)
+            elif fast_rows is not None:
+                st = fast_rows.judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol,
+                                     max_nfev, model_step)
+            elif sx is None:
+                st = _judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev)
+            else:
+                st = judge(xp, box, st, tr, route, accel, v, limited, ftol, xtol, max_nfev, sx)
         st = LMState._make(ev.persist(*st)) if ev.persist_all else st
         # -- reports
         if want_history:
             hist.append(ev.history_entry(st.fnorm, st.nit, st.nfev))
         if verbose >= 2:
-            ev.print_iter(it, st.fnorm, st.nfev, tr.pnorm)
+            ev.print_iter(it, st.fnorm, st.nfev, pnorm)
         report_progress(xp, ev, it, st.fnorm, st.nfev, st.active)
         if callback is not None and ev.call_callback(callback, st.X, st.fnorm, st.nit):
             cb_stop = True
@@ -258,6 +265,11 @@ def linearize(xp, ev, st: LMState, jac_scale, gtol, box=None, fast=None) -> LMSt
     ``gtol`` test follow (one block: ``box``, the evaluator's
     ``block_view()`` or the evaluator, gives the free variables).
     """
+    if fast is not None and getattr(fast, "linearize_one", None) is not None:
+        # numba: one float64 NumPy problem (agnopt._kernels.lm_cpu), in one update
+        out = fast.linearize_one(xp, ev, st, jac_scale, gtol, FACTOR)
+        if out is not None:
+            return out
     nj = st.need_jac & st.active
     lin = ev.linearize(st, nj)
     info, active, njev = st.info, st.active, st.njev
