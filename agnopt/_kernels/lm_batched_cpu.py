@@ -594,6 +594,8 @@ def _linearized_rows(g, cn, X, fnorm, first, nj, bounded, jac_scale, gtol, facto
                 D[r, j] = one if c == 0 else c
             cs = one if c == 0 else c
             cosv = zero if c == 0 else abs(g[r, j]) / (fn_safe * cs)
+            if c == np.inf:  # an overflowed column norm: no angle (gtol_test)
+                cosv = zero / zero
             if cosv != cosv:  # np.max: NaN propagates
                 nan = True
             elif j == 0 or cosv > gn:

@@ -162,6 +162,8 @@ def _scale_gtol(g, cn, D, free, bounded, fnorm, first, jac_scale):
             Dn[j] = D[j]
         cs = 1.0 if c == 0 else c
         cosv = 0.0 if c == 0 else abs(g[j]) / (fn_safe * cs)
+        if c == math.inf:  # an overflowed column norm: no angle (gtol_test)
+            cosv = math.nan
         if math.isnan(cosv):  # np.max: NaN propagates
             nan = True
         elif j == 0 or cosv > gn:

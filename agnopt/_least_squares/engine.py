@@ -333,6 +333,9 @@ def gtol_test(xp, st: LMState, nj, cn, jac_scale, gtol) -> LMState:
     cn_safe = xp.where(cn == 0, 1.0, cn)
     fn_safe = xp.where(st.fnorm == 0, 1.0, st.fnorm)
     cosv = xp.where(cn == 0, 0.0, xp.abs(st.g) / (fn_safe[:, None] * cn_safe))
+    # an overflowed column norm (J^T J beyond the dtype, J finite) says nothing about the
+    # angle: NaN (no gtol stop), not the 0 of g / inf
+    cosv = xp.where(xp.isinf(cn), xp.full_like(cosv, float("nan")), cosv)
     gn_new = xp.where(st.fnorm == 0, 0.0, xp.max(cosv, axis=-1))
     gnorm = xp.where(nj, gn_new, st.gnorm)
     conv_g = nj & (gnorm <= gtol)
