@@ -571,7 +571,7 @@ class _TracedProblem(Problem):
         # program holds one way of forming the Jacobian
         try:
             Jcs = self._fd(X, F, "cs", rel)
-        except (RuntimeError, ValueError, TypeError) as e:
+        except Exception as e:  # (see Problem._jacobian)
             if _is_trace_error(e):
                 raise _Untraceable() from e
             # fun takes no complex input: central differences for good

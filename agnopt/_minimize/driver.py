@@ -94,6 +94,7 @@ from .._derivatives import autodiff as _autodiff
 from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
+from .._core.user_code import note
 from .._core.typing import Array, ArrayLike
 from .common import _gnorm, _is_dask, _nonnegative, _persist
 from .newton import _run_newton, full_step as _newton_full_step
@@ -245,15 +246,16 @@ def minimize(
         1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
         ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
         ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
-    RuntimeError
-        ``fun`` raised at ``x0`` (the original exception is the cause). At
-        later points an exception of ``fun`` propagates unchanged, as in scipy.
     TypeError
-        ``x0`` not one real floating array (a tree, a complex array, a ragged
-        or non-numeric list); ``fun``
-        returning an array of another backend; ``"autodiff"`` with arrays other than
+        ``fun`` not callable; ``x0`` not one real floating array (a tree, a
+        complex array, a ragged or non-numeric list); ``fun`` returning an
+        array of another backend; ``"autodiff"`` with arrays other than
         torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
         a ``ValueError``).
+    Exception
+        An exception raised by ``fun`` (or ``jac``, ``hess``, ``hessp``)
+        propagates with its own type and message, as in scipy; at ``x0`` it
+        carries a note (Python >= 3.11) saying so.
 
     Notes
     -----
@@ -330,6 +332,8 @@ def minimize(
     the solution to about 1e-5 relative in float64 (as scipy's); use
     ``"3-point"``, ``"cs"``, a callable or ``"autodiff"`` for more.
     """
+    if not callable(fun):
+        raise TypeError(f"fun: expected a callable, got {type(fun).__name__} {fun!r:.40}")
     method, options = _check_method_and_options(method, options)
     if not isinstance(args, tuple):
         args = (args,)
@@ -488,12 +492,12 @@ def _start(P: _Problem, x0: Any) -> tuple[Any, Any, Any]:
     x = _persist(xp.asarray(x0, copy=True) if not _is_dask(x0) else x0 + 0.0)
     try:
         f, g = P.value_and_grad(x, "x0")
-    except (ValueError, TypeError):
-        raise  # our own checks of what fun / jac returned
     except Exception as e:
-        # At x0 a failing fun is a bad input: say so, and keep the original
-        # exception as the cause. Later calls propagate unchanged (as scipy).
-        raise RuntimeError(f"fun raised {type(e).__name__} at x0: {e}") from e
+        # as scipy, an exception of fun / jac propagates with its own type;
+        # at x0 it gets a note saying so (agnopt's own checks of what fun /
+        # jac returned raise ValueError / TypeError naming them)
+        note(e, "agnopt: raised while evaluating fun (and its gradient) at x0")
+        raise
     if not bool(xp.isfinite(f)):
         raise ValueError(
             f"fun(x0) is not finite ({float(f)}); minimize needs a finite objective at the "
