@@ -1,5 +1,5 @@
-"""Exceptions of the user's functions and non-callable models (least_squares,
-curve_fit, minimize, fisher_scoring).
+"""Exceptions of the user's functions, non-callable models and complex-step
+warnings (least_squares, curve_fit, minimize, fisher_scoring).
 
 Reference: scipy.optimize, which lets a model's exception through with its own
 type and raises ``TypeError`` for a non-callable model.
@@ -8,6 +8,7 @@ type and raises ``TypeError`` for a non-callable model.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import array_api_compat
 import numpy as np
@@ -198,3 +199,106 @@ def test_not_callable_names_the_argument():
         so.least_squares(lambda p: p, np.ones(2), jac=5)
     with pytest.raises(ValueError, match=r"^jac: expected a callable or one of"):
         ao.least_squares(lambda p: p, np.ones(2), jac=5)
+
+
+# ---------------------------------------------------------------------------
+# 3. no ComplexWarning from the default complex-step Jacobian
+
+
+def _casting_warnings(record):
+    return [w for w in record if "Casting complex values to real" in str(w.message)]
+
+
+@pytest.mark.parametrize("kind", ["float", "astype"])
+def test_default_jac_does_not_warn_about_complex_casts(kind):
+    """A model calling float(a) or .astype(float) drops the complex step: agnopt
+    finds it (falls back to differences) and says nothing about complex numbers."""
+
+    def g(x, a, b):
+        if kind == "float":
+            return float(a) * np.exp(b * x)
+        return a * np.exp(np.asarray(b).astype(float) * x)
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        popt, _ = ao.curve_fit(g, X, Y, p0=[1.0, 1.0])
+    assert _casting_warnings(rec) == []
+    ref, _ = so.curve_fit(g, X, Y, p0=[1.0, 1.0])
+    np.testing.assert_allclose(popt, ref, rtol=1e-7)
+    np.testing.assert_allclose(popt, [2.0, 0.95], rtol=1e-7)
+
+    def fun(p):
+        return float(p[0]) * np.exp(p[1] * X) - Y
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = ao.least_squares(fun, np.ones(2))
+        resb = ao.least_squares(lambda P: P[:, :1].astype(float) * np.exp(P[:, 1:] * X) - Y,
+                                np.ones((3, 2)), batched=True)
+    assert _casting_warnings(rec) == []
+    np.testing.assert_allclose(res.x, so.least_squares(fun, np.ones(2)).x, rtol=1e-7)
+    np.testing.assert_allclose(resb.x, np.tile([2.0, 0.95], (3, 1)), rtol=1e-7)
+    assert res.success and bool(np.all(resb.success))
+    # the warning filters are restored after the solve
+    with pytest.warns(np.exceptions.ComplexWarning):
+        float(np.complex128(1 + 1j))
+
+
+def test_default_jac_complex_cast_is_silent_on_every_backend(xp, device):
+    """``xp.astype(p, float64)`` of the complex point: NumPy's ComplexWarning,
+    torch's UserWarning (array_api_strict refuses the cast): none reaches the
+    user, and the fit is scipy's."""
+
+    def fun(p):
+        xp_ = array_api_compat.array_namespace(p)
+        dev = array_api_compat.device(p)
+        a = p[0] if not xp_.isdtype(p.dtype, "complex floating") else xp_.astype(p[0], xp_.float64)
+        t = xp_.asarray(X, dtype=xp_.float64, device=dev)
+        return a * xp_.exp(p[1] * t) - xp_.asarray(Y, dtype=xp_.float64, device=dev)
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = ao.least_squares(fun, xp.asarray([1.0, 1.0], dtype=xp.float64, device=device))
+    assert _casting_warnings(rec) == []
+    assert res.success
+    ref = so.least_squares(lambda p: p[0] * np.exp(p[1] * X) - Y, [1.0, 1.0])
+    np.testing.assert_allclose(to_numpy(res.x), ref.x, rtol=1e-7)
+
+
+def test_quiet_complex_casts_is_thread_safe():
+    """Fits in threads (a Dask batch's scheduler): the filter is added once and
+    removed by the last fit to finish; the user's filters are left as they were."""
+    import threading
+
+    def g(x, a, b):
+        return float(a) * np.exp(b * x)
+
+    before = list(warnings.filters)
+    out: list = []
+
+    def work():
+        for _ in range(3):
+            out.append(ao.curve_fit(g, X, Y, p0=[1.0, 1.0])[0])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings.filters == before
+    assert len(out) == 12
+    for p in out:
+        np.testing.assert_allclose(p, [2.0, 0.95], rtol=1e-7)
+
+
+def test_explicit_cs_keeps_the_complex_cast_warning():
+    """jac="cs" asked for the complex step, which nothing checks: the backend's
+    warning that the model dropped the imaginary part is the user's to see."""
+
+    def fun(p):
+        return float(p[0]) * np.exp(p[1] * X) - Y
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ao.least_squares(fun, np.ones(2), jac="cs", max_nfev=3)
+    assert _casting_warnings(rec) != []

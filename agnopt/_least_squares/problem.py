@@ -13,6 +13,7 @@ from typing import Any
 
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
+from .._core.user_code import quiet_complex_casts
 from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
 from .arrays import call_checked, machine_eps, persist
 from .batched import RowSubsets
@@ -276,7 +277,8 @@ class Problem(RowSubsets, Box):
                 # (any exception at the complex points: the model cannot take
                 # them; at real points the 3-point scheme lets a real error through)
                 try:
-                    J = self._fd(X, F, "cs", rel)
+                    with quiet_complex_casts():
+                        J = self._fd(X, F, "cs", rel)
                 except Exception:  # noqa: BLE001 - any error of fun at complex points
                     self.jac_arg = "3-point"
                     self.auto_cs = False
