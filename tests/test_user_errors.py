@@ -1,12 +1,14 @@
-"""Exceptions of the user's functions, non-callable models and complex-step
-warnings (least_squares, curve_fit, minimize, fisher_scoring).
+"""Exceptions of the user's functions, non-callable models, complex-step warnings
+and scipy's positional signatures (least_squares, curve_fit, minimize).
 
 Reference: scipy.optimize, which lets a model's exception through with its own
-type and raises ``TypeError`` for a non-callable model.
+type, raises ``TypeError`` for a non-callable model, and takes its parameters
+positionally in the order of its signatures.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 
@@ -302,3 +304,64 @@ def test_explicit_cs_keeps_the_complex_cast_warning():
         warnings.simplefilter("always")
         ao.least_squares(fun, np.ones(2), jac="cs", max_nfev=3)
     assert _casting_warnings(rec) != []
+
+
+# ---------------------------------------------------------------------------
+# 4. scipy's positional order
+
+
+def _order(f):
+    return [p.name for p in inspect.signature(f).parameters.values()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+
+@pytest.mark.parametrize("name", ["minimize", "least_squares", "curve_fit"])
+def test_positional_order_is_scipys(name):
+    ours, theirs = _order(getattr(ao, name)), _order(getattr(so, name))
+    assert ours == theirs[: len(ours)], (ours, theirs)
+    if name == "minimize":
+        assert ours == theirs  # every one of scipy's parameters, in its order
+
+
+def test_minimize_positional_arguments_as_scipy():
+    def f(x, a):
+        return np.sum((x - a) ** 2) + np.sum(x**4)
+
+    def jac(x, a):
+        return 2.0 * (x - a) + 4.0 * x**3
+
+    ours = ao.minimize(f, np.zeros(2), (2.0,), "newton-cg", jac)
+    ref = so.minimize(f, np.zeros(2), (2.0,), "newton-cg", jac)
+    assert ours.success and ref.success
+    np.testing.assert_allclose(ours.x, ref.x, rtol=1e-6)
+    ours = ao.minimize(f, np.zeros(2), (2.0,), None, jac, None, None, None, (), 1e-10)
+    assert ours.success
+    np.testing.assert_allclose(ours.x, ref.x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("given", [
+    {"bounds": [(-1.0, 1.0), (-1.0, 1.0)]},
+    {"constraints": {"type": "eq", "fun": lambda x: x[0]}},
+    {"constraints": [{"type": "eq", "fun": lambda x: x[0]}], "bounds": [(0, 1), (0, 1)]},
+    {"constraints": [], "bounds": None},
+])
+def test_minimize_bounds_constraints_warn_and_are_ignored_as_scipy(given):
+    def f(x):
+        return np.sum((x - 2.0) ** 2)
+
+    def jac(x):
+        return 2.0 * (x - 2.0)
+
+    def run(mod):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            res = mod.minimize(f, np.zeros(2), method="Newton-CG", jac=jac, **given)
+        return res, [(w.category, str(w.message), w.filename) for w in rec
+                     if issubclass(w.category, RuntimeWarning)]
+
+    ours, wo = run(ao)
+    ref, wr = run(so)
+    assert [w[:2] for w in wo] == [w[:2] for w in wr]
+    assert all(w[2] == __file__ for w in wo)  # issued at the caller's line
+    np.testing.assert_allclose(ours.x, ref.x, rtol=1e-6)
+    np.testing.assert_allclose(ours.x, [2.0, 2.0], rtol=1e-6)  # ignored: unconstrained minimum

@@ -139,16 +139,18 @@ _MESSAGES = {
 def minimize(
     fun: Callable[..., Any],
     x0: ArrayLike,
-    *,
-    method: str = "newton",
+    args: tuple[Any, ...] = (),
+    method: str | None = "newton",
     jac: bool | str | Callable[..., Array] | None = None,
     hess: str | Callable[..., Array] | None = None,
     hessp: str | Callable[..., Array] | None = None,
-    args: tuple[Any, ...] = (),
+    bounds: Any = None,
+    constraints: Any = (),
     tol: float | None = None,
-    maxiter: int | None = None,
     callback: Callable[..., Any] | None = None,
     options: dict[str, Any] | None = None,
+    *,
+    maxiter: int | None = None,
 ) -> OptimizeResult:
     r"""Minimize a scalar function of one 1-D array with a second-order method.
 
@@ -166,8 +168,12 @@ def minimize(
         or tuple of numbers (or a Python number) is converted to a float64
         NumPy array, and an integer or boolean array to float64 of its own
         backend and device.
-    method : {"newton", "newton-cg"}
-        See the module docstring for the mathematics.
+    args : tuple
+        Extra arguments of ``fun``, ``jac``, ``hess``, ``hessp``.
+    method : {"newton", "newton-cg"} or None
+        See the module docstring for the mathematics. ``None`` (scipy's
+        default, which picks BFGS, a method agnopt does not have) is
+        ``"newton"``. Case-insensitive, so scipy's ``"Newton-CG"`` works.
     jac : None, True, callable, {"2-point", "3-point", "cs", "autodiff"}
         The gradient. ``None`` (default, as scipy): ``"2-point"`` forward
         differences. ``True``: ``fun`` returns ``(f, g)``. A callable
@@ -191,13 +197,14 @@ def minimize(
         sqrt(eps) max(1, ||x||) / ||v||`` (central differences with
         ``h = delta^(1/3) max(1, ||x||) / ||v||`` for a finite-difference
         gradient).
-    args : tuple
-        Extra arguments of ``fun``, ``jac``, ``hess``, ``hessp``.
+    bounds, constraints : ignored
+        Neither method handles them: as scipy's Newton-CG, a ``bounds`` other
+        than ``None`` issues ``RuntimeWarning("Method <method> cannot handle
+        bounds.")``, non-empty ``constraints`` ``RuntimeWarning("Method
+        <method> cannot handle constraints.")``, and the problem is solved
+        without them.
     tol : float, optional
         Sets ``gtol``.
-    maxiter : int, optional
-        Maximum number of iterations (default ``200 * n``, as scipy's
-        Newton-CG). Same as ``options["maxiter"]``.
     callback : callable, optional
         Called after each iteration as ``callback(intermediate_result)``
         (an :class:`OptimizeResult` with ``x``, ``fun``, ``jac``, ``nit``) if
@@ -221,12 +228,22 @@ def minimize(
         scipy.optimize.minimize does; a misspelt key therefore does not stop
         the run: turn the warning into an error with
         ``warnings.simplefilter("error", agnopt.OptimizeWarning)``).
+    maxiter : int, optional
+        Keyword only (not one of scipy's parameters). Maximum number of
+        iterations (default ``200 * n``, as scipy's Newton-CG). Same as
+        ``options["maxiter"]``.
+
+    The parameters up to ``options`` are positional-or-keyword in scipy's
+    order: ``minimize(fun, x0, args, method, jac, hess, hessp, bounds,
+    constraints, tol, callback, options)``.
 
     Warns
     -----
     OptimizeWarning
         Unknown keys in ``options``; with ``disp=True``, a run that did not
         succeed.
+    RuntimeWarning
+        ``bounds`` or ``constraints`` given (ignored, as scipy's Newton-CG).
 
     Returns
     -------
@@ -334,7 +351,15 @@ def minimize(
     """
     if not callable(fun):
         raise TypeError(f"fun: expected a callable, got {type(fun).__name__} {fun!r:.40}")
-    method, options = _check_method_and_options(method, options)
+    method_name = "newton" if method is None else method
+    method, options = _check_method_and_options(method_name, options)
+    # as scipy.optimize.minimize for a method without constraints or bounds
+    # (Newton-CG): a RuntimeWarning each, and they are ignored
+    if _has_constraints(constraints):
+        warnings.warn(f"Method {method_name} cannot handle constraints.", RuntimeWarning,
+                      stacklevel=3)  # the caller of minimize (through on_device_of)
+    if bounds is not None:
+        warnings.warn(f"Method {method_name} cannot handle bounds.", RuntimeWarning, stacklevel=3)
     if not isinstance(args, tuple):
         args = (args,)
     x0 = _as_x0(x0)
@@ -379,6 +404,16 @@ def minimize(
     if options.get("disp", False):
         _report(res)
     return res
+
+
+def _has_constraints(constraints: Any) -> bool:
+    """Whether ``constraints`` holds any (scipy: ``np.any(constraints)``): a dict or
+    a constraint object is one, a list or tuple holds its items."""
+    if constraints is None:
+        return False
+    if isinstance(constraints, (list, tuple, dict)):
+        return len(constraints) > 0
+    return True
 
 
 def _report(res: OptimizeResult) -> None:
