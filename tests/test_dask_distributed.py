@@ -203,7 +203,7 @@ def test_tall_bad_input():
         tall_least_squares(fun, np.zeros(N_PAR), jac=lambda x: jac(x)[:, :3])
     with pytest.raises(ValueError, match="not finite at the initial point"):
         tall_least_squares(lambda x: fun(x) + np.inf, np.zeros(N_PAR), jac=jac)
-    with pytest.raises(RuntimeError, match="fun raised ZeroDivisionError"):
+    with pytest.raises(ZeroDivisionError):  # fun's own exception (as scipy), with a note
         tall_least_squares(lambda x: 1 / 0, np.zeros(N_PAR), jac=jac)
 
 

@@ -318,7 +318,7 @@ def test_bad_input(xp, device):
         ao.fisher_scoring(mean, x0, y, family="bernoulli", jac="4-point")
     with pytest.raises(TypeError, match="x0"):
         ao.fisher_scoring(mean, [0.0, 0.0, 0.0], y, family="bernoulli")
-    with pytest.raises(RuntimeError, match="mean_fn raised"):
+    with pytest.raises(ZeroDivisionError):  # the model's own exception, with a note
         ao.fisher_scoring(lambda b: 1 / 0, x0, y, family="bernoulli")
     if not type(x0).__module__.startswith("numpy"):
         with pytest.raises(TypeError, match="y:"):

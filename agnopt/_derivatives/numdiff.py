@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .._core import lazy
 from .._core.backend import compiled, device_scope, namespace_name, resolve
 from .._core.typing import Array, ArrayLike
+from .._core.user_code import note
 
 __all__ = ["approx_derivative"]
 
@@ -208,10 +209,9 @@ def _complex_dtype(xp: Any, dtype: Any) -> Any:
 def _call(fun, x, args, kwargs, xp, dtype, dev):
     try:
         f = fun(x, *args, **kwargs)
-    except Exception as e:
-        raise RuntimeError(
-            f"fun raised {type(e).__name__} while evaluating a finite-difference point: {e}"
-        ) from e
+    except Exception as e:  # propagates with its own type (as scipy), with a note
+        note(e, "agnopt: raised while evaluating fun at a finite-difference point (the Jacobian)")
+        raise
     if not (hasattr(f, "shape") and hasattr(f, "dtype")):
         f = xp.asarray(f, dtype=dtype, device=dev)
     return f
@@ -242,7 +242,9 @@ def approx_derivative(
         ``x0`` is treated as ``(1,)``), returning ``(m,)`` or a 0-d array
         (a scalar function). Batched: ``x`` of shape ``(B, n)`` returning
         ``(B, m)`` or ``(B,)``; row ``b`` of the output must depend on row
-        ``b`` of the input only.
+        ``b`` of the input only. An exception it raises propagates with its
+        own type and message (as scipy), with a note naming the
+        finite-difference point.
     x0 : array
         The point, of a real floating dtype.
     method : {"2-point", "3-point", "cs"}

@@ -42,6 +42,7 @@ import array_api_compat
 from .._core.backend import namespace_name, on_device_of, resolve
 from .._core.lazy import persist, to_local
 from .._core.result import OptimizeResult
+from .._core.user_code import call_user
 from . import core as _core
 from .families import Family, get_family
 from .._core.typing import Array
@@ -103,17 +104,16 @@ class _Model:
         self.jac = "callable" if callable(jac) else jac
 
     def out(self, X: Any, where: str) -> Any:
-        try:
-            o = self.mean_fn(X if self.batched else X[0, :], *self.args, **self.kwargs)
-        except Exception as e:
-            raise RuntimeError(f"mean_fn raised {type(e).__name__} {where}: {e}") from e
+        # an exception of mean_fn propagates with its own type, with a note
+        o = call_user(lambda z: self.mean_fn(z, *self.args, **self.kwargs),
+                      X if self.batched else X[0, :], "mean_fn", where)
         if not (hasattr(o, "shape") and hasattr(o, "dtype")):
             raise TypeError(f"mean_fn: expected an array, got {type(o).__name__}")
         return o if self.batched else o[None, ...]
 
     def flat(self, Xb: Any) -> Any:
         """(B, n) -> (B, M) for the derivatives."""
-        o = self.out(Xb, "while differentiating")
+        o = self.out(Xb, "at a finite-difference point (the Jacobian)")
         return self.xp.reshape(o, (o.shape[0], -1))
 
     def jacobian(self, X: Any, out: Any) -> Any:
@@ -123,16 +123,14 @@ class _Model:
         for s in out.shape[1:]:
             M *= int(s)
         if self.jac == "callable":
-            try:
-                J = self.user_jac(X if self.batched else X[0, :], *self.args, **self.kwargs)
-            except Exception as e:
-                raise RuntimeError(f"jac raised {type(e).__name__}: {e}") from e
+            J = call_user(lambda z: self.user_jac(z, *self.args, **self.kwargs),
+                          X if self.batched else X[0, :], "jac")
             J = xp.reshape(J, (B, M, n))
         elif self.batched:
             J = _core.output_jacobian(self.flat, X, self.jac, batched=True,
                                       f0=xp.reshape(out, (B, M)))
         else:
-            f1 = lambda v: xp.reshape(self.out(v[None, :], "while differentiating"), (-1,))  # noqa: E731
+            f1 = lambda v: xp.reshape(self.out(v[None, :], "at a finite-difference point (the Jacobian)"), (-1,))  # noqa: E731
             J = _core.output_jacobian(f1, X[0, :], self.jac, f0=xp.reshape(out, (-1,)))[None, ...]
         if tuple(J.shape) != (B, M, n):
             raise ValueError(f"jac: expected shape {(B, M, n)}, got {tuple(J.shape)}")
@@ -380,11 +378,14 @@ def fisher_scoring(
         outside the family's domain (e.g. a Bernoulli mean outside (0, 1));
         bad tolerances.
     TypeError
-        ``x0`` not a real floating array; ``y``/``weights`` of another backend;
-        ``jac="autodiff"`` on a backend without autodiff
-        (:class:`agnopt.AutodiffUnavailableError`).
-    RuntimeError
-        ``mean_fn`` or ``jac`` raised (the original exception is chained).
+        ``mean_fn`` not callable; ``x0`` not a real floating array;
+        ``y``/``weights`` of another backend; ``jac="autodiff"`` on a
+        backend without autodiff (:class:`agnopt.AutodiffUnavailableError`).
+    Exception
+        Whatever ``mean_fn`` or ``jac`` raises propagates with its own type
+        and message, with a note (Python >= 3.11) saying where agnopt was
+        evaluating it (at ``x0``, at a trial point, at a finite-difference
+        point of the Jacobian).
 
     Examples
     --------
@@ -411,6 +412,8 @@ def fisher_scoring(
     c1 = _check_tol("c1", c1)
     if not c1 < 1:
         raise ValueError(f"c1: expected a value in [0, 1), got {c1!r}")
+    if not callable(mean_fn):
+        raise TypeError(f"mean_fn: expected a callable, got {type(mean_fn).__name__} {mean_fn!r:.40}")
     # (bool(): array_api_compat's TypeIs would narrow x0 to its own, looser, array union)
     if not bool(array_api_compat.is_array_api_obj(x0)) or type(x0) in (int, float, complex, bool):
         raise TypeError(f"x0: expected an array of shape (n,) or (B, n), got {type(x0).__name__}")

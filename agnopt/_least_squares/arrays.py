@@ -11,22 +11,12 @@ from typing import Any
 import array_api_compat
 
 from .._core import lazy
+from .._core.user_code import call_user
 
-
-def call_checked(fun, X, what, where):
-    """``fun(X)``, naming ``what`` (and ``where``) in any exception it raises.
-
-    ``TypeError`` and ``ValueError`` keep their type (they are the caller's
-    fault: wrong ``args``, shapes or lengths, as scipy lets them through);
-    any other exception becomes a ``RuntimeError``. The original is chained.
-    """
-    try:
-        return fun(X)
-    except (TypeError, ValueError) as e:
-        cls = TypeError if isinstance(e, TypeError) else ValueError
-        raise cls(f"{what} raised {type(e).__name__} {where}: {e}") from e
-    except Exception as e:
-        raise RuntimeError(f"{what} raised {type(e).__name__} {where}: {e}") from e
+# ``call_checked(fun, X, what, where)``: ``fun(X)``; an exception it raises
+# propagates with its own type and message (as scipy), with a note naming
+# ``what`` and ``where``
+call_checked = call_user
 
 
 def device(x):

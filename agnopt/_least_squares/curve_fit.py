@@ -15,6 +15,7 @@ from .._core.linalg import cholesky, linalg_errors
 from .._core.progress import make_progress
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
+from .._core.user_code import has_note, renote
 from .arrays import count_dtype, host_bools, host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import covariance, minpack_factors
@@ -254,9 +255,21 @@ def curve_fit(
     ValueError
         Bad shapes (also found by calling ``f``: named), non-finite data
         (``check_finite``), NaN with ``nan_policy="raise"``, unknown
-        ``method`` or ``nan_policy``, ``args`` in ``kwargs``.
+        ``method`` or ``nan_policy``, ``args`` in ``kwargs``, ``jac``
+        neither callable nor one of its strings. Batched, these input errors
+        name the rows and are raised before any fit is solved.
     TypeError
-        ``method="lm"`` with more parameters than data points (scipy's rule).
+        ``f`` not callable; ``method="lm"`` (or any method, batched) with
+        more parameters than data points (scipy's rule).
+    Exception
+        Whatever ``f`` or ``jac`` raises propagates with its own type and
+        message, as in scipy (``except RuntimeError`` does not catch a bug
+        in the model), with a note (Python >= 3.11) saying where agnopt
+        evaluated it: at ``p0``, at a trial point, at a finite-difference
+        point of the Jacobian, or in ``jac``. An error at the complex points
+        of the default complex-step Jacobian only switches the fit to
+        central differences (at real points, which raise what ``f`` raises
+        there).
 
     Warns
     -----
@@ -265,6 +278,8 @@ def curve_fit(
         imported, the warning is also an instance of scipy's
         ``OptimizeWarning`` (filters written for scipy apply).
     """
+    if not callable(f):
+        raise TypeError(f"f: expected a callable (the model), got {type(f).__name__} {f!r:.40}")
     bounds = as_bounds_pair(bounds)
     method = check_fit_method(method, kwargs, has_finite_bound(bounds))
     if nan_policy not in (None, "raise", "omit", "propagate"):
@@ -313,12 +328,15 @@ def curve_fit(
         res = least_squares(
             residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
         )
-    except (ValueError, RuntimeError, TypeError) as e:
+    except Exception as e:
         # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
+        if has_note(e):  # raised while evaluating f: its own type and message (as scipy)
+            renote(e, _curve_fit_names)
+            raise
         if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
             raise
         msg = str(e)
-        new = re.sub(r"\bx0\b", "p0", re.sub(r"\bfun\b", "f", msg))
+        new = _curve_fit_names(msg)
         if new == msg:
             raise
         raise type(e)(new) from (e.__cause__ or e)
@@ -366,6 +384,11 @@ def _warning_class() -> type:
         _SCIPY_COMPAT_WARNING.append(
             type("OptimizeWarning", (OptimizeWarning, spw), {"__module__": "agnopt"}))
     return _SCIPY_COMPAT_WARNING[0]
+
+
+def _curve_fit_names(msg: str) -> str:
+    """A message of ``least_squares`` with ``curve_fit``'s names: ``f``, ``p0``."""
+    return re.sub(r"\bx0\b", "p0", re.sub(r"\bfun\b", "f", msg))
 
 
 def _weights(xp, dev, sigma, ydata, batched, m):

@@ -73,6 +73,7 @@ from typing import Any
 import array_api_compat
 
 from .._core.backend import cheap_jit, inlined_blocks
+from .._core.user_code import quiet_complex_casts
 from .engine import (
     OUTCOME_FIELDS,
     geodesic_acceleration,
@@ -572,8 +573,9 @@ class _TracedProblem(Problem):
         # engine solves the problem (central differences from there): the
         # program holds one way of forming the Jacobian
         try:
-            Jcs = self._fd(X, F, "cs", rel)
-        except (RuntimeError, ValueError, TypeError) as e:
+            with quiet_complex_casts():
+                Jcs = self._fd(X, F, "cs", rel)
+        except Exception as e:  # (see Problem._jacobian)
             if _is_trace_error(e):
                 raise _Untraceable() from e
             # fun takes no complex input: central differences for good

@@ -372,15 +372,23 @@ def least_squares(
         Wrong shapes (``x0``, ``fun``'s or ``jac``'s output), complex
         ``x0``, ``m < n`` for ``"lm"``, infeasible ``x0``, ``lb >= ub``,
         non-finite residuals at ``x0``, bad tolerances, unsupported options
-        (see above), ``batched=True`` with a 1-D ``x0``; and a ``ValueError``
-        raised by ``fun`` or ``jac`` (named, the original chained).
+        (see above; ``jac`` neither callable nor one of its strings),
+        ``batched=True`` with a 1-D ``x0``.
     TypeError
-        Raised by ``fun`` or ``jac`` (e.g. wrong ``args`` / ``kwargs``; named,
-        the original chained).
+        ``fun`` not callable.
     RuntimeError
-        When ``fun`` or ``jac`` raises any other exception (chained), or when
-        the linear algebra of a step fails (LAPACK's "SVD did not converge":
-        a non-finite or badly scaled Jacobian).
+        When the linear algebra of a step fails (LAPACK's "SVD did not
+        converge": a non-finite or badly scaled Jacobian).
+    Exception
+        Whatever ``fun`` or ``jac`` raises propagates with its own type and
+        message, as in scipy (a ``TypeError`` for wrong ``args`` /
+        ``kwargs``, a ``ZeroDivisionError``, the model's own exceptions),
+        with a note (Python >= 3.11) saying where agnopt evaluated it: at
+        ``x0``, at a trial point, at a finite-difference point of the
+        Jacobian, or in ``jac``. The default complex-step Jacobian is the
+        exception: an error at its complex points only switches the solve
+        to central differences (at real points, which raise what ``fun``
+        raises there).
 
     Notes
     -----
@@ -430,6 +438,8 @@ def least_squares(
     J. J. Moré, B. S. Garbow, K. E. Hillstrom, MINPACK-1 User Guide,
     ANL-80-74 (1980) (``lmder``, ``lmpar``).
     """
+    if not callable(fun):
+        raise TypeError(f"fun: expected a callable, got {type(fun).__name__} {fun!r:.40}")
     check_method(method)
     if not (jac is None or callable(jac) or jac in JAC_STRINGS):
         raise ValueError(f"jac: expected a callable or one of {JAC_STRINGS}, got {jac!r}")

@@ -440,8 +440,10 @@ def tall_least_squares(
     ValueError
         Wrong shapes, ``m < n`` for ``"lm"``, non-finite residuals at ``x0``,
         a non-finite Jacobian at an accepted point, bad tolerances.
-    RuntimeError
-        When ``fun`` or ``jac`` raises (the original exception is chained).
+    Exception
+        Whatever ``fun`` or ``jac`` raises propagates with its own type and
+        message (as scipy), with a note (Python >= 3.11) saying where agnopt
+        evaluated it.
 
     Notes
     -----

@@ -94,6 +94,7 @@ from .._derivatives import autodiff as _autodiff
 from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
 from .._core.result import OptimizeResult
+from .._core.user_code import note
 from .._core.typing import Array, ArrayLike
 from .common import _gnorm, _is_dask, _nonnegative, _persist
 from .newton import _run_newton, full_step as _newton_full_step
@@ -138,16 +139,18 @@ _MESSAGES = {
 def minimize(
     fun: Callable[..., Any],
     x0: ArrayLike,
-    *,
-    method: str = "newton",
+    args: tuple[Any, ...] = (),
+    method: str | None = "newton",
     jac: bool | str | Callable[..., Array] | None = None,
     hess: str | Callable[..., Array] | None = None,
     hessp: str | Callable[..., Array] | None = None,
-    args: tuple[Any, ...] = (),
+    bounds: Any = None,
+    constraints: Any = (),
     tol: float | None = None,
-    maxiter: int | None = None,
     callback: Callable[..., Any] | None = None,
     options: dict[str, Any] | None = None,
+    *,
+    maxiter: int | None = None,
 ) -> OptimizeResult:
     r"""Minimize a scalar function of one 1-D array with a second-order method.
 
@@ -165,8 +168,12 @@ def minimize(
         or tuple of numbers (or a Python number) is converted to a float64
         NumPy array, and an integer or boolean array to float64 of its own
         backend and device.
-    method : {"newton", "newton-cg"}
-        See the module docstring for the mathematics.
+    args : tuple
+        Extra arguments of ``fun``, ``jac``, ``hess``, ``hessp``.
+    method : {"newton", "newton-cg"} or None
+        See the module docstring for the mathematics. ``None`` (scipy's
+        default, which picks BFGS, a method agnopt does not have) is
+        ``"newton"``. Case-insensitive, so scipy's ``"Newton-CG"`` works.
     jac : None, True, callable, {"2-point", "3-point", "cs", "autodiff"}
         The gradient. ``None`` (default, as scipy): ``"2-point"`` forward
         differences. ``True``: ``fun`` returns ``(f, g)``. A callable
@@ -190,13 +197,14 @@ def minimize(
         sqrt(eps) max(1, ||x||) / ||v||`` (central differences with
         ``h = delta^(1/3) max(1, ||x||) / ||v||`` for a finite-difference
         gradient).
-    args : tuple
-        Extra arguments of ``fun``, ``jac``, ``hess``, ``hessp``.
+    bounds, constraints : ignored
+        Neither method handles them: as scipy's Newton-CG, a ``bounds`` other
+        than ``None`` issues ``RuntimeWarning("Method <method> cannot handle
+        bounds.")``, non-empty ``constraints`` ``RuntimeWarning("Method
+        <method> cannot handle constraints.")``, and the problem is solved
+        without them.
     tol : float, optional
         Sets ``gtol``.
-    maxiter : int, optional
-        Maximum number of iterations (default ``200 * n``, as scipy's
-        Newton-CG). Same as ``options["maxiter"]``.
     callback : callable, optional
         Called after each iteration as ``callback(intermediate_result)``
         (an :class:`OptimizeResult` with ``x``, ``fun``, ``jac``, ``nit``) if
@@ -220,12 +228,22 @@ def minimize(
         scipy.optimize.minimize does; a misspelt key therefore does not stop
         the run: turn the warning into an error with
         ``warnings.simplefilter("error", agnopt.OptimizeWarning)``).
+    maxiter : int, optional
+        Keyword only (not one of scipy's parameters). Maximum number of
+        iterations (default ``200 * n``, as scipy's Newton-CG). Same as
+        ``options["maxiter"]``.
+
+    The parameters up to ``options`` are positional-or-keyword in scipy's
+    order: ``minimize(fun, x0, args, method, jac, hess, hessp, bounds,
+    constraints, tol, callback, options)``.
 
     Warns
     -----
     OptimizeWarning
         Unknown keys in ``options``; with ``disp=True``, a run that did not
         succeed.
+    RuntimeWarning
+        ``bounds`` or ``constraints`` given (ignored, as scipy's Newton-CG).
 
     Returns
     -------
@@ -245,15 +263,16 @@ def minimize(
         1-D or empty; ``fun(x0)`` or the gradient at ``x0`` not finite;
         ``fun``/``jac``/``hess``/``hessp`` returning the wrong shape;
         ``tol``/``gtol``/``xtol`` negative or ``maxiter`` not an integer >= 0.
-    RuntimeError
-        ``fun`` raised at ``x0`` (the original exception is the cause). At
-        later points an exception of ``fun`` propagates unchanged, as in scipy.
     TypeError
-        ``x0`` not one real floating array (a tree, a complex array, a ragged
-        or non-numeric list); ``fun``
-        returning an array of another backend; ``"autodiff"`` with arrays other than
+        ``fun`` not callable; ``x0`` not one real floating array (a tree, a
+        complex array, a ragged or non-numeric list); ``fun`` returning an
+        array of another backend; ``"autodiff"`` with arrays other than
         torch / JAX (:class:`agnopt.AutodiffUnavailableError`, also
         a ``ValueError``).
+    Exception
+        An exception raised by ``fun`` (or ``jac``, ``hess``, ``hessp``)
+        propagates with its own type and message, as in scipy; at ``x0`` it
+        carries a note (Python >= 3.11) saying so.
 
     Notes
     -----
@@ -330,7 +349,17 @@ def minimize(
     the solution to about 1e-5 relative in float64 (as scipy's); use
     ``"3-point"``, ``"cs"``, a callable or ``"autodiff"`` for more.
     """
-    method, options = _check_method_and_options(method, options)
+    if not callable(fun):
+        raise TypeError(f"fun: expected a callable, got {type(fun).__name__} {fun!r:.40}")
+    method_name = "newton" if method is None else method
+    method, options = _check_method_and_options(method_name, options)
+    # as scipy.optimize.minimize for a method without constraints or bounds
+    # (Newton-CG): a RuntimeWarning each, and they are ignored
+    if _has_constraints(constraints):
+        warnings.warn(f"Method {method_name} cannot handle constraints.", RuntimeWarning,
+                      stacklevel=3)  # the caller of minimize (through on_device_of)
+    if bounds is not None:
+        warnings.warn(f"Method {method_name} cannot handle bounds.", RuntimeWarning, stacklevel=3)
     if not isinstance(args, tuple):
         args = (args,)
     x0 = _as_x0(x0)
@@ -375,6 +404,16 @@ def minimize(
     if options.get("disp", False):
         _report(res)
     return res
+
+
+def _has_constraints(constraints: Any) -> bool:
+    """Whether ``constraints`` holds any (scipy: ``np.any(constraints)``): a dict or
+    a constraint object is one, a list or tuple holds its items."""
+    if constraints is None:
+        return False
+    if isinstance(constraints, (list, tuple, dict)):
+        return len(constraints) > 0
+    return True
 
 
 def _report(res: OptimizeResult) -> None:
@@ -488,12 +527,12 @@ def _start(P: _Problem, x0: Any) -> tuple[Any, Any, Any]:
     x = _persist(xp.asarray(x0, copy=True) if not _is_dask(x0) else x0 + 0.0)
     try:
         f, g = P.value_and_grad(x, "x0")
-    except (ValueError, TypeError):
-        raise  # our own checks of what fun / jac returned
     except Exception as e:
-        # At x0 a failing fun is a bad input: say so, and keep the original
-        # exception as the cause. Later calls propagate unchanged (as scipy).
-        raise RuntimeError(f"fun raised {type(e).__name__} at x0: {e}") from e
+        # as scipy, an exception of fun / jac propagates with its own type;
+        # at x0 it gets a note saying so (agnopt's own checks of what fun /
+        # jac returned raise ValueError / TypeError naming them)
+        note(e, "agnopt: raised while evaluating fun (and its gradient) at x0")
+        raise
     if not bool(xp.isfinite(f)):
         raise ValueError(
             f"fun(x0) is not finite ({float(f)}); minimize needs a finite objective at the "
