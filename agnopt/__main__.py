@@ -26,13 +26,36 @@ The commands live in :mod:`agnopt._cli`; ``import agnopt`` never loads them.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+
+# the array backends the tools know (each may or may not be installed here)
+BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "dask", "cupy")
+LSQ_METHODS = ("lm", "trf", "dogbox", "gauss-newton")
+
+
+def _plain(text: str) -> str:
+    """A docstring without its reStructuredText markup, for ``--help``."""
+    text = re.sub(r":(?:mod|func|class|meth):`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+def _backend_list(parser: argparse.ArgumentParser, value: str | None, option: str) -> list[str] | None:
+    """``value`` (comma-separated backend names) as a list, each checked (usage error)."""
+    if not value:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in BACKENDS]
+    if bad or not names:
+        parser.error(f"{option}: unknown backend(s) {', '.join(map(repr, bad)) or repr(value)}; "
+                     f"choose from {', '.join(BACKENDS)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m agnopt``: one sub-command per tool."""
-    parser = argparse.ArgumentParser(prog="python -m agnopt", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m agnopt", description=_plain(__doc__ or ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     tour = sub.add_parser("tour", help="run every optimizer on every installed backend (default)")
@@ -51,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--m", type=int, default=50, help="points per fit")
     fb.add_argument("--scipy-subset", type=int, default=None,
                     help="time the scipy loop on this many fits and extrapolate")
-    fb.add_argument("--backend", default="numpy",
-                    help="array backend of the batched fit: numpy, torch, jax, ... (default numpy)")
+    fb.add_argument("--backend", default="numpy", choices=BACKENDS,
+                    help="array backend of the batched fit (default numpy)")
     fb.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     fb.add_argument("--repeat", "--repeats", dest="repeat", type=int, default=None,
                     help="timed runs, best of (default 3 batched runs; with --single, 50 calls)")
@@ -89,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--matrix-sizes", default="256,1024",
                        help="matrix sizes for --invariant (default 256,1024)")
     nist = sub.add_parser("nist", help="the NIST StRD table: LRE per problem and start")
-    nist.add_argument("--method", default="lm", help="least_squares method (default lm)")
-    nist.add_argument("--backend", default="numpy", help="array backend (default numpy)")
+    nist.add_argument("--method", default="lm", choices=LSQ_METHODS,
+                      help="least_squares method (default lm)")
+    nist.add_argument("--backend", default="numpy", choices=BACKENDS,
+                      help="array backend (default numpy)")
     nist.add_argument("--scipy", action="store_true",
                       help="also scipy.optimize.least_squares (same method, jac='3-point')")
     sub.add_parser("tall-bench", add_help=False,
@@ -108,6 +133,7 @@ def _tour(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if steps < 2:
         parser.error("--steps must be at least 2")
     backends = getattr(args, "backends", None)
+    chosen = _backend_list(parser, backends, "--backends")
     if getattr(args, "plot", None):  # fail before the tour, not after it
         import importlib.util
 
@@ -116,7 +142,13 @@ def _tour(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return 1
     t0 = time.perf_counter()
     print(f"agnopt tour: {steps} steps per run, {getattr(args, 'dtype', 'float64')}")
-    chosen = backends.split(",") if backends else None
+    if chosen:
+        from ._cli.tour import available_backends
+
+        here = {name for name, *_ in available_backends()}
+        missing = [b for b in chosen if b not in here]
+        if missing:
+            print(f"note: not installed here, skipped: {', '.join(missing)}", file=sys.stderr)
     run_tour(steps=steps, dtype=getattr(args, "dtype", "float64"), backends=chosen)
     if not getattr(args, "no_second_order", False):
         from ._cli.tour import run_second_order_tour
@@ -145,8 +177,9 @@ def _tour(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _fitbench(args: argparse.Namespace) -> int:
+def _fitbench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """``fitbench``: batched (or ``--single``) fits against scipy."""
+    sweep_backends = _backend_list(parser, args.backends, "--backends")
     if args.single:
         from ._cli.single_fit import run_single_fit_benchmark
 
@@ -165,7 +198,7 @@ def _fitbench(args: argparse.Namespace) -> int:
     if args.sweep:
         from ._cli.fitbench import run_fit_sweep
 
-        backends = tuple(args.backends.split(","))
+        backends = tuple(sweep_backends or ("numpy",))
         threads = (args.threads,) if args.threads is not None else (1, None)
         run_fit_sweep(Bs=tuple(int(float(b)) for b in args.Bs.split(",")), backends=backends,
                       torch_threads=threads, peers=args.peers, repeat=repeat,
@@ -225,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "tour":
         return _tour(parser, args)
     if command == "fitbench":
-        return _fitbench(args)
+        return _fitbench(parser, args)
     if command == "bench":
         return _bench(args)
     if command == "nist":
