@@ -74,6 +74,11 @@ def _configs():
         lambda p, lr: T.Adagrad(p, lr=lr, weight_decay=0.05), None)
     add("adagrad-eps_in_sqrt", lambda lr: ao.adagrad(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True),
         None, lambda ox, lr: ox.adagrad(lr))
+    # the torch guide's mapping of Adagrad(lr_decay=d): the count is an int32 array, cast
+    # by float() so lr / (1 + t * d) is computed in float64 as torch does (t * d on an int32
+    # torch tensor is float32: 9e-9 relative off over 60 steps)
+    add("adagrad-lr_decay", lambda lr: ao.adagrad(lambda t: lr / (1 + float(t) * 0.05)),
+        lambda p, lr: T.Adagrad(p, lr=lr, lr_decay=0.05), None)
     add("rmsprop", lambda lr: ao.rmsprop(lr), lambda p, lr: T.RMSprop(p, lr=lr, alpha=0.9), None)
     add("rmsprop-centered", lambda lr: ao.rmsprop(lr, centered=True),
         lambda p, lr: T.RMSprop(p, lr=lr, alpha=0.9, centered=True), None)

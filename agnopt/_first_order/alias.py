@@ -157,7 +157,8 @@ def adagrad(
     pseudocode and ``torch.optim.Adagrad``'s: ``adagrad(lr)`` reproduces
     ``torch.optim.Adagrad(lr)``; set ``initial_accumulator_value`` and
     ``weight_decay`` to torch's values (``lr_decay`` is a schedule here:
-    ``lambda t: lr / (1 + t * lr_decay)``). ``optax.adagrad(lr)`` is
+    ``lambda t: lr / (1 + float(t) * lr_decay)``; ``float``, because the
+    count ``t`` is an int32 array and ``t * lr_decay`` would be float32 on torch). ``optax.adagrad(lr)`` is
     ``adagrad(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True)``.
     """
     learning_rate = check_learning_rate(learning_rate)

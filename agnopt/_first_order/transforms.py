@@ -195,6 +195,13 @@ class ScaleByScheduleState(NamedTuple):
 def scale_by_schedule(step_size_fn: Schedule) -> Transform:
     """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
 
+    ``count`` is a 0-d int32 array on the parameters' backend and device (as
+    optax's), so arithmetic on it follows the backend's promotion: on torch
+    ``count * 0.05`` is float32. Write ``float(count)`` (eager backends) or
+    cast it (``count.astype(jnp.float64)`` under ``jax.jit``) for float64
+    arithmetic; the schedules of :mod:`agnopt.schedules` cast it to float64
+    themselves.
+
     ``step_size_fn`` returns a Python float or a 0-d array. A non-finite
     value raises ``ValueError`` where it can be read without a computation:
     Python numbers and eager arrays (NumPy, torch, CuPy, array-api-strict,
