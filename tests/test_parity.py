@@ -10,15 +10,14 @@ error per configuration is printed in the terminal summary.
 from __future__ import annotations
 
 import functools
-import math
 
 import array_api_compat.numpy as npx
 import numpy as np
 import pytest
-
-import agnopt as ao
 from conftest import PARITY, materialize, to_numpy
 from problems import Quadratic, rosenbrock_grad
+
+import agnopt as ao
 
 torch = pytest.importorskip("torch")
 
@@ -125,7 +124,7 @@ def _lr(name, problem):
     return LR[base][0 if problem == "rosenbrock" else 1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_trajectory(name, problem):
     make = CONFIGS[name][1]
     lr = _lr(name, problem)
@@ -145,7 +144,7 @@ def torch_trajectory(name, problem):
     return np.array(traj)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def optax_trajectory(name, problem):
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
@@ -171,9 +170,9 @@ def agnopt_trajectory(xp, device, name, problem):
     x = xp.asarray(PROBLEMS[problem].copy(), dtype=xp.float64, device=device)
     if problem == "quadratic":
         A, c = QUAD.arrays(xp, xp.float64, device)
-        grad = lambda x: QUAD.grad(xp, x, A, c)  # noqa: E731
+        grad = lambda x: QUAD.grad(xp, x, A, c)
     else:
-        grad = lambda x: rosenbrock_grad(xp, x)  # noqa: E731
+        grad = lambda x: rosenbrock_grad(xp, x)
     state = opt.init(x)
     traj = []
     for _ in range(STEPS):
