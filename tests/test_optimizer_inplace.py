@@ -248,3 +248,32 @@ def test_model_parameters_generator_is_accepted():
     ref = _train_torch(m_ref, lambda ps: torch.optim.Adam(ps, lr=0.05), X, y)
     for (k, p) in m.named_parameters():
         torch.testing.assert_close(p.detach(), ref[k].detach(), rtol=1e-10, atol=0)
+
+
+def test_flat_mode_torch_parameters_share_the_buffer_and_views_are_copied():
+    """flat=True: contiguous torch leaves (nn.Parameter) become views of the flat buffer (no copy
+    per step); a non-contiguous leaf (transposed) receives a copy. Both equal torch.optim."""
+    X, y = _data()
+    m, m_ref = _linear(), _linear()
+    extra = torch.nn.Parameter(torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).t())
+    assert not extra.is_contiguous()
+    extra_ref = extra.detach().clone().requires_grad_(True)
+    params = {**dict(m.named_parameters()), "extra": extra}
+    weight = m.weight
+    opt = ao.Optimizer(ao.adam(0.05), params, flat=True)
+    assert m.weight is weight  # the same Parameter object ...
+    assert m.weight.data_ptr() == opt.params["weight"].data_ptr()  # ... now a view of the buffer
+    assert extra.data_ptr() != opt.params["extra"].data_ptr()  # a transposed view: copied back
+    o_ref = torch.optim.Adam([*m_ref.parameters(), extra_ref], lr=0.05)
+    for k in range(N_STEPS):
+        m.zero_grad()
+        ((m(X).squeeze(-1) - y) ** 2).mean().backward()
+        opt.step({"weight": m.weight.grad, "bias": m.bias.grad, "extra": torch.cos(extra.detach() + k)})
+        o_ref.zero_grad()
+        ((m_ref(X).squeeze(-1) - y) ** 2).mean().backward()
+        extra_ref.grad = torch.cos(extra_ref.detach() + k)
+        o_ref.step()
+    ref = {**dict(m_ref.named_parameters()), "extra": extra_ref}
+    for k, p in params.items():
+        assert torch.equal(p.detach(), opt.params[k])
+        torch.testing.assert_close(p.detach(), ref[k].detach(), rtol=1e-10, atol=0)

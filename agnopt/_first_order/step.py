@@ -297,10 +297,14 @@ class Optimizer(Generic[TreeT]):
     Python overhead). Write gradients into ``opt.grads`` (views into a flat
     gradient buffer) and call ``opt.step()`` to avoid copying them; any other
     gradient tree passed to ``step(grads)`` is copied into the buffer first.
-    In flat mode ``opt.state`` is the state of the flat parameter vector,
-    and after each step the new values are copied from the buffer back into
-    the arrays you passed (writeable NumPy/torch/CuPy leaves; one copy per
-    leaf, ``torch._foreach_copy_`` on torch).
+    In flat mode ``opt.state`` is the state of the flat parameter vector.
+    The arrays you passed follow the buffer: a contiguous torch tensor that
+    is not a view of another (an ``nn.Parameter``, say) is made a view into
+    the buffer at construction (``tensor.data = view``: same tensor object,
+    its values now live in the buffer, no copy per step); any other writeable
+    leaf (NumPy, CuPy, non-contiguous or view torch tensors) receives the new
+    values by a copy after each step (one per leaf; ``torch._foreach_copy_``
+    on torch).
 
     On Dask arrays each ``opt.step`` persists ``opt.params`` and
     ``opt.state`` (see :func:`step`): the loop runs in time linear in the
@@ -325,7 +329,14 @@ class Optimizer(Generic[TreeT]):
             self._flat_g, gviews = _flat_buffer(leaves, copy=False)
             self._gviews = gviews
             self._gshapes = [v.shape for v in gviews]
-            self._pviews = views
+            # the caller's leaves that are not made views of the buffer get a copy per step
+            self._pviews: list = []
+            self._copy_to: list = []
+            if self._write_back:
+                for x, v in zip(leaves, views):
+                    if not _rebind(x, v):
+                        self._copy_to.append(x)
+                        self._pviews.append(v)
             self.params: TreeT = tree_unflatten(self._td, views)
             self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
@@ -365,8 +376,8 @@ class Optimizer(Generic[TreeT]):
         new_p, self.state = step(self.transform, self._flat_p, self._flat_g, self.state)
         if new_p is not self._flat_p:  # generic path (e.g. AGNOPT_FAST=0): copy back into the buffer
             _copy_into(self._flat_p, new_p)
-        if self._write_back:  # and from the buffer into the caller's arrays
-            _copy_leaves(self._user_leaves, self._pviews)
+        if self._copy_to:  # and from the buffer into the caller's arrays that are not views of it
+            _copy_leaves(self._copy_to, self._pviews)
         return self.params
 
 
@@ -434,6 +445,19 @@ def _numel(x: Any) -> int:
     for s in x.shape:
         n *= int(s)
     return n
+
+
+def _rebind(x: Any, view: Any) -> bool:
+    """Make the torch tensor ``x`` a view of ``view``'s storage (``x.data = view``) where that
+    keeps its layout and aliasing: a contiguous tensor, not itself a view of another, of
+    ``view``'s shape, dtype and device. True if done (``x`` holds ``view``'s values)."""
+    if _backend_module(x) != "torch" or _backend_module(view) != "torch":
+        return False
+    if (x._base is not None or not x.is_contiguous() or x.shape != view.shape
+            or x.dtype != view.dtype or x.device != view.device):
+        return False
+    x.data = view
+    return True
 
 
 def _copy_leaves(dsts: list, srcs: list) -> None:
