@@ -17,14 +17,15 @@ backends at once (torch next to NumPy) or a NumPy-only feature run in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 from array_api_compat import array_namespace
+from conftest import to_numpy
 
 import agnopt as ao
-from conftest import BackendCase, to_numpy
 
 
 class Case(NamedTuple):
@@ -194,6 +195,13 @@ def c_load_state_dict_dtype(xp, dev):
     q = _mk(xp, dev, [1.0, 2.0], "float32")
     d = ao.state_dict(ao.sgd(0.1, momentum=0.9).init(p))
     return (lambda: ao.load_state_dict(ao.sgd(0.1, momentum=0.9).init(q), d)), (p, q)
+
+
+def c_load_state_dict_swapped(xp, dev):
+    p = _mk(xp, dev, [1.0, 2.0])
+    s = ao.adam(0.1).init(p)
+    d = ao.state_dict(s)
+    return (lambda: ao.load_state_dict(d, s)), (p,)
 
 
 # --------------------------------------------------------------------------- minimize
@@ -462,6 +470,23 @@ CASES = [
     Case("adagrad-eps-negative", _hyper(lambda: ao.adagrad(0.1, eps=-1.0)), ValueError, r"eps must be"),
     Case("momentum-negative", _hyper(lambda: ao.sgd(0.1, momentum=-0.9)), ValueError, r"momentum must be"),
     Case("weight_decay-negative", _hyper(lambda: ao.adamw(0.1, weight_decay=-1e-2)), ValueError, r"weight_decay must be"),
+    # bool flags: a number in a flag's position is an error, not True (torch's SGD order
+    # SGD(params, lr, momentum, dampening) put dampening=0.1 where sgd has nesterov)
+    Case("sgd-nesterov-float", _hyper(lambda: ao.sgd(0.1, 0.9, 0.1)), TypeError,
+         r"nesterov must be a bool, got float 0\.1.*dampening=\.\.\. as a keyword"),
+    Case("adam-amsgrad-float", _hyper(lambda: ao.adam(0.1, 0.9, 0.999, 1e-8, 0.0, 0.01)), TypeError,
+         r"amsgrad must be a bool"),
+    Case("adamw-amsgrad-int", _hyper(lambda: ao.adamw(0.1, amsgrad=1)), TypeError, r"amsgrad must be a bool"),
+    Case("rmsprop-centered-float", _hyper(lambda: ao.rmsprop(0.1, 0.9, 1e-8, False, 0.9)), TypeError,
+         r"centered must be a bool"),
+    Case("rmsprop-eps_in_sqrt-float", _hyper(lambda: ao.rmsprop(0.1, 0.99, 1e-8, 0.0)), TypeError,
+         r"eps_in_sqrt must be a bool"),
+    Case("adagrad-eps_in_sqrt-float", _hyper(lambda: ao.adagrad(0.1, 0.0, 1e-10, 1e-3)), TypeError,
+         r"eps_in_sqrt must be a bool"),
+    Case("muon-nesterov-float", _hyper(lambda: ao.muon(0.1, 0.9, 0.1)), TypeError, r"nesterov must be a bool"),
+    Case("trace-nesterov-str", _hyper(lambda: ao.trace(0.9, "yes")), TypeError, r"nesterov must be a bool"),
+    Case("exponential_decay-staircase-float", _hyper(lambda: ao.exponential_decay(1.0, 10, 0.5, 0, 1.0)),
+         TypeError, r"staircase must be a bool"),
     Case("max_consecutive_errors-negative", _hyper(lambda: ao.apply_if_finite(ao.sgd(0.1), -1)), ValueError,
          r"max_consecutive_errors must be >= 0"),
     Case("apply_if_finite-state", c_guard_bad_state, ValueError, r"state: apply_if_finite expected"),
@@ -479,6 +504,8 @@ CASES = [
          r"state\[1\]\.mu: shape \(2,\) in the state dict != template shape \(3,\)"),
     Case("load_state_dict-dtype", c_load_state_dict_dtype, ValueError,
          r"state\[1\]\.trace: dtype float64 in the state dict != template dtype float32"),
+    Case("load_state_dict-swapped", c_load_state_dict_swapped, ValueError,
+         r"arguments are swapped.*load_state_dict\(opt\.init\(params\), d\)"),
     # minimize
     Case("minimize-method", c_min_method, ValueError, r"method: unknown method 'bfgs'"),
     Case("minimize-jac-shape", c_min_jac_shape, ValueError, r"jac must return an array of shape \(n,\) = \(2,\)"),

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import BackendCase, load_backend, materialize, to_numpy
 
 import agnopt as ao
-from conftest import BackendCase, load_backend, materialize, to_numpy
 
 
 def _bits(tree):
@@ -287,3 +287,29 @@ def test_state_dict_rejects_non_arrays():
         ao.state_dict({"f": lambda: 0})
     with pytest.raises(ValueError, match="reserved"):
         ao.state_dict({"__type__": np.zeros(1)})
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_restored_state_shares_memory_unless_deep_copied(kind):
+    """Documented (state_dict / load_state_dict, checkpoint guide): a restore onto the same
+    backend holds the original's arrays, so in-place steps of one change the other;
+    copy.deepcopy(state_dict(...)) gives an independent state."""
+    import copy
+
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        mk = lambda v: torch.tensor(v, dtype=torch.float64)
+    else:
+        mk = lambda v: np.array(v, dtype=np.float64)
+    o1 = ao.Optimizer(ao.adam(0.05), mk([1.0, 2.0]))
+    o1.step(mk([0.5, -0.5]))
+    o2 = ao.Optimizer(ao.adam(0.05), mk([1.0, 2.0]))
+    o2.state = ao.load_state_dict(o2.state, ao.state_dict(o1.state))
+    assert ao.tree_leaves(o2.state)[1] is ao.tree_leaves(o1.state)[1]  # aliased, as documented
+    o3 = ao.Optimizer(ao.adam(0.05), mk([1.0, 2.0]))
+    o3.state = ao.load_state_dict(o3.state, copy.deepcopy(ao.state_dict(o1.state)))
+    before = _bits(o1.state)
+    o3.step(mk([3.0, 3.0]))
+    assert _bits(o1.state) == before  # the deep copy is independent
+    o2.step(mk([3.0, 3.0]))
+    assert _bits(o1.state) != before  # the aliased restore stepped o1's state too

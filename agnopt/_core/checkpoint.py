@@ -47,7 +47,7 @@ from .tree import _is_namedtuple
 
 StateT = TypeVar("StateT")  # a state handed back with the template's type
 
-__all__ = ["state_dict", "load_state_dict", "save_state", "load_state"]
+__all__ = ["load_state", "load_state_dict", "save_state", "state_dict"]
 
 FORMAT = "agnopt.state"
 VERSION = 1
@@ -73,6 +73,12 @@ def state_dict(state: Any) -> dict[str, Any]:
     tuple/list positions (as ``"0"``, ``"1"``...) and dict keys are the other
     entries. ``None`` stays ``None``. The result is wrapped as
     ``{"format": "agnopt.state", "version": 1, "state": ...}``.
+
+    **No copy**: the arrays of the dict are the state's own arrays, which
+    :func:`agnopt.step` and :class:`agnopt.Optimizer` overwrite in place on
+    NumPy, torch and CuPy (as ``torch.optim``'s ``state_dict`` aliases its
+    tensors). Take ``copy.deepcopy(state_dict(state))`` for a snapshot that
+    later steps do not change, or write it to a file (:func:`save_state`).
 
     Raises ``TypeError`` for a leaf that is neither an array nor a Python
     scalar, ``ValueError`` for a dict key ``"__type__"``.
@@ -112,16 +118,35 @@ def load_state_dict(template_state: StateT, d: dict[str, Any]) -> StateT:
 
     ``template_state`` is a state of the optimizer to resume, on the backend
     and device to resume on (``opt.init(params)``); its values are ignored.
-    Every array of ``d`` is converted onto the template leaf's backend and
-    device, bit for bit (DLPack, or ``asarray`` on that device).
+    The template comes first, the state dict second (``load_state_dict(d,
+    template)`` is refused with a message saying so). Every array of ``d`` is
+    converted onto the template leaf's backend and device, bit for bit
+    (DLPack, or ``asarray`` on that device).
+
+    **No copy: the restored state shares memory with ``d``.** Where ``d``'s
+    arrays are already on the template's backend and device, the returned
+    state holds *the very arrays of* ``d``, hence of the state ``d`` was taken
+    from (:func:`state_dict` copies nothing either). Since :func:`agnopt.step`
+    and :class:`agnopt.Optimizer` update the state in place on NumPy, torch
+    and CuPy, a restored optimizer and the original then change each other's
+    state. For an independent copy, restore from ``copy.deepcopy(d)`` (or
+    from a file: :func:`save_state` / :func:`load_state`).
 
     Raises
     ------
     ValueError
-        ``d`` is not a state dict, or its structure (container types, field
-        names, keys, lengths), a shape or a dtype differs from the
-        template's; the message names the first difference by its path.
+        ``d`` is not a state dict (or the arguments are swapped), or its
+        structure (container types, field names, keys, lengths), a shape or
+        a dtype differs from the template's; the message names the first
+        difference by its path.
     """
+    if (isinstance(template_state, dict) and template_state.get("format") == FORMAT
+            and not (isinstance(d, dict) and d.get("format") == FORMAT)):
+        raise ValueError(
+            "load_state_dict(template_state, d): the arguments are swapped; the template "
+            "(e.g. opt.init(params)) comes first and the dict from agnopt.state_dict second: "
+            "load_state_dict(opt.init(params), d)"
+        )
     if not isinstance(d, dict) or d.get("format") != FORMAT or "state" not in d:
         raise ValueError(
             "d: expected the dict returned by agnopt.state_dict "

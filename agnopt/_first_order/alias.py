@@ -24,6 +24,7 @@ from .transforms import (
     ScaleByStddevState,
     TraceState,
     add_decayed_weights,
+    check_bool,
     check_learning_rate,
     check_nonnegative,
     scale_by_adam,
@@ -35,7 +36,7 @@ from .transforms import (
     trace,
 )
 
-__all__ = ["sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw"]
+__all__ = ["adagrad", "adam", "adamw", "rmsprop", "sgd", "sign_sgd"]
 
 
 # Each alias is a list of (transform, Slot) pairs: the chain and, next to each
@@ -65,6 +66,11 @@ def _trace_part(on: bool, momentum, nesterov, dampening, accumulator_dtype) -> t
 
 
 _ADAM_SLOT = Slot(ScaleByAdamState, (("count", "count"), ("mu", "mu"), ("nu", "nu"), ("vmax", "nu_max")))
+
+
+_SGD_ORDER = ("; sgd's positional order is optax's, sgd(learning_rate, momentum, nesterov, "
+              "dampening, weight_decay), not torch.optim.SGD's (lr, momentum, dampening, ...): "
+              "pass dampening=... as a keyword")
 
 
 def sgd(
@@ -104,6 +110,7 @@ def sgd(
     """
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
+    nesterov = check_bool("nesterov", nesterov, _SGD_ORDER)
     parts = [
         (add_decayed_weights(weight_decay), _NONE),
         _trace_part(momentum > 0 or nesterov, momentum, nesterov, dampening, accumulator_dtype),
@@ -150,7 +157,8 @@ def adagrad(
     pseudocode and ``torch.optim.Adagrad``'s: ``adagrad(lr)`` reproduces
     ``torch.optim.Adagrad(lr)``; set ``initial_accumulator_value`` and
     ``weight_decay`` to torch's values (``lr_decay`` is a schedule here:
-    ``lambda t: lr / (1 + t * lr_decay)``). ``optax.adagrad(lr)`` is
+    ``lambda t: lr / (1 + float(t) * lr_decay)``; ``float``, because the
+    count ``t`` is an int32 array and ``t * lr_decay`` would be float32 on torch). ``optax.adagrad(lr)`` is
     ``adagrad(lr, initial_accumulator_value=0.1, eps=1e-7, eps_in_sqrt=True)``.
     """
     learning_rate = check_learning_rate(learning_rate)
@@ -195,6 +203,9 @@ def rmsprop(
     """
     learning_rate = check_learning_rate(learning_rate)
     momentum = check_nonnegative("momentum", momentum)
+    centered = check_bool("centered", centered, "; rmsprop's order is (learning_rate, decay, eps, "
+                          "eps_in_sqrt, centered, momentum, weight_decay): pass the others by keyword")
+    nesterov = check_bool("nesterov", nesterov)
     if centered:
         scaler = (scale_by_stddev(decay, eps, eps_in_sqrt, initial_scale, accumulator_dtype),
                   Slot(ScaleByStddevState, (("mu", "mu"), ("nu", "nu"))))

@@ -34,6 +34,7 @@ from .transforms import (
     _safe_int_increment,
     add_decayed_weights,
     check_beta,
+    check_bool,
     check_learning_rate,
     check_nonnegative,
     scale_by_adam,
@@ -195,6 +196,8 @@ def scale_by_muon(
     momentum dtype. State: one ``(m, n)`` buffer per leaf.
     """
     momentum = check_beta("momentum", momentum)
+    nesterov = check_bool("nesterov", nesterov)
+    bias_correction = check_bool("bias_correction", bias_correction)
     if not (isinstance(ns_coefficients, (tuple, list)) and len(ns_coefficients) == 3):
         raise ValueError(f"ns_coefficients must be three numbers (a, b, c), got {ns_coefficients!r}")
     coeffs = tuple(_number("ns_coefficients", v) for v in ns_coefficients)
@@ -386,6 +389,8 @@ def muon(
     adam_b2 = check_beta("adam_b2", adam_b2)
     adam_eps = check_nonnegative("adam_eps", adam_eps)
     adam_eps_root = check_nonnegative("adam_eps_root", adam_eps_root)
+    adam_fallback = check_bool("adam_fallback", adam_fallback)
+    adam_nesterov = check_bool("adam_nesterov", adam_nesterov)
     if adam_nesterov:
         scaler = _scale_by_nesterov_adam(adam_b1, adam_b2, adam_eps, adam_eps_root)
     else:

@@ -16,12 +16,13 @@ import math
 from typing import Any
 
 from .._core.typing import Schedule
+from .transforms import check_bool
 
 __all__ = [
     "Schedule",
     "constant",
-    "exponential_decay",
     "cosine_decay",
+    "exponential_decay",
     "linear_schedule",
     "linear_warmup",
     "warmup_cosine_decay",
@@ -111,6 +112,7 @@ def exponential_decay(
     decay_rate = _check_finite("decay_rate", decay_rate)
     transition_steps = _check_steps("transition_steps", transition_steps)
     transition_begin = _check_steps("transition_begin", transition_begin, allow_zero=True)
+    staircase = check_bool("staircase", staircase)
     if decay_rate <= 0:
         raise ValueError(f"decay_rate must be > 0, got {decay_rate}")
 

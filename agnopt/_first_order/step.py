@@ -75,14 +75,16 @@ from __future__ import annotations
 import operator
 import os
 import weakref
+from collections.abc import Iterator, ValuesView
 from typing import Any, Generic, NamedTuple
 
+from .._core.backend import is_writeable
 from .._core.lazy import is_dask, persist
-from .base import Transform, apply_updates
 from .._core.tree import leaves_like, tree_flatten, tree_unflatten
 from .._core.typing import ArrayTree, TreeT
+from .base import Transform, apply_updates
 
-__all__ = ["step", "Optimizer", "register_fast", "fast_spec", "fast_mode", "Slot", "FastSpec"]
+__all__ = ["FastSpec", "Optimizer", "Slot", "fast_mode", "fast_spec", "register_fast", "step"]
 
 
 class Slot(NamedTuple):
@@ -106,7 +108,7 @@ class FastSpec(NamedTuple):
     layout: tuple  # one Slot per chain element, in the chain's order
 
 
-_REGISTRY: "weakref.WeakKeyDictionary[Any, FastSpec]" = weakref.WeakKeyDictionary()
+_REGISTRY: weakref.WeakKeyDictionary[Any, FastSpec] = weakref.WeakKeyDictionary()
 _LAST: list = [None, None]  # (transform.update, its FastSpec) of the last registered step
 KINDS = ("sgd", "sign_sgd", "adagrad", "rmsprop", "adam", "adamw")
 
@@ -264,9 +266,29 @@ class Optimizer(Generic[TreeT]):
     """A stateful convenience around :func:`step` for training loops.
 
     ``opt = Optimizer(adam(1e-3), params)``; then ``opt.step(grads)`` updates
-    ``opt.params`` (in place on NumPy/torch/CuPy, see :func:`step`) and
-    ``opt.state``, and returns ``opt.params``. The functional API
-    (``init``/``update``/``apply_updates``/``step``) stays the reference.
+    ``opt.params`` and ``opt.state``, and returns ``opt.params``. The
+    functional API (``init``/``update``/``apply_updates``/``step``) stays the
+    reference.
+
+    **The arrays you pass are updated in place** (like ``torch.optim``) when
+    every leaf of ``params`` is a writeable NumPy, torch or CuPy array:
+    whichever path computed the step (a fused in-place kernel, or the generic
+    path taken for user-built chains such as ``chain(clip_by_global_norm(c),
+    adamw(lr))``, ``apply_if_finite``, ``mu_dtype`` other than the
+    parameters' dtype, non-contiguous leaves (transposed, strided,
+    Fortran-order, channels_last), ``flat=True`` or ``AGNOPT_FAST=0``), the
+    new values are written into your arrays, keeping their strides and dtype
+    (torch: under ``torch.no_grad()``, so ``nn.Parameter`` leaves work), and
+    ``opt.params`` is your tree of your arrays (flat mode: see below). JAX
+    arrays are immutable, and Dask, array-api-strict and read-only NumPy
+    arrays are never written: there the result is in ``opt.params`` (a new
+    tree each step) and the arrays you passed keep their values.
+
+    ``params`` is an array, a tree of arrays (dict, list, tuple,
+    NamedTuple), or any iterator of arrays such as ``model.parameters()``
+    (a generator, read once into a list: ``opt.params`` is then that list,
+    and ``grads`` must be a list in the same order, e.g.
+    ``[p.grad for p in opt.params]``).
 
     With ``flat=True`` (NumPy, torch or CuPy trees whose leaves share one
     array type, dtype and device), the parameters are copied into one contiguous buffer and
@@ -276,6 +298,13 @@ class Optimizer(Generic[TreeT]):
     gradient buffer) and call ``opt.step()`` to avoid copying them; any other
     gradient tree passed to ``step(grads)`` is copied into the buffer first.
     In flat mode ``opt.state`` is the state of the flat parameter vector.
+    The arrays you passed follow the buffer: a contiguous torch tensor that
+    is not a view of another (an ``nn.Parameter``, say) is made a view into
+    the buffer at construction (``tensor.data = view``: same tensor object,
+    its values now live in the buffer, no copy per step); any other writeable
+    leaf (NumPy, CuPy, non-contiguous or view torch tensors) receives the new
+    values by a copy after each step (one per leaf; ``torch._foreach_copy_``
+    on torch).
 
     On Dask arrays each ``opt.step`` persists ``opt.params`` and
     ``opt.state`` (see :func:`step`): the loop runs in time linear in the
@@ -285,14 +314,29 @@ class Optimizer(Generic[TreeT]):
     def __init__(self, transform: Transform, params: TreeT, *, flat: bool = False) -> None:
         self.transform = transform
         self.flat = bool(flat)
+        if isinstance(params, (Iterator, ValuesView)):  # model.parameters(), dict.values()
+            params = list(params)
+        self._user_leaves, self._user_td = tree_flatten(params)
+        # write the new values back into the caller's arrays wherever they can be written
+        self._write_back = bool(self._user_leaves) and all(
+            _backend_module(x) is not None and is_writeable(x) for x in self._user_leaves)
+        self._user_params = params
         if self.flat:
-            leaves, self._td = tree_flatten(params)
+            leaves, self._td = self._user_leaves, self._user_td
             if not leaves:
                 raise ValueError("params: the tree is empty; expected at least one array")
             self._flat_p, views = _flat_buffer(leaves, copy=True)
             self._flat_g, gviews = _flat_buffer(leaves, copy=False)
             self._gviews = gviews
             self._gshapes = [v.shape for v in gviews]
+            # the caller's leaves that are not made views of the buffer get a copy per step
+            self._pviews: list = []
+            self._copy_to: list = []
+            if self._write_back:
+                for x, v in zip(leaves, views):
+                    if not _rebind(x, v):
+                        self._copy_to.append(x)
+                        self._pviews.append(v)
             self.params: TreeT = tree_unflatten(self._td, views)
             self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
@@ -306,7 +350,17 @@ class Optimizer(Generic[TreeT]):
         if not self.flat:
             if grads is None:
                 raise ValueError("Optimizer.step: grads are required (flat=False)")
-            self.params, self.state = step(self.transform, self.params, grads, self.state)
+            new_p, self.state = step(self.transform, self.params, grads, self.state)
+            if not self._write_back:
+                self.params = new_p
+            elif new_p is not self._user_params:  # else the fast path returned the very tree
+                new_leaves = leaves_like(new_p, self._user_td)
+                if new_leaves is None:
+                    new_leaves = tree_flatten(new_p)[0]
+                for dst, src in zip(self._user_leaves, new_leaves):
+                    if src is not dst:  # computed out of place (generic path): write it back
+                        _copy_into(dst, src)
+                self.params = self._user_params
             return self.params
         if grads is not None and grads is not self.grads:
             fast = leaves_like(grads, self._td)
@@ -322,6 +376,8 @@ class Optimizer(Generic[TreeT]):
         new_p, self.state = step(self.transform, self._flat_p, self._flat_g, self.state)
         if new_p is not self._flat_p:  # generic path (e.g. AGNOPT_FAST=0): copy back into the buffer
             _copy_into(self._flat_p, new_p)
+        if self._copy_to:  # and from the buffer into the caller's arrays that are not views of it
+            _copy_leaves(self._copy_to, self._pviews)
         return self.params
 
 
@@ -389,6 +445,33 @@ def _numel(x: Any) -> int:
     for s in x.shape:
         n *= int(s)
     return n
+
+
+def _rebind(x: Any, view: Any) -> bool:
+    """Make the torch tensor ``x`` a view of ``view``'s storage (``x.data = view``) where that
+    keeps its layout and aliasing: a contiguous tensor, not itself a view of another, of
+    ``view``'s shape, dtype and device. True if done (``x`` holds ``view``'s values)."""
+    if _backend_module(x) != "torch" or _backend_module(view) != "torch":
+        return False
+    if (x._base is not None or not x.is_contiguous() or x.shape != view.shape
+            or x.dtype != view.dtype or x.device != view.device):
+        return False
+    x.data = view
+    return True
+
+
+def _copy_leaves(dsts: list, srcs: list) -> None:
+    """``_copy_into(d, s)`` for each pair (torch: one ``torch._foreach_copy_`` where it exists)."""
+    if _backend_module(dsts[0]) == "torch":
+        import torch
+
+        fe = getattr(torch, "_foreach_copy_", None)
+        if fe is not None:
+            with torch.no_grad():
+                fe(dsts, srcs)
+            return
+    for d, s in zip(dsts, srcs):
+        _copy_into(d, s)
 
 
 def _copy_into(dst: Any, src: Any) -> None:

@@ -33,28 +33,34 @@ from typing import Any, NamedTuple
 
 from .._core.backend import is_concrete, resolve, resolve_dtype, scalar
 from .._core.norms import opmath_dtype, safe_sqrt, scaled_norm
-from .._core.typing import ScalarOrSchedule, Schedule
-from .base import EmptyState, Transform, check_state, check_updates, trusted, validated_backend
 from .._core.tree import tree_flatten, tree_map, tree_unflatten
+from .._core.typing import ScalarOrSchedule, Schedule
+from .base import (
+    EmptyState,
+    Transform,
+    check_state,
+    trusted,
+    validated_backend,
+)
 
 __all__ = [
-    "ScaleByScheduleState",
-    "TraceState",
-    "ScaleByRssState",
-    "ScaleByRmsState",
-    "ScaleByStddevState",
     "ScaleByAdamState",
-    "scale",
-    "scale_by_schedule",
-    "scale_by_learning_rate",
-    "scale_by_sign",
-    "trace",
-    "scale_by_rss",
-    "scale_by_rms",
-    "scale_by_stddev",
-    "scale_by_adam",
+    "ScaleByRmsState",
+    "ScaleByRssState",
+    "ScaleByScheduleState",
+    "ScaleByStddevState",
+    "TraceState",
     "add_decayed_weights",
     "clip_by_global_norm",
+    "scale",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_schedule",
+    "scale_by_sign",
+    "scale_by_stddev",
+    "trace",
 ]
 
 
@@ -70,6 +76,20 @@ def _number(name: str, value: Any) -> float:
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
     return v
+
+
+def check_bool(name: str, value: Any, hint: str = "") -> bool:
+    """``value`` if it is a bool (or a NumPy bool), else ``TypeError`` naming ``name``.
+
+    A flag given positionally where a number was meant (``sgd(0.1, 0.9, 0.1)``,
+    torch's ``SGD(params, lr, momentum, dampening)`` order) must not be read
+    as True. ``hint`` is appended to the message.
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}{hint}")
 
 
 def check_nonnegative(name: str, value: Any) -> float:
@@ -175,6 +195,13 @@ class ScaleByScheduleState(NamedTuple):
 def scale_by_schedule(step_size_fn: Schedule) -> Transform:
     """Multiply updates by ``step_size_fn(count)``; ``count`` starts at 0.
 
+    ``count`` is a 0-d int32 array on the parameters' backend and device (as
+    optax's), so arithmetic on it follows the backend's promotion: on torch
+    ``count * 0.05`` is float32. Write ``float(count)`` (eager backends) or
+    cast it (``count.astype(jnp.float64)`` under ``jax.jit``) for float64
+    arithmetic; the schedules of :mod:`agnopt.schedules` cast it to float64
+    themselves.
+
     ``step_size_fn`` returns a Python float or a 0-d array. A non-finite
     value raises ``ValueError`` where it can be read without a computation:
     Python numbers and eager arrays (NumPy, torch, CuPy, array-api-strict,
@@ -214,6 +241,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> Transform:
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True) -> Transform:
     """Multiply updates by ``-learning_rate`` (a float or a schedule)."""
     lr = check_learning_rate(learning_rate)  # a checked float, or the schedule
+    flip_sign = check_bool("flip_sign", flip_sign)
     sign = -1.0 if flip_sign else 1.0
     if callable(lr):
         return scale_by_schedule(lambda count: sign * lr(count))
@@ -261,6 +289,7 @@ def trace(
     ``optax.trace(decay, nesterov)``, whose buffer starts at zero.
     """
     decay = check_nonnegative("momentum", decay)
+    nesterov = check_bool("nesterov", nesterov)
     dampening = check_nonnegative("dampening", dampening)
     if nesterov and (decay <= 0 or dampening != 0):
         raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0 (as torch.optim.SGD)")
@@ -326,6 +355,7 @@ def scale_by_rss(
     """
     initial_accumulator_value = check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     eps = check_nonnegative("eps", eps)
+    eps_in_sqrt = check_bool("eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return ScaleByRssState(
@@ -372,6 +402,7 @@ def scale_by_rms(
     decay = check_beta("decay", decay)
     eps = check_nonnegative("eps", eps)
     initial_scale = check_nonnegative("initial_scale", initial_scale)
+    eps_in_sqrt = check_bool("eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return ScaleByRmsState(nu=_zeros_like_tree(params, accumulator_dtype, "accumulator_dtype", fill=initial_scale))
@@ -416,6 +447,7 @@ def scale_by_stddev(
     decay = check_beta("decay", decay)
     eps = check_nonnegative("eps", eps)
     initial_scale = check_nonnegative("initial_scale", initial_scale)
+    eps_in_sqrt = check_bool("eps_in_sqrt", eps_in_sqrt)
 
     def init(params):
         return ScaleByStddevState(
@@ -482,6 +514,7 @@ def scale_by_adam(
     b2 = check_beta("b2", b2)
     eps = check_nonnegative("eps", eps)
     eps_root = check_nonnegative("eps_root", eps_root)
+    amsgrad = check_bool("amsgrad", amsgrad)
 
     def init(params):
         nu = _zeros_like_tree(params, nu_dtype, "nu_dtype")
@@ -511,7 +544,7 @@ def scale_by_adam(
             new_nu = b2 * _cast(xp, nu, opn) + (1.0 - b2) * (gn * gn)
             if opn not in bias:
                 t = xp.astype(count, opn)
-                bias[opn] = (1.0 - b1**t, 1.0 - b2**t)
+                bias[opn] = (one_minus_pow(xp, t, b1), one_minus_pow(xp, t, b2))
             bc1, bc2 = bias[opn]
             if amsgrad:
                 v = xp.maximum(_cast(xp, nu_max, opn), new_nu)
@@ -532,6 +565,25 @@ def scale_by_adam(
         return tree_unflatten(td, out_u), new_state
 
     return Transform(init, update)
+
+
+def log_beta(beta: float) -> float:
+    """``log(beta)`` in Python float64, ``-inf`` for ``beta == 0`` (so ``0**t`` is 0 for ``t >= 1``)."""
+    return math.log(beta) if beta > 0 else -math.inf
+
+
+def one_minus_pow(xp: Any, t: Any, beta: float) -> Any:
+    r"""Adam's bias correction :math:`1 - \beta^t` as ``-expm1(t * log(beta))``.
+
+    ``t`` is the step count (``>= 1``) as an array of the dtype computed in;
+    the result has that dtype. The direct ``1 - beta**t`` cancels: in float32,
+    ``beta = 0.999`` is stored as ``0.99900001``, so ``1 - beta**t`` is
+    ``1.3e-5`` relative off for small ``t`` (about 200 ulp; optax computes it
+    so). Here ``log(beta)`` is taken in float64 on the host and rounded once,
+    and ``expm1`` does not cancel: a few ulp in any dtype. Every path (generic,
+    NumPy table, blocked NumPy, numba, torch, CuPy) uses this expression.
+    """
+    return -xp.expm1(t * log_beta(beta))
 
 
 # --------------------------------------------------------------------------

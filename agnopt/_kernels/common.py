@@ -12,8 +12,8 @@ import math
 from typing import Any, NamedTuple
 
 from .._core.backend import is_concrete, scalar
-from .._first_order.transforms import _all_finite
 from .._core.tree import tree_flatten
+from .._first_order.transforms import _all_finite, one_minus_pow
 
 _BIG = 2**31 - 1
 
@@ -114,9 +114,10 @@ def lr_value(hp, xp, sched_count, dtype, device):
 
 
 def bias_corrections(xp, new_count, dtype, b1, b2):
-    """Adam's ``(1 - b1**t, 1 - b2**t)`` as 0-d arrays of ``dtype`` (the generic expressions)."""
+    """Adam's ``(1 - b1**t, 1 - b2**t)`` as 0-d arrays of ``dtype`` (the generic expressions,
+    :func:`~agnopt._first_order.transforms.one_minus_pow`)."""
     t = xp.astype(new_count, dtype)
-    return 1.0 - b1**t, 1.0 - b2**t
+    return one_minus_pow(xp, t, b1), one_minus_pow(xp, t, b2)
 
 
 def new_state(plan: Plan, new_count, new_sched_count, bufs: dict, layout: tuple):

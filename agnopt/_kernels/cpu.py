@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from .._core.tree import _LEAF, leaves_like, tree_flatten, tree_unflatten
+from .._first_order.transforms import log_beta
 from . import common as fc
 from . import multi
 from .blocks import BLOCK, PROGRAMS, run_blocked  # noqa: F401 (PROGRAMS, BLOCK: also used via this module)
-from .._core.tree import _LEAF, leaves_like, tree_flatten, tree_unflatten
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _tls = threading.local()
@@ -242,7 +243,7 @@ _BC: dict = {}
 
 
 def _bias_correction(dt, beta, t: int):
-    """``1 - beta ** t`` in ``dt``: the generic path's ``1.0 - beta ** xp.astype(count, dt)``.
+    """``1 - beta ** t`` in ``dt``: the generic path's ``one_minus_pow(xp, xp.astype(count, dt), beta)``.
 
     Evaluated by the same ufunc on a block of ``_BC_CHUNK`` consecutive counts
     (an elementwise loop: each element rounds as the 0-d expression does; the
@@ -256,7 +257,8 @@ def _bias_correction(dt, beta, t: int):
         start = (t // _BC_CHUNK) * _BC_CHUNK
         ts = np.arange(start, start + _BC_CHUNK, dtype=np.int64)
         ts = np.minimum(ts, fc._BIG).astype(np.int32).astype(dt)
-        tab = _BC[key] = 1.0 - beta ** ts
+        with np.errstate(invalid="ignore"):  # beta = 0: 0 * -inf at t = 0, an entry never read
+            tab = _BC[key] = -np.expm1(ts * log_beta(beta))  # one_minus_pow, elementwise
     return tab[t % _BC_CHUNK]
 
 

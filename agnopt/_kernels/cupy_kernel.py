@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 
-from . import common as fc
 from .._core.tree import tree_flatten, tree_unflatten
+from .._first_order.transforms import log_beta
+from . import common as fc
 
 STATS = {"cupy": 0}
 
@@ -132,7 +133,8 @@ def count_kernel(op: str = "float32"):
     ``(count, b1, b2) -> (count + 1 saturating at the int32 maximum,
     1 - b1**t, 1 - b2**t)`` with ``t`` the new count in the opmath type: the
     operations of :func:`.common.increment` and :func:`.common.bias_corrections`
-    (``where(c < 2**31 - 1, c + 1, c)``, ``astype``, ``pow``, ``1 - x``) on
+    (``where(c < 2**31 - 1, c + 1, c)``, ``astype``, ``-expm1(t * log(b))``
+    with ``log(b)`` from the host, ``-inf`` for ``b = 0``) on
     0-d arrays, in one kernel. The fused step is timed with the host work
     before its launch: eight separate launches cost about as much host time
     as a tenth of the step at 1e8 parameters (H200, 1.1 ms).
@@ -142,9 +144,9 @@ def count_kernel(op: str = "float32"):
     body = (f"typedef {_CTYPE[op]} O;\n"
             "nc = (c < (I)2147483647) ? (I)(c + 1) : c;\n"
             "O t = (O)nc;\n"
-            "bc1 = (O)1 - pow(b1, t);\n"
-            "bc2 = (O)1 - pow(b2, t);")
-    return cupy.ElementwiseKernel(f"I c, {op} b1, {op} b2", f"I nc, {op} bc1, {op} bc2", body,
+            "bc1 = -expm1(t * lb1);\n"
+            "bc2 = -expm1(t * lb2);")
+    return cupy.ElementwiseKernel(f"I c, {op} lb1, {op} lb2", f"I nc, {op} bc1, {op} bc2", body,
                                   f"agnopt_adam_count_{op}")
 
 
@@ -163,7 +165,7 @@ def _adam_scalars(xp, hp, count, op):
     """``(new_count, bc1, bc2)`` of an Adam step: one kernel, or the generic expressions."""
     if _COUNT_KERNEL["ok"]:
         try:
-            return count_kernel(op)(count, hp["b1"], hp["b2"])
+            return count_kernel(op)(count, log_beta(hp["b1"]), log_beta(hp["b2"]))
         except Exception as e:  # compilation: raised before anything is written
             _COUNT_KERNEL.update(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
     nc = fc.increment(xp, count)
