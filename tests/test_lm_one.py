@@ -139,6 +139,22 @@ def test_hands_back_to_the_engine(monkeypatch):
     _same(drv, gen)
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_scaled_residuals_and_options(monkeypatch, scale):
+    # residuals beyond the safe range for squares (scaled by a power of 2 inside), an
+    # x_scale array, args and diff_step: the driver takes them as the engine does
+    def fun(p, s):
+        return s * _exp(p)
+
+    (gen, blocks, drv), runs = _solve3(monkeypatch, fun, [1.0, 1.0, 1.0], args=(scale,),
+                                       x_scale=np.array([1.0, 0.5, 2.0]), diff_step=1e-7,
+                                       jac="3-point")
+    assert runs == 1
+    _same(drv, blocks)
+    _same(drv, gen)
+    assert drv.success
+
+
 def test_nonfinite_jacobian(monkeypatch):
     def jac(p):
         e = np.exp(-p[1] * T)

@@ -266,6 +266,9 @@ def _compile() -> None:
 
         lm_cpu._compile()
         lm_route._compile()
+        # (numba's on-disk cache checks this file only, as for lm_route's calls of
+        # lm_batched_cpu: an edit of a block in lm_cpu / lm_route needs this file touched
+        # or the cache cleared)
         jit = numba.njit(error_model="numpy", fastmath=False, nogil=True, cache=True)
         linearized, step, judge = jit(_linearized), jit(_step), jit(_judge)
         _ready = True
