@@ -34,7 +34,9 @@ early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`), and so do the
 Cholesky step route and :func:`trial_step` (:mod:`agnopt._kernels.lm_route`):
-the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. For a
+the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. Where all of
+these apply (no bounds, loss, callback or reports), :func:`run_lm` hands the whole
+loop to :mod:`agnopt._kernels.lm_one` (scalar state, the same blocks). For a
 NumPy batch, or a torch batch on the CPU through NumPy views of its tensors
 (float32 or float64, ``n <= 16``, the Cholesky route, no tensor in an autograd
 graph) the normal equations, ``lmpar``, the geodesic acceleration, the end of
