@@ -15,7 +15,7 @@ import pytest
 
 import agnopt as ao
 from agnopt._cli import nist as _nist
-from agnopt._kernels import lm_cpu
+from agnopt._kernels import lm_cpu, lm_one
 
 pytestmark = pytest.mark.skipif(not lm_cpu.HAVE_NUMBA, reason="numba not installed")
 
@@ -82,6 +82,8 @@ def test_default_starts_after_warmup(monkeypatch):
 @pytest.mark.parametrize("bounded", [False, True])
 def test_fast_judge_is_used(monkeypatch, bounded):
     # the verdict: judge_one, or with the trial point in one update without bounds
+    # (the engine's loop: lm_one's driver off, tests/test_lm_one.py)
+    monkeypatch.setattr(lm_one, "ON", False)
     calls = []
     for name in ("judge_one", "trial_judge_one"):
         real = getattr(lm_cpu, name)
@@ -443,6 +445,7 @@ def test_trial_step_block(seed):
 def test_fast_route_is_used(monkeypatch):
     from agnopt._kernels import lm_route
 
+    monkeypatch.setattr(lm_one, "ON", False)  # (the engine's loop)
     made = []
     real = lm_route.FastRoute.__init__
     monkeypatch.setattr(lm_route.FastRoute, "__init__",
@@ -516,6 +519,7 @@ def test_far_start_accelerated_steps(monkeypatch, x_scale):
     # acceleration (FastRoute.solve) run on the numba route, with the generic numbers
     from agnopt._kernels import lm_route
 
+    monkeypatch.setattr(lm_one, "ON", False)  # (the engine's loop)
     solves = []
     real = lm_route.FastRoute.solve
     monkeypatch.setattr(lm_route.FastRoute, "solve",
@@ -529,6 +533,7 @@ def test_far_start_accelerated_steps(monkeypatch, x_scale):
 def test_one_update_blocks_are_used(monkeypatch, name):
     # one float64 NumPy problem without bounds: its linearization and its trial step
     # with the verdict, each in one update (lm_cpu), the same numbers as the generic layers
+    monkeypatch.setattr(lm_one, "ON", False)  # (the engine's loop)
     calls = []
     real = getattr(lm_cpu, name)
     monkeypatch.setattr(lm_cpu, name, lambda *a: calls.append(1) or real(*a))

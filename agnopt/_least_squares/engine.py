@@ -34,7 +34,9 @@ early exits) stay between the blocks. For one float64 NumPy problem with
 numba installed, :func:`judge` and :func:`linearized` run as numba-compiled
 scalar functions instead (:mod:`agnopt._kernels.lm_cpu`), and so do the
 Cholesky step route and :func:`trial_step` (:mod:`agnopt._kernels.lm_route`):
-the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. For a
+the same arithmetic, tested equal; ``AGNOPT_FAST=0`` turns it off. Where all of
+these apply (no bounds, loss, callback or reports), :func:`run_lm` hands the whole
+loop to :mod:`agnopt._kernels.lm_one` (scalar state, the same blocks). For a
 NumPy batch, or a torch batch on the CPU through NumPy views of its tensors
 (float32 or float64, ``n <= 16``, the Cholesky route, no tensor in an autograd
 graph) the normal equations, ``lmpar``, the geodesic acceleration, the end of
@@ -119,16 +121,17 @@ def initial_state(xp, X, F, fnorm, D) -> LMState:
 
 
 def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
-           verbose, callback, want_history, ws=None) -> Outcome:
+           verbose, callback, want_history, ws=None, st0=None) -> Outcome:
     """Levenberg-Marquardt (``lmder``) for the ``k`` problems of ``ev``.
 
     ``X`` (k, n) start, ``F`` its residuals, ``fnorm`` (k,) their norms,
     ``D`` (k, n) the scaling (``jac_scale``: MINPACK's ``mode=1``, column
     norms of ``J``); tolerances and ``max_nfev`` as :func:`agnopt.least_squares`;
     ``ws`` a :class:`.batched.WorkingSet` when finished problems may leave
-    the working set. Returns an :class:`.state.Outcome` (full batch).
+    the working set; ``st0`` a state to go on from (the one-problem driver's,
+    after a linearization). Returns an :class:`.state.Outcome` (full batch).
     """
-    st = _initial_state(xp, X, F, fnorm, D)
+    st = _initial_state(xp, X, F, fnorm, D) if st0 is None else st0
     # one float64 NumPy problem: its per-problem tests on NumPy scalars (same numbers)
     sx = scalar_namespace(xp, X) if ws is None else None
     # ... and its verdict on each step compiled by numba when installed (the same numbers;
@@ -140,11 +143,24 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     fast_trial: Any = None
     if fast is not None:
         fast_route, fast_trial = _fast_route()
+        if st0 is None:
+            # ... and the whole loop with scalar state where every block above applies
+            # (the same numbers): agnopt._kernels.lm_one
+            from .._kernels import lm_one
+
+            if lm_one.applies(ev, X.shape[1], ws, callback, want_history, verbose):
+                out, st1 = lm_one.run_lm_one(
+                    xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
+                    machine_eps(xp, xp.float64), _RCOND_INV, FACTOR, ACC_H, ACC_ALPHA)
+                if out is not None:
+                    return Outcome(**out)
+                return run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
+                              verbose, callback, want_history, ws, st1)
     # a NumPy (or torch CPU) batch: its verdict on each step as a numba loop over the rows
     # (the same arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
     fast_rows = _fast_rows(X, F) if sx is None and not ev.persist_all else None
     route: Any = None
-    refactor = False
+    refactor = st0 is not None  # (a state after a linearization: its route first)
     hist = []
     cb_stop = False
     it = 0
