@@ -672,7 +672,7 @@ def test_jit_equals_eager_with_stale_roots():
         eager, _ = _run(BackendCase.JAX, make(), jnp.asarray(mp.W0), g, 7)
         jitted, _ = _run(BackendCase.JAX, make(), jnp.asarray(mp.W0), g, 7, jit=True)
         # XLA fuses the jitted path's arithmetic differently; the roots' eigendecompositions
-        # amplify that rounding: 9e-10 measured with jax 0.10.2 on this CPU (4e-12 before)
+        # amplify that rounding: 9e-10 measured with jax 0.10.2 on this CPU
         assert max(_rel(a, b) for a, b in zip(jitted, eager)) < 1e-8
 
 
