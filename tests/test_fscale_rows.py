@@ -43,6 +43,8 @@ def _fun(xp):
 @pytest.mark.parametrize("dtype,big", [("float64", 1e90), ("float32", 1e10)])
 def test_one_huge_row_leaves_the_others_alone(backend, method, dtype, big):
     case, xp, dev = backend
+    if str(case) == "dask" and (method, dtype) != ("lm", "float64"):
+        pytest.skip("dask: one case (each solve is a chain of graph computations, ~40 s)")
     Y, x_true = _data(dtype, big)
     rtol = 1e-8 if dtype == "float64" else 2e-3
     t = xp.asarray(T.astype(dtype), device=dev)
