@@ -238,11 +238,11 @@ class Problem(RowSubsets, Box):
             except TypeError:  # pragma: no cover - unhashable dtype objects
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
-        amax = float(xp.max(xp.abs(F)))
+        rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1): each row's max |f|
+        amax = float(xp.max(rmax))
         if not math.isfinite(amax) or amax == 0.0:
             return F
         if F.shape[0] > 1:  # a batch: each row by its own max |f|
-            rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1)
             pos = rmax > 0
             rmin = float(xp.min(xp.where(pos, rmax, xp.full_like(rmax, amax))))
             if lo <= rmin and amax <= hi:
