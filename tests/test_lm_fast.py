@@ -684,3 +684,71 @@ def test_fd_points_one_is_used(monkeypatch):
     assert calls
     _check(gen, fast)
     np.testing.assert_array_equal(fast.jac, gen.jac)
+
+
+@pytest.mark.parametrize("method", ["cs", "2-point"])
+@pytest.mark.parametrize("seed", range(40))
+def test_one_point_jacobian(monkeypatch, method, seed):
+    # fd_jacobian with a solve's cache (its one-point layer, numdiff._one_point: the
+    # one float64 NumPy point asked once per solve) gives the generic path's Jacobian
+    # bit for bit (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, size=n)
+    x0[rng.random(n) < 0.3] = 0.0
+    x0[rng.random(n) < 0.2] = -0.0
+    w = rng.standard_normal((5, n))
+
+    def fun(x):
+        return np.sin(w @ x) + (w @ x) ** 2
+
+    rel = float(np.finfo(np.float64).eps) if method == "cs" else None
+    calls = []
+    real = numdiff._one_point
+    monkeypatch.setattr(numdiff, "_one_point", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("AGNOPT_FAST", "0")
+    want = numdiff.fd_jacobian(fun, x0, fun(x0), method, rel, None, None, (), {}, False, np,
+                               None, {})
+    assert not calls  # (the generic path)
+    monkeypatch.setenv("AGNOPT_FAST", "numba")
+    cache: dict = {}
+    for _ in range(2):  # the second call reads the cached verdict
+        got = numdiff.fd_jacobian(fun, x0, fun(x0), method, rel, None, None, (), {}, False, np,
+                                  None, cache)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.view(np.int64).tolist() == want.view(np.int64).tolist()
+    assert len(calls) == 2 and cache["one"] is True
+
+
+def test_one_point_cs_real_output(monkeypatch):
+    # the one-point layer refuses a fun that returns real output for complex input, as
+    # the generic path does (the same message)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    x0 = np.array([1.0, 2.0])
+    fun = lambda x: np.real(x) ** 2
+    msgs = []
+    for mode, cache in (("0", None), ("numba", {})):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        with pytest.raises(ValueError, match="complex step") as e:
+            numdiff.fd_jacobian(fun, x0, fun(x0), "cs", 2.0**-52, None, None, (), {}, False,
+                                np, None, cache)
+        msgs.append(str(e.value))
+    assert msgs[0] == msgs[1]
+
+
+def test_status_one():
+    # finish's host status of one problem is to_status' (the same table), every code
+    from agnopt._least_squares.outcome import status_one, to_status
+
+    for info in range(-8, 12):
+        for active in (False, True):
+            for cb_stop in (False, True):
+                want = to_status(np, np.array([info]), np.array([active]), cb_stop)
+                assert status_one(info, active, cb_stop) == int(want[0]), (info, active, cb_stop)

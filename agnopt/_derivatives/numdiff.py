@@ -382,9 +382,54 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
     def call(x):
         return _call(fun, x, args, kwargs, xp, dtype, dev)
 
+    if cache is not None and not batched:
+        # one point: whether it is one float64 NumPy point with numba's blocks on
+        # (_cs_points_one), asked once per solve (the caller's cache) instead of per Jacobian
+        one = cache.get("one")
+        if one is None:
+            one = cache["one"] = _cs_points_one(x0) and f0.dtype == dtype
+        if one:
+            J = _one_point(call, x0, f0, method, rel_step, lb, xp, cache)
+            if J is not None:
+                return J
     with device_scope(dev):
         return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev,
                         cache)
+
+
+def _one_point(call, x0, f0, method, rel_step, lb, xp, cache):
+    """:func:`_columns`' compiled paths for one float64 NumPy point ``x0`` (n,) whose
+    ``f0`` is float64 (``fd_jacobian``, per solve: the constants in ``cache``): the
+    complex step with a power-of-2 relative step and ``"2-point"`` without bounds and
+    with the default step, the same points (:func:`.lm_route.cs_points`,
+    :func:`.lm_route.fd_points`), evaluations and quotients in one layer; ``None``
+    for every other case (the generic path)."""
+    if method == "cs":
+        if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
+            return None
+    elif not (method == "2-point" and lb is None and rel_step is None):
+        return None
+    key = ("rstep", method)
+    rstep = cache.get(key)
+    if rstep is None:
+        rstep = cache[key] = _eps_for_method(xp, x0.dtype, f0.dtype, method)
+    lm_route = sys.modules["agnopt._kernels.lm_route"]
+    n = x0.shape[0]
+    if method == "2-point":
+        X1, dx = lm_route.fd_points(x0, rstep)
+        J = xp.concat([call(X1[j, ...])[..., None] for j in range(n)], axis=-1) - f0[..., None]
+        return J / dx
+    cdt = cache.get("cdt")
+    if cdt is None:
+        cdt = cache["cdt"] = _complex_dtype(xp, x0.dtype)
+    P, h = lm_route.cs_points(x0, rel_step, rstep)
+    fcs = []
+    for j in range(n):
+        fc = call(P[j, ...])
+        if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
+            raise ValueError(_REAL_OUTPUT)
+        fcs.append(fc)
+    return cs_quotients(xp, fcs, h, False)
 
 
 def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev,
@@ -506,13 +551,14 @@ def _cs_columns(call, x0, scalar_f, rel_step, abs_step, rstep, batched, xp, dev,
     for pt in pts:
         fc = call(pt)
         if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
-            raise ValueError(
-                "fun returned a real array for complex input, so the complex step "
-                "cannot see the derivative; method='cs' needs fun to be written in "
-                "complex-safe arithmetic (or use '2-point' / '3-point')"
-            )
+            raise ValueError(_REAL_OUTPUT)
         fcs.append(fc)
     return _cs_quotients(xp, tuple(fcs), h, batched and not scalar_f)
+
+
+_REAL_OUTPUT = ("fun returned a real array for complex input, so the complex step cannot see "
+                "the derivative; method='cs' needs fun to be written in complex-safe "
+                "arithmetic (or use '2-point' / '3-point')")
 
 
 def _cs_points_one(x0) -> bool:

@@ -84,6 +84,14 @@ def to_status(xp, info, active, cb_stop):
     return status
 
 
+def status_one(info: int, active: bool, cb_stop: bool) -> int:
+    """:func:`to_status` of one problem from host values (the same table):
+    ``info`` MINPACK's code, ``active`` whether it was still running."""
+    if cb_stop and active:
+        return _CALLBACK
+    return _STATUS_OF[info - _INFO_LO] if _INFO_LO <= info <= _INFO_HI else _CALLBACK
+
+
 def message(info: int, status: int) -> str:
     """scipy's message for one problem (the machine-precision wording for info 6/7/8)."""
     if status in (Status.STUCK_ON_BOUND, Status.NOT_STATIONARY):

@@ -14,12 +14,14 @@ from __future__ import annotations
 from .._core.result import OptimizeResult
 from .._core.status import Status
 from .._core.backend import compiled
-from .arrays import count_dtype, host_ints
-from .outcome import messages, stuck_on_bound, to_status
+from .arrays import count_dtype, device, host_ints
+from .outcome import message, messages, status_one, stuck_on_bound, to_status
 from .stationarity import xtol_not_stationary
 from .trf import final_fields
 
 __all__ = ["finish"]
+
+_XTOL_STOPS = (int(Status.XTOL), int(Status.FTOL_XTOL))  # the stops xtol_not_stationary checks
 
 def rows0(xp, arrays, counts):
     """The one problem's rows of a one-problem result's ``arrays`` (reshapes: one
@@ -52,10 +54,22 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
-    status = _to_status(xp, out.info, out.active, out.cb_stop)
+    projected = bounded and method in ("lm", "gauss-newton")
+    if batched:
+        status = _to_status(xp, out.info, out.active, out.cb_stop)
+        info_h, s_one = [], 0
+    else:
+        # one problem: its status from the host value of info (one transfer, which the
+        # messages need anyway); an array only where a check below reads it
+        info_h = host_ints(out.info)
+        s_one = status_one(info_h[0], out.cb_stop and bool(out.active[0]), out.cb_stop)
+        status = None
+        if s_one in _XTOL_STOPS or projected:
+            status = xp.asarray([s_one], dtype=out.info.dtype, device=device(out.info))
     # an xtol stop is success only at a first-order stationary point (-6 otherwise)
-    status = xtol_not_stationary(xp, status, X, F, J, prob.lb, prob.ub, bounded, loss, f_scale,
-                                 xtol, model_jac)
+    if status is not None:
+        status = xtol_not_stationary(xp, status, X, F, J, prob.lb, prob.ub, bounded, loss,
+                                     f_scale, xtol, model_jac)
     cost, J, g, opt, am = _final_fields(xp, prob.block_view(), X, F, J, method, loss, f_scale,
                                         bounded, xtol,
                                        model_jac)
@@ -66,11 +80,15 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
         fr = fs[:, 0] if prob.row_scaled else fs
         cost, g, opt = cost / fr / fr, g / fs / fs, opt / fr / fr
         F, J = prob.unscale(F, J)
-    if bounded and method in ("lm", "gauss-newton"):
+    if projected:
         status = stuck_on_bound(xp, J, am, status)
-    success = status > 0
-    msgs, st_host = messages(out.info, status)
+    if status is None:  # one problem, its status unchanged by the checks above
+        st_host = [s_one]
+        msgs = [message(info_h[0], s_one)]
+    else:
+        msgs, st_host = messages(out.info, status)
     if batched:
+        success = status > 0
         res = OptimizeResult(
             x=X, cost=cost, fun=F, jac=J, grad=g, optimality=opt, active_mask=am,
             nfev=out.nfev, njev=njev, nit=out.nit, status=status,
