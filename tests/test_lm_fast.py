@@ -8,6 +8,7 @@ path) and with the accelerator on; the points, costs, statuses and counts must a
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -752,3 +753,53 @@ def test_status_one():
             for cb_stop in (False, True):
                 want = to_status(np, np.array([info]), np.array([active]), cb_stop)
                 assert status_one(info, active, cb_stop) == int(want[0]), (info, active, cb_stop)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cs_check_one(seed):
+    # the check of the default complex step on one float64 NumPy problem (compiled points,
+    # steps and maxima) gives the generic check's points bit for bit and its verdict,
+    # on agreeing and disagreeing Jacobians, with NaN and inf residuals
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 7)), int(rng.integers(1, 40))
+    X = rng.standard_normal((1, n)) * 10.0 ** rng.integers(-5, 5, size=n)
+    X[0, rng.random(n) < 0.2] = 0.0
+    w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0]) for j in range(n))
+    eps = float(np.finfo(np.float64).eps)
+    h3, h2 = eps ** (1.0 / 3.0), eps**0.5
+    want = numdiff.cs_check_points(np, X, None, None, w, h3, h2, None)
+    got = numdiff.cs_check_points_one(X, np.asarray(w), h3, h2)
+    for a, b in zip(want[:3], got[:3]):
+        assert b.shape == a.shape and b.view(np.int64).tolist() == a.view(np.int64).tolist()
+    assert bool(want[3]) and got[3] is True
+    P3, M3, P2 = want[:3]
+    A = rng.standard_normal((m, n))
+    F = rng.standard_normal((1, m))
+
+    def f(P):
+        return F + (P - X) @ A.T + 0.3 * ((P - X) ** 2) @ A.T
+
+    verdicts = set()
+    for case in range(6):
+        Jcs = A[None].copy()
+        Fp3, Fm3, Fp2 = f(P3), f(M3), f(P2)
+        if case == 1:  # a dropped term
+            Jcs[0, :, 0] *= 1.0 + 10.0 ** rng.uniform(-9, -2)
+        elif case == 2:
+            Fp3[0, rng.integers(m)] = np.nan
+        elif case == 3:
+            Fp2[0, rng.integers(m)] = np.nan
+        elif case == 4:
+            Fm3[0, rng.integers(m)] = np.inf
+        elif case == 5:
+            Jcs[0, rng.integers(m), 0] = np.nan
+        with np.errstate(all="ignore"):
+            a = bool(numdiff.cs_check_verdict(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2))
+            b = numdiff.cs_check_verdict_one(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+        assert type(b) is bool and a == b, case
+        verdicts.add(a)
+    assert verdicts == {True, False}

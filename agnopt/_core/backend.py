@@ -125,6 +125,26 @@ def resolve(tree: ArrayTree, name: str = "params", check_dtype: bool = True) -> 
         devices (the message names both), or (with ``check_dtype``) a leaf is
         not of a real floating dtype.
     """
+    t = type(tree)
+    if t.__name__ == "ndarray" and t.__module__ == "numpy":
+        # one NumPy array (its device is always the CPU): the answer per dtype is the
+        # general path's below, remembered (only where it did not raise)
+        key = (tree.dtype, check_dtype)
+        try:
+            return _NUMPY_RESOLVED[key]
+        except KeyError:
+            out = _NUMPY_RESOLVED[key] = _resolve(tree, name, check_dtype)
+            return out
+        except TypeError:  # pragma: no cover - unhashable dtype objects
+            pass
+    return _resolve(tree, name, check_dtype)
+
+
+_NUMPY_RESOLVED: dict = {}  # (dtype, check_dtype) -> Backend of one NumPy array
+
+
+def _resolve(tree: ArrayTree, name: str, check_dtype: bool) -> Backend:
+    """:func:`resolve` of any tree."""
     leaves = tree_leaves(tree)
     if not leaves:
         raise ValueError(f"{name}: the tree is empty; expected at least one array")

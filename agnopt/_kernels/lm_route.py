@@ -341,6 +341,60 @@ def _fd_points(x0, rstep):
     return X1, dx
 
 
+def _cs_check_points(x, w, h3, h2):
+    """:func:`agnopt._derivatives.numdiff.cs_check_points` of one float64 point ``x``
+    (n,) without bounds, ``w`` (n,) the direction's weights: ``(P3, M3, P2)``, each
+    (n,): ``x + h3 v``, ``x - h3 v``, ``x + h2 v`` with ``v = w max(1, |x|)`` (the
+    same operations as NumPy's, entry by entry)."""
+    n = x.shape[0]
+    P3 = np.empty(n)
+    M3 = np.empty(n)
+    P2 = np.empty(n)
+    for j in range(n):
+        v = w[j] * K._maximum(1.0, abs(x[j]))
+        P3[j] = x[j] + h3 * v
+        M3[j] = x[j] - h3 * v
+        P2[j] = x[j] + h2 * v
+    return P3, M3, P2
+
+
+def _cs_check_steps(x, P3, M3, P2, h3, h2):
+    """The steps of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one point
+    (n,): ``u3 = ((P3 - x) + (x - M3)) / (2 h3)``, ``u2 = (P2 - x) / h2``."""
+    n = x.shape[0]
+    u3 = np.empty(n)
+    u2 = np.empty(n)
+    for j in range(n):
+        u3[j] = ((P3[j] - x[j]) + (x[j] - M3[j])) / (2.0 * h3)
+        u2[j] = (P2[j] - x[j]) / h2
+    return u3, u2
+
+
+def _nanmax_abs(a, n):
+    """``max(|a|)`` over ``a[:n]`` as NumPy's ``max`` (NaN propagates; exact otherwise)."""
+    res = abs(a[0])
+    for i in range(1, n):
+        v = abs(a[i])
+        if not math.isnan(res) and (v > res or math.isnan(v)):  # (a NaN, once there, stays)
+            res = v
+    return res
+
+
+def _cs_check_maxima(F, Fp3, Fm3, Fp2, Ju3, Ju2, h3, h2):
+    """The maxima of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one
+    problem (m,) each: ``r3 = (Fp3 - Fm3) / (2 h3) - Ju3``, ``r2 = (Fp2 - F) / h2 -
+    Ju2``; returns ``(max|r3|, max|r2 - r3|, max|Ju3|)`` (NaN propagating)."""
+    m = F.shape[0]
+    r3 = np.empty(m)
+    dr = np.empty(m)
+    for i in range(m):
+        a = (Fp3[i] - Fm3[i]) / (2.0 * h3) - Ju3[i]
+        b = (Fp2[i] - F[i]) / h2 - Ju2[i]
+        r3[i] = a
+        dr[i] = b - a
+    return _nanmax_abs(r3, m), _nanmax_abs(dr, m), _nanmax_abs(Ju3, m)
+
+
 def on() -> bool:
     """Whether this process's numba blocks for one float64 NumPy problem are on
     (compiled, by the first fit that used them, and ``AGNOPT_FAST`` not ``0``/``numpy``)."""
@@ -355,6 +409,9 @@ trial: Any = None
 cov_one: Any = None
 cs_points: Any = None
 fd_points: Any = None
+cs_check_points: Any = None
+cs_check_steps: Any = None
+cs_check_maxima: Any = None
 
 
 def _compile() -> None:
@@ -362,6 +419,7 @@ def _compile() -> None:
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
     global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
+    global cs_check_points, cs_check_steps, cs_check_maxima, _nanmax_abs
     if _ready:
         return
     with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
@@ -380,6 +438,9 @@ def _compile() -> None:
         normal, lmpar = jit(_normal), jit(_lmpar)
         chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
         cov_one, cs_points, fd_points = jit(_cov_one), jit(_cs_points), jit(_fd_points)
+        _nanmax_abs = jit(_nanmax_abs)
+        cs_check_points, cs_check_steps = jit(_cs_check_points), jit(_cs_check_steps)
+        cs_check_maxima = jit(_cs_check_maxima)
         _ready = True
 
 

@@ -457,37 +457,41 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
     # in complex arithmetic (e.g. an additive offset costs one complex add).
     # Complex arithmetic with zero imaginary parts gives the same real values,
     # so this changes nothing but the cost.
-    def split(p):
+    def split(p, cplx=None):
         """``f``'s parameters: ``p[j]`` ((B, 1) columns batched), real where ``p``'s
-        imaginary part is zero."""
-        pd = p.dtype
-        if pd == dtype or not _is_complex(pd):  # real parameters: the common case
+        imaginary part is zero (``cplx``: whether ``p`` is complex, when known)."""
+        if cplx is None:
+            pd = p.dtype
+            cplx = pd != dtype and _is_complex(pd)
+        if not cplx:  # real parameters: the common case
             return [p[:, j : j + 1] for j in cols] if batched else [p[j] for j in cols]
         im = xp.imag(p)
-        if batched:
-            nz = host_bools(xp.any(im != 0, axis=0))  # one transfer
-        else:
-            # one transfer of the n imaginary parts (compared on the host: the
-            # same truth values as ``im != 0``, one array operation fewer)
-            tolist = getattr(im, "tolist", None)
-            nz = [v != 0 for v in tolist()] if tolist is not None else host_bools(im != 0)
         re = xp.real(p)
         if batched:
+            nz = host_bools(xp.any(im != 0, axis=0))  # one transfer
             return [p[:, j : j + 1] if nz[j] else re[:, j : j + 1] for j in cols]
-        return [p[j] if nz[j] else re[j] for j in cols]
+        # one transfer of the n imaginary parts (compared on the host: the same truth
+        # values as ``im != 0``, one array operation fewer)
+        tolist = getattr(im, "tolist", None)
+        if tolist is None:
+            nz = host_bools(im != 0)
+            return [p[j] if nz[j] else re[j] for j in cols]
+        imv = tolist()
+        return [p[j] if imv[j] != 0 else re[j] for j in cols]
 
     def _complex_step_point(p):
-        # (not with a 2-D sigma: its solve mixes the real and imaginary parts'
-        # arithmetic in the library's complex division)
         return L is None and p.dtype != dtype and _is_complex(p.dtype)
 
     # A complex p is the complex-step Jacobian's point, which reads only the
     # imaginary part of the residuals: subtracting the real ydata changes the
     # real part alone (bit for bit; so does the 1-D sigma's real scaling after
     # it), so it is skipped there (a full-size complex subtraction per column
-    # of the Jacobian).
+    # of the Jacobian). (Not with a 2-D sigma: its solve mixes the real and
+    # imaginary parts' arithmetic in the library's complex division.)
     def residual(p):
-        r = f(xdata, *split(p))
+        pd = p.dtype
+        cplx = pd != dtype and _is_complex(pd)
+        r = f(xdata, *split(p, cplx))
         try:
             shape, rdt = r.shape, r.dtype
         except AttributeError:  # not an array: as scipy, converted
@@ -501,7 +505,7 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
                 raise ValueError(
                     f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
                 ) from e
-        if rdt == dtype or not _complex_step_point(p):
+        if rdt == dtype or not (cplx and L is None):
             r = r - ydata
         r = r if wfun is None else wfun(r)
         return r if omit is None else xp.where(omit, xp.zeros_like(r), r)

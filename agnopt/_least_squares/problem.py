@@ -14,7 +14,13 @@ from typing import Any
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._core.user_code import quiet_complex_casts
-from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
+from .._derivatives.numdiff import (
+    cs_check_points,
+    cs_check_points_one,
+    cs_check_verdict,
+    cs_check_verdict_one,
+    fd_jacobian,
+)
 from .arrays import call_checked, machine_eps, persist
 from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
@@ -134,6 +140,7 @@ class Problem(RowSubsets, Box):
         self.auto_cs = jac is None
         self.diff_step = None  # scipy's diff_step (relative step of the differences)
         self._cs_checked = False  # the default complex step verified once (_cs_disagrees)
+        self._cs_one = False  # that check on one float64 NumPy problem, compiled
         # powers of 2 applied to residuals and Jacobian (set_fscale): one float for
         # every row, or (row_scaled) one per row, a (B, 1) array
         self.fscale: Any = 1.0
@@ -384,6 +391,11 @@ class Problem(RowSubsets, Box):
                   for j in range(n))
         self._cs_h = h3, h2 = eps ** (1.0 / 3.0), eps**0.5
         bounded = getattr(self, "bounded", True)
+        # one float64 NumPy problem whose Jacobians take numdiff's one-point layer
+        # (fd_jacobian's verdict in the solve's cache): the same points, compiled
+        self._cs_one = not bounded and bool(self._fd_cache.get("one")) and not self.batched
+        if self._cs_one:
+            return cs_check_points_one(X, self.xp.asarray(w, dtype=X.dtype), h3, h2)
         return cs_check_points(self.xp, X, self.lb if bounded else None,
                                self.ub if bounded else None, w, h3, h2, self.dev)
 
@@ -397,7 +409,8 @@ class Problem(RowSubsets, Box):
             # the differences cannot be formed (fun raises at these check
             # points, which the solve itself never visits): keep the complex step
             return None
-        return cs_check_verdict(self.xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+        return (cs_check_verdict_one if self._cs_one else cs_check_verdict)(
+            self.xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
 
     def _cs_columns(self, X, F, Jcs):
         """:meth:`_cs_disagrees` column by column (bounded problems near a bound):
