@@ -129,7 +129,7 @@ def resolve(tree: ArrayTree, name: str = "params", check_dtype: bool = True) -> 
     if t.__name__ == "ndarray" and t.__module__ == "numpy":
         # one NumPy array (its device is always the CPU): the answer per dtype is the
         # general path's below, remembered (only where it did not raise)
-        key = (tree.dtype, check_dtype)
+        key = (cast(Any, tree).dtype, check_dtype)
         try:
             return _NUMPY_RESOLVED[key]
         except KeyError:
