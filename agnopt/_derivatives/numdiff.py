@@ -417,7 +417,11 @@ def _one_point(call, x0, f0, method, rel_step, lb, xp, cache):
     n = x0.shape[0]
     if method == "2-point":
         X1, dx = lm_route.fd_points(x0, rstep)
-        J = xp.concat([call(X1[j, ...])[..., None] for j in range(n)], axis=-1) - f0[..., None]
+        fs = [call(X1[j, ...]) for j in range(n)]
+        if all(f.dtype == f0.dtype and f.shape == f0.shape for f in fs):
+            # (the quotients compiled: the same differences and divisions)
+            return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
+        J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
         return J / dx
     cdt = cache.get("cdt")
     if cdt is None:
@@ -429,6 +433,9 @@ def _one_point(call, x0, f0, method, rel_step, lb, xp, cache):
         if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
             raise ValueError(_REAL_OUTPUT)
         fcs.append(fc)
+    if all(fc.dtype == cdt and fc.shape == f0.shape for fc in fcs):
+        # (the quotients compiled: the same divisions)
+        return lm_route.cs_quotients(xp.asarray(fcs), h)
     return cs_quotients(xp, fcs, h, False)
 
 

@@ -341,6 +341,30 @@ def _fd_points(x0, rstep):
     return X1, dx
 
 
+def _cs_quotients(S, h):
+    """:func:`agnopt._derivatives.numdiff.cs_quotients` of one point: ``S`` (n, m)
+    complex, row ``j`` the residuals at the point ``j``; ``J[i, j] = imag(S[j, i]) /
+    h[j]`` (m, n), C-ordered as NumPy's result (the same divisions)."""
+    n, m = S.shape
+    J = np.empty((m, n))
+    for i in range(m):
+        for j in range(n):
+            J[i, j] = S[j, i].imag / h[j]
+    return J
+
+
+def _fd_quotients(S, f0, dx):
+    """The ``"2-point"`` quotients of one point (:func:`agnopt._derivatives.numdiff._columns`'
+    compiled path): ``S`` (n, m) real, row ``j`` the residuals at the point ``j``;
+    ``J[i, j] = (S[j, i] - f0[i]) / dx[j]`` (m, n), C-ordered (the same operations)."""
+    n, m = S.shape
+    J = np.empty((m, n))
+    for i in range(m):
+        for j in range(n):
+            J[i, j] = (S[j, i] - f0[i]) / dx[j]
+    return J
+
+
 def _cs_check_points(x, w, h3, h2):
     """:func:`agnopt._derivatives.numdiff.cs_check_points` of one float64 point ``x``
     (n,) without bounds, ``w`` (n,) the direction's weights: ``(P3, M3, P2)``, each
@@ -410,6 +434,8 @@ cov_one: Any = None
 cs_points: Any = None
 fd_points: Any = None
 cs_check_points: Any = None
+cs_quotients: Any = None
+fd_quotients: Any = None
 cs_check_steps: Any = None
 cs_check_maxima: Any = None
 
@@ -419,7 +445,8 @@ def _compile() -> None:
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
     global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
-    global cs_check_points, cs_check_steps, cs_check_maxima, _nanmax_abs
+    global cs_check_points, cs_check_steps, cs_check_maxima, _nanmax_abs, cs_quotients
+    global fd_quotients
     if _ready:
         return
     with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
@@ -441,6 +468,7 @@ def _compile() -> None:
         _nanmax_abs = jit(_nanmax_abs)
         cs_check_points, cs_check_steps = jit(_cs_check_points), jit(_cs_check_steps)
         cs_check_maxima = jit(_cs_check_maxima)
+        cs_quotients, fd_quotients = jit(_cs_quotients), jit(_fd_quotients)
         _ready = True
 
 

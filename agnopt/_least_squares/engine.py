@@ -131,7 +131,6 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
     the working set; ``st0`` a state to go on from (the one-problem driver's,
     after a linearization). Returns an :class:`.state.Outcome` (full batch).
     """
-    st = _initial_state(xp, X, F, fnorm, D) if st0 is None else st0
     # one float64 NumPy problem: its per-problem tests on NumPy scalars (same numbers)
     sx = scalar_namespace(xp, X) if ws is None else None
     # ... and its verdict on each step compiled by numba when installed (the same numbers;
@@ -156,6 +155,8 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                     return Outcome(**out)
                 return run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
                               verbose, callback, want_history, ws, st1)
+    # (after the one-problem driver, which keeps its state as scalars)
+    st = _initial_state(xp, X, F, fnorm, D) if st0 is None else st0
     # a NumPy (or torch CPU) batch: its verdict on each step as a numba loop over the rows
     # (the same arithmetic; AGNOPT_FAST=0 turns it off): agnopt._kernels.lm_batched_cpu
     fast_rows = _fast_rows(X, F) if sx is None and not ev.persist_all else None
