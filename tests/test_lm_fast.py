@@ -690,10 +690,10 @@ def test_fd_points_one_is_used(monkeypatch):
 @pytest.mark.parametrize("method", ["cs", "2-point"])
 @pytest.mark.parametrize("seed", range(40))
 def test_one_point_jacobian(monkeypatch, method, seed):
-    # fd_jacobian with a solve's cache (its one-point layer, numdiff._one_point: the
+    # fd_jacobian with a solve's cache (its one-point layer, one_point_jacobian: the
     # one float64 NumPy point asked once per solve) gives the generic path's Jacobian
     # bit for bit (zeros, negative zeros, tiny and huge entries)
-    from agnopt._derivatives import numdiff
+    from agnopt._derivatives import numdiff, one_point
     from agnopt._kernels import lm_route
 
     lm_route._compile()
@@ -709,8 +709,8 @@ def test_one_point_jacobian(monkeypatch, method, seed):
 
     rel = float(np.finfo(np.float64).eps) if method == "cs" else None
     calls = []
-    real = numdiff._one_point
-    monkeypatch.setattr(numdiff, "_one_point", lambda *a: calls.append(1) or real(*a))
+    real = one_point.one_point_jacobian
+    monkeypatch.setattr(one_point, "one_point_jacobian", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setenv("AGNOPT_FAST", "0")
     want = numdiff.fd_jacobian(fun, x0, fun(x0), method, rel, None, None, (), {}, False, np,
                                None, {})
@@ -760,7 +760,7 @@ def test_cs_check_one(seed):
     # the check of the default complex step on one float64 NumPy problem (compiled points,
     # steps and maxima) gives the generic check's points bit for bit and its verdict,
     # on agreeing and disagreeing Jacobians, with NaN and inf residuals
-    from agnopt._derivatives import numdiff
+    from agnopt._derivatives import numdiff, one_point
     from agnopt._kernels import lm_route
 
     lm_route._compile()
@@ -772,7 +772,7 @@ def test_cs_check_one(seed):
     eps = float(np.finfo(np.float64).eps)
     h3, h2 = eps ** (1.0 / 3.0), eps**0.5
     want = numdiff.cs_check_points(np, X, None, None, w, h3, h2, None)
-    got = numdiff.cs_check_points_one(X, np.asarray(w), h3, h2)
+    got = one_point.cs_check_points_one(X, np.asarray(w), h3, h2)
     for a, b in zip(want[:3], got[:3]):
         assert b.shape == a.shape and b.view(np.int64).tolist() == a.view(np.int64).tolist()
     assert bool(want[3]) and got[3] is True
@@ -799,7 +799,7 @@ def test_cs_check_one(seed):
             Jcs[0, rng.integers(m), 0] = np.nan
         with np.errstate(all="ignore"):
             a = bool(numdiff.cs_check_verdict(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2))
-            b = numdiff.cs_check_verdict_one(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
+            b = one_point.cs_check_verdict_one(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
         assert type(b) is bool and a == b, case
         verdicts.add(a)
     assert verdicts == {True, False}

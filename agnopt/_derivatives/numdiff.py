@@ -389,54 +389,12 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
         if one is None:
             one = cache["one"] = _cs_points_one(x0) and f0.dtype == dtype
         if one:
-            J = _one_point(call, x0, f0, method, rel_step, lb, xp, cache)
+            J = _one_point.one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache)
             if J is not None:
                 return J
     with device_scope(dev):
         return _columns(call, x0, f0, False, method, rel_step, None, lb, ub, batched, xp, dev,
                         cache)
-
-
-def _one_point(call, x0, f0, method, rel_step, lb, xp, cache):
-    """:func:`_columns`' compiled paths for one float64 NumPy point ``x0`` (n,) whose
-    ``f0`` is float64 (``fd_jacobian``, per solve: the constants in ``cache``): the
-    complex step with a power-of-2 relative step and ``"2-point"`` without bounds and
-    with the default step, the same points (:func:`.lm_route.cs_points`,
-    :func:`.lm_route.fd_points`), evaluations and quotients in one layer; ``None``
-    for every other case (the generic path)."""
-    if method == "cs":
-        if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
-            return None
-    elif not (method == "2-point" and lb is None and rel_step is None):
-        return None
-    key = ("rstep", method)
-    rstep = cache.get(key)
-    if rstep is None:
-        rstep = cache[key] = _eps_for_method(xp, x0.dtype, f0.dtype, method)
-    lm_route = sys.modules["agnopt._kernels.lm_route"]
-    n = x0.shape[0]
-    if method == "2-point":
-        X1, dx = lm_route.fd_points(x0, rstep)
-        fs = [call(X1[j, ...]) for j in range(n)]
-        if all(f.dtype == f0.dtype and f.shape == f0.shape for f in fs):
-            # (the quotients compiled: the same differences and divisions)
-            return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
-        J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
-        return J / dx
-    cdt = cache.get("cdt")
-    if cdt is None:
-        cdt = cache["cdt"] = _complex_dtype(xp, x0.dtype)
-    P, h = lm_route.cs_points(x0, rel_step, rstep)
-    fcs = []
-    for j in range(n):
-        fc = call(P[j, ...])
-        if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
-            raise ValueError(_REAL_OUTPUT)
-        fcs.append(fc)
-    if all(fc.dtype == cdt and fc.shape == f0.shape for fc in fcs):
-        # (the quotients compiled: the same divisions)
-        return lm_route.cs_quotients(xp.asarray(fcs), h)
-    return cs_quotients(xp, fcs, h, False)
 
 
 def _columns(call, x0, f0, scalar_f, method, rel_step, abs_step, lb, ub, batched, xp, dev,
@@ -650,31 +608,12 @@ def _cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
     return xp.all(ok)
 
 
-def cs_check_points_one(X, w, h3, h2):
-    """:func:`_cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
-    (the least-squares evaluator's check, where its Jacobians take :func:`_one_point`;
-    ``w`` (n,) the weights as an array): the same numbers, compiled
-    (:func:`agnopt._kernels.lm_route.cs_check_points`)."""
-    P3, M3, P2 = sys.modules["agnopt._kernels.lm_route"].cs_check_points(X[0], w, h3, h2)
-    return P3[None, :], M3[None, :], P2[None, :], True
-
-
-def cs_check_verdict_one(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
-    """:func:`_cs_check_verdict` of one float64 NumPy problem (arrays with the leading
-    axis 1) as a Python bool: the steps and the maxima compiled
-    (:func:`agnopt._kernels.lm_route.cs_check_steps`, ``cs_check_maxima``: the same
-    operations entry by entry; the maxima are exact), the products ``Jcs u`` NumPy's
-    as there, and the final test on the host (the same double arithmetic)."""
-    lm_route = sys.modules["agnopt._kernels.lm_route"]
-    u3, u2 = lm_route.cs_check_steps(X[0], P3[0], M3[0], P2[0], h3, h2)
-    Ju3 = xp.matmul(Jcs, u3[None, :, None])[:, :, 0]
-    Ju2 = xp.matmul(Jcs, u2[None, :, None])[:, :, 0]
-    d, est, mj = lm_route.cs_check_maxima(F[0], Fp3[0], Fm3[0], Fp2[0], Ju3[0], Ju2[0], h3, h2)
-    return d <= 10.0 * est + 1e-9 * mj or not math.isfinite(d)
-
-
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
 cs_check_points = compiled(_cs_check_points, static=("w", "h3", "h2", "dev"))
 cs_check_verdict = compiled(_cs_check_verdict, static=("h3", "h2"))
 _cs_points = compiled(cs_points, static=("rel_step", "rstep", "cdt", "dev"))
 _cs_quotients = compiled(cs_quotients, static=("per_row",))
+
+# fd_jacobian's one-point layer (it uses the functions above; read at call time)
+from . import one_point as _one_point
+

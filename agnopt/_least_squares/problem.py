@@ -14,13 +14,8 @@ from typing import Any
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._core.user_code import quiet_complex_casts
-from .._derivatives.numdiff import (
-    cs_check_points,
-    cs_check_points_one,
-    cs_check_verdict,
-    cs_check_verdict_one,
-    fd_jacobian,
-)
+from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
+from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
 from .arrays import call_checked, machine_eps, persist
 from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)

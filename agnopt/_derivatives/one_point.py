@@ -1,0 +1,87 @@
+"""The one-point layer of :mod:`.numdiff` for ONE float64 NumPy point (numba's blocks on).
+
+A least-squares solve of one small problem forms a Jacobian per iteration; on
+:func:`.numdiff.fd_jacobian`'s generic path each one goes through the
+argument-free steps of :func:`.numdiff._columns` and a dozen NumPy calls on
+tiny arrays. For one float64 NumPy point with numba's blocks on (asked once per
+solve: the caller's cache) :func:`one_point_jacobian` takes the compiled points
+and quotients of :mod:`agnopt._kernels.lm_route` in one layer, and
+:func:`cs_check_points_one` / :func:`cs_check_verdict_one` the check of the
+default complex step (``Problem._cs_disagrees``). The same operations in the
+same order: ``tests/test_lm_fast.py`` checks the Jacobians and the check's
+points bit for bit and its verdict against the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from .numdiff import _REAL_OUTPUT, _complex_dtype, _eps_for_method, cs_quotients
+
+__all__ = ["cs_check_points_one", "cs_check_verdict_one", "one_point_jacobian"]
+
+
+def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
+    """:func:`.numdiff._columns`' compiled paths for one float64 NumPy point ``x0`` (n,) whose
+    ``f0`` is float64 (:func:`.numdiff.fd_jacobian`, per solve: the constants in ``cache``): the
+    complex step with a power-of-2 relative step and ``"2-point"`` without bounds and
+    with the default step, the same points (:func:`.lm_route.cs_points`,
+    :func:`.lm_route.fd_points`), evaluations and quotients in one layer; ``None``
+    for every other case (the generic path)."""
+    if method == "cs":
+        if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
+            return None
+    elif not (method == "2-point" and lb is None and rel_step is None):
+        return None
+    key = ("rstep", method)
+    rstep = cache.get(key)
+    if rstep is None:
+        rstep = cache[key] = _eps_for_method(xp, x0.dtype, f0.dtype, method)
+    lm_route = sys.modules["agnopt._kernels.lm_route"]
+    n = x0.shape[0]
+    if method == "2-point":
+        X1, dx = lm_route.fd_points(x0, rstep)
+        fs = [call(X1[j, ...]) for j in range(n)]
+        if all(f.dtype == f0.dtype and f.shape == f0.shape for f in fs):
+            # (the quotients compiled: the same differences and divisions)
+            return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
+        J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
+        return J / dx
+    cdt = cache.get("cdt")
+    if cdt is None:
+        cdt = cache["cdt"] = _complex_dtype(xp, x0.dtype)
+    P, h = lm_route.cs_points(x0, rel_step, rstep)
+    fcs = []
+    for j in range(n):
+        fc = call(P[j, ...])
+        if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
+            raise ValueError(_REAL_OUTPUT)
+        fcs.append(fc)
+    if all(fc.dtype == cdt and fc.shape == f0.shape for fc in fcs):
+        # (the quotients compiled: the same divisions)
+        return lm_route.cs_quotients(xp.asarray(fcs), h)
+    return cs_quotients(xp, fcs, h, False)
+
+
+def cs_check_points_one(X, w, h3, h2):
+    """:func:`.numdiff.cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
+    (the least-squares evaluator's check, where its Jacobians take :func:`one_point_jacobian`;
+    ``w`` (n,) the weights as an array): the same numbers, compiled
+    (:func:`agnopt._kernels.lm_route.cs_check_points`)."""
+    P3, M3, P2 = sys.modules["agnopt._kernels.lm_route"].cs_check_points(X[0], w, h3, h2)
+    return P3[None, :], M3[None, :], P2[None, :], True
+
+
+def cs_check_verdict_one(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
+    """:func:`.numdiff.cs_check_verdict` of one float64 NumPy problem (arrays with the leading
+    axis 1) as a Python bool: the steps and the maxima compiled
+    (:func:`agnopt._kernels.lm_route.cs_check_steps`, ``cs_check_maxima``: the same
+    operations entry by entry; the maxima are exact), the products ``Jcs u`` NumPy's
+    as there, and the final test on the host (the same double arithmetic)."""
+    lm_route = sys.modules["agnopt._kernels.lm_route"]
+    u3, u2 = lm_route.cs_check_steps(X[0], P3[0], M3[0], P2[0], h3, h2)
+    Ju3 = xp.matmul(Jcs, u3[None, :, None])[:, :, 0]
+    Ju2 = xp.matmul(Jcs, u2[None, :, None])[:, :, 0]
+    d, est, mj = lm_route.cs_check_maxima(F[0], Fp3[0], Fm3[0], Fp2[0], Ju3[0], Ju2[0], h3, h2)
+    return d <= 10.0 * est + 1e-9 * mj or not math.isfinite(d)
