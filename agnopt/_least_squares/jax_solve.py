@@ -54,6 +54,12 @@ check at ``x0`` rejects (the program stops and the engine solves the
 problem again: it raises, flags the problem (batched) or switches to
 central differences, as it always does).
 
+An unbatched fit without bounds (``x_scale`` ``None`` / ``"jac"``, no
+report) runs, from its first call on, the program of :mod:`.jax_rerun`
+(this one with ``fun`` at ``x0`` in front and the result's fields behind,
+same key but for the residuals' shape); a later call of the same kind runs
+it before any eager work.
+
 Results equal the engine's to rounding: the same iterations, evaluations
 and statuses; the point to ~1e-10 relative with the complex step or an
 analytic Jacobian (XLA fuses and rounds the operations differently, ~1 ulp
@@ -86,7 +92,7 @@ from .problem import Problem
 from .routes import normal_block
 from .state import Linearization, Outcome
 
-__all__ = ["eligible", "run_lm_jax"]
+__all__ = ["eligible", "program_for", "run_lm_jax", "run_program"]
 
 _CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
 _CACHE_SIZE = 64
@@ -250,8 +256,11 @@ def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
     if prob.row_scaled:  # per-row residual scales (an array): the engine
         return None
     try:
+        # F None: the program that evaluates fun at x0 itself (:mod:`.jax_rerun`), whose
+        # residuals' shape follows from the rest of the key
         key = (fun_id, jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
-               tuple(X.shape), tuple(F.shape), str(X.dtype), prob.batched, prob.bounded,
+               tuple(X.shape), "x0" if F is None else tuple(F.shape), str(X.dtype),
+               prob.batched, prob.bounded,
                bool(jac_scale), ftol, xtol, gtol, max_nfev, treedef,
                tuple((type(v), v) for v in statics),
                tuple((tuple(v.shape), str(v.dtype)) for v in leaves))
@@ -336,6 +345,28 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     point (``need_jac`` all false), with the state of ``prob`` (the complex
     step's verdict) as the engine leaves it.
     """
+    found = program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev)
+    if found is None:
+        return None
+    key, refs, entry, leaves = found
+    res = run_program(key, refs, entry, X, F, D, prob.lb, prob.ub, leaves)
+    if res is None:
+        return None
+    out, fine = res
+    if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
+        return None
+    if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
+        prob.jac_arg, prob.auto_cs = "3-point", False
+    return Outcome(**dict(zip(OUTCOME_FIELDS, out)), cb_stop=False, history=[])
+
+
+def program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev, make=True):
+    """``(key, refs, entry, leaves)``: the cached program of this solve kind (made
+    when ``make`` and not cached), or ``None`` (no key, a mutable object read by
+    ``fun``, a code that makes programs never reused, or not cached and not
+    ``make``). ``F`` ``None``: the program of :mod:`.jax_rerun`, which evaluates
+    ``fun`` at ``x0`` and builds the result itself. ``prob`` may be any object
+    with the attributes :func:`_key` reads."""
     k = _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev)
     if k is None:
         return None
@@ -362,15 +393,22 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
         # a fun made anew for each fit around new objects (other than JAX arrays)
         # would compile a program per fit: after a few programs never reused, the
         # engine solves for that code
-        if _UNUSED.get(kind, 0) >= _MAX_UNUSED:
+        if not make or _UNUSED.get(kind, 0) >= _MAX_UNUSED:
             return None
         _UNUSED[kind] = _UNUSED.get(kind, 0) + 1
-        entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev)
+        entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev,
+                              full=F is None)
         _CACHE[key] = (refs, entry)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+    return key, refs, entry, leaves
+
+
+def run_program(key, refs, entry, *inputs):
+    """``entry``'s program on ``inputs``; ``None`` where it cannot be traced (then
+    remembered: the engine solves this kind from now on)."""
     try:
-        out, fine = entry[0](X, F, D, prob.lb, prob.ub, leaves)
+        out = entry[0](*inputs)
     except _Untraceable:
         _CACHE[key] = (refs, None)
         return None
@@ -382,11 +420,7 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
             return None
         raise
     entry[1]["ran"] = True
-    if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
-        return None
-    if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
-        prob.jac_arg, prob.auto_cs = "3-point", False
-    return Outcome(**dict(zip(OUTCOME_FIELDS, out)), cb_stop=False, history=[])
+    return out
 
 
 def _is_trace_error(e) -> bool:
@@ -404,8 +438,10 @@ def _is_trace_error(e) -> bool:
     return False
 
 
-def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
-    """The ``jax.jit`` program of one solve kind (traced at its first call)."""
+def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev, full=False):
+    """The ``jax.jit`` program of one solve kind (traced at its first call); ``full``:
+    the program of :func:`.jax_rerun.full_program` (``fun`` at ``x0``, the solve
+    and the result's fields)."""
     import jax
     from jax import lax
 
@@ -416,7 +452,7 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
         with inlined_blocks():
             return solve(X, F, D, lb, ub, leaves)
 
-    def solve(X, F, D, lb, ub, leaves):
+    def solve(X, F, D, lb, ub, leaves, fine0=None):
         fun, args, kwargs = rebuild(leaves)
         ev = _traced_problem(snap, lb, ub, args, kwargs)
         ev.fun = fun
@@ -436,7 +472,7 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
                          free=xp.ones((k, n), dtype=xp.bool, device=dev))
         route = jax.tree_util.tree_map(lambda a: xp.zeros(a.shape, dtype=a.dtype),
                                        jax.eval_shape(ev.route, st))
-        carry = (st, route, xp.asarray(True), xp.asarray(False))
+        carry = (st, route, xp.asarray(True) if fine0 is None else fine0, xp.asarray(False))
 
         def cond(c):
             st, fine = c[0], c[2]
@@ -489,6 +525,14 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
         traced["cs_lost"] = not ev.auto and bool(snap["auto_cs"])
         return out, fine
 
+    if full:
+        from .jax_rerun import full_program
+
+        def whole(x0, leaves):
+            with inlined_blocks():
+                return full_program(xp, snap, rebuild, solve, x0, leaves, xtol)
+
+        return cheap_jit(whole), traced
     # (on the CPU with XLA's cheaper settings: backend.CPU_COMPILER_OPTIONS)
     return cheap_jit(program), traced
 
