@@ -21,6 +21,7 @@ their step).
 from __future__ import annotations
 
 import contextlib
+import warnings
 import importlib
 
 import numpy as np
@@ -584,3 +585,95 @@ def test_later_call_keeps_the_not_stationary_status():
     for r in (first, later):
         _same(r, eager)
         assert not r.success and r.message == eager.message
+
+
+@pytest.mark.parametrize("kw", [{}, {"sigma": "1d"}, {"jac": "3-point"}, {"abs": True}])
+def test_curve_fit_takes_the_program_and_equals_the_engine(kw):
+    """``curve_fit`` on JAX (unbatched, no 2-D sigma): its residual is traceable and
+    the same for every call, so the whole-solve program runs and later calls
+    reuse it; ``popt``, ``pcov`` and the counts are the engine's (the per-call
+    residual under ``jax.disable_jit()``). A model that drops the imaginary
+    part (``abs``) is caught by the complex step's check in both."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    kw = dict(kw)
+    if kw.pop("sigma", None):
+        kw["sigma"] = jnp.asarray(0.5 + T / 4.0)
+    drops = kw.pop("abs", False)  # the complex step is rejected: the engine solves
+    fold = jnp.abs if drops else (lambda v: v)
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-fold(b) * x) + c
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+
+    def fit():
+        return ao.curve_fit(model, tj, yj, p0=jnp.asarray([1.0, 1.0, 1.0]), full_output=True,
+                            **kw)
+
+    with jax.disable_jit():
+        eager = fit()
+    first = fit()
+    with _program_runs() as runs:
+        later = fit()
+    assert runs == [not drops]
+    rtol = 1e-8 if kw.get("jac") == "3-point" or drops else 1e-10
+    for got in (first, later):
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(eager[0]), rtol=rtol)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(eager[1]), rtol=1e-6)
+        for k in ("nfev", "njev", "nit", "status"):
+            assert int(got[2][k]) == int(eager[2][k]), k
+        assert got[3] == eager[3] and got[4] == eager[4]
+
+
+def test_curve_fit_wrong_model_shape_raises_on_every_call():
+    _jax()
+    import jax.numpy as jnp
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x[1:]) + c  # one point short
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="f: returned shape"):
+            ao.curve_fit(model, jnp.asarray(T), jnp.asarray(Y), p0=jnp.asarray([1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("case", ["singular", "absolute_sigma", "m_equals_n"])
+def test_curve_fit_pcov_program_equals_the_eager_rules(case):
+    """``curve_fit``'s covariance on JAX (one program: both of covariance's routes,
+    merged) follows ``_pcov``'s eager rules: a rank-deficient Jacobian gives
+    ``inf`` and the warning, ``absolute_sigma`` no chi-square scaling,
+    ``m == n`` ``inf`` and the warning."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from agnopt import OptimizeWarning
+
+    if case == "singular":
+        def model(x, a, b, c):
+            return a * b * jnp.exp(-1.3 * x) + c  # a and b only through a b
+    else:
+        def model(x, a, b, c):
+            return a * jnp.exp(-b * x) + c
+    k = 3 if case == "m_equals_n" else T.shape[0]
+    tj, yj = jnp.asarray(T[:k]), jnp.asarray(Y[:k])
+    kw = {"sigma": jnp.asarray(0.5 + T[:k] / 4.0), "absolute_sigma": True} \
+        if case == "absolute_sigma" else {}
+    warns = case != "absolute_sigma"
+
+    def fit():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            out = ao.curve_fit(model, tj, yj, p0=jnp.asarray([1.0, 1.0, 1.0]), **kw)
+        assert any(issubclass(x.category, OptimizeWarning) for x in w) == warns
+        return out
+
+    with jax.disable_jit():
+        eager = fit()
+    for _ in range(2):
+        got = fit()
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(eager[0]), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(eager[1]), rtol=1e-6)
+        if warns:
+            assert np.all(np.isinf(np.asarray(got[1])))

@@ -27,6 +27,11 @@ a complex step rejected at ``x0``: the cases the eager path reports or
 solves otherwise) :func:`rerun` returns ``None`` and ``least_squares``
 runs its eager path, which raises, scales or solves with the engine as
 always: the program never reports what the eager path would not.
+
+``curve_fit`` on JAX (unbatched, without a 2-D ``sigma`` or a callable
+``jac``) passes :func:`curve_fit_residual`, the same code for every call over
+its data, so that its fits take this program too, and computes ``pcov`` as
+one compiled block (:func:`.covariance.unbatched_pcov`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from .outcome import message, to_status
 from .stationarity import first_order_test, near_test
 from .trf import final_fields
 
-__all__ = ["fits", "full_program", "rerun", "run_full"]
+__all__ = ["curve_fit_residual", "fits", "full_program", "rerun", "run_full"]
 
 
 def fits(batched, bounded, jac_scale, verbose, prob=None) -> bool:
@@ -174,3 +179,30 @@ def full_program(xp, snap, rebuild, solve, x0, leaves, xtol):
     ints = xp.stack([xp.astype(v, xp.int32) for v in (
         ok & fine, info[0], status[0], o["nfev"][0], o["njev"][0], o["nit"][0])])
     return arrays, ints
+
+
+def curve_fit_residual(xp, f, xdata, ydata, inv):
+    """``curve_fit``'s residual ``(f(xdata, *p) - ydata) * inv`` (``inv`` ``None``: no
+    weights) for an unbatched fit on JAX, written so that :mod:`.jax_solve` can
+    trace it and reuse its program: the same code for every call, reading
+    nothing but ``f``, the namespace and the arrays (inputs of the program).
+    The same values as :func:`.curve_fit._model`'s residual, which passes the
+    parameters whose imaginary part is zero as real numbers at the complex
+    step's points and skips ``ydata`` there (both change only the cost:
+    complex arithmetic with zero imaginary parts gives the same real values,
+    and ``ydata`` is real); errors as there."""
+
+    def residual(p):
+        r = f(xdata, *[p[j] for j in range(p.shape[0])])
+        if not (hasattr(r, "shape") and hasattr(r, "dtype")):  # as scipy, converted
+            r = xp.asarray(r, dtype=ydata.dtype)
+        if tuple(r.shape) != tuple(ydata.shape):
+            try:
+                r = xp.broadcast_to(r, ydata.shape)
+            except Exception as e:
+                raise ValueError(f"f: returned shape {tuple(r.shape)}, expected ydata's shape "
+                                 f"{tuple(ydata.shape)}") from e
+        r = r - ydata
+        return r if inv is None else r * inv
+
+    return residual

@@ -48,7 +48,9 @@ Not taken (the engine runs as before, same results): a ``fun`` or ``jac``
 that cannot be traced (``float(x)``, Python branches on values, NumPy calls
 on ``x``: any error while tracing; remembered per cache key), a callback,
 ``history``, ``verbose=2``, a progress display, an array ``diff_step``,
-``jax.disable_jit()``, ``curve_fit`` (its residual is made anew per call),
+``jax.disable_jit()``, ``curve_fit`` batched, with a 2-D ``sigma`` or a
+callable ``jac`` (its residual is then made anew per call; otherwise it is
+:func:`.jax_rerun.curve_fit_residual`),
 and, found while running, a non-finite Jacobian or a complex step that the
 check at ``x0`` rejects (the program stops and the engine solves the
 problem again: it raises, flags the problem (batched) or switches to
