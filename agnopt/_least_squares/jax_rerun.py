@@ -93,7 +93,9 @@ def run_full(xp, prob, x0, X, jac_scale, ftol, xtol, gtol, max_nfev):
     out = jax_solve.run_program(key, refs, entry, x0, leaves)
     if out is None:
         return None, False
-    return _result(*out), True
+    res = _result(*out)
+    entry[1]["down"] = res is None
+    return res, True
 
 
 def rerun(fun, x0, jac, loss, f_scale, diff_step, args, kwargs, ftol, xtol, gtol, max_nfev):
@@ -122,12 +124,16 @@ def rerun(fun, x0, jac, loss, f_scale, diff_step, args, kwargs, ftol, xtol, gtol
     if found is None:
         return None
     _, _, entry, leaves = found
-    if not entry[1].get("ran"):
+    # (its last run had its flag down: a complex step rejected for this fun, say; the
+    # eager path runs it again, and a run with the flag up brings later calls back here)
+    if not entry[1].get("ran") or entry[1].get("down"):
         return None
     try:  # (x0 a tracer: least_squares called inside a JAX transformation, say)
-        return _result(*entry[0](x0, leaves))
+        res = _result(*entry[0](x0, leaves))
     except Exception:  # noqa: BLE001 - the eager path raises (or solves) as it does
         return None
+    entry[1]["down"] = res is None
+    return res
 
 
 def full_program(xp, snap, rebuild, solve, x0, leaves, xtol):
