@@ -57,7 +57,7 @@ def fits(batched, bounded, jac_scale, verbose, prob=None) -> bool:
 
 
 def _spec(fun, jac, loss, f_scale, diff_step, args, kwargs):
-    """The attributes of :class:`.problem.Problem` that :func:`.jax_solve._key`
+    """The attributes of :class:`.problem.Problem` that :func:`.jax_keys._key`
     reads, as the eager path sets them for a fit that :func:`fits`."""
     return types.SimpleNamespace(
         fun=fun, args=args, kwargs=kwargs, jac_arg="cs" if jac is None else jac,
