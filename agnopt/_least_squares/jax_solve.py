@@ -38,8 +38,9 @@ after ``d["y"] = new_data``, so such a ``fun`` is solved by the engine
 (:func:`.jax_keys._pure_ref`; the key's functions are in :mod:`.jax_keys`).
 What the functions ``fun`` calls read (recursively), and the data attributes
 of modules its code names (``data.y``), are part of the key as well:
-rebinding any of them makes a new program. A ``jax.jit`` function keeps what it read when JAX first traced it (JAX's own rule, the
-same when you call it yourself): pass changing data as arguments. A code that
+rebinding any of them makes a new program. A ``jax.jit`` function keeps what
+it read when JAX first traced it (JAX's own rule, the same when you call it
+yourself): pass changing data as arguments. A code that
 made :data:`_MAX_UNUSED` programs never reused (a function made anew around
 new objects for each fit) gets no more. On the CPU the program is compiled
 with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
