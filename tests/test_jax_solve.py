@@ -3,9 +3,10 @@
 When ``fun`` (and ``jac``) can be traced, ``least_squares(method="lm")`` on JAX
 runs the engine's blocks inside one ``jax.lax.while_loop``. These tests check
 that it gives the engine's results (the engine itself: ``jax.disable_jit()``,
-and NumPy), that it is the program that ran (``fun``'s Python body runs once
-per call: the set-up's evaluation at ``x0``; the program calls no Python;
-here a spy on ``run_lm_jax`` says which ran),
+and NumPy), that it is the program that ran (here a spy on the programs'
+entry points and the engine says which ran; a later call of an unbatched fit
+without bounds runs :mod:`agnopt._least_squares.jax_rerun`'s program, from
+``x0`` to the result, and calls no Python of ``fun``),
 and that everything it cannot do falls back to the engine with the same
 results: a ``fun`` that cannot be traced, callbacks and reports, a rejected
 complex step, a non-finite Jacobian.
@@ -20,6 +21,8 @@ their step).
 from __future__ import annotations
 
 import contextlib
+import warnings
+import importlib
 
 import numpy as np
 import pytest
@@ -49,23 +52,34 @@ def _res(jnp):
 
 @contextlib.contextmanager
 def _program_runs():
-    """Records, for each lm solve on JAX, whether the compiled whole-solve program
-    gave its result (``True``) or the engine solved (``False``)."""
-    from agnopt._least_squares import jax_solve
+    """Records, for each lm solve on JAX, whether a compiled whole-solve program
+    gave its result (``True``: :mod:`jax_solve`'s, or :mod:`jax_rerun`'s from
+    ``x0`` to the result) or the engine solved (``False``)."""
+    from agnopt._least_squares import jax_rerun, jax_solve
+    ls_mod = importlib.import_module("agnopt._least_squares.least_squares")
 
     runs: list = []
-    orig = jax_solve.run_lm_jax
+    saved = [(jax_solve, "run_lm_jax"), (jax_rerun, "rerun"), (jax_rerun, "run_full"),
+             (ls_mod, "run_lm")]
+    origs = [getattr(m, n) for m, n in saved]
 
-    def spy(*a, **k):
-        out = orig(*a, **k)
-        runs.append(out is not None)
-        return out
+    def spy(orig, name):
+        def f(*a, **k):
+            out = orig(*a, **k)
+            if name == "run_lm":
+                runs.append(False)
+            elif (out[0] if name == "run_full" else out) is not None:
+                runs.append(True)
+            return out
+        return f
 
-    jax_solve.run_lm_jax = spy
+    for (m, n), o in zip(saved, origs):
+        setattr(m, n, spy(o, n))
     try:
         yield runs
     finally:
-        jax_solve.run_lm_jax = orig
+        for (m, n), o in zip(saved, origs):
+            setattr(m, n, o)
 
 
 def res_np(p):
@@ -485,3 +499,181 @@ def test_float32_without_x64_warns_nothing():
                 assert r.success
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+# -- later calls: the program from x0 to the result (agnopt._least_squares.jax_rerun) ----------
+def _maker(jnp):
+    """``make(y)``: a fresh ``fun`` over new data (the same code: one program)."""
+    tj = jnp.asarray(T)
+
+    def make(y):
+        yj = jnp.asarray(y)
+        return lambda p: p[0] * jnp.exp(-p[1] * tj) + p[2] - yj
+
+    return make
+
+
+def test_later_call_checks_x0_and_its_residuals():
+    """A later call's program checks what the first call's eager set-up checks:
+    non-finite ``x0`` or residuals at ``x0`` raise the same ``ValueError``."""
+    _jax()
+    import jax.numpy as jnp
+
+    make = _maker(jnp)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    ok = ao.least_squares(make(Y), p0, method="lm")
+    assert ok.success
+    with pytest.raises(ValueError, match="x0: contains non-finite values"):
+        ao.least_squares(make(Y), jnp.asarray([1.0, jnp.nan, 1.0]), method="lm")
+    with pytest.raises(ValueError, match="residuals are not finite at the initial point"):
+        ao.least_squares(make(np.where(T > 2.0, np.nan, Y)), p0, method="lm")
+    with pytest.raises(ValueError, match="residuals are not finite at the initial point"):
+        ao.least_squares(make(np.where(T > 2.0, np.inf, Y)), p0, method="lm")
+    with _program_runs() as runs:  # and the program is still taken for good data
+        again = ao.least_squares(make(Y), p0, method="lm")
+    assert runs == [True]
+    _same(again, ok, rtol=0.0)
+
+
+def test_later_call_whose_residuals_need_scaling_equals_the_engine():
+    """Residuals too large to square (set_fscale's power-of-2 scaling, which the
+    program for unscaled residuals does not do): the eager path scales and
+    solves; the result is the engine's, reported unscaled."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    make = _maker(jnp)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    ao.least_squares(make(Y), p0, method="lm")  # the program of this fit
+    big = 1e80 * Y
+    p_big = jnp.asarray([1e80, 1.0, 1e80])
+    got = ao.least_squares(make(big), p_big, method="lm")
+    with jax.disable_jit():
+        eager = ao.least_squares(make(big), p_big, method="lm")
+    _same(got, eager)
+    np.testing.assert_allclose(float(got.cost), float(eager.cost), rtol=1e-10)
+    assert float(got.cost) > 1e150  # fun's own cost, not the scaled one
+
+
+def test_later_call_keeps_the_not_stationary_status():
+    """A wrong ``jac`` collapses the trust region (an ``xtol`` stop at a point that
+    is not stationary): status -6 (``success=False``) on the first and the later
+    calls, as the engine."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from agnopt._core.status import Status
+
+    tj = jnp.asarray(T)
+    yj = jnp.asarray(2.0 * np.exp(-1.5 * T))
+
+    def fun(x):
+        return x[0] * jnp.exp(-x[1] * tj) - yj
+
+    def wrong_jac(x):
+        e = jnp.exp(-x[1] * tj)
+        return jnp.stack([e, x[0] * tj * e], axis=1)  # the second column's sign is wrong
+
+    x0 = jnp.asarray([1.0, 1.0])
+    with jax.disable_jit():
+        eager = ao.least_squares(fun, x0, jac=wrong_jac, method="lm")
+    assert int(eager.status) == Status.NOT_STATIONARY and not eager.success
+    first = ao.least_squares(fun, x0, jac=wrong_jac, method="lm")
+    with _program_runs() as runs:
+        later = ao.least_squares(fun, x0, jac=wrong_jac, method="lm")
+    assert runs == [True]
+    for r in (first, later):
+        _same(r, eager)
+        assert not r.success and r.message == eager.message
+
+
+@pytest.mark.parametrize("kw", [{}, {"sigma": "1d"}, {"jac": "3-point"}, {"abs": True}])
+def test_curve_fit_takes_the_program_and_equals_the_engine(kw):
+    """``curve_fit`` on JAX (unbatched, no 2-D sigma): its residual is traceable and
+    the same for every call, so the whole-solve program runs and later calls
+    reuse it; ``popt``, ``pcov`` and the counts are the engine's (the per-call
+    residual under ``jax.disable_jit()``). A model that drops the imaginary
+    part (``abs``) is caught by the complex step's check in both."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    kw = dict(kw)
+    if kw.pop("sigma", None):
+        kw["sigma"] = jnp.asarray(0.5 + T / 4.0)
+    drops = kw.pop("abs", False)  # the complex step is rejected: the engine solves
+    fold = jnp.abs if drops else (lambda v: v)
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-fold(b) * x) + c
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+
+    def fit():
+        return ao.curve_fit(model, tj, yj, p0=jnp.asarray([1.0, 1.0, 1.0]), full_output=True,
+                            **kw)
+
+    with jax.disable_jit():
+        eager = fit()
+    first = fit()
+    with _program_runs() as runs:
+        later = fit()
+    assert runs == [not drops]
+    rtol = 1e-8 if kw.get("jac") == "3-point" or drops else 1e-10
+    for got in (first, later):
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(eager[0]), rtol=rtol)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(eager[1]), rtol=1e-6)
+        for k in ("nfev", "njev", "nit", "status"):
+            assert int(got[2][k]) == int(eager[2][k]), k
+        assert got[3] == eager[3] and got[4] == eager[4]
+
+
+def test_curve_fit_wrong_model_shape_raises_on_every_call():
+    _jax()
+    import jax.numpy as jnp
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x[1:]) + c  # one point short
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="f: returned shape"):
+            ao.curve_fit(model, jnp.asarray(T), jnp.asarray(Y), p0=jnp.asarray([1.0, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize("case", ["singular", "absolute_sigma", "m_equals_n"])
+def test_curve_fit_pcov_program_equals_the_eager_rules(case):
+    """``curve_fit``'s covariance on JAX (one program: both of covariance's routes,
+    merged) follows ``_pcov``'s eager rules: a rank-deficient Jacobian gives
+    ``inf`` and the warning, ``absolute_sigma`` no chi-square scaling,
+    ``m == n`` ``inf`` and the warning."""
+    jax = _jax()
+    import jax.numpy as jnp
+
+    from agnopt import OptimizeWarning
+
+    if case == "singular":
+        def model(x, a, b, c):
+            return a * b * jnp.exp(-1.3 * x) + c  # a and b only through a b
+    else:
+        def model(x, a, b, c):
+            return a * jnp.exp(-b * x) + c
+    k = 3 if case == "m_equals_n" else T.shape[0]
+    tj, yj = jnp.asarray(T[:k]), jnp.asarray(Y[:k])
+    kw = {"sigma": jnp.asarray(0.5 + T[:k] / 4.0), "absolute_sigma": True} \
+        if case == "absolute_sigma" else {}
+    warns = case != "absolute_sigma"
+
+    def fit():
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            out = ao.curve_fit(model, tj, yj, p0=jnp.asarray([1.0, 1.0, 1.0]), **kw)
+        assert any(issubclass(x.category, OptimizeWarning) for x in w) == warns
+        return out
+
+    with jax.disable_jit():
+        eager = fit()
+    for _ in range(2):
+        got = fit()
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(eager[0]), rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(eager[1]), rtol=1e-6)
+        if warns:
+            assert np.all(np.isinf(np.asarray(got[1])))

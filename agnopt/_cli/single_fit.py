@@ -13,7 +13,8 @@ times and their ratios. Rows:
   ``"2-point"``);
 * ``least_squares`` (``method="lm"``) on JAX (agnopt's own: first call and
   later calls, with the plain model and with the model under ``jax.jit``,
-  against agnopt's lm on NumPy in the same run) when JAX is installed;
+  against agnopt's lm on NumPy in the same run) and ``curve_fit`` on JAX
+  (against agnopt's ``curve_fit`` on NumPy) when JAX is installed;
 * ``--peers``: optimistix's Levenberg-Marquardt under ``jax.jit`` (first call,
   which compiles, and later calls) when optimistix is installed, else a note.
 
@@ -104,6 +105,19 @@ def _jax_rows(t, y, p0, repeats: int, peers: bool) -> tuple[list[dict], list[str
         lambda: ao.least_squares(res_jit, pj, method="lm").x.block_until_ready(), reps)
     rows.append({"case": "  same, fun = jax.jit(res)", "first": first, "best": best,
                  "numpy": ref})
+    # curve_fit builds its residual anew for each call (around the data): the engine
+    # solves, block by block (no whole-solve program)
+    def model_j(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    def model_n(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    first, best = _first_and_best(
+        lambda: jax.block_until_ready(ao.curve_fit(model_j, tj, yj, p0=pj)[0]), reps)
+    _, ref_cf = _first_and_best(lambda: ao.curve_fit(model_n, t, y, p0=p0), reps)
+    rows.append({"case": "curve_fit on JAX (agnopt)", "first": first, "best": best,
+                 "numpy": ref_cf, "numpy_name": "agnopt curve_fit on NumPy"})
     if not peers:
         return rows, notes
     try:
@@ -145,7 +159,8 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
         ``reference`` best times in s, ``ratio`` = agnopt / reference,
         ``reference_name``); ``jax_rows``: ``case``, ``first`` (the first
         call, compilation included), ``best`` (s) and, for agnopt's rows,
-        ``numpy`` (agnopt's lm on NumPy, s); ``notes``; ``load_avg``;
+        ``numpy`` (agnopt's lm on NumPy, s; ``numpy_name`` when another
+        NumPy call); ``notes``; ``load_avg``;
         ``first_fits``: the first row's best time (s) over a process's first fits,
         before agnopt's numba blocks start (``None`` when they were on already or off).
     """
@@ -205,7 +220,8 @@ def run_single_fit_benchmark(repeats: int = 50, peers: bool = False,
             print(f"  {r['case']:38s} {r['agnopt'] * 1e3:8.3f}ms {r['reference'] * 1e3:8.3f}ms "
                   f"{r['ratio']:6.2f}x  {r['reference_name']}")
         for r in jax_rows:
-            vs = (f" ({r['best'] / r['numpy']:.1f}x agnopt lm on NumPy, {r['numpy'] * 1e3:.3f} ms)"
+            vs = (f" ({r['best'] / r['numpy']:.1f}x {r.get('numpy_name', 'agnopt lm on NumPy')}, "
+                  f"{r['numpy'] * 1e3:.3f} ms)"
                   if "numpy" in r else "")
             print(f"  {r['case']:38s} first call {r['first']:.2f} s, later "
                   f"{r['best'] * 1e3:.3f} ms{vs}")

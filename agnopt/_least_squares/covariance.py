@@ -7,13 +7,14 @@ import sys
 
 import array_api_compat
 
+from .._core.backend import compiled
 from .arrays import count_dtype, device, host_linalg, machine_eps
 from .batched import compactable, positions, rows_where, scatter
 from .cholesky import ENTRYWISE_N, chol_inv
 from .routes import CHOL_MAX_N
 
 
-def covariance(xp, J, m_fit=None):
+def covariance(xp, J, m_fit=None, general=False):
     """``(J^T J)^{-1}`` for a stack ``J`` (B, m, n), inf where rank deficient.
 
     ``m_fit`` (B,) integer, optional: the number of data points of each
@@ -29,6 +30,8 @@ def covariance(xp, J, m_fit=None):
     the column norms certify that the unscaled ``J`` is far (a factor 100)
     above the singular threshold; all other problems get ``V diag(1/s^2) V^T`` from the SVD of
     ``J`` itself (gathered into a sub-batch where the backend allows it).
+    ``general``: no host reads (inside a compiled program): both routes for
+    every problem, merged by ``where`` (the same numbers).
     """
     B, m, n = J.shape
     dev = device(J)
@@ -56,14 +59,14 @@ def covariance(xp, J, m_fit=None):
         tol = (100.0 * float(xp.finfo(J.dtype).eps) * max(m, n)) ** 2
         full_rank = xp.min(d2, axis=-1) > tol * xp.sum(d2, axis=-1) * tr_inv
         well = ok & (cond < 1e8) & full_rank & xp.all(xp.isfinite(A), axis=(-2, -1))
-        all_well = bool(xp.all(well))  # (then Li needs no masking)
+        all_well = not general and bool(xp.all(well))  # (then Li needs no masking)
         if not all_well:
             Li = xp.where(well[:, None, None], Li, eye)
         pcov = xp.matmul(xp.matrix_transpose(Li), Li) / dd
         singular = xp.zeros((B,), dtype=xp.bool, device=dev)
         if all_well:
             return pcov, singular
-        if compactable(xp):
+        if compactable(xp) and not general:
             idx = rows_where(xp, ~well)
             mask, pos = positions(xp, idx, B, dev)
             pc_s, sg_s = _covariance_svd(
@@ -73,6 +76,31 @@ def covariance(xp, J, m_fit=None):
         return (xp.where(well[:, None, None], pcov, pc_s),
                 xp.where(well, singular, sg_s))
     return _covariance_svd(xp, J, m_fit)
+
+
+def unbatched_pcov(xp, J, cost, absolute_sigma, m, n):
+    """``curve_fit``'s ``(pcov, warn)`` of one fit (``curve_fit._pcov``'s unbatched
+    case) without host reads: ``J`` (m, n) and ``cost`` (0-d) at the solution;
+    ``pcov`` (n, n) scaled by the reduced chi-square unless ``absolute_sigma``
+    (inf where ``m <= n``), ``warn`` a 0-d bool (singular, or ``m <= n``). One
+    compiled program on JAX (:data:`_unbatched_pcov`), where ``curve_fit`` takes
+    it; the same rules and numbers as ``_pcov``, whose host reads only skip work."""
+    Jf = xp.reshape(J, (1,) + tuple(J.shape))
+    pcov, singular = covariance(xp, Jf, general=True)
+    # (a non-finite Jacobian is not reported as singular)
+    singular = singular & xp.all(xp.isfinite(xp.reshape(Jf, (1, -1))), axis=-1)
+    if absolute_sigma:
+        return pcov[0, ...], xp.any(singular)
+    if m <= n:
+        return xp.full_like(pcov[0, ...], math.inf), xp.asarray(True)
+    s_sq = 2.0 * xp.reshape(cost, (1,)) / (m - n)
+    s_sq = xp.where(singular, xp.ones_like(s_sq), s_sq)
+    pcov = xp.where(singular[:, None, None], pcov, pcov * s_sq[:, None, None])
+    return pcov[0, ...], xp.any(singular)
+
+
+# one compiled program on JAX (agnopt._core.backend.compiled), as written elsewhere
+_unbatched_pcov = compiled(unbatched_pcov, static=("absolute_sigma", "m", "n"))
 
 
 def _covariance_one(xp, J):

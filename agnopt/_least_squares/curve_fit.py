@@ -16,9 +16,10 @@ from .._core.progress import make_progress
 from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._core.user_code import has_note, renote
+from . import jax_rerun, jax_solve
 from .arrays import count_dtype, host_bools, host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
-from .covariance import covariance, minpack_factors
+from .covariance import _unbatched_pcov, covariance, minpack_factors
 from .fit_data import (
     apply_nan_policy,
     as_data,
@@ -435,6 +436,9 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
     of ``p`` (n,) or (B, n), with the row hook of a shared ``xdata`` (batched).
     ``omit`` (B, m) bool: points whose residual (and Jacobian row) is exactly 0
     (batched ``nan_policy="omit"``), so each fit is its fit on the other points."""
+    if not batched and L is None and omit is None and not callable(jac) and jax_solve._is_jax(xp):
+        # JAX: a residual the whole-solve program traces, and later calls reuse
+        return jax_rerun.curve_fit_residual(native_namespace(xp), f, xdata, ydata, inv), jac
     dtype = ydata.dtype
     yshape = tuple(ydata.shape)
     xp = native_namespace(xp)  # the per-call arithmetic below: NumPy's own functions
@@ -573,6 +577,9 @@ def _pcov(xp, res, batched, absolute_sigma, m, n, m_fit=None):
     (B,): the number of data points of each fit (batched ``nan_policy="omit"``)."""
     xp = native_namespace(xp)  # NumPy's own functions (a few dozen small operations)
     Jf = res.jac
+    if not batched and m_fit is None and jax_solve._is_jax(xp):  # JAX: one program
+        pcov, warn = _unbatched_pcov(xp, Jf, res.cost, bool(absolute_sigma), m, n)
+        return pcov, bool(warn)
     if not batched:
         Jf = xp.reshape(Jf, (1,) + tuple(Jf.shape))
         cost = xp.reshape(res.cost, (1,))

@@ -35,11 +35,12 @@ immutable (numbers, strings, tuples, JAX arrays, modules, functions reading
 only such; NumPy arrays, by content): a program compiled around a dict, a
 list or an object (``self`` of a bound method) would keep their old contents
 after ``d["y"] = new_data``, so such a ``fun`` is solved by the engine
-(:func:`_pure_ref`). What the functions ``fun`` calls read (recursively),
-and the data attributes of modules its code names (``data.y``), are part of
-the key as well: rebinding any of them makes a new program. A ``jax.jit``
-function keeps what it read when JAX first traced it (JAX's own rule, the
-same when you call it yourself): pass changing data as arguments. A code that
+(:func:`.jax_keys._pure_ref`; the key's functions are in :mod:`.jax_keys`).
+What the functions ``fun`` calls read (recursively), and the data attributes
+of modules its code names (``data.y``), are part of the key as well:
+rebinding any of them makes a new program. A ``jax.jit`` function keeps what
+it read when JAX first traced it (JAX's own rule, the same when you call it
+yourself): pass changing data as arguments. A code that
 made :data:`_MAX_UNUSED` programs never reused (a function made anew around
 new objects for each fit) gets no more. On the CPU the program is compiled
 with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
@@ -48,11 +49,19 @@ Not taken (the engine runs as before, same results): a ``fun`` or ``jac``
 that cannot be traced (``float(x)``, Python branches on values, NumPy calls
 on ``x``: any error while tracing; remembered per cache key), a callback,
 ``history``, ``verbose=2``, a progress display, an array ``diff_step``,
-``jax.disable_jit()``, ``curve_fit`` (its residual is made anew per call),
+``jax.disable_jit()``, ``curve_fit`` batched, with a 2-D ``sigma`` or a
+callable ``jac`` (its residual is then made anew per call; otherwise it is
+:func:`.jax_rerun.curve_fit_residual`),
 and, found while running, a non-finite Jacobian or a complex step that the
 check at ``x0`` rejects (the program stops and the engine solves the
 problem again: it raises, flags the problem (batched) or switches to
 central differences, as it always does).
+
+An unbatched fit without bounds (``x_scale`` ``None`` / ``"jac"``, no
+report) runs, from its first call on, the program of :mod:`.jax_rerun`
+(this one with ``fun`` at ``x0`` in front and the result's fields behind,
+same key but for the residuals' shape); a later call of the same kind runs
+it before any eager work.
 
 Results equal the engine's to rounding: the same iterations, evaluations
 and statuses; the point to ~1e-10 relative with the complex step or an
@@ -64,9 +73,6 @@ their step). ``method="trf"`` / ``"dogbox"`` are not compiled this way.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import types
 from collections import OrderedDict
 from typing import Any
 
@@ -82,11 +88,12 @@ from .engine import (
     linearize,
     trial_point,
 )
+from .jax_keys import _content, _key, _pure_ref, _same_refs
 from .problem import Problem
 from .routes import normal_block
 from .state import Linearization, Outcome
 
-__all__ = ["eligible", "run_lm_jax"]
+__all__ = ["eligible", "program_for", "run_lm_jax", "run_program"]
 
 _CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
 _CACHE_SIZE = 64
@@ -119,214 +126,6 @@ def _is_jax(xp) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------------- cache keys
-def _content(v):
-    """A NumPy array's content digest (it, or the array it views, may change in
-    place); ``None`` for anything else and for a read-only array owning its data."""
-    flags = getattr(v, "flags", None)
-    if type(v).__module__ == "numpy" and flags is not None and (
-            flags.writeable or getattr(v, "base", None) is not None):
-        return hashlib.blake2b(memoryview(v.tobytes()), digest_size=16).digest()
-    return None
-
-
-_NAMES: dict = {}  # code object -> the global names it and its nested code read
-
-
-def _global_names(code) -> tuple:
-    try:
-        return _NAMES[code]
-    except KeyError:
-        pass
-    names = set(code.co_names)
-    for c in code.co_consts:
-        if isinstance(c, types.CodeType):
-            names.update(_global_names(c))
-    out = _NAMES[code] = tuple(sorted(names))
-    return out
-
-
-def _function_refs(f, out: list, depth: int = 0) -> None:
-    """The objects ``f``'s result depends on besides its arguments: ``f``, the
-    closure cells and the globals its code names (unwrapping ``__wrapped__``,
-    ``functools.partial``, bound methods)."""
-    if depth > 4 or f is None:
-        return
-    out.append(f)
-    inner = getattr(f, "__wrapped__", None) or getattr(f, "func", None) \
-        or getattr(f, "__func__", None)
-    if inner is not None and inner is not f:
-        _function_refs(inner, out, depth + 1)
-    for a in (getattr(f, "args", None) or ()) if hasattr(f, "keywords") else ():
-        out.append(a)
-    if hasattr(f, "__self__"):
-        out.append(f.__self__)
-    code = getattr(f, "__code__", None)
-    if code is None:
-        return
-    for cell in getattr(f, "__closure__", None) or ():
-        try:
-            out.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            out.append(None)
-    _code_refs(f, code, out)
-
-
-def _code_refs(f, code, out: list) -> None:
-    """The defaults of ``f`` and the globals its code names."""
-    out.extend(getattr(f, "__defaults__", None) or ())
-    out.extend((getattr(f, "__kwdefaults__", None) or {}).values())
-    g = getattr(f, "__globals__", {})
-    names = _global_names(code)
-    for name in names:
-        if name in g:
-            v = g[name]
-            out.append(v)
-            if isinstance(v, types.ModuleType):
-                # a module's data attributes the code names (``data.y``): compared like
-                # the globals (its functions, ``jnp.exp``, are taken as fixed)
-                for attr in names:
-                    a = getattr(v, attr, None)
-                    if a is not None and not callable(a) and not isinstance(a, types.ModuleType):
-                        out.append(a)
-
-
-_EMPTY = object()  # an empty closure cell
-
-
-def _split_fun(fun, refs: list):
-    """``fun`` as ``(identity, arrays, rebuild)``: a plain Python function is
-    identified by its code, globals and closure, whose JAX arrays become inputs
-    of the program (``rebuild(arrays)`` makes the function again around them:
-    a lambda made anew for each fit over a new data array reuses the program);
-    anything else by itself (``rebuild`` returns it)."""
-    if type(fun) is not types.FunctionType:
-        _function_refs(fun, refs)
-        return id(fun), [], lambda arrs: fun
-    cells = []
-    for c in fun.__closure__ or ():
-        try:
-            cells.append(c.cell_contents)
-        except ValueError:
-            cells.append(_EMPTY)
-    hoist = tuple(array_api_compat.is_jax_array(v) for v in cells)
-    arrays = [v for v, h in zip(cells, hoist) if h]
-    statics = [v for v, h in zip(cells, hoist) if not h]
-    refs.extend(statics)
-    _code_refs(fun, fun.__code__, refs)
-    code, glb, name, dfl, kwd = (fun.__code__, fun.__globals__, fun.__name__, fun.__defaults__,
-                                 fun.__kwdefaults__)
-
-    def rebuild(arrs):
-        it, st = iter(arrs), iter(statics)
-        vals = [next(it) if h else next(st) for h in hoist]
-        closure = tuple(types.CellType() if v is _EMPTY else types.CellType(v) for v in vals)
-        g = types.FunctionType(code, glb, name, dfl, closure or None)
-        g.__kwdefaults__ = kwd
-        return g
-
-    ident = (code, id(glb), hoist, tuple((tuple(v.shape), str(v.dtype)) for v in arrays))
-    return ident, arrays, rebuild
-
-
-def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
-    """``(key, refs, leaves, rebuild)``: the cache key, the objects compared by
-    identity, the arrays that are inputs of the program (``fun``'s closure,
-    ``args`` / ``kwargs``) and how to rebuild ``(fun, args, kwargs)`` from them;
-    ``None`` when not hashable."""
-    import jax
-
-    refs: list = []
-    fun_id, fun_arrays, fun_rebuild = _split_fun(prob.fun, refs)
-    flat, treedef = jax.tree_util.tree_flatten((prob.args, prob.kwargs))
-    is_arr = tuple(hasattr(v, "shape") and hasattr(v, "dtype") for v in flat)
-    leaves = [v for v, a in zip(flat, is_arr) if a]
-    statics = tuple(v for v, a in zip(flat, is_arr) if not a)
-    for f in (prob.jac_arg if callable(prob.jac_arg) else None,
-              prob.loss if callable(prob.loss) else None):
-        _function_refs(f, refs)
-    jac = prob.jac_arg if isinstance(prob.jac_arg, str) else id(prob.jac_arg)
-    loss = prob.loss if isinstance(prob.loss, str) else id(prob.loss)
-    if prob.row_scaled:  # per-row residual scales (an array): the engine
-        return None
-    try:
-        key = (fun_id, jac, prob.auto_cs, loss, prob.f_scale, prob.fscale, prob.diff_step,
-               tuple(X.shape), tuple(F.shape), str(X.dtype), prob.batched, prob.bounded,
-               bool(jac_scale), ftol, xtol, gtol, max_nfev, treedef,
-               tuple((type(v), v) for v in statics),
-               tuple((tuple(v.shape), str(v.dtype)) for v in leaves))
-        hash(key)
-    except TypeError:
-        return None
-    contents = tuple(_content(r) for r in refs)
-    flags = is_arr
-    nf = len(fun_arrays)
-
-    def rebuild(arrs):
-        it, st = iter(arrs[nf:]), iter(statics)
-        vals = [next(it) if a else next(st) for a in flags]
-        args, kwargs = jax.tree_util.tree_unflatten(treedef, vals)
-        return fun_rebuild(arrs[:nf]), args, kwargs
-
-    return key, (refs, contents), fun_arrays + leaves, rebuild
-
-
-# values that cannot change behind a reference (so identity is the value)
-_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), type(Ellipsis), range,
-              types.ModuleType, types.BuiltinFunctionType, types.CodeType)
-
-
-def _is_jitted(v) -> bool:
-    """A ``jax.jit`` function: its author took on JAX's contract that it is pure."""
-    return callable(getattr(v, "lower", None)) and callable(getattr(v, "eval_shape", None))
-
-
-def _pure_ref(v, depth: int = 0, top: bool = False, seen: list | None = None) -> bool:
-    """Whether ``v`` (an object ``fun`` reads besides its arguments) cannot
-    change while it stays the same object, so that a program compiled around it
-    stays right: numbers, strings, modules, JAX arrays, NumPy arrays at the top
-    (their content is compared, :func:`_content`) and NumPy scalars/ufuncs,
-    tuples of such, and functions whose own closure and globals are such. A
-    dict, list, set or any other object (``self`` of a bound method, a class)
-    may be mutated between two fits (``d["y"] = new_data``): ``fun`` reading
-    one is solved by the engine, evaluation by evaluation."""
-    if depth > 4:
-        return False
-    if isinstance(v, _IMMUTABLE) or v is _EMPTY or array_api_compat.is_jax_array(v):
-        return True
-    mod = type(v).__module__
-    if mod == "numpy":  # an ndarray (content compared only at the top), a scalar, a ufunc
-        return top or not hasattr(v, "flags")
-    if mod.startswith("numpy.") and not hasattr(v, "flags"):  # dtypes
-        return True
-    if isinstance(v, (tuple, frozenset)):
-        return all(_pure_ref(x, depth + 1) for x in v)
-    if isinstance(v, types.FunctionType):
-        inner: list = []
-        for c in v.__closure__ or ():
-            try:
-                inner.append(c.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        _code_refs(v, v.__code__, inner)
-        if seen is not None:  # what a helper function reads is part of the program's key too
-            seen.extend(x for x in inner if x is not v)
-        return all(x is v or _pure_ref(x, depth + 1, seen=seen) for x in inner)
-    if _is_jitted(v):
-        wrapped = getattr(v, "__wrapped__", None)
-        return wrapped is None or _pure_ref(wrapped, depth + 1, seen=seen)
-    if isinstance(v, functools.partial):
-        return (_pure_ref(v.func, depth + 1, seen=seen)
-                and all(_pure_ref(a, depth + 1, seen=seen) for a in v.args)
-                and all(_pure_ref(a, depth + 1, seen=seen) for a in v.keywords.values()))
-    return False
-
-
-def _same_refs(a, b) -> bool:
-    (ra, ca), (rb, cb) = a, b
-    return len(ra) == len(rb) and all(x is y for x, y in zip(ra, rb)) and ca == cb
-
-
 # ----------------------------------------------------------------------------- the program
 def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     """The lm solve of :func:`.engine.run_lm` as one compiled program, or ``None``
@@ -336,6 +135,28 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
     point (``need_jac`` all false), with the state of ``prob`` (the complex
     step's verdict) as the engine leaves it.
     """
+    found = program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev)
+    if found is None:
+        return None
+    key, refs, entry, leaves = found
+    res = run_program(key, refs, entry, X, F, D, prob.lb, prob.ub, leaves)
+    if res is None:
+        return None
+    out, fine = res
+    if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
+        return None
+    if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
+        prob.jac_arg, prob.auto_cs = "3-point", False
+    return Outcome(**dict(zip(OUTCOME_FIELDS, out)), cb_stop=False, history=[])
+
+
+def program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev, make=True):
+    """``(key, refs, entry, leaves)``: the cached program of this solve kind (made
+    when ``make`` and not cached), or ``None`` (no key, a mutable object read by
+    ``fun``, a code that makes programs never reused, or not cached and not
+    ``make``). ``F`` ``None``: the program of :mod:`.jax_rerun`, which evaluates
+    ``fun`` at ``x0`` and builds the result itself. ``prob`` may be any object
+    with the attributes :func:`_key` reads."""
     k = _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev)
     if k is None:
         return None
@@ -362,15 +183,22 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
         # a fun made anew for each fit around new objects (other than JAX arrays)
         # would compile a program per fit: after a few programs never reused, the
         # engine solves for that code
-        if _UNUSED.get(kind, 0) >= _MAX_UNUSED:
+        if not make or _UNUSED.get(kind, 0) >= _MAX_UNUSED:
             return None
         _UNUSED[kind] = _UNUSED.get(kind, 0) + 1
-        entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev)
+        entry = _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev,
+                              full=F is None)
         _CACHE[key] = (refs, entry)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+    return key, refs, entry, leaves
+
+
+def run_program(key, refs, entry, *inputs):
+    """``entry``'s program on ``inputs``; ``None`` where it cannot be traced (then
+    remembered: the engine solves this kind from now on)."""
     try:
-        out, fine = entry[0](X, F, D, prob.lb, prob.ub, leaves)
+        out = entry[0](*inputs)
     except _Untraceable:
         _CACHE[key] = (refs, None)
         return None
@@ -382,11 +210,7 @@ def run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol, max_nfev):
             return None
         raise
     entry[1]["ran"] = True
-    if not bool(fine):  # a non-finite Jacobian or a rejected complex step: the engine
-        return None
-    if prob.auto_cs and entry[1]["cs_lost"]:  # as the engine leaves the problem
-        prob.jac_arg, prob.auto_cs = "3-point", False
-    return Outcome(**dict(zip(OUTCOME_FIELDS, out)), cb_stop=False, history=[])
+    return out
 
 
 def _is_trace_error(e) -> bool:
@@ -404,8 +228,10 @@ def _is_trace_error(e) -> bool:
     return False
 
 
-def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
-    """The ``jax.jit`` program of one solve kind (traced at its first call)."""
+def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev, full=False):
+    """The ``jax.jit`` program of one solve kind (traced at its first call); ``full``:
+    the program of :func:`.jax_rerun.full_program` (``fun`` at ``x0``, the solve
+    and the result's fields)."""
     import jax
     from jax import lax
 
@@ -416,7 +242,7 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
         with inlined_blocks():
             return solve(X, F, D, lb, ub, leaves)
 
-    def solve(X, F, D, lb, ub, leaves):
+    def solve(X, F, D, lb, ub, leaves, fine0=None):
         fun, args, kwargs = rebuild(leaves)
         ev = _traced_problem(snap, lb, ub, args, kwargs)
         ev.fun = fun
@@ -436,7 +262,7 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
                          free=xp.ones((k, n), dtype=xp.bool, device=dev))
         route = jax.tree_util.tree_map(lambda a: xp.zeros(a.shape, dtype=a.dtype),
                                        jax.eval_shape(ev.route, st))
-        carry = (st, route, xp.asarray(True), xp.asarray(False))
+        carry = (st, route, xp.asarray(True) if fine0 is None else fine0, xp.asarray(False))
 
         def cond(c):
             st, fine = c[0], c[2]
@@ -489,6 +315,14 @@ def _make_program(xp, prob, rebuild, jac_scale, ftol, xtol, gtol, max_nfev):
         traced["cs_lost"] = not ev.auto and bool(snap["auto_cs"])
         return out, fine
 
+    if full:
+        from .jax_rerun import full_program
+
+        def whole(x0, leaves):
+            with inlined_blocks():
+                return full_program(xp, snap, rebuild, solve, x0, leaves, xtol)
+
+        return cheap_jit(whole), traced
     # (on the CPU with XLA's cheaper settings: backend.CPU_COMPILER_OPTIONS)
     return cheap_jit(program), traced
 

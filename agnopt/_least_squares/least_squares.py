@@ -52,7 +52,7 @@ from .chunked import chunked_least_squares, is_chunked_batch
 from .._core.progress import make_progress
 from .bounds import strictly_feasible
 from .dogbox import DOGBOX
-from . import jax_solve
+from . import jax_rerun, jax_solve
 from .engine import run_lm
 from .losses import check_loss
 from .trf import TRF, run_trust_region
@@ -455,12 +455,22 @@ def least_squares(
         x0 = as_array(x0, "x0")
         if x0.ndim == 1 and x0.shape[0] > 0:  # shared by all problems: B from fun's rows
             x0 = shared_x0(fun, x0, tuple(args), kwargs)
+    if (not batched and method == "lm" and callback is None and not history and verbose == 0
+            and progress is False and (x_scale is None or (isinstance(x_scale, str)
+                                                           and x_scale == "jac"))
+            and _default_bounds(bounds)):
+        # a later call of a small JAX fit: the program the first call made, alone
+        res = jax_rerun.rerun(fun, x0, jac, loss, f_scale, diff_step, tuple(args), kwargs,
+                              ftol, xtol, gtol, max_nfev)
+        if res is not None:
+            return res
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
             fun, x0, jac, tuple(args), kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
                  f_scale=f_scale, diff_step=diff_step))
+    x0_in = x0
     xp, dev, x0, X = start_point(x0, batched)
     xp = native_namespace(xp)  # NumPy >= 2.1: its own namespace (no wrapper calls per iteration)
     B, n = X.shape
@@ -532,11 +542,19 @@ def least_squares(
                                    xtol, gtol, max_nfev, verbose, callback, history, ws)
         elif method == "lm":
             ws = WorkingSet(xp, B, dev) if compact else None
-            out = None
+            out, ran = None, False
             if jax_solve.eligible(xp, prob, ws, callback, history, verbose):
+                if (jax_rerun.fits(batched, bounded, jac_scale, verbose, prob)
+                        and getattr(x0_in, "ndim", 0) == 1
+                        and getattr(x0_in, "dtype", None) == X.dtype):
+                    # from x0 to the result as one program, which later calls reuse
+                    res, ran = jax_rerun.run_full(xp, prob, x0_in, X, jac_scale, ftol, xtol,
+                                                  gtol, max_nfev)
+                    if res is not None:
+                        return res
                 # JAX, fun traceable: the whole solve as one compiled program
-                out = jax_solve.run_lm_jax(xp, prob, X, F, D, jac_scale, ftol, xtol, gtol,
-                                           max_nfev)
+                out = None if ran else jax_solve.run_lm_jax(xp, prob, X, F, D, jac_scale, ftol,
+                                                            xtol, gtol, max_nfev)
             if out is None:
                 out = run_lm(xp, prob, X, F, prob.fnorm(F), D, jac_scale, ftol,
                              xtol, gtol, max_nfev, verbose, callback, history, ws)
@@ -551,6 +569,12 @@ def least_squares(
             f"least_squares: the linear algebra of a step failed ({type(e).__name__}: {e}); "
             "the Jacobian is probably not finite or badly scaled: check jac, or rescale "
             "fun or x (x_scale)") from e
+
+
+def _default_bounds(bounds) -> bool:
+    """``bounds`` (a pair) is the default ``(-inf, inf)``."""
+    lo, hi = bounds
+    return type(lo) is float and type(hi) is float and lo == -math.inf and hi == math.inf
 
 
 def _is_tall(xp, f0) -> bool:
