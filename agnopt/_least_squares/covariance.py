@@ -21,8 +21,9 @@ def covariance(xp, J, m_fit=None, general=False):
     problem when some rows of ``J`` are zero (omitted points); the threshold
     then uses ``max(m_fit, n)`` per problem, as the fit without those rows.
 
-    scipy's rule (``leastsq``'s ``cov_x``): singular where a singular value
-    of ``J`` is at most ``eps * max(m, n) * s_max``. Two routes, chosen per
+    Singular where a singular value of ``J`` is at most
+    ``eps * max(m, n) * s_max`` (the threshold of scipy's trf/dogbox
+    ``curve_fit``, which drops those values where agnopt reports inf). Two routes, chosen per
     problem: for ``n <= 16`` the Cholesky factor of the column-scaled
     ``J^T J`` gives the inverse when its certified condition bound
     ``trace * trace(inverse)`` is below 1e8 (so ``cond(J) < 1e4`` after

@@ -238,10 +238,15 @@ def curve_fit(
         ``(n, n)`` or ``(B, n, n)``: ``(J^T J)^{-1}`` at ``popt`` (``J`` of
         the weighted residuals), times ``sum(r**2) / (m - n)`` unless
         ``absolute_sigma``. Filled with ``inf`` (with an
-        :class:`OptimizeWarning`) where ``J`` is rank deficient (singular
-        values below ``eps * max(m, n) * s_max``) or ``m <= n`` without
-        ``absolute_sigma``, as scipy's lm path (``leastsq``'s ``cov_x`` is
-        None) does.
+        :class:`OptimizeWarning`) where ``m <= n`` without ``absolute_sigma``
+        (as scipy), and where ``J`` is rank deficient: a singular value at
+        most ``eps * max(m, n) * s_max``, the threshold below which scipy's
+        trf/dogbox path drops singular values. This differs from scipy on
+        purpose: scipy returns the pseudo-inverse there (trf/dogbox), or,
+        on its lm path, ``leastsq``'s ``cov_x`` from the QR factor, which is
+        inf only when that factor is exactly singular; such a covariance is
+        not determined by the data, so agnopt says so (scipy's
+        ``test_gh4555`` expects finite variances there and fails).
 
     Raises
     ------
