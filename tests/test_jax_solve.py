@@ -627,6 +627,54 @@ def test_curve_fit_takes_the_program_and_equals_the_engine(kw):
         assert got[3] == eager[3] and got[4] == eager[4]
 
 
+def test_curve_fit_inline_lambda_reuses_the_program():
+    """``curve_fit(lambda x, a, b, c: ..., ...)`` in a loop (a new model function
+    each call, as a user writes it inline): the model in the residual's closure
+    is split like the residual itself (code, globals, statics; its JAX arrays
+    inputs), so later calls run the first call's program (it recompiled every
+    call, ~1.6 s each). A model over another static, or over a new JAX array,
+    gives its own right answer."""
+    _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    tj = jnp.asarray(T)
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    made: list = []
+    orig = jax_solve._make_program
+
+    def spy(*a, **k):
+        made.append(1)
+        return orig(*a, **k)
+
+    for i, scale in enumerate((1.0, 2.0, 0.5)):
+        y = jnp.asarray(scale * Y)
+        made.clear()
+        jax_solve._make_program = spy
+        try:
+            with _program_runs() as runs:
+                got = ao.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, tj, y, p0=p0)
+        finally:
+            jax_solve._make_program = orig
+        if i > 0:
+            assert runs == [True] and not made  # the first call's program, not a new one
+        ref = ao.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, T, scale * Y,
+                           p0=np.asarray(p0))
+        np.testing.assert_allclose(np.asarray(got[0]), ref[0], rtol=1e-9)
+        np.testing.assert_allclose(np.asarray(got[1]), ref[1], rtol=1e-6)
+
+    def shifted(k, w):  # a model closing over a float (static) and a JAX array (input)
+        return lambda x, a, b, c: a * jnp.exp(-b * x) + c + k * w
+
+    for k, wv in ((0.0, 0.0), (0.3, 0.0), (0.3, 1.0)):
+        w = jnp.asarray(wv)
+        got = ao.curve_fit(shifted(k, w), tj, jnp.asarray(Y), p0=p0)
+        ref = ao.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c + k * wv, T, Y,
+                           p0=np.asarray(p0))
+        np.testing.assert_allclose(np.asarray(got[0]), ref[0], rtol=1e-9)
+
+
 def test_curve_fit_wrong_model_shape_raises_on_every_call():
     _jax()
     import jax.numpy as jnp

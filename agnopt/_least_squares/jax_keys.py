@@ -94,12 +94,16 @@ def _code_refs(f, code, out: list) -> None:
 _EMPTY = object()  # an empty closure cell
 
 
-def _split_fun(fun, refs: list):
+def _split_fun(fun, refs: list, depth: int = 0):
     """``fun`` as ``(identity, arrays, rebuild)``: a plain Python function is
     identified by its code, globals and closure, whose JAX arrays become inputs
     of the program (``rebuild(arrays)`` makes the function again around them:
     a lambda made anew for each fit over a new data array reuses the program);
-    anything else by itself (``rebuild`` returns it)."""
+    a plain function in its closure (``curve_fit``'s residual around the user's
+    model, a model written inline as a ``lambda``) is split the same way, to a
+    depth of :data:`_NEST`, so a new such function with the same code, globals
+    and statics also reuses it; anything else is identified by itself
+    (``rebuild`` returns it)."""
     if type(fun) is not types.FunctionType:
         _function_refs(fun, refs)
         return id(fun), [], lambda arrs: fun
@@ -109,24 +113,50 @@ def _split_fun(fun, refs: list):
             cells.append(c.cell_contents)
         except ValueError:
             cells.append(_EMPTY)
-    hoist = tuple(array_api_compat.is_jax_array(v) for v in cells)
-    arrays = [v for v, h in zip(cells, hoist) if h]
-    statics = [v for v, h in zip(cells, hoist) if not h]
+    # per cell: "a" a JAX array (an input), "s" a static (compared by identity),
+    # or a nested plain function split in turn: (identity, its arrays' count, rebuild)
+    kinds: list = []
+    arrays: list = []
+    statics = []
+    for v in cells:
+        if array_api_compat.is_jax_array(v):
+            kinds.append("a")
+            arrays.append(v)
+        elif type(v) is types.FunctionType and v is not fun and depth < _NEST:
+            ident_v, arrays_v, rebuild_v = _split_fun(v, refs, depth + 1)
+            kinds.append((ident_v, len(arrays_v), rebuild_v))
+            arrays.extend(arrays_v)
+        else:
+            kinds.append("s")
+            statics.append(v)
     refs.extend(statics)
     _code_refs(fun, fun.__code__, refs)
     code, glb, name, dfl, kwd = (fun.__code__, fun.__globals__, fun.__name__, fun.__defaults__,
                                  fun.__kwdefaults__)
 
     def rebuild(arrs):
-        it, st = iter(arrs), iter(statics)
-        vals = [next(it) if h else next(st) for h in hoist]
+        at, st = 0, iter(statics)
+        vals = []
+        for k in kinds:
+            if k == "a":
+                vals.append(arrs[at])
+                at += 1
+            elif k == "s":
+                vals.append(next(st))
+            else:
+                vals.append(k[2](arrs[at:at + k[1]]))
+                at += k[1]
         closure = tuple(types.CellType() if v is _EMPTY else types.CellType(v) for v in vals)
         g = types.FunctionType(code, glb, name, dfl, closure or None)
         g.__kwdefaults__ = kwd
         return g
 
-    ident = (code, id(glb), hoist, tuple((tuple(v.shape), str(v.dtype)) for v in arrays))
+    shape = tuple(k if isinstance(k, str) else ("f", k[0]) for k in kinds)
+    ident = (code, id(glb), shape, tuple((tuple(v.shape), str(v.dtype)) for v in arrays))
     return ident, arrays, rebuild
+
+
+_NEST = 2  # how deep plain functions in closures are split (:func:`_split_fun`)
 
 
 def _key(prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev):
