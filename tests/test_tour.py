@@ -96,3 +96,19 @@ def test_plot_without_matplotlib_fails_before_the_tour(monkeypatch, capsys, tmp_
     assert "needs matplotlib" in err and "pip install matplotlib" in err
     assert ran == []  # the tour did not start
     assert not any(tmp_path.iterdir())
+
+
+def test_missing_backends_are_said(monkeypatch):
+    """A backend whose package is not installed is named above the table (a new
+    user saw only numpy, torch and jax rows and no word about Dask or
+    array-api-strict)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("dask", "cupy") else real(name, *a))
+    assert tour.missing_backends() == ["dask (the test extra)", "cupy (a CUDA machine)"]
+    said: list = []
+    tour.run_tour(steps=5, backends=["numpy"], out=said.append)
+    assert ("not installed here, so not in the table: dask (the test extra), "
+            "cupy (a CUDA machine)") in said

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .. import adagrad, adam, adamw, apply_updates, exponential_decay, rmsprop, sgd, sign_sgd
 
-__all__ = ["available_backends", "run_tour", "run_second_order_tour", "converged", "OPTIMIZERS",
+__all__ = ["available_backends", "missing_backends", "run_tour", "run_second_order_tour", "converged", "OPTIMIZERS",
            "PROBLEMS", "CONVERGED_RATIO", "DASK_STEPS"]
 
 # Dask builds and runs a task graph for every array operation: ~10-20 ms per
@@ -94,6 +94,17 @@ def available_backends() -> list[tuple[str, Any, Any, Callable[[Any], None]]]:
     except Exception:
         pass
     return out
+
+
+def missing_backends() -> list[str]:
+    """The backends agnopt supports whose package is not importable here (their
+    rows are absent from the tour), with the extra or package that brings each."""
+    import importlib.util
+
+    wanted = [("array_api_strict", "array-api-strict (the test extra)"),
+              ("torch", "torch (the torch extra)"), ("jax", "jax (the jax extra)"),
+              ("dask", "dask (the test extra)"), ("cupy", "cupy (a CUDA machine)")]
+    return [what for mod, what in wanted if importlib.util.find_spec(mod) is None]
 
 
 def _problems(xp: Any, device: Any, dtype: Any):
@@ -176,6 +187,9 @@ def run_tour(steps: int = 1000, dtype: str = "float64", backends: list[str] | No
     out("  (on JAX: the jit compilation); us/step: the mean of the others. JAX rows run under jax.jit, whose fused arithmetic")
     out("  rounds differently from eager code (eager JAX equals NumPy), which first-order paths on Rosenbrock")
     out("  can show in the third digit")
+    missing = missing_backends()
+    if missing:
+        out(f"not installed here, so not in the table: {', '.join(missing)}")
     out("")
     header = (f"{'backend':17s} {'device':14s} {'optimizer':18s} {'problem':11s} {'conv':>4s} "
               f"{'steps':>6s} {'final loss':>11s} {'first ms':>9s} {'us/step':>9s}")
