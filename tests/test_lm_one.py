@@ -10,6 +10,7 @@ blocks (``lm_one.ON = False``) and the driver; ``x``, ``cost``, ``fun``, ``jac``
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -106,6 +107,40 @@ def test_random_fits(monkeypatch, seed):
     assert runs == 1
     _same(drv, blocks)
     _same(drv, gen)
+
+
+def test_norm_is_numpys():
+    # the driver's norm of the trial residuals (and of its accelerated steps): NumPy's
+    # vector_norm bit for bit up to NORM_MAX_M entries (longer ones take NumPy's)
+    from agnopt._core.backend import native_namespace
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    xp = native_namespace(np)
+    rng = np.random.default_rng(7)
+    for m in range(1, lm_route.NORM_MAX_M + 1):
+        for k in range(30):
+            v = rng.standard_normal(m) * 10.0 ** rng.uniform(-150, 150, m)
+            if k < 4:
+                v[rng.integers(m)] = (np.inf, -np.inf, np.nan, 0.0)[k]
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                want = float(xp.linalg.vector_norm(v[None, :], axis=-1)[0])
+            got = lm_route.norm(v)
+            assert got == want or (math.isnan(got) and math.isnan(want)), (m, k, got, want)
+
+
+@pytest.mark.parametrize("m", [127, 128, 129, 300])
+def test_long_residuals(monkeypatch, m):
+    # the trial norm compiled (m <= NORM_MAX_M) or NumPy's (longer): the engine's numbers
+    t = np.linspace(0.0, 4.0, m)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.02 * np.random.default_rng(m).standard_normal(m)
+    for jac in ("cs", "2-point"):
+        (gen, blocks, drv), runs = _solve3(
+            monkeypatch, lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 1.0, 1.0],
+            jac=jac)
+        assert runs == 1
+        _same(drv, blocks)
+        _same(drv, gen)
 
 
 def test_gtol_at_x0_and_max_nfev(monkeypatch):

@@ -42,23 +42,32 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
     n = x0.shape[0]
     if method == "2-point":
         X1, dx = lm_route.fd_points(x0, rstep)
-        fs = [call(X1[j, ...]) for j in range(n)]
-        if all(f.dtype == f0.dtype and f.shape == f0.shape for f in fs):
-            # (the quotients compiled: the same differences and divisions)
-            return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
-        J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
-        return J / dx
+        fs = [call(X1[j]) for j in range(n)]
+        dt, shape = f0.dtype, f0.shape
+        for f in fs:
+            if not ((f.dtype is dt or f.dtype == dt) and f.shape == shape):
+                J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
+                return J / dx
+        # (the quotients compiled: the same differences and divisions)
+        return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
     cdt = cache.get("cdt")
     if cdt is None:
         cdt = cache["cdt"] = _complex_dtype(xp, x0.dtype)
     P, h = lm_route.cs_points(x0, rel_step, rstep)
     fcs = []
+    same = True  # every column of dtype cdt and of f0's shape
+    shape = f0.shape
     for j in range(n):
-        fc = call(P[j, ...])
-        if fc.dtype != cdt and not xp.isdtype(fc.dtype, "complex floating"):
-            raise ValueError(_REAL_OUTPUT)
+        fc = call(P[j])
+        fdt = fc.dtype
+        if not (fdt is cdt or fdt == cdt):
+            if not xp.isdtype(fdt, "complex floating"):
+                raise ValueError(_REAL_OUTPUT)
+            same = False
+        elif fc.shape != shape:
+            same = False
         fcs.append(fc)
-    if all(fc.dtype == cdt and fc.shape == f0.shape for fc in fcs):
+    if same:
         # (the quotients compiled: the same divisions)
         return lm_route.cs_quotients(xp.asarray(fcs), h)
     return cs_quotients(xp, fcs, h, False)

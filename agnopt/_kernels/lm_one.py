@@ -82,6 +82,7 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
     accelerate = bool(ev.accelerate)
     jac_scale = bool(jac_scale)
     matmul = np.matmul
+    short = F.shape[1] <= lm_route.NORM_MAX_M  # (the residuals' norm compiled)
     while True:
         # -- outer loop of lmder: Jacobian, scaling, gtol test (lm_cpu.linearize_one)
         if need_jac:
@@ -121,8 +122,8 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
             hv = matmul(rvv[:, None, :], J)[:, 0, :] / Dv
             az = -chol_solve(Lf, hv[0])
             a = az / Dv
-            vn = float(xp.linalg.vector_norm(z[None, :], axis=-1)[0])
-            an = float(xp.linalg.vector_norm(az[None, :], axis=-1)[0])
+            # (vector_norm: NumPy's, compiled; n <= ENTRYWISE_N)
+            vn, an = lm_route.norm(z), lm_route.norm(az)
             accel = (2.0 * an <= acc_alpha * vn) and bool(np.all(np.isfinite(a)))
             if accel:
                 p = p + 0.5 * a
@@ -132,13 +133,17 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
                 delta = pn if not math.isnan(delta) and (math.isnan(pn) or pn < delta) else delta
         nfev += 1
         Xt = Xt1[None, :]
-        Ft, fnorm1 = ev.trial(Xt)
+        if short:  # ev.trial: the residuals and their norm (NumPy's, compiled: a float)
+            Ft = ev.residual(Xt)
+            fn1 = lm_route.norm(Ft[0])
+        else:
+            Ft, fnorm1 = ev.trial(Xt)
+            fn1 = float(fnorm1[0])
         if accel:  # an accelerated step is judged by the model of its LM step (model_step)
             pm = v
-            pmn = float(xp.linalg.vector_norm(Dv[None, :] * v[None, :], axis=-1)[0])
+            pmn = lm_route.norm(Dv * v)
         else:
             pm, pmn = pt1, pn
-        fn1 = float(fnorm1[0])
         # -- the verdict and the stopping tests (lm_cpu.trial_judge_one)
         delta, par, acc, xnorm, info, active = judge(
             A0[0], pm, pmn, fn, par, delta, fn1, info, limited, gnorm, xnorm, Dv, Xt1, nfev,

@@ -99,6 +99,16 @@ def _sumsq(v, tmp):
     return _pw(tmp, n)
 
 
+# the longest vector :func:`_norm` takes (NumPy's pairwise block: one level, :func:`_pw`)
+NORM_MAX_M = 128
+
+
+def _norm(v):
+    """``vector_norm(v)`` of ``v`` (m,), ``m <= 128`` (:func:`_pw`'s range): NumPy's
+    ``sqrt(add.reduce(v * v))``, the same operations (a Python float)."""
+    return math.sqrt(_sumsq(v, np.empty(v.shape[0])))
+
+
 def _chol_inv(a, eps, Li):
     """:func:`agnopt._least_squares.cholesky._entries` on the lower triangle of
     ``a`` (n, n): ``Li`` (n, n) gets ``L^-1`` (zero above the diagonal); returns ``ok``.
@@ -436,6 +446,7 @@ fd_points: Any = None
 cs_check_points: Any = None
 cs_quotients: Any = None
 fd_quotients: Any = None
+norm: Any = None
 cs_check_steps: Any = None
 cs_check_maxima: Any = None
 
@@ -446,7 +457,7 @@ def _compile() -> None:
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
     global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
     global cs_check_points, cs_check_steps, cs_check_maxima, _nanmax_abs, cs_quotients
-    global fd_quotients
+    global fd_quotients, norm
     if _ready:
         return
     with _compile_lock:  # threads may get here together (see lm_batched_cpu._compile)
@@ -469,6 +480,7 @@ def _compile() -> None:
         cs_check_points, cs_check_steps = jit(_cs_check_points), jit(_cs_check_steps)
         cs_check_maxima = jit(_cs_check_maxima)
         cs_quotients, fd_quotients = jit(_cs_quotients), jit(_fd_quotients)
+        norm = jit(_norm)
         _ready = True
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import array_api_compat
 
 from .._core import lazy
+from .._core.backend import numpy_scalar_namespace
 from .._core.user_code import call_user
 
 # ``call_checked(fun, X, what, where)``: ``fun(X)``; an exception it raises
@@ -137,8 +138,6 @@ def scalar_namespace(xp: Any, X: Any) -> Any:
     engine may then run on scalars, :func:`on_scalars`), else ``None``."""
     if X.shape[0] != 1 or not array_api_compat.is_numpy_array(X) or X.dtype != xp.float64:
         return None
-    from .._core.backend import numpy_scalar_namespace
-
     return numpy_scalar_namespace()
 
 

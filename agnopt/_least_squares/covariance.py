@@ -35,11 +35,11 @@ def covariance(xp, J, m_fit=None, general=False):
     every problem, merged by ``where`` (the same numbers).
     """
     B, m, n = J.shape
-    dev = device(J)
     if B == 1 and m >= n and n <= ENTRYWISE_N:
         fast = _covariance_one(xp, J)
         if fast is not None:
             return fast
+    dev = device(J)
     if n <= CHOL_MAX_N and m >= n:
         eye = xp.eye(n, dtype=J.dtype, device=dev)
         A = xp.matmul(xp.matrix_transpose(J), J)

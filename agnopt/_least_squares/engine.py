@@ -54,6 +54,8 @@ reports; the engine never looks at how they are formed.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import array_api_compat
@@ -145,8 +147,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if st0 is None:
             # ... and the whole loop with scalar state where every block above applies
             # (the same numbers): agnopt._kernels.lm_one
-            from .._kernels import lm_one
-
+            lm_one = _kernel("lm_one")
             if lm_one.applies(ev, X.shape[1], ws, callback, want_history, verbose):
                 out, st1 = lm_one.run_lm_one(
                     xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
@@ -244,10 +245,16 @@ def _in_graph(a) -> bool:
     return bool(getattr(a, "requires_grad", False))
 
 
+def _kernel(name):
+    """The module ``agnopt._kernels.<name>`` (imported on first use: numba with it; later
+    a dictionary lookup, not an import statement's machinery, once per solve)."""
+    mod = sys.modules.get("agnopt._kernels." + name)
+    return mod if mod is not None else importlib.import_module("agnopt._kernels." + name)
+
+
 def _fast_judge():
     """:mod:`agnopt._kernels.lm_cpu` when its numba judge is on, else ``None``."""
-    from .._kernels import lm_cpu
-
+    lm_cpu = _kernel("lm_cpu")
     return lm_cpu if lm_cpu.enabled() else None
 
 
@@ -268,8 +275,7 @@ def _fast_route():
     trial_step_one)`` of :mod:`agnopt._kernels.lm_route`, its Cholesky route
     compiled by numba where it applies (else ``ev.route(st)``) and its trial
     step (the same numbers)."""
-    from .._kernels import lm_route
-
+    lm_route = _kernel("lm_route")
     return lm_route.route_one, lm_route.trial_step_one
 
 

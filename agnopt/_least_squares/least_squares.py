@@ -512,8 +512,9 @@ def least_squares(
     F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     check_m_ge_n(method, m, n)
-    fin0 = xp.all(xp.isfinite(F), axis=-1)
-    if not bool(xp.all(fin0)):
+    # (one problem: one reduction; a batch names the problems)
+    fin0 = xp.all(xp.isfinite(F), axis=-1 if batched else None)
+    if not bool(xp.all(fin0) if batched else fin0):
         raise ValueError(
             "fun: residuals are not finite at the initial point x0"
             + ("" if not batched else f" (problems {indices(xp, ~fin0)})")

@@ -240,25 +240,27 @@ class Problem(RowSubsets, Box):
             except TypeError:  # pragma: no cover - unhashable dtype objects
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
+        if F.shape[0] == 1:  # one problem: its max |f| (one reduction)
+            amax = float(xp.max(xp.abs(F)))
+            if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
+                return F
+            self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
+            return F * self.fscale
+        # a batch: each row by its own max |f|
         rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1): each row's max |f|
         amax = float(xp.max(rmax))
         if not math.isfinite(amax) or amax == 0.0:
             return F
-        if F.shape[0] > 1:  # a batch: each row by its own max |f|
-            pos = rmax > 0
-            rmin = float(xp.min(xp.where(pos, rmax, xp.full_like(rmax, amax))))
-            if lo <= rmin and amax <= hi:
-                return F
-            s = _pow2_scales(xp, rmax, lo, hi)
-            if bool(xp.all(s == s[0, 0])):  # one scale for every row
-                self.fscale, self.scaled = float(s[0, 0]), True
-                return F * self.fscale
-            self.fscale, self.scaled, self.row_scaled = s, True, True
-            return F * s
-        if lo <= amax <= hi:
+        pos = rmax > 0
+        rmin = float(xp.min(xp.where(pos, rmax, xp.full_like(rmax, amax))))
+        if lo <= rmin and amax <= hi:
             return F
-        self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
-        return F * self.fscale
+        s = _pow2_scales(xp, rmax, lo, hi)
+        if bool(xp.all(s == s[0, 0])):  # one scale for every row
+            self.fscale, self.scaled = float(s[0, 0]), True
+            return F * self.fscale
+        self.fscale, self.scaled, self.row_scaled = s, True, True
+        return F * s
 
     def _jac_fscale(self, fs):
         return fs[:, :, None] if self.row_scaled else fs

@@ -52,7 +52,8 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
     if bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
-        J = Jn if J is None else xp.where(nj[:, None, None], Jn, J)
+        # (one problem: nj is its one entry, true here)
+        J = Jn if J is None or not batched else xp.where(nj[:, None, None], Jn, J)
         njev = njev + xp.astype(nj, njev.dtype)  # an evaluation like any other
     projected = bounded and method in ("lm", "gauss-newton")
     if batched:
