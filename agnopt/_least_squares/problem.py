@@ -241,6 +241,8 @@ class Problem(RowSubsets, Box):
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1): each row's max |f|
+        if getattr(rmax, "requires_grad", False) is True:
+            rmax = rmax.detach()  # torch: the scales are constants (and float() of a graph warns)
         amax = float(xp.max(rmax))
         if not math.isfinite(amax) or amax == 0.0:
             return F
