@@ -212,3 +212,11 @@ def test_least_squares_graph_x0_without_warning():
     finally:
         torch.set_warn_always(old)
 
+
+# -- Optimizer.step() without grads: how to pass them ------------------------------------------
+def test_optimizer_step_without_grads_says_how(xp, device):
+    opt = ao.Optimizer(ao.adam(1e-3), [_arr(xp, device, np.ones(3))], flat=False)
+    with pytest.raises(ValueError, match=r"grads are required \(flat=False\): pass the gradients "
+                                         r"in params' structure, e\.g\. opt\.step\(\[p\.grad for "
+                                         r"p in opt\.params\]\)"):
+        opt.step()
