@@ -349,7 +349,11 @@ class Optimizer(Generic[TreeT]):
         """Apply one step with ``grads`` (flat mode: default ``opt.grads``); returns ``opt.params``."""
         if not self.flat:
             if grads is None:
-                raise ValueError("Optimizer.step: grads are required (flat=False)")
+                raise ValueError(
+                    "Optimizer.step: grads are required (flat=False): pass the gradients in "
+                    "params' structure, e.g. opt.step([p.grad for p in opt.params]) for a list "
+                    "of torch tensors (NumPy, torch or CuPy leaves: or Optimizer(..., flat=True), "
+                    "then write them into opt.grads)")
             new_p, self.state = step(self.transform, self.params, grads, self.state)
             if not self._write_back:
                 self.params = new_p

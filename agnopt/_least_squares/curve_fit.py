@@ -23,15 +23,21 @@ from .covariance import _unbatched_pcov, covariance, minpack_factors
 from .fit_data import (
     apply_nan_policy,
     as_data,
+    backend_note,
     batched_nan_mask,
     broadcast_scalar_y,
     check_finite_data,
     check_fit_method,
+    check_sigma_values,
     check_ydata,
     chunked_p0,
     convert_xdata,
+    detach,
     has_finite_bound,
     initial_params,
+    mixed_backend_message,
+    sigma_shape_message,
+    xdata_hint,
 )
 from .least_squares import least_squares
 from .options import as_array, as_bounds_pair, to_backend
@@ -150,7 +156,12 @@ def curve_fit(
         Standard deviations of ``ydata``: ``(m,)`` (or ``(B, m)`` batched, or
         a scalar); residuals are divided by it. Unbatched, an ``(m, m)``
         array is the covariance matrix of ``ydata``: residuals are
-        multiplied by ``L^{-1}`` with ``sigma = L L^T`` (Cholesky).
+        multiplied by ``L^{-1}`` with ``sigma = L L^T`` (Cholesky). A zero or
+        NaN entry of a 1-D (batched) ``sigma`` is a ``ValueError`` naming it
+        (scipy divides by it and stops on infinite residuals); negative and
+        ``inf`` entries are accepted as by scipy (only ``sigma**2`` enters
+        the fit; ``inf`` gives a point zero weight). A 2-D ``sigma`` that is
+        not positive definite is a ``ValueError`` (``LinAlgError``).
     absolute_sigma : bool
         ``False`` (default): ``pcov`` is scaled by the reduced chi-square
         ``sum(r**2) / (m - n)`` (only relative ``sigma`` matters). ``True``:
@@ -230,6 +241,12 @@ def curve_fit(
         stops scipy's ``"lm"`` may be enough here; scipy's ``"trf"`` and
         ``"dogbox"`` count as agnopt does.
 
+    torch tensors that require grad (``xdata``, ``ydata``, ``p0``,
+    ``sigma``) are detached (``tensor.detach()``: the same data, no copy):
+    the fit is not differentiable through agnopt, so ``popt`` and ``pcov``
+    never record an autograd graph (nor does torch warn about converting a
+    graph tensor to a number). ``f`` receives the detached ``xdata``.
+
     Returns
     -------
     popt : array
@@ -262,11 +279,15 @@ def curve_fit(
         Bad shapes (also found by calling ``f``: named), non-finite data
         (``check_finite``), NaN with ``nan_policy="raise"``, unknown
         ``method`` or ``nan_policy``, ``args`` in ``kwargs``, ``jac``
-        neither callable nor one of its strings. Batched, these input errors
-        name the rows and are raised before any fit is solved.
+        neither callable nor one of its strings, a zero or NaN ``sigma``
+        entry; a wrong ``sigma`` shape ("`sigma` has incorrect shape", as
+        scipy, with the shapes expected). Batched, these input errors name
+        the rows and are raised before any fit is solved.
     TypeError
         ``f`` not callable; ``method="lm"`` (or any method, batched) with
-        more parameters than data points (scipy's rule).
+        more parameters than data points (scipy's rule); ``p0`` of another
+        backend than ``ydata``, or ``f`` returning one (e.g. ``xdata`` and
+        ``ydata`` of two backends: the message names them).
     Exception
         Whatever ``f`` or ``jac`` raises propagates with its own type and
         message, as in scipy (``except RuntimeError`` does not catch a bug
@@ -299,9 +320,10 @@ def curve_fit(
             f, xdata, ydata, *chunked_p0(f, p0, ydata), sigma, full_output,
             dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma,
                  check_finite=check_finite, nan_policy=nan_policy))
-    ydata = as_data(as_array(ydata, "ydata"))
+    ydata = as_data(detach(as_array(ydata, "ydata")))
     xp, dev = resolve(ydata, "ydata")
-    xdata = convert_xdata(xp, dev, xdata, ydata.dtype, like=ydata)
+    xdata = convert_xdata(xp, dev, detach(xdata), ydata.dtype, like=ydata)
+    p0, sigma = detach(p0), detach(sigma)
     if check_finite:
         check_finite_data(xp, xdata, ydata, nan_policy)
     omit = None  # batched nan_policy="omit": (B, m) points of zero weight
@@ -337,12 +359,13 @@ def curve_fit(
     except Exception as e:
         # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
         if has_note(e):  # raised while evaluating f: its own type and message (as scipy)
-            renote(e, _curve_fit_names)
+            hint = backend_note(xdata, ydata)
+            renote(e, lambda s: _curve_fit_names(s) + hint)
             raise
         if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
             raise
         msg = str(e)
-        new = _curve_fit_names(msg)
+        new = mixed_backend_message(msg, xdata, ydata) or _curve_fit_names(msg)
         if new == msg:
             raise
         raise type(e)(new) from (e.__cause__ or e)
@@ -405,14 +428,17 @@ def _weights(xp, dev, sigma, ydata, batched, m):
     sig = to_backend(xp, sigma, ydata.dtype, dev)
     if not batched and sig.ndim == 2:
         if tuple(sig.shape) != (m, m):
-            raise ValueError("`sigma` has incorrect shape.")
+            raise ValueError(sigma_shape_message(sig.shape, ydata.shape, batched))
         if lazy.is_dask_namespace(xp):
-            L = xp.linalg.cholesky(sig)
-            if not bool(xp.all(xp.triu(L, k=1) == 0)):
-                # array-api-compat's Dask cholesky returns the upper factor U
-                # (sigma = U^T U); the lower one is its transpose
-                L = xp.matrix_transpose(L)
-            ok = bool(xp.all(xp.isfinite(L)))
+            try:
+                L = xp.linalg.cholesky(sig)
+                if not bool(xp.all(xp.triu(L, k=1) == 0)):
+                    # array-api-compat's Dask cholesky returns the upper factor U
+                    # (sigma = U^T U); the lower one is its transpose
+                    L = xp.matrix_transpose(L)
+                ok = bool(xp.all(xp.isfinite(L)))
+            except linalg_errors():  # (Dask's own "Matrix is not positive definite")
+                ok = False
         else:
             # the checked factor (agnopt._core.linalg): CuPy returns a partial factor of
             # an indefinite matrix without raising, JAX one of NaNs
@@ -427,9 +453,11 @@ def _weights(xp, dev, sigma, ydata, batched, m):
             return xp.linalg.solve(L, r[..., None])[..., 0]
         return wfun, None, L
     try:
-        inv = 1.0 / xp.broadcast_to(sig, ydata.shape)
+        sig_b = xp.broadcast_to(sig, ydata.shape)
     except Exception as e:
-        raise ValueError("`sigma` has incorrect shape.") from e
+        raise ValueError(sigma_shape_message(sig.shape, ydata.shape, batched)) from e
+    check_sigma_values(xp, sig)
+    inv = 1.0 / sig_b
 
     def wfun(r, inv=inv):
         return r * inv
@@ -513,7 +541,7 @@ def _model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
             except Exception as e:
                 raise ValueError(
                     f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
-                ) from e
+                    + xdata_hint(xdata, yshape)) from e
         if rdt == dtype or not (cplx and L is None):
             r = r - ydata
         r = r if wfun is None else wfun(r)

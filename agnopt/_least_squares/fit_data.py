@@ -15,7 +15,7 @@ from typing import Any, Callable
 import array_api_compat
 
 from .._core import lazy
-from .._core.backend import native_namespace
+from .._core.backend import namespace_name, native_namespace
 from .._core.typing import Array
 from .._derivatives.numdiff import prepare_bounds
 from .options import METHODS, as_array, check_backend, to_backend
@@ -295,3 +295,110 @@ def batched_nan_mask(xp, nan_policy, xdata, ydata) -> tuple[Any, Array, Any]:
     if x_nan is not None and bool(xp.any(x_nan)):
         xdata = xp.where(x_nan, xp.zeros_like(xdata), xdata)
     return xdata, ydata, omit
+
+
+def detach(a: Any) -> Any:
+    """``a`` out of torch's autograd graph (``a.detach()``: the same data) when it is a
+    tensor that requires grad, else ``a`` itself. ``curve_fit`` is not differentiable
+    through agnopt: its data and ``p0`` are detached so that the fit neither records
+    a graph nor converts graph tensors to Python numbers (torch's warning)."""
+    return a.detach() if getattr(a, "requires_grad", False) is True else a
+
+
+def check_sigma_values(xp, sig) -> None:
+    """``ValueError`` naming ``sigma``'s first zero or NaN entry (1-D / batched
+    ``sigma``: standard deviations, which the residuals are divided by; scipy
+    divides too, and then stops on infinite residuals). Negative and infinite
+    entries are accepted as by scipy: only ``sigma**2`` enters the fit, and an
+    infinite ``sigma`` gives its data point zero weight."""
+    bad = (sig == 0) | xp.isnan(sig)
+    if not bool(xp.any(bad)):
+        return
+    (bad, sig) = lazy.compute(bad, sig)
+    xb = array_api_compat.array_namespace(bad)
+    flat = xb.reshape(bad, (-1,))
+    i = int(xb.nonzero(flat)[0][0])
+    value = float(xb.reshape(sig, (-1,))[i])
+    where = "its value" if sig.ndim == 0 else "entry " + (
+        str(i) if sig.ndim == 1 else str(_unravel(i, tuple(sig.shape))))
+    raise ValueError(
+        f"sigma: {where} is {value!r}; expected nonzero, non-NaN standard deviations "
+        "(the residuals are divided by sigma; an inf entry gives its point zero weight)")
+
+
+def _unravel(i: int, shape: tuple) -> tuple:
+    out = []
+    for s in reversed(shape):
+        out.append(i % s)
+        i //= s
+    return tuple(reversed(out))
+
+
+def sigma_shape_message(sig_shape, yshape, batched) -> str:
+    """scipy's "`sigma` has incorrect shape." with the shapes expected and given."""
+    got = tuple(sig_shape)
+    if batched:
+        return ("`sigma` has incorrect shape: with batched=True expected a shape that "
+                f"broadcasts to ydata's (B, m) = {tuple(yshape)}, e.g. (B, m), (m,), (B, 1) "
+                f"or a scalar; got {got}")
+    m = int(math.prod(yshape))
+    return ("`sigma` has incorrect shape: expected (M,) standard deviations or an (M, M) "
+            f"covariance matrix with M = {m} (ydata's size), or a scalar; got {got}")
+
+
+def xdata_hint(xdata, yshape) -> str:
+    """For "f: returned shape ..., expected ydata's shape ...": where ``xdata`` is an
+    array whose last axis (scipy's data-point axis) differs from ``ydata``'s, say so."""
+    shape = getattr(xdata, "shape", None)
+    try:
+        last = int(shape[-1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return ""
+    m = int(yshape[-1]) if len(yshape) else 1
+    if last == m:
+        return ""
+    return (f"; xdata has length {last} on its last axis (the data points), ydata {m}: "
+            "pass xdata and ydata for the same data points")
+
+
+def mixed_backend_message(msg: str, xdata, ydata) -> str | None:
+    """curve_fit's message for least_squares' "fun (its residuals at x0): got a <A>
+    array but x0 is a <B> array" (``f`` returned an array of another backend than
+    ``ydata``'s, which ``p0`` was converted to): the arguments that differ."""
+    head = "fun (its residuals at x0): got a "
+    if not msg.startswith(head):
+        return None
+    got = msg[len(head):].split(" array", 1)[0]
+    ref = msg.split("but x0 is a ", 1)[-1].split(" array", 1)[0]
+    try:
+        xname = namespace_name(array_namespace_of(xdata))
+    except TypeError:
+        xname = None
+    if xname == got:
+        return (f"f: returned a {got} array at p0: xdata is a {got} array but ydata is a "
+                f"{ref} array; pass xdata and ydata of one backend (convert xdata to {ref}, "
+                f"or ydata to {got})")
+    return (f"f: returned a {got} array at p0 but ydata is a {ref} array (p0 is converted to "
+            f"ydata's backend); return arrays of ydata's backend from f, or pass ydata as a "
+            f"{got} array")
+
+
+def backend_note(xdata, ydata) -> str:
+    """For the note on an exception of ``f``: ``xdata`` and ``ydata`` of two backends
+    (a likely cause: ``f`` mixes their arrays), else ``""``."""
+    try:
+        xname = namespace_name(array_namespace_of(xdata))
+        yname = namespace_name(array_namespace_of(ydata))
+    except TypeError:
+        return ""
+    if xname == yname:
+        return ""
+    return (f" (xdata is a {xname} array but ydata is a {yname} array: pass xdata and ydata "
+            "of one backend)")
+
+
+def array_namespace_of(a):
+    """``a``'s array namespace (``TypeError`` when ``a`` is not an array)."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError("not an array")
+    return array_api_compat.array_namespace(a)

@@ -206,8 +206,10 @@ def curve_fit_residual(xp, f, xdata, ydata, inv):
             try:
                 r = xp.broadcast_to(r, ydata.shape)
             except Exception as e:
+                from .fit_data import xdata_hint
+
                 raise ValueError(f"f: returned shape {tuple(r.shape)}, expected ydata's shape "
-                                 f"{tuple(ydata.shape)}") from e
+                                 f"{tuple(ydata.shape)}" + xdata_hint(xdata, ydata.shape)) from e
         r = r - ydata
         return r if inv is None else r * inv
 

@@ -122,7 +122,12 @@ def least_squares(
     x0 : array
         Starting point, ``(n,)`` or ``(B, n)`` (``batched=True``), real
         floating dtype; the computation runs in this dtype on this device.
-        Lists are converted to NumPy float64 arrays.
+        Lists are converted to NumPy float64 arrays. torch: an ``x0`` (or
+        residuals) in an autograd graph is accepted and the result records
+        the graph of the iterations, but the solve is not differentiable
+        through agnopt (that graph is not the derivative of the solution);
+        detach the inputs (as :func:`agnopt.curve_fit` does with its data)
+        unless you need it.
     jac : None, {"cs", "2-point", "3-point", "autodiff"} or callable
         How to get the Jacobian ``J = df/dx``, ``(m, n)`` (``(B, m, n)``):
 

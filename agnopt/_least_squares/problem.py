@@ -248,6 +248,8 @@ class Problem(RowSubsets, Box):
             return F * self.fscale
         # a batch: each row by its own max |f|
         rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1): each row's max |f|
+        if getattr(rmax, "requires_grad", False) is True:
+            rmax = rmax.detach()  # torch: the scales are constants (and float() of a graph warns)
         amax = float(xp.max(rmax))
         if not math.isfinite(amax) or amax == 0.0:
             return F

@@ -1,0 +1,222 @@
+"""Messages for bad input found by a new-user trial (principle 5: the argument
+named, what was expected, scipy's exception type; nothing the user passed changed).
+
+References: scipy.optimize.curve_fit (installed scipy 1.17: ``transform = 1.0 /
+sigma``, then least_squares' "Residuals are not finite in the initial point"
+for trf, a silent fit for lm; "`sigma` has incorrect shape."), torch.optim
+(``step()`` reads ``p.grad``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.optimize as so
+from conftest import to_numpy
+
+import agnopt as ao
+
+M = 40
+X = np.linspace(0.0, 1.0, M)
+Y = 1.0 * X**2 + 2.0 * X + 3.0 + 0.01 * np.cos(7.0 * X)  # (not exact: pcov finite)
+P0 = [1.0, 1.0, 0.0]
+
+
+def model(x, a, b, c):
+    return a * x**2 + b * x + c
+
+
+def _arr(xp, dev, a):
+    return xp.asarray(np.asarray(a, dtype=np.float64), device=dev)
+
+
+# -- zero / NaN sigma: a ValueError naming sigma's entry, without a stray warning ---------------
+@pytest.mark.parametrize("bad", [0.0, float("nan")])
+def test_sigma_zero_or_nan_entry_is_named(xp, device, bad):
+    s = np.ones(M)
+    s[3] = bad
+    x, y, sig = _arr(xp, device, X), _arr(xp, device, Y), _arr(xp, device, s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from agnopt's 1 / sigma
+        with pytest.raises(ValueError, match=rf"^sigma: entry 3 is {bad!r}; expected nonzero, "
+                                             "non-NaN standard deviations"):
+            ao.curve_fit(model, x, y, p0=P0, sigma=sig)
+    # the user's sigma is not changed
+    np.testing.assert_array_equal(to_numpy(sig), s)
+
+
+def test_sigma_zero_batched_and_scalar(xp, device):
+    s = np.ones((2, M))
+    s[1, 5] = 0.0
+    Yb = np.stack([Y, 2.0 * Y])
+    x, yb = _arr(xp, device, X), _arr(xp, device, Yb)
+    with pytest.raises(ValueError, match=r"^sigma: entry \(1, 5\) is 0\.0"):
+        ao.curve_fit(model, x, yb, p0=P0, sigma=_arr(xp, device, s), batched=True)
+    with pytest.raises(ValueError, match=r"^sigma: its value is 0\.0"):
+        ao.curve_fit(model, x, _arr(xp, device, Y), p0=P0, sigma=_arr(xp, device, 0.0))
+
+
+def test_scipy_divides_by_a_zero_sigma():
+    # the reference: scipy's trf stops on the infinite residuals (ValueError) after
+    # a divide-by-zero RuntimeWarning; agnopt raises a ValueError naming sigma instead
+    s = np.ones(M)
+    s[3] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="Residuals are not finite"):
+            so.curve_fit(model, X, Y, p0=P0, sigma=s, method="trf")
+
+
+def test_negative_and_inf_sigma_as_scipy(xp, device):
+    # only sigma**2 enters the fit: a negative entry fits as its absolute value, and
+    # an inf entry gives its point zero weight (the fit without that point)
+    s = np.linspace(0.5, 2.0, M)
+    s_neg = s.copy()
+    s_neg[::3] *= -1.0
+    x, y = _arr(xp, device, X), _arr(xp, device, Y)
+    p_abs, c_abs = ao.curve_fit(model, x, y, p0=P0, sigma=_arr(xp, device, s))
+    p_neg, c_neg = ao.curve_fit(model, x, y, p0=P0, sigma=_arr(xp, device, s_neg))
+    np.testing.assert_allclose(to_numpy(p_neg), to_numpy(p_abs), rtol=1e-10)
+    np.testing.assert_allclose(to_numpy(c_neg), to_numpy(c_abs), rtol=1e-8)
+    ref, _ = so.curve_fit(model, X, Y, p0=P0, sigma=s_neg)
+    np.testing.assert_allclose(to_numpy(p_neg), ref, rtol=1e-7)
+    s_inf = np.ones(M)
+    s_inf[7] = np.inf
+    p_inf, _ = ao.curve_fit(model, x, y, p0=P0, sigma=_arr(xp, device, s_inf))
+    keep = np.arange(M) != 7
+    p_drop, _ = ao.curve_fit(model, _arr(xp, device, X[keep]), _arr(xp, device, Y[keep]), p0=P0)
+    np.testing.assert_allclose(to_numpy(p_inf), to_numpy(p_drop), rtol=1e-10)
+
+
+# -- sigma of the wrong shape: scipy's message with the shapes expected and given --------------
+def test_sigma_shape_message_gives_the_shapes(xp, device):
+    x, y = _arr(xp, device, X), _arr(xp, device, Y)
+    for shape in ((30,), (30, 30), (1, M)):
+        with pytest.raises(ValueError) as e:
+            ao.curve_fit(model, x, y, p0=P0, sigma=_arr(xp, device, np.ones(shape)))
+        assert str(e.value).startswith("`sigma` has incorrect shape")  # scipy's words
+        assert "(M,) standard deviations or an (M, M) covariance matrix with M = 40" in str(e.value)
+        assert str(e.value).endswith(f"got {shape}")
+    yb = _arr(xp, device, np.stack([Y, Y, Y]))
+    with pytest.raises(ValueError, match=r"^`sigma` has incorrect shape: with batched=True expected "
+                                         r"a shape that broadcasts to ydata's \(B, m\) = \(3, 40\)"
+                                         r".*got \(30,\)$"):
+        ao.curve_fit(model, x, yb, p0=P0, sigma=_arr(xp, device, np.ones(30)), batched=True)
+
+
+def test_sigma_shape_scipy_words():
+    with pytest.raises(ValueError, match="`sigma` has incorrect shape"):
+        so.curve_fit(model, X, Y, p0=P0, sigma=np.ones(30))
+
+
+def test_indefinite_2d_sigma_still_named(xp, device):
+    C = np.eye(M)
+    C[0, 0] = -1.0
+    with pytest.raises(ValueError, match="`sigma` must be positive definite"):
+        ao.curve_fit(model, _arr(xp, device, X), _arr(xp, device, Y), p0=P0,
+                     sigma=_arr(xp, device, C))
+
+
+# -- xdata of another length than ydata: the shape error says so -------------------------------
+def test_xdata_length_mismatch_is_named(xp, device):
+    y = _arr(xp, device, Y)
+    with pytest.raises(ValueError, match=r"^f: returned shape \(30,\), expected ydata's shape "
+                                         r"\(40,\); xdata has length 30 on its last axis \(the "
+                                         r"data points\), ydata 40"):
+        ao.curve_fit(model, _arr(xp, device, X[:30]), y, p0=P0)
+    # a model that returns a wrong shape with an xdata of the right length: no xdata hint
+    with pytest.raises(ValueError) as e:
+        ao.curve_fit(lambda x, a, b, c: model(x, a, b, c)[:30], _arr(xp, device, X), y, p0=P0)
+    assert str(e.value) == "f: returned shape (30,), expected ydata's shape (40,)"
+
+
+def test_multidimensional_xdata_still_fits(xp, device):
+    # xdata (k, M) (scipy's multi-dimensional input) is valid: fitted, no error
+    X2 = np.stack([X, np.sin(3.0 * X)])
+    y = _arr(xp, device, 2.0 * X2[0] + 3.0 * X2[1] + 0.5)
+    popt, _ = ao.curve_fit(lambda x, a, b, c: a * x[0, ...] + b * x[1, ...] + c,
+                           _arr(xp, device, X2), y, p0=P0)
+    np.testing.assert_allclose(to_numpy(popt), [2.0, 3.0, 0.5], rtol=1e-8, atol=1e-10)
+
+
+# -- xdata and ydata of two backends: the message names them (not p0) --------------------------
+def test_mixed_backends_name_xdata_and_ydata():
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 0-d * torch in the model
+        with pytest.raises(TypeError) as e:
+            ao.curve_fit(model, tx, Y, p0=P0)
+    assert str(e.value) == ("f: returned a torch array at p0: xdata is a torch array but ydata "
+                            "is a numpy array; pass xdata and ydata of one backend (convert "
+                            "xdata to numpy, or ydata to torch)")
+    # f itself converts to torch (xdata and ydata NumPy): the message names ydata
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch - numpy in the residual
+        with pytest.raises(TypeError, match=r"^f: returned a torch array at p0 but ydata is a "
+                                            r"numpy array \(p0 is converted to ydata's backend\)"):
+            ao.curve_fit(lambda x, a, b, c: torch.as_tensor(model(x, a, b, c)), X, Y, p0=P0)
+
+
+# -- torch data that requires grad: detached, no graph, no warning -----------------------------
+def test_requires_grad_data_is_detached():
+    torch = pytest.importorskip("torch")
+    old = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch warns once per process otherwise
+    try:
+        tx = torch.tensor(X)
+        ty = torch.tensor(Y)
+        p0g = torch.tensor(P0, dtype=torch.float64, requires_grad=True)
+        sg = torch.full((M,), 0.5, dtype=torch.float64, requires_grad=True)
+        cases = {
+            "ydata": {"xdata": tx, "ydata": ty.clone().requires_grad_(True)},
+            "xdata": {"xdata": tx.clone().requires_grad_(True), "ydata": ty},
+            "p0": {"xdata": tx, "ydata": ty, "p0": p0g},
+            "sigma": {"xdata": tx, "ydata": ty, "sigma": sg},
+        }
+        ref, _ = so.curve_fit(model, X, Y, p0=P0)
+        for name, kw in cases.items():
+            kw.setdefault("p0", P0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                popt, pcov, info, _, _ = ao.curve_fit(model, full_output=True, **kw)
+            assert not popt.requires_grad and not pcov.requires_grad, name
+            assert not info["fvec"].requires_grad, name
+            np.testing.assert_allclose(popt.numpy(), ref, rtol=1e-7, err_msg=name)
+        assert cases["ydata"]["ydata"].requires_grad  # the user's tensor is unchanged
+    finally:
+        torch.set_warn_always(old)
+
+
+def test_least_squares_graph_x0_without_warning():
+    # least_squares keeps the graph of an x0 that requires grad (documented: not a
+    # derivative of the solution), without torch's float()-of-a-graph warning
+    torch = pytest.importorskip("torch")
+    old = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        t = torch.tensor(X)
+        y = 2.0 * torch.exp(-t)
+        x0 = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+        X0 = torch.stack([x0, 1.2 * x0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = ao.least_squares(lambda p: p[0] * torch.exp(-p[1] * t) - y, x0)
+            rb = ao.least_squares(lambda P: P[:, :1] * torch.exp(-P[:, 1:] * t) - y, X0,
+                                  batched=True)
+        assert r.x.requires_grad and r.success
+        np.testing.assert_allclose(r.x.detach().numpy(), [2.0, 1.0], rtol=1e-8)
+        np.testing.assert_allclose(rb.x.detach().numpy(), [[2.0, 1.0]] * 2, rtol=1e-8)
+    finally:
+        torch.set_warn_always(old)
+
+
+# -- Optimizer.step() without grads: how to pass them ------------------------------------------
+def test_optimizer_step_without_grads_says_how(xp, device):
+    opt = ao.Optimizer(ao.adam(1e-3), [_arr(xp, device, np.ones(3))], flat=False)
+    with pytest.raises(ValueError, match=r"grads are required \(flat=False\): pass the gradients "
+                                         r"in params' structure, e\.g\. opt\.step\(\[p\.grad for "
+                                         r"p in opt\.params\]\)"):
+        opt.step()
