@@ -342,7 +342,7 @@ def test_geodesic_evaluates_only_the_eligible_rows(xp, device, monkeypatch):
 def test_complex_step_residual_skips_only_the_real_part(xp, device):
     """curve_fit's residual at a complex-step point leaves out the real ydata:
     the imaginary part, all the complex step reads, is bit for bit the same."""
-    from agnopt._least_squares.curve_fit import _model
+    from agnopt._least_squares.fit_model import model as _model
 
     Yb = _peaks(3)[1]
     xd, yd = arr(xp, device, X), arr(xp, device, Yb)

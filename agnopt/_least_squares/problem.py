@@ -241,7 +241,10 @@ class Problem(RowSubsets, Box):
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         if F.shape[0] == 1:  # one problem: its max |f| (one reduction)
-            amax = float(xp.max(xp.abs(F)))
+            fmax = xp.max(xp.abs(F))
+            if getattr(fmax, "requires_grad", False) is True:
+                fmax = fmax.detach()  # torch: the scale is a constant (and float() of a graph warns)
+            amax = float(fmax)
             if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
                 return F
             self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
