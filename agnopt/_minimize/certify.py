@@ -39,6 +39,19 @@ certified by that gradient) where ``fun`` takes it, else central
 differences (``"3-point"``, from a ``"2-point"`` start). A ``"3-point"``
 stop that central differences cannot certify and no complex step can
 check is status 7 (not success).
+
+The same check is made where a run on such a gradient stalls (:func:`stall`,
+:func:`rounding_stall`): the line search finds no decrease (status 3), the
+trust region collapses (status 5), or, with ``"2-point"``, an accepted step
+changes ``f`` only at its rounding level. Near a minimizer the forward
+difference's error (about ``gtol`` :math:`|H_{ii}|` in float64) keeps the
+gradient test from firing while ``f`` can no longer rank the steps: a
+quadratic from ``[1, 1]`` ended at ``x ~ 1e-19`` with status 3, a double
+well sat at its minimum for ``maxiter`` iterations. A certified stall ends
+with status 0 or 2 (the caller then runs the curvature test of
+:mod:`agnopt._minimize.curvature`); an uncertified one goes on with the
+better gradient as above, and a ``"3-point"`` one that nothing better can
+follow keeps its failure status.
 """
 
 from __future__ import annotations
@@ -104,15 +117,20 @@ def _step_norm(P: Any, state: dict, x: Any, g: Any) -> float:
 
 
 def certify(P: Any, state: dict, gtol: float, xtol: float) -> bool:
-    """Check a success stop (``state["status"]`` 0 or 2) made with a
-    finite-difference gradient (see module docstring).
+    """Check a success stop (``state["status"]`` 0 or 2), or a stall (see
+    :func:`stall`), made with a finite-difference gradient (see module
+    docstring).
 
-    Keeps the status (0 or 2) where the accurate gradient certifies it and
-    returns False; sets status 7 (not success) and returns False where it
-    does not and no complex step is available; returns True after switching
-    ``P`` to the complex-step gradient (``state`` then holds that gradient and
-    no status): the method goes on from ``state["x"]``.
+    Sets status 0 or 2 where the accurate gradient certifies the point and
+    returns False (after a stall the caller still runs the curvature test);
+    where it does not and no better gradient is left (``"3-point"`` and no
+    complex step), sets status 7 after a success stop and keeps the stall's
+    status (3 or 5), returning False; otherwise returns True after switching
+    ``P`` to the complex-step gradient, else central differences (``state``
+    then holds that gradient and no status): the method goes on from
+    ``state["x"]``.
     """
+    stalled = state.pop("stall", False)
     xp = P.xp
     x, f = state["x"], state["f"]
     ga = _cs_gradient(P, x, f)
@@ -138,7 +156,8 @@ def certify(P: Any, state: dict, gtol: float, xtol: float) -> bool:
             state["gnorm"] = None
         return False
     if noise != P.eps and P.jac_kind == "3-point":
-        state["status"] = 7
+        if not stalled:
+            state["status"] = 7
         return False
     # go on with the better gradient: the complex step, else central differences
     P.jac_kind = "cs" if noise == P.eps else "3-point"
@@ -148,5 +167,35 @@ def certify(P: Any, state: dict, gtol: float, xtol: float) -> bool:
 
 
 def needs_certificate(P: Any, state: dict) -> bool:
-    """Whether a finished run's stop must go through :func:`certify`."""
-    return state["status"] in (0, 2) and P.jac_kind in _FD_KINDS
+    """Whether a finished run's stop must go through :func:`certify`: a
+    success stop, or a stall (:func:`stall`), on a finite-difference gradient."""
+    return P.jac_kind in _FD_KINDS and (state["status"] in (0, 2) or bool(state.get("stall")))
+
+
+def stall(P: Any, state: dict, status: int) -> None:
+    """A failure stop of a method: the line search found no decrease (status
+    3) or the trust region collapsed (status 5). On a finite-difference
+    gradient it is marked a stall, for :func:`certify`: the gradient's error
+    may be what stopped the method at a minimizer."""
+    state["status"] = status
+    if P.jac_kind in _FD_KINDS:
+        state["stall"] = True
+
+
+def rounding_stall(P: Any, state: dict, pred: float, f0: Any, f1: Any) -> bool:
+    r"""After an accepted step from ``f0`` to ``f1`` with a forward-difference
+    gradient (``"2-point"``) whose predicted decrease ``pred`` or actual
+    decrease ``f0 - f1`` was at the rounding level of ``f`` (:math:`\le
+    4\epsilon|f_0|`): marks a stall (status 3 until :func:`certify` replaces
+    it) and returns True. ``f`` then no longer tells the iterates apart,
+    while the gradient's error (:math:`\tfrac12 h_i|H_{ii}|`) keeps the
+    gradient test from firing: without this check the method moved about
+    the minimizer until ``maxiter``."""
+    if P.jac_kind != "2-point":
+        return False
+    a, b = _floats(f0, f1)
+    if min(pred, a - b) <= 4.0 * P.eps * abs(a):
+        state["status"] = 3
+        state["stall"] = True
+        return True
+    return False

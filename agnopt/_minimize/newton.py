@@ -14,6 +14,7 @@ from typing import Any
 import array_api_compat
 
 from .._core.linalg import cho_solve, cholesky
+from .certify import rounding_stall, stall
 from .curvature import iterations, settled as _settled
 from .common import _after_step, _back, _local
 from .line_search import _line_search
@@ -121,9 +122,11 @@ def _run_newton(P, state, options, gtol, xtol, maxiter, c1, max_bt, history, cal
             p, gp, tau = -g, -float(xp.sum(g * g)), math.inf
         ls = _line_search(P, x, f, p, gp, c1, max_bt)
         if ls is None:
-            state["status"] = 3
+            stall(P, state, 3)
             return
         alpha, x_new, f_new = ls
         stop = _after_step(P, state, x_new, f_new, xtol, history, {"tau": tau}, callback, alpha, p)
         if stop and _settled(P, state):
+            return
+        if not stop and rounding_stall(P, state, -gp, f, f_new):
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from .certify import rounding_stall, stall
 from .curvature import iterations, settled as _settled
 from .common import _after_step, _floats, _persist
 from .line_search import _line_search
@@ -69,9 +70,11 @@ def _run_newton_cg_ls(P, state, options, gtol, xtol, maxiter, c1, max_bt, histor
             p, gp = -g, -float(xp.sum(g * g))
         ls = _line_search(P, x, f, p, gp, c1, max_bt)
         if ls is None:
-            state["status"] = 3
+            stall(P, state, 3)
             return
         alpha, x_new, f_new = ls
         stop = _after_step(P, state, x_new, f_new, xtol, history, {"cg_iter": it}, callback, alpha, p)
         if stop and _settled(P, state):
+            return
+        if not stop and rounding_stall(P, state, -gp, f, f_new):
             return

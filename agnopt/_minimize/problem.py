@@ -240,16 +240,22 @@ class _Problem:
         differences ('2-point', relative step sqrt(eps)) unless ``hess`` names
         a scheme. With a finite-difference gradient of relative error
         ``delta`` (sqrt(eps) for '2-point', eps^(2/3) for '3-point'): central
-        differences ('3-point') with relative step ``delta^(1/3)``, which
-        balances the O(h^2) truncation against the O(delta/h) noise.
+        differences ('3-point') with the step ``delta^(1/3) max(1, |x_i|)``,
+        which balances the O(h^2) truncation against the O(delta/h) noise.
         """
         noisy = self.jac_kind in ("2-point", "3-point")
-        rel_step = None
+        abs_step = None
         if method is None:
             method = "3-point" if noisy else "2-point"
         if noisy and method != "cs":
-            rel_step = self.grad_noise ** (1 / 3) if method == "3-point" else self.grad_noise ** 0.5
-        H = approx_derivative(self.grad, x, method=method, rel_step=rel_step, f0=g)
+            r = self.grad_noise ** (1 / 3) if method == "3-point" else self.grad_noise ** 0.5
+            # r max(1, |x_i|), as scipy's default step: a ``rel_step`` would be
+            # r |x_i| (scipy's rule for an explicit one), a step that vanishes
+            # with x_i and, near a minimizer at x_i = 0, divides the gradient's
+            # error by almost nothing (an indefinite Hessian of noise)
+            xp = self.xp
+            abs_step = r * xp.maximum(xp.ones_like(x), xp.abs(x))
+        H = approx_derivative(self.grad, x, method=method, abs_step=abs_step, f0=g)
         return self._as_matrix(H, "the finite-difference Hessian")
 
     def hvp(self, x: Any, g: Any, v: Any) -> Any:

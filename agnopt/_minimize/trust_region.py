@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from .certify import rounding_stall, stall
 from .curvature import iterations, settled as _settled
 from .common import _after_step, _floats, _persist
 
@@ -89,8 +90,10 @@ def _run_newton_cg_tr(P, state, options, gtol, xtol, maxiter, history, callback)
                                delta, None if boundary else p)
             if stop and _settled(P, state):
                 return
+            if not stop and rounding_stall(P, state, pred, f0, fn):
+                return
         else:
             state["nit"] += 1
             if delta <= xtol * max(1.0, float(xp.max(xp.abs(x)))):
-                state["status"] = 5
+                stall(P, state, 5)
                 return
