@@ -7,7 +7,7 @@ error of the order of the derivative; a check whose error bound is a maximum
 over the residuals let it excuse the dropped term in all the other residuals
 (``success=True`` at ``x = [2.01, 0.0]``, cost 55, where scipy finds
 ``[2.0, 0.7]``, cost 1.6e-5). Each residual is now judged against its own
-bound (:func:`agnopt._derivatives.numdiff.cs_check_verdict`).
+bound (:func:`agnopt._derivatives.cs_check.cs_check_verdict`).
 
 The right values are scipy's (``scipy.optimize.least_squares`` /
 ``curve_fit`` with their default finite differences) on the same data.

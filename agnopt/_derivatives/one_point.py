@@ -65,7 +65,7 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
 
 
 def cs_check_points_one(X, w, h3, h2):
-    """:func:`.numdiff.cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
+    """:func:`.cs_check.cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
     (the least-squares evaluator's check, where its Jacobians take :func:`one_point_jacobian`;
     ``w`` (n,) the weights as an array): the same numbers, compiled
     (:func:`agnopt._kernels.lm_route.cs_check_points`)."""
@@ -74,7 +74,7 @@ def cs_check_points_one(X, w, h3, h2):
 
 
 def cs_check_verdict_one(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
-    """:func:`.numdiff.cs_check_verdict` of one float64 NumPy problem (arrays with the leading
+    """:func:`.cs_check.cs_check_verdict` of one float64 NumPy problem (arrays with the leading
     axis 1) as a Python bool: the steps and the residuals' test compiled
     (:func:`agnopt._kernels.lm_route.cs_check_steps`, ``cs_check_rows``: the same
     operations entry by entry; the maxima are exact), the products ``Jcs u`` (and the

@@ -366,7 +366,7 @@ def _fd_quotients(S, f0, dx):
 
 
 def _cs_check_points(x, w, h3, h2):
-    """:func:`agnopt._derivatives.numdiff.cs_check_points` of one float64 point ``x``
+    """:func:`agnopt._derivatives.cs_check.cs_check_points` of one float64 point ``x``
     (n,) without bounds, ``w`` (n,) the direction's weights: ``(P3, M3, P2)``, each
     (n,): ``x + h3 v``, ``x - h3 v``, ``x + h2 v`` with ``v = w max(1, |x|)`` (the
     same operations as NumPy's, entry by entry)."""
@@ -383,7 +383,7 @@ def _cs_check_points(x, w, h3, h2):
 
 
 def _cs_check_steps(x, P3, M3, P2, h3, h2):
-    """The steps of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one point
+    """The steps of :func:`agnopt._derivatives.cs_check.cs_check_verdict` for one point
     (n,): ``u3 = ((P3 - x) + (x - M3)) / (2 h3)``, ``u2 = (P2 - x) / h2``."""
     n = x.shape[0]
     u3 = np.empty(n)
@@ -405,7 +405,7 @@ def _nanmax_abs(a, n):
 
 
 def _cs_check_rows(F, Fp3, Fm3, Fp2, Ju3, Ju2, Ju3f, h3, h2):
-    """The verdict of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one
+    """The verdict of :func:`agnopt._derivatives.cs_check.cs_check_verdict` for one
     problem (m,) each (``Ju3f = Jcs u3f``): ``r3 = (Fp3 - Fm3) / (2 h3) - Ju3``,
     ``r2 = (Fp2 - F) / h2 - Ju2``, ``r3f = (Fp3 - F) / h3 - Ju3f``; the whole
     problem's test on the maxima (NaN propagating) and each residual's, the same

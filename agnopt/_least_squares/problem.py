@@ -14,7 +14,8 @@ from typing import Any
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._core.user_code import quiet_complex_casts
-from .._derivatives.numdiff import cs_check_points, cs_check_verdict, fd_jacobian
+from .._derivatives.cs_check import cs_check_points, cs_check_verdict
+from .._derivatives.numdiff import fd_jacobian
 from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
 from .arrays import call_checked, machine_eps, persist
 from .batched import RowSubsets
@@ -365,8 +366,8 @@ class Problem(RowSubsets, Box):
         complex step is rejected when ``max|r3| > 10 max|r2 - r3| + 1e-9
         max|Jcs u3|``, or when some residual disagrees beyond its own error
         bound (one residual's large error, a kink at a data point, must not
-        excuse the others: :func:`.numdiff.cs_check_verdict` gives the bounds
-        and the source): a dropped part larger than about ``1e-8`` of the
+        excuse the others: :func:`agnopt._derivatives.cs_check.cs_check_verdict`
+        gives the bounds and the source): a dropped part larger than about ``1e-8`` of the
         directional derivative is found. Costs 3 evaluations of ``fun`` once
         per solve (not counted in ``nfev``, as scipy does not count finite
         differences); where a difference point would leave the bounds, the
@@ -415,7 +416,7 @@ class Problem(RowSubsets, Box):
         ``J3`` / ``J2`` / ``J2c`` the central and the forward differences (steps
         ``eps^(1/2)`` and, ``J2c``, the central one's ``eps^(1/3)``) kept inside the
         bounds. Two tests, both must pass (as
-        :func:`agnopt._derivatives.numdiff.cs_check_verdict`, which gives the
+        :func:`agnopt._derivatives.cs_check.cs_check_verdict`, which gives the
         reasons and the source):
 
         * each column: ``max|Jcs_j - J3_j| <= 10 max|J2_j - J3_j| + 1e-6 s_j``
