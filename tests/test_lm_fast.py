@@ -758,8 +758,10 @@ def test_status_one():
 @pytest.mark.parametrize("seed", range(40))
 def test_cs_check_one(seed):
     # the check of the default complex step on one float64 NumPy problem (compiled points,
-    # steps and maxima) gives the generic check's points bit for bit and its verdict,
-    # on agreeing and disagreeing Jacobians, with NaN and inf residuals
+    # steps and residuals' test) gives the generic check's points bit for bit and its
+    # verdict, on agreeing and disagreeing Jacobians, with NaN and inf residuals, and
+    # with one residual whose differences' error is large (a kink: it must not excuse
+    # a dropped term in the others)
     from agnopt._derivatives import numdiff, one_point
     from agnopt._kernels import lm_route
 
@@ -784,7 +786,7 @@ def test_cs_check_one(seed):
         return F + (P - X) @ A.T + 0.3 * ((P - X) ** 2) @ A.T
 
     verdicts = set()
-    for case in range(6):
+    for case in range(8):
         Jcs = A[None].copy()
         Fp3, Fm3, Fp2 = f(P3), f(M3), f(P2)
         if case == 1:  # a dropped term
@@ -797,6 +799,10 @@ def test_cs_check_one(seed):
             Fm3[0, rng.integers(m)] = np.inf
         elif case == 5:
             Jcs[0, rng.integers(m), 0] = np.nan
+        elif case in (6, 7):  # a kink at one residual (its forward difference off by ~1)
+            Fp2[0, rng.integers(m)] += 1.0 + rng.random()
+            if case == 7:  # and a dropped term (the kink itself: tests/test_cs_check_kink.py)
+                Jcs[0, :, 0] *= 1.0 + 10.0 ** rng.uniform(-5, -2)
         with np.errstate(all="ignore"):
             a = bool(numdiff.cs_check_verdict(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2))
             b = one_point.cs_check_verdict_one(np, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)

@@ -16,6 +16,7 @@ from .._core import lazy
 from .._core.backend import compiled, device_scope, namespace_name, resolve
 from .._core.typing import Array, ArrayLike
 from .._core.user_code import note
+from .cs_check import cs_check_points, cs_check_verdict  # noqa: F401 (re-exported)
 
 __all__ = ["approx_derivative"]
 
@@ -579,38 +580,7 @@ def cs_quotients(xp, fcs, h, per_row):
     return im / (h[:, None, :] if per_row else h)
 
 
-def _cs_check_points(xp, X, lb, ub, w, h3, h2, dev):
-    """The points of the least-squares evaluator's check of its complex step: ``X + h3 V``, ``X - h3 V``,
-    ``X + h2 V`` with ``V_j = w_j max(1, |X_j|)`` (``w`` a tuple of ``n``
-    numbers), and whether all three lie inside the bounds (0-d bool; ``True``
-    without bounds: ``lb``, ``ub`` ``None``); ``dev`` the device of ``X``."""
-    V = xp.asarray(w, dtype=X.dtype, device=dev) * xp.maximum(xp.ones_like(X), xp.abs(X))
-    P3, M3, P2 = X + h3 * V, X - h3 * V, X + h2 * V
-    if lb is None:
-        return P3, M3, P2, True
-    inside = xp.all((xp.minimum(xp.minimum(P3, M3), P2) >= lb)
-                    & (xp.maximum(xp.maximum(P3, M3), P2) <= ub))
-    return P3, M3, P2, inside
-
-
-def _cs_check_verdict(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
-    """0-d bool: the complex-step ``Jcs`` agrees with the central (``Fp3``,
-    ``Fm3``) and forward (``Fp2``) differences along ``V`` within their
-    error, for every problem (the least-squares evaluator's check of its default complex step)."""
-    u3 = ((P3 - X) + (X - M3)) / (2.0 * h3)
-    u2 = (P2 - X) / h2
-    Ju3 = xp.matmul(Jcs, u3[:, :, None])[:, :, 0]
-    r3 = (Fp3 - Fm3) / (2.0 * h3) - Ju3
-    r2 = (Fp2 - F) / h2 - xp.matmul(Jcs, u2[:, :, None])[:, :, 0]
-    d = xp.max(xp.abs(r3), axis=-1)
-    est = xp.max(xp.abs(r2 - r3), axis=-1)
-    ok = (d <= 10.0 * est + 1e-9 * xp.max(xp.abs(Ju3), axis=-1)) | ~xp.isfinite(d)
-    return xp.all(ok)
-
-
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
-cs_check_points = compiled(_cs_check_points, static=("w", "h3", "h2", "dev"))
-cs_check_verdict = compiled(_cs_check_verdict, static=("h3", "h2"))
 _cs_points = compiled(cs_points, static=("rel_step", "rstep", "cdt", "dev"))
 _cs_quotients = compiled(cs_quotients, static=("per_row",))
 

@@ -74,7 +74,7 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
 
 
 def cs_check_points_one(X, w, h3, h2):
-    """:func:`.numdiff.cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
+    """:func:`.cs_check.cs_check_points` of one float64 NumPy problem ``X`` (1, n) without bounds
     (the least-squares evaluator's check, where its Jacobians take :func:`one_point_jacobian`;
     ``w`` (n,) the weights as an array): the same numbers, compiled
     (:func:`agnopt._kernels.lm_route.cs_check_points`)."""
@@ -83,14 +83,15 @@ def cs_check_points_one(X, w, h3, h2):
 
 
 def cs_check_verdict_one(xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2):
-    """:func:`.numdiff.cs_check_verdict` of one float64 NumPy problem (arrays with the leading
-    axis 1) as a Python bool: the steps and the maxima compiled
-    (:func:`agnopt._kernels.lm_route.cs_check_steps`, ``cs_check_maxima``: the same
-    operations entry by entry; the maxima are exact), the products ``Jcs u`` NumPy's
-    as there, and the final test on the host (the same double arithmetic)."""
+    """:func:`.cs_check.cs_check_verdict` of one float64 NumPy problem (arrays with the leading
+    axis 1) as a Python bool: the steps and the residuals' test compiled
+    (:func:`agnopt._kernels.lm_route.cs_check_steps`, ``cs_check_rows``: the same
+    operations entry by entry; the maxima are exact), the products ``Jcs u`` (and the
+    forward step ``u3f``) NumPy's as there."""
     lm_route = sys.modules["agnopt._kernels.lm_route"]
     u3, u2 = lm_route.cs_check_steps(X[0], P3[0], M3[0], P2[0], h3, h2)
     Ju3 = xp.matmul(Jcs, u3[None, :, None])[:, :, 0]
     Ju2 = xp.matmul(Jcs, u2[None, :, None])[:, :, 0]
-    d, est, mj = lm_route.cs_check_maxima(F[0], Fp3[0], Fm3[0], Fp2[0], Ju3[0], Ju2[0], h3, h2)
-    return d <= 10.0 * est + 1e-9 * mj or not math.isfinite(d)
+    Ju3f = xp.matmul(Jcs, ((P3 - X) / h3)[:, :, None])[:, :, 0]
+    return bool(lm_route.cs_check_rows(F[0], Fp3[0], Fm3[0], Fp2[0], Ju3[0], Ju2[0], Ju3f[0],
+                                       h3, h2))

@@ -376,7 +376,7 @@ def _fd_quotients(S, f0, dx):
 
 
 def _cs_check_points(x, w, h3, h2):
-    """:func:`agnopt._derivatives.numdiff.cs_check_points` of one float64 point ``x``
+    """:func:`agnopt._derivatives.cs_check.cs_check_points` of one float64 point ``x``
     (n,) without bounds, ``w`` (n,) the direction's weights: ``(P3, M3, P2)``, each
     (n,): ``x + h3 v``, ``x - h3 v``, ``x + h2 v`` with ``v = w max(1, |x|)`` (the
     same operations as NumPy's, entry by entry)."""
@@ -393,7 +393,7 @@ def _cs_check_points(x, w, h3, h2):
 
 
 def _cs_check_steps(x, P3, M3, P2, h3, h2):
-    """The steps of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one point
+    """The steps of :func:`agnopt._derivatives.cs_check.cs_check_verdict` for one point
     (n,): ``u3 = ((P3 - x) + (x - M3)) / (2 h3)``, ``u2 = (P2 - x) / h2``."""
     n = x.shape[0]
     u3 = np.empty(n)
@@ -414,10 +414,12 @@ def _nanmax_abs(a, n):
     return res
 
 
-def _cs_check_maxima(F, Fp3, Fm3, Fp2, Ju3, Ju2, h3, h2):
-    """The maxima of :func:`agnopt._derivatives.numdiff.cs_check_verdict` for one
-    problem (m,) each: ``r3 = (Fp3 - Fm3) / (2 h3) - Ju3``, ``r2 = (Fp2 - F) / h2 -
-    Ju2``; returns ``(max|r3|, max|r2 - r3|, max|Ju3|)`` (NaN propagating)."""
+def _cs_check_rows(F, Fp3, Fm3, Fp2, Ju3, Ju2, Ju3f, h3, h2):
+    """The verdict of :func:`agnopt._derivatives.cs_check.cs_check_verdict` for one
+    problem (m,) each (``Ju3f = Jcs u3f``): ``r3 = (Fp3 - Fm3) / (2 h3) - Ju3``,
+    ``r2 = (Fp2 - F) / h2 - Ju2``, ``r3f = (Fp3 - F) / h3 - Ju3f``; the whole
+    problem's test on the maxima (NaN propagating) and each residual's, the same
+    operations, entry by entry, as NumPy's there (the maxima are exact)."""
     m = F.shape[0]
     r3 = np.empty(m)
     dr = np.empty(m)
@@ -426,7 +428,22 @@ def _cs_check_maxima(F, Fp3, Fm3, Fp2, Ju3, Ju2, h3, h2):
         b = (Fp2[i] - F[i]) / h2 - Ju2[i]
         r3[i] = a
         dr[i] = b - a
-    return _nanmax_abs(r3, m), _nanmax_abs(dr, m), _nanmax_abs(Ju3, m)
+    d = _nanmax_abs(r3, m)
+    if not (d <= 10.0 * _nanmax_abs(dr, m) + 1e-9 * _nanmax_abs(Ju3, m)) and math.isfinite(d):
+        return False
+    mj = 0.0
+    for i in range(m):
+        v = abs(Ju3[i])
+        if math.isfinite(v) and v > mj:
+            mj = v
+    floor = 1e-9 * mj
+    for i in range(m):
+        c = (Fp3[i] - F[i]) / h3 - Ju3f[i]
+        rnd = (h2 * h2) * (abs(Fp3[i]) + abs(Fm3[i])) / (2.0 * h3)
+        if math.isfinite(r3[i]) and not (
+                abs(r3[i]) <= 10.0 * ((abs(dr[i]) + abs(c - r3[i])) + rnd) + floor):
+            return False
+    return True
 
 
 def on() -> bool:
@@ -448,7 +465,7 @@ cs_quotients: Any = None
 fd_quotients: Any = None
 norm: Any = None
 cs_check_steps: Any = None
-cs_check_maxima: Any = None
+cs_check_rows: Any = None
 
 
 def _compile() -> None:
@@ -456,7 +473,7 @@ def _compile() -> None:
     and :func:`_jp_norm2` (made once per process; cached on disk)."""
     global _pw, _mv, _mtv, _sumsq, _chol_inv, _solve_norm
     global normal, lmpar, chol_solve, jp_norm2, trial, cov_one, cs_points, fd_points, _ready
-    global cs_check_points, cs_check_steps, cs_check_maxima, _nanmax_abs, cs_quotients
+    global cs_check_points, cs_check_steps, cs_check_rows, _nanmax_abs, cs_quotients
     global fd_quotients, norm
     if _ready:
         return
@@ -476,9 +493,9 @@ def _compile() -> None:
         normal, lmpar = jit(_normal), jit(_lmpar)
         chol_solve, jp_norm2, trial = jit(_chol_solve), jit(_jp_norm2), jit(_trial)
         cov_one, cs_points, fd_points = jit(_cov_one), jit(_cs_points), jit(_fd_points)
-        _nanmax_abs = jit(_nanmax_abs)
         cs_check_points, cs_check_steps = jit(_cs_check_points), jit(_cs_check_steps)
-        cs_check_maxima = jit(_cs_check_maxima)
+        _nanmax_abs = jit(_nanmax_abs)
+        cs_check_rows = jit(_cs_check_rows)
         cs_quotients, fd_quotients = jit(_cs_quotients), jit(_fd_quotients)
         norm = jit(_norm)
         _ready = True
