@@ -157,11 +157,17 @@ def device(backend):
 # array-api-strict and torch cases already run line for line; those backend
 # cases are skipped with this reason (each of Dask and JAX keeps its own tests
 # of the same solvers, e.g. test_minimize.py::test_rosenbrock_2d on Dask,
-# test_minimize.py::test_autodiff and test_jax_solve.py on JAX).
+# test_minimize.py::test_autodiff and test_jax_solve.py on JAX). The NIST
+# default-Jacobian sweep also skips array-api-strict (numpy and torch run it).
 # AGNOPT_FULL_MATRIX=1 runs them all. Chosen from `pytest --durations` (dask and
 # jax cases of 5 s or more, stop 20).
 COSTLY = {
+    "array_api_strict": frozenset({
+        "test_nist.py::test_nist_lm_default_jacobian",  # 25 s; numpy and torch run it
+    }),
     "dask": frozenset({
+        "test_nist.py::test_nist_lm_default_jacobian",
+        "test_parity.py::test_matches_torch_optim",  # (test_matches_optax keeps Dask's parity)
         "test_curve_fit.py::test_covariance_sigma",
         "test_curve_fit.py::test_no_false_ftol_convergence_on_steps_cut_by_the_radius",
         "test_curve_fit_fixes.py::test_batched_nan_policy_omit_equals_solo_fits",
@@ -243,8 +249,9 @@ def pytest_collection_modifyitems(config, items):
         name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if name in COSTLY.get(case.value, ()):
             item.add_marker(pytest.mark.skip(
-                reason=f"{case.value}: costly case, run on numpy/array_api_strict/torch "
-                       "(AGNOPT_FULL_MATRIX=1 runs it here too; see COSTLY in conftest.py)"))
+                reason=f"{case.value}: costly case, run on the cheaper backends (numpy, torch, "
+                       "mostly array_api_strict; AGNOPT_FULL_MATRIX=1 runs it here too: "
+                       "see COSTLY in conftest.py)"))
 
 
 def to_numpy(x):
