@@ -164,7 +164,11 @@ def test_fd_gradient_logistic_regression(xp, device, method, options):
     assert res.success, res.message
     x = to_numpy(res.x).astype(np.float64)
     np.testing.assert_allclose(x, ref.x, atol=1e-6)
-    assert np.max(np.abs(grad(x))) <= 10 * _GTOL
+    # these end with status 2 (step <= xtol, the curvature test passed), which
+    # bounds the step, not the gradient: measured 4.6e-8 .. 1.4e-7 on NumPy and
+    # up to 2.2e-7 on JAX (newton-cg-tr, whose eager logaddexp rounds differently);
+    # the stall this file is about stopped with status 3 at the same x
+    assert np.max(np.abs(grad(x))) <= 30 * _GTOL
 
 
 def _ridge(v):
