@@ -167,6 +167,12 @@ COSTLY = {
     }),
     "dask": frozenset({
         "test_nist.py::test_nist_lm_default_jacobian",
+        # stop 20's new files: 4-12 s per Dask case (test_kink_batched keeps Dask's)
+        "test_cs_check_kink.py::test_kink_users_case",
+        "test_cs_check_kink.py::test_kink_curve_fit",
+        "test_cs_check_kink.py::test_kink_bounded_columns",
+        "test_cs_check_kink.py::test_kink_off_the_solution",
+        "test_input_messages.py::test_negative_and_inf_sigma_as_scipy",
         "test_parity.py::test_matches_torch_optim",  # (test_matches_optax keeps Dask's parity)
         "test_curve_fit.py::test_covariance_sigma",
         "test_curve_fit.py::test_no_false_ftol_convergence_on_steps_cut_by_the_radius",
@@ -211,6 +217,11 @@ COSTLY = {
         "test_xtol_stationarity.py::test_wrong_jacobian_stop_is_not_success",
     }),
     "jax": frozenset({
+        # (test_kink_batched and test_kink_jax_program keep JAX's)
+        "test_cs_check_kink.py::test_kink_users_case",
+        "test_cs_check_kink.py::test_kink_curve_fit",
+        "test_cs_check_kink.py::test_kink_off_the_solution",
+        "test_input_messages.py::test_negative_and_inf_sigma_as_scipy",
         "test_curve_fit.py::test_batched_failures_do_not_raise",
         "test_curve_fit.py::test_no_false_ftol_convergence_on_steps_cut_by_the_radius",
         "test_curve_fit_fixes.py::test_batched_nan_policy_omit_equals_solo_fits",
