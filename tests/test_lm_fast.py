@@ -648,14 +648,9 @@ def test_cs_points_one_is_used(monkeypatch):
     np.testing.assert_array_equal(fast.jac, gen.jac)
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_fd_points_one(monkeypatch, seed):
-    # the compiled forward-difference points of one float64 point give numdiff's
-    # "2-point" Jacobian bit for bit (zeros, negative zeros, tiny and huge entries)
-    from agnopt._derivatives import numdiff
-    from agnopt._kernels import lm_route
-
-    lm_route._compile()
+def _random_point(seed):
+    """``(x0, fun)``: a random float64 point (zeros, negative zeros, entries from
+    1e-30 to 1e30) and a smooth residual of it (5 rows)."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 8))
     x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, size=n)
@@ -665,6 +660,20 @@ def test_fd_points_one(monkeypatch, seed):
 
     def fun(x):
         return np.sin(w @ x) + (w @ x) ** 2
+
+    return x0, fun
+
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_fd_points_one(monkeypatch, seed):
+    # the compiled forward-difference points of one float64 point give numdiff's
+    # "2-point" Jacobian bit for bit (zeros, negative zeros, tiny and huge entries)
+    from agnopt._derivatives import numdiff
+    from agnopt._kernels import lm_route
+
+    lm_route._compile()
+    x0, fun = _random_point(seed)
 
     out = []
     for mode in ("0", "numba"):
@@ -697,15 +706,7 @@ def test_one_point_jacobian(monkeypatch, method, seed):
     from agnopt._kernels import lm_route
 
     lm_route._compile()
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 8))
-    x0 = rng.standard_normal(n) * 10.0 ** rng.integers(-30, 30, size=n)
-    x0[rng.random(n) < 0.3] = 0.0
-    x0[rng.random(n) < 0.2] = -0.0
-    w = rng.standard_normal((5, n))
-
-    def fun(x):
-        return np.sin(w @ x) + (w @ x) ** 2
+    x0, fun = _random_point(seed)
 
     rel = float(np.finfo(np.float64).eps) if method == "cs" else None
     calls = []
