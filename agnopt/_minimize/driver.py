@@ -348,7 +348,7 @@ def minimize(
     of 1e-5 (scipy's stop where its 2-point gradient passes ``gtol``).
 
     The same check is made where such a run stalls, since near a minimizer
-    the forward difference's error (:math:`	frac12 h_i|H_{ii}|`, about
+    the forward difference's error (:math:`\tfrac12 h_i|H_{ii}|`, about
     ``gtol`` times :math:`|H_{ii}|`) can keep the gradient test from firing
     and stop the line search: where the line search fails (status 3), the
     trust region collapses (status 5), or, with ``"2-point"``, an accepted
