@@ -12,6 +12,7 @@ import math
 import sys
 from typing import Any, Callable
 
+from .. import _kernels
 from .._core import lazy
 from .._core.backend import compiled, device_scope, namespace_name, resolve
 from .._core.typing import Array, ArrayLike
@@ -533,7 +534,7 @@ def _cs_points_one(x0) -> bool:
     (they are compiled, so imported, by the process's first fit that used them)."""
     if type(x0).__module__ != "numpy" or x0.dtype.char != "d":
         return False
-    lm_route = sys.modules.get("agnopt._kernels.lm_route")
+    lm_route = _kernels.loaded("lm_route")
     return lm_route is not None and lm_route.on()
 
 

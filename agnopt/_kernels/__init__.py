@@ -5,3 +5,16 @@ set-up: reading a chain's state, checking what a kernel can run), ``cpu``
 for one float64 NumPy problem (the verdict on a step; the step route and
 trial point). Each is an accelerator of the generic code and is tested
 equal to it."""
+
+import sys as _sys
+
+
+def loaded(name: str):
+    """``agnopt._kernels.<name>`` where an import of it has finished in this process,
+    else ``None`` (never imported, or another thread is still running its import:
+    a partially initialized module lacks the names defined below the line it is
+    at, so ``sys.modules`` alone is not enough)."""
+    mod = _sys.modules.get(__name__ + "." + name)
+    if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        return None
+    return mod

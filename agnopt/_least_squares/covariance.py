@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import array_api_compat
 
+from .. import _kernels
 from .._core.backend import compiled
 from .arrays import count_dtype, device, host_linalg, machine_eps
 from .batched import compactable, positions, rows_where, scatter
@@ -112,7 +112,7 @@ def _covariance_one(xp, J):
     where it does not apply or the certificate fails (then :func:`covariance`
     decides, as always)."""
     # (compiled, so imported, by the process's first fit that used them)
-    lm_route = sys.modules.get("agnopt._kernels.lm_route")
+    lm_route = _kernels.loaded("lm_route")
     if not (lm_route is not None and lm_route.on() and array_api_compat.is_numpy_array(J)
             and J.dtype == xp.float64):
         return None

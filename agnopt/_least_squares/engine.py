@@ -55,7 +55,6 @@ reports; the engine never looks at how they are formed.
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 import array_api_compat
@@ -247,9 +246,17 @@ def _in_graph(a) -> bool:
 
 def _kernel(name):
     """The module ``agnopt._kernels.<name>`` (imported on first use: numba with it; later
-    a dictionary lookup, not an import statement's machinery, once per solve)."""
-    mod = sys.modules.get("agnopt._kernels." + name)
-    return mod if mod is not None else importlib.import_module("agnopt._kernels." + name)
+    a dictionary lookup, not an import statement's machinery, once per solve). Only a
+    finished import is remembered: ``importlib.import_module`` waits for another
+    thread's import of the module (``sys.modules`` alone gave a partially initialized
+    module to a second thread: "no attribute 'applies'", tests/test_kernel_threads.py)."""
+    mod = _KERNELS.get(name)
+    if mod is None:
+        mod = _KERNELS[name] = importlib.import_module("agnopt._kernels." + name)
+    return mod
+
+
+_KERNELS: dict = {}  # name -> agnopt._kernels.<name>, fully imported
 
 
 def _fast_judge():
