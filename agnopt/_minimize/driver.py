@@ -190,8 +190,8 @@ def minimize(
         The Hessian, ``hess(x, *args) -> (n, n)``. ``None``: built from
         ``hessp`` if given (``n`` products, newton only), by autodiff when
         ``jac="autodiff"``, otherwise by finite differences of the gradient
-        (forward differences with step sqrt(eps) max(1, |x_i|) for an exact
-        gradient; central differences with step delta^(1/3) max(1, |x_i|)
+        (forward differences with step ``sqrt(eps) max(1, |x_i|)`` for an exact
+        gradient; central differences with step ``delta^(1/3) max(1, |x_i|)``
         when the gradient itself is a finite difference of relative error
         delta). A
         string selects that scheme for differencing the gradient. For
