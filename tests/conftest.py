@@ -156,7 +156,7 @@ def device(backend):
 # eager operation), most of the suite's time, for code that their NumPy,
 # array-api-strict and torch cases already run line for line; those backend
 # cases are skipped with this reason (each of Dask and JAX keeps its own tests
-# of the same solvers, e.g. test_minimize.py::test_rosenbrock_2d on Dask,
+# of the same solvers, e.g. test_minimize.py::test_float32 on Dask,
 # test_minimize.py::test_autodiff and test_jax_solve.py on JAX). The NIST
 # default-Jacobian sweep also skips array-api-strict (numpy and torch run it).
 # AGNOPT_FULL_MATRIX=1 runs them all. Chosen from `pytest --durations` (dask and
@@ -167,6 +167,10 @@ COSTLY = {
     }),
     "dask": frozenset({
         "test_nist.py::test_nist_lm_default_jacobian",
+        # from the final clean-clone CI's --durations (stop 20): 8-20 s per case
+        # (Dask keeps minimize through test_float32, test_rosen_helpers_match_scipy ...)
+        "test_minimize.py::test_rosenbrock_2d",
+        "test_properties.py::test_first_order_is_deterministic",
         # stop 20's new files: 4-12 s per Dask case (test_kink_batched keeps Dask's)
         "test_cs_check_kink.py::test_kink_users_case",
         "test_cs_check_kink.py::test_kink_curve_fit",
@@ -217,6 +221,11 @@ COSTLY = {
         "test_xtol_stationarity.py::test_wrong_jacobian_stop_is_not_success",
     }),
     "jax": frozenset({
+        # from the final clean-clone CI's --durations (stop 20): 8-11 s per case
+        "test_minimize.py::test_rosenbrock_default_finite_differences",
+        "test_numerics_properties.py::test_derivatives_through_every_transform_finite_at_zero",
+        "test_fisher_scoring.py::test_gaussian_family_is_least_squares",
+        "test_cs_check_kink.py::test_kink_bounded_columns",
         # (test_kink_batched and test_kink_jax_program keep JAX's)
         "test_cs_check_kink.py::test_kink_users_case",
         "test_cs_check_kink.py::test_kink_curve_fit",
