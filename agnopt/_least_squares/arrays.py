@@ -24,6 +24,14 @@ def device(x):
     return array_api_compat.device(x)
 
 
+def detach(a: Any) -> Any:
+    """``a`` out of torch's autograd graph (``a.detach()``: the same data) when it is a
+    tensor that requires grad, else ``a`` itself. ``curve_fit`` is not differentiable
+    through agnopt: its data and ``p0`` are detached so that the fit neither records
+    a graph nor converts graph tensors to Python numbers (torch's warning)."""
+    return a.detach() if getattr(a, "requires_grad", False) is True else a
+
+
 def host_linalg(xp: Any, fname: str, A: Any, **kw: Any) -> tuple:
     """``xp.linalg.<fname>`` on a stack of small matrices.
 

@@ -15,7 +15,7 @@ from .._core.status import Status
 from .._core.typing import Array, ArrayLike, BoundsLike
 from .._core.user_code import has_note, renote
 from . import jax_solve
-from .arrays import count_dtype, host_ints
+from .arrays import count_dtype, detach, host_ints
 from .chunked import chunked_curve_fit, is_chunked_batch
 from .covariance import _unbatched_pcov, covariance, minpack_factors
 from .fit_data import (
@@ -29,7 +29,6 @@ from .fit_data import (
     check_ydata,
     chunked_p0,
     convert_xdata,
-    detach,
     has_finite_bound,
     initial_params,
     mixed_backend_message,

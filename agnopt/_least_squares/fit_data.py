@@ -297,14 +297,6 @@ def batched_nan_mask(xp, nan_policy, xdata, ydata) -> tuple[Any, Array, Any]:
     return xdata, ydata, omit
 
 
-def detach(a: Any) -> Any:
-    """``a`` out of torch's autograd graph (``a.detach()``: the same data) when it is a
-    tensor that requires grad, else ``a`` itself. ``curve_fit`` is not differentiable
-    through agnopt: its data and ``p0`` are detached so that the fit neither records
-    a graph nor converts graph tensors to Python numbers (torch's warning)."""
-    return a.detach() if getattr(a, "requires_grad", False) is True else a
-
-
 def check_sigma_values(xp, sig) -> None:
     """``ValueError`` naming ``sigma``'s first zero or NaN entry (1-D / batched
     ``sigma``: standard deviations, which the residuals are divided by; scipy

@@ -17,7 +17,7 @@ from .._core.user_code import quiet_complex_casts
 from .._derivatives.cs_check import cs_check_points, cs_check_verdict
 from .._derivatives.numdiff import fd_jacobian
 from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
-from .arrays import call_checked, machine_eps, persist
+from .arrays import call_checked, detach, machine_eps, persist
 from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
@@ -242,18 +242,14 @@ class Problem(RowSubsets, Box):
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         if F.shape[0] == 1:  # one problem: its max |f| (one reduction)
-            fmax = xp.max(xp.abs(F))
-            if getattr(fmax, "requires_grad", False) is True:
-                fmax = fmax.detach()  # torch: the scale is a constant (and float() of a graph warns)
+            fmax = detach(xp.max(xp.abs(F)))  # torch: the scale is a constant (float() of a graph warns)
             amax = float(fmax)
             if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
                 return F
             self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
             return F * self.fscale
         # a batch: each row by its own max |f|
-        rmax = xp.max(xp.abs(F), axis=1, keepdims=True)  # (B, 1): each row's max |f|
-        if getattr(rmax, "requires_grad", False) is True:
-            rmax = rmax.detach()  # torch: the scales are constants (and float() of a graph warns)
+        rmax = detach(xp.max(xp.abs(F), axis=1, keepdims=True))  # (B, 1): each row's max |f|, a constant
         amax = float(xp.max(rmax))
         if not math.isfinite(amax) or amax == 0.0:
             return F
