@@ -6,6 +6,7 @@ for one float64 NumPy problem (the verdict on a step; the step route and
 trial point). Each is an accelerator of the generic code and is tested
 equal to it."""
 
+import importlib as _importlib
 import sys as _sys
 
 
@@ -18,3 +19,18 @@ def loaded(name: str):
     if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
         return None
     return mod
+
+
+def module(name: str):
+    """``agnopt._kernels.<name>``, imported on first use (numba with it) and remembered
+    once the import has finished, so that a later solve pays a dictionary lookup.
+    ``importlib.import_module`` waits for another thread's import of the module
+    (``sys.modules`` alone gave a partially initialized module to a second thread:
+    "no attribute 'applies'", tests/test_kernel_threads.py)."""
+    mod = _MODULES.get(name)
+    if mod is None:
+        mod = _MODULES[name] = _importlib.import_module(__name__ + "." + name)
+    return mod
+
+
+_MODULES: dict = {}  # name -> agnopt._kernels.<name>, fully imported

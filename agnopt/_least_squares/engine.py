@@ -54,11 +54,11 @@ reports; the engine never looks at how they are formed.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import array_api_compat
 
+from .. import _kernels
 from .._core import lazy
 from .._core.backend import compiled
 from .arrays import count_dtype, device, machine_eps, on_scalars, scalar_namespace
@@ -146,7 +146,7 @@ def run_lm(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
         if st0 is None:
             # ... and the whole loop with scalar state where every block above applies
             # (the same numbers): agnopt._kernels.lm_one
-            lm_one = _kernel("lm_one")
+            lm_one = _kernels.module("lm_one")
             if lm_one.applies(ev, X.shape[1], ws, callback, want_history, verbose):
                 out, st1 = lm_one.run_lm_one(
                     xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev,
@@ -244,24 +244,9 @@ def _in_graph(a) -> bool:
     return bool(getattr(a, "requires_grad", False))
 
 
-def _kernel(name):
-    """The module ``agnopt._kernels.<name>`` (imported on first use: numba with it; later
-    a dictionary lookup, not an import statement's machinery, once per solve). Only a
-    finished import is remembered: ``importlib.import_module`` waits for another
-    thread's import of the module (``sys.modules`` alone gave a partially initialized
-    module to a second thread: "no attribute 'applies'", tests/test_kernel_threads.py)."""
-    mod = _KERNELS.get(name)
-    if mod is None:
-        mod = _KERNELS[name] = importlib.import_module("agnopt._kernels." + name)
-    return mod
-
-
-_KERNELS: dict = {}  # name -> agnopt._kernels.<name>, fully imported
-
-
 def _fast_judge():
     """:mod:`agnopt._kernels.lm_cpu` when its numba judge is on, else ``None``."""
-    lm_cpu = _kernel("lm_cpu")
+    lm_cpu = _kernels.module("lm_cpu")
     return lm_cpu if lm_cpu.enabled() else None
 
 
@@ -282,7 +267,7 @@ def _fast_route():
     trial_step_one)`` of :mod:`agnopt._kernels.lm_route`, its Cholesky route
     compiled by numba where it applies (else ``ev.route(st)``) and its trial
     step (the same numbers)."""
-    lm_route = _kernel("lm_route")
+    lm_route = _kernels.module("lm_route")
     return lm_route.route_one, lm_route.trial_step_one
 
 
