@@ -13,10 +13,10 @@ from typing import Any
 
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
-from .._core.user_code import quiet_complex_casts
+from .._core.user_code import note, quiet_complex_casts
 from .._derivatives.cs_check import cs_check_points, cs_check_verdict
-from .._derivatives.numdiff import fd_jacobian
-from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
+from .._derivatives.numdiff import fd_jacobian, point_caller
+from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one, one_point_jacobian
 from .arrays import call_checked, detach, machine_eps, persist
 from .batched import RowSubsets
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
@@ -154,6 +154,7 @@ class Problem(RowSubsets, Box):
         self._hook = hook if callable(hook) else None
         self._hook_checked = False
         self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
+        self._fd_call: Any = None  # fun at a difference point (numdiff.point_caller), unbatched
         self._eye = None  # the (n, n) identity of J^T J's diagonal
 
     def _fix_f(self, f, B, what="fun"):
@@ -202,7 +203,11 @@ class Problem(RowSubsets, Box):
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun", where)
+            try:  # (call_checked's note, without its two Python calls per evaluation)
+                f = self.fun(_row0(self.xp, X), *self.args, **self.kwargs)
+            except Exception as e:
+                note(e, "agnopt: raised while evaluating fun " + where)
+                raise
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
@@ -477,10 +482,22 @@ class Problem(RowSubsets, Box):
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
-                            None if lbx is None else _row0(xp, lbx),
-                            None if ubx is None else _row0(xp, ubx),
-                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
+            if lbx is None and self._fd_cache.get("one"):
+                # one float64 NumPy point (fd_jacobian's verdict on this solve's first
+                # Jacobian): its one-point layer straight away, with this solve's caller
+                call = self._fd_call
+                if call is None:
+                    call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, xp,
+                                                        self.dtype, self.dev)
+                J = one_point_jacobian(call, _row0(xp, X), _row0(xp, F), jac, rel, None, xp,
+                                       self._fd_cache)
+            else:
+                J = None
+            if J is None:
+                J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
+                                None if lbx is None else _row0(xp, lbx),
+                                None if ubx is None else _row0(xp, ubx),
+                                self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
