@@ -139,7 +139,7 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
                 raise ValueError(
                     f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
                     + xdata_hint(xdata, yshape)) from e
-        if rdt == dtype or not (cplx and L is None):
+        if not (cplx and L is None) or rdt == dtype:  # (real parameters: no dtype compare)
             r = r - ydata
         r = r if wfun is None else wfun(r)
         return r if omit is None else xp.where(omit, xp.zeros_like(r), r)

@@ -528,14 +528,16 @@ def solve(fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale
     F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     check_m_ge_n(method, m, n)
-    # (one problem: one reduction; a batch names the problems)
-    fin0 = xp.all(xp.isfinite(F), axis=-1 if batched else None)
+    # (a batch names the problems; one problem: max |f| is not finite exactly where a
+    # residual is not, one reduction for this check and set_fscale)
+    amax = None if batched else prob.max_abs(F)
+    fin0 = xp.all(xp.isfinite(F), axis=-1) if batched else math.isfinite(amax)
     if not bool(xp.all(fin0) if batched else fin0):
         raise ValueError(
             "fun: residuals are not finite at the initial point x0"
             + ("" if not batched else f" (problems {indices(xp, ~fin0)})")
         )
-    F = prob.set_fscale(F)  # exact power-of-2 scaling when squares would overflow
+    F = prob.set_fscale(F, amax)  # exact power-of-2 scaling when squares would overflow
     # drop finished problems from the working set (batched, row gathers allowed,
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history

@@ -219,7 +219,12 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             return self.xp.take(self.fscale, self.rows, axis=0)
         return self.fscale
 
-    def set_fscale(self, F):
+    def max_abs(self, F):
+        """``max |F|`` as a Python float (NaN or inf where a residual is not finite)."""
+        # torch: the scale is a constant (float() of a graph warns)
+        return float(detach(self.xp.max(self.xp.abs(F))))
+
+    def set_fscale(self, F, amax=None):
         """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
 
         ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` of a
@@ -234,7 +239,8 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
         with ``success=True``. The scaling is exact (a power of 2) and
         Levenberg-Marquardt is invariant under it (every test is relative:
         ratio, cosine, radius); :meth:`unscale` restores the reported
-        ``fun``, ``jac``. Returns the scaled ``F``.
+        ``fun``, ``jac``. Returns the scaled ``F``. ``amax``: :meth:`max_abs` of a
+        one-problem ``F``, when known.
         """
         xp = self.xp
         try:
@@ -247,8 +253,8 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         if F.shape[0] == 1:  # one problem: its max |f| (one reduction)
-            fmax = detach(xp.max(xp.abs(F)))  # torch: the scale is a constant (float() of a graph warns)
-            amax = float(fmax)
+            if amax is None:
+                amax = self.max_abs(F)
             if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
                 return F
             self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
