@@ -5,7 +5,8 @@ helpers; the points and verdicts: :mod:`agnopt._derivatives.cs_check`)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._derivatives.cs_check import cs_check_points, cs_check_verdict
 from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
