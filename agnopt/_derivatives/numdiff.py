@@ -208,15 +208,39 @@ def _complex_dtype(xp: Any, dtype: Any) -> Any:
     return cdt
 
 
+_FD_NOTE = "agnopt: raised while evaluating fun at a finite-difference point (the Jacobian)"
+
+
 def _call(fun, x, args, kwargs, xp, dtype, dev):
     try:
         f = fun(x, *args, **kwargs)
     except Exception as e:  # propagates with its own type (as scipy), with a note
-        note(e, "agnopt: raised while evaluating fun at a finite-difference point (the Jacobian)")
+        note(e, _FD_NOTE)
         raise
     if not (hasattr(f, "shape") and hasattr(f, "dtype")):
         f = xp.asarray(f, dtype=dtype, device=dev)
     return f
+
+
+def point_caller(fun, args, kwargs, xp, dtype, dev):
+    """``call(x)``: :func:`_call` of ``fun`` with these arguments, as one closure (made
+    once per solve by a caller that forms many Jacobians: one Python call per
+    evaluation fewer)."""
+    if args or kwargs:
+        def call(x):
+            return _call(fun, x, args, kwargs, xp, dtype, dev)
+        return call
+
+    def call0(x):
+        try:
+            f = fun(x)
+        except Exception as e:  # as _call
+            note(e, _FD_NOTE)
+            raise
+        if not (hasattr(f, "shape") and hasattr(f, "dtype")):
+            f = xp.asarray(f, dtype=dtype, device=dev)
+        return f
+    return call0
 
 
 def approx_derivative(
@@ -380,10 +404,7 @@ def fd_jacobian(fun, x0, f0, method, rel_step, lb, ub, args, kwargs, batched, xp
     identity and the complex unit are made once.
     """
     dtype = x0.dtype
-
-    def call(x):
-        return _call(fun, x, args, kwargs, xp, dtype, dev)
-
+    call = point_caller(fun, args, kwargs, xp, dtype, dev)
     if cache is not None and not batched:
         # one point: whether it is one float64 NumPy point with numba's blocks on
         # (_cs_points_one), asked once per solve (the caller's cache) instead of per Jacobian

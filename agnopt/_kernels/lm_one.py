@@ -159,7 +159,8 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
     i64 = np.int64
     return {"X": X, "F": F, "J": J, "info": one(info, i64), "nfev": one(nfev, i64),
             "njev": one(njev, i64), "nit": one(nit, i64), "need_jac": one(need_jac, bool),
-            "active": one(active, bool), "cost": one(0.5 * (fn * fn), np.float64)}, None
+            "active": one(active, bool), "cost": one(0.5 * (fn * fn), np.float64),
+            "host": (info, nfev, njev, nit, need_jac, active)}, None
 
 
 def _state(X, F, J, A0, g, D, fn, xnorm, delta, par, gnorm, info, nfev, njev, nit, first):

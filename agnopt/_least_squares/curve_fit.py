@@ -16,8 +16,9 @@ from .._core.typing import Array, ArrayLike, BoundsLike
 from .._core.user_code import has_note, renote
 from . import jax_solve
 from .arrays import count_dtype, detach, host_ints
+from .cholesky import ENTRYWISE_N
 from .chunked import chunked_curve_fit, is_chunked_batch
-from .covariance import _unbatched_pcov, covariance, minpack_factors
+from .covariance import _covariance_one, _unbatched_pcov, covariance, minpack_factors
 from .fit_data import (
     apply_nan_policy,
     as_data,
@@ -34,8 +35,8 @@ from .fit_data import (
     mixed_backend_message,
 )
 from .fit_model import model, weights
-from .least_squares import least_squares
-from .options import as_array, as_bounds_pair
+from .least_squares import DEFAULT_TOL, least_squares, solve
+from .options import JAC_STRINGS, as_array, as_bounds_pair
 
 __all__ = ["curve_fit", "OptimizeWarning"]
 
@@ -348,9 +349,16 @@ def curve_fit(
         if kwargs.get("progress") not in (None, False):
             # the display names the function the user called
             kwargs["progress"] = make_progress(kwargs["progress"], "curve_fit")
-        res = least_squares(
-            residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched, **kwargs
-        )
+        if not kwargs and not batched and (ls_jac is None or callable(ls_jac)
+                                           or ls_jac in JAC_STRINGS):
+            # least_squares' default options, which need no check: its driver directly
+            tol = DEFAULT_TOL
+            res = solve(residual, p0a, ls_jac, bounds, method, tol, tol, tol, None, "linear",
+                        1.0, None, None, 0, (), {}, None, None, False, False, False)
+        else:
+            res = least_squares(
+                residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched,
+                **kwargs)
     except Exception as e:
         # name curve_fit's arguments (f, p0) instead of least_squares' (fun, x0)
         if has_note(e):  # raised while evaluating f: its own type and message (as scipy)
@@ -426,6 +434,17 @@ def _pcov(xp, res, batched, absolute_sigma, m, n, m_fit=None):
         return pcov, bool(warn)
     if not batched:
         Jf = xp.reshape(Jf, (1,) + tuple(Jf.shape))
+        m_, n_ = Jf.shape[1], Jf.shape[2]
+        # one float64 NumPy fit, well conditioned: covariance's compiled route, never
+        # singular there (its pcov, (1, n, n)), scaled by the reduced chi-square as below
+        one = (_covariance_one(xp, Jf) if m_ >= n_ and n_ <= ENTRYWISE_N and m_fit is None
+               else None)
+        if one is not None:
+            if absolute_sigma:
+                return one[0][0, ...], False
+            if m > n:  # (a Python float: the same double arithmetic as the array's)
+                return one[0][0, ...] * (2.0 * float(res.cost) / (m - n)), False
+            return xp.full_like(one[0][0, ...], math.inf), True
         cost = xp.reshape(res.cost, (1,))
         pcov, singular = covariance(xp, Jf)
         warn = bool(xp.any(singular))

@@ -99,19 +99,18 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
             cplx = pd != dtype and _is_complex(pd)
         if not cplx:  # real parameters: the common case
             return [p[:, j : j + 1] for j in cols] if batched else [p[j] for j in cols]
-        im = xp.imag(p)
         re = xp.real(p)
         if batched:
-            nz = host_bools(xp.any(im != 0, axis=0))  # one transfer
+            nz = host_bools(xp.any(xp.imag(p) != 0, axis=0))  # one transfer
             return [p[:, j : j + 1] if nz[j] else re[:, j : j + 1] for j in cols]
-        # one transfer of the n imaginary parts (compared on the host: the same truth
-        # values as ``im != 0``, one array operation fewer)
-        tolist = getattr(im, "tolist", None)
+        # one transfer of the n entries (their imaginary parts compared on the host: the
+        # same truth values as ``imag(p) != 0``, two array operations fewer)
+        tolist = getattr(p, "tolist", None)
         if tolist is None:
-            nz = host_bools(im != 0)
+            nz = host_bools(xp.imag(p) != 0)
             return [p[j] if nz[j] else re[j] for j in cols]
-        imv = tolist()
-        return [p[j] if imv[j] != 0 else re[j] for j in cols]
+        pv = tolist()
+        return [p[j] if pv[j].imag != 0 else re[j] for j in cols]
 
     def _complex_step_point(p):
         return L is None and p.dtype != dtype and _is_complex(p.dtype)
@@ -124,8 +123,9 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
     # imaginary parts' arithmetic in the library's complex division.)
     def residual(p):
         pd = p.dtype
-        cplx = pd != dtype and _is_complex(pd)
-        r = f(xdata, *split(p, cplx))
+        cplx = pd is not dtype and pd != dtype and _is_complex(pd)
+        # (real parameters of one fit, the common case: split's list without its call)
+        r = f(xdata, *(split(p, cplx) if cplx or batched else [p[j] for j in cols]))
         try:
             shape, rdt = r.shape, r.dtype
         except AttributeError:  # not an array: as scipy, converted
@@ -139,7 +139,7 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
                 raise ValueError(
                     f"f: returned shape {tuple(shape)}, expected ydata's shape {yshape}"
                     + xdata_hint(xdata, yshape)) from e
-        if rdt == dtype or not (cplx and L is None):
+        if not (cplx and L is None) or rdt == dtype:  # (real parameters: no dtype compare)
             r = r - ydata
         r = r if wfun is None else wfun(r)
         return r if omit is None else xp.where(omit, xp.zeros_like(r), r)

@@ -40,12 +40,10 @@ import math
 from typing import Any, Callable
 
 
-from .._core import lazy
 from .._core.backend import native_namespace, on_device_of
 from .._core.result import OptimizeResult
 from .._core.linalg import linalg_errors
 from .._core.typing import Array, ArrayLike, BoundsLike
-from .._derivatives.numdiff import prepare_bounds
 from .arrays import call_checked, indices, shared_x0
 from .batched import WorkingSet, compactable
 from .chunked import chunked_least_squares, is_chunked_batch
@@ -73,9 +71,11 @@ from .options import (
 )
 from .problem import Problem
 from .start import checked_bounds, scale_from, start_point
-from .tall import tall_least_squares
+from .tall import is_tall, solve_tall
 
 __all__ = ["least_squares"]
+
+DEFAULT_TOL = 1e-8  # ftol, xtol, gtol (scipy's)
 
 
 @on_device_of(1, "x0")  # CuPy: run on the GPU of the arrays
@@ -85,9 +85,9 @@ def least_squares(
     jac: str | Callable[..., Array] | None = None,
     bounds: BoundsLike = (-math.inf, math.inf),
     method: str = "trf",
-    ftol: float | None = 1e-8,
-    xtol: float | None = 1e-8,
-    gtol: float | None = 1e-8,
+    ftol: float | None = DEFAULT_TOL,
+    xtol: float | None = DEFAULT_TOL,
+    gtol: float | None = DEFAULT_TOL,
     x_scale: str | ArrayLike | None = None,
     loss: str | Callable[..., Array] = "linear",
     f_scale: float = 1.0,
@@ -456,22 +456,33 @@ def least_squares(
     f_scale = float(f_scale)
     bounds = as_bounds_pair(bounds)
     user_callback, callback = callback, wrap_callback(callback)
+    return solve(fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale, diff_step,
+                 max_nfev, verbose, tuple(args), kwargs, callback, user_callback, batched, history,
+                 progress)
+
+
+def solve(fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale, diff_step,
+          max_nfev, verbose, args, kwargs, callback, user_callback, batched, history, progress):
+    """:func:`least_squares` once its arguments are checked (``bounds`` a pair, ``ftol``,
+    ``xtol``, ``gtol`` floats, ``callback`` wrapped, ``user_callback`` the caller's, ``args``
+    a tuple, ``kwargs`` a dict, ``f_scale`` a float): also ``curve_fit``'s entry, whose
+    own checks cover the default arguments it passes."""
     if batched and getattr(x0, "ndim", None) != 2:
         x0 = as_array(x0, "x0")
         if x0.ndim == 1 and x0.shape[0] > 0:  # shared by all problems: B from fun's rows
-            x0 = shared_x0(fun, x0, tuple(args), kwargs)
+            x0 = shared_x0(fun, x0, args, kwargs)
     if (not batched and method == "lm" and callback is None and not history and verbose == 0
             and progress is False and (x_scale is None or (isinstance(x_scale, str)
                                                            and x_scale == "jac"))
             and _default_bounds(bounds)):
         # a later call of a small JAX fit: the program the first call made, alone
-        res = jax_rerun.rerun(fun, x0, jac, loss, f_scale, diff_step, tuple(args), kwargs,
+        res = jax_rerun.rerun(fun, x0, jac, loss, f_scale, diff_step, args, kwargs,
                               ftol, xtol, gtol, max_nfev)
         if res is not None:
             return res
     if batched and is_chunked_batch(x0):  # a Dask batch: one in-memory solve per row chunk
         return chunked_least_squares(
-            fun, x0, jac, tuple(args), kwargs,
+            fun, x0, jac, args, kwargs,
             dict(method=method, bounds=bounds, ftol=ftol, xtol=xtol, gtol=gtol,
                  x_scale=x_scale, max_nfev=max_nfev, verbose=verbose, loss=loss,
                  f_scale=f_scale, diff_step=diff_step))
@@ -486,7 +497,7 @@ def least_squares(
         # by rows go to agnopt.tall_least_squares (blockwise J^T J, never
         # materialising J); a Dask x0 stays on the Array API path below
         f0 = call_checked(lambda z: fun(z, *args, **kwargs), x0, "fun", "at x0")
-        if _is_tall(xp, f0):
+        if is_tall(xp, f0):
             if method in ("trf", "dogbox") or not (isinstance(loss, str) and loss == "linear"):
                 raise ValueError(
                     "method: residuals chunked by rows (a tall Dask problem, solved by "
@@ -496,9 +507,9 @@ def least_squares(
             if diff_step is not None:
                 raise ValueError("diff_step: not supported for residuals chunked by rows (a tall "
                                  "Dask problem, solved by tall_least_squares)")
-            return _solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
+            return solve_tall(fun, x0, xp, bounds, history, jac=jac, method=method, ftol=ftol,
                                xtol=xtol, gtol=gtol, x_scale=x_scale, max_nfev=max_nfev,
-                               args=tuple(args), kwargs=kwargs, verbose=verbose,
+                               args=args, kwargs=kwargs, verbose=verbose,
                                callback=user_callback)
 
     lb, ub, bounded = checked_bounds(xp, bounds, X, x0, batched)
@@ -512,19 +523,21 @@ def least_squares(
     jac_scale = isinstance(x_scale, str)
     D = xp.ones_like(X) if jac_scale else scale_from(xp, x_scale, X, dev)
 
-    prob = Problem(fun, jac, X, batched, tuple(args), kwargs, lb, ub, xp, dev)
+    prob = Problem(fun, jac, X, batched, args, kwargs, lb, ub, xp, dev)
     prob.diff_step = diff_step
     F = prob.residual(X, where="at x0", f=f0)
     m = F.shape[1]
     check_m_ge_n(method, m, n)
-    # (one problem: one reduction; a batch names the problems)
-    fin0 = xp.all(xp.isfinite(F), axis=-1 if batched else None)
+    # (a batch names the problems; one problem: max |f| is not finite exactly where a
+    # residual is not, one reduction for this check and set_fscale)
+    amax = None if batched else prob.max_abs(F)
+    fin0 = xp.all(xp.isfinite(F), axis=-1) if batched else math.isfinite(amax)
     if not bool(xp.all(fin0) if batched else fin0):
         raise ValueError(
             "fun: residuals are not finite at the initial point x0"
             + ("" if not batched else f" (problems {indices(xp, ~fin0)})")
         )
-    F = prob.set_fscale(F)  # exact power-of-2 scaling when squares would overflow
+    F = prob.set_fscale(F, amax)  # exact power-of-2 scaling when squares would overflow
     # drop finished problems from the working set (batched, row gathers allowed,
     # no per-iteration report that needs the whole batch)
     compact = (batched and B > 1 and compactable(xp) and not history
@@ -582,27 +595,3 @@ def _default_bounds(bounds) -> bool:
     lo, hi = bounds
     return type(lo) is float and type(hi) is float and lo == -math.inf and hi == math.inf
 
-
-def _is_tall(xp, f0) -> bool:
-    """An in-memory ``x0`` whose residuals are a Dask array of several row chunks."""
-    if not lazy.is_dask(f0) or lazy.is_dask_namespace(xp):
-        return False
-    chunks: Any = getattr(f0, "chunks", None)
-    return bool(chunks) and f0.ndim >= 1 and len(chunks[0]) > 1
-
-
-def _solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
-    """Hand a tall problem to :func:`agnopt.tall_least_squares` (no bounds, no history)."""
-    lb0, ub0 = prepare_bounds(xp, bounds, x0)
-    if bool(xp.any(xp.isfinite(lb0) | xp.isfinite(ub0))):
-        raise ValueError(
-            "bounds: residuals chunked by rows (a tall Dask problem, solved by "
-            "tall_least_squares) do not support finite bounds"
-        )
-    if history:
-        raise ValueError(
-            "history: not available for residuals chunked by rows (a tall Dask "
-            "problem, solved by tall_least_squares)"
-        )
-    return tall_least_squares(fun, x0, jac="2-point" if jac in (None, "cs", "2-point") else jac,
-                              **kw)

@@ -13,12 +13,12 @@ from typing import Any
 
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
-from .._core.user_code import quiet_complex_casts
-from .._derivatives.cs_check import cs_check_points, cs_check_verdict
-from .._derivatives.numdiff import fd_jacobian
-from .._derivatives.one_point import cs_check_points_one, cs_check_verdict_one
+from .._core.user_code import note, quiet_complex_casts
+from .._derivatives.numdiff import fd_jacobian, point_caller
+from .._derivatives.one_point import one_point_jacobian
 from .arrays import call_checked, detach, machine_eps, persist
 from .batched import RowSubsets
+from .cs_verify import ComplexStepCheck
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
     EPS64,
@@ -112,7 +112,7 @@ class Box:
         return self.xp.where(acc[:, None], Ft, F)
 
 
-class Problem(RowSubsets, Box):
+class Problem(ComplexStepCheck, RowSubsets, Box):
     """Residuals ``(B, n) -> (B, m)`` and Jacobian ``(B, n) -> (B, m, n)`` of ``B`` problems.
 
     ``lb``, ``ub`` (B, n) are the bounds of the rows currently evaluated;
@@ -154,6 +154,7 @@ class Problem(RowSubsets, Box):
         self._hook = hook if callable(hook) else None
         self._hook_checked = False
         self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
+        self._fd_call: Any = None  # fun at a difference point (numdiff.point_caller), unbatched
         self._eye = None  # the (n, n) identity of J^T J's diagonal
 
     def _fix_f(self, f, B, what="fun"):
@@ -202,7 +203,11 @@ class Problem(RowSubsets, Box):
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun", where)
+            try:  # (call_checked's note, without its two Python calls per evaluation)
+                f = self.fun(_row0(self.xp, X), *self.args, **self.kwargs)
+            except Exception as e:
+                note(e, "agnopt: raised while evaluating fun " + where)
+                raise
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
@@ -214,7 +219,12 @@ class Problem(RowSubsets, Box):
             return self.xp.take(self.fscale, self.rows, axis=0)
         return self.fscale
 
-    def set_fscale(self, F):
+    def max_abs(self, F):
+        """``max |F|`` as a Python float (NaN or inf where a residual is not finite)."""
+        # torch: the scale is a constant (float() of a graph warns)
+        return float(detach(self.xp.max(self.xp.abs(F))))
+
+    def set_fscale(self, F, amax=None):
         """Residuals too large or too small to square: scale them (and ``J``) by a power of 2.
 
         ``F`` (B, m) are the residuals at ``x0``. When ``max |F|`` of a
@@ -229,7 +239,8 @@ class Problem(RowSubsets, Box):
         with ``success=True``. The scaling is exact (a power of 2) and
         Levenberg-Marquardt is invariant under it (every test is relative:
         ratio, cosine, radius); :meth:`unscale` restores the reported
-        ``fun``, ``jac``. Returns the scaled ``F``.
+        ``fun``, ``jac``. Returns the scaled ``F``. ``amax``: :meth:`max_abs` of a
+        one-problem ``F``, when known.
         """
         xp = self.xp
         try:
@@ -242,8 +253,8 @@ class Problem(RowSubsets, Box):
                 pass
         lo, hi = math.ldexp(1.0, -e), math.ldexp(1.0, e)
         if F.shape[0] == 1:  # one problem: its max |f| (one reduction)
-            fmax = detach(xp.max(xp.abs(F)))  # torch: the scale is a constant (float() of a graph warns)
-            amax = float(fmax)
+            if amax is None:
+                amax = self.max_abs(F)
             if not math.isfinite(amax) or amax == 0.0 or lo <= amax <= hi:
                 return F
             self.fscale, self.scaled = math.ldexp(1.0, -math.frexp(amax)[1]), True
@@ -351,106 +362,6 @@ class Problem(RowSubsets, Box):
             J = xp.astype(J, self.dtype)
         return J
 
-    def _cs_disagrees(self, X, F, Jcs):
-        """The central-difference Jacobian where the complex-step ``Jcs`` (k, m, n)
-        disagrees with finite differences beyond their error, else ``None``.
-
-        A ``fun`` that drops the imaginary part of some terms (writes ``x``
-        into a real work array, calls ``float``, ``real``, ``abs``...) while
-        others stay complex returns a complex output with a silently wrong
-        derivative. The check compares directional derivatives along a fixed
-        direction ``v`` with irregular entries and signs (``v_j = w_j
-        max(1, |x_j|)``, ``|w_j|`` in [0.5, 1.5)): ``r3 = D3 - Jcs u3`` with
-        ``D3`` the central difference (step ``eps^(1/3)``) and ``r2 = D2 -
-        Jcs u2`` with ``D2`` the forward difference (step ``eps^(1/2)``),
-        ``u`` the exactly representable steps taken. Where ``Jcs`` is right,
-        ``r2`` and ``r3`` are the differences' errors and ``|r2 - r3|``
-        estimates them; a dropped term adds the same ``E u`` to both. The
-        complex step is rejected when ``max|r3| > 10 max|r2 - r3| + 1e-9
-        max|Jcs u3|``, or when some residual disagrees beyond its own error
-        bound (one residual's large error, a kink at a data point, must not
-        excuse the others: :func:`agnopt._derivatives.cs_check.cs_check_verdict`
-        gives the bounds and the source): a dropped part larger than about ``1e-8`` of the
-        directional derivative is found. Costs 3 evaluations of ``fun`` once
-        per solve (not counted in ``nfev``, as scipy does not count finite
-        differences); where a difference point would leave the bounds, the
-        columns are checked one by one instead (:meth:`_cs_columns`, ``4n``
-        evaluations).
-        """
-        P3, M3, P2, inside = self._cs_check_points(X)
-        if not bool(inside):
-            ok, J3 = self._cs_columns(X, F, Jcs)
-            return None if ok is None or bool(ok) else J3
-        ok = self._cs_directional(X, F, Jcs, P3, M3, P2)
-        return None if ok is None or bool(ok) else self._fd(X, F, "3-point", None)
-
-    def _cs_check_points(self, X):
-        """The points ``X + h3 V``, ``X - h3 V``, ``X + h2 V`` of :meth:`_cs_disagrees`
-        and whether they lie inside the bounds (0-d bool)."""
-        n = X.shape[1]
-        eps = machine_eps(self.xp, self.dtype)
-        w = tuple((-1.0) ** j * (0.5 + math.modf(0.6180339887498949 * (j + 1))[0])
-                  for j in range(n))
-        self._cs_h = h3, h2 = eps ** (1.0 / 3.0), eps**0.5
-        bounded = getattr(self, "bounded", True)
-        # one float64 NumPy problem whose Jacobians take numdiff's one-point layer
-        # (fd_jacobian's verdict in the solve's cache): the same points, compiled
-        self._cs_one = not bounded and bool(self._fd_cache.get("one")) and not self.batched
-        if self._cs_one:
-            return cs_check_points_one(X, self.xp.asarray(w, dtype=X.dtype), h3, h2)
-        return cs_check_points(self.xp, X, self.lb if bounded else None,
-                               self.ub if bounded else None, w, h3, h2, self.dev)
-
-    def _cs_directional(self, X, F, Jcs, P3, M3, P2):
-        """The directional check of :meth:`_cs_disagrees`: 0-d bool (the complex step
-        agrees), or ``None`` where the differences cannot be formed (keep it)."""
-        h3, h2 = self._cs_h
-        try:
-            Fp3, Fm3, Fp2 = (self._raw(P) for P in (P3, M3, P2))
-        except Exception:  # noqa: BLE001 - fun's, at points the solve never visits
-            # the differences cannot be formed (fun raises at these check
-            # points, which the solve itself never visits): keep the complex step
-            return None
-        return (cs_check_verdict_one if self._cs_one else cs_check_verdict)(
-            self.xp, X, F, Jcs, P3, M3, P2, Fp3, Fm3, Fp2, h3, h2)
-
-    def _cs_columns(self, X, F, Jcs):
-        """:meth:`_cs_disagrees` column by column (bounded problems near a bound),
-        ``J3`` / ``J2`` / ``J2c`` the central and the forward differences (steps
-        ``eps^(1/2)`` and, ``J2c``, the central one's ``eps^(1/3)``) kept inside the
-        bounds. Two tests, both must pass (as
-        :func:`agnopt._derivatives.cs_check.cs_check_verdict`, which gives the
-        reasons and the source):
-
-        * each column: ``max|Jcs_j - J3_j| <= 10 max|J2_j - J3_j| + 1e-6 s_j``
-          (maxima over the rows; not finite passes), ``s_j`` the largest
-          ``|J3_.j|``, ``|Jcs_.j|``;
-        * each entry against its own error bound: ``|Jcs_ij - J3_ij| <= 10
-          (|J2_ij - J3_ij| + |J2c_ij - J3_ij|) + 1e-6 s_j`` (``s_j`` over the
-          finite entries; an entry with ``Jcs - J3`` not finite does not count,
-          one with a NaN bound does).
-
-        ``4n`` evaluations. Returns ``(ok, J3)``: ``ok`` a 0-d bool (``None``, with ``J3``,
-        where the differences cannot be formed: keep the complex step)."""
-        xp = self.xp
-        try:
-            J3 = self._fd(X, F, "3-point", None)
-            J2 = self._fd(X, F, "2-point", None)
-            J2c = self._fd(X, F, "2-point", machine_eps(xp, self.dtype) ** (1.0 / 3.0))
-        except Exception:  # noqa: BLE001 - as in _cs_directional: keep the complex step
-            return None, None
-        d = Jcs - J3
-        # each column
-        dmax = xp.max(xp.abs(d), axis=-2)
-        est = xp.max(xp.abs(J2 - J3), axis=-2)
-        scale = xp.maximum(xp.max(xp.abs(J3), axis=-2), xp.max(xp.abs(Jcs), axis=-2))
-        whole = (dmax <= 10.0 * est + 1e-6 * scale) | ~xp.isfinite(dmax)
-        # each entry
-        a = xp.maximum(xp.abs(J3), xp.abs(Jcs))
-        s = xp.max(xp.where(xp.isfinite(a), a, xp.zeros_like(a)), axis=-2, keepdims=True)
-        within = xp.abs(d) <= 10.0 * (xp.abs(J2 - J3) + xp.abs(J2c - J3)) + 1e-6 * s
-        return xp.all(whole) & ~xp.any(xp.isfinite(d) & ~within), J3
-
     def _raw(self, X):
         """``fun`` at ``X`` (k, n) -> (k, m), unscaled (finite-difference points)."""
         where = "at a finite-difference point"
@@ -458,8 +369,11 @@ class Problem(RowSubsets, Box):
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            f = call_checked(lambda z: self.fun(_row0(self.xp, z), *self.args, **self.kwargs), X, "fun",
-                             where)
+            try:  # (as residual)
+                f = self.fun(_row0(self.xp, X), *self.args, **self.kwargs)
+            except Exception as e:
+                note(e, "agnopt: raised while evaluating fun " + where)
+                raise
         return self._fix_f(f, X.shape[0])
 
     def _fd(self, X, F, jac, rel):
@@ -477,10 +391,22 @@ class Problem(RowSubsets, Box):
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
-                            None if lbx is None else _row0(xp, lbx),
-                            None if ubx is None else _row0(xp, ubx),
-                            self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
+            if lbx is None and self._fd_cache.get("one"):
+                # one float64 NumPy point (fd_jacobian's verdict on this solve's first
+                # Jacobian): its one-point layer straight away, with this solve's caller
+                call = self._fd_call
+                if call is None:
+                    call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, xp,
+                                                        self.dtype, self.dev)
+                J = one_point_jacobian(call, _row0(xp, X), _row0(xp, F), jac, rel, None, xp,
+                                       self._fd_cache)
+            else:
+                J = None
+            if J is None:
+                J = fd_jacobian(self.fun, _row0(xp, X), _row0(xp, F), jac, rel,
+                                None if lbx is None else _row0(xp, lbx),
+                                None if ubx is None else _row0(xp, ubx),
+                                self.args, self.kwargs, False, xp, self.dev, self._fd_cache)
             J = xp.reshape(J, (1, m, n))
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)

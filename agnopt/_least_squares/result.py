@@ -49,7 +49,13 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
     model_jac = method == "lm" and prob.robust
     nj = out.need_jac
     njev = out.njev
-    if bool(xp.any(nj)):
+    host = None if batched else out.host  # (one problem's counts as Python values)
+    if host is not None:
+        if host[4]:  # need_jac: the Jacobian at the final x, counted
+            J = prob.jacobian(X, F)
+            J = prob.model_residuals(F, J)[1] if model_jac else J
+            host = host[:2] + (host[2] + 1,) + host[3:]
+    elif bool(xp.any(nj)):
         Jn = prob.jacobian(X, F)
         Jn = prob.model_residuals(F, Jn)[1] if model_jac else Jn
         # (one problem: nj is its one entry, true here)
@@ -62,8 +68,9 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
     else:
         # one problem: its status from the host value of info (one transfer, which the
         # messages need anyway); an array only where a check below reads it
-        info_h = host_ints(out.info)
-        s_one = status_one(info_h[0], out.cb_stop and bool(out.active[0]), out.cb_stop)
+        info_h = [host[0]] if host is not None else host_ints(out.info)
+        s_one = status_one(info_h[0], out.cb_stop and bool(out.active[0] if host is None
+                                                           else host[5]), out.cb_stop)
         status = None
         if s_one in _XTOL_STOPS or projected:
             status = xp.asarray([s_one], dtype=out.info.dtype, device=device(out.info))
@@ -96,9 +103,14 @@ def finish(xp, prob, out, batched, verbose, bounded, method="lm", loss="linear",
             message=msgs, success=success,
         )
     else:
-        (x, cost, F, J, g, opt, am), counts = _rows0(xp, (X, cost, F, J, g, opt, am),
-                                                     (out.nfev, njev, out.nit))
-        nfev, njev_, nit = host_ints(counts)
+        if host is not None:
+            x, cost, F, J, g, opt, am = (xp.reshape(a, tuple(a.shape[1:]))
+                                         for a in (X, cost, F, J, g, opt, am))
+            nfev, njev_, nit = host[1:4]
+        else:
+            (x, cost, F, J, g, opt, am), counts = _rows0(xp, (X, cost, F, J, g, opt, am),
+                                                         (out.nfev, njev, out.nit))
+            nfev, njev_, nit = host_ints(counts)
         res = OptimizeResult(
             x=x, cost=cost, fun=F, jac=J, grad=g,
             optimality=opt, active_mask=am, nfev=nfev,

@@ -100,7 +100,10 @@ class Outcome(NamedTuple):
     ``need_jac``, ``active`` (still running: only after a callback stop),
     ``cb_stop`` (the callback stopped the solve), ``history`` (list), ``cost``
     (B,) ``0.5 ||f||^2`` as the engine tracked it (``None`` after a compacted
-    solve; the in-memory result recomputes it from ``F``)."""
+    solve; the in-memory result recomputes it from ``F``), ``host`` (one problem
+    whose engine kept them on the host, :mod:`agnopt._kernels.lm_one`; else ``None``)
+    ``(info, nfev, njev, nit, need_jac, active)`` as Python ints and bools, the
+    values of those fields' one entries."""
 
     X: Any
     F: Any
@@ -114,6 +117,7 @@ class Outcome(NamedTuple):
     cb_stop: bool = False
     history: list = []
     cost: Any = None
+    host: Any = None  # one problem's (info, nfev, njev, nit, need_jac, active) as Python values
 
 
 class TRState(NamedTuple):

@@ -41,6 +41,7 @@ from typing import Any, Callable
 from array_api_compat import array_namespace
 
 from .._core import lazy
+from .._derivatives.numdiff import prepare_bounds
 from .._core.backend import on_device_of
 from .._core.result import OptimizeResult
 from .._core.status import Status
@@ -65,7 +66,7 @@ from .start import scale_from
 from .stationarity import xtol_not_stationary_gram
 from .state import Linearization
 
-__all__ = ["tall_least_squares"]
+__all__ = ["is_tall", "solve_tall", "tall_least_squares"]
 
 _JAC_STRINGS = ("2-point", "3-point")
 
@@ -571,3 +572,28 @@ def _finish(hxp, prob, out, verbose, xtol=None):
         print(f"Function evaluations {res.nfev}, final cost {cost:.4e}, "
               f"first-order optimality {res.optimality:.2e}.")
     return res
+
+
+def is_tall(xp, f0) -> bool:
+    """An in-memory ``x0`` whose residuals are a Dask array of several row chunks."""
+    if not lazy.is_dask(f0) or lazy.is_dask_namespace(xp):
+        return False
+    chunks: Any = getattr(f0, "chunks", None)
+    return bool(chunks) and f0.ndim >= 1 and len(chunks[0]) > 1
+
+
+def solve_tall(fun, x0, xp, bounds, history, *, jac, **kw):
+    """Hand a tall problem to :func:`agnopt.tall_least_squares` (no bounds, no history)."""
+    lb0, ub0 = prepare_bounds(xp, bounds, x0)
+    if bool(xp.any(xp.isfinite(lb0) | xp.isfinite(ub0))):
+        raise ValueError(
+            "bounds: residuals chunked by rows (a tall Dask problem, solved by "
+            "tall_least_squares) do not support finite bounds"
+        )
+    if history:
+        raise ValueError(
+            "history: not available for residuals chunked by rows (a tall Dask "
+            "problem, solved by tall_least_squares)"
+        )
+    return tall_least_squares(fun, x0, jac="2-point" if jac in (None, "cs", "2-point") else jac,
+                              **kw)
