@@ -467,8 +467,9 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     nd = np.ndarray
     # the grads are new at every step: check each against its parameter
     m = e.multi
-    if m is not None:  # the small leaves: copied into one buffer (so they may alias anything)
-        if not multi.gather(m, g_leaves):
+    if m is not None:  # the small leaves: their gradients' addresses (or a copy), checked
+        gptrs = multi.gradient_addresses(m, g_leaves)
+        if gptrs is None:
             return None
         single = e.single
         calls = [e.calls[i] for i in single]
@@ -503,7 +504,7 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
             vec[-1] = _np_scalar(dt, fc.lr_value(hp, _xp(), plan.sched_count, dt, "cpu"))
     if e.use_numba:
         if m is not None:
-            m.kernel(m.ptrs, m.gbuf, m.offs, m.vec)
+            m.kernel(m.ptrs, gptrs, m.offs, m.vec)
         for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(calls, gflat):
             kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, vec)
     else:
