@@ -180,8 +180,9 @@ def test_cache_does_not_outlive_the_optimizer(monkeypatch):
 
 # ---------------------------------------------------------------- many small leaves
 # numba: the leaves of at most multi.SMALL elements are stepped by one call of the
-# multi-leaf kernel (gradients gathered into one buffer); the results must be those
-# of one kernel call per leaf and of the generic path, bit for bit.
+# multi-leaf kernel (gradients read in place by address, or copied into one buffer);
+# the results must be those of one kernel call per leaf and of the generic path, bit
+# for bit.
 
 NUMBA = pytest.mark.skipif(not _cpu.HAVE_NUMBA, reason="numba is not installed")
 MANY = {
@@ -250,7 +251,7 @@ def test_many_small_leaves_equal_per_leaf_and_generic_bitwise(name, dt, monkeypa
 
 @NUMBA
 def test_many_small_leaves_odd_grads(monkeypatch):
-    """Gradients the gathering must take as the generic path does: strided, read-only,
+    """Gradients the multi-leaf path must take as the generic path does: strided, read-only,
     a parameter itself, another dtype, a wrong shape (the generic path's error)."""
     rng = np.random.default_rng(2)
     p0 = {f"k{i}": rng.standard_normal((4, 6)) for i in range(10)}
@@ -355,3 +356,127 @@ def test_optimizer_flat_gathers_grad_trees_like_copyto(monkeypatch):
             np.testing.assert_array_equal(o.params[k], want.params[k])
     with pytest.raises(ValueError):
         o.step({**cases[0], "k1": np.ones((4, 3), np.float32)})
+
+
+def _state_buffer(s, name):
+    return next(sub for sub in s if hasattr(sub, name))
+
+
+def _compare_runs(runs):
+    for k, (want, got) in enumerate(zip(runs["0"], runs["numba"])):
+        assert ao.tree_structure(got) == ao.tree_structure(want)
+        for a, b in zip(ao.tree_leaves(got), ao.tree_leaves(want)):
+            assert np.asarray(a).dtype == np.asarray(b).dtype, k
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"step {k}")
+
+
+@NUMBA
+@pytest.mark.parametrize("name", ["adam", "rmsprop-centered-momentum"])
+def test_many_small_leaves_same_grad_arrays_read_in_place_and_the_addresses_invalidated(name, monkeypatch):
+    """The same gradient arrays coming back are read where they lie (their addresses taken at
+    their second step). New values in the same arrays, arrays swapped between keys or
+    replaced, views of a parameter, strided, another dtype, another key order: all give the
+    generic path's values bit for bit, step after step."""
+    rng = np.random.default_rng(6)
+    shapes = [(), (1,), (7,), (3, 5), (2, 3, 4), (7,), (100,), (5, 3)]
+    p0 = {f"k{i}": rng.standard_normal(s) for i, s in enumerate(shapes)}
+    p0["big"] = rng.standard_normal(_multi.SMALL + 5)
+    vals = [ao.tree_map(lambda x: rng.standard_normal(x.shape), p0) for _ in range(13)]
+
+    def grads(k, G, p):
+        for key in G:  # new values in the same arrays
+            G[key][...] = vals[k][key]
+        if k == 3:  # two arrays of one shape swapped between keys (for good)
+            G["k2"], G["k5"] = G["k5"], G["k2"]
+        elif k == 5:  # an array replaced (for good)
+            G["k3"] = vals[5]["k3"].copy()
+        elif k == 7:  # a view of the big leaf's parameter (stepped by its own call)
+            return {**G, "k6": p["big"][:100]}
+        elif k == 8:  # strided
+            return {**G, "k3": vals[8]["k7"].T}
+        elif k == 9:  # another dtype: the generic path
+            return {**G, "k4": vals[9]["k4"].astype(np.float32)}
+        elif k == 10:  # another insertion order
+            return dict(reversed(list(G.items())))
+        return G
+
+    runs: dict = {}
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = MANY[name]()
+        p, s = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+        G = {key: np.empty_like(v) for key, v in p0.items()}
+        runs[mode] = out = []
+        for k in range(len(vals)):
+            p, s = ao.step(opt, p, grads(k, G, p), s)
+            out.append(copy.deepcopy((p, s)))
+            if mode == "numba" and k != 9:
+                m = _cpu._CACHE[id(opt.update)].multi
+                if k in (1, 2, 4, 6, 11, 12):  # read in place
+                    small = [ao.tree_leaves(G)[i] for i in m.idx]  # all but "big"
+                    assert m.gstate == _multi.IN_PLACE and len(small) == len(m.glast) == 8
+                    assert all(a is b for a, b in zip(m.glast, small))
+                else:  # the first step with these arrays: copied
+                    assert m.gstate == _multi.COPIED and m.gbuf is not None
+    _compare_runs(runs)
+
+
+@NUMBA
+def test_many_small_leaves_same_grad_arrays_overlapping_the_step_are_copied(monkeypatch):
+    """The same gradient arrays coming back, views of a parameter and of a state buffer of leaves
+    stepped before theirs (and one is a parameter itself), are copied at every step: read where
+    they lie, they would be read after those leaves were written."""
+    rng = np.random.default_rng(8)
+    p0 = {f"k{i}": rng.standard_normal(7) for i in range(6)}
+    vals = [{k: rng.standard_normal(7) for k in p0} for _ in range(5)]
+    runs: dict = {}
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = ao.adam(1e-2)
+        p, s = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+        G = {k: np.empty(7) for k in p0}
+        runs[mode] = out = []
+        for k in range(len(vals)):
+            for key in ("k0", "k1", "k2"):
+                G[key][...] = vals[k][key]
+            if mode == "0" or k == 0:  # the same objects at every step of the fast run (live views)
+                G["k3"] = p["k0"][:]
+                G["k4"] = _state_buffer(s, "nu").nu["k1"][:]
+                G["k5"] = p["k2"]
+            p, s = ao.step(opt, p, G, s)
+            out.append(copy.deepcopy((p, s)))
+            if mode == "numba":
+                m = _cpu._CACHE[id(opt.update)].multi
+                assert m.gstate == (_multi.COPIED if k == 0 else _multi.MUST_COPY)
+    _compare_runs(runs)
+
+
+@NUMBA
+def test_many_small_leaves_cached_grads_of_another_structure_raise_as_generic(monkeypatch):
+    """After the gradient addresses are cached, gradients of other keys, a list instead of a
+    dict, or a leaf of another shape raise the generic path's error (nothing written); the
+    parameters and gradients passed as lists of the same arrays step as the generic path does."""
+    rng = np.random.default_rng(7)
+    p0 = {f"k{i}": rng.standard_normal(6) for i in range(5)}
+    G = {k: rng.standard_normal(6) for k in p0}
+    bad = [{**{k: v for k, v in G.items() if k != "k0"}, "z": G["k0"]}, list(G.values()),
+           {**G, "k1": np.ones((2, 3))}]
+    errors, results = [], []
+    for mode in ("0", "numba"):
+        monkeypatch.setenv("AGNOPT_FAST", mode)
+        opt = ao.adam(1e-2)
+        p, s = copy.deepcopy(p0), opt.init(copy.deepcopy(p0))
+        for _ in range(2):
+            p, s = ao.step(opt, p, G, s)
+        before = copy.deepcopy((p, s))
+        for g in bad:
+            with pytest.raises(ValueError) as info:
+                ao.step(opt, p, g, s)
+            errors.append(type(info.value))
+        for a, b in zip(ao.tree_leaves((p, s)), ao.tree_leaves(before)):  # nothing was written
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        results.append(ao.step(opt, list(p.values()), list(G.values()), s))
+    assert errors[:3] == errors[3:]
+    assert ao.tree_structure(results[0]) == ao.tree_structure(results[1])
+    for a, b in zip(ao.tree_leaves(results[0]), ao.tree_leaves(results[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -207,3 +207,38 @@ def test_leaves_like_matches_tree_flatten_or_says_none():
     assert leaves_like({"a": 1}, tree_flatten([1])[1]) is None
     assert leaves_like(Pair(1, 2), tree_flatten((1, 2))[1]) is None
     assert leaves_like([1, 2], tree_flatten(7)[1]) is None
+
+
+def test_same_leaves_is_leaves_like_then_identity(monkeypatch):
+    """``same_leaves`` (the step cache's test that the same tree of the same arrays came back)
+    says True exactly when ``leaves_like`` finds the very objects in order; shared TreeDefs of
+    dicts/lists of leaves keep working after their table is cleared."""
+    from agnopt._core import tree as T
+
+    a, b, c = object(), object(), object()
+    base = {"b": b, "a": a, "c": c}
+    leaves, td = T.tree_flatten(base)
+    assert leaves == [a, b, c]
+    assert T.same_leaves(base, td, leaves) and T.same_leaves({"a": a, "b": b, "c": c}, td, leaves)
+    for other in ({"a": a, "b": c, "c": b}, {"a": a, "b": b, "c": [c]}, {"a": a, "b": b}, {"a": a, "b": b, "d": c},
+                  [a, b, c], (a, b, c), a, None, {"a": a, "b": b, "c": object()}):
+        assert not T.same_leaves(other, td, leaves), other
+    assert not T.same_leaves(base, td, [a, b])
+    lt = T.tree_flatten([a, b, c])[1]
+    assert T.same_leaves([a, b, c], lt, [a, b, c]) and not T.same_leaves([a, c, b], lt, [a, b, c])
+    assert not T.same_leaves({"a": a, "b": b, "c": c}, lt, [a, b, c])
+    nested = {"x": [a, {"y": b}], "z": c}
+    assert T.same_leaves(nested, T.tree_flatten(nested)[1], [a, b, c])
+    assert not T.same_leaves({"x": [a, {"y": c}], "z": b}, T.tree_flatten(nested)[1], [a, b, c])
+    # a TreeDef equal to a shared one but not it, and the shared one after the table is cleared
+    twin = T.TreeDef("dict", dict, ("a", "b", "c"), (T._LEAF,) * 3)
+    assert twin == td and twin is not td and not T._is_flat(twin)
+    assert T.leaves_like(base, twin) == leaves and T.same_leaves(base, twin, leaves)
+    assert T.tree_unflatten(twin, leaves) == {"a": a, "b": b, "c": c}
+    monkeypatch.setattr(T, "_FLAT_DEFS", {})
+    monkeypatch.setattr(T, "_FLAT_IDS", {})
+    assert not T._is_flat(td)
+    assert T.leaves_like(base, td) == leaves and T.same_leaves(base, td, leaves)
+    assert not T.same_leaves({"a": a, "b": c, "c": b}, td, leaves)
+    assert T.tree_unflatten(td, leaves) == {"a": a, "b": b, "c": c}
+    assert T.tree_flatten(base)[1] == td and T._is_flat(T.tree_flatten(base)[1])

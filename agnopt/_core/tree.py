@@ -11,6 +11,7 @@ These helpers never look inside arrays and never import an array library.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, NamedTuple, Sequence
 
 from .typing import ArrayTree
@@ -86,7 +87,9 @@ def _children(tree: Any) -> tuple[str, Any, tuple, list]:
 
 
 _NODES = (dict, tuple, list)
+_is = operator.is_
 _FLAT_DEFS: dict = {}
+_FLAT_IDS: dict = {}  # id(treedef) -> treedef for the TreeDefs in _FLAT_DEFS (an int hash, not a tuple's)
 
 
 def _flat_def(tt: type, keys: tuple, n: int) -> TreeDef:
@@ -96,9 +99,16 @@ def _flat_def(tt: type, keys: tuple, n: int) -> TreeDef:
     if td is None:
         if len(_FLAT_DEFS) > 1024:
             _FLAT_DEFS.clear()
+            _FLAT_IDS.clear()
         td = _FLAT_DEFS[key] = TreeDef("dict" if tt is dict else "list", tt if tt is dict else None,
                                        keys, (_LEAF,) * n)
+        _FLAT_IDS[id(td)] = td
     return td
+
+
+def _is_flat(treedef: TreeDef) -> bool:
+    """Whether ``treedef`` is one of :func:`_flat_def`'s (a dict or list of leaves)."""
+    return _FLAT_IDS.get(id(treedef)) is treedef
 
 
 def tree_flatten(tree: ArrayTree) -> tuple[list[Any], TreeDef]:
@@ -147,8 +157,7 @@ def leaves_like(tree: ArrayTree, treedef: TreeDef) -> list[Any] | None:
     """
     if treedef.kind == "dict" and treedef.node_type is dict:
         keys = treedef.keys
-        if (type(tree) is dict and len(tree) == len(keys)
-                and _FLAT_DEFS.get((dict, keys, len(keys))) is treedef):  # a dict of leaves
+        if type(tree) is dict and len(tree) == len(keys) and _is_flat(treedef):  # a dict of leaves
             if tuple(tree) == keys:  # inserted in sorted order (as tree_unflatten and tree_map build them)
                 return list(tree.values())
             try:
@@ -156,7 +165,7 @@ def leaves_like(tree: ArrayTree, treedef: TreeDef) -> list[Any] | None:
             except KeyError:
                 return None
     elif treedef.kind == "list" and type(tree) is list and len(tree) == len(treedef.children):
-        if _FLAT_DEFS.get((list, (), len(tree))) is treedef:
+        if _is_flat(treedef):
             return list(tree)
     elif treedef is _LEAF:
         return None if tree is None or isinstance(tree, _NODES) else [tree]
@@ -164,10 +173,22 @@ def leaves_like(tree: ArrayTree, treedef: TreeDef) -> list[Any] | None:
     return leaves if td == treedef else None
 
 
+def same_leaves(tree: ArrayTree, treedef: TreeDef, leaves: list) -> bool:
+    """Whether ``tree`` has the containers of ``treedef`` holding the very objects ``leaves``
+    (compared by identity, in leaf order): :func:`leaves_like` then an identity test, without
+    building the list for a dict of leaves inserted in sorted order."""
+    if (type(tree) is dict and treedef.kind == "dict" and treedef.node_type is dict
+            and len(tree) == len(treedef.keys) == len(leaves) and _is_flat(treedef)
+            and tuple(tree) == treedef.keys):
+        return all(map(_is, tree.values(), leaves))
+    lv = leaves_like(tree, treedef)
+    return lv is not None and len(lv) == len(leaves) and all(map(_is, lv, leaves))
+
+
 def tree_unflatten(treedef: TreeDef, leaves: Sequence[Any]) -> Any:
     """Inverse of :func:`tree_flatten`."""
     if (treedef.kind == "dict" and treedef.node_type is dict and len(leaves) == len(treedef.keys)
-            and _FLAT_DEFS.get((dict, treedef.keys, len(leaves))) is treedef):  # a dict of leaves
+            and _is_flat(treedef)):  # a dict of leaves
         return dict(zip(treedef.keys, leaves))
     it = iter(leaves)
 

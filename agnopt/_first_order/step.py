@@ -58,8 +58,16 @@ containers inside the state (a dict may have been edited) and the
 parameters' writeable flags are checked again, the trees are read by their
 known keys instead of flattened, and ``params`` itself is returned. With
 numba, the small leaves of a tree are stepped by one call for all of them
-(:mod:`agnopt._kernels.multi`; their gradients gathered into one buffer),
-bit for bit as one call per leaf. The entry is dropped with the optimizer.
+(:mod:`agnopt._kernels.multi`), bit for bit as one call per leaf: their
+gradients gathered into one buffer, or, when the same gradient arrays come
+back (a model writing its gradients into the same arrays at every step),
+read where they lie (by data addresses taken once; gradients overlapping a
+parameter or a state buffer are still copied). The entry (which holds the
+last gradients of those small leaves) is dropped with the optimizer. Arrays
+that come back are trusted to be what they were: an array reshaped,
+retyped or resized *in place* (assigning ``.shape``, ``.dtype``,
+``.strides``, or ``resize(refcheck=False)``) between two steps is outside
+this contract.
 
 The fast path recognises an optimizer through a small registry: each alias
 registers its ``Transform.update`` function with its hyperparameters and the

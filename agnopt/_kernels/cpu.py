@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .._core.tree import _LEAF, leaves_like, tree_flatten, tree_unflatten
+from .._core.tree import _LEAF, leaves_like, same_leaves, tree_flatten, tree_unflatten
 from .._first_order.transforms import log_beta
 from . import common as fc
 from . import multi
@@ -279,6 +279,7 @@ class _Entry:
 
 _CACHE: dict = {}  # id(spec) -> _Entry: the last state each optimizer stepped
 _is = operator.is_
+_WRITEABLE = operator.attrgetter("flags.writeable")
 
 
 def _same(a, b) -> bool:
@@ -291,12 +292,10 @@ def _hit(e, spec, p_leaves, td, state, mode) -> bool:
     if not _same(p_leaves, e.p_leaves):
         return False
     for cont, leaves, ctd in e.containers:  # dicts/lists inside the state may have been edited
-        lv = leaves_like(cont, ctd)
-        if lv is None or not _same(lv, leaves):
+        if not same_leaves(cont, ctd, leaves):
             return False
-    for p in p_leaves:  # a parameter may have been made read-only since
-        if not p.flags.writeable:
-            return False
+    if not all(map(_WRITEABLE, p_leaves)):  # a parameter may have been made read-only since
+        return False
     if e.spec.kind == "sgd" and e.flags["mom"] and e.flags["damp"]:
         if (int(e.plan.count) == 0) != e.flags["first"]:
             return False
@@ -410,8 +409,7 @@ def cached_leaves(owner, params):
     e = _CACHE.get(id(owner))
     if e is None:
         return None
-    lv = leaves_like(params, e.td)
-    if lv is None or not _same(lv, e.p_leaves):
+    if not same_leaves(params, e.td, e.p_leaves):
         return None
     return e.p_leaves, e.td
 
@@ -469,8 +467,9 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     nd = np.ndarray
     # the grads are new at every step: check each against its parameter
     m = e.multi
-    if m is not None:  # the small leaves: copied into one buffer (so they may alias anything)
-        if not multi.gather(m, g_leaves):
+    if m is not None:  # the small leaves: their gradients' addresses (or a copy), checked
+        gptrs = multi.gradient_addresses(m, g_leaves)
+        if gptrs is None:
             return None
         single = e.single
         calls = [e.calls[i] for i in single]
@@ -505,7 +504,7 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
             vec[-1] = _np_scalar(dt, fc.lr_value(hp, _xp(), plan.sched_count, dt, "cpu"))
     if e.use_numba:
         if m is not None:
-            m.kernel(m.ptrs, m.gbuf, m.offs, m.vec)
+            m.kernel(m.ptrs, gptrs, m.offs, m.vec)
         for (kernel, (pf, b1, b2, b3), vec, _d), g in zip(calls, gflat):
             kernel(pf, g, g if b1 is None else b1, g if b2 is None else b2, g if b3 is None else b3, vec)
     else:

@@ -10,7 +10,14 @@ one dtype are therefore stepped by one call of :func:`multi_kernel`:
   arrays, and it is used only while the very same arrays come back;
 * the gradients, new at every step, are checked (type, shape) and copied
   into one buffer by one ``numpy.concatenate`` (``casting="no"``: another
-  dtype goes to the generic path);
+  dtype goes to the generic path), which the kernel reads;
+* the same gradient arrays coming back (a model that writes its gradients
+  into the same arrays at every step) are read where they lie instead, by
+  data addresses taken once, at their second step (:func:`_take_addresses`:
+  their dtype, layout, and that none overlaps a buffer the step writes, are
+  checked then; an array's data address does not change), so that the
+  kernel moves the bytes of a step on one array: the entry holds the
+  gradients of the last step (of the small leaves) to tell them again;
 * the kernel runs the per-leaf kernel of :func:`agnopt._kernels.cpu.numba_kernel`
   on each leaf in turn, so the results are those of one call per leaf bit
   for bit (tests/test_step_cache.py).
@@ -30,6 +37,7 @@ import numpy as np
 SMALL = 8192  # elements: leaves up to this size are stepped together
 _SHAPE = operator.attrgetter("shape")
 _ND_ONLY = {np.ndarray}
+_is = operator.is_
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,11 +62,10 @@ def multi_kernel(k):
     """One call for many small leaves: the per-leaf kernel ``k`` on each leaf in turn.
 
     ``ptrs[i]`` holds the data addresses of leaf ``i``'s parameter and its
-    three state buffers (the parameter's again where a buffer is absent):
-    C-contiguous arrays of the gradient buffer's dtype. The gradients arrive
-    concatenated in ``g``, leaf ``i`` at ``g[offs[i]:offs[i + 1]]``; ``c``
-    are the kernel's constants. About 20 ns per leaf instead of a
-    microsecond's dispatch from Python.
+    three state buffers (the parameter's again where a buffer is absent), and
+    ``gptrs[i]`` that of its gradient: C-contiguous arrays of the dtype of
+    ``c`` (the kernel's constants) and of ``offs[i + 1] - offs[i]`` elements.
+    About 20 ns per leaf instead of a microsecond's dispatch from Python.
     """
     import numba
 
@@ -66,14 +73,13 @@ def multi_kernel(k):
 
     vp = _voidptr_intrinsic()
 
-    def multi(ptrs, g, offs, c):
-        dt = g.dtype
+    def multi(ptrs, gptrs, offs, c):
+        dt = c.dtype
         for i in range(ptrs.shape[0]):
-            a = offs[i]
-            b = offs[i + 1]
-            sh = (b - a,)
-            k(numba.carray(vp(ptrs[i, 0]), sh, dt), g[a:b], numba.carray(vp(ptrs[i, 1]), sh, dt),
-              numba.carray(vp(ptrs[i, 2]), sh, dt), numba.carray(vp(ptrs[i, 3]), sh, dt), c)
+            sh = (offs[i + 1] - offs[i],)
+            k(numba.carray(vp(ptrs[i, 0]), sh, dt), numba.carray(vp(gptrs[i]), sh, dt),
+              numba.carray(vp(ptrs[i, 1]), sh, dt), numba.carray(vp(ptrs[i, 2]), sh, dt),
+              numba.carray(vp(ptrs[i, 3]), sh, dt), c)
 
     return _jit(multi)
 
@@ -81,14 +87,35 @@ def multi_kernel(k):
 class Multi:
     """The small leaves of one dtype of a cache entry, stepped by one call of :func:`multi_kernel`."""
 
-    __slots__ = ("kernel", "idx", "ptrs", "offs", "gbuf", "vec", "shapes")
+    __slots__ = ("calls", "gbuf", "gbuf_ptrs", "glast", "gptrs", "gstate", "idx", "kernel", "maxends", "offs",
+                 "ptrs", "shapes", "starts", "vec")
     kernel: Any  # the compiled multi_kernel
     idx: list | None  # the leaves stepped here (None: all of them)
     ptrs: np.ndarray  # (leaves, 4) int64 data addresses
     offs: np.ndarray  # (leaves + 1,) int64 offsets into gbuf
-    gbuf: np.ndarray  # the gathered gradients
+    gbuf: np.ndarray | None  # the copied gradients (allocated at the first copy)
+    gbuf_ptrs: np.ndarray | None  # (leaves,) int64 addresses of the leaves' parts of gbuf
     vec: np.ndarray  # the kernel's constants (shared with the entry, updated per step)
     shapes: list  # the leaves' shapes
+    glast: list | None  # the gradients of the last step
+    gstate: int  # glast was: COPIED once, read IN_PLACE (gptrs holds their addresses), or MUST_COPY
+    gptrs: np.ndarray  # (leaves,) int64 data addresses of the gradients in glast (IN_PLACE)
+    calls: list  # the entry's calls (all leaves: the buffers the step writes)
+    starts: np.ndarray | None  # sorted data addresses of those buffers
+    maxends: np.ndarray | None  # running maximum of their ends (one past the last byte)
+
+
+COPIED, IN_PLACE, MUST_COPY = 0, 1, 2
+
+
+def _written_intervals(calls: list) -> tuple[np.ndarray, np.ndarray]:
+    """The byte ranges of every parameter and state buffer a step writes (``calls``: the entry's,
+    all leaves), sorted by start, with the running maximum of their ends."""
+    iv = sorted({(v.ctypes.data, v.ctypes.data + v.nbytes) for call in calls for v in call[1]
+                 if v is not None and v.nbytes > 0})
+    starts = np.array([a for a, _ in iv], dtype=np.int64)
+    maxends = np.maximum.accumulate(np.array([b for _, b in iv], dtype=np.int64)) if iv else starts
+    return starts, maxends
 
 
 def group_small(e, kernel) -> None:
@@ -110,27 +137,71 @@ def group_small(e, kernel) -> None:
                        for views in (e.calls[i][1] for i in idx)], dtype=np.int64)
     m.offs = np.zeros(len(idx) + 1, np.int64)
     np.cumsum([int(e.p_leaves[i].size) for i in idx], out=m.offs[1:])
-    m.gbuf = np.empty(int(m.offs[-1]), dt0)
+    m.gbuf, m.gbuf_ptrs, m.glast, m.gstate = None, None, None, COPIED
+    m.gptrs = np.zeros(len(idx), np.int64)
     m.vec = e.calls[idx[0]][2]
     m.shapes = [e.shapes[i] for i in idx]
     m.idx = None if len(idx) == len(e.calls) else idx
+    m.calls, m.starts, m.maxends = e.calls, None, None  # the intervals: taken when first needed
     e.multi = m
     small = set(idx)
     e.single = [i for i in range(len(e.calls)) if i not in small]
 
 
-def gather(m: Multi, g_leaves: list) -> bool:
-    """Check the small leaves' gradients (NumPy arrays of their parameters' shapes) and copy them
-    into ``m.gbuf``; False (the generic path runs) for anything else, another dtype included.
+def _take_addresses(m: Multi, mg: list) -> bool:
+    """Write the data addresses of the gradients ``mg`` into ``m.gptrs`` if the kernel can read them
+    where they lie: C-contiguous, aligned, of the kernel's dtype (their type and shapes are
+    checked already), none overlapping a parameter or a state buffer the step writes."""
+    dt = m.vec.dtype
+    for j, g in enumerate(mg):
+        fl = g.flags
+        if g.dtype != dt or not (fl.c_contiguous and fl.aligned):
+            return False
+        m.gptrs[j] = g.ctypes.data
+    if m.starts is None or m.maxends is None:
+        m.starts, m.maxends = _written_intervals(m.calls)
+    starts, maxends = m.starts, m.maxends
+    lo = m.gptrs
+    hi = lo + (m.offs[1:] - m.offs[:-1]) * dt.itemsize
+    if starts.size:
+        n = np.searchsorted(starts, hi, side="left")  # the written buffers starting before hi
+        over = (hi > lo) & (n > 0) & (maxends[np.maximum(n - 1, 0)] > lo)
+        if over.any():
+            return False
+    return True
 
-    The copy makes a gradient that is (or overlaps) a parameter or a state buffer harmless:
-    the kernel reads the copy, as the generic path reads the values before the step.
+
+def gradient_addresses(m: Multi, g_leaves: list) -> np.ndarray | None:
+    """The data addresses of the small leaves' gradients for :func:`multi_kernel`, or None (the
+    generic path runs) for gradients that are not NumPy arrays of their parameters' shapes and
+    dtype.
+
+    Gradients are copied into ``m.gbuf`` (a copy makes a gradient that is, or overlaps, a
+    parameter or a state buffer harmless: the kernel reads the copy, as the generic path reads
+    the values before the step); the very arrays of the last step, coming back, are read where
+    they lie where :func:`_take_addresses` accepts them.
     """
     mg = g_leaves if m.idx is None else [g_leaves[i] for i in m.idx]
-    if set(map(type, mg)) != _ND_ONLY or list(map(_SHAPE, mg)) != m.shapes:
-        return False
+    last = m.glast
+    if last is not None and len(last) == len(mg) and all(map(_is, mg, last)):
+        if m.gstate == IN_PLACE:
+            return m.gptrs
+        if m.gstate == COPIED:  # the second step with these arrays: read them in place from now on?
+            if _take_addresses(m, mg):
+                m.gstate = IN_PLACE
+                return m.gptrs
+            m.gstate = MUST_COPY
+    else:
+        m.glast = None
+        if set(map(type, mg)) != _ND_ONLY or list(map(_SHAPE, mg)) != m.shapes:
+            return None
+    if m.gbuf is None:
+        m.gbuf = np.empty(int(m.offs[-1]), m.vec.dtype)
+        m.gbuf_ptrs = m.gbuf.ctypes.data + m.offs[:-1] * m.gbuf.itemsize
     try:
         np.concatenate(mg, axis=None, out=m.gbuf, casting="no")
     except TypeError:  # another dtype
-        return False
-    return True
+        return None
+    if m.glast is None:
+        m.glast, m.gstate = list(mg), COPIED
+    return m.gbuf_ptrs
