@@ -353,8 +353,11 @@ def curve_fit(
                                            or ls_jac in JAC_STRINGS):
             # least_squares' default options, which need no check: its driver directly
             tol = DEFAULT_TOL
-            res = solve(residual, p0a, ls_jac, bounds, method, tol, tol, tol, None, "linear",
-                        1.0, None, None, 0, (), {}, None, None, False, False, False)
+            res = solve(residual, p0a, jac=ls_jac, bounds=bounds, method=method, ftol=tol,
+                        xtol=tol, gtol=tol, x_scale=None, loss="linear", f_scale=1.0,
+                        diff_step=None, max_nfev=None, verbose=0, args=(), kwargs={},
+                        callback=None, user_callback=None, batched=False, history=False,
+                        progress=False)
         else:
             res = least_squares(
                 residual, p0a, jac=ls_jac, method=method, bounds=bounds, batched=batched,

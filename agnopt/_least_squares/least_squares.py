@@ -456,12 +456,14 @@ def least_squares(
     f_scale = float(f_scale)
     bounds = as_bounds_pair(bounds)
     user_callback, callback = callback, wrap_callback(callback)
-    return solve(fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale, diff_step,
-                 max_nfev, verbose, tuple(args), kwargs, callback, user_callback, batched, history,
-                 progress)
+    return solve(fun, x0, jac=jac, bounds=bounds, method=method, ftol=ftol, xtol=xtol,
+                 gtol=gtol, x_scale=x_scale, loss=loss, f_scale=f_scale, diff_step=diff_step,
+                 max_nfev=max_nfev, verbose=verbose, args=tuple(args), kwargs=kwargs,
+                 callback=callback, user_callback=user_callback, batched=batched,
+                 history=history, progress=progress)
 
 
-def solve(fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale, diff_step,
+def solve(fun, x0, *, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale, diff_step,
           max_nfev, verbose, args, kwargs, callback, user_callback, batched, history, progress):
     """:func:`least_squares` once its arguments are checked (``bounds`` a pair, ``ftol``,
     ``xtol``, ``gtol`` floats, ``callback`` wrapped, ``user_callback`` the caller's, ``args``
