@@ -129,3 +129,9 @@ class TreeOverArray:
         from agnopt._cli.bench import tree_over_array
 
         return tree_over_array(100_000)["ratio"]
+
+    def track_tree100_new_grads_over_array_N1e5(self):
+        """The same, with new gradient arrays at every step (copied by the fused step)."""
+        from agnopt._cli.bench import tree_over_array
+
+        return tree_over_array(100_000)["ratio_new"]
