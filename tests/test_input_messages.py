@@ -9,8 +9,10 @@ for trf, a silent fit for lm; "`sigma` has incorrect shape."), torch.optim
 
 from __future__ import annotations
 
+import math
 import warnings
 
+import array_api_compat
 import numpy as np
 import pytest
 import scipy.optimize as so
@@ -220,3 +222,128 @@ def test_optimizer_step_without_grads_says_how(xp, device):
                                          r"in params' structure, e\.g\. opt\.step\(\[p\.grad for "
                                          r"p in opt\.params\]\)"):
         opt.step()
+
+
+# -- non-finite ydata with check_finite=False / inf with nan_policy="omit": ydata named, not f --
+def _expo(x, a, k, c):
+    xp = array_api_compat.array_namespace(x)
+    return a * xp.exp(-k * x) + c
+
+
+@pytest.mark.parametrize("bad, kw, hint", [
+    (math.inf, {"nan_policy": "omit"},
+     "nan_policy='omit' drops NaN data points only: remove the infinite ones"),
+    (math.nan, {"check_finite": False},
+     "check_finite=False skipped the check; nan_policy='omit' drops NaN data points"),
+    (-math.inf, {"check_finite": False},
+     "check_finite=False skipped the check: remove the infinite data points"),
+], ids=["inf-omit", "nan-unchecked", "-inf-unchecked"])
+@pytest.mark.parametrize("bounds", [None, (-10.0, 10.0)], ids=["lm", "trf"])
+def test_nonfinite_ydata_is_named(xp, device, bad, kw, hint, bounds):
+    y = Y.copy()
+    y[7] = bad
+    if kw.get("nan_policy") == "omit":
+        y[2] = math.nan  # omitted: the index named is still the user's
+    if bounds is not None:
+        kw = dict(kw, bounds=bounds)
+    with pytest.raises(ValueError) as e:
+        ao.curve_fit(model, _arr(xp, device, X), _arr(xp, device, y), p0=P0, **kw)
+    assert str(e.value) == (f"ydata: entry 7 is {bad!r}, so the residuals are not finite at the "
+                            f"initial point p0; {hint}")
+    # batched: the entry (row, point), and the fits
+    yb = np.stack([Y, y, Y])
+    with pytest.raises(ValueError, match=rf"^ydata: entry \(1, 7\) is {bad!r}, so the residuals "
+                                         r"are not finite at the initial point p0 \(problems "
+                                         r"\[1\]\); "):
+        ao.curve_fit(model, _arr(xp, device, X), _arr(xp, device, yb), p0=P0, batched=True, **kw)
+
+
+def test_nonfinite_model_still_blames_f(xp, device):
+    # finite ydata: the model's own inf is f's (the message is unchanged)
+    with pytest.raises(ValueError, match=r"^f: residuals are not finite at the initial point p0$"):
+        ao.curve_fit(lambda x, a, b, c: model(x, a, b, c) + math.inf, _arr(xp, device, X),
+                     _arr(xp, device, Y), p0=P0, check_finite=False)
+
+
+# -- nan_policy="omit" that leaves nothing: says so (not "must not be empty") -------------------
+def test_omit_all_nan_says_nothing_is_left(xp, device):
+    y = _arr(xp, device, np.full(M, np.nan))
+    with pytest.raises(ValueError) as e:
+        ao.curve_fit(model, _arr(xp, device, X), y, p0=P0, nan_policy="omit")
+    assert str(e.value) == ("ydata: no data point is left after omitting the NaN ones "
+                            f"(nan_policy='omit': ydata[i] or xdata[..., i] is NaN at all {M} "
+                            "points)")
+    # NaN in xdata everywhere: the same
+    with pytest.raises(ValueError, match=r"^ydata: no data point is left after omitting"):
+        ao.curve_fit(model, _arr(xp, device, np.full(M, np.nan)), _arr(xp, device, Y), p0=P0,
+                     nan_policy="omit")
+
+
+def test_omit_fits_the_kept_points(xp, device):
+    # unbatched "omit" drops the NaN points (Dask too: the arrays kept have known sizes)
+    y, s = Y.copy(), np.linspace(1.0, 2.0, M)
+    y[[2, 9]] = math.nan
+    popt, pcov = ao.curve_fit(model, _arr(xp, device, X), _arr(xp, device, y), p0=P0,
+                              sigma=_arr(xp, device, s), nan_policy="omit")
+    k = ~np.isnan(y)
+    ref, rcov = ao.curve_fit(model, X[k], y[k], p0=P0, sigma=s[k])  # (NumPy)
+    np.testing.assert_allclose(to_numpy(popt), ref, rtol=1e-12)
+    np.testing.assert_allclose(to_numpy(pcov), rcov, rtol=1e-9)
+    np.testing.assert_allclose(ref, so.curve_fit(model, X[k], y[k], p0=P0, sigma=s[k])[0],
+                               rtol=1e-7)
+
+
+# -- scipy's leastsq-only keywords: curve_fit named, with agnopt's equivalent -------------------
+@pytest.mark.parametrize("key, value, equiv", [
+    ("epsfcn", 1e-10, r"use diff_step \(diff_step = sqrt\(epsfcn\) with jac='2-point'"),
+    ("factor", 10.0, r"no equivalent \(the initial trust-region radius"),
+    ("diag", [1.0, 1.0, 1.0], r"use x_scale \(x_scale = 1 / diag"),
+    ("col_deriv", True, r"no equivalent \(a callable jac returns the Jacobian as \(m, n\)"),
+])
+@pytest.mark.parametrize("method", [None, "trf"])
+def test_leastsq_keywords_name_curve_fit(key, value, equiv, method):
+    with pytest.raises(TypeError, match=rf"^curve_fit\(\) got the keyword argument '{key}' of "
+                                        rf"scipy's leastsq \(method 'lm'\), which agnopt does "
+                                        rf"not take: {equiv}"):
+        ao.curve_fit(model, X, Y, p0=P0, method=method, **{key: value})
+    so.curve_fit(model, X, Y, p0=P0, **{key: value})  # (scipy's lm takes them)
+
+
+def test_epsfcn_equivalent_is_diff_step():
+    # the suggested equivalent reproduces scipy's forward-difference fit
+    ref, _ = so.curve_fit(model, X, Y, p0=P0, epsfcn=1e-10)
+    popt, _ = ao.curve_fit(model, X, Y, p0=P0, jac="2-point", diff_step=1e-5)
+    np.testing.assert_allclose(popt, ref, rtol=1e-7)
+
+
+# -- a float32 model for float64 data: the failure says the model's rounding limits the fit ----
+def _expo32(x, a, k, c):
+    xp = array_api_compat.array_namespace(x)
+    return xp.astype(a * xp.exp(-k * x) + c, xp.float32)
+
+
+T = np.linspace(0.0, 4.0, 50)
+YN = 2.5 * np.exp(-1.3 * T) + 0.5 + 0.2 * np.random.default_rng(0).normal(size=T.size)
+NOTE = (" f returned float32 values for float64 ydata: their rounding limits the fit (a "
+        "finite-difference jac too); return ydata's dtype.")
+
+
+@pytest.mark.parametrize("jac", [None, "2-point"])
+def test_low_precision_model_is_named_in_the_failure(xp, device, jac):
+    t, y, p0 = _arr(xp, device, T), _arr(xp, device, YN), _arr(xp, device, [1.0, 1.0, 1.0])
+    with pytest.raises(RuntimeError) as e:
+        ao.curve_fit(_expo32, t, y, p0=p0, jac=jac)
+    assert str(e.value).startswith("Optimal parameters not found: ")
+    assert str(e.value).endswith(NOTE)
+    # the float64 model: fits; a failure of it (the budget) has no such sentence
+    popt, _ = ao.curve_fit(_expo, t, y, p0=p0, jac=jac)
+    ref, _ = so.curve_fit(_expo, T, YN, p0=[1.0, 1.0, 1.0])
+    np.testing.assert_allclose(to_numpy(popt), ref, rtol=1e-6)
+    with pytest.raises(RuntimeError) as e:
+        ao.curve_fit(_expo, t, y, p0=p0, jac=jac, max_nfev=2)
+    assert "f returned" not in str(e.value)
+    # float32 data with the float32 model: no sentence either (same precision)
+    y32 = xp.astype(y, xp.float32)
+    with pytest.raises(RuntimeError) as e:
+        ao.curve_fit(_expo32, t, y32, p0=p0, jac=jac, max_nfev=2)
+    assert "f returned" not in str(e.value)

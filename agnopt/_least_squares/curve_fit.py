@@ -6,7 +6,8 @@ import math
 import re
 import sys
 import warnings
-from typing import Any, Callable, Literal, overload
+from collections.abc import Callable
+from typing import Any, Literal, overload
 
 from .._core.backend import native_namespace, on_device_of, resolve
 from .._core.errors import OptimizeWarning
@@ -33,12 +34,13 @@ from .fit_data import (
     has_finite_bound,
     initial_params,
     mixed_backend_message,
+    nonfinite_ydata_message,
 )
 from .fit_model import model, weights
 from .least_squares import DEFAULT_TOL, least_squares, solve
 from .options import JAC_STRINGS, as_array, as_bounds_pair
 
-__all__ = ["curve_fit", "OptimizeWarning"]
+__all__ = ["OptimizeWarning", "curve_fit"]
 
 
 # common least_squares status -> MINPACK ``ier`` (what scipy's curve_fit returns for lm)
@@ -165,10 +167,12 @@ def curve_fit(
     check_finite : bool, optional
         Raise ``ValueError`` when ``ydata`` or an array ``xdata`` holds NaN or
         inf. Default: ``True`` unless ``nan_policy`` is given (scipy's rule).
-        ``False`` skips the check; a batched fit whose residuals at ``p0``
-        are then non-finite is not run as a failed fit: the whole call
-        raises ``ValueError`` naming those fits ("residuals are not finite
-        at the initial point p0 (problems [...])"); use ``nan_policy="omit"``.
+        ``False`` skips the check; a fit whose residuals at ``p0`` are then
+        non-finite raises ``ValueError`` (batched too: the whole call, not a
+        failed fit): naming ``ydata``'s first non-finite entry where ``ydata``
+        holds one ("ydata: entry 3 is nan, ..."), else ``f`` ("residuals are
+        not finite at the initial point p0", batched "(problems [...])");
+        use ``nan_policy="omit"``.
     bounds : (lb, ub) or Bounds
         Parameter bounds; any object with ``lb`` / ``ub``. A deliberate
         difference from scipy, whose ``curve_fit`` raises ``ValueError`` for
@@ -214,7 +218,8 @@ def curve_fit(
         ``m_b - n`` degrees of freedom, ``m_b`` the points left to fit ``b``
         (``inf`` with an :class:`OptimizeWarning` where ``m_b <= n``). Each
         fit then equals its own fit on its finite points. A fit left with
-        no point is a ``ValueError``.
+        no point is a ``ValueError``. ``inf`` data are not omitted: a
+        ``ValueError`` names the first ``inf`` entry of ``ydata``.
     batched : bool
         ``B`` independent fits at once (see above). Failed fits do not raise
         in batched mode: check ``infodict["success"]`` (``full_output=True``);
@@ -270,6 +275,9 @@ def curve_fit(
         scipy reports as success, such as -6 (the ``xtol`` test fired away
         from a stationary point: most often a wrong ``jac``) or -5 (stuck on
         a bound); see :func:`agnopt.least_squares` and :class:`agnopt.Status`.
+        When ``f`` returns a lower-precision dtype than ``ydata``'s (float32
+        values for float64 data), the message says so (its rounding limits
+        the fit; ``f`` is called once more, at the last point, to see it).
         Batched fits do not raise: ``infodict["status"]`` says which failed.
     ValueError
         Bad shapes (also found by calling ``f``: named), non-finite data
@@ -280,7 +288,9 @@ def curve_fit(
         scipy, with the shapes expected). Batched, these input errors name
         the rows and are raised before any fit is solved.
     TypeError
-        ``f`` not callable; ``method="lm"`` (or any method, batched) with
+        ``f`` not callable; scipy's leastsq-only keywords ``epsfcn``,
+        ``factor``, ``diag``, ``col_deriv`` (the message names agnopt's
+        equivalent: ``diff_step``, ``x_scale``); ``method="lm"`` (or any method, batched) with
         more parameters than data points (scipy's rule); ``p0`` of another
         backend than ``ydata``, or ``f`` returning one (e.g. ``xdata`` and
         ``ydata`` of two backends: the message names them).
@@ -323,6 +333,7 @@ def curve_fit(
     if check_finite:
         check_finite_data(xp, xdata, ydata, nan_policy)
     omit = None  # batched nan_policy="omit": (B, m) points of zero weight
+    y_user = ydata  # (named by the messages of the error paths)
     if nan_policy is not None:
         if batched and ydata.ndim == 2:
             xdata, ydata, omit = batched_nan_mask(xp, nan_policy, xdata, ydata)
@@ -371,14 +382,18 @@ def curve_fit(
         if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
             raise
         msg = str(e)
-        new = mixed_backend_message(msg, xdata, ydata) or _curve_fit_names(msg)
+        new = ((msg.startswith("fun: residuals are not finite at the initial point")
+                and nonfinite_ydata_message(xp, y_user, ydata, nan_policy,
+                                            _curve_fit_names(msg[len("fun: "):])))
+               or mixed_backend_message(msg, xdata, ydata) or _curve_fit_names(msg))
         if new == msg:
             raise
         raise type(e)(new) from (e.__cause__ or e)
     m_fit = None if omit is None else xp.sum(xp.astype(~omit, count_dtype(xp)), axis=-1)
     pcov, warn = _pcov(xp, res, batched, absolute_sigma, m, n, m_fit)
     if not batched and not res.success:
-        raise RuntimeError("Optimal parameters not found: " + res.message)
+        raise RuntimeError("Optimal parameters not found: " + res.message
+                           + _low_precision_note(xp, f, xdata, res.x, n, y_user.dtype))
     if warn:
         warnings.warn(
             "Covariance of the parameters could not be estimated", _warning_class(), stacklevel=3
@@ -419,6 +434,23 @@ def _warning_class() -> type:
         _SCIPY_COMPAT_WARNING.append(
             type("OptimizeWarning", (OptimizeWarning, spw), {"__module__": "agnopt"}))
     return _SCIPY_COMPAT_WARNING[0]
+
+
+def _low_precision_note(xp, f, xdata, p, n, dtype) -> str:
+    """Failure path only: a sentence when ``f`` returns a real floating dtype of
+    fewer bits than ``ydata``'s (e.g. float32 values for float64 data), whose
+    rounding makes the residuals noisy at the fit's tolerances. ``f`` is called once
+    more, at ``p`` (its output dtype is not kept by the fit); ``""`` otherwise."""
+    try:
+        rdt = f(xdata, *[p[j] for j in range(n)]).dtype
+        low = xp.isdtype(rdt, "real floating") and xp.finfo(rdt).bits < xp.finfo(dtype).bits
+    except Exception:  # noqa: BLE001 - f's, at the failed fit's point: no sentence
+        return ""
+    if not low:
+        return ""
+    names = [str(d).rsplit(".", 1)[-1] for d in (rdt, dtype)]
+    return (f" f returned {names[0]} values for {names[1]} ydata: their rounding limits "
+            "the fit (a finite-difference jac too); return ydata's dtype.")
 
 
 def _curve_fit_names(msg: str) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import array_api_compat
 
@@ -69,15 +70,33 @@ def has_finite_bound(bounds) -> bool:
     return False
 
 
+# scipy's curve_fit passes these to MINPACK's leastsq (method "lm"): agnopt's equivalent
+_LEASTSQ_ONLY = {
+    "epsfcn": "use diff_step (diff_step = sqrt(epsfcn) with jac='2-point' gives MINPACK's "
+              "forward-difference step)",
+    "factor": "no equivalent (the initial trust-region radius, factor * norm(diag * p0), is "
+              "not offered)",
+    "diag": "use x_scale (x_scale = 1 / diag: the variables' characteristic scales)",
+    "col_deriv": "no equivalent (a callable jac returns the Jacobian as (m, n): one row per "
+                 "data point; transpose a column-major one)",
+}
+
+
 def check_fit_method(method, kwargs, bounded):
     """``method``: ``None`` -> ``"trf"`` with finite bounds when available (scipy's
-    default), else ``"lm"``; scipy's ``maxfev`` becomes ``max_nfev``."""
+    default), else ``"lm"``; scipy's ``maxfev`` becomes ``max_nfev``. scipy's
+    leastsq-only keywords (``epsfcn``, ``factor``, ``diag``, ``col_deriv``) are a
+    ``TypeError`` naming agnopt's equivalent."""
     if method is None:
         method = "trf" if bounded and "trf" in METHODS else "lm"
     if method not in METHODS:
         raise ValueError(f"method: expected None or one of {METHODS}, got {method!r}")
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument.")
+    for k, equivalent in _LEASTSQ_ONLY.items():
+        if k in kwargs:
+            raise TypeError(f"curve_fit() got the keyword argument {k!r} of scipy's leastsq "
+                            f"(method 'lm'), which agnopt does not take: {equivalent}")
     if "maxfev" in kwargs:
         mf = kwargs.pop("maxfev")
         kwargs.setdefault("max_nfev", mf)
@@ -174,7 +193,13 @@ def apply_nan_policy(xp, dev, nan_policy, xdata, ydata, sigma) -> tuple[Any, Arr
         raise ValueError("The input contains nan values")
     if ydata.ndim != 1:
         raise ValueError("nan_policy='omit': expected a 1-D ydata")
-    keep = xp.nonzero(~has_nan)[0]
+    if bool(xp.all(has_nan)):
+        raise ValueError(f"ydata: no data point is left after omitting the NaN ones "
+                         f"(nan_policy='omit': ydata[i] or xdata[..., i] is NaN at all "
+                         f"{ydata.shape[0]} points)")
+    # (Dask: the index in memory, so the arrays kept have known sizes)
+    xk, kept = lazy.to_local(xp, ~has_nan)
+    keep = xk.nonzero(kept)[0]
     ydata = xp.take(ydata, keep, axis=0)
     if x_arr:
         xdata = xp.take(xdata, keep, axis=xdata.ndim - 1)
@@ -306,16 +331,44 @@ def check_sigma_values(xp, sig) -> None:
     bad = (sig == 0) | xp.isnan(sig)
     if not bool(xp.any(bad)):
         return
-    (bad, sig) = lazy.compute(bad, sig)
-    xb = array_api_compat.array_namespace(bad)
-    flat = xb.reshape(bad, (-1,))
-    i = int(xb.nonzero(flat)[0][0])
-    value = float(xb.reshape(sig, (-1,))[i])
-    where = "its value" if sig.ndim == 0 else "entry " + (
-        str(i) if sig.ndim == 1 else str(_unravel(i, tuple(sig.shape))))
+    where, value = _first_bad(bad, sig)
     raise ValueError(
         f"sigma: {where} is {value!r}; expected nonzero, non-NaN standard deviations "
         "(the residuals are divided by sigma; an inf entry gives its point zero weight)")
+
+
+def nonfinite_ydata_message(xp, y_user, y_fit, nan_policy, what) -> str | None:
+    """Error path only (``what``: "residuals are not finite at the initial point p0",
+    batched with the problems): a message naming
+    ``ydata``'s first non-finite entry (``y_user``: the user's ``ydata``) when the fit
+    kept one (``y_fit``: the ``ydata`` fitted, after ``nan_policy``), else ``None``
+    (``ydata`` is finite there: the model is to blame). With ``nan_policy="omit"``
+    only ``inf`` entries count (NaN ones were omitted)."""
+    if bool(xp.all(xp.isfinite(y_fit))):
+        return None
+    bad = xp.isinf(y_user) if nan_policy == "omit" else ~xp.isfinite(y_user)
+    if not bool(xp.any(bad)):  # (a 0-d ydata broadcast: y_user is that value)
+        return None
+    where, value = _first_bad(bad, y_user)
+    if math.isnan(value):
+        hint = "check_finite=False skipped the check; nan_policy='omit' drops NaN data points"
+    elif nan_policy == "omit":
+        hint = "nan_policy='omit' drops NaN data points only: remove the infinite ones"
+    else:
+        hint = "check_finite=False skipped the check: remove the infinite data points"
+    return f"ydata: {where} is {value!r}, so the {what}; {hint}"
+
+
+def _first_bad(bad, a) -> tuple[str, float]:
+    """``("entry i", a[i])`` of the first true entry of ``bad`` (``a``'s shape):
+    ``"entry (b, i)"`` for 2-D ``a``, ``"its value"`` for 0-d."""
+    (bad, a) = lazy.compute(bad, a)
+    xb = array_api_compat.array_namespace(bad)
+    i = int(xb.nonzero(xb.reshape(bad, (-1,)))[0][0])
+    value = float(xb.reshape(a, (-1,))[i])
+    where = "its value" if a.ndim == 0 else "entry " + (
+        str(i) if a.ndim == 1 else str(_unravel(i, tuple(a.shape))))
+    return where, value
 
 
 def _unravel(i: int, shape: tuple) -> tuple:
