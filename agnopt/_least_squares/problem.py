@@ -14,7 +14,7 @@ from typing import Any
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._core.user_code import note, quiet_complex_casts
-from .._derivatives.numdiff import fd_jacobian, point_caller
+from .._derivatives.numdiff import _cs_points_one, fd_jacobian, point_caller
 from .._derivatives.one_point import one_point_jacobian_fn
 from .arrays import call_checked, detach, machine_eps, persist
 from .batched import RowSubsets
@@ -397,9 +397,13 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            if lbx is None and self._fd_cache.get("one"):
-                # one float64 NumPy point (fd_jacobian's verdict on this solve's first
-                # Jacobian): its one-point layer straight away, with this solve's caller
+            one = self._fd_cache.get("one") if lbx is None else False
+            if one is None:  # fd_jacobian's verdict, asked once per solve: on its first Jacobian
+                x0 = _row0(xp, X)
+                one = self._fd_cache["one"] = _cs_points_one(x0) and F.dtype == x0.dtype
+            if one:
+                # one float64 NumPy point: its one-point layer straight away, with this
+                # solve's caller
                 fn = self._one_point_fn(jac, rel, X.dtype, F.dtype)
                 J = None if fn is None else fn(_row0(xp, X), _row0(xp, F))
             else:
