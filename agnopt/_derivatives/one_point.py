@@ -17,7 +17,14 @@ from __future__ import annotations
 import math
 import sys
 
-from .numdiff import _REAL_OUTPUT, _complex_dtype, _eps_for_method, cs_quotients
+from .._core.user_code import note
+from .numdiff import (
+    _FD_NOTE,
+    _REAL_OUTPUT,
+    _complex_dtype,
+    _eps_for_method,
+    cs_quotients,
+)
 
 __all__ = ["cs_check_points_one", "cs_check_verdict_one", "one_point_jacobian",
            "one_point_jacobian_fn"]
@@ -34,10 +41,14 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
     return None if jac is None else jac(x0, f0)
 
 
-def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype):
+def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype, rows=None):
     """:func:`one_point_jacobian` of this ``call``, ``method`` and ``rel_step`` as a function
     ``jac(x0, f0)`` of the point (its constants found once: a solve that forms many
-    Jacobians keeps it), or ``None`` where :func:`one_point_jacobian` is ``None``."""
+    Jacobians keeps it), or ``None`` where :func:`one_point_jacobian` is ``None``.
+    ``rows``: for the complex step, ``call`` at each row of the points (n, n), as a list
+    of arrays, where ``fun`` offers it (curve_fit's residual, which then finds which
+    parameters are complex once for all the points:
+    :func:`agnopt._least_squares.fit_model.model`'s ``cs_rows``)."""
     if method == "cs":
         if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
             return None
@@ -70,11 +81,18 @@ def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype)
 
     def jac_cs(x0, f0):
         P, h = cs_points(x0, rel_step, rstep)
+        if rows is None:
+            evals = [call(x) for x in P]
+        else:  # (arrays, as call's; an error noted as call notes it)
+            try:
+                evals = rows(P)
+            except Exception as e:
+                note(e, _FD_NOTE)
+                raise
         fcs = []
         same = True  # every column of dtype cdt and of f0's shape
         shape = f0.shape
-        for x in P:
-            fc = call(x)
+        for fc in evals:
             fdt = fc.dtype
             if not (fdt is cdt or fdt == cdt):
                 if not isdtype(fdt, "complex floating"):

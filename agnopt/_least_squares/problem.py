@@ -430,8 +430,10 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             if call is None:
                 call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, self.xp,
                                                     self.dtype, self.dev)
+            rows = (getattr(self.fun, "_agnopt_cs_rows", None)
+                    if jac == "cs" and not (self.args or self.kwargs) else None)
             cache[key] = one_point_jacobian_fn(call, jac, rel, None, self.xp, cache, xdtype,
-                                               fdtype)
+                                               fdtype, rows)
         return cache[key]
 
     def _set_fast_jac(self, jac, rel, auto):
