@@ -89,6 +89,7 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
     jac_scale = bool(jac_scale)
     matmul = np.matmul
     short = F.shape[1] <= lm_route.NORM_MAX_M  # (the residuals' norm compiled)
+    one_res = hasattr(ev, "residual_one")  # (Problem's: ev.residual of one row at its row)
     while True:
         # -- outer loop of lmder: Jacobian, scaling, gtol test (lm_cpu.linearize_one),
         # and with well-conditioned normal equations the step (lin_step)
@@ -148,7 +149,7 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
         nfev += 1
         Xt = Xt1[None, :]
         if short:  # ev.trial: the residuals and their norm (NumPy's, compiled: a float)
-            Ft = ev.residual(Xt)
+            Ft = ev.residual_one(Xt1) if one_res else ev.residual(Xt)
             fn1 = lm_route.norm(Ft[0])
         else:
             Ft, fnorm1 = ev.trial(Xt)

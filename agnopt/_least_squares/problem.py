@@ -213,6 +213,17 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
         F = self._fix_f(f, X.shape[0])
         return F * self._row_fscale() if self.scaled else F
 
+    def residual_one(self, x):
+        """:meth:`residual` of one problem (not batched) at its trial point ``x`` (n,) (the
+        row of ``X`` (1, n)): ``F`` (1, m), without the other cases' branches."""
+        try:
+            f = self.fun(x, *self.args, **self.kwargs)
+        except Exception as e:
+            note(e, "agnopt: raised while evaluating fun at a trial point")
+            raise
+        F = self._fix_f(f, 1)
+        return F * self._row_fscale() if self.scaled else F
+
     def _row_fscale(self):
         """``fscale`` of the rows evaluated now (the working set's, in a compacted solve)."""
         if self.row_scaled and self.rows is not None:
