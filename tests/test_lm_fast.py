@@ -727,8 +727,8 @@ def test_one_point_jacobian(monkeypatch, method, seed):
 
 
 @pytest.mark.parametrize("sigma", [None, "1d", "2d"])
-def test_curve_fit_cs_rows(sigma):
-    # curve_fit's residual at all the complex step's points at once (cs_rows, which the
+def test_curve_fit_point_rows(sigma):
+    # curve_fit's residual at all the difference points at once (point_rows, which the
     # one-point layer calls) is its residual at each point: the same parameters (NumPy
     # scalars, complex only where the imaginary part is nonzero, NaN included, real parts
     # with their signs of zero) and the same arrays bit for bit
@@ -749,12 +749,13 @@ def test_curve_fit_cs_rows(sigma):
     P = np.array([[1.5 + 1e-17j, -0.0 + 0.0j, 2.0 - 0.0j],
                   [0.25 + 0.0j, -3.0 + 1e-20j, np.nan + 0.0j],
                   [1.0 + np.nan * 1j, 0.5 + 0.0j, -0.0 + 2e-300j]])
-    got = residual._agnopt_cs_rows(P)
+    X1 = np.array([[1.5, -0.0, 2.0], [0.25, -3.0, np.nan]])  # (real points: 2-point's)
+    got = residual._agnopt_point_rows(P) + residual._agnopt_point_rows(X1)
     params_got = seen[:]
     seen.clear()
-    want = [residual(p) for p in P]
+    want = [residual(p) for p in P] + [residual(p) for p in X1]
     # (repr: the NumPy scalar types, values and signs of zero; NaN equal to NaN)
-    assert len(params_got) == 3 and repr(params_got) == repr(seen)
+    assert len(params_got) == 5 and repr(params_got) == repr(seen)
     assert [tp for tp, _ in params_got[1]] == [np.float64, np.complex128, np.float64]
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and g.shape == w.shape

@@ -45,10 +45,10 @@ def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype,
     """:func:`one_point_jacobian` of this ``call``, ``method`` and ``rel_step`` as a function
     ``jac(x0, f0)`` of the point (its constants found once: a solve that forms many
     Jacobians keeps it), or ``None`` where :func:`one_point_jacobian` is ``None``.
-    ``rows``: for the complex step, ``call`` at each row of the points (n, n), as a list
-    of arrays, where ``fun`` offers it (curve_fit's residual, which then finds which
-    parameters are complex once for all the points:
-    :func:`agnopt._least_squares.fit_model.model`'s ``cs_rows``)."""
+    ``rows``: ``call`` at each row of the points (n, n), as a list of arrays, where
+    ``fun`` offers it (curve_fit's residual, which returns arrays and, for the complex
+    step, finds which parameters are complex once for all the points:
+    :func:`agnopt._least_squares.fit_model.model`'s ``point_rows``)."""
     if method == "cs":
         if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
             return None
@@ -65,7 +65,14 @@ def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype,
 
         def jac_fd(x0, f0):
             X1, dx = fd_points(x0, rstep)
-            fs = [call(x) for x in X1]
+            if rows is None:
+                fs = [call(x) for x in X1]
+            else:  # (as for the complex step below)
+                try:
+                    fs = rows(X1)
+                except Exception as e:
+                    note(e, _FD_NOTE)
+                    raise
             dt, shape = f0.dtype, f0.shape
             for f in fs:
                 if not ((f.dtype is dt or f.dtype == dt) and f.shape == shape):

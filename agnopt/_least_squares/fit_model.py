@@ -149,14 +149,14 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
         return r if omit is None else xp.where(omit, xp.zeros_like(r), r)
 
     if not batched:
-        def cs_rows(P):
-            """``[residual(p) for p in P]`` of the complex step's points ``P`` (k, n) of one
-            fit (a NumPy array: the one-point layer's): which parameters of each point are complex (its imaginary part nonzero,
-            as :func:`split`) read for all of them at once (the one-point Jacobian's
-            :func:`.one_point.one_point_jacobian_fn` calls it, a list of arrays)."""
+        def point_rows(P):
+            """``[residual(p) for p in P]`` of the difference points ``P`` (k, n) of one fit
+            (a NumPy array: the one-point layer's, which calls it); for the complex step's,
+            which parameters of each point are complex (its imaginary part nonzero, as
+            :func:`split`) read for all of them at once."""
             pd = P.dtype
-            if not (pd is not dtype and pd != dtype and _is_complex(pd)):
-                return [residual(p) for p in P]
+            if not (pd is not dtype and pd != dtype and _is_complex(pd)):  # (as residual)
+                return [checked(f(xdata, *[p[j] for j in cols]), False) for p in P]
             # (the entries as Python complex numbers: their imaginary parts compared on
             # the host, as split does; f's parameters P[r, j] or its real part, NumPy
             # scalars as split's)
@@ -165,7 +165,7 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
                                        for j, v in zip(cols, row)]), True)
                     for r, row in enumerate(P.tolist())]
 
-        residual._agnopt_cs_rows = cs_rows
+        residual._agnopt_point_rows = point_rows
 
     # rows hook: least_squares may evaluate a subset of the problems (those
     # still running) when xdata is shared by all of them (not an array with

@@ -441,8 +441,8 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             if call is None:
                 call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, self.xp,
                                                     self.dtype, self.dev)
-            rows = (getattr(self.fun, "_agnopt_cs_rows", None)
-                    if jac == "cs" and not (self.args or self.kwargs) else None)
+            rows = (getattr(self.fun, "_agnopt_point_rows", None)
+                    if not (self.args or self.kwargs) else None)
             cache[key] = one_point_jacobian_fn(call, jac, rel, None, self.xp, cache, xdtype,
                                                fdtype, rows)
         return cache[key]
