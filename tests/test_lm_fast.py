@@ -726,6 +726,42 @@ def test_one_point_jacobian(monkeypatch, method, seed):
     assert len(calls) == 2 and cache["one"] is True
 
 
+@pytest.mark.parametrize("sigma", [None, "1d", "2d"])
+def test_curve_fit_point_rows(sigma):
+    # curve_fit's residual at all the difference points at once (point_rows, which the
+    # one-point layer calls) is its residual at each point: the same parameters (NumPy
+    # scalars, complex only where the imaginary part is nonzero, NaN included, real parts
+    # with their signs of zero) and the same arrays bit for bit
+    from agnopt._least_squares.fit_data import as_data
+    from agnopt._least_squares.fit_model import model, weights
+
+    t = np.linspace(0.0, 2.0, 7)
+    y = as_data(np.cos(t))
+    seen = []
+
+    def f(x, a, b, c):
+        seen.append(tuple((type(v), v) for v in (a, b, c)))
+        return a * np.exp(-b * x) + c / (1.0 + x)
+
+    sig = {None: None, "1d": 0.5 + t, "2d": np.diag(0.5 + t) + 0.1}[sigma]
+    wfun, inv, L = weights(np, None, sig, y, False, 7)
+    residual, _ = model(np, None, f, t, y, None, 3, False, wfun, inv, L)
+    P = np.array([[1.5 + 1e-17j, -0.0 + 0.0j, 2.0 - 0.0j],
+                  [0.25 + 0.0j, -3.0 + 1e-20j, np.nan + 0.0j],
+                  [1.0 + np.nan * 1j, 0.5 + 0.0j, -0.0 + 2e-300j]])
+    X1 = np.array([[1.5, -0.0, 2.0], [0.25, -3.0, np.nan]])  # (real points: 2-point's)
+    got = residual._agnopt_point_rows(P) + residual._agnopt_point_rows(X1)
+    params_got = seen[:]
+    seen.clear()
+    want = [residual(p) for p in P] + [residual(p) for p in X1]
+    # (repr: the NumPy scalar types, values and signs of zero; NaN equal to NaN)
+    assert len(params_got) == 5 and repr(params_got) == repr(seen)
+    assert [tp for tp, _ in params_got[1]] == [np.float64, np.complex128, np.float64]
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert g.view(np.int64).tolist() == w.view(np.int64).tolist()
+
+
 def test_one_point_cs_real_output(monkeypatch):
     # the one-point layer refuses a fun that returns real output for complex input, as
     # the generic path does (the same message)

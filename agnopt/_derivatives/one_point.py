@@ -17,9 +17,17 @@ from __future__ import annotations
 import math
 import sys
 
-from .numdiff import _REAL_OUTPUT, _complex_dtype, _eps_for_method, cs_quotients
+from .._core.user_code import note
+from .numdiff import (
+    _FD_NOTE,
+    _REAL_OUTPUT,
+    _complex_dtype,
+    _eps_for_method,
+    cs_quotients,
+)
 
-__all__ = ["cs_check_points_one", "cs_check_verdict_one", "one_point_jacobian"]
+__all__ = ["cs_check_points_one", "cs_check_verdict_one", "one_point_jacobian",
+           "one_point_jacobian_fn"]
 
 
 def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
@@ -29,6 +37,18 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
     with the default step, the same points (:func:`.lm_route.cs_points`,
     :func:`.lm_route.fd_points`), evaluations and quotients in one layer; ``None``
     for every other case (the generic path)."""
+    jac = one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, x0.dtype, f0.dtype)
+    return None if jac is None else jac(x0, f0)
+
+
+def one_point_jacobian_fn(call, method, rel_step, lb, xp, cache, xdtype, fdtype, rows=None):
+    """:func:`one_point_jacobian` of this ``call``, ``method`` and ``rel_step`` as a function
+    ``jac(x0, f0)`` of the point (its constants found once: a solve that forms many
+    Jacobians keeps it), or ``None`` where :func:`one_point_jacobian` is ``None``.
+    ``rows``: ``call`` at each row of the points (n, n), as a list of arrays, where
+    ``fun`` offers it (curve_fit's residual, which returns arrays and, for the complex
+    step, finds which parameters are complex once for all the points:
+    :func:`agnopt._least_squares.fit_model.model`'s ``point_rows``)."""
     if method == "cs":
         if not (type(rel_step) is float and math.frexp(rel_step)[0] == 0.5):
             return None
@@ -37,40 +57,62 @@ def one_point_jacobian(call, x0, f0, method, rel_step, lb, xp, cache):
     key = ("rstep", method)
     rstep = cache.get(key)
     if rstep is None:
-        rstep = cache[key] = _eps_for_method(xp, x0.dtype, f0.dtype, method)
+        rstep = cache[key] = _eps_for_method(xp, xdtype, fdtype, method)
     lm_route = sys.modules["agnopt._kernels.lm_route"]
-    n = x0.shape[0]
+    asarray, concat, isdtype = xp.asarray, xp.concat, xp.isdtype
     if method == "2-point":
-        X1, dx = lm_route.fd_points(x0, rstep)
-        fs = [call(X1[j]) for j in range(n)]
-        dt, shape = f0.dtype, f0.shape
-        for f in fs:
-            if not ((f.dtype is dt or f.dtype == dt) and f.shape == shape):
-                J = xp.concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
-                return J / dx
-        # (the quotients compiled: the same differences and divisions)
-        return lm_route.fd_quotients(xp.asarray(fs), f0, dx)
+        fd_points, fd_quotients = lm_route.fd_points, lm_route.fd_quotients
+
+        def jac_fd(x0, f0):
+            X1, dx = fd_points(x0, rstep)
+            if rows is None:
+                fs = [call(x) for x in X1]
+            else:  # (as for the complex step below)
+                try:
+                    fs = rows(X1)
+                except Exception as e:
+                    note(e, _FD_NOTE)
+                    raise
+            dt, shape = f0.dtype, f0.shape
+            for f in fs:
+                if not ((f.dtype is dt or f.dtype == dt) and f.shape == shape):
+                    J = concat([f[..., None] for f in fs], axis=-1) - f0[..., None]
+                    return J / dx
+            # (the quotients compiled: the same differences and divisions)
+            return fd_quotients(asarray(fs), f0, dx)
+        return jac_fd
     cdt = cache.get("cdt")
     if cdt is None:
-        cdt = cache["cdt"] = _complex_dtype(xp, x0.dtype)
-    P, h = lm_route.cs_points(x0, rel_step, rstep)
-    fcs = []
-    same = True  # every column of dtype cdt and of f0's shape
-    shape = f0.shape
-    for j in range(n):
-        fc = call(P[j])
-        fdt = fc.dtype
-        if not (fdt is cdt or fdt == cdt):
-            if not xp.isdtype(fdt, "complex floating"):
-                raise ValueError(_REAL_OUTPUT)
-            same = False
-        elif fc.shape != shape:
-            same = False
-        fcs.append(fc)
-    if same:
-        # (the quotients compiled: the same divisions)
-        return lm_route.cs_quotients(xp.asarray(fcs), h)
-    return cs_quotients(xp, fcs, h, False)
+        cdt = cache["cdt"] = _complex_dtype(xp, xdtype)
+    cs_points, cs_quotients_c = lm_route.cs_points, lm_route.cs_quotients
+
+    def jac_cs(x0, f0):
+        P, h = cs_points(x0, rel_step, rstep)
+        if rows is None:
+            evals = [call(x) for x in P]
+        else:  # (arrays, as call's; an error noted as call notes it)
+            try:
+                evals = rows(P)
+            except Exception as e:
+                note(e, _FD_NOTE)
+                raise
+        fcs = []
+        same = True  # every column of dtype cdt and of f0's shape
+        shape = f0.shape
+        for fc in evals:
+            fdt = fc.dtype
+            if not (fdt is cdt or fdt == cdt):
+                if not isdtype(fdt, "complex floating"):
+                    raise ValueError(_REAL_OUTPUT)
+                same = False
+            elif fc.shape != shape:
+                same = False
+            fcs.append(fc)
+        if same:
+            # (the quotients compiled: the same divisions)
+            return cs_quotients_c(asarray(fcs), h)
+        return cs_quotients(xp, fcs, h, False)
+    return jac_cs
 
 
 def cs_check_points_one(X, w, h3, h2):

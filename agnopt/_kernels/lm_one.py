@@ -12,8 +12,9 @@ same numba blocks in the same order:
 1. :func:`linearized`, after ``lmder``'s outer loop evaluated the Jacobian and
    ``J^T J``, ``g = J^T f`` (NumPy's calls, as :func:`.lm_cpu.linearize_one`):
    the scaling and ``gtol`` test (:func:`.lm_cpu.scale_gtol`), the initial
-   radius and the scaled normal equations (:func:`.lm_route.normal`);
-2. :func:`step`: Moré's ``lmpar`` (:func:`.lm_route.lmpar`, as
+   radius and the scaled normal equations (:func:`.lm_route.normal`); when these
+   go on to a step, :func:`lin_step` makes it in the same call;
+2. :func:`step` (after a rejected step): Moré's ``lmpar`` (:func:`.lm_route.lmpar`, as
    :class:`.lm_route.FastRoute`) and the trial point (:func:`.lm_route.trial`);
    a step eligible for the geodesic acceleration gets it between the two
    (:func:`~agnopt._least_squares.engine.geodesic_acceleration`'s operations
@@ -22,6 +23,10 @@ same numba blocks in the same order:
    verdict (:func:`.lm_cpu.verdict`: reductions, radius update, acceptance) and
    MINPACK's stopping tests (:func:`.lm_cpu.stop`), as
    :func:`.lm_cpu.trial_judge_one`.
+
+Their arrays come back packed (the scaling with the normal equations in one,
+an eligible step's ``z``, ``p`` and factor in one): each array numba boxes on
+return costs about as much as the call.
 
 It applies where those blocks all apply (:func:`applies`: no bounds, no robust
 loss, the Cholesky route with ``n <= ENTRYWISE_N``, in-memory, no working set,
@@ -77,21 +82,26 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
     info = 0
     nfev, njev, nit = 1, 0, 0
     active = need_jac = first = True
-    J = A0 = g = As = gs = Linv0 = None
+    J = A0 = g = lin = None
+    n = Dv.shape[0]
     ftol, xtol, max_nfev = float(ftol), float(xtol), float(max_nfev)
     accelerate = bool(ev.accelerate)
     jac_scale = bool(jac_scale)
     matmul = np.matmul
     short = F.shape[1] <= lm_route.NORM_MAX_M  # (the residuals' norm compiled)
+    one_res = hasattr(ev, "residual_one")  # (Problem's: ev.residual of one row at its row)
     while True:
-        # -- outer loop of lmder: Jacobian, scaling, gtol test (lm_cpu.linearize_one)
+        # -- outer loop of lmder: Jacobian, scaling, gtol test (lm_cpu.linearize_one),
+        # and with well-conditioned normal equations the step (lin_step)
+        x0 = X[0]
         if need_jac:
             J = ev.jacobian(X, F)
             A0 = matmul(J.swapaxes(-1, -2), J)  # routes.gram
             g = matmul(F[:, None, :], J)[:, 0, :]  # J^T f  (1, n)
-            fin, Dv, gnorm, xnorm, delta, conv, As, gs, Linv0, well = linearized(
-                A0[0], g[0], Dv, X[0], fn, first, jac_scale, delta, xnorm, gtol, eps, rcond_inv,
-                factor)
+            (fin, gnorm, xnorm, delta, conv, well, stepped, par, eligible, pn, lin, Xt1,
+             aux) = lin_step(A0[0], g[0], Dv, x0, fn, first, jac_scale, delta, xnorm, gtol,
+                             eps, rcond_inv, factor, par, accelerate, dwarf)
+            Dv = lin[:n]
             if not fin and not bool(np.all(np.isfinite(J))):
                 # (a finite J whose J^T J overflows goes on, as on the generic path)
                 raise ValueError("jac: the Jacobian has non-finite entries at the current point")
@@ -103,15 +113,18 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
             if not well:  # the generic route (SVD): the engine goes on
                 return None, _state(X, F, J, A0, g, Dv, fn, xnorm, delta, par, gnorm, info,
                                     nfev, njev, nit, first)
+        else:
+            stepped = False
         # -- inner loop of lmder: LM parameter and step (FastRoute.step), and the
         # trial point unless the step is accelerated
-        x0 = X[0]
-        par, z, p, Lf, eligible, Xt1, pt1, pn, delta = step(
-            As, gs, Linv0, delta, par, Dv, x0, first, accelerate, eps, dwarf)
+        if not stepped:
+            par, eligible, pn, delta, Xt1, aux = step(lin, delta, par, x0, first, accelerate,
+                                                      eps, dwarf)
         limited = par > 0
         accel = False
         if eligible:
-            # engine.geodesic_acceleration on one eligible problem
+            # engine.geodesic_acceleration on one eligible problem (aux: z, p, Lf)
+            z, p, Lf = aux[:n], aux[n:2 * n], aux[2 * n:].reshape(n, n)
             v = p
             Xh = X + acc_h * p[None, :]
             Fh = ev.residual(Xh)
@@ -131,10 +144,12 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
             Xt1, pt1, pn, _ = lm_route.trial(x0, p, Dv, x0, x0, False, True)
             if first:  # np.minimum(delta, pnorm): NaN propagates
                 delta = pn if not math.isnan(delta) and (math.isnan(pn) or pn < delta) else delta
+        else:
+            pt1 = aux
         nfev += 1
         Xt = Xt1[None, :]
         if short:  # ev.trial: the residuals and their norm (NumPy's, compiled: a float)
-            Ft = ev.residual(Xt)
+            Ft = ev.residual_one(Xt1) if one_res else ev.residual(Xt)
             fn1 = lm_route.norm(Ft[0])
         else:
             Ft, fnorm1 = ev.trial(Xt)
@@ -208,28 +223,70 @@ def _linearized(A0, g, D, x, fnorm, first, jac_scale, delta, xnorm, gtol, eps, r
     return finite, Dn, gn, xnorm, delta, False, As, gs, Li, well
 
 
-def _step(As, gs, Linv0, delta, par, D, x, first, accelerate, eps, dwarf):
-    """:class:`.lm_route.FastRoute`'s step (``lmpar``): the LM parameter, the scaled
-    step ``z = -q``, ``p = z / D`` and the factor of the damped system; then, unless
-    the step is eligible for the geodesic acceleration (``accelerate``, ``par > 0``,
-    not ``first``), the trial point (:func:`.lm_route._trial`) and the first
-    iteration's radius ``min(delta, ||D p||)``:
-    ``(par, z, p, Lf, eligible, Xt, pt, pnorm, delta)``."""
-    n = gs.shape[0]
+def _step(lin, delta, par, x, first, accelerate, eps, dwarf):
+    """:class:`.lm_route.FastRoute`'s step (``lmpar``) on the scaled normal equations in
+    ``lin`` (:func:`_lin_step`'s ``D``, ``As``, ``gs``, ``Linv0``): the LM parameter,
+    the scaled step ``z = -q``, ``p = z / D`` and the factor ``Lf`` of the damped
+    system; then, unless the step is eligible for the geodesic acceleration
+    (``accelerate``, ``par > 0``, not ``first``), the trial point
+    (:func:`.lm_route._trial`) and the first iteration's radius ``min(delta, ||D p||)``:
+    ``(par, eligible, pnorm, delta, Xt, aux)`` with ``aux`` the trial step ``pt``
+    (n,), or for an eligible step ``z``, ``p``, ``Lf`` in one array (2n + n^2,)
+    (two arrays to box instead of five)."""
+    n = x.shape[0]
+    D = lin[:n]
+    As = lin[n:n + n * n].reshape(n, n)
+    gs = lin[n + n * n:2 * n + n * n]
+    Linv0 = lin[2 * n + n * n:].reshape(n, n)
     par_n, q, Lf = lm_route.lmpar(As, gs, Linv0, delta, par, True, eps, dwarf, 0.1)
-    z = np.empty(n)
+    eligible = accelerate and par_n > 0 and not first
+    aux = np.empty(2 * n + n * n if eligible else 0)
     p = np.empty(n)
     for j in range(n):
-        z[j] = -q[j]
-        p[j] = z[j] / D[j]
-    eligible = accelerate and par_n > 0 and not first
+        z = -q[j]
+        p[j] = z / D[j]
+        if eligible:
+            aux[j] = z
+            aux[n + j] = p[j]
     if eligible:
-        return par_n, z, p, Lf, True, np.empty(0), np.empty(0), math.nan, delta
+        for i in range(n):
+            for j in range(n):
+                aux[2 * n + i * n + j] = Lf[i, j]
+        return par_n, True, math.nan, delta, np.empty(0), aux
     Xt, pt, pn, _ = lm_route.trial(x, p, D, x, x, False, True)
     # the first iteration: np.minimum(delta, pnorm) (NaN propagates)
     if first and not math.isnan(delta) and (math.isnan(pn) or pn < delta):
         delta = pn
-    return par_n, z, p, Lf, False, Xt, pt, pn, delta
+    return par_n, False, pn, delta, Xt, pt
+
+
+def _lin_step(A0, g, D, x, fnorm, first, jac_scale, delta, xnorm, gtol, eps, rcond_inv,
+              factor, par, accelerate, dwarf):
+    """:func:`_linearized` after a new Jacobian and, when it goes on to a step (a finite
+    ``diag(J^T J)``, no ``gtol`` stop, well-conditioned normal equations), :func:`_step`
+    in the same call: ``(finite, gnorm, xnorm, delta, gtol_stop, well, stepped, par,
+    eligible, pnorm, lin, Xt, aux)``, ``lin`` (2n + 2n^2,) the new scaling ``D``
+    followed by the scaled normal equations ``As``, ``gs``, ``Linv0`` (zeros after a
+    ``gtol`` stop) for the steps from this point, the rest :func:`_step`'s (when
+    ``stepped``)."""
+    n = x.shape[0]
+    finite, Dn, gn, xnorm, delta, conv, As, gs, Li, well = linearized(
+        A0, g, D, x, fnorm, first, jac_scale, delta, xnorm, gtol, eps, rcond_inv, factor)
+    lin = np.zeros(2 * n + 2 * n * n)
+    for j in range(n):
+        lin[j] = Dn[j]
+    if not conv and well:
+        for j in range(n):
+            lin[n + n * n + j] = gs[j]
+            for k in range(n):
+                lin[n + j * n + k] = As[j, k]
+                lin[2 * n + n * n + j * n + k] = Li[j, k]
+    if finite and not conv and well:
+        par, eligible, pn, delta, Xt, aux = step(lin, delta, par, x, first, accelerate, eps,
+                                                 dwarf)
+        return (finite, gn, xnorm, delta, conv, well, True, par, eligible, pn, lin, Xt, aux)
+    e = np.empty(0)
+    return finite, gn, xnorm, delta, conv, well, False, par, False, math.nan, lin, e, e
 
 
 def _judge(A0, pm, pmn, fnorm, par, delta, fnorm1, info, limited, gnorm, xnorm, D, xt, nfev,
@@ -254,15 +311,17 @@ def _judge(A0, pm, pmn, fnorm, par, delta, fnorm1, info, limited, gnorm, xnorm, 
 
 
 linearized: Any = None
+lin_step: Any = None
 step: Any = None
 judge: Any = None
 
 
 def _compile() -> None:
-    """The numba versions of :func:`_linearized`, :func:`_step` and :func:`_judge`
+    """The numba versions of :func:`_lin_step` (with :func:`_linearized`), :func:`_step` and
+    :func:`_judge`
     (made once per process, after :mod:`.lm_cpu`'s and :mod:`.lm_route`'s, which
     they call; cached on disk)."""
-    global linearized, step, judge, _ready
+    global linearized, lin_step, step, judge, _ready
     if _ready:
         return
     with _compile_lock:
@@ -276,7 +335,9 @@ def _compile() -> None:
         # lm_batched_cpu: an edit of a block in lm_cpu / lm_route needs this file touched
         # or the cache cleared)
         jit = numba.njit(error_model="numpy", fastmath=False, nogil=True, cache=True)
-        linearized, step, judge = jit(_linearized), jit(_step), jit(_judge)
+        linearized = jit(_linearized)
+        step, judge = jit(_step), jit(_judge)
+        lin_step = jit(_lin_step)
         _ready = True
 
 

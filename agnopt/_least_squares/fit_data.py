@@ -57,6 +57,8 @@ def has_finite_bound(bounds) -> bool:
         lb, ub = bounds
     except (TypeError, ValueError) as e:
         raise ValueError("bounds: expected a pair (lb, ub) or a Bounds object") from e
+    if type(lb) is float and type(ub) is float:  # (the default (-inf, inf): two numbers)
+        return math.isfinite(lb) or math.isfinite(ub)
     for b in (lb, ub):
         if hasattr(b, "shape") and hasattr(b, "dtype"):
             (b,) = lazy.compute(b)

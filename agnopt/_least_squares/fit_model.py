@@ -125,7 +125,11 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
         pd = p.dtype
         cplx = pd is not dtype and pd != dtype and _is_complex(pd)
         # (real parameters of one fit, the common case: split's list without its call)
-        r = f(xdata, *(split(p, cplx) if cplx or batched else [p[j] for j in cols]))
+        return checked(f(xdata, *(split(p, cplx) if cplx or batched else [p[j] for j in cols])),
+                       cplx)
+
+    def checked(r, cplx):
+        """:func:`residual` from ``f``'s output ``r`` (``cplx``: at complex parameters)."""
         try:
             shape, rdt = r.shape, r.dtype
         except AttributeError:  # not an array: as scipy, converted
@@ -143,6 +147,25 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
             r = r - ydata
         r = r if wfun is None else wfun(r)
         return r if omit is None else xp.where(omit, xp.zeros_like(r), r)
+
+    if not batched:
+        def point_rows(P):
+            """``[residual(p) for p in P]`` of the difference points ``P`` (k, n) of one fit
+            (a NumPy array: the one-point layer's, which calls it); for the complex step's,
+            which parameters of each point are complex (its imaginary part nonzero, as
+            :func:`split`) read for all of them at once."""
+            pd = P.dtype
+            if not (pd is not dtype and pd != dtype and _is_complex(pd)):  # (as residual)
+                return [checked(f(xdata, *[p[j] for j in cols]), False) for p in P]
+            # (the entries as Python complex numbers: their imaginary parts compared on
+            # the host, as split does; f's parameters P[r, j] or its real part, NumPy
+            # scalars as split's)
+            re = xp.real(P)
+            return [checked(f(xdata, *[P[r, j] if v.imag != 0 else re[r, j]
+                                       for j, v in zip(cols, row)]), True)
+                    for r, row in enumerate(P.tolist())]
+
+        residual._agnopt_point_rows = point_rows
 
     # rows hook: least_squares may evaluate a subset of the problems (those
     # still running) when xdata is shared by all of them (not an array with

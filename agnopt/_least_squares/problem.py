@@ -14,11 +14,12 @@ from typing import Any
 from .._core import lazy
 from .._core.backend import compiled, pytree_class
 from .._core.user_code import note, quiet_complex_casts
-from .._derivatives.numdiff import fd_jacobian, point_caller
-from .._derivatives.one_point import one_point_jacobian
+from .._derivatives.numdiff import _cs_points_one, fd_jacobian, point_caller
+from .._derivatives.one_point import one_point_jacobian_fn
 from .arrays import call_checked, detach, machine_eps, persist
 from .batched import RowSubsets
 from .cs_verify import ComplexStepCheck
+from .losses import loss_cost, robust_model
 from .options import (  # noqa: F401  (re-exported: the drivers import them from here)
     DEFAULT_JAC,
     EPS64,
@@ -39,10 +40,8 @@ from .options import (  # noqa: F401  (re-exported: the drivers import them from
     wrap_callback,
 )
 from .outcome import call_callback, history_entry, print_iter
-from .losses import loss_cost, robust_model
 from .routes import CHOL_MAX_N, InMemoryRoute, gram, normal_block
 from .state import Linearization
-
 
 # dtype -> a quarter of its exponent range (set_fscale; finfo is slow next to a small solve)
 _FSCALE_EXP: dict = {}
@@ -156,6 +155,7 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
         self._fd_cache: dict = {}  # numdiff's constants (identity, complex unit) for this solve
         self._fd_call: Any = None  # fun at a difference point (numdiff.point_caller), unbatched
         self._eye = None  # the (n, n) identity of J^T J's diagonal
+        self._fast_jac: Any = None  # (X, F) -> J once it is the one-point layer's (_set_fast_jac)
 
     def _fix_f(self, f, B, what="fun"):
         xp = self.xp
@@ -211,6 +211,17 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
+        return F * self._row_fscale() if self.scaled else F
+
+    def residual_one(self, x):
+        """:meth:`residual` of one problem (not batched) at its trial point ``x`` (n,) (the
+        row of ``X`` (1, n)): ``F`` (1, m), without the other cases' branches."""
+        try:
+            f = self.fun(x, *self.args, **self.kwargs)
+        except Exception as e:
+            note(e, "agnopt: raised while evaluating fun at a trial point")
+            raise
+        F = self._fix_f(f, 1)
         return F * self._row_fscale() if self.scaled else F
 
     def _row_fscale(self):
@@ -287,6 +298,9 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
 
     def jacobian(self, X, F):
         """``J`` (B, m, n) at ``X`` with ``F = residual(X)`` (both scaled by ``fscale``)."""
+        fast = self._fast_jac
+        if fast is not None:
+            return fast(X, F)
         if not self.scaled:
             return self._jacobian(X, F)
         fs = self._row_fscale()
@@ -321,7 +335,7 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             from .._derivatives.autodiff import jacobian as ad_jacobian
 
             fr = self._fun_rows() if self.batched else self.fun
-            f = lambda z: fr(z, *self.args, **self.kwargs)  # noqa: E731
+            f = lambda z: fr(z, *self.args, **self.kwargs)
             if self.batched:
                 J = ad_jacobian(f, X, batched=True)
             else:
@@ -348,6 +362,7 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
                     self.auto_cs = False
                     return self._fd(X, F, "3-point", self.diff_step)
                 if self._cs_checked:
+                    self._set_fast_jac("cs", rel, True)
                     return J
                 # first complex-step Jacobian: verified against differences
                 self._cs_checked = True
@@ -357,7 +372,9 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
                 self.jac_arg = "3-point"
                 self.auto_cs = False
                 return J3 if self.diff_step is None else self._fd(X, F, "3-point", self.diff_step)
-            return self._fd(X, F, jac, rel)
+            J = self._fd(X, F, jac, rel)
+            self._set_fast_jac(jac, rel, False)
+            return J
         if J.dtype != self.dtype:
             J = xp.astype(J, self.dtype)
         return J
@@ -391,15 +408,15 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             if J.ndim == 2:
                 J = xp.reshape(J, (B, 1, n))
         else:
-            if lbx is None and self._fd_cache.get("one"):
-                # one float64 NumPy point (fd_jacobian's verdict on this solve's first
-                # Jacobian): its one-point layer straight away, with this solve's caller
-                call = self._fd_call
-                if call is None:
-                    call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, xp,
-                                                        self.dtype, self.dev)
-                J = one_point_jacobian(call, _row0(xp, X), _row0(xp, F), jac, rel, None, xp,
-                                       self._fd_cache)
+            one = self._fd_cache.get("one") if lbx is None else False
+            if one is None:  # fd_jacobian's verdict, asked once per solve: on its first Jacobian
+                x0 = _row0(xp, X)
+                one = self._fd_cache["one"] = _cs_points_one(x0) and F.dtype == x0.dtype
+            if one:
+                # one float64 NumPy point: its one-point layer straight away, with this
+                # solve's caller
+                fn = self._one_point_fn(jac, rel, X.dtype, F.dtype)
+                J = None if fn is None else fn(_row0(xp, X), _row0(xp, F))
             else:
                 J = None
             if J is None:
@@ -412,6 +429,54 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             J = xp.astype(J, self.dtype)
         return J
 
+
+    def _one_point_fn(self, jac, rel, xdtype, fdtype):
+        """The one-point layer's Jacobian ``(x, f) -> J`` (m, n) of this solve for ``jac`` and
+        ``rel`` (:func:`.one_point.one_point_jacobian_fn`, with this solve's caller), made
+        once; ``None`` where it does not apply."""
+        key = ("fn", jac, rel)
+        cache = self._fd_cache
+        if key not in cache:
+            call = self._fd_call
+            if call is None:
+                call = self._fd_call = point_caller(self.fun, self.args, self.kwargs, self.xp,
+                                                    self.dtype, self.dev)
+            rows = (getattr(self.fun, "_agnopt_point_rows", None)
+                    if not (self.args or self.kwargs) else None)
+            cache[key] = one_point_jacobian_fn(call, jac, rel, None, self.xp, cache, xdtype,
+                                               fdtype, rows)
+        return cache[key]
+
+    def _set_fast_jac(self, jac, rel, auto):
+        """After a Jacobian by :meth:`_fd` with ``jac`` and ``rel`` that the next ones repeat
+        (``auto``: the default complex step, verified): where that was the one-point layer
+        (one unscaled float64 NumPy problem without bounds), :meth:`jacobian` calls it
+        directly from now on, with :meth:`_fd`'s reshape and dtype check and, for the
+        default complex step, :meth:`_jacobian`'s fallback to ``"3-point"``."""
+        if (self.scaled or self.batched or getattr(self, "bounded", True)
+                or not self._fd_cache.get("one")):
+            return
+        fn = self._fd_cache.get(("fn", jac, rel))
+        if fn is None:
+            return
+        dtype, astype = self.dtype, self.xp.astype
+
+        def fast(X, F):
+            # (NumPy: X[0], F[0] are _row0's views)
+            if auto:
+                try:
+                    with quiet_complex_casts():
+                        J = fn(X[0], F[0])
+                except Exception:  # noqa: BLE001 - as _jacobian's default complex step
+                    self.jac_arg = "3-point"
+                    self.auto_cs = False
+                    self._fast_jac = None
+                    return self._fd(X, F, "3-point", self.diff_step)
+            else:
+                J = fn(X[0], F[0])
+            J = J.reshape((1, F.shape[1], X.shape[1]))
+            return J if J.dtype == dtype else astype(J, dtype)
+        self._fast_jac = fast
 
     # ------------------------------------------------------------------ the engine's evaluator
     def configure(self, n, m, bounded, compact):
