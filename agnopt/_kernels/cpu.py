@@ -35,6 +35,7 @@ import numpy as np
 
 from .._core.tree import _LEAF, leaves_like, same_leaves, tree_flatten, tree_unflatten
 from .._first_order.transforms import log_beta
+from . import alias
 from . import common as fc
 from . import multi
 from .blocks import BLOCK, PROGRAMS, run_blocked  # noqa: F401 (PROGRAMS, BLOCK: also used via this module)
@@ -273,7 +274,7 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "buf_ids", "bufs", "owner", "cvecs", "sched",
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "wstarts", "wmaxends", "owners", "exact", "bufs", "owner", "cvecs", "sched",
                  "multi", "single")
 
 
@@ -373,7 +374,11 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
                 lv, t = tree_flatten(v)
                 e.containers.append((v, lv, t))
     e.bufs = bufs
-    e.buf_ids = frozenset(map(id, [b for lv in bufs.values() for b in lv] + e.p_leaves))
+    written = e.p_leaves + [b for lv in bufs.values() for b in lv]
+    e.wstarts, e.wmaxends, disjoint = alias.written_intervals(map(alias.numpy_span, written))
+    if not disjoint:  # two buffers the step writes share memory (views of one array): generic path
+        return None
+    e.owners, e.exact = _owners(written)
     e.dts = [p.dtype for p in p_leaves]
     e.shapes = [p.shape for p in p_leaves]
     e.strides = [p.strides for p in p_leaves]
@@ -396,6 +401,21 @@ def _prepare(spec, p_leaves, td, g_leaves, state, mode):
         e.calls.append((kernel, tuple(views), vec, dt))
     multi.group_small(e, kernel)  # the small leaves of one dtype: one call for all of them
     return e
+
+
+def _owners(arrays) -> tuple[frozenset, bool]:
+    """``(ids, exact)``: the ids of the arrays owning the memory of ``arrays`` (each one's last
+    NumPy ``base``), and whether the memory of some is not owned by a NumPy array (a buffer
+    of another kind, or foreign memory): then only the address test tells an overlap."""
+    ids, exact = set(), False
+    for a in arrays:
+        b = a.base
+        while isinstance(b, np.ndarray):
+            a, b = b, b.base
+        if b is not None or not a.flags.owndata:
+            exact = True
+        ids.add(id(a))
+    return frozenset(ids), exact
 
 
 def cached_leaves(owner, params):
@@ -480,14 +500,20 @@ def _run(e, spec, params, p_leaves, td, g_leaves, state, key):
     else:
         calls, rest, dts, shapes, strides = e.calls, g_leaves, e.dts, e.shapes, e.strides
     gflat = []
-    buf_ids = e.buf_ids
+    owners, exact = e.owners, e.exact
     for g, dt, shape, st in zip(rest, dts, shapes, strides):
         if type(g) is not nd or g.dtype is not dt or g.shape != shape:
             return None
-        if g.strides != st and not g.flags.c_contiguous:
+        fl = g.flags
+        if g.strides != st and not fl.c_contiguous:
             return None
-        if id(g) in buf_ids:  # a gradient that is a parameter or a state buffer
-            return None
+        # a gradient overlapping a parameter or a state buffer (the same array, a view of one,
+        # of this leaf or another) is copied: the kernel writes them while it reads the
+        # gradients, the generic path reads every gradient first. An array owning its memory
+        # overlaps only the buffers that are views of it; any other, by its addresses.
+        if (id(g) in owners if g.base is None and fl.owndata and not exact
+                else alias.overlaps(alias.numpy_span(g), e.wstarts, e.wmaxends)):
+            g = g.copy()
         gflat.append(g if g.ndim == 1 else g.reshape(-1))
     plan = e.plan
     kind = spec.kind

@@ -23,6 +23,7 @@ import functools
 
 from .._core.tree import tree_flatten, tree_unflatten
 from .._first_order.transforms import log_beta
+from . import alias
 from . import common as fc
 
 STATS = {"cupy": 0}
@@ -185,6 +186,20 @@ _OUTS = {"sgd": ("trace",), "sign_sgd": (), "adagrad": ("acc",), "rmsprop": ("mu
          "adam": ("mu", "nu", "vmax"), "adamw": ("mu", "nu", "vmax")}
 
 
+def unaliased(p_leaves, bufs, g_leaves):
+    """``g_leaves`` with each gradient whose memory overlaps a parameter or a state buffer the step
+    writes (the same array, a view of one, of this leaf or of another) replaced by a copy, as
+    the generic path reads every gradient before it writes; None (the generic path) when two of
+    the buffers written overlap each other. Address ranges (:mod:`agnopt._kernels.alias`) of
+    ``.data.ptr`` and the strides: this function does not import CuPy (tests run it on
+    stand-ins with ``.data.ptr``)."""
+    written = list(p_leaves) + [b for lv in bufs.values() for b in lv]
+    starts, maxends, disjoint = alias.written_intervals(map(alias.cupy_span, written))
+    if not disjoint:
+        return None
+    return [g.copy() if alias.overlaps(alias.cupy_span(g), starts, maxends) else g for g in g_leaves]
+
+
 def try_step(spec, params, p_leaves, td, grads, state):
     """The fast step on CuPy arrays, or None when the generic path must run."""
     import cupy
@@ -214,7 +229,7 @@ def try_step(spec, params, p_leaves, td, grads, state):
             continue
         for b, p, g in zip(lv, p_leaves, g_leaves):
             if (type(b) is not nd or b.dtype != p.dtype or b.shape != p.shape or b.device != dev0
-                    or not b.flags.c_contiguous or b is p or b is g):
+                    or not b.flags.c_contiguous or b is p):
                 return None
         bufs[name] = lv
     if "vmax" in bufs:
@@ -226,6 +241,10 @@ def try_step(spec, params, p_leaves, td, grads, state):
         for b in names[:i]:
             if any(x is y for x, y in zip(bufs[a], bufs[b])):
                 return None
+    with cupy.cuda.Device(dev0.id):  # copies on the parameters' GPU
+        g_leaves = unaliased(p_leaves, bufs, g_leaves)
+    if g_leaves is None:
+        return None
 
     import array_api_compat.cupy as xp
 

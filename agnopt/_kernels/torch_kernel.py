@@ -41,6 +41,7 @@ import threading
 
 import torch
 
+from . import alias
 from . import common as fc
 from .blocks import PROGRAMS
 from .._core.tree import tree_flatten, tree_unflatten
@@ -137,7 +138,7 @@ def try_step(spec, params, p_leaves, td, grads, state):
             continue
         for b, p, g in zip(lv, p_leaves, g_leaves):
             if (not isinstance(b, T) or b.dtype != p.dtype or b.shape != p.shape or b.device != dev0
-                    or not b.is_contiguous() or b is p or b is g):
+                    or not b.is_contiguous() or b is p):
                 return None
         bufs[name] = lv
     if "vmax" in bufs:  # init() returns nu_max is nu: the first step needs its own buffer
@@ -148,6 +149,9 @@ def try_step(spec, params, p_leaves, td, grads, state):
         for b in names[:i]:
             if any(x is y for x, y in zip(bufs[a], bufs[b])):
                 return None
+    g_leaves = _unaliased(p_leaves, bufs, g_leaves)
+    if g_leaves is None:
+        return None
 
     import array_api_compat.torch as xp
 
@@ -195,6 +199,19 @@ def try_step(spec, params, p_leaves, td, grads, state):
         STATS["torch"] += n
         st = fc.new_state(plan, new_count, new_sched, bufs, spec.layout)
     return tree_unflatten(td, p_leaves), st
+
+
+def _unaliased(p_leaves, bufs, g_leaves):
+    """``g_leaves`` with each gradient whose memory overlaps a parameter or a state buffer the step
+    writes (the same tensor, a view of one, of this leaf or of another) replaced by a copy, as
+    the generic path reads every gradient before it writes; None (the generic path) when two of
+    the buffers written overlap each other. Address ranges (:mod:`agnopt._kernels.alias`)."""
+    written = list(p_leaves) + [b for lv in bufs.values() for b in lv]
+    starts, maxends, disjoint = alias.written_intervals(map(alias.torch_span, written))
+    if not disjoint:
+        return None
+    return [g.detach().clone() if alias.overlaps(alias.torch_span(g), starts, maxends) else g
+            for g in g_leaves]
 
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
