@@ -19,12 +19,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import have, to_numpy
 
 import agnopt as ao
 from agnopt._kernels import alias as _alias
 from agnopt._kernels import cpu as _cpu
 from agnopt._kernels import cupy_kernel as _cupy_kernel
-from conftest import have, to_numpy
 
 OPTS = {
     "adam": lambda: ao.adam(1e-2),

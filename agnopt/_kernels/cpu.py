@@ -35,9 +35,8 @@ import numpy as np
 
 from .._core.tree import _LEAF, leaves_like, same_leaves, tree_flatten, tree_unflatten
 from .._first_order.transforms import log_beta
-from . import alias
+from . import alias, multi
 from . import common as fc
-from . import multi
 from .blocks import BLOCK, PROGRAMS, run_blocked  # noqa: F401 (PROGRAMS, BLOCK: also used via this module)
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -274,7 +273,8 @@ class _Entry:
     """
 
     __slots__ = ("spec", "mode", "td", "p_leaves", "state", "containers", "counts", "plan",
-                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "wstarts", "wmaxends", "owners", "exact", "bufs", "owner", "cvecs", "sched",
+                 "flags", "use_numba", "calls", "dts", "shapes", "strides", "wstarts", "wmaxends", "owners", "exact",
+                 "bufs", "owner", "cvecs", "sched",
                  "multi", "single")
 
 

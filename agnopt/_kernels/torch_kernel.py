@@ -41,10 +41,10 @@ import threading
 
 import torch
 
+from .._core.tree import tree_flatten, tree_unflatten
 from . import alias
 from . import common as fc
 from .blocks import PROGRAMS
-from .._core.tree import tree_flatten, tree_unflatten
 
 BLOCK_CPU = 1 << 18
 BLOCK_CUDA = 1 << 24
