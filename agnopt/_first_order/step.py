@@ -218,8 +218,12 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
     ``rmsprop``, ``adam``, ``adamw``) on NumPy, torch and CuPy arrays, the
     step is computed in place: the arrays of ``params`` and ``state`` are
     overwritten and returned; do not use the old ``params``/``state``
-    afterwards (keep a copy if you need them). ``grads`` are only read. JAX,
-    Dask and array-api-strict arrays are never modified (generic path).
+    afterwards (keep a copy if you need them). ``grads`` are only read, and
+    read as the generic path reads them, before any write: a gradient that
+    shares memory with a parameter or a state buffer (the same array or a
+    view of one) is copied first, and parameters or state buffers that share
+    memory with each other send the step to the generic path. JAX, Dask and
+    array-api-strict arrays are never modified (generic path).
     ``AGNOPT_FAST=0`` forces the generic path. See :mod:`agnopt._first_order.step`.
 
     **Dask: params and state are persisted.** On Dask arrays ``step`` ends
