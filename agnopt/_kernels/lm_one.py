@@ -89,7 +89,8 @@ def run_lm_one(xp, ev, X, F, fnorm, D, jac_scale, ftol, xtol, gtol, max_nfev, ep
     jac_scale = bool(jac_scale)
     matmul = np.matmul
     short = F.shape[1] <= lm_route.NORM_MAX_M  # (the residuals' norm compiled)
-    one_res = hasattr(ev, "residual_one")  # (Problem's: ev.residual of one row at its row)
+    # (Problem's: ev.residual of one row at its row; a batch of one calls fun with (1, n))
+    one_res = hasattr(ev, "residual_one") and not getattr(ev, "batched", True)
     while True:
         # -- outer loop of lmder: Jacobian, scaling, gtol test (lm_cpu.linearize_one),
         # and with well-conditioned normal equations the step (lin_step)
