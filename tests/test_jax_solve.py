@@ -30,6 +30,21 @@ import pytest
 import agnopt as ao
 
 
+@pytest.fixture(autouse=True)
+def _fresh_unused_counts():
+    """Each test starts with jax_solve's count of programs never reused at zero: that
+    guard is per process and per code, and curve_fit's residual is one code for every
+    model, so four one-off curve_fit programs made by earlier test files (e.g.
+    test_input_messages' float32-model fits) would leave these tests on the engine."""
+    from agnopt._least_squares import jax_solve
+
+    saved = dict(jax_solve._UNUSED)
+    jax_solve._UNUSED.clear()
+    yield
+    jax_solve._UNUSED.clear()
+    jax_solve._UNUSED.update(saved)
+
+
 def _jax():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
