@@ -77,3 +77,14 @@ def torch_span(t) -> tuple[int, int] | None:
     """The byte range of a torch tensor's elements (``data_ptr()``, strides in elements)."""
     es = t.element_size()
     return strided_span(t.data_ptr(), t.shape, [s * es for s in t.stride()], es)
+
+
+def copies_of_overlapping(written, g_leaves, span, copy):
+    """``g_leaves`` with each gradient whose memory overlaps one of the arrays ``written`` (the
+    parameters and state buffers a step writes) replaced by ``copy(g)``, as the generic path
+    reads every gradient before it writes; None (the generic path) when two of the arrays
+    written overlap each other. ``span``: :func:`torch_span` or :func:`cupy_span`."""
+    starts, maxends, disjoint = written_intervals(map(span, written))
+    if not disjoint:
+        return None
+    return [copy(g) if overlaps(span(g), starts, maxends) else g for g in g_leaves]

@@ -194,10 +194,7 @@ def unaliased(p_leaves, bufs, g_leaves):
     ``.data.ptr`` and the strides: this function does not import CuPy (tests run it on
     stand-ins with ``.data.ptr``)."""
     written = list(p_leaves) + [b for lv in bufs.values() for b in lv]
-    starts, maxends, disjoint = alias.written_intervals(map(alias.cupy_span, written))
-    if not disjoint:
-        return None
-    return [g.copy() if alias.overlaps(alias.cupy_span(g), starts, maxends) else g for g in g_leaves]
+    return alias.copies_of_overlapping(written, g_leaves, alias.cupy_span, lambda g: g.copy())
 
 
 def try_step(spec, params, p_leaves, td, grads, state):

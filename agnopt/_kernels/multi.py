@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from . import alias
+
 SMALL = 8192  # elements: leaves up to this size are stepped together
 _SHAPE = operator.attrgetter("shape")
 _ND_ONLY = {np.ndarray}
@@ -87,7 +89,7 @@ def multi_kernel(k):
 class Multi:
     """The small leaves of one dtype of a cache entry, stepped by one call of :func:`multi_kernel`."""
 
-    __slots__ = ("calls", "gbuf", "gbuf_ptrs", "glast", "gptrs", "gstate", "idx", "kernel", "maxends", "offs",
+    __slots__ = ("gbuf", "gbuf_ptrs", "glast", "gptrs", "gstate", "idx", "kernel", "maxends", "offs",
                  "ptrs", "shapes", "starts", "vec")
     kernel: Any  # the compiled multi_kernel
     idx: list | None  # the leaves stepped here (None: all of them)
@@ -100,22 +102,11 @@ class Multi:
     glast: list | None  # the gradients of the last step
     gstate: int  # glast was: COPIED once, read IN_PLACE (gptrs holds their addresses), or MUST_COPY
     gptrs: np.ndarray  # (leaves,) int64 data addresses of the gradients in glast (IN_PLACE)
-    calls: list  # the entry's calls (all leaves: the buffers the step writes)
-    starts: np.ndarray | None  # sorted data addresses of those buffers
-    maxends: np.ndarray | None  # running maximum of their ends (one past the last byte)
+    starts: list  # the byte ranges of every buffer the step writes (the entry's, all leaves):
+    maxends: list  # sorted starts, running maximum of the ends (alias.written_intervals)
 
 
 COPIED, IN_PLACE, MUST_COPY = 0, 1, 2
-
-
-def _written_intervals(calls: list) -> tuple[np.ndarray, np.ndarray]:
-    """The byte ranges of every parameter and state buffer a step writes (``calls``: the entry's,
-    all leaves), sorted by start, with the running maximum of their ends."""
-    iv = sorted({(v.ctypes.data, v.ctypes.data + v.nbytes) for call in calls for v in call[1]
-                 if v is not None and v.nbytes > 0})
-    starts = np.array([a for a, _ in iv], dtype=np.int64)
-    maxends = np.maximum.accumulate(np.array([b for _, b in iv], dtype=np.int64)) if iv else starts
-    return starts, maxends
 
 
 def group_small(e, kernel) -> None:
@@ -142,7 +133,7 @@ def group_small(e, kernel) -> None:
     m.vec = e.calls[idx[0]][2]
     m.shapes = [e.shapes[i] for i in idx]
     m.idx = None if len(idx) == len(e.calls) else idx
-    m.calls, m.starts, m.maxends = e.calls, None, None  # the intervals: taken when first needed
+    m.starts, m.maxends = e.wstarts, e.wmaxends  # (cpu._prepare's, of all the entry's buffers)
     e.multi = m
     small = set(idx)
     e.single = [i for i in range(len(e.calls)) if i not in small]
@@ -158,17 +149,7 @@ def _take_addresses(m: Multi, mg: list) -> bool:
         if g.dtype != dt or not (fl.c_contiguous and fl.aligned):
             return False
         m.gptrs[j] = g.ctypes.data
-    if m.starts is None or m.maxends is None:
-        m.starts, m.maxends = _written_intervals(m.calls)
-    starts, maxends = m.starts, m.maxends
-    lo = m.gptrs
-    hi = lo + (m.offs[1:] - m.offs[:-1]) * dt.itemsize
-    if starts.size:
-        n = np.searchsorted(starts, hi, side="left")  # the written buffers starting before hi
-        over = (hi > lo) & (n > 0) & (maxends[np.maximum(n - 1, 0)] > lo)
-        if over.any():
-            return False
-    return True
+    return not any(alias.overlaps(alias.numpy_span(g), m.starts, m.maxends) for g in mg)
 
 
 def gradient_addresses(m: Multi, g_leaves: list) -> np.ndarray | None:

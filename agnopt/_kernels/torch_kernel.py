@@ -202,16 +202,12 @@ def try_step(spec, params, p_leaves, td, grads, state):
 
 
 def _unaliased(p_leaves, bufs, g_leaves):
-    """``g_leaves`` with each gradient whose memory overlaps a parameter or a state buffer the step
-    writes (the same tensor, a view of one, of this leaf or of another) replaced by a copy, as
-    the generic path reads every gradient before it writes; None (the generic path) when two of
-    the buffers written overlap each other. Address ranges (:mod:`agnopt._kernels.alias`)."""
+    """``g_leaves``, a gradient overlapping a parameter or a state buffer the step writes (the
+    same tensor, a view of one, of this leaf or another) cloned; None when two of the buffers
+    written overlap each other (:func:`agnopt._kernels.alias.copies_of_overlapping`)."""
     written = list(p_leaves) + [b for lv in bufs.values() for b in lv]
-    starts, maxends, disjoint = alias.written_intervals(map(alias.torch_span, written))
-    if not disjoint:
-        return None
-    return [g.detach().clone() if alias.overlaps(alias.torch_span(g), starts, maxends) else g
-            for g in g_leaves]
+    return alias.copies_of_overlapping(written, g_leaves, alias.torch_span,
+                                       lambda g: g.detach().clone())
 
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
