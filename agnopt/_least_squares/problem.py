@@ -203,25 +203,26 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            try:  # (call_checked's note, without its two Python calls per evaluation)
-                f = self.fun(_row0(self.xp, X), *self.args, **self.kwargs)
-            except Exception as e:
-                note(e, "agnopt: raised while evaluating fun " + where)
-                raise
+            f = self._call(_row0(self.xp, X), where)
         if where == "at x0":
             check_backend(f, self.xp, "fun (its residuals at x0)")
         F = self._fix_f(f, X.shape[0])
         return F * self._row_fscale() if self.scaled else F
 
+    def _call(self, x, where):
+        """``fun(x, *args, **kwargs)`` of one problem; an exception it raises keeps its type
+        and message, with a note naming ``where`` (:func:`.arrays.call_checked`'s note,
+        without its two Python calls per evaluation)."""
+        try:
+            return self.fun(x, *self.args, **self.kwargs)
+        except Exception as e:
+            note(e, "agnopt: raised while evaluating fun " + where)
+            raise
+
     def residual_one(self, x):
         """:meth:`residual` of one problem (not batched) at its trial point ``x`` (n,) (the
         row of ``X`` (1, n)): ``F`` (1, m), without the other cases' branches."""
-        try:
-            f = self.fun(x, *self.args, **self.kwargs)
-        except Exception as e:
-            note(e, "agnopt: raised while evaluating fun at a trial point")
-            raise
-        F = self._fix_f(f, 1)
+        F = self._fix_f(self._call(x, "at a trial point"), 1)
         return F * self._row_fscale() if self.scaled else F
 
     def _row_fscale(self):
@@ -386,11 +387,7 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
             fun = self._fun_rows()
             f = call_checked(lambda z: fun(z, *self.args, **self.kwargs), X, "fun", where)
         else:
-            try:  # (as residual)
-                f = self.fun(_row0(self.xp, X), *self.args, **self.kwargs)
-            except Exception as e:
-                note(e, "agnopt: raised while evaluating fun " + where)
-                raise
+            f = self._call(_row0(self.xp, X), where)
         return self._fix_f(f, X.shape[0])
 
     def _fd(self, X, F, jac, rel):
