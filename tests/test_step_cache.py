@@ -454,8 +454,9 @@ def test_many_small_leaves_same_grad_arrays_overlapping_the_step_are_copied(monk
 @NUMBA
 def test_many_small_leaves_cached_grads_of_another_structure_raise_as_generic(monkeypatch):
     """After the gradient addresses are cached, gradients of other keys, a list instead of a
-    dict, or a leaf of another shape raise the generic path's error (nothing written); the
-    parameters and gradients passed as lists of the same arrays step as the generic path does."""
+    dict, or a leaf of another shape raise the generic path's error (nothing written), as do
+    parameters and gradients passed as lists of the same arrays (the state is the dict's: it
+    names ``state.mu``); then the dict steps on as the generic path does."""
     rng = np.random.default_rng(7)
     p0 = {f"k{i}": rng.standard_normal(6) for i in range(5)}
     G = {k: rng.standard_normal(6) for k in p0}
@@ -475,7 +476,9 @@ def test_many_small_leaves_cached_grads_of_another_structure_raise_as_generic(mo
             errors.append(type(info.value))
         for a, b in zip(ao.tree_leaves((p, s)), ao.tree_leaves(before)):  # nothing was written
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        results.append(ao.step(opt, list(p.values()), list(G.values()), s))
+        with pytest.raises(ValueError, match=r"^state\.mu must have the same tree structure"):
+            ao.step(opt, list(p.values()), list(G.values()), s)
+        results.append(ao.step(opt, p, G, s))
     assert errors[:3] == errors[3:]
     assert ao.tree_structure(results[0]) == ao.tree_structure(results[1])
     for a, b in zip(ao.tree_leaves(results[0]), ao.tree_leaves(results[1])):

@@ -83,6 +83,43 @@ def check_state(state: Any, cls: type, who: str) -> None:
         )
 
 
+_REINIT = ("; the parameters changed since init(): build the state with init(params) for the "
+           "new tree (Optimizer: a new Optimizer for it)")
+
+
+def state_leaves(part: Any, g_leaves: list, g_td: Any, updates: Any, what: str) -> list:
+    """The leaves of ``part``, a per-parameter state tree such as ``state.mu``, checked against
+    the gradients (``updates``, flattened to ``g_leaves``, ``g_td``): the same tree structure and
+    each leaf's shape. Raises ``ValueError`` naming the first difference otherwise (the state was
+    built for other parameters), where pairing the state with the gradients leaf by leaf would
+    stop early or broadcast one into the other."""
+    leaves, td = tree_flatten(part)
+    if td == g_td and all(s.shape == g.shape for s, g in zip(leaves, g_leaves)):
+        return leaves
+    try:
+        check_same_structure(part, updates, f"state.{what}", "grads")
+    except ValueError as e:
+        raise ValueError(str(e) + _REINIT) from None
+    raise ValueError(f"state.{what}: does not match the gradients{_REINIT}")  # pragma: no cover
+
+
+def check_state_shape(what: str, i: int, got: tuple, expected: tuple) -> None:
+    """Raise ``ValueError`` unless the state ``what`` of leaf ``i`` has the shape init() gives
+    that leaf's gradient (``expected``): used where the state is a tuple in leaf order."""
+    if tuple(got) != tuple(expected):
+        raise ValueError(
+            f"state.{what}[{i}]: shape {tuple(got)}, but leaf {i} of the gradients needs "
+            f"{tuple(expected)}{_REINIT}")
+
+
+def check_state_count(what: str, n_state: int, n_leaves: int) -> None:
+    """Raise ``ValueError`` unless the tuple-in-leaf-order state ``what`` has one entry per leaf."""
+    if n_state != n_leaves:
+        raise ValueError(
+            f"state.{what}: built for a tree of {n_state} leaves, the gradients have "
+            f"{n_leaves}{_REINIT}")
+
+
 def check_updates(updates: Any, params: Any | None, name: str = "grads") -> Any:
     """Check ``updates`` against ``params``: same structure and leaf shapes, float leaves.
 

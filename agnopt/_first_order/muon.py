@@ -26,7 +26,15 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_paths, tree_unflatten
 from .._core.typing import ScalarOrSchedule
-from .base import Transform, chain, check_state, trusted, validated_backend
+from .base import (
+    Transform,
+    chain,
+    check_state,
+    check_state_count,
+    check_state_shape,
+    trusted,
+    validated_backend,
+)
 from .full_matrix_adagrad import check_int
 from .transforms import (
     _count0,
@@ -114,7 +122,10 @@ def _shape_scale(shape: tuple, adjust_lr: str | None, layout: str, consistent_rm
 
 
 class ScaleByMuonState(NamedTuple):
-    """``count`` (int32, 0-d) and ``mu``: the momentum buffers (one per matrix leaf)."""
+    """``count`` (int32, 0-d) and ``mu``: the momentum buffers, a tuple in leaf order (one per
+    matrix leaf). ``update`` checks the leaf count and each buffer's shape against the
+    gradients (``ValueError`` otherwise); a leaf renamed with the same shape keeps its
+    position's buffer."""
 
     count: Any
     mu: Any
@@ -237,11 +248,11 @@ def scale_by_muon(
         xp = validated_backend(updates, params).xp
         leaves = _check_matrices(updates, "grads")
         td = tree_flatten(updates)[1]
-        if len(state.mu) != len(leaves):
-            raise ValueError("state: built for another parameter tree (leaf count differs)")
+        check_state_count("mu", len(state.mu), len(leaves))
         count = _safe_int_increment(xp, state.count)
         out, new_mu = [], []
-        for g, mu in zip(leaves, state.mu):
+        for i, (g, mu) in enumerate(zip(leaves, state.mu)):
+            check_state_shape("mu", i, mu.shape, g.shape)
             gc = g if g.dtype == mu.dtype else xp.astype(g, mu.dtype)
             mu, direction = _ema_momentum(xp, gc, mu, momentum, nesterov, bias_correction, count)
             nd = resolve_dtype(xp, ns_dtype, mu.dtype, "ns_dtype")
@@ -282,7 +293,9 @@ def _scale_by_nesterov_adam(b1: float, b2: float, eps: float, eps_root: float) -
         leaves, td = tree_flatten(updates)
         count = _safe_int_increment(xp, state.count)
         out, mus, nus = [], [], []
-        for g, mu, nu in zip(leaves, state.mu, state.nu):
+        check_state_count("mu", len(state.mu), len(leaves))
+        for i, (g, mu, nu) in enumerate(zip(leaves, state.mu, state.nu)):
+            check_state_shape("mu", i, mu.shape, g.shape)
             g = g if g.dtype == mu.dtype else xp.astype(g, mu.dtype)
             mu, m_hat = _ema_momentum(xp, g, mu, b1, True, True, count)
             nu = b2 * nu + (1.0 - b2) * (g * g)

@@ -30,7 +30,15 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
 from .._core.typing import ScalarOrSchedule
-from .base import Transform, chain, check_state, trusted, validated_backend
+from .base import (
+    Transform,
+    chain,
+    check_state,
+    check_state_count,
+    check_state_shape,
+    trusted,
+    validated_backend,
+)
 from .full_matrix_adagrad import (
     check_float_accumulator,
     check_int,
@@ -70,7 +78,9 @@ def matrix_shape(shape: tuple, max_dim: int) -> tuple[int, int] | None:
 
 
 class ScaleByShampooState(NamedTuple):
-    """Per leaf (tuples in leaf order): statistics and their inverse fourth roots.
+    """Per leaf (tuples in leaf order): statistics and their inverse fourth roots. ``update``
+    checks the leaf count and each statistic's shape against the gradients (``ValueError``
+    otherwise); a leaf renamed with the same shape keeps its position's statistics.
 
     For a preconditioned leaf of matrix shape ``(m, n)``: ``stats_l[i]``
     :math:`\\sum G G^\\top` ``(m, m)``, ``stats_r[i]`` :math:`\\sum G^\\top G`
@@ -196,16 +206,15 @@ def scale_by_shampoo(
         check_state(state, ScaleByShampooState, "scale_by_shampoo")
         xp = validated_backend(updates, params).xp
         leaves, td = tree_flatten(updates)
-        if len(state.stats_l) != len(leaves):
-            raise ValueError("state: built for another parameter tree (leaf count differs)")
+        check_state_count("stats_l", len(state.stats_l), len(leaves))
         refresh = refresh_flag(xp, state.count, precondition_frequency)
         out, nsl, nsr, nrl, nrr = [], [], [], [], []
-        for g, sl, sr, rl, rr in zip(leaves, state.stats_l, state.stats_r, state.root_l, state.root_r):
+        for i, (g, sl, sr, rl, rr) in enumerate(
+                zip(leaves, state.stats_l, state.stats_r, state.root_l, state.root_r)):
             dt = sl.dtype
             gc = g if g.dtype == dt else xp.astype(g, dt)
             if sr is None:  # diagonal fallback
-                if sl.shape != g.shape:
-                    raise ValueError(f"state: statistics of shape {tuple(sl.shape)} for a gradient of shape {tuple(g.shape)}")
+                check_state_shape("stats_l", i, sl.shape, g.shape)
                 s = sl + gc * gc
                 d = gc / xp.sqrt(s + eps)
                 nsl.append(s)
@@ -214,8 +223,9 @@ def scale_by_shampoo(
                 nrr.append(None)
             else:
                 m, n = sl.shape[0], sr.shape[0]
-                if m * n != math.prod(g.shape):
-                    raise ValueError(f"state: preconditioners for a ({m}, {n}) matrix, gradient of shape {tuple(g.shape)}")
+                ms = matrix_shape(tuple(g.shape), max_preconditioner_dim)
+                check_state_shape("stats_l", i, sl.shape, (ms[0], ms[0]) if ms else g.shape)
+                check_state_shape("stats_r", i, sr.shape, (ms[1], ms[1]) if ms else g.shape)
                 G = xp.reshape(gc, (m, n))
                 L = sl + xp.matmul(G, xp.matrix_transpose(G))
                 R = sr + xp.matmul(xp.matrix_transpose(G), G)

@@ -22,7 +22,15 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
 from .._core.typing import ScalarOrSchedule
-from .base import Transform, chain, check_state, trusted, validated_backend
+from .base import (
+    Transform,
+    chain,
+    check_state,
+    check_state_count,
+    check_state_shape,
+    trusted,
+    validated_backend,
+)
 from .full_matrix_adagrad import (
     check_float_accumulator,
     check_int,
@@ -44,7 +52,9 @@ __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
 
 class ScaleBySoapState(NamedTuple):
-    """Per leaf (tuples in leaf order).
+    """Per leaf (tuples in leaf order: ``update`` checks the leaf count and each ``mu``'s shape
+    against the gradients, ``ValueError`` otherwise; a leaf renamed with the same shape keeps
+    its position's state).
 
     ``mu[i]``: Adam's first moment in the original coordinates, shaped as the
     matrix ``(m, n)`` the leaf is viewed as (vectors and scalars: the leaf's
@@ -174,16 +184,16 @@ def scale_by_soap(
         check_state(state, ScaleBySoapState, "scale_by_soap")
         xp = validated_backend(updates, params).xp
         leaves, td = tree_flatten(updates)
-        if len(state.mu) != len(leaves):
-            raise ValueError("state: built for another parameter tree (leaf count differs)")
+        check_state_count("mu", len(state.mu), len(leaves))
         refresh = refresh_flag(xp, state.count, precondition_frequency)
         count = _safe_int_increment(xp, state.count)
         bias = {}
         out = []
         new = {k: [] for k in ("mu", "nu", "sl", "sr", "ql", "qr")}
         T = xp.matrix_transpose
-        for g, mu, nu, sl, sr, ql, qr in zip(leaves, state.mu, state.nu, state.stats_l, state.stats_r,
-                                              state.q_l, state.q_r):
+        for i, (g, mu, nu, sl, sr, ql, qr) in enumerate(zip(
+                leaves, state.mu, state.nu, state.stats_l, state.stats_r, state.q_l, state.q_r)):
+            check_state_shape("mu", i, mu.shape, _sides(tuple(g.shape), max_preconditioner_dim)[0])
             dt = mu.dtype
             G = g if g.dtype == dt else xp.astype(g, dt)
             if tuple(G.shape) != tuple(mu.shape):

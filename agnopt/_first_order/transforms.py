@@ -39,6 +39,7 @@ from .base import (
     EmptyState,
     Transform,
     check_state,
+    state_leaves,
     trusted,
     validated_backend,
 )
@@ -315,7 +316,7 @@ def trace(
             return u, _store(xp, new_t, t)
 
         g_leaves, td = tree_flatten(updates)
-        t_leaves = tree_flatten(state.trace)[0]
+        t_leaves = state_leaves(state.trace, g_leaves, td, updates, "trace")
         pairs = [one(g, t) for g, t in zip(g_leaves, t_leaves)]
         new_u = tree_unflatten(td, [p[0] for p in pairs])
         new_t = tree_unflatten(td, [p[1] for p in pairs])
@@ -371,7 +372,7 @@ def scale_by_rss(
 
         g_leaves, td = tree_flatten(updates)
         out_u, out_s = [], []
-        for g, s in zip(g_leaves, tree_flatten(state.sum_of_squares)[0]):
+        for g, s in zip(g_leaves, state_leaves(state.sum_of_squares, g_leaves, td, updates, "sum_of_squares")):
             op = _op(xp, s)
             g = _cast(xp, g, op)
             new_s = _cast(xp, s, op) + g * g
@@ -414,7 +415,7 @@ def scale_by_rms(
 
         g_leaves, td = tree_flatten(updates)
         out_u, out_nu = [], []
-        for g, nu in zip(g_leaves, tree_flatten(state.nu)[0]):
+        for g, nu in zip(g_leaves, state_leaves(state.nu, g_leaves, td, updates, "nu")):
             op = _op(xp, nu)
             g = _cast(xp, g, op)
             new_nu = decay * _cast(xp, nu, op) + (1.0 - decay) * (g * g)
@@ -460,8 +461,8 @@ def scale_by_stddev(
         check_state(state, ScaleByStddevState, "scale_by_stddev")
         xp = validated_backend(updates, params).xp
         g_leaves, td = tree_flatten(updates)
-        mus = tree_flatten(state.mu)[0]
-        nus = tree_flatten(state.nu)[0]
+        mus = state_leaves(state.mu, g_leaves, td, updates, "mu")
+        nus = state_leaves(state.nu, g_leaves, td, updates, "nu")
         out_u, out_mu, out_nu = [], [], []
         for g, mu, nu in zip(g_leaves, mus, nus):
             op = _op(xp, nu)
@@ -531,9 +532,10 @@ def scale_by_adam(
         xp = validated_backend(updates, params).xp
         count = _safe_int_increment(xp, state.count)
         g_leaves, td = tree_flatten(updates)
-        mus = tree_flatten(state.mu)[0]
-        nus = tree_flatten(state.nu)[0]
-        nu_maxs = tree_flatten(state.nu_max)[0] if amsgrad else [None] * len(g_leaves)
+        mus = state_leaves(state.mu, g_leaves, td, updates, "mu")
+        nus = state_leaves(state.nu, g_leaves, td, updates, "nu")
+        nu_maxs = (state_leaves(state.nu_max, g_leaves, td, updates, "nu_max") if amsgrad
+                   else [None] * len(g_leaves))
         out_u, out_mu, out_nu, out_max = [], [], [], []
         bias = {}
         for g, mu, nu, nu_max in zip(g_leaves, mus, nus, nu_maxs):
