@@ -88,7 +88,7 @@ from typing import Any, Generic, NamedTuple
 
 from .._core.backend import is_writeable
 from .._core.lazy import is_dask, persist
-from .._core.tree import leaves_like, tree_flatten, tree_unflatten
+from .._core.tree import leaves_like, same_leaves, tree_flatten, tree_unflatten
 from .._core.typing import ArrayTree, TreeT
 from .base import Transform, apply_updates
 
@@ -318,6 +318,14 @@ class Optimizer(Generic[TreeT]):
     values by a copy after each step (one per leaf; ``torch._foreach_copy_``
     on torch).
 
+    ``opt.params`` may be changed between steps: an entry replaced
+    (``opt.params["w"] = new``) or a whole new tree assigned is what the next
+    step updates (and, where writeable, writes into), with the state built so
+    far; flat mode copies a replaced leaf's values into its place in the
+    buffer (the same shape is required) and keeps ``opt.params`` its views. A
+    state that does not fit the new tree (other leaves or shapes) is refused
+    with a ``ValueError`` naming the state entry, and nothing is written.
+
     On Dask arrays each ``opt.step`` persists ``opt.params`` and
     ``opt.state`` (see :func:`step`): the loop runs in time linear in the
     number of steps.
@@ -349,6 +357,7 @@ class Optimizer(Generic[TreeT]):
                     if not _rebind(x, v):
                         self._copy_to.append(x)
                         self._pviews.append(v)
+            self._views = views
             self.params: TreeT = tree_unflatten(self._td, views)
             self.grads: TreeT | None = tree_unflatten(self._td, gviews)
             self.state = transform.init(self._flat_p)
@@ -356,6 +365,42 @@ class Optimizer(Generic[TreeT]):
             self.params = params
             self.grads = None
             self.state = transform.init(params)
+
+    def _adopt(self) -> None:
+        """Take ``opt.params`` as it is now: the caller replaced an entry (``opt.params["w"] =
+        new``) or the whole tree since the last step. The new leaves are the ones updated (and
+        written back into) from now on, as if they had been passed at construction."""
+        params = self.params
+        self._user_leaves, self._user_td = tree_flatten(params)
+        self._write_back = bool(self._user_leaves) and all(
+            _backend_module(x) is not None and is_writeable(x) for x in self._user_leaves)
+        self._user_params = params
+
+    def _adopt_flat(self) -> None:
+        """Flat mode's :meth:`_adopt`: a replaced leaf's values are copied into its place in the
+        buffer, ``opt.params`` is the tree of buffer views again, and the new array follows the
+        buffer as the arrays passed at construction do (a torch tensor is made a view of it,
+        any other writeable array gets a copy after each step)."""
+        leaves, td = tree_flatten(self.params)
+        if td != self._td:
+            raise ValueError(
+                "opt.params: its tree structure changed since construction; flat=True lays "
+                "one buffer out for the tree it was given, so build a new Optimizer for a new "
+                "tree (or assign values in place: opt.params[k][...] = value)")
+        for i, (x, v) in enumerate(zip(leaves, self._views)):
+            if x is v:
+                continue
+            if tuple(getattr(x, "shape", ())) != tuple(v.shape):
+                raise ValueError(
+                    f"opt.params: leaf {i} was replaced by an array of shape "
+                    f"{tuple(getattr(x, 'shape', ()))}; expected shape {tuple(v.shape)} "
+                    "(flat=True keeps one buffer laid out at construction)")
+            _copy_into(v, x)
+            if (_backend_module(x) is not None and is_writeable(x)
+                    and not any(x is c for c in self._copy_to) and not _rebind(x, v)):
+                self._copy_to.append(x)
+                self._pviews.append(v)
+        self.params = tree_unflatten(self._td, self._views)
 
     def step(self, grads: ArrayTree | None = None) -> TreeT:
         """Apply one step with ``grads`` (flat mode: default ``opt.grads``); returns ``opt.params``."""
@@ -366,8 +411,12 @@ class Optimizer(Generic[TreeT]):
                     "params' structure, e.g. opt.step([p.grad for p in opt.params]) for a list "
                     "of torch tensors (NumPy, torch or CuPy leaves: or Optimizer(..., flat=True), "
                     "then write them into opt.grads)")
+            if self.params is not self._user_params or (
+                    self._write_back and not same_leaves(self.params, self._user_td, self._user_leaves)):
+                self._adopt()
             new_p, self.state = step(self.transform, self.params, grads, self.state)
             if not self._write_back:
+                self._user_params = new_p
                 self.params = new_p
             elif new_p is not self._user_params:  # else the fast path returned the very tree
                 new_leaves = leaves_like(new_p, self._user_td)
@@ -378,6 +427,8 @@ class Optimizer(Generic[TreeT]):
                         _copy_into(dst, src)
                 self.params = self._user_params
             return self.params
+        if not same_leaves(self.params, self._td, self._views):
+            self._adopt_flat()
         if grads is not None and grads is not self.grads:
             fast = leaves_like(grads, self._td)
             if fast is None or not _gather_numpy(self._flat_g, self._gshapes, fast):
