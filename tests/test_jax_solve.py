@@ -33,9 +33,9 @@ import agnopt as ao
 @pytest.fixture(autouse=True)
 def _fresh_unused_counts():
     """Each test starts with jax_solve's count of programs never reused at zero: that
-    guard is per process and per code, and curve_fit's residual is one code for every
-    model, so four one-off curve_fit programs made by earlier test files (e.g.
-    test_input_messages' float32-model fits) would leave these tests on the engine."""
+    guard is per process and per code (curve_fit's: per model code), so one-off programs
+    of a code made by earlier tests would leave these tests' later fits of it on the
+    engine."""
     from agnopt._least_squares import jax_solve
 
     saved = dict(jax_solve._UNUSED)
@@ -360,6 +360,38 @@ def test_a_fun_made_anew_around_new_objects_stops_compiling():
         got = ao.least_squares(make(tuple([1.0])), p0, method="lm")  # a new tuple each time
         np.testing.assert_allclose(np.asarray(got.x), ref.x, rtol=1e-9)
     assert len(jax_solve._CACHE) - n0 <= jax_solve._MAX_UNUSED
+
+
+def test_one_off_curve_fits_of_one_model_leave_other_models_compiled():
+    """curve_fit's residual is one code for every model: the guard on programs never
+    reused counts per model code (it counted per residual code, so four one-off fits
+    of any model, e.g. four data lengths, left every later curve_fit of the process on
+    the engine: right answers, but the compiled path lost)."""
+    _jax()
+    import jax.numpy as jnp
+
+    from agnopt._least_squares import jax_solve
+
+    def one_off(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    p0 = jnp.asarray([1.0, 1.0, 1.0])
+    for m in range(5, 5 + jax_solve._MAX_UNUSED + 1):  # a new shape each time: never reused
+        ao.curve_fit(one_off, jnp.asarray(T[:m]), jnp.asarray(Y[:m]), p0=p0)
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x) + c + 0.0
+
+    tj, yj = jnp.asarray(T), jnp.asarray(Y)
+    ao.curve_fit(model, tj, yj, p0=p0)
+    with _program_runs() as runs:
+        got = ao.curve_fit(model, tj, yj, p0=p0)
+    assert runs == [True]
+    ref = ao.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + c, T, Y, p0=np.asarray(p0))
+    np.testing.assert_allclose(np.asarray(got[0]), ref[0], rtol=1e-9)
+    with _program_runs() as runs:  # the one-off model itself stays on the engine
+        ao.curve_fit(one_off, jnp.asarray(T[:4]), jnp.asarray(Y[:4]), p0=p0)
+    assert runs == [False]
 
 
 def test_mutable_objects_read_by_fun_take_the_engine():

@@ -42,7 +42,8 @@ rebinding any of them makes a new program. A ``jax.jit`` function keeps what
 it read when JAX first traced it (JAX's own rule, the same when you call it
 yourself): pass changing data as arguments. A code that
 made :data:`_MAX_UNUSED` programs never reused (a function made anew around
-new objects for each fit) gets no more. On the CPU the program is compiled
+new objects for each fit) gets no more (counted per code together with the
+codes of the functions in its closure: ``curve_fit``'s residual per model). On the CPU the program is compiled
 with XLA's cheaper settings (:data:`agnopt._core.backend.CPU_COMPILER_OPTIONS`).
 
 Not taken (the engine runs as before, same results): a ``fun`` or ``jac``
@@ -97,7 +98,7 @@ __all__ = ["eligible", "program_for", "run_lm_jax", "run_program"]
 
 _CACHE: OrderedDict = OrderedDict()  # key -> (refs, program or None: not traceable)
 _CACHE_SIZE = 64
-_UNUSED: dict = {}  # fun's code (or fun) -> programs made for it and never reused
+_UNUSED: dict = {}  # fun's code (and its closure's functions' codes) -> programs never reused
 _MAX_UNUSED = 4
 
 
@@ -170,7 +171,7 @@ def program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev, make=True
         return None
     refs = (list(refs[0]) + seen, tuple(refs[1]) + tuple(_content(r) for r in seen))
     hit = _CACHE.get(key)
-    kind = key[0][0] if isinstance(key[0], tuple) else key[0]  # fun's code (or fun)
+    kind = _kind(key[0])
     if hit is not None and _same_refs(hit[0], refs):
         _CACHE.move_to_end(key)
         entry = hit[1]
@@ -192,6 +193,17 @@ def program_for(xp, prob, X, F, jac_scale, ftol, xtol, gtol, max_nfev, make=True
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return key, refs, entry, leaves
+
+
+def _kind(fun_id):
+    """What the guard on programs never reused counts by: ``fun``'s code, with the codes
+    of the plain functions in its closure (:func:`.jax_keys._split_fun`'s identity), or
+    ``fun`` itself. ``curve_fit``'s residual is one code for every model: its model's
+    code tells them apart, so one-off fits of one model leave the others compiled."""
+    if not isinstance(fun_id, tuple):
+        return fun_id
+    nested = tuple(_kind(k[1]) for k in fun_id[2] if isinstance(k, tuple))
+    return (fun_id[0],) + nested if nested else fun_id[0]
 
 
 def run_program(key, refs, entry, *inputs):
