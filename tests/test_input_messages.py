@@ -258,6 +258,36 @@ def test_nonfinite_ydata_is_named(xp, device, bad, kw, hint, bounds):
         ao.curve_fit(model, _arr(xp, device, X), _arr(xp, device, yb), p0=P0, batched=True, **kw)
 
 
+@pytest.mark.parametrize("bad, kw, hint", [
+    (math.nan, {"check_finite": False},
+     "check_finite=False skipped the check; nan_policy='omit' drops NaN data points"),
+    (math.inf, {"check_finite": False},
+     "remove the infinite data points (nan_policy='omit' drops NaN ones only)"),
+    (-math.inf, {"nan_policy": "omit"},
+     "remove the infinite data points (nan_policy='omit' drops NaN ones only)"),
+], ids=["nan-unchecked", "inf-unchecked", "-inf-omit"])
+def test_nonfinite_xdata_is_named(xp, device, bad, kw, hint):
+    # finite ydata, an xdata entry that makes the model non-finite: xdata's entry is named
+    # (it said "f: residuals are not finite at the initial point p0")
+    x = X.copy()
+    x[7] = bad
+    if kw.get("nan_policy") == "omit":
+        x[2] = math.nan  # omitted: the index named is still the user's
+
+    def model_xy(t, a, k, c):  # not finite wherever t is (a * t * 0 is NaN for inf t)
+        return _expo(t, a, k, c) + t * 0.0
+
+    with pytest.raises(ValueError) as e:
+        ao.curve_fit(model_xy, _arr(xp, device, x), _arr(xp, device, Y), p0=P0, **kw)
+    assert str(e.value) == (f"xdata: entry 7 is {bad!r}, and the residuals are not finite at "
+                            f"the initial point p0; {hint}")
+    with pytest.raises(ValueError, match=rf"^xdata: entry 7 is {bad!r}, and the residuals are "
+                                         r"not finite at the initial point p0 \(problems "
+                                         r"\[0, 1\]\); "):
+        ao.curve_fit(model_xy, _arr(xp, device, x), _arr(xp, device, np.stack([Y, Y])),
+                     p0=P0, batched=True, **kw)
+
+
 def test_nonfinite_model_still_blames_f(xp, device):
     # finite ydata: the model's own inf is f's (the message is unchanged)
     with pytest.raises(ValueError, match=r"^f: residuals are not finite at the initial point p0$"):

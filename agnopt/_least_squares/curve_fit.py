@@ -34,6 +34,7 @@ from .fit_data import (
     has_finite_bound,
     initial_params,
     mixed_backend_message,
+    nonfinite_xdata_message,
     nonfinite_ydata_message,
 )
 from .fit_model import model, weights
@@ -170,7 +171,8 @@ def curve_fit(
         ``False`` skips the check; a fit whose residuals at ``p0`` are then
         non-finite raises ``ValueError`` (batched too: the whole call, not a
         failed fit): naming ``ydata``'s first non-finite entry where ``ydata``
-        holds one ("ydata: entry 3 is nan, ..."), else ``f`` ("residuals are
+        holds one ("ydata: entry 3 is nan, ..."), else an array ``xdata``'s
+        ("xdata: entry 3 is nan, ..."), else ``f`` ("residuals are
         not finite at the initial point p0", batched "(problems [...])");
         use ``nan_policy="omit"``.
     bounds : (lb, ub) or Bounds
@@ -333,7 +335,7 @@ def curve_fit(
     if check_finite:
         check_finite_data(xp, xdata, ydata, nan_policy)
     omit = None  # batched nan_policy="omit": (B, m) points of zero weight
-    y_user = ydata  # (named by the messages of the error paths)
+    y_user, x_user = ydata, xdata  # (named by the messages of the error paths)
     if nan_policy is not None:
         if batched and ydata.ndim == 2:
             xdata, ydata, omit = batched_nan_mask(xp, nan_policy, xdata, ydata)
@@ -382,9 +384,10 @@ def curve_fit(
         if type(e) not in (ValueError, RuntimeError, TypeError) or len(e.args) != 1:
             raise
         msg = str(e)
-        new = ((msg.startswith("fun: residuals are not finite at the initial point")
-                and nonfinite_ydata_message(xp, y_user, ydata, nan_policy,
-                                            _curve_fit_names(msg[len("fun: "):])))
+        at_p0 = msg.startswith("fun: residuals are not finite at the initial point")
+        what = _curve_fit_names(msg[len("fun: "):])
+        new = ((at_p0 and (nonfinite_ydata_message(xp, y_user, ydata, nan_policy, what)
+                           or nonfinite_xdata_message(xp, x_user, y_user, nan_policy, what)))
                or mixed_backend_message(msg, xdata, ydata) or _curve_fit_names(msg))
         if new == msg:
             raise

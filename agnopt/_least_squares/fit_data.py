@@ -361,6 +361,25 @@ def nonfinite_ydata_message(xp, y_user, y_fit, nan_policy, what) -> str | None:
     return f"ydata: {where} is {value!r}, so the {what}; {hint}"
 
 
+def nonfinite_xdata_message(xp, x_user, like, nan_policy, what) -> str | None:
+    """Error path only, where ``ydata`` is finite (:func:`nonfinite_ydata_message` gave
+    ``None``): a message naming the first non-finite entry of ``x_user`` (the user's
+    ``xdata`` as converted, before ``nan_policy``; ``like``: ``ydata``) when it is an
+    array of floats holding one, else ``None`` (the model is to blame). With
+    ``nan_policy="omit"`` only ``inf`` entries count (NaN points were omitted)."""
+    if not _is_xp_float_array(xp, x_user, like):
+        return None
+    bad = xp.isinf(x_user) if nan_policy == "omit" else ~xp.isfinite(x_user)
+    if not bool(xp.any(bad)):
+        return None
+    where, value = _first_bad(bad, x_user)
+    if math.isnan(value):
+        hint = "check_finite=False skipped the check; nan_policy='omit' drops NaN data points"
+    else:
+        hint = "remove the infinite data points (nan_policy='omit' drops NaN ones only)"
+    return f"xdata: {where} is {value!r}, and the {what}; {hint}"
+
+
 def _first_bad(bad, a) -> tuple[str, float]:
     """``("entry i", a[i])`` of the first true entry of ``bad`` (``a``'s shape):
     ``"entry (b, i)"`` for 2-D ``a``, ``"its value"`` for 0-d."""
