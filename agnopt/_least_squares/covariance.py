@@ -156,7 +156,7 @@ def minpack_factors(xp, J, f):
     by the unpivoted QR of ``J P``. Returns ``(fjac, ipvt, qtf)``: ``fjac``
     ``(n, m)`` as scipy returns MINPACK's array (``fjac.T[:n, :]`` is ``R``;
     the entries below it, where MINPACK keeps its Householder vectors, are
-    zero here), ``ipvt`` ``(n,)`` the column order, 0-based as scipy (>= 1.11)
+    zero here), ``ipvt`` ``(n,)`` int32 the column order, 0-based as scipy (>= 1.11)
     returns it (column ``j`` of ``P`` is column ``ipvt[j]`` of the identity),
     ``qtf = Q^T f`` ``(n,)``.
     """
@@ -180,4 +180,4 @@ def minpack_factors(xp, J, f):
     Q, R = xp.linalg.qr(xp.take(J, perm, axis=1))
     qtf = xp.matmul(xp.matrix_transpose(Q), f[:, None])[:, 0]
     full = xp.concat([R, xp.zeros((m - n, n), dtype=J.dtype, device=dev)], axis=0)
-    return xp.matrix_transpose(full), perm, qtf
+    return xp.matrix_transpose(full), xp.astype(perm, xp.int32), qtf  # ipvt int32, as scipy
