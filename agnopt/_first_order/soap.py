@@ -22,15 +22,8 @@ from typing import Any, NamedTuple
 from .._core.backend import resolve, resolve_dtype
 from .._core.tree import tree_flatten, tree_unflatten
 from .._core.typing import ScalarOrSchedule
-from .base import (
-    Transform,
-    chain,
-    check_state,
-    check_state_count,
-    check_state_shape,
-    trusted,
-    validated_backend,
-)
+from .base import Transform, chain, check_state, trusted, validated_backend
+from .base import check_state_count, check_state_shape
 from .full_matrix_adagrad import (
     check_float_accumulator,
     check_int,
