@@ -387,14 +387,14 @@ class Optimizer(Generic[TreeT]):
                 "opt.params: its tree structure changed since construction; flat=True lays "
                 "one buffer out for the tree it was given, so build a new Optimizer for a new "
                 "tree (or assign values in place: opt.params[k][...] = value)")
-        for i, (x, v) in enumerate(zip(leaves, self._views)):
-            if x is v:
-                continue
-            if tuple(getattr(x, "shape", ())) != tuple(v.shape):
+        new = [(x, v) for x, v in zip(leaves, self._views) if x is not v]
+        for i, (x, v) in enumerate(zip(leaves, self._views)):  # all checked before any is copied
+            if x is not v and tuple(getattr(x, "shape", ())) != tuple(v.shape):
                 raise ValueError(
                     f"opt.params: leaf {i} was replaced by an array of shape "
                     f"{tuple(getattr(x, 'shape', ()))}; expected shape {tuple(v.shape)} "
                     "(flat=True keeps one buffer laid out at construction)")
+        for x, v in new:
             _copy_into(v, x)
             if (_backend_module(x) is not None and is_writeable(x)
                     and not any(x is c for c in self._copy_to) and not _rebind(x, v)):
