@@ -95,7 +95,7 @@ class CholeskyBasis(NamedTuple):
         return q, xp.linalg.vector_norm(small_mv(xp, Li, q), axis=-1) ** 2, Li
 
 
-def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
+def lmpar(xp, basis, delta, par0, active, rtol=0.1):
     """Moré's ``lmpar`` for every problem: ``(par, q, factor)``.
 
     Parameters: ``basis`` a :class:`SpectralBasis` or :class:`CholeskyBasis`
@@ -110,12 +110,8 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     ``None`` for a spectral basis).
 
     ``rtol``: the accepted relative error of ``||q||`` against ``delta``
-    (MINPACK's 0.1; scipy's trf uses 0.01).
-    ``truncated_gn=False``: a rank-deficient spectral basis never takes
-    the truncated Gauss-Newton step; ``lambda`` is searched for as for a
-    step outside the region (scipy's ``solve_lsq_trust_region``, used by
-    trf: a rank threshold can drop directions that badly scaled variables
-    need, and the truncated step is then far too short).
+    (MINPACK's 0.1). (trf solves its subproblem as scipy does instead:
+    :func:`.trf.lsq_trust_region`.)
 
     The early exits (every Gauss-Newton step inside, every search done) are
     exact shortcuts: where the values cannot be read (inside a bigger
@@ -126,7 +122,7 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     # the starting bounds, one safeguarded Newton iteration), with the host
     # reads of the early exits between them
     qn, s3, rhs, factor, dxnorm, fp, gn_ok, delta_s = _lmpar_gauss_newton(
-        xp, basis, delta, truncated_gn, rtol)
+        xp, basis, delta, rtol)
     if lazy.known_all(xp, gn_ok):
         # every Gauss-Newton step lies within the region (the usual case near
         # a solution): par = 0 and q = q(0), exactly what the end of the
@@ -149,19 +145,17 @@ def lmpar(xp, basis, delta, par0, active, truncated_gn=True, rtol=0.1):
     return par, q, factor
 
 
-def lmpar_gauss_newton(xp, basis, delta, truncated_gn, rtol):
+def lmpar_gauss_newton(xp, basis, delta, rtol):
     """``lmpar``'s Gauss-Newton step ``qn`` (k, r), its ``q^T A^+ q`` ``s3``, the
     right-hand side, the factor, ``||qn||``, ``fp = ||qn|| - delta``, ``gn_ok``
     (inside ``(1 + rtol) delta``) and the safe radius ``delta_s`` (k,)."""
     # a finished problem of a batch may carry delta = 0: divide by 1 there (its
     # values are not used) instead of raising floating-point warnings
     delta_s = xp.where(delta > 0, delta, 1.0)
-    qn, s3, full_rank, rhs, factor = basis.gauss_newton(xp)
+    qn, s3, _, rhs, factor = basis.gauss_newton(xp)
     dxnorm = xp.linalg.vector_norm(qn, axis=-1)
     fp = dxnorm - delta
     gn_ok = fp <= rtol * delta
-    if not truncated_gn and full_rank is not None:
-        gn_ok = gn_ok & full_rank
     return qn, s3, rhs, factor, dxnorm, fp, gn_ok, delta_s
 
 
@@ -214,6 +208,6 @@ def lmpar_iteration(xp, basis, par, parl, paru, fp, q, factor, done, delta, delt
 
 
 # one compiled program each on JAX (agnopt._core.backend.compiled), as written elsewhere
-_lmpar_gauss_newton = compiled(lmpar_gauss_newton, static=("truncated_gn", "rtol"))
+_lmpar_gauss_newton = compiled(lmpar_gauss_newton, static=("rtol",))
 _lmpar_bounds = compiled(lmpar_bounds)
 _lmpar_iteration = compiled(lmpar_iteration, static=("rtol",))

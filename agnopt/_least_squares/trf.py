@@ -20,8 +20,10 @@ tr_solver="exact")`` runs it; without bounds it is scipy's ``trf_no_bounds``
    the first-order measure ``||g v||_inf`` and the ``gtol`` test
    (:func:`first_order_test`); the initial radius ``||x0 / (x_scale sqrt(v))||``;
 3. the step (:func:`trf_step`): the trust-region subproblem in the scaled
-   variables by Moré's ``lmpar`` in the SVD basis (:func:`.lmpar.lmpar`,
-   the step then set to the radius as scipy does), the reflective step choice
+   variables, solved in the SVD basis as scipy's ``solve_lsq_trust_region``
+   solves it (:func:`lsq_trust_region`: Newton's iteration on
+   ``||p(alpha)|| - Delta`` with its safeguards, the step then set to the
+   radius), the reflective step choice
    (:func:`.bounds.select_reflective_step`) and the strictly feasible trial
    point (:func:`.bounds.strictly_feasible` with ``rstep = 0``);
 4. the trial (:func:`evaluate_trial`): residuals, robust cost, actual over
@@ -59,7 +61,8 @@ from .bounds import (
 )
 from .cholesky import mv
 from .gauss_newton import checked_jacobian, gn_ratio, gn_tests
-from .lmpar import SpectralBasis, lmpar
+from .._core import lazy
+from .lmpar import SpectralBasis
 from .losses import loss_cost, robust_model
 from .outcome import call_callback, history_entry, print_iter, report_progress
 from .routes import spectral
@@ -335,16 +338,77 @@ def trf_model(xp, ev, st: TRState, loss, f_scale) -> TRFModel:
                     column_share(xp, J_h, g_h, Fh))
 
 
+def lsq_trust_region(xp, basis: SpectralBasis, delta, alpha0, active, rtol=0.01, max_iter=10):
+    r"""The trust-region subproblem :math:`\min ||J_h p + f_h||` subject to
+    :math:`||p|| \le \Delta` of ``k`` problems, in the SVD basis, as scipy's
+    ``solve_lsq_trust_region`` (``scipy/optimize/_lsq/common.py``; Moré and
+    Sorensen's iteration, "Computing a trust region step", SIAM J. Sci. Stat.
+    Comput. 4(3), 1983, with scipy's safeguards) solves it, so that ``trf``
+    takes scipy's steps.
+
+    ``basis``: ``w`` (k, r) squared singular values, ``c = V^T J_h^T f_h``;
+    ``delta`` (k,) the radii; ``alpha0`` (k,) the previous LM parameter;
+    ``active`` (k,) the problems to solve (the others' values are not used).
+
+    With :math:`q(\alpha) = c / (w + \alpha)` and :math:`\phi(\alpha) =
+    ||q(\alpha)|| - \Delta`: a full-rank problem whose Gauss-Newton step
+    :math:`q(0)` lies inside the region takes it (``alpha = 0``). Otherwise
+    :math:`\alpha` starts at ``alpha0`` within the bounds
+    :math:`[-\phi(0)/\phi'(0)` (full rank, else 0), :math:`||c|| / \Delta]`
+    (else at :math:`\max(10^{-3} u, \sqrt{l u})`), and each of at most
+    ``max_iter`` Newton steps :math:`\alpha \leftarrow \alpha - (\phi +
+    \Delta) \phi / (\Delta \phi')` narrows the bounds, until
+    :math:`|\phi| < \mathrm{rtol}\, \Delta`; the step is taken at the
+    last updated :math:`\alpha` and then scaled to the radius by the caller.
+
+    Returns ``alpha`` (k,), ``q`` (k, r) (the scaled step is ``-V q``) and
+    ``gn`` (k,): the Gauss-Newton step was taken (not to be scaled).
+    """
+    delta_s = xp.where(delta > 0, delta, 1.0)
+    full = basis.full_rank
+    qn, s3n, _, c, _ = basis.gauss_newton(xp)
+    qn_norm = xp.linalg.vector_norm(qn, axis=-1)
+    gn = full & (qn_norm <= delta)
+    upper = xp.linalg.vector_norm(c, axis=-1) / delta_s
+    # -phi(0) / phi'(0) with phi'(a) = -sum(c^2 / (w + a)^3) / ||q(a)||
+    lower = xp.where(full & (s3n > 0),
+                     (qn_norm - delta) * qn_norm / xp.where(s3n > 0, s3n, 1.0), 0.0)
+
+    def restart(lo, up):
+        return xp.maximum(0.001 * up, xp.sqrt(xp.maximum(lo * up, 0.0)))
+
+    alpha = xp.where(~full & (alpha0 == 0), restart(lower, upper), alpha0)
+    done = gn | ~active
+
+    def iteration(it, s):
+        alpha, lower, upper, done = s
+        a = xp.where((alpha < lower) | (alpha > upper), restart(lower, upper), alpha)
+        q, s3, _ = basis.solve(xp, xp.where(done, 1.0, a))
+        pn = xp.linalg.vector_norm(q, axis=-1)
+        phi = pn - delta
+        ratio = -phi * pn / xp.where(s3 > 0, s3, 1.0)  # phi / phi'
+        lower = xp.where(done, lower, xp.maximum(lower, a - ratio))
+        upper = xp.where(done | ~(phi < 0), upper, a)
+        alpha = xp.where(done, alpha, a - (phi + delta) * ratio / delta_s)
+        return alpha, lower, upper, done | (xp.abs(phi) < rtol * delta) | (it == max_iter - 1)
+
+    if not lazy.known_all(xp, done):
+        alpha, lower, upper, done = lazy.bounded_loop(
+            xp, iteration, (alpha, lower, upper, done), max_iter, lambda s: s[-1])
+    q, _, _ = basis.solve(xp, xp.where(gn, 1.0, alpha))
+    return xp.where(gn, 0.0, alpha), xp.where(gn[:, None], qn, q), gn
+
+
 def trf_step(xp, ev, st: TRState, md: TRFModel) -> Trial:
-    """The trust-region step in the scaled variables (Moré's ``lmpar`` in the
-    SVD basis, then set to the radius when the region binds, as scipy), the
+    """The trust-region step in the scaled variables (:func:`lsq_trust_region`,
+    then set to the radius unless it is the Gauss-Newton step, as scipy), the
     reflective step choice and the strictly feasible trial point."""
     delta, X = st.delta, st.X
     basis = SpectralBasis(md.w, md.c, md.good, md.full_rank)
-    par, q, _ = lmpar(xp, basis, delta, st.alpha, st.active, truncated_gn=False, rtol=0.01)
+    par, q, gn = lsq_trust_region(xp, basis, delta, st.alpha, st.active)
     p_h = -mv(xp, md.V, q)
     pn = xp.linalg.vector_norm(p_h, axis=-1)
-    fit = ((par > 0) | (pn > delta)) & (pn > 0)
+    fit = ~gn & (pn > 0)
     p_h = p_h * xp.where(fit, delta / xp.where(fit, pn, xp.ones_like(pn)), xp.ones_like(pn))[:, None]
     p = md.d * p_h
     if ev.bounded:
