@@ -377,3 +377,108 @@ def test_low_precision_model_is_named_in_the_failure(xp, device, jac):
     with pytest.raises(RuntimeError) as e:
         ao.curve_fit(_expo32, t, y32, p0=p0, jac=jac, max_nfev=2)
     assert "f returned" not in str(e.value)
+
+
+# -- NaN bounds: a ValueError naming the bound (a NaN bound fails every comparison, so it
+#    was taken as no bound by trf, as a bound by dogbox and lm, which then failed with
+#    "residuals were not finite" or max_nfev; scipy: "`x0` is infeasible") --------------------
+@pytest.mark.parametrize("method", ["trf", "dogbox", "lm"])
+def test_nan_bound_is_named(xp, device, method):
+    x, y = _arr(xp, device, X), _arr(xp, device, Y)
+    lb, ub = _arr(xp, device, [0.0, math.nan, -5.0]), _arr(xp, device, [5.0, 5.0, 5.0])
+    with pytest.raises(ValueError, match=r"^bounds: lb entry 1 is nan; a bound is a number"):
+        ao.curve_fit(model, x, y, p0=[1.0, 1.0, 1.0], bounds=(lb, ub), method=method)
+    with pytest.raises(ValueError, match=r"^bounds: ub its value is nan|^bounds: ub is nan"):
+        ao.curve_fit(model, x, y, p0=[1.0, 1.0, 1.0], bounds=(-1.0, math.nan), method=method)
+
+    def res(p):
+        return model(x, p[0], p[1], p[2]) - y
+
+    with pytest.raises(ValueError, match=r"^bounds: ub entry 2 is nan"):
+        ao.least_squares(res, _arr(xp, device, [1.0, 1.0, 1.0]), method=method,
+                         bounds=so.Bounds([0.0, 0.0, 0.0], [5.0, 5.0, math.nan]))
+    np.testing.assert_array_equal(to_numpy(lb)[[0, 2]], [0.0, -5.0])  # not changed
+
+
+# -- batched: a model that drops the batch axis is refused (it was broadcast: every fit got
+#    fit 0's values and fits 1.. were reported as failures, or all as successes) ------------
+def test_batched_model_without_batch_axis_is_refused(xp, device):
+    x = _arr(xp, device, X)
+    yb = _arr(xp, device, np.stack([Y, 2.0 * Y, 3.0 * Y]))
+    with pytest.raises(ValueError, match=r"^f: with batched=True returned shape \(40,\), "
+                                         r"expected ydata's shape \(3, 40\) \(or \(B, 1\)\): "
+                                         "one row per fit"):
+        ao.curve_fit(lambda t, a, b, c: model(t, a[0, 0], b[0, 0], c[0, 0]), x, yb, p0=P0,
+                     batched=True)
+    # a (B, 1) model (one value per fit) is broadcast over the data points, as before
+    popt, _ = ao.curve_fit(lambda t, a, b, c: c + 0.0 * a, x, yb, p0=P0, batched=True)
+    np.testing.assert_allclose(to_numpy(popt)[:, 2], np.mean(np.stack([Y, 2 * Y, 3 * Y]), 1),
+                               rtol=1e-10)
+
+
+# -- batched least_squares: fun returning (B,) (one residual per problem) is (B, 1) for every
+#    Jacobian (the difference quotients broadcast it to (B, B, n): a matmul error) -----------
+@pytest.mark.parametrize("jac", [None, "2-point", "3-point", "cs"])
+def test_batched_fun_of_shape_B_is_one_residual_per_problem(xp, device, jac):
+    X0 = _arr(xp, device, [[3.0], [1.0], [0.5]])
+    target = _arr(xp, device, [4.0, 9.0, 2.0])
+    flat = ao.least_squares(lambda P: P[:, 0] ** 2 - target, X0, jac=jac, batched=True,
+                            method="lm")
+    col = ao.least_squares(lambda P: (P[:, 0] ** 2 - target)[:, None], X0, jac=jac,
+                           batched=True, method="lm")
+    np.testing.assert_allclose(to_numpy(flat.x)[:, 0], [2.0, 3.0, math.sqrt(2.0)], rtol=1e-8)
+    np.testing.assert_array_equal(to_numpy(flat.x), to_numpy(col.x))
+    assert tuple(flat.fun.shape) == (3, 1) and tuple(flat.jac.shape) == (3, 1, 1)
+
+
+# -- 16-bit floats: a TypeError naming the argument (it was NumPy's "array type float16 is
+#    unsupported in linalg", or torch's "Got unsupported ScalarType BFloat16") --------------
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_precision_is_named(xp, device, name):
+    dt = getattr(xp, name, None)
+    if dt is None:
+        pytest.skip(f"{name} is not a dtype of this backend")
+    y = xp.astype(_arr(xp, device, Y), dt)
+    msg = rf"^ydata: dtype {name} is not supported: .* needs float32 or float64"
+    with pytest.raises(TypeError, match=msg):
+        ao.curve_fit(model, _arr(xp, device, X), y, p0=P0)
+    with pytest.raises(TypeError, match=msg):
+        ao.curve_fit(model, _arr(xp, device, X), xp.stack([y, y]), p0=P0, batched=True)
+    x = _arr(xp, device, X)
+    with pytest.raises(TypeError, match=rf"^x0: dtype {name} is not supported"):
+        ao.least_squares(lambda p: model(x, p[0], p[1], p[2]) - _arr(xp, device, Y),
+                         xp.astype(_arr(xp, device, P0), dt))
+
+
+# -- step with a state (or a replaced parameter) of another library: a TypeError naming it
+#    (it was NumPy's "Cannot interpret 'torch.float64' as a data type", or torch.where's
+#    argument list) --------------------------------------------------------------------------
+def test_step_state_of_another_backend_is_named(xp, device):
+    torch = pytest.importorskip("torch")
+    if array_api_compat.is_torch_namespace(xp):
+        pytest.skip("needs parameters of a library other than torch")
+    tx = ao.adam(0.1)
+    p = {"w": _arr(xp, device, [1.0, 2.0, 3.0])}
+    g = {"w": _arr(xp, device, [0.1, 0.2, 0.3])}
+    state_t = tx.init({"w": torch.ones(3, dtype=torch.float64)})
+    before = to_numpy(p["w"]).copy()
+    with pytest.raises(TypeError, match=r"^state: holds torch arrays, but params are \S+ arrays; "
+                                        r"build the state with init\(params\)"):
+        ao.step(tx, p, g, state_t)
+    np.testing.assert_array_equal(to_numpy(p["w"]), before)  # nothing written
+    opt = ao.Optimizer(tx, {"w": _arr(xp, device, [1.0, 2.0, 3.0])})
+    opt.params["w"] = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^state: holds \S+ arrays, but params are torch arrays"):
+        opt.step({"w": torch.ones(3, dtype=torch.float64)})
+
+
+def test_save_and_load_state_name_swapped_arguments(tmp_path):
+    state = ao.adam(0.1).init(np.ones(3))
+    path = str(tmp_path / "s.npz")
+    with pytest.raises(TypeError, match=r"^path: expected a str or os.PathLike, got \w+; "
+                                        r"the path comes first: save_state\(path, state\)$"):
+        ao.save_state(state, path)
+    ao.save_state(path, state)
+    with pytest.raises(TypeError, match=r"the path comes first: load_state\(path, template\)$"):
+        ao.load_state(state, path)
+    assert int(ao.load_state(path, state)[1].count) == 0

@@ -20,6 +20,7 @@ from .._core.backend import namespace_name, native_namespace
 from .._core.typing import Array
 from .._derivatives.numdiff import prepare_bounds
 from .options import METHODS, as_array, check_backend, to_backend
+from .start import half_message
 
 
 def n_params(f: Callable) -> int:
@@ -109,17 +110,22 @@ _FLOATING: dict = {}  # (array type, dtype) -> is the dtype floating (asked once
 
 
 def as_data(y: Array) -> Array:
-    """``ydata`` of an integer or boolean dtype as float64 of its backend (scipy casts)."""
+    """``ydata`` of an integer or boolean dtype as float64 of its backend (scipy casts);
+    ``TypeError`` for a 16-bit float dtype (float16, bfloat16)."""
     key = (type(y), y.dtype)
     try:
         floating = _FLOATING[key]
     except (KeyError, TypeError):
         xy = array_api_compat.array_namespace(y)
         floating = bool(xy.isdtype(y.dtype, ("real floating", "complex floating")))
+        if floating and str(y.dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16"):
+            floating = None
         try:
             _FLOATING[key] = floating
         except TypeError:  # pragma: no cover - unhashable dtype objects
             pass
+    if floating is None:
+        raise TypeError(half_message("ydata", y.dtype))
     if not floating:
         xy = array_api_compat.array_namespace(y)
         return xy.astype(y, xy.float64)

@@ -137,6 +137,13 @@ def model(xp, dev, f, xdata, ydata, jac, n, batched, wfun, inv, L, omit=None):
             shape, rdt = r.shape, r.dtype
         if shape != yshape and tuple(shape) != yshape:
             # (ydata has at least one axis: a 0-d r lands here)
+            if batched and yshape[0] != 1 and (len(shape) != 2 or shape[0] != yshape[0]):
+                # broadcast along the batch axis, every fit would get one fit's values
+                raise ValueError(
+                    f"f: with batched=True returned shape {tuple(shape)}, expected ydata's "
+                    f"shape {yshape} (or (B, 1)): one row per fit. Each parameter is passed "
+                    "as a (B, 1) column; indexing it (a[0]) or reducing over it drops the "
+                    "batch axis")
             try:
                 r = xp.broadcast_to(r, ydata.shape)
             except Exception as e:

@@ -121,10 +121,41 @@ def check_jacobian_kind(J: Any, method: str) -> None:
 def as_bounds_pair(bounds: Any) -> tuple:
     """``(lb, ub)`` from a pair or from a ``Bounds``-like object (``.lb`` / ``.ub``)."""
     if hasattr(bounds, "lb") and hasattr(bounds, "ub") and not isinstance(bounds, (tuple, list)):
-        return (bounds.lb, bounds.ub)
-    if isinstance(bounds, (tuple, list)) and len(bounds) != 2:
+        bounds = (bounds.lb, bounds.ub)
+    elif isinstance(bounds, (tuple, list)) and len(bounds) != 2:
         raise ValueError(f"bounds: expected 2 elements (lb, ub) or a Bounds object, got {len(bounds)}")
+    if isinstance(bounds, (tuple, list)):
+        for name, b in zip(("lb", "ub"), bounds):
+            check_no_nan_bound(b, name)
     return bounds
+
+
+def check_no_nan_bound(b: Any, name: str) -> None:
+    """Raise ``ValueError`` naming the first NaN entry of the bound ``b`` (``lb`` or
+    ``ub``: a number, a nested list or an array of any backend). A NaN bound fails
+    every comparison, so without this check it would be taken as no bound by some
+    tests and as a bound by others."""
+    if isinstance(b, (int, float)):
+        if b != b:
+            raise ValueError(f"bounds: {name} is nan; a bound is a number (-inf / inf: none)")
+        return
+    if not (hasattr(b, "shape") and hasattr(b, "dtype")):
+        if not isinstance(b, (list, tuple)):
+            return  # not a bound at all: as_array's errors name it later
+        try:
+            b = as_array(b, f"bounds ({name})")
+        except (TypeError, ValueError):
+            return
+    xp = array_api_compat.array_namespace(b)
+    if not xp.isdtype(b.dtype, "real floating"):
+        return
+    nan = xp.reshape(xp.isnan(b), (-1,))
+    if bool(xp.any(nan)):
+        i = int(xp.argmax(xp.astype(nan, xp.int8)))
+        where = "its value" if b.ndim == 0 else f"entry {i}" + (
+            "" if b.ndim == 1 else f" (flattened, shape {tuple(b.shape)})")
+        raise ValueError(f"bounds: {name} {where} is nan; a bound is a number "
+                         "(-inf / inf: none)")
 
 
 def wrap_callback(callback: Any) -> Any:

@@ -171,6 +171,7 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
         if self.batched:
             if f.ndim == 1 and f.shape[0] == B:
                 f = xp.reshape(f, (B, 1))
+                self._column_fun()
             if f.ndim != 2 or f.shape[0] != B:
                 raise ValueError(
                     f"{what}: with batched=True expected residuals of shape (B, m) with "
@@ -194,6 +195,22 @@ class Problem(ComplexStepCheck, RowSubsets, Box):
                 f"{what}: the number of residuals changed from {self.m} to {f.shape[1]}"
             )
         return f
+
+    def _column_fun(self):
+        """A batched ``fun`` that returns one residual per problem as ``(B,)``: ``fun`` is
+        replaced by one returning ``(B, 1)``, so that every caller (the difference
+        quotients, the complex-step check, autodiff) sees what :meth:`_fix_f` gives."""
+        fun = self.fun
+        if getattr(fun, "_agnopt_column", False):
+            return
+        reshape = self.xp.reshape
+
+        def column(X, *args, **kwargs):
+            out = fun(X, *args, **kwargs)
+            return reshape(out, (out.shape[0], 1)) if getattr(out, "ndim", 2) == 1 else out
+
+        column._agnopt_column = True
+        self.fun = column
 
     def residual(self, X, where="at a trial point", f=None):
         """``X`` (B, n) -> ``F`` (B, m) (``f``: ``fun``'s output at ``X``, when known)."""

@@ -13,7 +13,7 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import device
 from .options import as_array, check_backend, to_backend
 
-__all__ = ["checked_bounds", "scale_from", "start_point"]
+__all__ = ["checked_bounds", "half_message", "scale_from", "start_point"]
 
 
 # (type(dtype), dtype) -> "complex", "int" (integer or bool) or "" (str of a dtype is slow);
@@ -28,12 +28,21 @@ def _dtype_kind(dt) -> str:
         pass
     sdt = "" if dt is None else str(dt)
     kind = ("complex" if "complex" in sdt
-            else "int" if any(k in sdt for k in ("int", "bool")) else "")
+            else "int" if any(k in sdt for k in ("int", "bool"))
+            else "half" if sdt.rsplit(".", 1)[-1] in ("float16", "bfloat16") else "")
     try:
         _KIND[type(dt), dt] = kind
     except TypeError:  # pragma: no cover - unhashable dtype objects
         pass
     return kind
+
+
+def half_message(what, dt) -> str:
+    """The ``TypeError`` message for a 16-bit float ``what`` (x0, ydata)."""
+    name = str(dt).rsplit(".", 1)[-1]
+    return (f"{what}: dtype {name} is not supported: the solve's linear algebra (QR, SVD, "
+            "Cholesky) needs float32 or float64 (scipy computes in float64); convert it, "
+            "e.g. astype(float32)")
 
 
 def start_point(x0, batched):
@@ -42,6 +51,8 @@ def start_point(x0, batched):
     kind = _dtype_kind(getattr(x0, "dtype", None))
     if kind == "complex":
         raise ValueError("x0: must be real, got a complex array")
+    if kind == "half":
+        raise TypeError(half_message("x0", x0.dtype))
     if kind == "int":
         # scipy casts integer starting points to float64
         x0 = array_api_compat.array_namespace(x0).astype(
