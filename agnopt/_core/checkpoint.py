@@ -419,9 +419,12 @@ def save_state(path: str | os.PathLike[str], state: Any, *, config: Any = None) 
     (``{"name": "adam", "lr": 1e-3}``); :func:`load_state` given a
     ``config`` refuses a file saved with a different one. Arrays are copied
     to the host (from any backend and device); nothing is pickled.
+    ``TypeError`` where ``path`` is not a path (the arguments swapped:
+    ``save_state(state, path)``) or ``state`` holds other objects.
     """
     import numpy as np
 
+    _check_path(path, state, "save_state")
     spec, leaves = _spec(state)
     try:
         cfg = json.loads(json.dumps(config))
@@ -433,6 +436,18 @@ def save_state(path: str | os.PathLike[str], state: Any, *, config: Any = None) 
     with open(os.fspath(path), "wb") as fh:
         # numpy's stub types **kwds as if a key could be its allow_pickle flag; ours are leaf_i/header
         np.savez(fh, **arrays)  # type: ignore[arg-type, unused-ignore]
+
+
+def _check_path(path: Any, other: Any, who: str) -> None:
+    """``TypeError`` unless ``path`` is a ``str`` or path-like; says so where the two
+    arguments look swapped."""
+    if isinstance(path, (str, os.PathLike)):
+        return
+    swapped = isinstance(other, (str, os.PathLike))
+    second = "state" if who == "save_state" else "template"
+    raise TypeError(
+        f"path: expected a str or os.PathLike, got {type(path).__name__}"
+        + (f"; the path comes first: {who}(path, {second})" if swapped else ""))
 
 
 @on_device_of(1, "template")
@@ -455,9 +470,13 @@ def load_state(path: str | os.PathLike[str], template: StateT, *, config: Any = 
         Not an agnopt state file (or another format version); the file's
         structure, a shape or a dtype differs from the template's (the
         message names the first difference); ``config`` differs.
+    TypeError
+        ``path`` is not a ``str`` or path-like (the arguments swapped:
+        ``load_state(template, path)``).
     """
     import numpy as np
 
+    _check_path(path, template, "load_state")
     with np.load(os.fspath(path), allow_pickle=False) as z:
         if _HEADER not in z.files:
             raise ValueError(f"path: {os.fspath(path)!r} is not an agnopt state file (no header)")

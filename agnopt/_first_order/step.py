@@ -86,7 +86,9 @@ import weakref
 from collections.abc import Iterator, ValuesView
 from typing import Any, Generic, NamedTuple
 
-from .._core.backend import is_writeable
+import array_api_compat
+
+from .._core.backend import is_writeable, namespace_name
 from .._core.lazy import is_dask, persist
 from .._core.tree import leaves_like, same_leaves, tree_flatten, tree_unflatten
 from .._core.typing import ArrayTree, TreeT
@@ -235,6 +237,41 @@ def step(transform: Transform, params: TreeT, grads: ArrayTree, state: Any) -> t
     lazy (their graph is computed within the step). ``update`` and
     ``apply_updates`` stay lazy (persist their results yourself in a loop).
     """
+    try:
+        return _step(transform, params, grads, state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        msg = _backend_mismatch(params, grads, state)
+        if msg is None:
+            raise
+        raise TypeError(msg) from e
+
+
+def _backend_mismatch(params, grads, state) -> str | None:
+    """Error path of :func:`step`: a message where ``state`` holds arrays of another
+    library than ``params`` and ``grads`` (a state built for other parameters, or a leaf
+    of ``Optimizer.params`` replaced by another library's array), else ``None``."""
+    def names(tree):
+        out = []
+        for x in tree_flatten(tree)[0]:
+            if hasattr(x, "shape") and hasattr(x, "dtype"):
+                try:
+                    out.append(namespace_name(array_api_compat.array_namespace(x)))
+                except TypeError:
+                    continue
+        return out
+
+    p, g = set(names(params)), set(names(grads))
+    if len(p) != 1 or g != p:
+        return None  # (the error of mixed parameters or gradients names them already)
+    other = set(names(state)) - p
+    if not other:
+        return None
+    return (f"state: holds {', '.join(sorted(other))} arrays, but params are {next(iter(p))} "
+            "arrays; build the state with init(params) for these parameters (or move a "
+            "checkpoint across backends with load_state_dict)")
+
+
+def _step(transform, params, grads, state):
     update = getattr(transform, "update", None)
     if update is _LAST[0]:  # the same optimizer as the last call: skip the weak-dict look-up
         spec = _LAST[1]
