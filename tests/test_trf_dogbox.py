@@ -246,6 +246,44 @@ def test_trf_trajectory_equals_scipy(loss, bounded):
         np.testing.assert_allclose(res.x, ref.x, rtol=1e-6, atol=1e-9, err_msg=str(b))
 
 
+# MGH's Box 3-D (Moré, Garbow and Hillstrom 1981, problem 12): m = 10, n = 3
+_TB = 0.1 * np.arange(1, 11)
+
+
+def _box3d(x):
+    return (np.exp(-_TB * x[0]) - np.exp(-_TB * x[1])
+            - x[2] * (np.exp(-_TB) - np.exp(-10 * _TB)))
+
+
+def _box3d_jac(x):
+    return np.stack([-_TB * np.exp(-_TB * x[0]), _TB * np.exp(-_TB * x[1]),
+                     -(np.exp(-_TB) - np.exp(-10 * _TB))], axis=1)
+
+
+def test_dogbox_keeps_singular_values_lstsq_keeps():
+    """A second fresh-user trial: dogbox on Box 3-D (cauchy, f_scale=10) followed scipy's
+    iterates to x = [0.10, 331.9, 1.48], where column 2 of J is 4e-16 (singular values
+    2.39, 0.79, 3.5e-16). scipy's ``lstsq(rcond=-1)`` keeps the smallest (LAPACK's
+    machine precision is eps / 2: 2.7e-16 here), agnopt dropped it (eps * s_max,
+    5.3e-16), so x[1] never moved: it stopped on the plateau at cost 0.0378 with
+    success, where scipy reaches the solution [1, 10, 1] (cost 4e-32)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow at far trial points
+        kw = dict(jac=_box3d_jac, method="dogbox", loss="cauchy", f_scale=10.0)
+        ref = so.least_squares(_box3d, [0.0, 10.0, 20.0], **kw)
+        res = ao.least_squares(_box3d, np.array([0.0, 10.0, 20.0]), **kw)
+    assert (res.status, res.nfev) == (ref.status, ref.nfev) == (1, 33)
+    np.testing.assert_allclose(res.x, [1.0, 10.0, 1.0], rtol=1e-8)
+    # the rank rule itself, against numpy.linalg.lstsq(rcond=-1) around its threshold
+    from agnopt._least_squares.dogbox import min_norm_solution
+    xpn = array_api_compat.array_namespace(np.ones(1))
+    for v in (0.6e-16, 1.0e-16, 1.2e-16, 1.6e-16, 2.5e-16, 4.0e-16):
+        A = np.array([[1.0, 0.0], [0.0, v], [0.0, 0.0]])
+        r = np.array([1.0, 1.0, 0.5])
+        got = to_numpy(min_norm_solution(xpn, A[None], r[None]))[0]
+        np.testing.assert_allclose(got, np.linalg.lstsq(A, r, rcond=-1)[0], rtol=1e-12)
+
+
 @pytest.mark.parametrize("method", ("lm", "gauss-newton"))
 @pytest.mark.parametrize("loss", ("soft_l1", "huber", "cauchy", "arctan"))
 def test_robust_losses_lm_and_gauss_newton_reach_the_robust_minimum(method, loss):

@@ -13,7 +13,7 @@ pushes against are held there (the active set). It runs in the driver of
    measure ``||g||_inf`` over the free variables; the Gauss-Newton step
    by least squares on the free variables: the active columns of ``J`` are
    zeroed and the minimum-norm solution of ``J p = -f`` is taken from the
-   SVD (singular values below ``eps * s_max`` dropped, as ``lstsq`` with
+   SVD (singular values up to ``eps / 2 * s_max`` dropped, as ``lstsq`` with
    ``rcond=-1``); the model along the anti-gradient
    (:func:`.bounds.line_quadratic`);
 2. :func:`dogbox_step` -- the dogleg in the box
@@ -57,10 +57,13 @@ class DogboxModel(NamedTuple):
 def min_norm_solution(xp, A, r):
     """The minimum-norm least-squares solution of ``A x = r`` per problem:
     ``A`` (k, m, n), ``r`` (k, m) -> (k, n), by the SVD with singular values
-    below ``eps * s_max`` dropped (``numpy.linalg.lstsq(rcond=-1)``)."""
+    up to ``(eps / 2) * s_max`` dropped, as ``numpy.linalg.lstsq(rcond=-1)``
+    (scipy's dogbox) drops them: LAPACK's ``gelsd`` takes a negative
+    ``rcond`` as its machine precision, ``dlamch('E')``, the unit roundoff
+    ``eps / 2``."""
     U, s, Vt = host_linalg(xp, "svd", A, full_matrices=False)
     eps = float(xp.finfo(A.dtype).eps)
-    good = s > eps * s[:, 0:1]
+    good = s > (0.5 * eps) * s[:, 0:1]
     ur = xp.matmul(r[:, None, :], U)[:, 0, :]
     coef = xp.where(good, ur / xp.where(good, s, xp.ones_like(s)), xp.zeros_like(s))
     return xp.matmul(coef[:, None, :], Vt)[:, 0, :]
