@@ -482,3 +482,28 @@ def test_save_and_load_state_name_swapped_arguments(tmp_path):
     with pytest.raises(TypeError, match=r"the path comes first: load_state\(path, template\)$"):
         ao.load_state(state, path)
     assert int(ao.load_state(path, state)[1].count) == 0
+
+
+# -- curve_fit: a complex p0 (its imaginary part was dropped without a word; scipy: TypeError)
+#    and fewer data points than parameters with lm (least_squares' ValueError; scipy's
+#    curve_fit / leastsq: TypeError), batched too ----------------------------------------
+def test_complex_p0_and_too_few_points(xp, device):
+    x, y = _arr(xp, device, X), _arr(xp, device, Y)
+    with pytest.raises(TypeError, match=r"^p0: must be real, got complex numbers$"):
+        ao.curve_fit(model, x, y, p0=[1.0 + 5.0j, 1.0, 0.0])
+    if hasattr(xp, "complex128"):
+        with pytest.raises(TypeError, match=r"^p0: must be real, got dtype \S*complex128"):
+            ao.curve_fit(model, x, y, p0=xp.asarray([1.0 + 5.0j, 1.0, 0.0], dtype=xp.complex128,
+                                                   device=device))
+    with pytest.raises(TypeError, match=r"^Improper input: func input vector length N=3 must "
+                                        r"not exceed func output vector length M=1$"):
+        ao.curve_fit(model, x[:1], y[:1], p0=P0)
+    with pytest.raises(TypeError, match=r"^The number of func parameters=3 must not exceed "
+                                        r"the number of data points=2$"):
+        ao.curve_fit(model, x[:2], y[:2], p0=P0)
+    with pytest.raises(TypeError, match=r"^The number of func parameters=3 must not exceed "
+                                        r"the number of data points=1 of each fit$"):
+        ao.curve_fit(model, x[:1], xp.stack([y[:1], y[:1]]), p0=P0, batched=True)
+    for bad in ([1.0 + 5.0j, 1.0, 0.0], P0):  # scipy's checks are the same (the reference)
+        with pytest.raises(TypeError):
+            so.curve_fit(model, X[:1] if bad is P0 else X, Y[:1] if bad is P0 else Y, p0=bad)

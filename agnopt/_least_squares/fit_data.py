@@ -266,6 +266,13 @@ def _feasible_start(xp, dev, n, dtype, bounds, batched, B):
     return p
 
 
+def _has_complex(v) -> bool:
+    """Whether a number or (nested) list / tuple ``v`` holds a complex number."""
+    if isinstance(v, (list, tuple)):
+        return any(_has_complex(e) for e in v)
+    return isinstance(v, complex)
+
+
 def initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.inf)):
     """``(p0, n)``: ``p0`` as (n,) or (B, n) in ``ydata``'s dtype (default: ones, or
     scipy's feasible start with bounds)."""
@@ -275,6 +282,11 @@ def initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.in
         return _feasible_start(xp, dev, n, dtype, bounds, batched, B), n
     if hasattr(p0, "shape") and hasattr(p0, "dtype"):
         check_backend(p0, xp, "p0", "ydata")
+        if "complex" in str(p0.dtype):  # (converting would drop the imaginary part)
+            raise TypeError(f"p0: must be real, got dtype {p0.dtype} (scipy: cannot cast "
+                            "complex to float64)")
+    elif _has_complex(p0):
+        raise TypeError("p0: must be real, got complex numbers")
     p0a = to_backend(xp, p0, dtype, dev)
     if p0a.ndim == 0:
         p0a = xp.reshape(p0a, (1,))
