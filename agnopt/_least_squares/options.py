@@ -152,9 +152,9 @@ def check_no_nan_bound(b: Any, name: str) -> None:
     nan = xp.reshape(xp.isnan(b), (-1,))
     if bool(xp.any(nan)):
         i = int(xp.argmax(xp.astype(nan, xp.int8)))
-        where = "its value" if b.ndim == 0 else f"entry {i}" + (
+        where = "" if b.ndim == 0 else f" entry {i}" + (
             "" if b.ndim == 1 else f" (flattened, shape {tuple(b.shape)})")
-        raise ValueError(f"bounds: {name} {where} is nan; a bound is a number "
+        raise ValueError(f"bounds: {name}{where} is nan; a bound is a number "
                          "(-inf / inf: none)")
 
 
