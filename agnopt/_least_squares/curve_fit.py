@@ -36,6 +36,7 @@ from .fit_data import (
     mixed_backend_message,
     nonfinite_xdata_message,
     nonfinite_ydata_message,
+    too_few_points_message,
 )
 from .fit_model import model, weights
 from .least_squares import DEFAULT_TOL, least_squares, solve
@@ -327,8 +328,7 @@ def curve_fit(
         p0c, n_c = chunked_p0(f, p0, ydata)
         m_c = int(getattr(ydata, "shape")[1])
         if method == "lm" and nan_policy != "omit" and n_c > m_c:  # (as below, eagerly)
-            raise TypeError(f"The number of func parameters={n_c} must not exceed the number "
-                            f"of data points={m_c} of each fit")
+            raise TypeError(too_few_points_message(n_c, m_c, True))
         return chunked_curve_fit(
             f, xdata, ydata, p0c, n_c, sigma, full_output,
             dict(kwargs, method=method, jac=jac, bounds=bounds, absolute_sigma=absolute_sigma,
@@ -350,13 +350,8 @@ def curve_fit(
         ydata = broadcast_scalar_y(xp, dev, f, xdata, ydata, p0)
     B, m = check_ydata(xp, ydata, batched)
     p0a, n = initial_params(xp, dev, f, p0, ydata, batched, B, bounds)
-    if method == "lm" and omit is None and n > m:
-        # scipy's rule (its curve_fit for m > 1, its leastsq for m = 1), every fit of a batch
-        if m == 1 and not batched:
-            raise TypeError(f"Improper input: func input vector length N={n} must not exceed "
-                            f"func output vector length M={m}")
-        raise TypeError(f"The number of func parameters={n} must not exceed the number "
-                        f"of data points={m}" + (" of each fit" if batched else ""))
+    if method == "lm" and omit is None and n > m:  # scipy's rule, every fit of a batch
+        raise TypeError(too_few_points_message(n, m, batched))
     if method == "lm" and omit is not None:  # scipy's rule, fit by fit, on the points kept
         m_b = m - xp.sum(xp.astype(omit, xp.int32), axis=-1)
         few = m_b < n

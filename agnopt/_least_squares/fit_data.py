@@ -20,7 +20,7 @@ from .._core.backend import namespace_name, native_namespace
 from .._core.typing import Array
 from .._derivatives.numdiff import prepare_bounds
 from .options import METHODS, as_array, check_backend, to_backend
-from .start import half_message
+from .start import dtype_kind, half_message
 
 
 def n_params(f: Callable) -> int:
@@ -118,7 +118,7 @@ def as_data(y: Array) -> Array:
     except (KeyError, TypeError):
         xy = array_api_compat.array_namespace(y)
         floating = bool(xy.isdtype(y.dtype, ("real floating", "complex floating")))
-        if floating and str(y.dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16"):
+        if floating and dtype_kind(y.dtype) == "half":
             floating = None
         try:
             _FLOATING[key] = floating
@@ -266,6 +266,16 @@ def _feasible_start(xp, dev, n, dtype, bounds, batched, B):
     return p
 
 
+def too_few_points_message(n: int, m: int, batched: bool) -> str:
+    """scipy's ``TypeError`` message for lm with ``n`` parameters and ``m < n`` data points
+    (its ``leastsq``'s for one point, its ``curve_fit``'s otherwise); ``batched``: of each fit."""
+    if m == 1 and not batched:
+        return (f"Improper input: func input vector length N={n} must not exceed func output "
+                f"vector length M={m}")
+    return (f"The number of func parameters={n} must not exceed the number of data "
+            f"points={m}" + (" of each fit" if batched else ""))
+
+
 def _has_complex(v) -> bool:
     """Whether a number or (nested) list / tuple ``v`` holds a complex number."""
     if isinstance(v, (list, tuple)):
@@ -282,7 +292,7 @@ def initial_params(xp, dev, f, p0, ydata, batched, B, bounds=(-math.inf, math.in
         return _feasible_start(xp, dev, n, dtype, bounds, batched, B), n
     if hasattr(p0, "shape") and hasattr(p0, "dtype"):
         check_backend(p0, xp, "p0", "ydata")
-        if "complex" in str(p0.dtype):  # (converting would drop the imaginary part)
+        if dtype_kind(p0.dtype) == "complex":  # (converting would drop the imaginary part)
             raise TypeError(f"p0: must be real, got dtype {p0.dtype} (scipy: cannot cast "
                             "complex to float64)")
     elif _has_complex(p0):

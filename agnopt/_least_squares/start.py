@@ -13,15 +13,17 @@ from .._derivatives.numdiff import prepare_bounds
 from .arrays import device
 from .options import as_array, check_backend, to_backend
 
-__all__ = ["checked_bounds", "half_message", "scale_from", "start_point"]
+__all__ = ["checked_bounds", "dtype_kind", "half_message", "scale_from", "start_point"]
 
 
-# (type(dtype), dtype) -> "complex", "int" (integer or bool) or "" (str of a dtype is slow);
+# (type(dtype), dtype) -> "complex", "int" (integer or bool), "half" or "" (str of a dtype is slow);
 # the type first, so a lookup never compares two libraries' dtypes (array_api_strict warns)
 _KIND: dict = {}
 
 
-def _dtype_kind(dt) -> str:
+def dtype_kind(dt) -> str:
+    """``"complex"``, ``"int"`` (integer or bool), ``"half"`` (float16, bfloat16) or ``""``
+    for a dtype of any library (cached per dtype)."""
     try:
         return _KIND[type(dt), dt]
     except (KeyError, TypeError):
@@ -48,7 +50,7 @@ def half_message(what, dt) -> str:
 def start_point(x0, batched):
     """``(xp, device, x0, X)``: ``x0`` as an array and ``X`` (B, n) (B = 1 unbatched)."""
     x0 = as_array(x0, "x0")
-    kind = _dtype_kind(getattr(x0, "dtype", None))
+    kind = dtype_kind(getattr(x0, "dtype", None))
     if kind == "complex":
         raise ValueError("x0: must be real, got a complex array")
     if kind == "half":

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._core import lazy
 from .arrays import count_dtype, device
 from .bounds import (
     active_constraints,
@@ -61,7 +62,6 @@ from .bounds import (
 )
 from .cholesky import mv
 from .gauss_newton import checked_jacobian, gn_ratio, gn_tests
-from .._core import lazy
 from .lmpar import SpectralBasis
 from .losses import loss_cost, robust_model
 from .outcome import call_callback, history_entry, print_iter, report_progress
